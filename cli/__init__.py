@@ -1,0 +1,1 @@
+"""The `titanic` command line: thin click commands over the titanic package."""

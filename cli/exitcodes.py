@@ -1,0 +1,18 @@
+"""Exit codes of every titanic command; docs/cli.md lists them for users."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Exit(enum.IntEnum):
+    """What a titanic command's exit status means."""
+
+    OK = 0
+    ERROR = 1  # an error not covered below (one line on stderr says what)
+    USAGE = 2  # bad options or arguments (click's own code)
+    PENDING = 3  # the request is stored but has no reply yet
+    UNKNOWN = 4  # no such request (never submitted, closed, or expired)
+    FAILED = 5  # the request failed for good (attempts exhausted or expired undelivered)
+    UNREACHABLE = 6  # no answer from the broker or service in time
+    DATABASE = 7  # the database failed or has an unexpected schema

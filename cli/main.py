@@ -1,0 +1,38 @@
+"""The `titanic` click group; each sub-command lives in a module of its own."""
+
+from __future__ import annotations
+
+import click
+
+from titanic import __version__
+from titanic_cli.options import configure_logging
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging on stderr: -v info, -vv debug.")
+@click.version_option(__version__, prog_name="titanic")
+def cli(verbose: int) -> None:
+    """Durable request-reply over ZeroMQ Majordomo.
+
+    \b
+    Example:
+      titanic broker --bind tcp://127.0.0.1:5555 &
+      titanic worker echo &
+      titanic call echo hello
+    """
+    configure_logging(verbose)
+
+
+def _register() -> None:
+    from titanic_cli import mdp_commands
+
+    for command in mdp_commands.COMMANDS:
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="titanic")

@@ -1,0 +1,7 @@
+"""Commands for the Majordomo layer: broker, worker, call, mmi."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

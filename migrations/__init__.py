@@ -1,0 +1,1 @@
+"""Alembic migrations of the titanic schema, shipped inside the wheel as titanic.migrations."""

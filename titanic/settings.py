@@ -1,0 +1,57 @@
+"""Named defaults, with their units, and the frozen settings objects built from them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+HEARTBEAT_INTERVAL_S = 2.5
+HEARTBEAT_LIVENESS = 3
+BUSY_WORKER_TIMEOUT_S = 300.0
+QUEUED_REQUEST_TTL_S = 60.0
+SERVICE_QUEUE_LIMIT = 100_000
+MAX_MESSAGE_SIZE_BYTES = 64 * 1024 * 1024
+CLIENT_TIMEOUT_S = 2.5
+CLIENT_RETRIES = 2
+RECONNECT_INITIAL_S = 0.25
+RECONNECT_MAX_S = 8.0
+SHUTDOWN_LINGER_MS = 200
+
+
+def env_str(name: str, default: str) -> str:
+    """A TITANIC_* environment variable, or the default when unset or empty."""
+    value = os.environ.get(name, "")
+    return value if value else default
+
+
+def default_data_dir() -> Path:
+    """The per-user folder for titanic's data: $XDG_DATA_HOME/titanic or ~/.local/share/titanic."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "titanic"
+
+
+def default_database_url() -> str:
+    """TITANIC_DATABASE_URL, else a SQLite file in the per-user data folder."""
+    url = os.environ.get("TITANIC_DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite:///{default_data_dir() / 'titanic.db'}"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """How the broker behaves; every time is in seconds."""
+
+    heartbeat_interval: float = HEARTBEAT_INTERVAL_S
+    heartbeat_liveness: int = HEARTBEAT_LIVENESS
+    busy_worker_timeout: float = BUSY_WORKER_TIMEOUT_S
+    request_ttl: float = QUEUED_REQUEST_TTL_S
+    queue_limit: int = SERVICE_QUEUE_LIMIT
+    max_message_size: int = MAX_MESSAGE_SIZE_BYTES
+
+    @property
+    def worker_expiry(self) -> float:
+        """Seconds of silence after which an idle worker is taken for dead."""
+        return self.heartbeat_interval * self.heartbeat_liveness

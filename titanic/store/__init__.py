@@ -1,0 +1,1 @@
+"""The request store: the only package that imports the SQLAlchemy ORM."""
