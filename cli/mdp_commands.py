@@ -2,6 +2,161 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import click
 
-COMMANDS: list[click.Command] = []
+from titanic._zmq import stop_on_signals
+from titanic.broker import Broker
+from titanic.client import Client
+from titanic.protocol.mdp import Dialect
+from titanic.protocol.mmi import SERVICE as MMI_SERVICE
+from titanic.settings import (
+    BUSY_WORKER_TIMEOUT_S,
+    DEFAULT_BROKER,
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_LIVENESS,
+    MAX_MESSAGE_SIZE_BYTES,
+    QUEUED_REQUEST_TTL_S,
+    SERVICE_QUEUE_LIMIT,
+    BrokerSettings,
+)
+from titanic.worker import Worker, echo_handler
+from titanic_cli.exitcodes import Exit
+from titanic_cli.options import broker_option, client_options, fail, handle_errors
+
+DIALECTS = {"7": Dialect.MDP01, "18": Dialect.MDP02, "majortomo": Dialect.MAJORTOMO}
+
+def daemon_logging(verbose: int) -> None:
+    """Daemons log start, stop and registrations (INFO) unless told to say more."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else min(root.level, logging.INFO))
+
+
+dialect_option = click.option(
+    "--mdp",
+    "dialect_name",
+    type=click.Choice(sorted(DIALECTS)),
+    default="7",
+    show_default=True,
+    envvar="TITANIC_MDP",
+    help="Protocol spoken: 7 (7/MDP, MDP 0.1), 18 (18/MDP) or majortomo's 0.2 variant "
+    "[env TITANIC_MDP].",
+)
+
+
+@click.command()
+@click.option("--bind", "binds", multiple=True, envvar="TITANIC_BIND",
+              help=f"Endpoint to bind; repeatable [env TITANIC_BIND; default {DEFAULT_BROKER}].")
+@click.option("--heartbeat", type=click.FloatRange(min=0.01), default=HEARTBEAT_INTERVAL_S,
+              show_default=True, envvar="TITANIC_HEARTBEAT", help="Heartbeat interval, seconds.")
+@click.option("--liveness", type=click.IntRange(min=1), default=HEARTBEAT_LIVENESS,
+              show_default=True, envvar="TITANIC_LIVENESS",
+              help="Missed heartbeats before an idle worker is taken for dead.")
+@click.option("--busy-timeout", type=click.FloatRange(min=0), default=BUSY_WORKER_TIMEOUT_S,
+              show_default=True, envvar="TITANIC_BUSY_TIMEOUT",
+              help="Seconds of silence after which a worker busy on a request is taken for dead.")
+@click.option("--request-ttl", type=click.FloatRange(min=0.001), default=QUEUED_REQUEST_TTL_S,
+              show_default=True, envvar="TITANIC_REQUEST_TTL",
+              help="Seconds a request waits for a worker before it is dropped.")
+@click.option("--queue-limit", type=click.IntRange(min=1), default=SERVICE_QUEUE_LIMIT,
+              show_default=True, envvar="TITANIC_QUEUE_LIMIT",
+              help="Requests that may wait per service.")
+@click.option("--max-message-size", type=click.IntRange(min=0), default=MAX_MESSAGE_SIZE_BYTES,
+              show_default=True, envvar="TITANIC_MAX_MESSAGE_SIZE",
+              help="Bytes; a larger message disconnects its sender (0: no limit).")
+@click.option("-v", "--verbose", count=True, help="-v logs every message.")
+@handle_errors
+def broker(binds: tuple[str, ...], heartbeat: float, liveness: int, busy_timeout: float,
+           request_ttl: float, queue_limit: int, max_message_size: int, verbose: int) -> None:
+    """Run the Majordomo broker (7/MDP and 18/MDP on one endpoint, with mmi.*).
+
+    \b
+    Example:
+      titanic broker --bind tcp://127.0.0.1:5555
+    """
+    daemon_logging(verbose)
+    settings = BrokerSettings(
+        heartbeat_interval=heartbeat, heartbeat_liveness=liveness,
+        busy_worker_timeout=busy_timeout, request_ttl=request_ttl, queue_limit=queue_limit,
+        max_message_size=max_message_size,
+    )
+    server = Broker(list(binds) or [DEFAULT_BROKER], settings, trace=verbose > 0)
+    server.bind()
+    with stop_on_signals(server.stop):
+        server.run()
+
+
+@click.group()
+def worker() -> None:
+    """Run a demo worker."""
+
+
+@worker.command("echo")
+@broker_option
+@click.option("--service", default="echo", show_default=True, envvar="TITANIC_SERVICE",
+              help="Service name to register.")
+@dialect_option
+@handle_errors
+def worker_echo(broker: str, service: str, dialect_name: str) -> None:
+    """Serve SERVICE by echoing each request back.
+
+    \b
+    Example:
+      titanic worker echo --broker tcp://127.0.0.1:5555 --service echo
+    """
+    daemon_logging(0)
+    server = Worker(broker, service, echo_handler, dialect=DIALECTS[dialect_name])
+    with stop_on_signals(server.stop):
+        server.run()
+
+
+@click.command()
+@broker_option
+@client_options
+@dialect_option
+@click.argument("service")
+@click.argument("frames", nargs=-1)
+@handle_errors
+def call(broker: str, timeout: float, retries: int, dialect_name: str, service: str,
+         frames: tuple[str, ...]) -> None:
+    """Send one request to SERVICE and print each reply frame on its own line.
+
+    Exit status 6 if no reply came within the timeout and retries.
+
+    \b
+    Example:
+      titanic call echo hello world
+    """
+    with Client(broker, dialect=DIALECTS[dialect_name], timeout=timeout, retries=retries) as client:
+        reply = client.request(service, *(f.encode() for f in frames))
+    out = sys.stdout.buffer
+    for frame in reply:
+        out.write(frame + b"\n")
+    out.flush()
+
+
+@click.command()
+@broker_option
+@client_options
+@click.argument("service")
+@handle_errors
+def mmi(broker: str, timeout: float, retries: int, service: str) -> None:
+    """Ask the broker whether SERVICE has live workers (mmi.service): prints 200 or 404.
+
+    Exit status 0 for 200, 4 for 404.
+
+    \b
+    Example:
+      titanic mmi echo
+    """
+    with Client(broker, timeout=timeout, retries=retries) as client:
+        reply = client.request(MMI_SERVICE, service.encode())
+    code = reply[0].decode(errors="replace") if reply else ""
+    click.echo(code)
+    if code != "200":
+        fail(f"service {service!r} has no live workers", Exit.UNKNOWN)
+
+
+COMMANDS: list[click.Command] = [broker, worker, call, mmi]

@@ -12,6 +12,7 @@ HEARTBEAT_LIVENESS = 3
 BUSY_WORKER_TIMEOUT_S = 300.0
 QUEUED_REQUEST_TTL_S = 60.0
 SERVICE_QUEUE_LIMIT = 100_000
+TOTAL_QUEUE_LIMIT = 1_000_000
 MAX_MESSAGE_SIZE_BYTES = 64 * 1024 * 1024
 CLIENT_TIMEOUT_S = 2.5
 CLIENT_RETRIES = 2
@@ -49,6 +50,7 @@ class BrokerSettings:
     busy_worker_timeout: float = BUSY_WORKER_TIMEOUT_S
     request_ttl: float = QUEUED_REQUEST_TTL_S
     queue_limit: int = SERVICE_QUEUE_LIMIT
+    total_queue_limit: int = TOTAL_QUEUE_LIMIT
     max_message_size: int = MAX_MESSAGE_SIZE_BYTES
 
     @property

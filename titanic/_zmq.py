@@ -1,0 +1,78 @@
+"""Socket plumbing shared by the broker, client, worker and dispatcher."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+import zmq
+
+#: Linger for sockets closed during normal operation: unsent messages are dropped at once.
+NO_LINGER = 0
+
+
+def new_socket(context: zmq.Context[zmq.Socket[bytes]], kind: int, *,
+               max_message_size: int | None = None) -> zmq.Socket[bytes]:
+    """A socket with linger 0 (closing never hangs), optionally limited in message size."""
+    sock = context.socket(kind)
+    sock.linger = NO_LINGER
+    if max_message_size is not None and max_message_size > 0:
+        sock.maxmsgsize = max_message_size
+    return sock
+
+
+class Waker:
+    """A self-pipe a zmq poll loop can watch: `wake()` is safe from threads and signal handlers."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        self.stopped = threading.Event()
+
+    def fileno(self) -> int:
+        """The descriptor to register with zmq.Poller."""
+        return self._reader.fileno()
+
+    def wake(self) -> None:
+        """Mark stopped and interrupt the poll."""
+        self.stopped.set()
+        try:
+            self._writer.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full or closed: the loop is waking anyway
+
+    def drain(self) -> None:
+        """Empty the pipe after a wake-up."""
+        try:
+            while self._reader.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        """Release both ends."""
+        self._reader.close()
+        self._writer.close()
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call `stop` on SIGINT/SIGTERM while the block runs (main thread only; else a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _handler(signum: int, frame: FrameType | None) -> None:
+        stop()
+
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,410 @@
+"""The Majordomo broker: one ROUTER endpoint for 7/MDP, 18/MDP and majortomo's dialect, with 8/MMI.
+
+Clients and workers are answered in the dialect they spoke, and a request may cross versions: a
+7/MDP client served by an 18/MDP worker gets one REPLY holding every PARTIAL and FINAL body frame.
+Nothing a peer sends can raise out of the loop: malformed messages are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import zmq
+
+from titanic._zmq import Waker, new_socket
+from titanic.errors import ProtocolError
+from titanic.protocol import mmi
+from titanic.protocol.mdp import (
+    ClientRequest,
+    Command,
+    Dialect,
+    Frames,
+    build_client_reply,
+    build_worker,
+    build_worker_request,
+    parse_peer_message,
+)
+from titanic.settings import SHUTDOWN_LINGER_MS, BrokerSettings
+
+log = logging.getLogger(__name__)
+
+_RECV_BATCH = 512
+
+
+@dataclass
+class BrokerStats:
+    """Counters of what the broker did and dropped; nothing is dropped without a count."""
+
+    messages: int = 0
+    malformed: int = 0
+    requests: int = 0
+    replies: int = 0
+    mmi_requests: int = 0
+    queued: int = 0
+    expired_requests: int = 0
+    rejected_requests: int = 0
+    abandoned_requests: int = 0
+    unroutable: int = 0
+    dropped_at_hwm: int = 0
+    workers_registered: int = 0
+    workers_expired: int = 0
+    workers_disconnected: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters by name."""
+        return asdict(self)
+
+
+class _Queued(NamedTuple):
+    client: bytes
+    dialect: Dialect
+    body: Frames
+    expires_at: float
+
+
+class _Service:
+    __slots__ = ("name", "requests", "idle", "workers")
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.requests: deque[_Queued] = deque()
+        self.idle: dict[bytes, _Worker] = {}  # insertion order: least recently used first
+        self.workers = 0
+
+
+class _Worker:
+    __slots__ = ("identity", "service", "dialect", "last_seen", "client", "client_dialect",
+                 "partials")
+
+    def __init__(self, identity: bytes, service: _Service, dialect: Dialect, now: float) -> None:
+        self.identity = identity
+        self.service = service
+        self.dialect = dialect
+        self.last_seen = now
+        self.client: bytes | None = None
+        self.client_dialect = Dialect.MDP01
+        self.partials: Frames = []
+
+
+class Broker:
+    """A Majordomo broker bound to one or more endpoints; `run()` serves until `stop()`."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        settings: BrokerSettings | None = None,
+        *,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        trace: bool = False,
+    ) -> None:
+        self.settings = settings or BrokerSettings()
+        self.stats = BrokerStats()
+        self._endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._socket: zmq.Socket[bytes] | None = None
+        self._services: dict[bytes, _Service] = {}
+        self._workers: dict[bytes, _Worker] = {}
+        self._queued_total = 0
+        self._malformed_reported = 0
+        self._waker = Waker()
+        self._trace = trace
+        self._now = time.monotonic()
+        self.bound: list[str] = []
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def bind(self) -> list[str]:
+        """Bind every endpoint; returns the resolved addresses (a port of 0 or * becomes real)."""
+        if self._socket is not None:
+            return self.bound
+        sock = new_socket(self._context, zmq.ROUTER, max_message_size=self.settings.max_message_size)
+        sock.router_mandatory = 1
+        sock.sndhwm = 100_000
+        sock.rcvhwm = 100_000
+        self._socket = sock
+        for endpoint in self._endpoints:
+            sock.bind(endpoint)
+            self.bound.append(sock.last_endpoint.decode())
+        log.info("broker listening on %s", ", ".join(self.bound))
+        return self.bound
+
+    def stop(self) -> None:
+        """Ask `run()` to return; safe from other threads and signal handlers."""
+        self._waker.wake()
+
+    def run(self) -> None:
+        """Serve until `stop()`; then DISCONNECT every worker and close."""
+        sock = self._socket
+        if sock is None:
+            self.bind()
+            sock = self._socket
+        assert sock is not None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._waker.fileno(), zmq.POLLIN)
+        interval = self.settings.heartbeat_interval
+        next_tick = time.monotonic() + interval
+        try:
+            while not self._waker.stopped.is_set():
+                timeout_ms = max(0.0, (next_tick - time.monotonic()) * 1000)
+                ready = dict(poller.poll(timeout_ms))
+                self._now = time.monotonic()
+                if sock in ready:
+                    self._drain(sock)
+                if self._now >= next_tick:
+                    self._tick()
+                    next_tick = self._now + interval
+        finally:
+            self._shutdown()
+
+    def _drain(self, sock: zmq.Socket[bytes]) -> None:
+        """Handle the messages waiting now, in a bounded batch."""
+        for _ in range(_RECV_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.handle(frames)
+
+    def _shutdown(self) -> None:
+        for worker in list(self._workers.values()):
+            self._send(worker.identity, build_worker(worker.dialect, Command.DISCONNECT))
+        if self._socket is not None:
+            self._socket.close(linger=SHUTDOWN_LINGER_MS)
+            self._socket = None
+        if self._own_context:
+            self._context.term()
+        self._waker.close()
+        log.info("broker stopped: %s", self.stats.as_dict())
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def handle(self, frames: Frames) -> None:
+        """Handle one message from the ROUTER socket (identity frame first)."""
+        self.stats.messages += 1
+        if self._trace:
+            log.debug("recv %r", frames)
+        try:
+            message = parse_peer_message(frames[1:])
+        except ProtocolError as exc:
+            self.stats.malformed += 1
+            if self._trace:
+                log.debug("dropped malformed message: %s", exc)
+            return
+        if type(message) is ClientRequest:
+            self._on_client(frames[0], message)
+        else:
+            self._on_worker(frames[0], message.dialect, message.command, message.address,
+                            message.body)
+
+    def _on_client(self, client: bytes, request: ClientRequest) -> None:
+        service_name = request.service
+        if mmi.is_mmi(service_name):
+            self.stats.mmi_requests += 1
+            code = mmi.answer(service_name, request.body, self.has_workers)
+            self._send(client, build_client_reply(request.dialect, service_name, [code]))
+            return
+        self.stats.requests += 1
+        service = self._services.get(service_name)
+        if service is None:
+            service = self._services[service_name] = _Service(service_name)
+        while service.idle:
+            worker = service.idle.pop(next(iter(service.idle)))
+            if self._assign(worker, client, request.dialect, request.body):
+                return
+        self._enqueue(service, client, request)
+
+    def _enqueue(self, service: _Service, client: bytes, request: ClientRequest) -> None:
+        if (len(service.requests) >= self.settings.queue_limit
+                or self._queued_total >= self.settings.total_queue_limit):
+            self.stats.rejected_requests += 1
+            log.warning("queue for %r full (%d waiting): request from client %s dropped",
+                        service.name, len(service.requests), client.hex())
+            return
+        expires_at = self._now + self.settings.request_ttl
+        service.requests.append(_Queued(client, request.dialect, request.body, expires_at))
+        self._queued_total += 1
+        self.stats.queued += 1
+
+    def _assign(self, worker: _Worker, client: bytes, dialect: Dialect, body: Frames) -> bool:
+        """Send a request to an idle worker; False (worker removed) if it is unreachable."""
+        worker.client = client
+        worker.client_dialect = dialect
+        if self._send(worker.identity, build_worker_request(worker.dialect, client, body)):
+            return True
+        worker.client = None
+        self._remove_worker(worker, "unreachable")
+        return False
+
+    def _on_worker(self, identity: bytes, dialect: Dialect, command: Command, address: bytes,
+                   body: Frames) -> None:
+        worker = self._workers.get(identity)
+        if command is Command.READY:
+            self._on_ready(identity, dialect, address, worker)
+            return
+        if worker is None:
+            if command is not Command.DISCONNECT:
+                self.stats.workers_disconnected += 1
+                log.debug("%s from unregistered worker %s: DISCONNECT", command.value,
+                          identity.hex())
+                self._send(identity, build_worker(dialect, Command.DISCONNECT))
+            return
+        worker.last_seen = self._now
+        if command is Command.HEARTBEAT:
+            return
+        if command is Command.FINAL or command is Command.PARTIAL:
+            if worker.client is not None and worker.client == address:
+                self._on_reply(worker, command is Command.FINAL, body)
+                return
+            self._disconnect(worker, "reply for a client it was not serving")
+            return
+        if command is Command.DISCONNECT:
+            self._remove_worker(worker, "worker disconnected")
+            return
+        self._disconnect(worker, f"worker sent {command.value}")
+
+    def _on_ready(self, identity: bytes, dialect: Dialect, service_name: bytes,
+                  worker: _Worker | None) -> None:
+        if worker is not None:
+            self._disconnect(worker, "second READY")
+            return
+        if mmi.is_mmi(service_name):
+            self.stats.workers_disconnected += 1
+            log.warning("worker %s tried to register %r: DISCONNECT", identity.hex(), service_name)
+            self._send(identity, build_worker(dialect, Command.DISCONNECT))
+            return
+        service = self._services.get(service_name)
+        if service is None:
+            service = self._services[service_name] = _Service(service_name)
+        worker = _Worker(identity, service, dialect, self._now)
+        self._workers[identity] = worker
+        service.workers += 1
+        self.stats.workers_registered += 1
+        log.info("worker %s registered for %r (%s)", identity.hex(), service_name, dialect.value)
+        self._worker_idle(worker)
+
+    def _on_reply(self, worker: _Worker, final: bool, body: Frames) -> None:
+        client = worker.client
+        assert client is not None
+        dialect = worker.client_dialect
+        service = worker.service.name
+        if not final:
+            if dialect is Dialect.MDP01:
+                worker.partials.extend(body)  # 7/MDP clients get the whole reply at once
+            else:
+                self._send(client, build_client_reply(dialect, service, body, final=False))
+            return
+        if worker.partials:
+            worker.partials.extend(body)
+            body, worker.partials = worker.partials, []
+        self.stats.replies += 1
+        self._send(client, build_client_reply(dialect, service, body))
+        worker.client = None
+        self._worker_idle(worker)
+
+    def _worker_idle(self, worker: _Worker) -> None:
+        """Give the worker the oldest live queued request, else park it as idle."""
+        service = worker.service
+        requests = service.requests
+        while requests:
+            queued = requests.popleft()
+            self._queued_total -= 1
+            if queued.expires_at < self._now:
+                self._count_expired(service, queued)
+                continue
+            if not self._assign(worker, queued.client, queued.dialect, queued.body):
+                requests.appendleft(queued)
+                self._queued_total += 1
+            return
+        service.idle[worker.identity] = worker
+
+    # -- workers coming and going ---------------------------------------------------------------
+
+    def _disconnect(self, worker: _Worker, reason: str) -> None:
+        self.stats.workers_disconnected += 1
+        self._send(worker.identity, build_worker(worker.dialect, Command.DISCONNECT))
+        self._remove_worker(worker, reason)
+
+    def _remove_worker(self, worker: _Worker, reason: str) -> None:
+        if self._workers.pop(worker.identity, None) is None:
+            return
+        service = worker.service
+        service.idle.pop(worker.identity, None)
+        service.workers -= 1
+        if worker.client is not None:
+            self.stats.abandoned_requests += 1
+            log.warning("worker %s for %r removed mid-request (%s): the client must retry",
+                        worker.identity.hex(), service.name, reason)
+        else:
+            log.info("worker %s for %r removed: %s", worker.identity.hex(), service.name, reason)
+
+    def has_workers(self, service_name: bytes) -> bool:
+        """True if at least one live worker is registered for the service now."""
+        service = self._services.get(service_name)
+        return service is not None and service.workers > 0
+
+    # -- housekeeping, once per heartbeat interval ----------------------------------------------
+
+    def _tick(self) -> None:
+        self._expire_workers()
+        self._heartbeat_workers()
+        self._expire_requests()
+        if self.stats.malformed != self._malformed_reported:
+            log.warning("dropped %d malformed messages (total %d)",
+                        self.stats.malformed - self._malformed_reported, self.stats.malformed)
+            self._malformed_reported = self.stats.malformed
+
+    def _expire_workers(self) -> None:
+        idle_limit = self.settings.worker_expiry
+        busy_limit = max(idle_limit, self.settings.busy_worker_timeout)
+        for worker in list(self._workers.values()):
+            limit = idle_limit if worker.client is None else busy_limit
+            if self._now - worker.last_seen > limit:
+                self.stats.workers_expired += 1
+                self._remove_worker(worker, f"silent for {self._now - worker.last_seen:.1f} s")
+
+    def _heartbeat_workers(self) -> None:
+        for worker in list(self._workers.values()):
+            self._send(worker.identity, build_worker(worker.dialect, Command.HEARTBEAT))
+
+    def _expire_requests(self) -> None:
+        for name, service in list(self._services.items()):
+            requests = service.requests
+            while requests and requests[0].expires_at < self._now:
+                self._count_expired(service, requests.popleft())
+                self._queued_total -= 1
+            if not requests and service.workers == 0:
+                del self._services[name]
+
+    def _count_expired(self, service: _Service, queued: _Queued) -> None:
+        self.stats.expired_requests += 1
+        log.warning("request from client %s for %r expired after %.1f s in the queue",
+                    queued.client.hex(), service.name, self.settings.request_ttl)
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def _send(self, identity: bytes, frames: Frames) -> bool:
+        """Send to a peer; an unknown peer or a full pipe is counted, never raised."""
+        sock = self._socket
+        if sock is None:
+            return False
+        frames.insert(0, identity)
+        if self._trace:
+            log.debug("send %r", frames)
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats.dropped_at_hwm += 1
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.stats.unroutable += 1
+            return False
+        return True

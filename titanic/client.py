@@ -1,0 +1,335 @@
+"""Client APIs: a synchronous client with Lazy Pirate retries, and a pipelined one.
+
+MDP replies carry no request id, and replies from several workers come back out of order, so the
+pipelined client keeps a pool of sockets with one request in flight on each: a reply belongs to
+the request on the socket it arrived on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+import zmq
+
+from titanic._zmq import new_socket
+from titanic.errors import ClientClosedError, ProtocolError, TitanicTimeoutError
+from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
+from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
+
+SocketHook = Callable[[zmq.Socket[bytes]], None]
+
+
+def _encode(service: str | bytes) -> bytes:
+    return service.encode() if isinstance(service, str) else service
+
+
+class _Connection:
+    """One DEALER socket to the broker, replaced after a timeout (Lazy Pirate)."""
+
+    def __init__(self, broker: str, dialect: Dialect, context: zmq.Context[zmq.Socket[bytes]],
+                 configure: SocketHook | None) -> None:
+        self.broker = broker
+        self.dialect = dialect
+        self._context = context
+        self._configure = configure
+        self.socket = self._open()
+
+    def _open(self) -> zmq.Socket[bytes]:
+        sock = new_socket(self._context, zmq.DEALER)
+        if self._configure is not None:
+            self._configure(sock)
+        sock.connect(self.broker)
+        return sock
+
+    def reopen(self) -> zmq.Socket[bytes]:
+        """Drop the socket and whatever is queued on it; connect a fresh one."""
+        self.socket.close(linger=0)
+        self.socket = self._open()
+        return self.socket
+
+    def send(self, service: bytes, body: Sequence[bytes]) -> None:
+        """Send a REQUEST in this connection's dialect."""
+        self.socket.send_multipart(build_client_request(self.dialect, service, body))
+
+    def read_part(self, service: bytes) -> tuple[bool, Frames] | None:
+        """Read one waiting message: (final, body), or None if it was not a reply for `service`."""
+        frames = self.socket.recv_multipart()
+        try:
+            reply = parse_client_reply(self.dialect, frames)
+        except ProtocolError:
+            return None
+        if reply.service and reply.service != service:
+            return None  # a late reply to an earlier request
+        return reply.final, reply.body
+
+    def close(self) -> None:
+        """Close the socket at once."""
+        self.socket.close(linger=0)
+
+
+class Client:
+    """Synchronous client: `request()` waits for the reply, resending on a new socket on timeout."""
+
+    def __init__(
+        self,
+        broker: str,
+        *,
+        dialect: Dialect = Dialect.MDP01,
+        timeout: float = CLIENT_TIMEOUT_S,
+        retries: int = CLIENT_RETRIES,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        configure_socket: SocketHook | None = None,
+    ) -> None:
+        self.broker = broker
+        self.timeout = timeout
+        self.retries = retries
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._connection: _Connection | None = _Connection(broker, dialect, self._context,
+                                                           configure_socket)
+
+    def request(self, service: str | bytes, *frames: bytes, timeout: float | None = None,
+                retries: int | None = None) -> Frames:
+        """Send a request and return the reply body (all parts joined)."""
+        return [frame for part in self.request_parts(service, *frames, timeout=timeout,
+                                                     retries=retries) for frame in part]
+
+    def request_parts(self, service: str | bytes, *frames: bytes, timeout: float | None = None,
+                      retries: int | None = None) -> list[Frames]:
+        """Send a request and return its reply parts (18/MDP PARTIALs, then the FINAL)."""
+        connection = self._require_connection()
+        name = _encode(service)
+        wait = self.timeout if timeout is None else timeout
+        attempts = 1 + (self.retries if retries is None else retries)
+        for attempt in range(attempts):
+            if attempt:
+                connection.reopen()
+            connection.send(name, frames)
+            parts = self._collect(connection, name, wait)
+            if parts is not None:
+                return parts
+        raise TitanicTimeoutError(
+            f"no reply from service {name.decode(errors='replace')!r} at {self.broker} "
+            f"after {attempts} attempt(s) of {wait:g} s"
+        )
+
+    def _collect(self, connection: _Connection, service: bytes, wait: float) -> list[Frames] | None:
+        parts: list[Frames] = []
+        deadline = time.monotonic() + wait
+        sock = connection.socket
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(remaining * 1000, zmq.POLLIN):
+                return None
+            result = connection.read_part(service)
+            if result is None:
+                continue
+            final, body = result
+            parts.append(body)
+            if final:
+                return parts
+            deadline = time.monotonic() + wait  # each part restarts the clock
+
+    def _require_connection(self) -> _Connection:
+        if self._connection is None:
+            raise ClientClosedError()
+        return self._connection
+
+    def close(self) -> None:
+        """Close the socket (linger 0) and, if the client made it, the context."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+            if self._own_context:
+                self._context.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Completion(NamedTuple):
+    """A finished pipelined request: the reply body, or the error that ended it."""
+
+    tag: Hashable
+    reply: Frames | None
+    error: Exception | None
+
+
+class _Slot:
+    __slots__ = ("connection", "tag", "service", "body", "deadline", "attempts_left", "parts")
+
+    def __init__(self, connection: _Connection) -> None:
+        self.connection = connection
+        self.tag: Hashable = None
+        self.service = b""
+        self.body: Sequence[bytes] = ()
+        self.deadline = 0.0
+        self.attempts_left = 0
+        self.parts: Frames = []
+
+
+class PipelinedClient:
+    """Many requests in flight: a pool of `depth` sockets, one outstanding request on each."""
+
+    def __init__(
+        self,
+        broker: str,
+        *,
+        depth: int = 32,
+        dialect: Dialect = Dialect.MDP01,
+        timeout: float = CLIENT_TIMEOUT_S,
+        retries: int = CLIENT_RETRIES,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        configure_socket: SocketHook | None = None,
+    ) -> None:
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
+        self.broker = broker
+        self.timeout = timeout
+        self.retries = retries
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._poller = zmq.Poller()
+        self._by_socket: dict[zmq.Socket[bytes], _Slot] = {}
+        self._free: list[_Slot] = []
+        self._busy: set[_Slot] = set()
+        for _ in range(depth):
+            slot = _Slot(_Connection(broker, dialect, self._context, configure_socket))
+            self._track(slot)
+            self._free.append(slot)
+        self._closed = False
+
+    def _track(self, slot: _Slot) -> None:
+        sock = slot.connection.socket
+        self._by_socket[sock] = slot
+        self._poller.register(sock, zmq.POLLIN)
+
+    @property
+    def free_slots(self) -> int:
+        """How many more requests can be sent before one completes."""
+        return len(self._free)
+
+    @property
+    def in_flight(self) -> int:
+        """How many requests await their reply."""
+        return len(self._busy)
+
+    def send(self, service: str | bytes, body: Sequence[bytes], tag: Hashable = None) -> None:
+        """Send a request on a free socket; `tag` comes back in its Completion."""
+        if self._closed:
+            raise ClientClosedError()
+        if not self._free:
+            raise RuntimeError("no free slot: poll() for completions first")
+        slot = self._free.pop()
+        slot.tag, slot.service, slot.body = tag, _encode(service), body
+        slot.attempts_left = self.retries
+        slot.parts = []
+        slot.deadline = time.monotonic() + self.timeout
+        slot.connection.send(slot.service, body)
+        self._busy.add(slot)
+
+    def poll(self, timeout: float | None = None) -> list[Completion]:
+        """Wait up to `timeout` seconds (None: until something completes) and return completions."""
+        done: list[Completion] = []
+        limit = None if timeout is None else time.monotonic() + timeout
+        while not done and self._busy:
+            now = time.monotonic()
+            wake = min(slot.deadline for slot in self._busy)
+            if limit is not None:
+                wake = min(wake, limit)
+            for sock, _ in self._poller.poll(max(0.0, wake - now) * 1000):
+                self._read(self._by_socket[sock], done)
+            self._resend_timed_out(done)
+            if limit is not None and time.monotonic() >= limit:
+                break
+        return done
+
+    def _read(self, slot: _Slot, done: list[Completion]) -> None:
+        connection = slot.connection
+        while slot in self._busy and connection.socket.poll(0, zmq.POLLIN):
+            result = connection.read_part(slot.service)
+            if result is None:
+                continue
+            final, body = result
+            slot.parts.extend(body)
+            slot.deadline = time.monotonic() + self.timeout
+            if final:
+                self._finish(slot, done, slot.parts, None)
+
+    def _resend_timed_out(self, done: list[Completion]) -> None:
+        now = time.monotonic()
+        for slot in [s for s in self._busy if s.deadline <= now]:
+            if slot.attempts_left <= 0:
+                error = TitanicTimeoutError(
+                    f"no reply from service {slot.service.decode(errors='replace')!r} at "
+                    f"{self.broker} after {self.retries + 1} attempt(s) of {self.timeout:g} s")
+                self._finish(slot, done, None, error)
+                continue
+            slot.attempts_left -= 1
+            self._poller.unregister(slot.connection.socket)
+            del self._by_socket[slot.connection.socket]
+            slot.connection.reopen()
+            self._track(slot)
+            slot.parts = []
+            slot.deadline = now + self.timeout
+            slot.connection.send(slot.service, slot.body)
+
+    def _finish(self, slot: _Slot, done: list[Completion], reply: Frames | None,
+                error: Exception | None) -> None:
+        done.append(Completion(slot.tag, reply, error))
+        self._busy.discard(slot)
+        slot.body = ()
+        slot.parts = []
+        self._free.append(slot)
+
+    def run(self, requests: Iterable[tuple[str | bytes, Sequence[bytes]]]) -> Iterator[Completion]:
+        """Send every request, keeping all sockets busy; yield completions tagged by input index."""
+        pending = enumerate(requests)
+        exhausted = False
+        while True:
+            while self._free and not exhausted:
+                item = next(pending, None)
+                if item is None:
+                    exhausted = True
+                    break
+                index, (service, body) = item
+                self.send(service, body, index)
+            if not self._busy:
+                return
+            yield from self.poll()
+
+    def request_many(self, requests: Iterable[tuple[str | bytes, Sequence[bytes]]]) -> list[Frames]:
+        """Replies in input order; raises the first error once every request has finished."""
+        replies: dict[int, Frames] = {}
+        first_error: Exception | None = None
+        for completion in self.run(requests):
+            if completion.error is not None:
+                first_error = first_error or completion.error
+            else:
+                assert completion.reply is not None and isinstance(completion.tag, int)
+                replies[completion.tag] = completion.reply
+        if first_error is not None:
+            raise first_error
+        return [replies[index] for index in range(len(replies))]
+
+    def close(self) -> None:
+        """Close every socket (linger 0) and, if the client made it, the context."""
+        if self._closed:
+            return
+        self._closed = True
+        for sock in list(self._by_socket):
+            sock.close(linger=0)
+        self._by_socket.clear()
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> PipelinedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
