@@ -30,7 +30,7 @@ def broker_option(func: F) -> F:
 
 
 def client_options(func: F) -> F:
-    """--timeout and --retries for commands that send requests (TITANIC_TIMEOUT, TITANIC_RETRIES)."""
+    """--timeout and --retries (TITANIC_TIMEOUT, TITANIC_RETRIES) for commands that send."""
     func = click.option(
         "--retries",
         envvar="TITANIC_RETRIES",

@@ -14,6 +14,32 @@ import zmq
 #: Linger for sockets closed during normal operation: unsent messages are dropped at once.
 NO_LINGER = 0
 
+# pyzmq's sugar send_multipart/recv_multipart combine IntFlag enums for every frame, which costs
+# as much as the I/O itself for small messages; these call the Cython socket methods with ints.
+_base_send = zmq.backend.Socket.send
+_base_recv = zmq.backend.Socket.recv
+_SNDMORE = int(zmq.SNDMORE)
+NOBLOCK = int(zmq.NOBLOCK)
+
+
+def send_frames(sock: zmq.Socket[bytes], frames: list[bytes], flags: int = 0) -> None:
+    """send_multipart for bytes frames, without pyzmq's per-frame enum arithmetic."""
+    more = flags | _SNDMORE
+    last = len(frames) - 1
+    for index in range(last):
+        _base_send(sock, frames[index], more)
+    _base_send(sock, frames[last], flags)
+
+
+def recv_frames(sock: zmq.Socket[bytes], flags: int = 0) -> list[bytes]:
+    """recv_multipart returning bytes; a Frame's `more` is cheaper than getsockopt(RCVMORE)."""
+    frame = _base_recv(sock, flags, False)
+    parts: list[bytes] = [frame.bytes]
+    while frame.more:
+        frame = _base_recv(sock, flags, False)
+        parts.append(frame.bytes)
+    return parts
+
 
 def new_socket(context: zmq.Context[zmq.Socket[bytes]], kind: int, *,
                max_message_size: int | None = None) -> zmq.Socket[bytes]:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import zmq
 
-from titanic._zmq import Waker, new_socket
+from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, send_frames
 from titanic.errors import ProtocolError
 from titanic.protocol import mmi
 from titanic.protocol.mdp import (
@@ -24,6 +24,7 @@ from titanic.protocol.mdp import (
     Command,
     Dialect,
     Frames,
+    WorkerMessage,
     build_client_reply,
     build_worker,
     build_worker_request,
@@ -68,26 +69,35 @@ class _Queued(NamedTuple):
 
 
 class _Service:
-    __slots__ = ("name", "requests", "idle", "workers")
+    __slots__ = ("name", "requests", "idle", "spare", "workers")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
         self.requests: deque[_Queued] = deque()
-        self.idle: dict[bytes, _Worker] = {}  # insertion order: least recently used first
+        self.idle: dict[bytes, _Worker] = {}  # no request in hand; least recently used first
+        self.spare: dict[bytes, _Worker] = {}  # busy, but with prefetch credit left
         self.workers = 0
+
+    def take_worker(self) -> _Worker | None:
+        """The least recently used idle worker, else a busy one with credit left."""
+        pool = self.idle or self.spare
+        if not pool:
+            return None
+        return pool.pop(next(iter(pool)))
 
 
 class _Worker:
-    __slots__ = ("identity", "service", "dialect", "last_seen", "client", "client_dialect",
-                 "partials")
+    __slots__ = ("identity", "service", "dialect", "last_seen", "outstanding", "partials")
 
     def __init__(self, identity: bytes, service: _Service, dialect: Dialect, now: float) -> None:
         self.identity = identity
         self.service = service
         self.dialect = dialect
         self.last_seen = now
-        self.client: bytes | None = None
-        self.client_dialect = Dialect.MDP01
+        # Requests sent and not yet answered, oldest first: (client identity, client dialect).
+        # A worker answers them in order, one at a time; with prefetch > 1 the next one waits in
+        # the worker's socket instead of the broker's queue, saving a round trip per request.
+        self.outstanding: deque[tuple[bytes, Dialect]] = deque()
         self.partials: Frames = []
 
 
@@ -123,14 +133,15 @@ class Broker:
         """Bind every endpoint; returns the resolved addresses (a port of 0 or * becomes real)."""
         if self._socket is not None:
             return self.bound
-        sock = new_socket(self._context, zmq.ROUTER, max_message_size=self.settings.max_message_size)
+        sock = new_socket(self._context, zmq.ROUTER,
+                          max_message_size=self.settings.max_message_size)
         sock.router_mandatory = 1
         sock.sndhwm = 100_000
         sock.rcvhwm = 100_000
         self._socket = sock
         for endpoint in self._endpoints:
             sock.bind(endpoint)
-            self.bound.append(sock.last_endpoint.decode())
+            self.bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         log.info("broker listening on %s", ", ".join(self.bound))
         return self.bound
 
@@ -152,7 +163,7 @@ class Broker:
         next_tick = time.monotonic() + interval
         try:
             while not self._waker.stopped.is_set():
-                timeout_ms = max(0.0, (next_tick - time.monotonic()) * 1000)
+                timeout_ms = int(max(0.0, (next_tick - time.monotonic()) * 1000)) + 1
                 ready = dict(poller.poll(timeout_ms))
                 self._now = time.monotonic()
                 if sock in ready:
@@ -167,7 +178,7 @@ class Broker:
         """Handle the messages waiting now, in a bounded batch."""
         for _ in range(_RECV_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 return
             self.handle(frames)
@@ -199,7 +210,7 @@ class Broker:
             return
         if type(message) is ClientRequest:
             self._on_client(frames[0], message)
-        else:
+        elif type(message) is WorkerMessage:
             self._on_worker(frames[0], message.dialect, message.command, message.address,
                             message.body)
 
@@ -214,9 +225,9 @@ class Broker:
         service = self._services.get(service_name)
         if service is None:
             service = self._services[service_name] = _Service(service_name)
-        while service.idle:
-            worker = service.idle.pop(next(iter(service.idle)))
+        while (worker := service.take_worker()) is not None:
             if self._assign(worker, client, request.dialect, request.body):
+                self._place(worker)
                 return
         self._enqueue(service, client, request)
 
@@ -233,14 +244,24 @@ class Broker:
         self.stats.queued += 1
 
     def _assign(self, worker: _Worker, client: bytes, dialect: Dialect, body: Frames) -> bool:
-        """Send a request to an idle worker; False (worker removed) if it is unreachable."""
-        worker.client = client
-        worker.client_dialect = dialect
+        """Send a request to a worker with credit; False (worker removed) if it is unreachable."""
         if self._send(worker.identity, build_worker_request(worker.dialect, client, body)):
+            worker.outstanding.append((client, dialect))
             return True
-        worker.client = None
         self._remove_worker(worker, "unreachable")
         return False
+
+    def _place(self, worker: _Worker) -> None:
+        """File the worker under idle, spare (credit left) or neither (full), by its load."""
+        identity = worker.identity
+        service = worker.service
+        service.idle.pop(identity, None)
+        service.spare.pop(identity, None)
+        load = len(worker.outstanding)
+        if load == 0:
+            service.idle[identity] = worker
+        elif load < self.settings.worker_prefetch:
+            service.spare[identity] = worker
 
     def _on_worker(self, identity: bytes, dialect: Dialect, command: Command, address: bytes,
                    body: Frames) -> None:
@@ -259,7 +280,7 @@ class Broker:
         if command is Command.HEARTBEAT:
             return
         if command is Command.FINAL or command is Command.PARTIAL:
-            if worker.client is not None and worker.client == address:
+            if worker.outstanding and worker.outstanding[0][0] == address:
                 self._on_reply(worker, command is Command.FINAL, body)
                 return
             self._disconnect(worker, "reply for a client it was not serving")
@@ -287,12 +308,10 @@ class Broker:
         service.workers += 1
         self.stats.workers_registered += 1
         log.info("worker %s registered for %r (%s)", identity.hex(), service_name, dialect.value)
-        self._worker_idle(worker)
+        self._feed(worker)
 
     def _on_reply(self, worker: _Worker, final: bool, body: Frames) -> None:
-        client = worker.client
-        assert client is not None
-        dialect = worker.client_dialect
+        client, dialect = worker.outstanding[0]
         service = worker.service.name
         if not final:
             if dialect is Dialect.MDP01:
@@ -304,15 +323,16 @@ class Broker:
             worker.partials.extend(body)
             body, worker.partials = worker.partials, []
         self.stats.replies += 1
+        worker.outstanding.popleft()
         self._send(client, build_client_reply(dialect, service, body))
-        worker.client = None
-        self._worker_idle(worker)
+        self._feed(worker)
 
-    def _worker_idle(self, worker: _Worker) -> None:
-        """Give the worker the oldest live queued request, else park it as idle."""
+    def _feed(self, worker: _Worker) -> None:
+        """Give the worker queued requests up to its credit, then file it by its load."""
         service = worker.service
         requests = service.requests
-        while requests:
+        prefetch = self.settings.worker_prefetch
+        while requests and len(worker.outstanding) < prefetch:
             queued = requests.popleft()
             self._queued_total -= 1
             if queued.expires_at < self._now:
@@ -321,8 +341,8 @@ class Broker:
             if not self._assign(worker, queued.client, queued.dialect, queued.body):
                 requests.appendleft(queued)
                 self._queued_total += 1
-            return
-        service.idle[worker.identity] = worker
+                return
+        self._place(worker)
 
     # -- workers coming and going ---------------------------------------------------------------
 
@@ -336,11 +356,13 @@ class Broker:
             return
         service = worker.service
         service.idle.pop(worker.identity, None)
+        service.spare.pop(worker.identity, None)
         service.workers -= 1
-        if worker.client is not None:
-            self.stats.abandoned_requests += 1
-            log.warning("worker %s for %r removed mid-request (%s): the client must retry",
-                        worker.identity.hex(), service.name, reason)
+        if worker.outstanding:
+            self.stats.abandoned_requests += len(worker.outstanding)
+            log.warning("worker %s for %r removed with %d request(s) in hand (%s): "
+                        "their clients must retry", worker.identity.hex(), service.name,
+                        len(worker.outstanding), reason)
         else:
             log.info("worker %s for %r removed: %s", worker.identity.hex(), service.name, reason)
 
@@ -364,7 +386,7 @@ class Broker:
         idle_limit = self.settings.worker_expiry
         busy_limit = max(idle_limit, self.settings.busy_worker_timeout)
         for worker in list(self._workers.values()):
-            limit = idle_limit if worker.client is None else busy_limit
+            limit = busy_limit if worker.outstanding else idle_limit
             if self._now - worker.last_seen > limit:
                 self.stats.workers_expired += 1
                 self._remove_worker(worker, f"silent for {self._now - worker.last_seen:.1f} s")
@@ -398,7 +420,7 @@ class Broker:
         if self._trace:
             log.debug("send %r", frames)
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(sock, frames, NOBLOCK)
         except zmq.Again:
             self.stats.dropped_at_hwm += 1
             return False

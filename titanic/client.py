@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import zmq
 
-from titanic._zmq import new_socket
+from titanic._zmq import new_socket, recv_frames, send_frames
 from titanic.errors import ClientClosedError, ProtocolError, TitanicTimeoutError
 from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
@@ -51,11 +51,11 @@ class _Connection:
 
     def send(self, service: bytes, body: Sequence[bytes]) -> None:
         """Send a REQUEST in this connection's dialect."""
-        self.socket.send_multipart(build_client_request(self.dialect, service, body))
+        send_frames(self.socket, build_client_request(self.dialect, service, body))
 
     def read_part(self, service: bytes) -> tuple[bool, Frames] | None:
         """Read one waiting message: (final, body), or None if it was not a reply for `service`."""
-        frames = self.socket.recv_multipart()
+        frames = recv_frames(self.socket)
         try:
             reply = parse_client_reply(self.dialect, frames)
         except ProtocolError:
@@ -121,7 +121,7 @@ class Client:
         sock = connection.socket
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(remaining * 1000, zmq.POLLIN):
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
                 return None
             result = connection.read_part(service)
             if result is None:
@@ -242,7 +242,7 @@ class PipelinedClient:
             wake = min(slot.deadline for slot in self._busy)
             if limit is not None:
                 wake = min(wake, limit)
-            for sock, _ in self._poller.poll(max(0.0, wake - now) * 1000):
+            for sock, _ in self._poller.poll(int(max(0.0, wake - now) * 1000) + 1):
                 self._read(self._by_socket[sock], done)
             self._resend_timed_out(done)
             if limit is not None and time.monotonic() >= limit:

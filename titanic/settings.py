@@ -12,6 +12,7 @@ HEARTBEAT_LIVENESS = 3
 BUSY_WORKER_TIMEOUT_S = 300.0
 QUEUED_REQUEST_TTL_S = 60.0
 SERVICE_QUEUE_LIMIT = 100_000
+WORKER_PREFETCH = 2
 TOTAL_QUEUE_LIMIT = 1_000_000
 MAX_MESSAGE_SIZE_BYTES = 64 * 1024 * 1024
 CLIENT_TIMEOUT_S = 2.5
@@ -52,6 +53,7 @@ class BrokerSettings:
     queue_limit: int = SERVICE_QUEUE_LIMIT
     total_queue_limit: int = TOTAL_QUEUE_LIMIT
     max_message_size: int = MAX_MESSAGE_SIZE_BYTES
+    worker_prefetch: int = WORKER_PREFETCH
 
     @property
     def worker_expiry(self) -> float:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Union
 
 import zmq
 
-from titanic._zmq import Waker, new_socket
+from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, send_frames
 from titanic.errors import ProtocolError
 from titanic.protocol.mdp import (
     Command,
@@ -33,7 +32,7 @@ from titanic.settings import (
 
 log = logging.getLogger(__name__)
 
-Reply = Union[Sequence[bytes], Iterator[Sequence[bytes]]]
+Reply = Sequence[bytes] | Iterator[Sequence[bytes]]
 Handler = Callable[[Frames], Reply]
 
 
@@ -106,7 +105,7 @@ class Worker:
             self._configure_socket(sock)
         sock.connect(self.broker)
         self._socket = sock
-        sock.send_multipart(build_worker(self.dialect, Command.READY, self.service))
+        send_frames(sock, build_worker(self.dialect, Command.READY, self.service))
         log.debug("worker for %r connected to %s", self.service, self.broker)
         return sock
 
@@ -115,8 +114,8 @@ class Worker:
             return
         if send_disconnect:
             try:
-                self._socket.send_multipart(build_worker(self.dialect, Command.DISCONNECT),
-                                            zmq.NOBLOCK)
+                send_frames(self._socket, build_worker(self.dialect, Command.DISCONNECT),
+                                            NOBLOCK)
             except zmq.ZMQError:
                 pass
             self._socket.close(linger=100)
@@ -134,26 +133,26 @@ class Worker:
         poller.register(sock, zmq.POLLIN)
         poller.register(self._waker.fileno(), zmq.POLLIN)
         interval = self.heartbeat_interval
-        liveness = self.liveness
+        silence_limit = interval * self.liveness
         heard = False
-        next_heartbeat = time.monotonic() + interval
+        last_heard = time.monotonic()
+        next_heartbeat = last_heard + interval
         while not self.stopping:
-            timeout = max(0.0, next_heartbeat - time.monotonic())
-            events = dict(poller.poll(timeout * 1000))
+            timeout = max(0.0, min(next_heartbeat, last_heard + silence_limit) - time.monotonic())
+            events = dict(poller.poll(int(timeout * 1000) + 1))
+            now = time.monotonic()
             if sock in events:
-                liveness = self.liveness
                 heard = True
+                last_heard = now
                 if not self._drain(sock):
                     return heard
-            elif not events:
-                liveness -= 1
-                if liveness <= 0:
-                    log.warning("broker %s silent for %.1f s: reconnecting", self.broker,
-                                interval * self.liveness)
-                    return heard
-            now = time.monotonic()
+                now = time.monotonic()
+            elif now - last_heard >= silence_limit:
+                log.warning("broker %s silent for %.1f s: reconnecting", self.broker,
+                            now - last_heard)
+                return heard
             if now >= next_heartbeat:
-                sock.send_multipart(self._heartbeat)
+                send_frames(sock, self._heartbeat)
                 next_heartbeat = now + interval
         return heard
 
@@ -161,7 +160,7 @@ class Worker:
         """Handle every waiting message; False when the broker sent DISCONNECT."""
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 return True
             try:
@@ -181,13 +180,13 @@ class Worker:
         try:
             reply = self.handler(body)
             if isinstance(reply, (list, tuple)):
-                sock.send_multipart(build_worker_reply(self.dialect, client, reply))
+                send_frames(sock, build_worker_reply(self.dialect, client, reply))
             else:
-                self._send_parts(sock, client, reply)
+                self._send_parts(sock, client, reply)  # type: ignore[arg-type]
         except Exception:
             log.exception("handler for %r failed; re-registering so the client can retry",
                           self.service)
-            sock.send_multipart(build_worker(self.dialect, Command.DISCONNECT))
+            send_frames(sock, build_worker(self.dialect, Command.DISCONNECT))
             return False
         self.requests_handled += 1
         return True
@@ -201,17 +200,17 @@ class Worker:
                 if self.dialect is Dialect.MDP01:
                     joined.extend(previous)
                 else:
-                    sock.send_multipart(build_worker_reply(self.dialect, client, previous,
+                    send_frames(sock, build_worker_reply(self.dialect, client, previous,
                                                            final=False))
             previous = part
         joined.extend(previous or [])
-        sock.send_multipart(build_worker_reply(self.dialect, client, joined))
+        send_frames(sock, build_worker_reply(self.dialect, client, joined))
 
     def _sleep(self, seconds: float) -> None:
         """Wait, but wake at once on stop()."""
         poller = zmq.Poller()
         poller.register(self._waker.fileno(), zmq.POLLIN)
-        poller.poll(seconds * 1000)
+        poller.poll(int(seconds * 1000))
 
 
 def echo_handler(frames: Frames) -> Frames:

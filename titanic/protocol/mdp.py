@@ -62,7 +62,9 @@ _WORKER_COMMANDS_02 = {code: cmd for cmd, code in _WORKER_CODES_02.items()}
 
 # Client commands of 18/MDP as RFC 18 numbers them, and as majortomo does.
 _CLIENT_CODES_02 = {Command.REQUEST: b"\x01", Command.PARTIAL: b"\x02", Command.FINAL: b"\x03"}
-_CLIENT_CODES_MAJORTOMO = {Command.REQUEST: b"\x02", Command.PARTIAL: b"\x03", Command.FINAL: b"\x04"}
+_CLIENT_CODES_MAJORTOMO = {
+    Command.REQUEST: b"\x02", Command.PARTIAL: b"\x03", Command.FINAL: b"\x04"
+}
 _CLIENT_COMMANDS_02 = {code: cmd for cmd, code in _CLIENT_CODES_02.items()}
 _CLIENT_COMMANDS_MAJORTOMO = {code: cmd for cmd, code in _CLIENT_CODES_MAJORTOMO.items()}
 

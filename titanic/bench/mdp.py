@@ -1,0 +1,202 @@
+"""Majordomo round-trip benchmark: our broker beside majortomo's, same client and workers.
+
+    python -m titanic.bench.mdp [--requests N] [--depth 32] [--size 100]
+
+Brokers and echo workers run as subprocesses on loopback; the client runs here. The same client
+and worker code (ours) is used against every broker, each speaking the broker's dialect, so the
+broker is the only thing that differs between rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from titanic.client import Client, PipelinedClient
+from titanic.errors import TitanicTimeoutError
+from titanic.protocol.mdp import Dialect
+
+SERVICE = b"echo"
+
+
+@dataclass(frozen=True)
+class Result:
+    """A measured rate with per-request latency percentiles."""
+
+    name: str
+    requests: int
+    seconds: float
+    latencies: Sequence[float]
+
+    @property
+    def rate(self) -> float:
+        """Requests per second."""
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        """Latency at quantile q, in milliseconds."""
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(args: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start a helper process, its output discarded."""
+    return subprocess.Popen(list(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def stop_all(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process, then SIGKILL what is still running after 3 s."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 3
+    for proc in processes:
+        try:
+            proc.wait(max(0.01, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def titanic_command(*args: str) -> list[str]:
+    """argv running the titanic CLI with this interpreter."""
+    return [sys.executable, "-m", "titanic_cli", *args]
+
+
+BROKERS: dict[str, tuple[Callable[[str], list[str]], Dialect]] = {
+    "titanic (7/MDP)": (lambda ep: titanic_command("broker", "--bind", ep), Dialect.MDP01),
+    "titanic (majortomo dialect)": (lambda ep: titanic_command("broker", "--bind", ep),
+                                    Dialect.MAJORTOMO),
+    "majortomo 0.2.0": (lambda ep: [sys.executable, "-m", "majortomo.broker", "-b", ep],
+                        Dialect.MAJORTOMO),
+}
+DIALECT_FLAG = {Dialect.MDP01: "7", Dialect.MDP02: "18", Dialect.MAJORTOMO: "majortomo"}
+
+
+@contextmanager
+def running_broker(command: Callable[[str], list[str]], dialect: Dialect,
+                   workers: int) -> Iterator[str]:
+    """A broker with `workers` echo workers, ready to serve; yields its endpoint."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    processes = [spawn(command(endpoint))]
+    try:
+        for _ in range(workers):
+            processes.append(spawn(titanic_command(
+                "worker", "echo", "--broker", endpoint, "--mdp", DIALECT_FLAG[dialect])))
+        wait_until_served(endpoint, dialect, workers)
+        yield endpoint
+    finally:
+        stop_all(processes)
+
+
+def wait_until_served(endpoint: str, dialect: Dialect, workers: int,
+                      deadline_s: float = 20) -> None:
+    """Block until `workers` requests in flight at once all come back (every worker is up)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            with PipelinedClient(endpoint, depth=workers, dialect=dialect, timeout=0.5,
+                                 retries=0) as client:
+                client.request_many([(SERVICE, [b"warm-up"])] * workers * 4)
+            return
+        except TitanicTimeoutError:
+            continue
+    raise RuntimeError(f"echo workers at {endpoint} did not come up in {deadline_s} s")
+
+
+def measure_sync(endpoint: str, dialect: Dialect, requests: int, body: bytes, *,
+                 new_socket: bool = False) -> Result:
+    """One client, one request at a time; optionally a new client socket per request."""
+    latencies: list[float] = []
+    client = Client(endpoint, dialect=dialect, timeout=5, retries=0)
+    started = time.perf_counter()
+    try:
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            if new_socket:
+                with Client(endpoint, dialect=dialect, timeout=5, retries=0) as once:
+                    once.request(SERVICE, body)
+            else:
+                client.request(SERVICE, body)
+            latencies.append(time.perf_counter() - t0)
+    finally:
+        client.close()
+    name = "sync, new socket per call" if new_socket else "sync, socket kept"
+    return Result(name, requests, time.perf_counter() - started, latencies)
+
+
+def measure_pipelined(endpoint: str, dialect: Dialect, requests: int, body: bytes,
+                      depth: int) -> Result:
+    """`depth` requests in flight at once."""
+    latencies: list[float] = []
+    sent_at: dict[int, float] = {}
+    with PipelinedClient(endpoint, depth=depth, dialect=dialect, timeout=10, retries=0) as client:
+        def stamped() -> Iterator[tuple[bytes, list[bytes]]]:
+            for index in range(requests):
+                sent_at[index] = time.perf_counter()
+                yield SERVICE, [body]
+
+        started = time.perf_counter()
+        for completion in client.run(stamped()):
+            if completion.error is not None:
+                raise completion.error
+            assert isinstance(completion.tag, int)
+            latencies.append(time.perf_counter() - sent_at.pop(completion.tag))
+        seconds = time.perf_counter() - started
+    return Result(f"pipelined, {depth} in flight", requests, seconds, latencies)
+
+
+def format_table(rows: Sequence[tuple[str, Result]]) -> str:
+    """A plain-text table of results."""
+    lines = [f"{'broker':30} {'load':28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"]
+    for broker, result in rows:
+        lines.append(f"{broker:30} {result.name:28} {result.rate:9.0f} "
+                     f"{result.percentile(0.5):8.3f} {result.percentile(0.99):8.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every broker through the same loads and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--sync-requests", type=int, default=5_000)
+    parser.add_argument("--depth", type=int, default=32)
+    parser.add_argument("--size", type=int, default=100, help="body bytes")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--broker", action="append", choices=sorted(BROKERS),
+                        help="only these brokers (repeatable)")
+    args = parser.parse_args(argv)
+    body = b"x" * args.size
+    rows: list[tuple[str, Result]] = []
+    for name in args.broker or list(BROKERS):
+        command, dialect = BROKERS[name]
+        with running_broker(command, dialect, args.workers) as endpoint:
+            rows.append((name, measure_sync(endpoint, dialect, args.sync_requests, body)))
+            rows.append((name, measure_pipelined(endpoint, dialect, args.requests, body,
+                                                 args.depth)))
+        print(format_table(rows[-2:]).split("\n", 1)[1], file=sys.stderr, flush=True)
+    print(f"{args.size}-byte bodies, {args.workers} echo workers, loopback tcp")
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
