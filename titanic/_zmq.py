@@ -51,39 +51,50 @@ def new_socket(context: zmq.Context[zmq.Socket[bytes]], kind: int, *,
     return sock
 
 
-class Waker:
-    """A self-pipe a zmq poll loop can watch: `wake()` is safe from threads and signal handlers."""
+class Doorbell:
+    """A self-pipe a zmq poll loop can watch: `ring()` is safe from threads and signal handlers."""
 
     def __init__(self) -> None:
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
         self._writer.setblocking(False)
-        self.stopped = threading.Event()
 
     def fileno(self) -> int:
         """The descriptor to register with zmq.Poller."""
         return self._reader.fileno()
 
-    def wake(self) -> None:
-        """Mark stopped and interrupt the poll."""
-        self.stopped.set()
+    def ring(self) -> None:
+        """Make the descriptor readable."""
         try:
             self._writer.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full or closed: the loop is waking anyway
+        except OSError:
+            pass  # the pipe is full (already rung) or closed (loop gone)
 
     def drain(self) -> None:
         """Empty the pipe after a wake-up."""
         try:
             while self._reader.recv(4096):
                 pass
-        except (BlockingIOError, OSError):
+        except OSError:
             pass
 
     def close(self) -> None:
         """Release both ends."""
         self._reader.close()
         self._writer.close()
+
+
+class Waker(Doorbell):
+    """A doorbell that also records that the loop was asked to stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = threading.Event()
+
+    def wake(self) -> None:
+        """Mark stopped and interrupt the poll."""
+        self.stopped.set()
+        self.ring()
 
 
 @contextmanager

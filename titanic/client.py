@@ -198,6 +198,7 @@ class PipelinedClient:
         self._by_socket: dict[zmq.Socket[bytes], _Slot] = {}
         self._free: list[_Slot] = []
         self._busy: set[_Slot] = set()
+        self._wakeups: set[int] = set()
         for _ in range(depth):
             slot = _Slot(_Connection(broker, dialect, self._context, configure_socket))
             self._track(slot)
@@ -233,19 +234,38 @@ class PipelinedClient:
         slot.connection.send(slot.service, body)
         self._busy.add(slot)
 
+    def pending_tags(self) -> list[Hashable]:
+        """The tags of requests still awaiting their reply."""
+        return [slot.tag for slot in self._busy]
+
+    def add_wakeup(self, fd: int) -> None:
+        """Also watch `fd` in poll(): when it is readable poll() returns, maybe with nothing."""
+        self._poller.register(fd, zmq.POLLIN)
+        self._wakeups.add(fd)
+
     def poll(self, timeout: float | None = None) -> list[Completion]:
-        """Wait up to `timeout` seconds (None: until something completes) and return completions."""
+        """Wait up to `timeout` seconds (None: until something completes) and return completions.
+
+        Returns early, possibly empty, when a wake-up descriptor becomes readable.
+        """
         done: list[Completion] = []
         limit = None if timeout is None else time.monotonic() + timeout
-        while not done and self._busy:
-            now = time.monotonic()
-            wake = min(slot.deadline for slot in self._busy)
-            if limit is not None:
+        while not done:
+            wake = min((slot.deadline for slot in self._busy), default=limit)
+            if limit is not None and wake is not None:
                 wake = min(wake, limit)
-            for sock, _ in self._poller.poll(int(max(0.0, wake - now) * 1000) + 1):
-                self._read(self._by_socket[sock], done)
+            if wake is None and not self._wakeups:
+                break  # nothing in flight and nothing else to wait for
+            wait_ms = None if wake is None else int(max(0.0, wake - time.monotonic()) * 1000) + 1
+            woken = False
+            for sock, _ in self._poller.poll(wait_ms):
+                slot = self._by_socket.get(sock)
+                if slot is None:
+                    woken = True
+                else:
+                    self._read(slot, done)
             self._resend_timed_out(done)
-            if limit is not None and time.monotonic() >= limit:
+            if woken or (limit is not None and time.monotonic() >= limit):
                 break
         return done
 

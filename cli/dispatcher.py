@@ -1,0 +1,89 @@
+"""`titanic-dispatcher` (also `titanic dispatcher`): the TSP server and forwarder daemon."""
+
+from __future__ import annotations
+
+import click
+
+from titanic._zmq import stop_on_signals
+from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.settings import BrokerSettings
+from titanic.store import open_store
+from titanic.worker_pool import ConnectionSettings
+from titanic_cli.mdp_commands import DIALECTS, daemon_logging, dialect_option
+from titanic_cli.options import broker_option, configure_logging, db_option, handle_errors
+
+_DEFAULTS = DispatcherSettings()
+
+
+@click.command("dispatcher")
+@broker_option
+@db_option
+@dialect_option
+@click.option("--request-timeout", type=click.FloatRange(min=0.01),
+              default=_DEFAULTS.request_timeout, show_default=True,
+              envvar="TITANIC_REQUEST_TIMEOUT",
+              help="Seconds a worker may take on a request before it is retried.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=_DEFAULTS.max_attempts,
+              show_default=True, envvar="TITANIC_MAX_ATTEMPTS",
+              help="Deliveries tried before a request fails for good.")
+@click.option("--backoff", type=click.FloatRange(min=0), default=_DEFAULTS.backoff,
+              show_default=True, envvar="TITANIC_BACKOFF",
+              help="Seconds before the first retry; doubles on each attempt.")
+@click.option("--backoff-max", type=click.FloatRange(min=0), default=_DEFAULTS.backoff_max,
+              show_default=True, envvar="TITANIC_BACKOFF_MAX", help="Longest wait between tries.")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=_DEFAULTS.max_in_flight,
+              show_default=True, envvar="TITANIC_MAX_IN_FLIGHT",
+              help="Requests forwarded at once, all services together.")
+@click.option("--max-in-flight-per-service", type=click.IntRange(min=1),
+              default=_DEFAULTS.max_in_flight_per_service, show_default=True,
+              envvar="TITANIC_MAX_IN_FLIGHT_PER_SERVICE",
+              help="Requests forwarded at once to one service.")
+@click.option("--pending-ttl", type=click.FloatRange(min=1), default=_DEFAULTS.pending_ttl,
+              show_default=True, envvar="TITANIC_PENDING_TTL",
+              help="Seconds after submission when an undelivered request expires.")
+@click.option("--reply-ttl", type=click.FloatRange(min=1), default=_DEFAULTS.reply_ttl,
+              show_default=True, envvar="TITANIC_REPLY_TTL",
+              help="Seconds a finished request and its reply are kept, fetched or not.")
+@click.option("--heartbeat", type=click.FloatRange(min=0.01),
+              default=BrokerSettings().heartbeat_interval, show_default=True,
+              envvar="TITANIC_HEARTBEAT", help="MDP heartbeat interval, seconds.")
+@click.option("--sqlite-synchronous", type=click.Choice(["FULL", "NORMAL"]), default="FULL",
+              show_default=True, envvar="TITANIC_SQLITE_SYNCHRONOUS",
+              help="SQLite durability: FULL survives power loss; NORMAL may lose the last "
+              "transactions on power loss (not on a crash) and is faster.")
+@click.option("-v", "--verbose", count=True, help="-v logs every request's life cycle.")
+@handle_errors
+def dispatcher(broker: str, db_url: str | None, dialect_name: str, request_timeout: float,
+               max_attempts: int, backoff: float, backoff_max: float, max_in_flight: int,
+               max_in_flight_per_service: int, pending_ttl: float, reply_ttl: float,
+               heartbeat: float, sqlite_synchronous: str, verbose: int) -> None:
+    """Serve titanic.request/reply/close and forward stored requests to their workers.
+
+    Brings a fresh database to the current schema first; refuses a newer one (exit 7).
+
+    \b
+    Example:
+      titanic-dispatcher --broker tcp://127.0.0.1:5555 --db sqlite:////var/lib/titanic/t.db
+    """
+    daemon_logging(verbose)
+    settings = DispatcherSettings(
+        broker=broker, dialect=DIALECTS[dialect_name], request_timeout=request_timeout,
+        max_attempts=max_attempts, backoff=backoff, backoff_max=backoff_max,
+        max_in_flight=max_in_flight, max_in_flight_per_service=max_in_flight_per_service,
+        pending_ttl=pending_ttl, reply_ttl=reply_ttl,
+        connection=ConnectionSettings(heartbeat_interval=heartbeat),
+    )
+    store = open_store(db_url, sqlite_synchronous=sqlite_synchronous)
+    try:
+        server = Dispatcher(store, settings)
+        with stop_on_signals(server.stop):
+            server.run()
+    finally:
+        store.close_store()
+
+
+def main() -> None:
+    """Console-script entry point for titanic-dispatcher."""
+    configure_logging(0)
+    dispatcher(prog_name="titanic-dispatcher")
+

@@ -1,0 +1,262 @@
+"""Commands for Titanic itself: submit, fetch, close (over the broker); status, list, retry (DB)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from titanic.errors import ProtocolError
+from titanic.protocol.tsp import parse_uuid
+from titanic.store import RequestStatus, StoredRequest, open_store
+from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
+from titanic.tsp_client import ReplyState, TitanicClient
+from titanic_cli.exitcodes import Exit
+from titanic_cli.mdp_commands import DIALECTS, dialect_option
+from titanic_cli.options import broker_option, client_options, db_option, fail, handle_errors
+
+_STATE_EXIT = {
+    ReplyState.PENDING: Exit.PENDING,
+    ReplyState.UNKNOWN: Exit.UNKNOWN,
+    ReplyState.FAILED: Exit.FAILED,
+    ReplyState.EXPIRED: Exit.FAILED,
+    ReplyState.ERROR: Exit.ERROR,
+}
+
+
+def _read_payload(value: str) -> bytes:
+    """`-` is stdin, `@path` a file's content, `@@text` the literal `@text`; else the text."""
+    if value == "-":
+        return sys.stdin.buffer.read()
+    if value.startswith("@@"):
+        return value[1:].encode()
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from exc
+    return value.encode()
+
+
+def _check_uuid(value: str) -> str:
+    try:
+        return parse_uuid(value.encode())
+    except ProtocolError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _client(broker: str, dialect_name: str, timeout: float, retries: int) -> TitanicClient:
+    return TitanicClient(broker, dialect=DIALECTS[dialect_name], timeout=timeout, retries=retries)
+
+
+@click.command()
+@broker_option
+@client_options
+@dialect_option
+@click.option("--frame", "-f", "frames", multiple=True,
+              help="A further request frame (repeatable); same forms as PAYLOAD.")
+@click.argument("service")
+@click.argument("payload", required=False)
+@handle_errors
+def submit(broker: str, timeout: float, retries: int, dialect_name: str, frames: tuple[str, ...],
+           service: str, payload: str | None) -> None:
+    """Store a request for SERVICE and print its UUID.
+
+    PAYLOAD is the first request frame: text, `-` for stdin, or `@FILE` for a file's bytes
+    (`@@text` for a literal leading @). The UUID is printed only once the request is stored.
+
+    \b
+    Example:
+      titanic submit echo 'hello'
+      titanic submit resize @photo.jpg --frame 640x480
+    """
+    body = ([] if payload is None else [_read_payload(payload)]) + [_read_payload(f) for f in frames]
+    with _client(broker, dialect_name, timeout, retries) as client:
+        click.echo(client.submit(service, *body))
+
+
+@click.command()
+@broker_option
+@dialect_option
+@click.option("--wait", is_flag=True, help="Poll until the reply arrives or --timeout passes.")
+@click.option("--timeout", type=click.FloatRange(min=0.001), default=None,
+              envvar="TITANIC_TIMEOUT",
+              help="Seconds fetch may take in all [default: 2.5, or 60 with --wait; "
+              "env TITANIC_TIMEOUT].")
+@click.option("--retries", type=click.IntRange(min=0), default=CLIENT_RETRIES, show_default=True,
+              envvar="TITANIC_RETRIES", help="Resends of each call after a timeout.")
+@click.option("--raw", is_flag=True, help="Write the reply frames back to back, no newlines.")
+@click.argument("request_id", metavar="UUID")
+@handle_errors
+def fetch(broker: str, dialect_name: str, wait: bool, timeout: float | None, retries: int,
+          raw: bool, request_id: str) -> None:
+    """Print the reply to request UUID, one frame per line.
+
+    \b
+    Exit status: 0 reply printed, 3 still pending, 4 unknown (or closed),
+    5 failed or expired, 6 broker or Titanic unreachable.
+
+    \b
+    Example:
+      titanic fetch 0190c6f2a1b47c3e9d2f00112233aabb
+      titanic fetch --wait --timeout 30 0190c6f2a1b47c3e9d2f00112233aabb
+    """
+    total = timeout if timeout is not None else (60.0 if wait else CLIENT_TIMEOUT_S)
+    per_call = min(total, CLIENT_TIMEOUT_S)
+    request_id = _check_uuid(request_id)
+    show = wait and sys.stderr.isatty()
+
+    def progress(elapsed: float) -> None:
+        click.echo(f"\rwaiting for {request_id}: {elapsed:5.1f} s", err=True, nl=False)
+
+    with _client(broker, dialect_name, per_call, retries) as client:
+        if wait:
+            fetched = client.wait(request_id, total, progress=progress if show else None)
+        else:
+            fetched = client.fetch(request_id)
+    if show:
+        click.echo("", err=True)
+    if fetched.state is ReplyState.DONE:
+        out = sys.stdout.buffer
+        out.write(b"".join(fetched.reply) if raw else b"".join(f + b"\n" for f in fetched.reply))
+        out.flush()
+        return
+    detail = f": {fetched.text}" if fetched.text and fetched.state.value not in fetched.text else ""
+    fail(f"request {request_id} is {fetched.state.value}{detail}", _STATE_EXIT[fetched.state])
+
+
+@click.command()
+@broker_option
+@client_options
+@dialect_option
+@click.argument("request_id", metavar="UUID")
+@handle_errors
+def close(broker: str, timeout: float, retries: int, dialect_name: str, request_id: str) -> None:
+    """Delete request UUID and its reply (succeeds for unknown UUIDs too).
+
+    \b
+    Example:
+      titanic close 0190c6f2a1b47c3e9d2f00112233aabb
+    """
+    request_id = _check_uuid(request_id)
+    with _client(broker, dialect_name, timeout, retries) as client:
+        client.close_request(request_id)
+
+
+def _as_dict(request: StoredRequest) -> dict[str, Any]:
+    def when(value: Any) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "uuid": request.id,
+        "service": request.service,
+        "state": request.status.value,
+        "attempts": request.attempts,
+        "created_at": when(request.created_at),
+        "due_at": when(request.due_at),
+        "lease_until": when(request.lease_until),
+        "completed_at": when(request.completed_at),
+        "deadline": when(request.deadline),
+        "last_error": request.last_error,
+        "request_frames": len(request.request),
+        "reply_frames": None if request.reply is None else len(request.reply),
+    }
+
+
+@click.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.argument("request_id", metavar="UUID")
+@handle_errors
+def status(db_url: str | None, as_json: bool, request_id: str) -> None:
+    """Show request UUID's state, attempts, times and last error (reads the database).
+
+    Exit status 4 if the request is unknown.
+
+    \b
+    Example:
+      titanic status 0190c6f2a1b47c3e9d2f00112233aabb
+    """
+    request_id = _check_uuid(request_id)
+    store = open_store(db_url)
+    try:
+        found = store.get(request_id)
+    finally:
+        store.close_store()
+    if found is None:
+        fail(f"request {request_id} is unknown", Exit.UNKNOWN)
+        return
+    fields = _as_dict(found)
+    if as_json:
+        click.echo(json.dumps(fields, indent=2))
+        return
+    width = max(len(name) for name in fields)
+    for name, value in fields.items():
+        click.echo(f"{name:<{width}}  {'-' if value is None else value}")
+
+
+@click.command("list")
+@db_option
+@click.option("--service", help="Only this service.")
+@click.option("--state", type=click.Choice([s.value for s in RequestStatus]),
+              help="Only requests in this state.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--after", metavar="UUID", help="Page on: requests after this UUID.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, one object per request.")
+@handle_errors
+def list_requests(db_url: str | None, service: str | None, state: str | None, limit: int,
+                  after: str | None, as_json: bool) -> None:
+    """List stored requests, oldest first (reads the database).
+
+    \b
+    Example:
+      titanic list --state failed --service echo
+    """
+    store = open_store(db_url)
+    try:
+        found = store.list(service=service, status=RequestStatus(state) if state else None,
+                           limit=limit, after=_check_uuid(after) if after else None)
+    finally:
+        store.close_store()
+    rows = [_as_dict(request) for request in found]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'UUID':32}  {'SERVICE':20}  {'STATE':10}  {'TRIES':>5}  CREATED")
+    for row in rows:
+        click.echo(f"{row['uuid']:32}  {row['service'][:20]:20}  {row['state']:10}  "
+                   f"{row['attempts']:>5}  {row['created_at']}")
+
+
+@click.command()
+@db_option
+@click.argument("request_id", metavar="UUID")
+@handle_errors
+def retry(db_url: str | None, request_id: str) -> None:
+    """Send a failed or expired request again, attempts counted afresh.
+
+    Exit status 4 if the request is unknown, 1 if it is not failed or expired.
+
+    \b
+    Example:
+      titanic retry 0190c6f2a1b47c3e9d2f00112233aabb
+    """
+    request_id = _check_uuid(request_id)
+    store = open_store(db_url)
+    try:
+        if store.requeue(request_id):
+            click.echo(f"request {request_id} is pending again")
+            return
+        found = store.get(request_id)
+    finally:
+        store.close_store()
+    if found is None:
+        fail(f"request {request_id} is unknown", Exit.UNKNOWN)
+    else:
+        fail(f"request {request_id} is {found.status.value}, not failed or expired", Exit.ERROR)
+
+
+COMMANDS: list[click.Command] = [submit, fetch, close, status, list_requests, retry]

@@ -1,0 +1,313 @@
+"""The titanic dispatcher: serves the TSP services and forwards stored requests to their workers.
+
+Two loops in one process. The server (a WorkerPool) answers titanic.request / .reply / .close,
+storing the titanic.requests that arrive together in one transaction. The forwarder claims due
+requests with a lease, sends them through the broker as an MDP client with many in flight, and
+stores each reply. Leases make crashes safe: a request whose dispatcher died goes back to pending
+when its lease runs out, and is sent again, so delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+
+import zmq
+
+from titanic._zmq import Doorbell, Waker
+from titanic.client import Client, Completion, PipelinedClient
+from titanic.errors import StoreError, TitanicTimeoutError
+from titanic.protocol import mmi, tsp
+from titanic.protocol.mdp import Dialect, Frames
+from titanic.services import batch_of, handle_close, handle_reply, handle_requests
+from titanic.settings import DEFAULT_BROKER
+from titanic.store import RequestStatus, Store, StoredRequest
+from titanic.worker_pool import ConnectionSettings, WorkerPool
+
+log = logging.getLogger(__name__)
+
+SocketHook = Callable[[zmq.Socket[bytes]], None]
+
+DAY_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class DispatcherSettings:
+    """How the dispatcher behaves; every time is in seconds."""
+
+    broker: str = DEFAULT_BROKER
+    dialect: Dialect = Dialect.MDP01
+    #: How long a forwarded request may take before it counts as failed and is retried.
+    request_timeout: float = 10.0
+    max_attempts: int = 5
+    backoff: float = 1.0
+    backoff_max: float = 60.0
+    max_in_flight: int = 64
+    max_in_flight_per_service: int = 32
+    #: Extra lease time beyond request_timeout, so a live dispatcher's lease never runs out first.
+    lease_margin: float = 5.0
+    #: How often to ask mmi.service again about a service that had no workers.
+    presence_interval: float = 1.0
+    #: How long a positive mmi.service answer is trusted.
+    presence_ttl: float = 5.0
+    #: How often expired leases are released (crash recovery).
+    release_interval: float = 2.0
+    #: How often undeliverable requests are expired and old ones purged.
+    cleanup_interval: float = 60.0
+    #: A request not delivered within this time after it was submitted expires.
+    pending_ttl: float = DAY_S
+    #: A finished request (and its reply) is deleted this long after it finished.
+    reply_ttl: float = 7 * DAY_S
+    request_connections: int = 8
+    reply_connections: int = 2
+    close_connections: int = 1
+    #: On SIGTERM, how long to wait for replies to requests in flight before releasing them.
+    drain_timeout: float = 5.0
+    connection: ConnectionSettings = field(default_factory=ConnectionSettings)
+
+    @property
+    def lease(self) -> float:
+        """Seconds a claimed request stays ours."""
+        return self.request_timeout + self.lease_margin
+
+
+@dataclass
+class DispatcherStats:
+    """What the forwarder did."""
+
+    dispatched: int = 0
+    completed: int = 0
+    retried: int = 0
+    failed: int = 0
+    released: int = 0
+    expired: int = 0
+    purged: int = 0
+    store_errors: int = 0
+
+
+class _Presence:
+    """Cached mmi.service answers: which services have workers now."""
+
+    def __init__(self, client: Client, settings: DispatcherSettings) -> None:
+        self._client = client
+        self._settings = settings
+        self._known: dict[str, tuple[bool, float]] = {}
+
+    def has_workers(self, service: str, now: float) -> bool:
+        present, checked = self._known.get(service, (False, -1e9))
+        ttl = self._settings.presence_ttl if present else self._settings.presence_interval
+        if now - checked < ttl:
+            return present
+        try:
+            reply = self._client.request(mmi.SERVICE, service.encode(), timeout=1.0, retries=0)
+            present = bool(reply) and reply[0] == mmi.FOUND
+        except TitanicTimeoutError:
+            log.warning("broker %s did not answer mmi.service", self._client.broker)
+            present = False
+        self._known[service] = (present, now)
+        return present
+
+    def forget(self, service: str) -> None:
+        """Ask again next time (a request to it timed out)."""
+        self._known.pop(service, None)
+
+
+class Dispatcher:
+    """Serves TSP and forwards stored requests until stop(); see the module docstring."""
+
+    def __init__(self, store: Store, settings: DispatcherSettings | None = None, *,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None,
+                 configure_socket: SocketHook | None = None) -> None:
+        self.store = store
+        self.settings = settings or DispatcherSettings()
+        self.stats = DispatcherStats()
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._configure = configure_socket
+        self._waker = Waker()
+        self._doorbell = Doorbell()
+        self._in_flight: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._submitted: set[str] = set()  # services the TSP server just stored requests for
+        self._candidates: set[str] = set()  # services that may have due requests
+        self._next_survey = 0.0
+        self.server = self._make_server()
+
+    def _make_server(self) -> WorkerPool:
+        s = self.settings
+
+        def store_requests(bodies: Sequence[Frames]) -> list[Frames]:
+            replies = handle_requests(self.store, bodies)
+            services = {body[0].decode("utf-8", "replace") for body, reply in
+                        zip(bodies, replies, strict=True) if reply[0] == b"200"}
+            if services:
+                with self._lock:
+                    self._submitted.update(services)
+                self._doorbell.ring()  # new work: the forwarder looks at once
+            return replies
+
+        return WorkerPool(
+            s.broker,
+            {
+                tsp.REQUEST_SERVICE: (s.request_connections, store_requests),
+                tsp.REPLY_SERVICE: (s.reply_connections, batch_of(handle_reply, self.store)),
+                tsp.CLOSE_SERVICE: (s.close_connections, batch_of(handle_close, self.store)),
+            },
+            dialect=s.dialect, settings=s.connection, context=self._context,
+            configure_socket=self._configure,
+        )
+
+    def stop(self) -> None:
+        """Stop taking work, finish or release what is in flight, return from run()."""
+        self._waker.wake()
+        self._doorbell.ring()
+
+    def run(self) -> None:
+        """Serve and forward until stop()."""
+        server = threading.Thread(target=self.server.run, name="titanic-tsp", daemon=True)
+        server.start()
+        log.info("dispatcher serving %s on %s", "titanic.request/reply/close",
+                 self.settings.broker)
+        try:
+            self._forward()
+        finally:
+            self.server.stop()
+            server.join(timeout=5)
+            self._doorbell.close()
+            self._waker.close()
+            if self._own_context:
+                self._context.term()
+            log.info("dispatcher stopped: %s", self.stats)
+
+    # -- forwarding -----------------------------------------------------------------------------
+
+    def _forward(self) -> None:
+        s = self.settings
+        client = PipelinedClient(s.broker, depth=s.max_in_flight, dialect=s.dialect,
+                                 timeout=s.request_timeout, retries=0, context=self._context,
+                                 configure_socket=self._configure)
+        mmi_client = Client(s.broker, dialect=s.dialect, context=self._context,
+                            configure_socket=self._configure)
+        client.add_wakeup(self._doorbell.fileno())
+        presence = _Presence(mmi_client, s)
+        next_release = next_cleanup = 0.0
+        try:
+            while not self._waker.stopped.is_set():
+                now = time.monotonic()
+                if now >= next_release:
+                    self._guarded(self._release_stale)
+                    next_release = now + s.release_interval
+                if now >= next_cleanup:
+                    self._guarded(self._cleanup)
+                    next_cleanup = now + s.cleanup_interval
+                wait = min(next_release, next_cleanup) - now
+                if client.free_slots:
+                    wait = min(wait, self._guarded(lambda: self._dispatch(client, presence, now),
+                                                   default=s.presence_interval))
+                completions = client.poll(max(0.0, wait))
+                self._doorbell.drain()
+                self._guarded(lambda: self._record(completions, presence))
+            self._drain(client, presence)
+        finally:
+            client.close()
+            mmi_client.close()
+
+    def _guarded(self, action: Callable[[], float | None], default: float = 1.0) -> float:
+        """Run a store action; a store error is logged and counted, and the loop goes on."""
+        try:
+            result = action()
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            log.error("store error (retrying in %.1f s): %s", default, exc)
+            return default
+        return default if result is None else result
+
+    def _dispatch(self, client: PipelinedClient, presence: _Presence, now: float) -> float:
+        """Claim and send due requests for services with workers; returns seconds to next look.
+
+        Services to look at come from the TSP server (just submitted) and from a survey of the
+        store once per presence_interval (retries come due, requests from other processes).
+        """
+        s = self.settings
+        with self._lock:
+            self._candidates.update(self._submitted)
+            self._submitted.clear()
+        if now >= self._next_survey:
+            self._candidates.update(self.store.due_services())
+            self._next_survey = now + s.presence_interval
+        for service in list(self._candidates):
+            room = min(client.free_slots, s.max_in_flight_per_service - self._in_flight[service])
+            if room <= 0:
+                continue
+            if not presence.has_workers(service, now):
+                continue  # looked at again at the next survey
+            claimed = self.store.claim_due([service], room, s.lease)
+            for request in claimed:
+                self._send(client, request)
+            if len(claimed) < room:
+                self._candidates.discard(service)  # nothing more due there for now
+        return max(0.0, self._next_survey - now)
+
+    def _send(self, client: PipelinedClient, request: StoredRequest) -> None:
+        tag: Hashable = (request.id, request.service)
+        client.send(request.service, request.request, tag)
+        self._in_flight[request.service] += 1
+        self.stats.dispatched += 1
+        log.debug("request %s sent to %r (attempt %d)", request.id, request.service,
+                  request.attempts)
+
+    def _record(self, completions: list[Completion], presence: _Presence) -> None:
+        s = self.settings
+        for completion in completions:
+            request_id, service = completion.tag  # type: ignore[misc]
+            self._in_flight[service] -= 1
+            if completion.reply is not None:
+                if self.store.complete(request_id, completion.reply):
+                    self.stats.completed += 1
+                    log.info("request %s done", request_id)
+                continue
+            presence.forget(service)
+            error = f"no reply from {service!r} within {s.request_timeout:g} s"
+            status = self.store.retry_later(request_id, error, max_attempts=s.max_attempts,
+                                            backoff=s.backoff, backoff_max=s.backoff_max)
+            if status is RequestStatus.FAILED:
+                self.stats.failed += 1
+                log.warning("request %s failed for good: %s", request_id, error)
+            else:
+                self.stats.retried += 1
+                log.info("request %s will be retried: %s", request_id, error)
+
+    def _drain(self, client: PipelinedClient, presence: _Presence) -> None:
+        """At shutdown: wait a while for replies in flight, then hand the rest back."""
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while client.in_flight and time.monotonic() < deadline:
+            completions = client.poll(max(0.0, deadline - time.monotonic()))
+            self._guarded(lambda: self._record(completions, presence))
+        for tag in client.pending_tags():
+            request_id, _service = tag  # type: ignore[misc]
+            self._guarded(lambda: self._release(request_id))
+
+    def _release(self, request_id: str) -> None:
+        if self.store.release(request_id):
+            self.stats.released += 1
+            log.info("request %s released at shutdown", request_id)
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    def _release_stale(self) -> None:
+        released = self.store.release_stale()
+        if released:
+            self.stats.released += released
+            log.warning("%d request(s) whose lease ran out are pending again", released)
+
+    def _cleanup(self) -> None:
+        expired = self.store.expire(pending_ttl=self.settings.pending_ttl)
+        purged = self.store.purge(reply_ttl=self.settings.reply_ttl)
+        self.stats.expired += expired
+        self.stats.purged += purged
+        if expired or purged:
+            log.info("expired %d undelivered request(s), purged %d finished", expired, purged)

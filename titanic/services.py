@@ -1,0 +1,136 @@
+"""The 9/TSP services as pure handlers: (store, request bodies) -> reply bodies.
+
+Status frames are three digits and an optional text; clients look only at the digits, and
+titanic's own client reads the text to tell apart the ways a request can end:
+
+    titanic.request  200 <uuid> | 400 <why the request is refused> | 500 <store error>
+    titanic.reply    200 <reply frames...> | 300 pending | 400 unknown | 400 failed: <error>
+                     | 400 expired: <why> | 500 <store error>
+    titanic.close    200 (unknown and malformed UUIDs too) | 500 <store error>
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from titanic.errors import InvalidRequestError, ProtocolError, StoreError
+from titanic.protocol.mdp import Frames
+from titanic.protocol.tsp import Status, parse_uuid
+from titanic.store import NewRequest, RequestStatus, Store
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_TEXT = "unknown"
+FAILED_PREFIX = "failed: "
+EXPIRED_PREFIX = "expired: "
+
+_PENDING = Status.PENDING.frame("pending")
+_UNKNOWN = Status.UNKNOWN.frame(UNKNOWN_TEXT)
+_OK = Status.OK.frame()
+
+
+def _store_error(exc: StoreError) -> Frames:
+    log.error("store error: %s", exc)
+    return [Status.ERROR.frame(f"store error: {exc}")]
+
+
+def _parse_new_request(body: Frames) -> NewRequest:
+    """[service, frames...] as a NewRequest; ProtocolError if the service frame is unusable."""
+    if not body or not body[0]:
+        raise ProtocolError("titanic.request needs a service name frame")
+    try:
+        service = body[0].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("the service name is not UTF-8") from exc
+    return NewRequest(service=service, frames=tuple(body[1:]))
+
+
+def handle_requests(store: Store, bodies: Sequence[Frames]) -> list[Frames]:
+    """titanic.request for a batch: every valid request stored in one transaction, then 200."""
+    replies: list[Frames | None] = [None] * len(bodies)
+    accepted: list[tuple[int, NewRequest]] = []
+    for index, body in enumerate(bodies):
+        try:
+            accepted.append((index, _parse_new_request(body)))
+        except ProtocolError as exc:
+            replies[index] = [Status.UNKNOWN.frame(f"bad request: {exc}")]
+    if accepted:
+        for index, frames in _store_batch(store, accepted):
+            replies[index] = frames
+    return [reply if reply is not None else [_UNKNOWN] for reply in replies]
+
+
+def _store_batch(store: Store, accepted: list[tuple[int, NewRequest]]) -> list[tuple[int, Frames]]:
+    try:
+        ids = store.submit_many([request for _, request in accepted])
+    except InvalidRequestError:
+        # One bad request must not sink the batch: store them one by one to find it.
+        return [(index, _store_one(store, request)) for index, request in accepted]
+    except StoreError as exc:
+        error = _store_error(exc)
+        return [(index, error) for index, _ in accepted]
+    for (_, request), request_id in zip(accepted, ids, strict=True):
+        log.info("request %s for %r stored", request_id, request.service)
+    return [(index, [_OK, request_id.encode()]) for (index, _), request_id in
+            zip(accepted, ids, strict=True)]
+
+
+def _store_one(store: Store, request: NewRequest) -> Frames:
+    try:
+        request_id = store.submit(request.service, request.frames)
+    except InvalidRequestError as exc:
+        return [Status.UNKNOWN.frame(f"bad request: {exc}")]
+    except StoreError as exc:
+        return _store_error(exc)
+    log.info("request %s for %r stored", request_id, request.service)
+    return [_OK, request_id.encode()]
+
+
+def handle_reply(store: Store, body: Frames) -> Frames:
+    """titanic.reply: the stored reply, or where the request stands."""
+    try:
+        request_id = parse_uuid(body[0]) if len(body) == 1 else ""
+    except ProtocolError:
+        request_id = ""
+    if not request_id:
+        return [_UNKNOWN]
+    try:
+        stored = store.get(request_id)
+    except InvalidRequestError:
+        return [_UNKNOWN]
+    except StoreError as exc:
+        return _store_error(exc)
+    if stored is None:
+        return [_UNKNOWN]
+    if stored.status is RequestStatus.DONE:
+        return [_OK, *(stored.reply or ())]
+    if stored.status is RequestStatus.FAILED:
+        return [Status.UNKNOWN.frame(FAILED_PREFIX + (stored.last_error or "no reason given"))]
+    if stored.status is RequestStatus.EXPIRED:
+        return [Status.UNKNOWN.frame(EXPIRED_PREFIX + (stored.last_error or "not delivered"))]
+    return [_PENDING]
+
+
+def handle_close(store: Store, body: Frames) -> Frames:
+    """titanic.close: forget the request and its reply; 200 whether or not it existed."""
+    try:
+        request_id = parse_uuid(body[0]) if len(body) == 1 else ""
+    except ProtocolError:
+        return [_OK]
+    if not request_id:
+        return [_OK]
+    try:
+        store.close(request_id)
+    except InvalidRequestError:
+        return [_OK]
+    except StoreError as exc:
+        return _store_error(exc)
+    log.info("request %s closed", request_id)
+    return [_OK]
+
+
+def batch_of(handler: Callable[[Store, Frames], Frames],
+             store: Store) -> Callable[[Sequence[Frames]], list[Frames]]:
+    """A one-at-a-time handler applied across a batch."""
+    return lambda bodies: [handler(store, body) for body in bodies]

@@ -1,0 +1,243 @@
+"""Many worker connections served by one loop, with requests handed over in batches.
+
+The Titanic server uses this: several connections per TSP service let the broker hand it many
+requests at once, and the batch handler turns the `titanic.request`s that arrived together into
+one database transaction (group commit).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import zmq
+
+from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, send_frames
+from titanic.errors import ProtocolError
+from titanic.protocol.mdp import (
+    Command,
+    Dialect,
+    Frames,
+    build_worker,
+    build_worker_reply,
+    parse_worker_inbound,
+)
+from titanic.settings import (
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_LIVENESS,
+    RECONNECT_INITIAL_S,
+    RECONNECT_MAX_S,
+)
+
+log = logging.getLogger(__name__)
+
+#: Takes the bodies of requests that arrived together; returns one reply body per request.
+BatchHandler = Callable[[Sequence[Frames]], Sequence[Frames]]
+SocketHook = Callable[[zmq.Socket[bytes]], None]
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Heartbeat and reconnect timing of a worker connection, in seconds."""
+
+    heartbeat_interval: float = HEARTBEAT_INTERVAL_S
+    liveness: int = HEARTBEAT_LIVENESS
+    reconnect_initial: float = RECONNECT_INITIAL_S
+    reconnect_max: float = RECONNECT_MAX_S
+
+
+class WorkerConnection:
+    """One MDP worker socket: READY, heartbeats both ways, reconnection with backoff."""
+
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], broker: str, service: bytes,
+                 *, dialect: Dialect = Dialect.MDP01,
+                 settings: ConnectionSettings | None = None,
+                 configure_socket: SocketHook | None = None) -> None:
+        self.broker = broker
+        self.service = service
+        self.dialect = dialect
+        self.settings = settings or ConnectionSettings()
+        self.socket: zmq.Socket[bytes] | None = None
+        self._context = context
+        self._configure = configure_socket
+        self._heartbeat = build_worker(dialect, Command.HEARTBEAT)
+        self._delay = self.settings.reconnect_initial
+        self._reconnect_at = 0.0
+        self._last_heard = 0.0
+        self._next_heartbeat = 0.0
+        self._heard = False
+
+    def connect(self, now: float) -> None:
+        """Open a fresh socket and register with READY."""
+        self.close(disconnect=False)
+        sock = new_socket(self._context, zmq.DEALER)
+        if self._configure is not None:
+            self._configure(sock)
+        sock.connect(self.broker)
+        send_frames(sock, build_worker(self.dialect, Command.READY, self.service))
+        self.socket = sock
+        self._last_heard = now
+        self._next_heartbeat = now + self.settings.heartbeat_interval
+        self._heard = False
+
+    def read(self, now: float) -> list[tuple[bytes, Frames]]:
+        """Drain the socket: the (client, body) of each REQUEST. DISCONNECT drops the socket."""
+        sock = self.socket
+        requests: list[tuple[bytes, Frames]] = []
+        while sock is not None:
+            try:
+                frames = recv_frames(sock, NOBLOCK)
+            except zmq.Again:
+                break
+            self._last_heard = now
+            self._heard = True
+            try:
+                message = parse_worker_inbound(self.dialect, frames)
+            except ProtocolError as exc:
+                log.warning("dropped malformed message from broker: %s", exc)
+                continue
+            if message.command is Command.REQUEST:
+                requests.append((message.address, message.body))
+            elif message.command is Command.DISCONNECT:
+                log.info("broker sent DISCONNECT to %r worker", self.service)
+                self._drop(now)
+                break
+        return requests
+
+    def reply(self, client: bytes, body: Sequence[bytes]) -> None:
+        """Send the FINAL reply for a client's request."""
+        if self.socket is not None:
+            send_frames(self.socket, build_worker_reply(self.dialect, client, body))
+
+    def maintain(self, now: float) -> None:
+        """Heartbeat when due; reconnect after broker silence, or when a backoff has passed."""
+        if self.socket is None:
+            if now >= self._reconnect_at:
+                self.connect(now)
+            return
+        silence = now - self._last_heard
+        if silence >= self.settings.heartbeat_interval * self.settings.liveness:
+            log.warning("broker %s silent for %.1f s: %r worker reconnecting", self.broker,
+                        silence, self.service)
+            self._drop(now)
+            return
+        if now >= self._next_heartbeat:
+            send_frames(self.socket, self._heartbeat)
+            self._next_heartbeat = now + self.settings.heartbeat_interval
+
+    def next_deadline(self) -> float:
+        """When maintain() has something to do."""
+        if self.socket is None:
+            return self._reconnect_at
+        expiry = self._last_heard + self.settings.heartbeat_interval * self.settings.liveness
+        return min(self._next_heartbeat, expiry)
+
+    def reset(self, now: float) -> None:
+        """Give up the requests in hand: DISCONNECT, then register again on a new socket."""
+        self.close(disconnect=True)
+        self._reconnect_at = now
+
+    def _drop(self, now: float) -> None:
+        if self._heard:
+            self._delay = self.settings.reconnect_initial
+        self._reconnect_at = now + self._delay
+        self._delay = min(self.settings.reconnect_max, self._delay * 2)
+        self.close(disconnect=False)
+
+    def close(self, *, disconnect: bool) -> None:
+        """Close the socket, optionally telling the broker first."""
+        if self.socket is None:
+            return
+        if disconnect:
+            try:
+                send_frames(self.socket, build_worker(self.dialect, Command.DISCONNECT), NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self.socket.close(linger=100)
+        else:
+            self.socket.close(linger=0)
+        self.socket = None
+
+
+class WorkerPool:
+    """Serves several services, each on several connections, from one loop, in batches."""
+
+    def __init__(self, broker: str, handlers: Mapping[bytes, tuple[int, BatchHandler]], *,
+                 dialect: Dialect = Dialect.MDP01, settings: ConnectionSettings | None = None,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None,
+                 configure_socket: SocketHook | None = None) -> None:
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._handlers = {service: handler for service, (_, handler) in handlers.items()}
+        self.connections = [
+            WorkerConnection(self._context, broker, service, dialect=dialect, settings=settings,
+                             configure_socket=configure_socket)
+            for service, (count, _) in handlers.items() for _ in range(count)
+        ]
+        self._waker = Waker()
+        self.batches = 0
+        self.requests_handled = 0
+
+    def stop(self) -> None:
+        """Ask run() to return; safe from other threads and signal handlers."""
+        self._waker.wake()
+
+    def run(self) -> None:
+        """Serve until stop(); then DISCONNECT every connection."""
+        now = time.monotonic()
+        for connection in self.connections:
+            connection.connect(now)
+        try:
+            self._loop()
+        finally:
+            for connection in self.connections:
+                connection.close(disconnect=True)
+            if self._own_context:
+                self._context.term()
+            self._waker.close()
+
+    def _loop(self) -> None:
+        poller: zmq.Poller | None = None
+        polled: list[zmq.Socket[bytes] | None] = []
+        while not self._waker.stopped.is_set():
+            sockets = [c.socket for c in self.connections]
+            if poller is None or sockets != polled:
+                poller, polled = self._poller(sockets), sockets
+            wake = min(c.next_deadline() for c in self.connections)
+            timeout = max(0.0, wake - time.monotonic())
+            ready = dict(poller.poll(int(timeout * 1000) + 1))
+            now = time.monotonic()
+            if ready:
+                self._serve([c for c in self.connections if c.socket in ready], now)
+            for connection in self.connections:
+                connection.maintain(now)
+
+    def _poller(self, sockets: list[zmq.Socket[bytes] | None]) -> zmq.Poller:
+        poller = zmq.Poller()
+        poller.register(self._waker.fileno(), zmq.POLLIN)
+        for sock in sockets:
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
+        return poller
+
+    def _serve(self, readable: list[WorkerConnection], now: float) -> None:
+        """Read every waiting request, hand each service its batch, send the replies."""
+        batches: dict[bytes, list[tuple[WorkerConnection, bytes, Frames]]] = {}
+        for connection in readable:
+            for client, body in connection.read(now):
+                batches.setdefault(connection.service, []).append((connection, client, body))
+        for service, batch in batches.items():
+            try:
+                replies = self._handlers[service]([body for _, _, body in batch])
+            except Exception:
+                log.exception("handler for %r failed on %d request(s); re-registering so "
+                              "their clients retry", service, len(batch))
+                for connection in {id(c): c for c, _, _ in batch}.values():
+                    connection.reset(now)
+                continue
+            self.batches += 1
+            self.requests_handled += len(batch)
+            for (connection, client, _), reply in zip(batch, replies, strict=True):
+                connection.reply(client, reply)
