@@ -20,6 +20,7 @@ from titanic.settings import (
     MAX_MESSAGE_SIZE_BYTES,
     QUEUED_REQUEST_TTL_S,
     SERVICE_QUEUE_LIMIT,
+    WORKER_PREFETCH,
     BrokerSettings,
 )
 from titanic.worker import Worker, echo_handler
@@ -66,10 +67,15 @@ dialect_option = click.option(
 @click.option("--max-message-size", type=click.IntRange(min=0), default=MAX_MESSAGE_SIZE_BYTES,
               show_default=True, envvar="TITANIC_MAX_MESSAGE_SIZE",
               help="Bytes; a larger message disconnects its sender (0: no limit).")
+@click.option("--prefetch", type=click.IntRange(min=1), default=WORKER_PREFETCH,
+              show_default=True, envvar="TITANIC_PREFETCH",
+              help="Requests a worker may hold at once: 1 is strict one-at-a-time; 2 keeps the "
+              "next request waiting in the worker's socket, saving a round trip per request.")
 @click.option("-v", "--verbose", count=True, help="-v logs every message.")
 @handle_errors
 def broker(binds: tuple[str, ...], heartbeat: float, liveness: int, busy_timeout: float,
-           request_ttl: float, queue_limit: int, max_message_size: int, verbose: int) -> None:
+           request_ttl: float, queue_limit: int, max_message_size: int, prefetch: int,
+           verbose: int) -> None:
     """Run the Majordomo broker (7/MDP and 18/MDP on one endpoint, with mmi.*).
 
     \b
@@ -80,7 +86,7 @@ def broker(binds: tuple[str, ...], heartbeat: float, liveness: int, busy_timeout
     settings = BrokerSettings(
         heartbeat_interval=heartbeat, heartbeat_liveness=liveness,
         busy_worker_timeout=busy_timeout, request_ttl=request_ttl, queue_limit=queue_limit,
-        max_message_size=max_message_size,
+        max_message_size=max_message_size, worker_prefetch=prefetch,
     )
     server = Broker(list(binds) or [DEFAULT_BROKER], settings, trace=verbose > 0)
     server.bind()

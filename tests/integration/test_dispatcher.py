@@ -1,0 +1,176 @@
+"""The dispatcher with a real broker, real workers and a real SQLite file, in threads."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from titanic_support import running, wait_until
+
+from titanic.broker import Broker
+from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.protocol.mdp import Frames
+from titanic.settings import BrokerSettings
+from titanic.store import RequestStatus, Store, open_store
+from titanic.tsp_client import ReplyState, TitanicClient
+from titanic.worker import Worker
+from titanic.worker_pool import ConnectionSettings
+
+FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
+                          reconnect_max=0.5)
+
+
+def fast_settings(broker: str) -> DispatcherSettings:
+    return DispatcherSettings(
+        broker=broker, request_timeout=1.0, max_attempts=3, backoff=0.05, backoff_max=0.2,
+        lease_margin=0.5, presence_interval=0.05, presence_ttl=0.5, release_interval=0.1,
+        connection=FAST, drain_timeout=1.0,
+    )
+
+
+def worker(broker: str, service: str, handler) -> Worker:  # type: ignore[no-untyped-def]
+    return Worker(broker, service, handler, heartbeat_interval=0.1, liveness=5,
+                  reconnect_initial=0.05)
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture
+def broker(stack: ExitStack) -> str:
+    server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
+                                                        heartbeat_liveness=5))
+    endpoint = server.bind()[0]
+    stack.enter_context(running(server))
+    return endpoint
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = open_store(f"sqlite:///{tmp_path / 'titanic.db'}")
+    yield store
+    store.close_store()
+
+
+@pytest.fixture
+def titanic(broker: str, stack: ExitStack) -> TitanicClient:
+    client = TitanicClient(broker, timeout=2.0, retries=3)
+    stack.callback(client.close)
+    return client
+
+
+def test_request_without_worker_waits_then_is_served(broker: str, store: Store,
+                                                     titanic: TitanicClient,
+                                                     stack: ExitStack) -> None:
+    stack.enter_context(running(Dispatcher(store, fast_settings(broker))))
+    request_id = titanic.submit("upper", b"hello", b"")
+    assert titanic.fetch(request_id).state is ReplyState.PENDING
+    stack.enter_context(running(worker(broker, "upper", lambda f: [x.upper() for x in f])))
+    fetched = titanic.wait(request_id, timeout=10)
+    assert fetched.state is ReplyState.DONE
+    assert fetched.reply == [b"HELLO", b""]
+    titanic.close_request(request_id)
+    assert titanic.fetch(request_id).state is ReplyState.UNKNOWN
+
+
+def test_many_requests_all_complete_once_each(broker: str, store: Store, titanic: TitanicClient,
+                                              stack: ExitStack) -> None:
+    seen: Counter[bytes] = Counter()
+    lock = threading.Lock()
+
+    def count(frames: Frames) -> Frames:
+        with lock:
+            seen[frames[0]] += 1
+        return frames
+
+    for _ in range(2):
+        stack.enter_context(running(worker(broker, "echo", count)))
+    stack.enter_context(running(Dispatcher(store, fast_settings(broker))))
+    ids = {titanic.submit("echo", str(n).encode()): str(n).encode() for n in range(200)}
+    for request_id, body in ids.items():
+        fetched = titanic.wait(request_id, timeout=20)
+        assert fetched.state is ReplyState.DONE, fetched
+        assert fetched.reply == [body]
+    assert set(seen) == set(ids.values())
+    assert max(seen.values()) == 1
+
+
+def test_a_request_that_never_gets_a_reply_fails_after_max_attempts(
+        broker: str, store: Store, titanic: TitanicClient, stack: ExitStack) -> None:
+    calls: list[Frames] = []
+    stuck = threading.Event()
+
+    def black_hole(frames: Frames) -> Frames:
+        calls.append(frames)
+        stuck.wait(2.0)  # longer than request_timeout: every attempt times out
+        return frames
+
+    for _ in range(3):
+        stack.enter_context(running(worker(broker, "slow", black_hole)))
+    settings = replace(fast_settings(broker), request_timeout=0.3, max_attempts=2)
+    stack.enter_context(running(Dispatcher(store, settings)))
+    request_id = titanic.submit("slow", b"x")
+    fetched = titanic.wait(request_id, timeout=15)
+    stuck.set()
+    assert fetched.state is ReplyState.FAILED
+    assert "no reply" in fetched.text
+    stored = store.get(request_id)
+    assert stored is not None and stored.status is RequestStatus.FAILED
+    assert stored.attempts == 2
+    assert len(calls) == 2
+
+
+def test_two_dispatchers_on_one_sqlite_file_never_send_a_request_twice(
+        broker: str, tmp_path: Path, titanic: TitanicClient, stack: ExitStack) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    stores = [open_store(url), open_store(url)]
+    for one in stores:
+        stack.callback(one.close_store)
+    seen: Counter[bytes] = Counter()
+    lock = threading.Lock()
+
+    def count(frames: Frames) -> Frames:
+        with lock:
+            seen[frames[0]] += 1
+        return frames
+
+    for _ in range(2):
+        stack.enter_context(running(worker(broker, "echo", count)))
+    for one in stores:
+        stack.enter_context(running(Dispatcher(one, fast_settings(broker))))
+    ids = [titanic.submit("echo", str(n).encode()) for n in range(150)]
+    for request_id in ids:
+        assert titanic.wait(request_id, timeout=20).state is ReplyState.DONE
+    assert len(seen) == 150
+    assert max(seen.values()) == 1
+
+
+def test_stop_releases_requests_in_flight(broker: str, store: Store, titanic: TitanicClient,
+                                          stack: ExitStack) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow(frames: Frames) -> Frames:
+        started.set()
+        release.wait(5.0)
+        return frames
+
+    stack.enter_context(running(worker(broker, "slow", slow)))
+    settings = replace(fast_settings(broker), request_timeout=30.0, drain_timeout=0.2)
+    dispatcher = Dispatcher(store, settings)
+    with running(dispatcher):
+        request_id = titanic.submit("slow", b"x")
+        assert started.wait(10)
+    release.set()
+    stored = store.get(request_id)
+    assert stored is not None
+    assert stored.status is RequestStatus.PENDING  # handed back, not left leased
+    assert dispatcher.stats.released == 1

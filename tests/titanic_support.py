@@ -1,0 +1,123 @@
+"""Helpers for the Titanic tests: processes that are always ended, threads that always stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+CLI = [sys.executable, "-m", "titanic_cli"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_endpoint() -> str:
+    """tcp://127.0.0.1:<free port>."""
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> None:
+    """Poll `predicate` until it is truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{message} not met within {timeout} s")
+        time.sleep(interval)
+
+
+class Stoppable(Protocol):
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+@contextmanager
+def running(server: Stoppable, join_timeout: float = 15.0) -> Iterator[Stoppable]:
+    """Run `server.run()` in a thread for the block; stop and join it afterwards."""
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(join_timeout)
+        assert not thread.is_alive(), f"{type(server).__name__} did not stop"
+
+
+class Processes:
+    """Subprocesses started by a test; every one is ended when the test ends."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+        self._all: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: Sequence[str],
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start a process; its stdout and stderr go to <log_dir>/<name>.log."""
+        log = open(self._log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+        log.close()
+        self._all.append(proc)
+        return proc
+
+    def cli(self, name: str, *args: str, env: dict[str, str] | None = None
+            ) -> subprocess.Popen[bytes]:
+        """Start a `titanic` sub-command."""
+        return self.start(name, [*CLI, *args], env)
+
+    def log(self, name: str) -> str:
+        """What a process wrote so far."""
+        path = self._log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @staticmethod
+    def kill(proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL and reap."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    @staticmethod
+    def terminate(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+        """SIGTERM, wait for the exit status (SIGKILL if it does not come in time)."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise AssertionError(f"pid {proc.pid} ignored SIGTERM for {timeout} s") from None
+
+    def close(self) -> None:
+        """End every process still running."""
+        for proc in self._all:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def run_cli(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+            timeout: float = 60.0) -> subprocess.CompletedProcess[bytes]:
+    """Run a `titanic` command to completion."""
+    return subprocess.run([*CLI, *args], input=input, capture_output=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
