@@ -10,75 +10,18 @@ broker is the only thing that differs between rows.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
+from titanic.bench import device
+from titanic.bench.common import Result, format_table, free_port, spawn, stop_all, titanic_command
 from titanic.client import Client, PipelinedClient
 from titanic.errors import TitanicTimeoutError
 from titanic.protocol.mdp import Dialect
 
 SERVICE = b"echo"
-
-
-@dataclass(frozen=True)
-class Result:
-    """A measured rate with per-request latency percentiles."""
-
-    name: str
-    requests: int
-    seconds: float
-    latencies: Sequence[float]
-
-    @property
-    def rate(self) -> float:
-        """Requests per second."""
-        return self.requests / self.seconds if self.seconds else 0.0
-
-    def percentile(self, q: float) -> float:
-        """Latency at quantile q, in milliseconds."""
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def spawn(args: Sequence[str]) -> subprocess.Popen[bytes]:
-    """Start a helper process, its output discarded."""
-    return subprocess.Popen(list(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def stop_all(processes: Sequence[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM every process, then SIGKILL what is still running after 3 s."""
-    for proc in processes:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 3
-    for proc in processes:
-        try:
-            proc.wait(max(0.01, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def titanic_command(*args: str) -> list[str]:
-    """argv running the titanic CLI with this interpreter."""
-    return [sys.executable, "-m", "titanic_cli", *args]
 
 
 BROKERS: dict[str, tuple[Callable[[str], list[str]], Dialect]] = {
@@ -164,15 +107,6 @@ def measure_pipelined(endpoint: str, dialect: Dialect, requests: int, body: byte
     return Result(f"pipelined, {depth} in flight", requests, seconds, latencies)
 
 
-def format_table(rows: Sequence[tuple[str, Result]]) -> str:
-    """A plain-text table of results."""
-    lines = [f"{'broker':30} {'load':28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"]
-    for broker, result in rows:
-        lines.append(f"{broker:30} {result.name:28} {result.rate:9.0f} "
-                     f"{result.percentile(0.5):8.3f} {result.percentile(0.99):8.3f}")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every broker through the same loads and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -193,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append((name, measure_pipelined(endpoint, dialect, args.requests, body,
                                                  args.depth)))
         print(format_table(rows[-2:]).split("\n", 1)[1], file=sys.stderr, flush=True)
+    if not args.broker:
+        with device.running_device(args.workers) as frontend:
+            name = "bare zmq.proxy device"
+            rows.append((name, device.measure(frontend, args.sync_requests, body, 1)))
+            rows.append((name, device.measure(frontend, args.requests, body, args.depth)))
     print(f"{args.size}-byte bodies, {args.workers} echo workers, loopback tcp")
     print(format_table(rows))
     return 0

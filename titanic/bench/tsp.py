@@ -1,0 +1,145 @@
+"""Titanic benchmark: titanic.request acknowledgements and end-to-end completions per second.
+
+    python -m titanic.bench.tsp [--requests N] [--depth 32] [--db URL]
+
+A broker, a dispatcher and two echo workers run as subprocesses on loopback, on a fresh SQLite
+file (synchronous=FULL) unless --db names another database. The client runs here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from titanic.bench.common import Result, format_table, free_port, spawn, stop_all, titanic_command
+from titanic.client import Client, PipelinedClient
+from titanic.errors import TitanicTimeoutError
+from titanic.protocol import tsp
+from titanic.store import RequestStatus, open_store
+
+SERVICE = b"echo"
+
+
+@contextmanager
+def running_titanic(db_url: str, workers: int, extra: Sequence[str] = ()) -> Iterator[str]:
+    """Broker and dispatcher (and `workers` echo workers) ready to serve; yields the endpoint."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    processes = [
+        spawn(titanic_command("broker", "--bind", endpoint)),
+        spawn(titanic_command("dispatcher", "--broker", endpoint, "--db", db_url, *extra)),
+    ]
+    try:
+        processes += [spawn(titanic_command("worker", "echo", "--broker", endpoint))
+                      for _ in range(workers)]
+        _wait_for_titanic(endpoint)
+        yield endpoint
+    finally:
+        stop_all(processes)
+
+
+def _wait_for_titanic(endpoint: str, deadline_s: float = 30) -> None:
+    deadline = time.monotonic() + deadline_s
+    with Client(endpoint, timeout=0.5, retries=0) as client:
+        while time.monotonic() < deadline:
+            try:
+                reply = client.request(tsp.REPLY_SERVICE, b"0" * 32)
+                if reply and reply[0].startswith(b"400"):
+                    return
+            except TitanicTimeoutError:
+                continue
+    raise RuntimeError(f"titanic at {endpoint} did not answer in {deadline_s} s")
+
+
+def measure_acks_sync(endpoint: str, requests: int, body: bytes) -> Result:
+    """One synchronous client submitting one request at a time."""
+    latencies: list[float] = []
+    with Client(endpoint, timeout=5, retries=0) as client:
+        started = time.perf_counter()
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            reply = client.request(tsp.REQUEST_SERVICE, SERVICE, body)
+            if not reply[0].startswith(b"200"):
+                raise RuntimeError(f"titanic.request answered {reply[0]!r}")
+            latencies.append(time.perf_counter() - t0)
+        seconds = time.perf_counter() - started
+    return Result("titanic.request, sync", requests, seconds, latencies)
+
+
+def measure_acks_pipelined(endpoint: str, requests: int, body: bytes, depth: int,
+                           service: bytes = SERVICE) -> tuple[Result, list[str]]:
+    """`depth` titanic.requests in flight; returns the result and the UUIDs."""
+    latencies: list[float] = []
+    sent_at: dict[int, float] = {}
+    ids: list[str] = []
+    with PipelinedClient(endpoint, depth=depth, timeout=10, retries=0) as client:
+        def stamped() -> Iterator[tuple[bytes, list[bytes]]]:
+            for index in range(requests):
+                sent_at[index] = time.perf_counter()
+                yield tsp.REQUEST_SERVICE, [service, body]
+
+        started = time.perf_counter()
+        for completion in client.run(stamped()):
+            if completion.error is not None:
+                raise completion.error
+            assert completion.reply is not None and isinstance(completion.tag, int)
+            if not completion.reply[0].startswith(b"200"):
+                raise RuntimeError(f"titanic.request answered {completion.reply[0]!r}")
+            ids.append(completion.reply[1].decode())
+            latencies.append(time.perf_counter() - sent_at.pop(completion.tag))
+        seconds = time.perf_counter() - started
+    return Result(f"titanic.request, {depth} in flight", requests, seconds, latencies), ids
+
+
+def measure_end_to_end(endpoint: str, db_url: str, requests: int, body: bytes,
+                       depth: int) -> Result:
+    """Submit with `depth` in flight; time until every request is done (read from the store)."""
+    store = open_store(db_url, migrate=False)
+    try:
+        done_before = store.stats().by_status().get(RequestStatus.DONE, 0)
+        started = time.perf_counter()
+        measure_acks_pipelined(endpoint, requests, body, depth)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            done = store.stats().by_status().get(RequestStatus.DONE, 0) - done_before
+            if done >= requests:
+                break
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+    finally:
+        store.close_store()
+    return Result(f"end to end, {depth} in flight", requests, seconds, [])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--sync-requests", type=int, default=2_000)
+    parser.add_argument("--depth", type=int, default=32)
+    parser.add_argument("--size", type=int, default=100, help="body bytes")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--db", help="database URL (default: a new SQLite file)")
+    args = parser.parse_args(argv)
+    body = b"x" * args.size
+    with tempfile.TemporaryDirectory() as folder:
+        db_url = args.db or f"sqlite:///{Path(folder) / 'bench.db'}"
+        rows: list[tuple[str, Result]] = []
+        with running_titanic(db_url, args.workers) as endpoint:
+            rows.append(("titanic", measure_acks_sync(endpoint, args.sync_requests, body)))
+            rows.append(("titanic", measure_acks_pipelined(endpoint, args.requests, body,
+                                                           args.depth)[0]))
+            rows.append(("titanic", measure_end_to_end(endpoint, db_url, args.requests, body,
+                                                       args.depth)))
+    database = args.db or "a new SQLite file, synchronous=FULL"
+    print(f"{args.size}-byte bodies, {args.workers} echo workers, database: {database}")
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
