@@ -13,22 +13,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import zmq
 
-from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, send_frames
-from titanic.errors import ProtocolError
-from titanic.protocol.mdp import (
-    Command,
-    Dialect,
-    Frames,
-    build_worker,
-    build_worker_reply,
-    parse_worker_inbound,
-)
+from titanic._zmq import Waker
+from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import (
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_LIVENESS,
     RECONNECT_INITIAL_S,
     RECONNECT_MAX_S,
 )
+from titanic.worker_pool import ConnectionSettings, WorkerConnection
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +50,21 @@ class Worker:
         self.service = service.encode() if isinstance(service, str) else service
         self.handler = handler
         self.dialect = dialect
-        self.heartbeat_interval = heartbeat_interval
-        self.liveness = liveness
-        self.reconnect_initial = reconnect_initial
-        self.reconnect_max = reconnect_max
         self.requests_handled = 0
-        self.reconnects = 0
-        self._configure_socket = configure_socket
         self._own_context = context is None
         self._context = context or zmq.Context()
-        self._socket: zmq.Socket[bytes] | None = None
         self._waker = Waker()
-        self._heartbeat = build_worker(dialect, Command.HEARTBEAT)
+        self.connection = WorkerConnection(
+            self._context, broker, self.service, dialect=dialect,
+            settings=ConnectionSettings(heartbeat_interval, liveness, reconnect_initial,
+                                        reconnect_max),
+            configure_socket=configure_socket,
+        )
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the worker registered again after its first READY."""
+        return max(0, self.connection.connects - 1)
 
     def stop(self) -> None:
         """Ask `run()` to return after the request in hand; safe from threads and signals."""
@@ -81,118 +77,49 @@ class Worker:
 
     def run(self) -> None:
         """Serve requests until stop(); reconnects with backoff on silence or DISCONNECT."""
-        delay = self.reconnect_initial
+        connection = self.connection
+        connection.connect(time.monotonic())
+        poller: zmq.Poller | None = None
+        polled: zmq.Socket[bytes] | None = None
         try:
             while not self.stopping:
-                if self._serve_connection():
-                    delay = self.reconnect_initial
-                if self.stopping:
-                    break
-                self.reconnects += 1
-                log.info("worker for %r reconnecting in %.2f s", self.service, delay)
-                self._sleep(delay)
-                delay = min(self.reconnect_max, delay * 2)
+                if poller is None or connection.socket is not polled:
+                    polled = connection.socket
+                    poller = zmq.Poller()
+                    poller.register(self._waker.fileno(), zmq.POLLIN)
+                    if polled is not None:
+                        poller.register(polled, zmq.POLLIN)
+                timeout = max(0.0, connection.next_deadline() - time.monotonic())
+                ready = dict(poller.poll(int(timeout * 1000) + 1))
+                now = time.monotonic()
+                if polled is not None and polled in ready:
+                    self._serve(connection.read(now), now)
+                connection.maintain(now)
         finally:
-            self._close_socket(send_disconnect=True)
+            connection.close(disconnect=True)
             if self._own_context:
                 self._context.term()
             self._waker.close()
 
-    def _connect(self) -> zmq.Socket[bytes]:
-        self._close_socket(send_disconnect=False)
-        sock = new_socket(self._context, zmq.DEALER)
-        if self._configure_socket is not None:
-            self._configure_socket(sock)
-        sock.connect(self.broker)
-        self._socket = sock
-        send_frames(sock, build_worker(self.dialect, Command.READY, self.service))
-        log.debug("worker for %r connected to %s", self.service, self.broker)
-        return sock
-
-    def _close_socket(self, *, send_disconnect: bool) -> None:
-        if self._socket is None:
-            return
-        if send_disconnect:
+    def _serve(self, requests: list[tuple[bytes, Frames]], now: float) -> None:
+        for client, body in requests:
+            if self.stopping:
+                return  # stop() asked: the broker hands what we hold to others
             try:
-                send_frames(self._socket, build_worker(self.dialect, Command.DISCONNECT),
-                                            NOBLOCK)
-            except zmq.ZMQError:
-                pass
-            self._socket.close(linger=100)
-        else:
-            self._socket.close(linger=0)
-        self._socket = None
+                reply = self.handler(body)
+                if isinstance(reply, (list, tuple)):
+                    self.connection.reply(client, reply)
+                else:
+                    self._send_parts(client, reply)  # type: ignore[arg-type]
+            except Exception:
+                log.exception("handler for %r failed; re-registering so the client can retry",
+                              self.service)
+                self.connection.reset(now)
+                return
+            self.requests_handled += 1
 
-    def _serve_connection(self) -> bool:
-        """Serve on one socket until the broker goes silent, disconnects us, or stop().
-
-        Returns True if the broker answered at least once on this connection.
-        """
-        sock = self._connect()
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._waker.fileno(), zmq.POLLIN)
-        interval = self.heartbeat_interval
-        silence_limit = interval * self.liveness
-        heard = False
-        last_heard = time.monotonic()
-        next_heartbeat = last_heard + interval
-        while not self.stopping:
-            timeout = max(0.0, min(next_heartbeat, last_heard + silence_limit) - time.monotonic())
-            events = dict(poller.poll(int(timeout * 1000) + 1))
-            now = time.monotonic()
-            if sock in events:
-                heard = True
-                last_heard = now
-                if not self._drain(sock):
-                    return heard
-                now = time.monotonic()
-            elif now - last_heard >= silence_limit:
-                log.warning("broker %s silent for %.1f s: reconnecting", self.broker,
-                            now - last_heard)
-                return heard
-            if now >= next_heartbeat:
-                send_frames(sock, self._heartbeat)
-                next_heartbeat = now + interval
-        return heard
-
-    def _drain(self, sock: zmq.Socket[bytes]) -> bool:
-        """Handle every waiting message; False when the broker sent DISCONNECT."""
-        while True:
-            try:
-                frames = recv_frames(sock, NOBLOCK)
-            except zmq.Again:
-                return True
-            try:
-                message = parse_worker_inbound(self.dialect, frames)
-            except ProtocolError as exc:
-                log.warning("dropped malformed message from broker: %s", exc)
-                continue
-            if message.command is Command.DISCONNECT:
-                log.info("broker sent DISCONNECT to worker for %r", self.service)
-                return False
-            if message.command is Command.REQUEST:
-                if not self._serve_request(sock, message.address, message.body):
-                    return False
-
-    def _serve_request(self, sock: zmq.Socket[bytes], client: bytes, body: Frames) -> bool:
-        """Run the handler and send its reply; False (reconnect) if the handler raised."""
-        try:
-            reply = self.handler(body)
-            if isinstance(reply, (list, tuple)):
-                send_frames(sock, build_worker_reply(self.dialect, client, reply))
-            else:
-                self._send_parts(sock, client, reply)  # type: ignore[arg-type]
-        except Exception:
-            log.exception("handler for %r failed; re-registering so the client can retry",
-                          self.service)
-            send_frames(sock, build_worker(self.dialect, Command.DISCONNECT))
-            return False
-        self.requests_handled += 1
-        return True
-
-    def _send_parts(self, sock: zmq.Socket[bytes], client: bytes,
-                    parts: Iterable[Sequence[bytes]]) -> None:
+    def _send_parts(self, client: bytes, parts: Iterable[Sequence[bytes]]) -> None:
+        """PARTIAL for every part but the last (7/MDP: all parts joined), then FINAL."""
         joined: Frames = []
         previous: Sequence[bytes] | None = None
         for part in parts:
@@ -200,17 +127,10 @@ class Worker:
                 if self.dialect is Dialect.MDP01:
                     joined.extend(previous)
                 else:
-                    send_frames(sock, build_worker_reply(self.dialect, client, previous,
-                                                           final=False))
+                    self.connection.reply(client, previous, final=False)
             previous = part
         joined.extend(previous or [])
-        send_frames(sock, build_worker_reply(self.dialect, client, joined))
-
-    def _sleep(self, seconds: float) -> None:
-        """Wait, but wake at once on stop()."""
-        poller = zmq.Poller()
-        poller.register(self._waker.fileno(), zmq.POLLIN)
-        poller.poll(int(seconds * 1000))
+        self.connection.reply(client, joined)
 
 
 def echo_handler(frames: Frames) -> Frames:

@@ -68,6 +68,7 @@ class WorkerConnection:
         self._last_heard = 0.0
         self._next_heartbeat = 0.0
         self._heard = False
+        self.connects = 0
 
     def connect(self, now: float) -> None:
         """Open a fresh socket and register with READY."""
@@ -78,6 +79,7 @@ class WorkerConnection:
         sock.connect(self.broker)
         send_frames(sock, build_worker(self.dialect, Command.READY, self.service))
         self.socket = sock
+        self.connects += 1
         self._last_heard = now
         self._next_heartbeat = now + self.settings.heartbeat_interval
         self._heard = False
@@ -106,10 +108,10 @@ class WorkerConnection:
                 break
         return requests
 
-    def reply(self, client: bytes, body: Sequence[bytes]) -> None:
-        """Send the FINAL reply for a client's request."""
+    def reply(self, client: bytes, body: Sequence[bytes], *, final: bool = True) -> None:
+        """Send the reply for a client's request: FINAL, or (18/MDP) a PARTIAL."""
         if self.socket is not None:
-            send_frames(self.socket, build_worker_reply(self.dialect, client, body))
+            send_frames(self.socket, build_worker_reply(self.dialect, client, body, final=final))
 
     def maintain(self, now: float) -> None:
         """Heartbeat when due; reconnect after broker silence, or when a backoff has passed."""
