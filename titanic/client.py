@@ -8,6 +8,7 @@ the request on the socket it arrived on.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -161,14 +162,14 @@ class Completion(NamedTuple):
 
 
 class _Slot:
-    __slots__ = ("connection", "tag", "service", "body", "deadline", "attempts_left", "parts")
+    __slots__ = ("connection", "tag", "service", "body", "generation", "attempts_left", "parts")
 
     def __init__(self, connection: _Connection) -> None:
         self.connection = connection
         self.tag: Hashable = None
         self.service = b""
         self.body: Sequence[bytes] = ()
-        self.deadline = 0.0
+        self.generation = 0  # bumped at every new deadline: older queue entries are stale
         self.attempts_left = 0
         self.parts: Frames = []
 
@@ -199,6 +200,8 @@ class PipelinedClient:
         self._free: list[_Slot] = []
         self._busy: set[_Slot] = set()
         self._wakeups: set[int] = set()
+        # (deadline, generation, slot), in deadline order since every wait is `timeout` long.
+        self._deadlines: deque[tuple[float, int, _Slot]] = deque()
         for _ in range(depth):
             slot = _Slot(_Connection(broker, dialect, self._context, configure_socket))
             self._track(slot)
@@ -230,9 +233,24 @@ class PipelinedClient:
         slot.tag, slot.service, slot.body = tag, _encode(service), body
         slot.attempts_left = self.retries
         slot.parts = []
-        slot.deadline = time.monotonic() + self.timeout
+        self._arm(slot, time.monotonic())
         slot.connection.send(slot.service, body)
         self._busy.add(slot)
+
+    def _arm(self, slot: _Slot, now: float) -> None:
+        """Start the slot's reply timer."""
+        slot.generation += 1
+        self._deadlines.append((now + self.timeout, slot.generation, slot))
+
+    def _earliest_deadline(self) -> float | None:
+        """The next live deadline, dropping stale entries."""
+        deadlines = self._deadlines
+        while deadlines:
+            _, generation, slot = deadlines[0]
+            if slot in self._busy and slot.generation == generation:
+                return deadlines[0][0]
+            deadlines.popleft()
+        return None
 
     def pending_tags(self) -> list[Hashable]:
         """The tags of requests still awaiting their reply."""
@@ -251,9 +269,9 @@ class PipelinedClient:
         done: list[Completion] = []
         limit = None if timeout is None else time.monotonic() + timeout
         while not done:
-            wake = min((slot.deadline for slot in self._busy), default=limit)
-            if limit is not None and wake is not None:
-                wake = min(wake, limit)
+            wake = self._earliest_deadline()
+            if limit is not None:
+                wake = limit if wake is None else min(wake, limit)
             if wake is None and not self._wakeups:
                 break  # nothing in flight and nothing else to wait for
             wait_ms = None if wake is None else int(max(0.0, wake - time.monotonic()) * 1000) + 1
@@ -270,20 +288,21 @@ class PipelinedClient:
         return done
 
     def _read(self, slot: _Slot, done: list[Completion]) -> None:
-        connection = slot.connection
-        while slot in self._busy and connection.socket.poll(0, zmq.POLLIN):
-            result = connection.read_part(slot.service)
-            if result is None:
-                continue
-            final, body = result
-            slot.parts.extend(body)
-            slot.deadline = time.monotonic() + self.timeout
-            if final:
-                self._finish(slot, done, slot.parts, None)
+        """Read one message from a readable socket (more parts show up in the next poll)."""
+        result = slot.connection.read_part(slot.service)
+        if result is None or slot not in self._busy:
+            return
+        final, body = result
+        slot.parts.extend(body)
+        if final:
+            self._finish(slot, done, slot.parts, None)
+        else:
+            self._arm(slot, time.monotonic())  # each part restarts the clock
 
     def _resend_timed_out(self, done: list[Completion]) -> None:
         now = time.monotonic()
-        for slot in [s for s in self._busy if s.deadline <= now]:
+        while (deadline := self._earliest_deadline()) is not None and deadline <= now:
+            slot = self._deadlines.popleft()[2]
             if slot.attempts_left <= 0:
                 error = TitanicTimeoutError(
                     f"no reply from service {slot.service.decode(errors='replace')!r} at "
@@ -296,7 +315,7 @@ class PipelinedClient:
             slot.connection.reopen()
             self._track(slot)
             slot.parts = []
-            slot.deadline = now + self.timeout
+            self._arm(slot, now)
             slot.connection.send(slot.service, slot.body)
 
     def _finish(self, slot: _Slot, done: list[Completion], reply: Frames | None,
