@@ -24,9 +24,10 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from titanic_cli import mdp_commands
+    from titanic_cli import db, dispatcher, mdp_commands, tsp_commands, up
 
-    for command in mdp_commands.COMMANDS:
+    for command in [*mdp_commands.COMMANDS, *tsp_commands.COMMANDS, dispatcher.dispatcher,
+                    up.up, db.db]:
         cli.add_command(command)
 
 

@@ -11,8 +11,8 @@ import click
 
 from titanic.errors import ProtocolError
 from titanic.protocol.tsp import parse_uuid
-from titanic.store import RequestStatus, StoredRequest, open_store
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
+from titanic.store import RequestStatus, StoredRequest, open_store
 from titanic.tsp_client import ReplyState, TitanicClient
 from titanic_cli.exitcodes import Exit
 from titanic_cli.mdp_commands import DIALECTS, dialect_option
@@ -73,7 +73,8 @@ def submit(broker: str, timeout: float, retries: int, dialect_name: str, frames:
       titanic submit echo 'hello'
       titanic submit resize @photo.jpg --frame 640x480
     """
-    body = ([] if payload is None else [_read_payload(payload)]) + [_read_payload(f) for f in frames]
+    first = [] if payload is None else [_read_payload(payload)]
+    body = first + [_read_payload(frame) for frame in frames]
     with _client(broker, dialect_name, timeout, retries) as client:
         click.echo(client.submit(service, *body))
 

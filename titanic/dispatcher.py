@@ -15,6 +15,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import cast
 
 import zmq
 
@@ -206,11 +208,11 @@ class Dispatcher:
                     next_cleanup = now + s.cleanup_interval
                 wait = min(next_release, next_cleanup) - now
                 if client.free_slots:
-                    wait = min(wait, self._guarded(lambda: self._dispatch(client, presence, now),
+                    wait = min(wait, self._guarded(partial(self._dispatch, client, presence, now),
                                                    default=s.presence_interval))
                 completions = client.poll(max(0.0, wait))
                 self._doorbell.drain()
-                self._guarded(lambda: self._record(completions, presence))
+                self._guarded(partial(self._record, completions, presence))
             self._drain(client, presence)
         finally:
             client.close()
@@ -261,14 +263,14 @@ class Dispatcher:
                   request.attempts)
 
     def _record(self, completions: list[Completion], presence: _Presence) -> None:
+        """Store the replies that came back (one transaction) and reschedule the failures."""
         s = self.settings
+        replies: list[tuple[str, Frames]] = []
         for completion in completions:
-            request_id, service = completion.tag  # type: ignore[misc]
+            request_id, service = cast(tuple[str, str], completion.tag)
             self._in_flight[service] -= 1
             if completion.reply is not None:
-                if self.store.complete(request_id, completion.reply):
-                    self.stats.completed += 1
-                    log.info("request %s done", request_id)
+                replies.append((request_id, completion.reply))
                 continue
             presence.forget(service)
             error = f"no reply from {service!r} within {s.request_timeout:g} s"
@@ -277,19 +279,24 @@ class Dispatcher:
             if status is RequestStatus.FAILED:
                 self.stats.failed += 1
                 log.warning("request %s failed for good: %s", request_id, error)
-            else:
+            elif status is RequestStatus.PENDING:
                 self.stats.retried += 1
                 log.info("request %s will be retried: %s", request_id, error)
+        if replies:
+            self.stats.completed += self.store.complete_many(replies)
+            if log.isEnabledFor(logging.INFO):
+                for request_id, _ in replies:
+                    log.info("request %s done", request_id)
 
     def _drain(self, client: PipelinedClient, presence: _Presence) -> None:
         """At shutdown: wait a while for replies in flight, then hand the rest back."""
         deadline = time.monotonic() + self.settings.drain_timeout
         while client.in_flight and time.monotonic() < deadline:
             completions = client.poll(max(0.0, deadline - time.monotonic()))
-            self._guarded(lambda: self._record(completions, presence))
+            self._guarded(partial(self._record, completions, presence))
         for tag in client.pending_tags():
-            request_id, _service = tag  # type: ignore[misc]
-            self._guarded(lambda: self._release(request_id))
+            request_id, _service = cast(tuple[str, str], tag)
+            self._guarded(partial(self._release, request_id))
 
     def _release(self, request_id: str) -> None:
         if self.store.release(request_id):

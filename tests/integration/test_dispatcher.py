@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from titanic_support import running, wait_until
+from titanic_support import running
 
 from titanic.broker import Broker
 from titanic.dispatcher import Dispatcher, DispatcherSettings

@@ -67,7 +67,7 @@ def running_device(workers: int) -> Iterator[str]:
 
 
 def _wait_until_echoing(frontend: str, deadline_s: float = 20) -> None:
-    context = zmq.Context.instance()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         sock = context.socket(zmq.DEALER)
@@ -83,7 +83,7 @@ def _wait_until_echoing(frontend: str, deadline_s: float = 20) -> None:
 
 def measure(frontend: str, requests: int, body: bytes, depth: int) -> Result:
     """`depth` DEALER sockets, one request in flight on each (1: synchronous)."""
-    context = zmq.Context.instance()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sockets = []
     poller = zmq.Poller()
     for _ in range(depth):

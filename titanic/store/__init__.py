@@ -1,1 +1,59 @@
-"""The request store: the only package that imports the SQLAlchemy ORM."""
+"""The request store: the only package that imports SQLAlchemy.
+
+`open_store(url)` gives a SqlStore on SQLite or PostgreSQL with the schema brought up to date;
+titanic.testing.MemoryStore behaves the same in memory.
+"""
+
+from __future__ import annotations
+
+from titanic.settings import MAX_MESSAGE_SIZE_BYTES, default_database_url
+from titanic.store.types import (
+    FINISHED,
+    NewRequest,
+    RequestStatus,
+    Store,
+    StoredRequest,
+    StoreStats,
+    check_request_id,
+    new_request_id,
+)
+
+
+def open_store(url: str | None = None, *, sqlite_synchronous: str = "FULL",
+               max_request_bytes: int = MAX_MESSAGE_SIZE_BYTES, migrate: bool = True) -> SqlStore:
+    """A SqlStore for `url` (default: TITANIC_DATABASE_URL, else the per-user SQLite file).
+
+    With `migrate`, a fresh or older database is brought to the current schema first, and a
+    database from a newer titanic is refused with SchemaError.
+    """
+    from titanic.errors import StoreError
+    from titanic.migrate import ensure_schema
+    from titanic.store.dialect import make_engine
+
+    try:
+        engine = make_engine(url or default_database_url(), sqlite_synchronous=sqlite_synchronous)
+    except (ValueError, ImportError) as exc:
+        raise StoreError(f"cannot open database: {exc}") from exc
+    if migrate:
+        try:
+            ensure_schema(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+    return SqlStore(engine, max_request_bytes=max_request_bytes)
+
+
+from titanic.store.sql import SqlStore  # noqa: E402  (needs the names above)
+
+__all__ = [
+    "FINISHED",
+    "NewRequest",
+    "RequestStatus",
+    "SqlStore",
+    "Store",
+    "StoreStats",
+    "StoredRequest",
+    "check_request_id",
+    "new_request_id",
+    "open_store",
+]

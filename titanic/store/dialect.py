@@ -1,0 +1,81 @@
+"""What differs between SQLite and PostgreSQL: engine set-up, transaction start, row locking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, Select, Update, create_engine, event, update
+from sqlalchemy.engine import make_url
+
+from titanic.store.models import requests_table
+
+#: Execution option telling the SQLite "begin" hook whether the transaction will write.
+SQLITE_WRITE_OPTION = "titanic_sqlite_write"
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+
+S = TypeVar("S", bound=Select[Any])
+
+
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine set up for titanic's access pattern on SQLite or PostgreSQL."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, sqlite_synchronous)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                         pool_recycle=3600)
+
+
+def _sqlite_engine(url: str, synchronous: str) -> Engine:
+    mode = synchronous.upper()
+    if mode not in SYNCHRONOUS_MODES:
+        raise ValueError(f"sqlite synchronous must be one of {SYNCHRONOUS_MODES}, not {mode!r}")
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                                              "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's own BEGIN handling is off: the "begin" hook below starts transactions.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={mode}")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A read-then-write in a plain BEGIN fails with "database is locked" under contention;
+        # taking the write lock up front (IMMEDIATE) makes writers queue on the busy timeout.
+        write = conn.get_execution_options().get(SQLITE_WRITE_OPTION, True)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def claim_statement(due: Select[Any], conn: Connection) -> Update:
+    """An UPDATE of the rows `due` selects (a SELECT of ids), safe against concurrent claimers.
+
+    PostgreSQL: the ids are locked in a materialized CTE with FOR UPDATE SKIP LOCKED, so they are
+    chosen once and rows another claimer holds are skipped (an IN (subquery) may be re-evaluated
+    and pick more rows than its LIMIT). SQLite: the immediate transaction already holds the
+    database's write lock; the status test makes the UPDATE a compare-and-set all the same.
+    """
+    table = requests_table
+    if conn.dialect.name == "postgresql":
+        chosen = due.with_for_update(skip_locked=True).cte("chosen").prefix_with("MATERIALIZED")
+        return update(table).where(table.c.id == chosen.c.id, table.c.status == "pending")
+    return update(table).where(table.c.id.in_(due.scalar_subquery()),
+                               table.c.status == "pending")
+
+
+def lock_row(statement: S, conn: Connection) -> S:
+    """PostgreSQL: SELECT ... FOR UPDATE for a read-then-write; SQLite: the immediate lock."""
+    if conn.dialect.name == "postgresql":
+        return statement.with_for_update()
+    return statement

@@ -1,0 +1,66 @@
+"""The schema: one table of requests. Alembic migrations must match it (tested)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import (
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a constraint naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class RequestRow(Base):
+    """A stored request. Times are naive UTC; frames are packed by titanic.store.frames."""
+
+    __tablename__ = "titanic_requests"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True)
+    service: Mapped[str] = mapped_column(String(255))
+    request: Mapped[bytes] = mapped_column(LargeBinary)
+    reply: Mapped[bytes | None] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime())
+    due_at: Mapped[datetime] = mapped_column(DateTime())
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    deadline: Mapped[datetime | None] = mapped_column(DateTime())
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+    __table_args__ = (
+        # Next due requests of a service: WHERE status = 'pending' AND service = ? ORDER BY due_at.
+        Index("ix_titanic_requests_status_service_due", "status", "service", "due_at"),
+        # Next due of any service, leases running out: WHERE status = ? AND due_at/lease_until < ?
+        Index("ix_titanic_requests_status_due", "status", "due_at"),
+        # Purging finished requests: WHERE status = ? AND completed_at < ?
+        Index("ix_titanic_requests_status_completed", "status", "completed_at"),
+    )
+
+
+requests_table = cast(Table, RequestRow.__table__)

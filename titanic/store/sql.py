@@ -1,0 +1,388 @@
+"""SqlStore: the request store on SQLite or PostgreSQL, one short transaction per method.
+
+Database errors are translated to StoreError in one place, `_transaction`, which also retries
+what is safe to retry: SQLite's "database is locked" and PostgreSQL connections dropped by a
+server restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+
+from titanic.errors import StoreError
+from titanic.settings import MAX_MESSAGE_SIZE_BYTES
+from titanic.store import dialect
+from titanic.store.frames import decode_frames, encode_frames
+from titanic.store.models import requests_table as t
+from titanic.store.types import (
+    FINISHED,
+    NewRequest,
+    RequestStatus,
+    StoredRequest,
+    StoreStats,
+    backoff_delay,
+    check_new_request,
+    check_request_id,
+    new_request_id,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RETRIES = 8
+RETRY_DELAY_S = 0.1
+RETRY_DELAY_MAX_S = 2.0
+
+PENDING = RequestStatus.PENDING.value
+DISPATCHED = RequestStatus.DISPATCHED.value
+_FINISHED = [status.value for status in FINISHED]
+
+
+def utcnow() -> datetime:
+    """Now, as the naive UTC the database stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _naive(moment: datetime | None) -> datetime | None:
+    """An aware time as naive UTC (naive times are taken to be UTC already)."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.replace(tzinfo=UTC)
+
+
+def _record(row: Row[Any]) -> StoredRequest:
+    created = _aware(row.created_at)
+    due = _aware(row.due_at)
+    assert created is not None and due is not None
+    return StoredRequest(
+        id=row.id.hex,
+        service=row.service,
+        request=decode_frames(row.request),
+        reply=None if row.reply is None else decode_frames(row.reply),
+        status=RequestStatus(row.status),
+        attempts=row.attempts,
+        created_at=created,
+        due_at=due,
+        lease_until=_aware(row.lease_until),
+        completed_at=_aware(row.completed_at),
+        last_error=row.last_error,
+        deadline=_aware(row.deadline),
+        idempotency_key=row.idempotency_key,
+    )
+
+
+def _key(request_id: str) -> uuid.UUID:
+    return uuid.UUID(hex=check_request_id(request_id))
+
+
+class SqlStore:
+    """The request store on a SQLAlchemy engine (see titanic.store.open_store)."""
+
+    def __init__(self, engine: Engine, *, max_request_bytes: int = MAX_MESSAGE_SIZE_BYTES) -> None:
+        self.engine = engine
+        self.max_request_bytes = max_request_bytes
+        self._is_sqlite = engine.dialect.name == "sqlite"
+
+    # -- the one boundary where database errors become StoreError ------------------------------
+
+    @contextmanager
+    def _connect(self, *, write: bool) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            if self._is_sqlite:
+                conn.execution_options(**{dialect.SQLITE_WRITE_OPTION: write})
+            with conn.begin():
+                yield conn
+
+    def _transaction(self, work: Callable[[Connection], T], *, write: bool = True) -> T:
+        """Run `work` in one transaction, retrying lock contention and dropped connections."""
+        delay = RETRY_DELAY_S
+        for attempt in range(RETRIES + 1):
+            try:
+                with self._connect(write=write) as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if attempt == RETRIES or not self._retryable(exc):
+                    raise StoreError(f"database error: {_first_line(exc)}") from exc
+                log.warning("database busy or connection lost (%s); retrying in %.1f s",
+                            _first_line(exc), delay)
+            except SQLAlchemyError as exc:
+                raise StoreError(f"database error: {_first_line(exc)}") from exc
+            time.sleep(delay)
+            delay = min(RETRY_DELAY_MAX_S, delay * 2)
+        raise AssertionError("unreachable")
+
+    def _retryable(self, exc: DBAPIError) -> bool:
+        if exc.connection_invalidated:
+            return True
+        text = str(exc.orig).lower()
+        return "database is locked" in text or "could not serialize" in text
+
+    # -- writing requests -----------------------------------------------------------------------
+
+    def submit(self, service: str, frames: Sequence[bytes], *, deadline: datetime | None = None,
+               idempotency_key: str | None = None) -> str:
+        """Store one request, committed before returning its UUID."""
+        return self.submit_many([NewRequest(service, tuple(frames), deadline,
+                                            idempotency_key)])[0]
+
+    def submit_many(self, requests: Sequence[NewRequest]) -> list[str]:
+        """Store a batch in one transaction (group commit); UUIDs in input order."""
+        for request in requests:
+            check_new_request(request, self.max_request_bytes)
+        now = utcnow()
+        ids = [new_request_id() for _ in requests]
+        rows = [
+            {"id": uuid.UUID(hex=request_id), "service": r.service,
+             "request": encode_frames(r.frames), "reply": None, "status": PENDING,
+             "attempts": 0, "created_at": now, "due_at": now, "lease_until": None,
+             "completed_at": None, "last_error": None, "deadline": _naive(r.deadline),
+             "idempotency_key": r.idempotency_key}
+            for request_id, r in zip(ids, requests, strict=True)
+        ]
+
+        def work(conn: Connection) -> list[str]:
+            existing = self._existing_keys(conn, requests)
+            fresh = [row for row in rows if row["idempotency_key"] not in existing]
+            if fresh:
+                try:
+                    conn.execute(insert(t), fresh)
+                except IntegrityError:
+                    if not self._all_stored(conn, fresh):
+                        raise
+            return [existing.get(r.idempotency_key, request_id) if r.idempotency_key else
+                    request_id for request_id, r in zip(ids, requests, strict=True)]
+
+        return self._transaction(work)
+
+    @staticmethod
+    def _existing_keys(conn: Connection, requests: Sequence[NewRequest]) -> dict[str | None, str]:
+        keys = [r.idempotency_key for r in requests if r.idempotency_key]
+        if not keys:
+            return {}
+        found = conn.execute(select(t.c.idempotency_key, t.c.id)
+                             .where(t.c.idempotency_key.in_(keys)))
+        return {key: row_id.hex for key, row_id in found}
+
+    @staticmethod
+    def _all_stored(conn: Connection, rows: list[dict[str, Any]]) -> bool:
+        """After a retried commit whose first try did land, the rows are all there already."""
+        ids = [row["id"] for row in rows]
+        count = conn.execute(select(func.count()).where(t.c.id.in_(ids))).scalar_one()
+        return bool(count == len(ids))
+
+    def complete(self, request_id: str, reply: Sequence[bytes]) -> bool:
+        """Store the reply: done. False if the request is unknown or already finished."""
+        return self.complete_many([(request_id, reply)]) == 1
+
+    def complete_many(self, replies: Sequence[tuple[str, Sequence[bytes]]]) -> int:
+        """complete() for a batch in one transaction; returns how many were stored."""
+        if not replies:
+            return 0
+        now = utcnow()
+        params = [{"key": _key(request_id), "reply": encode_frames(reply)}
+                  for request_id, reply in replies]
+        statement = (
+            update(t)
+            .where(t.c.id == bindparam("key"), t.c.status.in_([PENDING, DISPATCHED]))
+            .values(reply=bindparam("reply"), status=RequestStatus.DONE.value, completed_at=now,
+                    lease_until=None)
+        )
+
+        def work(conn: Connection) -> int:
+            if len(params) == 1:
+                return conn.execute(statement, params[0]).rowcount
+            done = 0
+            for param in params:  # rowcount of an executemany is not reliable on every driver
+                done += conn.execute(statement, param).rowcount
+            return done
+
+        return self._transaction(work)
+
+    def retry_later(self, request_id: str, error: str, *, max_attempts: int, backoff: float,
+                    backoff_max: float, now: datetime | None = None) -> RequestStatus | None:
+        """After a failed attempt: pending again after a backoff, or failed for good.
+
+        Returns the request's status afterwards, or None if it no longer exists.
+        """
+        key = _key(request_id)
+        moment = _naive(now) or utcnow()
+
+        def work(conn: Connection) -> RequestStatus | None:
+            row = conn.execute(dialect.lock_row(select(t.c.status, t.c.attempts)
+                                                .where(t.c.id == key), conn)).first()
+            if row is None:
+                return None  # closed meanwhile
+            if row.status != DISPATCHED:
+                return RequestStatus(row.status)
+            if row.attempts >= max_attempts:
+                conn.execute(update(t).where(t.c.id == key).values(
+                    status=RequestStatus.FAILED.value, completed_at=moment, lease_until=None,
+                    last_error=f"{error} (after {row.attempts} attempts)"))
+                return RequestStatus.FAILED
+            due = moment + timedelta(seconds=backoff_delay(row.attempts, backoff, backoff_max))
+            conn.execute(update(t).where(t.c.id == key).values(
+                status=PENDING, due_at=due, lease_until=None, last_error=error))
+            return RequestStatus.PENDING
+
+        return self._transaction(work)
+
+    def release(self, request_id: str) -> bool:
+        """Hand a dispatched request back to pending now, the attempt not counted."""
+        key = _key(request_id)
+        statement = (update(t).where(t.c.id == key, t.c.status == DISPATCHED)
+                     .values(status=PENDING, due_at=utcnow(), lease_until=None,
+                             attempts=t.c.attempts - 1))
+        return self._transaction(lambda conn: conn.execute(statement).rowcount == 1)
+
+    def fail(self, request_id: str, error: str) -> bool:
+        """Mark a pending or dispatched request failed for good."""
+        statement = (update(t).where(t.c.id == _key(request_id),
+                                     t.c.status.in_([PENDING, DISPATCHED]))
+                     .values(status=RequestStatus.FAILED.value, completed_at=utcnow(),
+                             lease_until=None, last_error=error))
+        return self._transaction(lambda conn: conn.execute(statement).rowcount == 1)
+
+    def requeue(self, request_id: str) -> bool:
+        """A failed or expired request becomes pending again, attempts reset."""
+        statement = (update(t).where(t.c.id == _key(request_id),
+                                     t.c.status.in_([RequestStatus.FAILED.value,
+                                                     RequestStatus.EXPIRED.value]))
+                     .values(status=PENDING, due_at=utcnow(), attempts=0, completed_at=None,
+                             lease_until=None))
+        return self._transaction(lambda conn: conn.execute(statement).rowcount == 1)
+
+    def close(self, request_id: str) -> None:
+        """Delete the request and its reply; an unknown UUID is fine."""
+        statement = delete(t).where(t.c.id == _key(request_id))
+        self._transaction(lambda conn: conn.execute(statement))
+
+    # -- dispatching ----------------------------------------------------------------------------
+
+    def claim_due(self, services: Sequence[str] | None, limit: int, lease: float, *,
+                  now: datetime | None = None) -> list[StoredRequest]:
+        """Lease up to `limit` due pending requests (oldest due first): they become dispatched."""
+        if limit <= 0 or (services is not None and not services):
+            return []
+        moment = _naive(now) or utcnow()
+        due = select(t.c.id).where(t.c.status == PENDING, t.c.due_at <= moment)
+        if services is not None:
+            due = due.where(t.c.service.in_(list(services)))
+        due = due.order_by(t.c.due_at).limit(limit)
+
+        def work(conn: Connection) -> list[StoredRequest]:
+            rows = conn.execute(dialect.claim_statement(due, conn).values(
+                status=DISPATCHED, attempts=t.c.attempts + 1,
+                lease_until=moment + timedelta(seconds=lease)).returning(*t.c)).all()
+            return sorted((_record(row) for row in rows), key=lambda r: (r.due_at, r.id))
+
+        return self._transaction(work)
+
+    def release_stale(self, *, now: datetime | None = None) -> int:
+        """Dispatched requests whose lease ran out become pending (crash recovery)."""
+        moment = _naive(now) or utcnow()
+        statement = (update(t).where(t.c.status == DISPATCHED, t.c.lease_until < moment)
+                     .values(status=PENDING, due_at=moment, lease_until=None))
+        return self._transaction(lambda conn: conn.execute(statement).rowcount)
+
+    def expire(self, *, pending_ttl: float, now: datetime | None = None) -> int:
+        """Pending requests older than pending_ttl seconds or past their deadline: expired."""
+        moment = _naive(now) or utcnow()
+        too_old = moment - timedelta(seconds=pending_ttl)
+        by_age = (update(t).where(t.c.status == PENDING, t.c.created_at < too_old)
+                  .values(status=RequestStatus.EXPIRED.value, completed_at=moment,
+                          last_error=f"not delivered within {pending_ttl:g} s"))
+        by_deadline = (update(t).where(t.c.status == PENDING, t.c.deadline < moment)
+                       .values(status=RequestStatus.EXPIRED.value, completed_at=moment,
+                               last_error="not delivered before its deadline"))
+        return self._transaction(lambda conn: conn.execute(by_age).rowcount
+                                 + conn.execute(by_deadline).rowcount)
+
+    def purge(self, *, reply_ttl: float, now: datetime | None = None) -> int:
+        """Delete finished requests that finished more than reply_ttl seconds ago."""
+        cutoff = (_naive(now) or utcnow()) - timedelta(seconds=reply_ttl)
+        statement = delete(t).where(t.c.status.in_(_FINISHED), t.c.completed_at < cutoff)
+        return self._transaction(lambda conn: conn.execute(statement).rowcount)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def get(self, request_id: str) -> StoredRequest | None:
+        """The request, or None if unknown."""
+        statement = select(t).where(t.c.id == _key(request_id))
+
+        def work(conn: Connection) -> StoredRequest | None:
+            row = conn.execute(statement).first()
+            return None if row is None else _record(row)
+
+        return self._transaction(work, write=False)
+
+    def next_due_at(self, services: Sequence[str] | None = None) -> datetime | None:
+        """When the earliest pending request is due."""
+        statement = select(func.min(t.c.due_at)).where(t.c.status == PENDING)
+        if services is not None:
+            statement = statement.where(t.c.service.in_(list(services)))
+        return _aware(self._transaction(lambda conn: conn.execute(statement).scalar(),
+                                        write=False))
+
+    def due_services(self, *, now: datetime | None = None) -> dict[str, int]:
+        """Services with pending requests due now, and how many."""
+        statement = (select(t.c.service, func.count())
+                     .where(t.c.status == PENDING, t.c.due_at <= (_naive(now) or utcnow()))
+                     .group_by(t.c.service))
+        return self._transaction(
+            lambda conn: {service: count for service, count in conn.execute(statement)},
+            write=False)
+
+    def stats(self) -> StoreStats:
+        """Counts by service and status."""
+        statement = select(t.c.service, t.c.status, func.count()).group_by(t.c.service,
+                                                                          t.c.status)
+        return StoreStats(self._transaction(
+            lambda conn: {(service, RequestStatus(status)): count
+                          for service, status, count in conn.execute(statement)},
+            write=False))
+
+    def list(self, *, service: str | None = None, status: RequestStatus | None = None,
+             limit: int = 100, after: str | None = None) -> list[StoredRequest]:
+        """Requests in UUID (time) order, filtered, paged by `after`."""
+        statement = select(t).order_by(t.c.id).limit(limit)
+        if service is not None:
+            statement = statement.where(t.c.service == service)
+        if status is not None:
+            statement = statement.where(t.c.status == status.value)
+        if after is not None:
+            statement = statement.where(t.c.id > _key(after))
+        return self._transaction(
+            lambda conn: [_record(row) for row in conn.execute(statement)], write=False)
+
+    def close_store(self) -> None:
+        """Release connections."""
+        self.engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

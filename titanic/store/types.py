@@ -1,0 +1,198 @@
+"""The store's vocabulary: request states, the frozen records it returns, and its interface."""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from titanic.errors import InvalidRequestError
+
+
+class RequestStatus(enum.StrEnum):
+    """Where a stored request is in its life."""
+
+    PENDING = "pending"
+    DISPATCHED = "dispatched"
+    DONE = "done"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+#: States in which a request is finished: its reply (if any) is final.
+FINISHED = (RequestStatus.DONE, RequestStatus.FAILED, RequestStatus.EXPIRED)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRequest:
+    """A request as stored, with its reply once done."""
+
+    id: str
+    service: str
+    request: tuple[bytes, ...]
+    reply: tuple[bytes, ...] | None
+    status: RequestStatus
+    attempts: int
+    created_at: datetime
+    due_at: datetime
+    lease_until: datetime | None
+    completed_at: datetime | None
+    last_error: str | None
+    deadline: datetime | None
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A request to store."""
+
+    service: str
+    frames: tuple[bytes, ...]
+    deadline: datetime | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Request counts by (service, status)."""
+
+    counts: dict[tuple[str, RequestStatus], int]
+
+    def by_status(self) -> dict[RequestStatus, int]:
+        """Counts by status, all services together."""
+        totals: dict[RequestStatus, int] = {}
+        for (_, status), count in self.counts.items():
+            totals[status] = totals.get(status, 0) + count
+        return totals
+
+
+class Store(Protocol):
+    """What titanic needs of a request store; SqlStore and testing.MemoryStore implement it."""
+
+    def submit(self, service: str, frames: Sequence[bytes], *, deadline: datetime | None = None,
+               idempotency_key: str | None = None) -> str:
+        """Store one request, committed before returning its UUID."""
+        ...
+
+    def submit_many(self, requests: Sequence[NewRequest]) -> list[str]:
+        """Store a batch in one transaction; UUIDs in input order."""
+        ...
+
+    def get(self, request_id: str) -> StoredRequest | None:
+        """The request, or None if unknown."""
+        ...
+
+    def claim_due(self, services: Sequence[str] | None, limit: int, lease: float, *,
+                  now: datetime | None = None) -> list[StoredRequest]:
+        """Lease up to `limit` due pending requests (oldest due first): they become dispatched."""
+        ...
+
+    def complete(self, request_id: str, reply: Sequence[bytes]) -> bool:
+        """Store the reply: done. False if the request is unknown or already finished."""
+        ...
+
+    def complete_many(self, replies: Sequence[tuple[str, Sequence[bytes]]]) -> int:
+        """complete() for a batch in one transaction; returns how many were stored."""
+        ...
+
+    def retry_later(self, request_id: str, error: str, *, max_attempts: int, backoff: float,
+                    backoff_max: float, now: datetime | None = None) -> RequestStatus | None:
+        """After a failed attempt: pending again after a backoff, or failed for good.
+
+        Returns the status afterwards, or None if the request no longer exists.
+        """
+        ...
+
+    def release(self, request_id: str) -> bool:
+        """Hand a dispatched request back to pending now, the attempt not counted."""
+        ...
+
+    def fail(self, request_id: str, error: str) -> bool:
+        """Mark a pending or dispatched request failed for good."""
+        ...
+
+    def requeue(self, request_id: str) -> bool:
+        """A failed or expired request becomes pending again, attempts reset."""
+        ...
+
+    def close(self, request_id: str) -> None:
+        """Delete the request and its reply; an unknown UUID is fine."""
+        ...
+
+    def release_stale(self, *, now: datetime | None = None) -> int:
+        """Dispatched requests whose lease ran out become pending (crash recovery)."""
+        ...
+
+    def expire(self, *, pending_ttl: float, now: datetime | None = None) -> int:
+        """Pending requests older than pending_ttl seconds or past their deadline: expired."""
+        ...
+
+    def purge(self, *, reply_ttl: float, now: datetime | None = None) -> int:
+        """Delete finished requests that finished more than reply_ttl seconds ago."""
+        ...
+
+    def next_due_at(self, services: Sequence[str] | None = None) -> datetime | None:
+        """When the earliest pending request is due."""
+        ...
+
+    def due_services(self, *, now: datetime | None = None) -> dict[str, int]:
+        """Services with pending requests due now, and how many."""
+        ...
+
+    def stats(self) -> StoreStats:
+        """Counts by service and status."""
+        ...
+
+    def list(self, *, service: str | None = None, status: RequestStatus | None = None,
+             limit: int = 100, after: str | None = None) -> list[StoredRequest]:
+        """Requests in UUID (time) order, filtered, paged by `after`."""
+        ...
+
+    def close_store(self) -> None:
+        """Release connections."""
+        ...
+
+
+_HEX32 = re.compile(r"\A[0-9a-f]{32}\Z")
+
+
+def check_request_id(request_id: str) -> str:
+    """The UUID as 32 lower-case hex digits; InvalidRequestError if it is not one."""
+    if not isinstance(request_id, str):
+        raise InvalidRequestError(f"a request UUID is text, not {type(request_id).__name__}")
+    lowered = request_id.strip().lower()
+    if not _HEX32.match(lowered):
+        raise InvalidRequestError(f"not a request UUID (32 hex digits): {request_id[:40]!r}")
+    return lowered
+
+
+def new_request_id() -> str:
+    """A UUIDv7: milliseconds since the epoch first, so new ids sort after old ones."""
+    millis = time.time_ns() // 1_000_000
+    value = (millis & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return uuid.UUID(int=value).hex
+
+
+def check_new_request(request: NewRequest, max_request_bytes: int) -> None:
+    """InvalidRequestError for an empty service name or an oversized body."""
+    if not request.service or len(request.service) > 255:
+        raise InvalidRequestError("the service name must be 1 to 255 characters")
+    size = sum(len(frame) for frame in request.frames)
+    if size > max_request_bytes:
+        raise InvalidRequestError(
+            f"request body of {size} bytes exceeds the limit of {max_request_bytes} bytes")
+    if request.idempotency_key is not None and not 0 < len(request.idempotency_key) <= 255:
+        raise InvalidRequestError("an idempotency key must be 1 to 255 characters")
+
+
+def backoff_delay(attempts: int, backoff: float, backoff_max: float) -> float:
+    """Seconds to wait after the attempts-th failed attempt: doubling, capped."""
+    return float(min(backoff_max, backoff * 2 ** max(0, attempts - 1)))

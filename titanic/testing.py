@@ -1,0 +1,256 @@
+"""Test helpers for titanic users: MemoryStore, a thread-safe in-memory store.
+
+It keeps the same contract as the SQL store (the contract tests run against both), so code built
+on titanic can be tested without a database.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from titanic.settings import MAX_MESSAGE_SIZE_BYTES
+from titanic.store.types import (
+    FINISHED,
+    NewRequest,
+    RequestStatus,
+    StoredRequest,
+    StoreStats,
+    backoff_delay,
+    check_new_request,
+    check_request_id,
+    new_request_id,
+)
+
+__all__ = ["MemoryStore"]
+
+
+def _now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+
+
+class MemoryStore:
+    """The request store in a dict, guarded by a lock."""
+
+    def __init__(self, *, max_request_bytes: int = MAX_MESSAGE_SIZE_BYTES) -> None:
+        self.max_request_bytes = max_request_bytes
+        self._lock = threading.Lock()
+        self._rows: dict[str, StoredRequest] = {}
+        self._keys: dict[str, str] = {}
+
+    def _update(self, request_id: str,
+                change: Callable[[StoredRequest], StoredRequest | None]) -> StoredRequest | None:
+        """Apply `change` to the row under the lock; it returns the new row or None (no change)."""
+        key = check_request_id(request_id)
+        with self._lock:
+            row = self._rows.get(key)
+            if row is None:
+                return None
+            new = change(row)
+            if new is not None:
+                self._rows[key] = new
+            return new
+
+    def submit(self, service: str, frames: Sequence[bytes], *, deadline: datetime | None = None,
+               idempotency_key: str | None = None) -> str:
+        """Store one request and return its UUID."""
+        return self.submit_many([NewRequest(service, tuple(frames), deadline,
+                                            idempotency_key)])[0]
+
+    def submit_many(self, requests: Sequence[NewRequest]) -> list[str]:
+        """Store a batch, all or nothing; UUIDs in input order."""
+        for request in requests:
+            check_new_request(request, self.max_request_bytes)
+        now = datetime.now(UTC)
+        ids: list[str] = []
+        with self._lock:
+            for request in requests:
+                known = self._keys.get(request.idempotency_key or "")
+                if request.idempotency_key and known and known in self._rows:
+                    ids.append(known)
+                    continue
+                request_id = new_request_id()
+                self._rows[request_id] = StoredRequest(
+                    id=request_id, service=request.service, request=tuple(request.frames),
+                    reply=None, status=RequestStatus.PENDING, attempts=0, created_at=now,
+                    due_at=now, lease_until=None, completed_at=None, last_error=None,
+                    deadline=None if request.deadline is None else _now(request.deadline),
+                    idempotency_key=request.idempotency_key)
+                if request.idempotency_key:
+                    self._keys[request.idempotency_key] = request_id
+                ids.append(request_id)
+        return ids
+
+    def get(self, request_id: str) -> StoredRequest | None:
+        """The request, or None if unknown."""
+        key = check_request_id(request_id)
+        with self._lock:
+            return self._rows.get(key)
+
+    def claim_due(self, services: Sequence[str] | None, limit: int, lease: float, *,
+                  now: datetime | None = None) -> list[StoredRequest]:
+        """Lease up to `limit` due pending requests, oldest due first."""
+        moment = _now(now)
+        wanted = None if services is None else set(services)
+        with self._lock:
+            due = sorted((row for row in self._rows.values()
+                          if row.status is RequestStatus.PENDING and row.due_at <= moment
+                          and (wanted is None or row.service in wanted)),
+                         key=lambda row: (row.due_at, row.id))[:max(0, limit)]
+            claimed = [replace(row, status=RequestStatus.DISPATCHED, attempts=row.attempts + 1,
+                               lease_until=moment + timedelta(seconds=lease)) for row in due]
+            for row in claimed:
+                self._rows[row.id] = row
+        return claimed
+
+    def complete(self, request_id: str, reply: Sequence[bytes]) -> bool:
+        """Store the reply: done."""
+        now = datetime.now(UTC)
+        return self._update(request_id, lambda row: replace(
+            row, reply=tuple(reply), status=RequestStatus.DONE, completed_at=now,
+            lease_until=None) if row.status in (RequestStatus.PENDING, RequestStatus.DISPATCHED)
+            else None) is not None
+
+    def complete_many(self, replies: Sequence[tuple[str, Sequence[bytes]]]) -> int:
+        """complete() for a batch."""
+        return sum(self.complete(request_id, reply) for request_id, reply in replies)
+
+    def retry_later(self, request_id: str, error: str, *, max_attempts: int, backoff: float,
+                    backoff_max: float, now: datetime | None = None) -> RequestStatus | None:
+        """After a failed attempt: pending after a backoff, or failed for good."""
+        moment = _now(now)
+
+        def change(row: StoredRequest) -> StoredRequest | None:
+            if row.status is not RequestStatus.DISPATCHED:
+                return None
+            if row.attempts >= max_attempts:
+                return replace(row, status=RequestStatus.FAILED, completed_at=moment,
+                               lease_until=None,
+                               last_error=f"{error} (after {row.attempts} attempts)")
+            delay = backoff_delay(row.attempts, backoff, backoff_max)
+            return replace(row, status=RequestStatus.PENDING, lease_until=None,
+                           due_at=moment + timedelta(seconds=delay), last_error=error)
+
+        self._update(request_id, change)
+        row = self.get(request_id)
+        return None if row is None else row.status
+
+    def release(self, request_id: str) -> bool:
+        """Dispatched back to pending now, the attempt not counted."""
+        now = datetime.now(UTC)
+        return self._update(request_id, lambda row: replace(
+            row, status=RequestStatus.PENDING, due_at=now, lease_until=None,
+            attempts=row.attempts - 1) if row.status is RequestStatus.DISPATCHED
+            else None) is not None
+
+    def fail(self, request_id: str, error: str) -> bool:
+        """Pending or dispatched: failed for good."""
+        now = datetime.now(UTC)
+        return self._update(request_id, lambda row: replace(
+            row, status=RequestStatus.FAILED, completed_at=now, lease_until=None,
+            last_error=error) if row.status in (RequestStatus.PENDING, RequestStatus.DISPATCHED)
+            else None) is not None
+
+    def requeue(self, request_id: str) -> bool:
+        """Failed or expired: pending again, attempts reset."""
+        now = datetime.now(UTC)
+        return self._update(request_id, lambda row: replace(
+            row, status=RequestStatus.PENDING, due_at=now, attempts=0, completed_at=None,
+            lease_until=None) if row.status in (RequestStatus.FAILED, RequestStatus.EXPIRED)
+            else None) is not None
+
+    def close(self, request_id: str) -> None:
+        """Delete the request and its reply."""
+        key = check_request_id(request_id)
+        with self._lock:
+            row = self._rows.pop(key, None)
+            if row is not None and row.idempotency_key:
+                self._keys.pop(row.idempotency_key, None)
+
+    def _change_all(self, change: Callable[[StoredRequest], StoredRequest | None]) -> int:
+        with self._lock:
+            changed = [new for row in self._rows.values() if (new := change(row)) is not None]
+            for row in changed:
+                self._rows[row.id] = row
+        return len(changed)
+
+    def release_stale(self, *, now: datetime | None = None) -> int:
+        """Dispatched requests whose lease ran out: pending."""
+        moment = _now(now)
+        return self._change_all(lambda row: replace(
+            row, status=RequestStatus.PENDING, due_at=moment, lease_until=None)
+            if row.status is RequestStatus.DISPATCHED and row.lease_until is not None
+            and row.lease_until < moment else None)
+
+    def expire(self, *, pending_ttl: float, now: datetime | None = None) -> int:
+        """Pending requests too old or past their deadline: expired."""
+        moment = _now(now)
+        too_old = moment - timedelta(seconds=pending_ttl)
+
+        def change(row: StoredRequest) -> StoredRequest | None:
+            if row.status is not RequestStatus.PENDING:
+                return None
+            if row.created_at < too_old:
+                why = f"not delivered within {pending_ttl:g} s"
+            elif row.deadline is not None and row.deadline < moment:
+                why = "not delivered before its deadline"
+            else:
+                return None
+            return replace(row, status=RequestStatus.EXPIRED, completed_at=moment,
+                           last_error=why)
+
+        return self._change_all(change)
+
+    def purge(self, *, reply_ttl: float, now: datetime | None = None) -> int:
+        """Delete requests finished more than reply_ttl seconds ago."""
+        cutoff = _now(now) - timedelta(seconds=reply_ttl)
+        with self._lock:
+            old = [row.id for row in self._rows.values() if row.status in FINISHED
+                   and row.completed_at is not None and row.completed_at < cutoff]
+        for request_id in old:
+            self.close(request_id)
+        return len(old)
+
+    def next_due_at(self, services: Sequence[str] | None = None) -> datetime | None:
+        """When the earliest pending request is due."""
+        with self._lock:
+            due = [row.due_at for row in self._rows.values()
+                   if row.status is RequestStatus.PENDING
+                   and (services is None or row.service in services)]
+        return min(due, default=None)
+
+    def due_services(self, *, now: datetime | None = None) -> dict[str, int]:
+        """Services with pending requests due now, and how many."""
+        moment = _now(now)
+        counts: dict[str, int] = {}
+        with self._lock:
+            for row in self._rows.values():
+                if row.status is RequestStatus.PENDING and row.due_at <= moment:
+                    counts[row.service] = counts.get(row.service, 0) + 1
+        return counts
+
+    def stats(self) -> StoreStats:
+        """Counts by service and status."""
+        counts: dict[tuple[str, RequestStatus], int] = {}
+        with self._lock:
+            for row in self._rows.values():
+                counts[(row.service, row.status)] = counts.get((row.service, row.status), 0) + 1
+        return StoreStats(counts)
+
+    def list(self, *, service: str | None = None, status: RequestStatus | None = None,
+             limit: int = 100, after: str | None = None) -> list[StoredRequest]:
+        """Requests in UUID (time) order, filtered, paged by `after`."""
+        start = check_request_id(after) if after is not None else ""
+        with self._lock:
+            rows = sorted((row for row in self._rows.values() if row.id > start
+                           and (service is None or row.service == service)
+                           and (status is None or row.status is status)),
+                          key=lambda row: row.id)
+        return rows[:limit]
+
+    def close_store(self) -> None:
+        """Nothing to release."""
