@@ -1,0 +1,58 @@
+"""Shared fixtures: a throw-away PostgreSQL database, and the store under test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+POSTGRES_SERVER = os.environ.get("TITANIC_TEST_POSTGRES_URL",
+                                 "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _admin_engine():  # type: ignore[no-untyped-def]
+    return create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL server URL; skipped (failed under CI) when no server answers."""
+    engine = _admin_engine()
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        reason = f"no PostgreSQL at {POSTGRES_SERVER}: {str(exc.orig).splitlines()[0]}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI requires the PostgreSQL tests)")
+        pytest.skip(reason)
+    finally:
+        engine.dispose()
+    return POSTGRES_SERVER
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh database on the server, dropped after the test."""
+    name = f"titanic_t_{uuid.uuid4().hex[:12]}"
+    engine = _admin_engine()
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file in the test's folder."""
+    return f"sqlite:///{tmp_path / 'titanic.db'}"
