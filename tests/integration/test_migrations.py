@@ -1,0 +1,61 @@
+"""Migrations from the installed package: fresh upgrade, schema equals models, newer refused."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from titanic import migrate
+from titanic.errors import SchemaError
+from titanic.store import open_store
+from titanic.store.dialect import make_engine
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite"
+                                       else "postgres_url"))
+
+
+def test_fresh_database_is_brought_to_head_and_matches_the_models(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        assert migrate.current_revision(engine) is None
+        with pytest.raises(SchemaError, match="db upgrade"):
+            migrate.check(engine)
+        migrate.ensure_schema(engine)
+        assert migrate.current_revision(engine) == migrate.head_revision()
+        migrate.check(engine)  # alembic's comparison finds no difference
+    finally:
+        engine.dispose()
+
+
+def test_a_database_from_a_newer_titanic_is_refused(db_url: str) -> None:
+    open_store(db_url).close_store()
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = 'ffff_future'"))
+        with pytest.raises(SchemaError, match="newer than this titanic"):
+            open_store(db_url)
+    finally:
+        engine.dispose()
+
+
+def test_db_commands_work_from_any_folder(db_url: str, tmp_path: Path) -> None:
+    def titanic_db(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "titanic_cli", "db", *args, "--db", db_url],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": ""})
+
+    assert titanic_db("current").stdout.strip() == "none"
+    checked = titanic_db("check")
+    assert checked.returncode == 7 and checked.stderr.count("\n") == 1
+    assert titanic_db("upgrade").returncode == 0
+    assert titanic_db("current").stdout.strip() == migrate.head_revision()
+    assert titanic_db("check").returncode == 0

@@ -1,0 +1,188 @@
+"""One contract, three stores: in memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from titanic.errors import InvalidRequestError
+from titanic.store import NewRequest, RequestStatus, Store, open_store
+from titanic.testing import MemoryStore
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore(max_request_bytes=1000)
+        return
+    url_fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    sql = open_store(request.getfixturevalue(url_fixture), max_request_bytes=1000)
+    yield sql
+    sql.close_store()
+
+
+LATER = timedelta(hours=1)
+
+
+def test_frames_come_back_exactly(store: Store) -> None:
+    frames = (b"", b"\x00\x01", b"", b"x" * 500, b"")
+    request_id = store.submit("svc", frames)
+    stored = store.get(request_id)
+    assert stored is not None
+    assert stored.request == frames
+    assert store.get(store.submit("svc", [])).request == ()  # type: ignore[union-attr]
+
+
+def test_new_requests_are_pending_and_due(store: Store) -> None:
+    request_id = store.submit("svc", [b"a"])
+    stored = store.get(request_id)
+    assert stored is not None
+    assert (stored.status, stored.attempts, stored.reply) == (RequestStatus.PENDING, 0, None)
+    assert stored.created_at.tzinfo is not None
+    assert store.due_services() == {"svc": 1}
+
+
+def test_ids_are_32_hex_and_time_ordered(store: Store) -> None:
+    ids = [store.submit("svc", [str(n).encode()]) for n in range(20)]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    listed = [r.id for r in store.list(service="svc", limit=100)]
+    assert listed == sorted(ids)
+    assert ids[0][:8] <= ids[-1][:8]
+
+
+def test_submit_many_returns_ids_in_order(store: Store) -> None:
+    ids = store.submit_many([NewRequest("a", (b"1",)), NewRequest("b", (b"2",))])
+    assert [store.get(i).request for i in ids] == [(b"1",), (b"2",)]  # type: ignore[union-attr]
+
+
+def test_idempotency_key_returns_the_existing_request(store: Store) -> None:
+    first = store.submit("svc", [b"a"], idempotency_key="k1")
+    again = store.submit("svc", [b"b"], idempotency_key="k1")
+    assert first == again
+    assert store.get(first).request == (b"a",)  # type: ignore[union-attr]
+
+
+def test_claim_leases_oldest_first_and_only_once(store: Store) -> None:
+    ids = [store.submit("svc", [str(n).encode()]) for n in range(5)]
+    store.submit("other", [b"x"])
+    first = store.claim_due(["svc"], 3, 30)
+    assert [r.id for r in first] == ids[:3]
+    assert all(r.status is RequestStatus.DISPATCHED and r.attempts == 1 for r in first)
+    assert all(r.lease_until is not None for r in first)
+    second = store.claim_due(["svc"], 10, 30)
+    assert [r.id for r in second] == ids[3:]
+    assert store.claim_due(["svc"], 10, 30) == []
+    assert [r.service for r in store.claim_due(None, 10, 30)] == ["other"]
+
+
+def test_complete_stores_the_reply_once(store: Store) -> None:
+    request_id = store.submit("svc", [b"a"])
+    store.claim_due(None, 1, 30)
+    assert store.complete(request_id, [b"r", b""])
+    done = store.get(request_id)
+    assert done is not None and done.status is RequestStatus.DONE
+    assert done.reply == (b"r", b"") and done.completed_at is not None
+    assert not store.complete(request_id, [b"again"])
+    assert store.get(request_id).reply == (b"r", b"")  # type: ignore[union-attr]
+
+
+def test_complete_many_in_one_call(store: Store) -> None:
+    ids = [store.submit("svc", [b"a"]) for _ in range(3)]
+    store.claim_due(None, 3, 30)
+    assert store.complete_many([(i, [i.encode()]) for i in ids] + [("0" * 32, [b"x"])]) == 3
+    assert all(store.get(i).reply == (i.encode(),) for i in ids)  # type: ignore[union-attr]
+
+
+def test_retry_later_backs_off_then_fails(store: Store) -> None:
+    request_id = store.submit("svc", [b"a"])
+    now = datetime.now(UTC)
+    store.claim_due(None, 1, 30, now=now)
+    status = store.retry_later(request_id, "timeout", max_attempts=2, backoff=10,
+                               backoff_max=60, now=now)
+    assert status is RequestStatus.PENDING
+    pending = store.get(request_id)
+    assert pending is not None and pending.last_error == "timeout"
+    assert pending.due_at >= now + timedelta(seconds=9)
+    assert store.claim_due(None, 1, 30, now=now) == []  # not due yet
+    later = now + timedelta(seconds=11)
+    assert len(store.claim_due(None, 1, 30, now=later)) == 1
+    assert store.retry_later(request_id, "timeout", max_attempts=2, backoff=10, backoff_max=60,
+                             now=later) is RequestStatus.FAILED
+    failed = store.get(request_id)
+    assert failed is not None and failed.status is RequestStatus.FAILED
+    assert "timeout" in (failed.last_error or "")
+    assert store.requeue(request_id)
+    again = store.get(request_id)
+    assert again is not None and (again.status, again.attempts) == (RequestStatus.PENDING, 0)
+
+
+def test_release_stale_recovers_expired_leases(store: Store) -> None:
+    request_id = store.submit("svc", [b"a"])
+    now = datetime.now(UTC)
+    store.claim_due(None, 1, 5, now=now)
+    assert store.release_stale(now=now + timedelta(seconds=1)) == 0
+    assert store.release_stale(now=now + timedelta(seconds=6)) == 1
+    assert store.get(request_id).status is RequestStatus.PENDING  # type: ignore[union-attr]
+    assert store.claim_due(None, 1, 5, now=now + timedelta(seconds=7))[0].attempts == 2
+
+
+def test_release_hands_back_without_counting(store: Store) -> None:
+    request_id = store.submit("svc", [b"a"])
+    store.claim_due(None, 1, 30)
+    assert store.release(request_id)
+    back = store.get(request_id)
+    assert back is not None and (back.status, back.attempts) == (RequestStatus.PENDING, 0)
+    assert not store.release(request_id)
+
+
+def test_expire_and_purge(store: Store) -> None:
+    old = store.submit("svc", [b"a"])
+    soon = store.submit("svc", [b"b"], deadline=datetime.now(UTC) + timedelta(seconds=1))
+    done = store.submit("svc", [b"c"])
+    store.claim_due(["svc"], 10, 30)
+    store.release(old)
+    store.release(soon)
+    store.complete(done, [b"r"])
+    now = datetime.now(UTC)
+    assert store.expire(pending_ttl=3600, now=now + timedelta(seconds=5)) == 1  # the deadline
+    assert store.get(soon).status is RequestStatus.EXPIRED  # type: ignore[union-attr]
+    assert store.expire(pending_ttl=60, now=now + timedelta(seconds=120)) == 1  # too old
+    expired = store.get(old)
+    assert expired is not None and expired.status is RequestStatus.EXPIRED
+    assert "60" in (expired.last_error or "")
+    assert store.purge(reply_ttl=3600, now=now) == 0
+    assert store.purge(reply_ttl=60, now=now + LATER) == 3
+    assert store.get(done) is None and store.stats().counts == {}
+
+
+def test_close_deletes_and_unknown_is_fine(store: Store) -> None:
+    request_id = store.submit("svc", [b"a"])
+    store.close(request_id)
+    assert store.get(request_id) is None
+    store.close(request_id)
+    store.close("0" * 32)
+
+
+def test_stats_next_due_and_listing(store: Store) -> None:
+    ids = [store.submit("a", [b"1"]), store.submit("a", [b"2"]), store.submit("b", [b"3"])]
+    store.claim_due(["b"], 1, 30)
+    counts = store.stats().counts
+    assert counts == {("a", RequestStatus.PENDING): 2, ("b", RequestStatus.DISPATCHED): 1}
+    assert store.next_due_at(["a"]) is not None and store.next_due_at(["zzz"]) is None
+    assert [r.id for r in store.list(status=RequestStatus.PENDING)] == ids[:2]
+    assert [r.id for r in store.list(limit=1, after=ids[0])] == [ids[1]]
+
+
+def test_malformed_input_is_a_clear_error(store: Store) -> None:
+    for bad in ["", "xyz", "0" * 31, "g" * 32, "0" * 33]:
+        with pytest.raises(InvalidRequestError, match="UUID"):
+            store.get(bad)
+        with pytest.raises(InvalidRequestError):
+            store.close(bad)
+    with pytest.raises(InvalidRequestError, match="exceeds the limit of 1000 bytes"):
+        store.submit("svc", [b"x" * 600, b"y" * 401])
+    with pytest.raises(InvalidRequestError, match="service"):
+        store.submit("", [b"x"])
+    assert store.stats().counts == {}
