@@ -64,14 +64,15 @@ def claim_statement(due: Select[Any], conn: Connection) -> Update:
     PostgreSQL: the ids are locked in a materialized CTE with FOR UPDATE SKIP LOCKED, so they are
     chosen once and rows another claimer holds are skipped (an IN (subquery) may be re-evaluated
     and pick more rows than its LIMIT). SQLite: the immediate transaction already holds the
-    database's write lock; the status test makes the UPDATE a compare-and-set all the same.
+    database's write lock, so the rows chosen are still pending when updated. (Repeating the status
+    test in the UPDATE would make SQLite's planner pick a status index over the primary key and
+    scan every pending row.)
     """
     table = requests_table
     if conn.dialect.name == "postgresql":
         chosen = due.with_for_update(skip_locked=True).cte("chosen").prefix_with("MATERIALIZED")
         return update(table).where(table.c.id == chosen.c.id, table.c.status == "pending")
-    return update(table).where(table.c.id.in_(due.scalar_subquery()),
-                               table.c.status == "pending")
+    return update(table).where(table.c.id.in_(due.scalar_subquery()))
 
 
 def lock_row(statement: S, conn: Connection) -> S:
