@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -172,12 +173,22 @@ def check_request_id(request_id: str) -> str:
     return lowered
 
 
+_id_lock = threading.Lock()
+_last_id_time = [0, 0]  # (milliseconds, sequence) of the last id made in this process
+
+
 def new_request_id() -> str:
-    """A UUIDv7: milliseconds since the epoch first, so new ids sort after old ones."""
-    millis = time.time_ns() // 1_000_000
-    value = (millis & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    """A UUIDv7: milliseconds since the epoch, then a sequence, so later ids sort after earlier
+    ones made in this process (even within one millisecond), then random bits."""
+    with _id_lock:
+        millis = max(time.time_ns() // 1_000_000, _last_id_time[0])
+        sequence = _last_id_time[1] + 1 if millis == _last_id_time[0] else 0
+        if sequence > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
+            millis, sequence = millis + 1, 0
+        _last_id_time[:] = [millis, sequence]
+    random_bits = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = ((millis & ((1 << 48) - 1)) << 80 | 0x7 << 76 | sequence << 64
+             | 0x2 << 62 | random_bits)
     return uuid.UUID(int=value).hex
 
 
