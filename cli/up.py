@@ -89,7 +89,8 @@ def up(bind: str, db_url: str | None, demo: bool) -> None:
       titanic fetch <UUID>           # prints hello
     """
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
-    cli = [sys.executable, "-m", "titanic_cli"]
+    # -P: the children import the installed titanic even when started from a source checkout.
+    cli = [sys.executable, "-P", "-m", "titanic_cli"]
     db = ["--db", db_url] if db_url else []
     children = [
         _Child("broker", [*cli, "broker", "--bind", bind]),

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-CLI = [sys.executable, "-m", "titanic_cli"]
+CLI = [sys.executable, "-P", "-m", "titanic_cli"]
 
 
 def free_port() -> int:

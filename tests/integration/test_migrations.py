@@ -49,7 +49,8 @@ def test_a_database_from_a_newer_titanic_is_refused(db_url: str) -> None:
 
 def test_db_commands_work_from_any_folder(db_url: str, tmp_path: Path) -> None:
     def titanic_db(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "titanic_cli", "db", *args, "--db", db_url],
+        argv = [sys.executable, "-P", "-m", "titanic_cli", "db", *args, "--db", db_url]
+        return subprocess.run(argv,
                               cwd=tmp_path, capture_output=True, text=True, timeout=60,
                               env={**os.environ, "PYTHONPATH": ""})
 

@@ -63,7 +63,7 @@ def stop_all(processes: Sequence[subprocess.Popen[bytes]]) -> None:
 
 def titanic_command(*args: str) -> list[str]:
     """argv running the titanic CLI with this interpreter."""
-    return [sys.executable, "-m", "titanic_cli", *args]
+    return [sys.executable, "-P", "-m", "titanic_cli", *args]
 
 
 def format_table(rows: Sequence[tuple[str, Result]]) -> str:

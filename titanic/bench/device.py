@@ -56,7 +56,7 @@ def running_device(workers: int) -> Iterator[str]:
     """A device with `workers` REP echo workers; yields the frontend endpoint."""
     frontend = f"tcp://127.0.0.1:{free_port()}"
     backend = f"tcp://127.0.0.1:{free_port()}"
-    module = [sys.executable, "-m", "titanic.bench.device"]
+    module = [sys.executable, "-P", "-m", "titanic.bench.device"]
     processes = [spawn([*module, "proxy", frontend, backend])]
     processes += [spawn([*module, "echo", backend]) for _ in range(workers)]
     try:

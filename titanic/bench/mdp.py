@@ -28,7 +28,7 @@ BROKERS: dict[str, tuple[Callable[[str], list[str]], Dialect]] = {
     "titanic (7/MDP)": (lambda ep: titanic_command("broker", "--bind", ep), Dialect.MDP01),
     "titanic (majortomo dialect)": (lambda ep: titanic_command("broker", "--bind", ep),
                                     Dialect.MAJORTOMO),
-    "majortomo 0.2.0": (lambda ep: [sys.executable, "-m", "majortomo.broker", "-b", ep],
+    "majortomo 0.2.0": (lambda ep: [sys.executable, "-P", "-m", "majortomo.broker", "-b", ep],
                         Dialect.MAJORTOMO),
 }
 DIALECT_FLAG = {Dialect.MDP01: "7", Dialect.MDP02: "18", Dialect.MAJORTOMO: "majortomo"}
