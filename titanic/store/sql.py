@@ -23,6 +23,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -207,18 +208,16 @@ class SqlStore:
                   for request_id, reply in replies]
         statement = (
             update(t)
-            .where(t.c.id == bindparam("key"), t.c.status.in_([PENDING, DISPATCHED]))
+            # or_ rather than IN: an expanding IN cannot go into an executemany
+            .where(t.c.id == bindparam("key"), or_(t.c.status == PENDING, t.c.status == DISPATCHED))
             .values(reply=bindparam("reply"), status=RequestStatus.DONE.value, completed_at=now,
                     lease_until=None)
         )
 
         def work(conn: Connection) -> int:
-            if len(params) == 1:
-                return conn.execute(statement, params[0]).rowcount
-            done = 0
-            for param in params:  # rowcount of an executemany is not reliable on every driver
-                done += conn.execute(statement, param).rowcount
-            return done
+            if len(params) == 1 or not conn.dialect.supports_sane_multi_rowcount:
+                return sum(conn.execute(statement, param).rowcount for param in params)
+            return conn.execute(statement, params).rowcount
 
         return self._transaction(work)
 
