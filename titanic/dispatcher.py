@@ -64,7 +64,7 @@ class DispatcherSettings:
     pending_ttl: float = DAY_S
     #: A finished request (and its reply) is deleted this long after it finished.
     reply_ttl: float = 7 * DAY_S
-    request_connections: int = 8
+    request_connections: int = 16
     reply_connections: int = 2
     close_connections: int = 1
     #: On SIGTERM, how long to wait for replies to requests in flight before releasing them.
@@ -284,9 +284,9 @@ class Dispatcher:
                 log.info("request %s will be retried: %s", request_id, error)
         if replies:
             self.stats.completed += self.store.complete_many(replies)
-            if log.isEnabledFor(logging.INFO):
+            if log.isEnabledFor(logging.DEBUG):
                 for request_id, _ in replies:
-                    log.info("request %s done", request_id)
+                    log.debug("request %s done", request_id)
 
     def _drain(self, client: PipelinedClient, presence: _Presence) -> None:
         """At shutdown: wait a while for replies in flight, then hand the rest back."""

@@ -71,7 +71,7 @@ def _store_batch(store: Store, accepted: list[tuple[int, NewRequest]]) -> list[t
         error = _store_error(exc)
         return [(index, error) for index, _ in accepted]
     for (_, request), request_id in zip(accepted, ids, strict=True):
-        log.info("request %s for %r stored", request_id, request.service)
+        log.debug("request %s for %r stored", request_id, request.service)
     return [(index, [_OK, request_id.encode()]) for (index, _), request_id in
             zip(accepted, ids, strict=True)]
 
@@ -83,7 +83,7 @@ def _store_one(store: Store, request: NewRequest) -> Frames:
         return [Status.UNKNOWN.frame(f"bad request: {exc}")]
     except StoreError as exc:
         return _store_error(exc)
-    log.info("request %s for %r stored", request_id, request.service)
+    log.debug("request %s for %r stored", request_id, request.service)
     return [_OK, request_id.encode()]
 
 
@@ -126,7 +126,7 @@ def handle_close(store: Store, body: Frames) -> Frames:
         return [_OK]
     except StoreError as exc:
         return _store_error(exc)
-    log.info("request %s closed", request_id)
+    log.debug("request %s closed", request_id)
     return [_OK]
 
 

@@ -8,10 +8,11 @@ server restart.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -107,23 +108,48 @@ class SqlStore:
         self.engine = engine
         self.max_request_bytes = max_request_bytes
         self._is_sqlite = engine.dialect.name == "sqlite"
+        self._write_lock = threading.Lock()
+        self._synchronous = "FULL"
+        if self._is_sqlite:
+            with engine.connect() as conn:
+                level = conn.exec_driver_sql("PRAGMA synchronous").scalar_one()
+                self._synchronous = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[int(level)]
 
     # -- the one boundary where database errors become StoreError ------------------------------
 
     @contextmanager
-    def _connect(self, *, write: bool) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            if self._is_sqlite:
-                conn.execution_options(**{dialect.SQLITE_WRITE_OPTION: write})
-            with conn.begin():
+    def _connect(self, *, write: bool, durable: bool) -> Iterator[Connection]:
+        if not self._is_sqlite:
+            with self.engine.connect() as conn, conn.begin():
                 yield conn
+            return
+        # SQLite: writers of this process queue on a lock, which wakes the next one at once;
+        # SQLite's own busy handler (left for other processes) sleeps in steps of milliseconds.
+        with self._write_lock if write else nullcontext(), self.engine.connect() as conn:
+            conn.execution_options(**{dialect.SQLITE_WRITE_OPTION: write})
+            raw = conn.connection.driver_connection  # outside SQLAlchemy's transaction
+            assert raw is not None
+            if not durable:
+                raw.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                if not durable:
+                    raw.execute(f"PRAGMA synchronous={self._synchronous}")
 
-    def _transaction(self, work: Callable[[Connection], T], *, write: bool = True) -> T:
-        """Run `work` in one transaction, retrying lock contention and dropped connections."""
+    def _transaction(self, work: Callable[[Connection], T], *, write: bool = True,
+                     durable: bool = True) -> T:
+        """Run `work` in one transaction, retrying lock contention and dropped connections.
+
+        `durable=False` is for writes whose loss in a power cut is harmless because a lease
+        recovers from it (claims, releases, retry schedules): on SQLite their commit skips the
+        fsync, and the next durable commit makes them durable too.
+        """
         delay = RETRY_DELAY_S
         for attempt in range(RETRIES + 1):
             try:
-                with self._connect(write=write) as conn:
+                with self._connect(write=write, durable=durable) as conn:
                     return work(conn)
             except DBAPIError as exc:
                 if attempt == RETRIES or not self._retryable(exc):
@@ -247,7 +273,7 @@ class SqlStore:
                 status=PENDING, due_at=due, lease_until=None, last_error=error))
             return RequestStatus.PENDING
 
-        return self._transaction(work)
+        return self._transaction(work, durable=False)
 
     def release(self, request_id: str) -> bool:
         """Hand a dispatched request back to pending now, the attempt not counted."""
@@ -255,7 +281,8 @@ class SqlStore:
         statement = (update(t).where(t.c.id == key, t.c.status == DISPATCHED)
                      .values(status=PENDING, due_at=utcnow(), lease_until=None,
                              attempts=t.c.attempts - 1))
-        return self._transaction(lambda conn: conn.execute(statement).rowcount == 1)
+        return self._transaction(lambda conn: conn.execute(statement).rowcount == 1,
+                                 durable=False)
 
     def fail(self, request_id: str, error: str) -> bool:
         """Mark a pending or dispatched request failed for good."""
@@ -298,14 +325,14 @@ class SqlStore:
                 lease_until=moment + timedelta(seconds=lease)).returning(*t.c)).all()
             return sorted((_record(row) for row in rows), key=lambda r: (r.due_at, r.id))
 
-        return self._transaction(work)
+        return self._transaction(work, durable=False)
 
     def release_stale(self, *, now: datetime | None = None) -> int:
         """Dispatched requests whose lease ran out become pending (crash recovery)."""
         moment = _naive(now) or utcnow()
         statement = (update(t).where(t.c.status == DISPATCHED, t.c.lease_until < moment)
                      .values(status=PENDING, due_at=moment, lease_until=None))
-        return self._transaction(lambda conn: conn.execute(statement).rowcount)
+        return self._transaction(lambda conn: conn.execute(statement).rowcount, durable=False)
 
     def expire(self, *, pending_ttl: float, now: datetime | None = None) -> int:
         """Pending requests older than pending_ttl seconds or past their deadline: expired."""
