@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+import zmq
+
 CLI = [sys.executable, "-P", "-m", "titanic_cli"]
 
 
@@ -121,3 +123,28 @@ def run_cli(*args: str, input: bytes | None = None, env: dict[str, str] | None =
     """Run a `titanic` command to completion."""
     return subprocess.run([*CLI, *args], input=input, capture_output=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def recv_within(sock: zmq.Socket[bytes], timeout: float = 5.0) -> list[bytes]:
+    """The next message on a socket; fails the test if none comes within `timeout` seconds."""
+    if not sock.poll(int(timeout * 1000)):
+        raise AssertionError(f"no message within {timeout} s")
+    return sock.recv_multipart()
+
+
+def nothing_within(sock: zmq.Socket[bytes], timeout: float = 0.3) -> bool:
+    """True if no message arrives within `timeout` seconds."""
+    return not sock.poll(int(timeout * 1000))
+
+
+@contextmanager
+def raw_dealer(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
+    """A bare DEALER connected to `endpoint`, for speaking the protocol by hand."""
+    context = zmq.Context.instance()
+    sock = context.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(endpoint)
+    try:
+        yield sock
+    finally:
+        sock.close(0)

@@ -111,6 +111,7 @@ class Client:
             parts = self._collect(connection, name, wait)
             if parts is not None:
                 return parts
+        connection.reopen()  # a late reply to this request must not answer the next one
         raise TitanicTimeoutError(
             f"no reply from service {name.decode(errors='replace')!r} at {self.broker} "
             f"after {attempts} attempt(s) of {wait:g} s"

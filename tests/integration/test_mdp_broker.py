@@ -1,0 +1,240 @@
+"""Broker, workers and clients on loopback, in threads: every dialect, and across dialects."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+from titanic_support import nothing_within, raw_dealer, recv_within, running, wait_until
+
+from titanic.broker import Broker
+from titanic.client import Client, PipelinedClient
+from titanic.errors import TitanicTimeoutError
+from titanic.protocol.mdp import Dialect, Frames
+from titanic.settings import BrokerSettings
+from titanic.worker import Worker
+
+FAST = BrokerSettings(heartbeat_interval=0.1, heartbeat_liveness=3, request_ttl=30)
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+def start_broker(stack: ExitStack, settings: BrokerSettings = FAST) -> tuple[Broker, str]:
+    broker = Broker("tcp://127.0.0.1:0", settings)
+    endpoint = broker.bind()[0]
+    stack.enter_context(running(broker))
+    return broker, endpoint
+
+
+def start_worker(stack: ExitStack, endpoint: str, service: str, handler,  # type: ignore[no-untyped-def]
+                 dialect: Dialect = Dialect.MDP01) -> Worker:
+    worker = Worker(endpoint, service, handler, dialect=dialect, heartbeat_interval=0.1,
+                    reconnect_initial=0.05)
+    stack.enter_context(running(worker))
+    return worker
+
+
+def client(stack: ExitStack, endpoint: str, dialect: Dialect = Dialect.MDP01,
+           timeout: float = 3.0, retries: int = 1) -> Client:
+    made = Client(endpoint, dialect=dialect, timeout=timeout, retries=retries)
+    stack.callback(made.close)
+    return made
+
+
+def streaming(frames: Frames) -> Iterator[list[bytes]]:
+    """A handler streaming three parts."""
+    yield [b"part-1"]
+    yield [b"part-2", b""]
+    yield [b"final", *frames]
+
+
+@pytest.mark.parametrize("worker_dialect", list(Dialect))
+@pytest.mark.parametrize("client_dialect", list(Dialect))
+def test_every_client_dialect_reaches_every_worker_dialect(
+        stack: ExitStack, client_dialect: Dialect, worker_dialect: Dialect) -> None:
+    _, endpoint = start_broker(stack)
+    start_worker(stack, endpoint, "echo", lambda f: [b"got", *f], worker_dialect)
+    reply = client(stack, endpoint, client_dialect).request("echo", b"a", b"", b"c")
+    assert reply == [b"got", b"a", b"", b"c"]
+
+
+def test_seven_mdp_client_gets_one_reply_holding_all_partials(stack: ExitStack) -> None:
+    _, endpoint = start_broker(stack)
+    start_worker(stack, endpoint, "stream", streaming, Dialect.MDP02)
+    parts = client(stack, endpoint, Dialect.MDP01).request_parts("stream", b"x")
+    assert parts == [[b"part-1", b"part-2", b"", b"final", b"x"]]
+
+
+@pytest.mark.parametrize("client_dialect", [Dialect.MDP02, Dialect.MAJORTOMO])
+def test_eighteen_mdp_client_gets_partials_then_final(stack: ExitStack,
+                                                      client_dialect: Dialect) -> None:
+    _, endpoint = start_broker(stack)
+    start_worker(stack, endpoint, "stream", streaming, Dialect.MDP02)
+    parts = client(stack, endpoint, client_dialect).request_parts("stream", b"x")
+    assert parts == [[b"part-1"], [b"part-2", b""], [b"final", b"x"]]
+
+
+def test_eighteen_mdp_client_served_by_seven_mdp_worker_gets_a_final(stack: ExitStack) -> None:
+    _, endpoint = start_broker(stack)
+    start_worker(stack, endpoint, "echo", lambda f: f, Dialect.MDP01)
+    assert client(stack, endpoint, Dialect.MDP02).request_parts("echo", b"x") == [[b"x"]]
+
+
+def test_request_queued_before_a_worker_arrives_is_served(stack: ExitStack) -> None:
+    broker, endpoint = start_broker(stack)
+    answers: list[Frames] = []
+    caller = threading.Thread(target=lambda: answers.append(
+        Client(endpoint, timeout=10, retries=0).request("late", b"hello")))
+    caller.start()
+    wait_until(lambda: broker.stats.queued == 1, message="request queued")
+    start_worker(stack, endpoint, "late", lambda f: [b"served", *f])
+    caller.join(10)
+    assert answers == [[b"served", b"hello"]]
+
+
+def test_queued_requests_expire_and_are_counted(stack: ExitStack) -> None:
+    settings = BrokerSettings(heartbeat_interval=0.05, request_ttl=0.2)
+    broker, endpoint = start_broker(stack, settings)
+    with pytest.raises(TitanicTimeoutError):
+        client(stack, endpoint, timeout=0.1, retries=0).request("nobody", b"x")
+    wait_until(lambda: broker.stats.expired_requests == 1, message="request expired")
+    start_worker(stack, endpoint, "nobody", lambda f: f)
+    time.sleep(0.2)  # give a wrongly kept request the chance to be (wrongly) dispatched
+    assert broker.stats.replies == 0
+
+
+def test_queue_bound_rejects_and_counts(stack: ExitStack) -> None:
+    broker, endpoint = start_broker(stack, BrokerSettings(heartbeat_interval=0.1, queue_limit=3))
+    with PipelinedClient(endpoint, depth=5, timeout=0.3, retries=0) as many:
+        results = list(many.run([("nobody", [b"x"])] * 5))
+    assert all(isinstance(r.error, TitanicTimeoutError) for r in results)
+    assert broker.stats.rejected_requests == 2
+    assert broker.stats.queued == 3
+
+
+def test_mmi_service_follows_live_workers(stack: ExitStack) -> None:
+    broker, endpoint = start_broker(stack)
+    asker = client(stack, endpoint)
+    assert asker.request("mmi.service", b"echo") == [b"404"]
+    worker = Worker(endpoint, "echo", lambda f: f, heartbeat_interval=0.1)
+    with running(worker):
+        wait_until(lambda: asker.request("mmi.service", b"echo") == [b"200"])
+    assert asker.request("mmi.nonsense", b"echo") == [b"501"]
+    wait_until(lambda: asker.request("mmi.service", b"echo") == [b"404"],
+               message="404 after the last worker left")
+
+
+def test_silent_worker_is_expired_and_mmi_says_404(stack: ExitStack) -> None:
+    broker, endpoint = start_broker(stack)
+    asker = client(stack, endpoint)
+    with raw_dealer(endpoint) as silent:
+        silent.send_multipart([b"", b"MDPW01", b"\x01", b"mute"])
+        wait_until(lambda: asker.request("mmi.service", b"mute") == [b"200"])
+        wait_until(lambda: broker.stats.workers_expired == 1, timeout=5,
+                   message="silent worker expired")
+        assert asker.request("mmi.service", b"mute") == [b"404"]
+
+
+@pytest.mark.parametrize(("first", "then"), [
+    (None, [b"", b"MDPW01", b"\x03", b"client", b"", b"reply"]),           # REPLY before READY
+    ([b"", b"MDPW01", b"\x01", b"svc"], [b"", b"MDPW01", b"\x01", b"svc"]),  # second READY
+    (None, [b"", b"MDPW01", b"\x01", b"mmi.service"]),                      # READY for mmi.*
+    ([b"", b"MDPW01", b"\x01", b"svc"], [b"", b"MDPW01", b"\x03", b"who", b"", b"x"]),  # stray
+])
+def test_protocol_violations_get_disconnect(stack: ExitStack, first: list[bytes] | None,
+                                            then: list[bytes]) -> None:
+    broker, endpoint = start_broker(stack, BrokerSettings(heartbeat_interval=5))
+    with raw_dealer(endpoint) as peer:
+        if first is not None:
+            peer.send_multipart(first)
+        peer.send_multipart(then)
+        assert recv_within(peer) == [b"", b"MDPW01", b"\x05"]
+    assert broker.stats.workers_disconnected == 1
+
+
+def test_eighteen_mdp_violation_gets_disconnect_in_its_dialect(stack: ExitStack) -> None:
+    _, endpoint = start_broker(stack, BrokerSettings(heartbeat_interval=5))
+    with raw_dealer(endpoint) as peer:
+        peer.send_multipart([b"MDPW02", b"\x04", b"client", b"", b"reply"])
+        assert recv_within(peer) == [b"MDPW02", b"\x06"]
+
+
+def test_malformed_flood_leaves_the_broker_serving(stack: ExitStack) -> None:
+    broker, endpoint = start_broker(stack)
+    start_worker(stack, endpoint, "echo", lambda f: f)
+    seed = int.from_bytes(os.urandom(4), "big")
+    print(f"flood seed {seed}")
+    rng = random.Random(seed)
+    headers = [b"", b"MDPC01", b"MDPW01", b"MDPC02", b"MDPW02", b"\x01", b"\x03", b"\x09", b"svc"]
+    with raw_dealer(endpoint) as attacker:
+        for _ in range(3000):
+            frames = [rng.choice(headers) if rng.random() < 0.6
+                      else rng.randbytes(rng.randint(0, 64)) for _ in range(rng.randint(1, 7))]
+            attacker.send_multipart(frames)
+        assert client(stack, endpoint).request("echo", b"still here") == [b"still here"]
+        wait_until(lambda: broker.stats.messages >= 3000, message="flood handled")
+    assert broker.stats.malformed > 1000
+
+
+def test_pipelined_replies_out_of_order_are_matched(stack: ExitStack) -> None:
+    _, endpoint = start_broker(stack)
+
+    def sleepy(frames: Frames) -> Frames:
+        time.sleep(int(frames[0]) / 1000)
+        return [b"re:" + frames[0]]
+
+    for _ in range(4):
+        start_worker(stack, endpoint, "sleepy", sleepy)
+    delays = [str(d).encode() for d in [40, 1, 25, 3, 30, 2, 15, 0] * 4]
+    order: list[int] = []
+    with PipelinedClient(endpoint, depth=8, timeout=5, retries=0) as pipe:
+        for completion in pipe.run(("sleepy", [d]) for d in delays):
+            assert completion.error is None
+            assert isinstance(completion.tag, int)
+            assert completion.reply == [b"re:" + delays[completion.tag]]
+            order.append(completion.tag)
+    assert sorted(order) == list(range(len(delays)))
+    assert order != list(range(len(delays))), "replies came in order: the test proved nothing"
+
+
+def test_pipelined_timeout_retries_on_new_sockets_then_fails(stack: ExitStack) -> None:
+    _, endpoint = start_broker(stack)
+    started = time.monotonic()
+    with PipelinedClient(endpoint, depth=2, timeout=0.2, retries=2) as pipe:
+        results = list(pipe.run([("nobody", [b"x"])] * 2))
+    assert all(isinstance(r.error, TitanicTimeoutError) for r in results)
+    assert "after 3 attempt(s)" in str(results[0].error)
+    assert time.monotonic() - started >= 0.6
+
+
+def test_sync_client_timeout_is_clear_and_it_recovers(stack: ExitStack) -> None:
+    broker, endpoint = start_broker(stack)
+    asker = client(stack, endpoint, timeout=0.2, retries=1)
+    with pytest.raises(TitanicTimeoutError, match=r"'later'.*after 2 attempt\(s\) of 0.2 s"):
+        asker.request("later", b"x")
+    start_worker(stack, endpoint, "later", lambda f: f)
+    assert asker.request("later", b"y", timeout=3) == [b"y"]
+
+
+def test_stop_disconnects_workers(stack: ExitStack) -> None:
+    broker = Broker("tcp://127.0.0.1:0", FAST)
+    endpoint = broker.bind()[0]
+    with raw_dealer(endpoint) as worker:
+        with running(broker):
+            worker.send_multipart([b"", b"MDPW01", b"\x01", b"svc"])
+            wait_until(lambda: broker.has_workers(b"svc"))
+        while True:  # heartbeats may come first
+            frames = recv_within(worker, 2)
+            if frames != [b"", b"MDPW01", b"\x04"]:
+                break
+        assert frames == [b"", b"MDPW01", b"\x05"]
+        assert nothing_within(worker)
