@@ -104,8 +104,11 @@ def worker() -> None:
 @click.option("--service", default="echo", show_default=True, envvar="TITANIC_SERVICE",
               help="Service name to register.")
 @dialect_option
+@click.option("--heartbeat", type=click.FloatRange(min=0.01), default=HEARTBEAT_INTERVAL_S,
+              show_default=True, envvar="TITANIC_HEARTBEAT",
+              help="Heartbeat interval, seconds: use the broker's.")
 @handle_errors
-def worker_echo(broker: str, service: str, dialect_name: str) -> None:
+def worker_echo(broker: str, service: str, dialect_name: str, heartbeat: float) -> None:
     """Serve SERVICE by echoing each request back.
 
     \b
@@ -113,7 +116,8 @@ def worker_echo(broker: str, service: str, dialect_name: str) -> None:
       titanic worker echo --broker tcp://127.0.0.1:5555 --service echo
     """
     daemon_logging(0)
-    server = Worker(broker, service, echo_handler, dialect=DIALECTS[dialect_name])
+    server = Worker(broker, service, echo_handler, dialect=DIALECTS[dialect_name],
+                    heartbeat_interval=heartbeat)
     with stop_on_signals(server.stop):
         server.run()
 

@@ -59,7 +59,7 @@ def test_submit_pending_worker_reply_close_unknown(procs: Processes, db_url: str
     assert pending.returncode == 3, pending.stderr
     assert b"pending" in pending.stderr and b"Traceback" not in pending.stderr
 
-    procs.cli("worker", "worker", "echo", "--broker", broker)
+    procs.cli("worker", "worker", "echo", "--broker", broker, "--heartbeat", "0.2")
     done = cli(broker, "fetch", "--wait", "--timeout", "30", request_id)
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"hello titanic\n"
@@ -73,7 +73,7 @@ def test_submit_pending_worker_reply_close_unknown(procs: Processes, db_url: str
 
 def test_payload_from_stdin_file_and_extra_frames(procs: Processes, tmp_path: Path) -> None:
     broker = start_titanic(procs, f"sqlite:///{tmp_path / 't.db'}")
-    procs.cli("worker", "worker", "echo", "--broker", broker)
+    procs.cli("worker", "worker", "echo", "--broker", broker, "--heartbeat", "0.2")
     payload = tmp_path / "payload.bin"
     payload.write_bytes(b"from a file")
     from_file = cli(broker, "submit", "echo", f"@{payload}", "--frame", "-", "--frame", "@@at",
@@ -92,7 +92,7 @@ def test_dispatcher_killed_with_200_acknowledged_delivers_all_after_restart(
     with TitanicClient(broker, timeout=5, retries=2) as titanic:
         ids = {titanic.submit("echo", f"n{n}".encode()): f"n{n}".encode() for n in range(200)}
         Processes.kill(dispatcher)  # SIGKILL: no chance to clean up
-        procs.cli("worker", "worker", "echo", "--broker", broker)
+        procs.cli("worker", "worker", "echo", "--broker", broker, "--heartbeat", "0.2")
         start_dispatcher(procs, "dispatcher2", broker, db_url)
         for request_id, body in ids.items():
             fetched = titanic.wait(request_id, timeout=60)
