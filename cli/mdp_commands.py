@@ -69,8 +69,8 @@ dialect_option = click.option(
               help="Bytes; a larger message disconnects its sender (0: no limit).")
 @click.option("--prefetch", type=click.IntRange(min=1), default=WORKER_PREFETCH,
               show_default=True, envvar="TITANIC_PREFETCH",
-              help="Requests a worker may hold at once: 1 is strict one-at-a-time; 2 keeps the "
-              "next request waiting in the worker's socket, saving a round trip per request.")
+              help="Requests a worker may hold at once: 1 is strict one-at-a-time; more keep the "
+              "next requests waiting in the worker's socket, saving a round trip per request.")
 @click.option("-v", "--verbose", count=True, help="-v logs every message.")
 @handle_errors
 def broker(binds: tuple[str, ...], heartbeat: float, liveness: int, busy_timeout: float,

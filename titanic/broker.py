@@ -35,6 +35,14 @@ from titanic.settings import SHUTDOWN_LINGER_MS, BrokerSettings
 log = logging.getLogger(__name__)
 
 _RECV_BATCH = 512
+#: Counters whose growth is logged once per heartbeat interval.
+_REPORTED = ("malformed", "expired_requests", "rejected_requests", "abandoned_requests",
+             "workers_disconnected", "workers_expired", "unroutable", "dropped_at_hwm")
+
+
+def _show(name: bytes) -> str:
+    """A peer-supplied name, short enough for a log line."""
+    return repr(name[:40]) + ("..." if len(name) > 40 else "")
 
 
 @dataclass
@@ -121,7 +129,7 @@ class Broker:
         self._services: dict[bytes, _Service] = {}
         self._workers: dict[bytes, _Worker] = {}
         self._queued_total = 0
-        self._malformed_reported = 0
+        self._reported: dict[str, int] = {}
         self._waker = Waker()
         self._trace = trace
         self._now = time.monotonic()
@@ -235,8 +243,8 @@ class Broker:
         if (len(service.requests) >= self.settings.queue_limit
                 or self._queued_total >= self.settings.total_queue_limit):
             self.stats.rejected_requests += 1
-            log.warning("queue for %r full (%d waiting): request from client %s dropped",
-                        service.name, len(service.requests), client.hex())
+            log.debug("queue for %s full (%d waiting): request from client %s dropped",
+                      _show(service.name), len(service.requests), client.hex())
             return
         expires_at = self._now + self.settings.request_ttl
         service.requests.append(_Queued(client, request.dialect, request.body, expires_at))
@@ -297,7 +305,8 @@ class Broker:
             return
         if mmi.is_mmi(service_name):
             self.stats.workers_disconnected += 1
-            log.warning("worker %s tried to register %r: DISCONNECT", identity.hex(), service_name)
+            log.debug("worker %s tried to register %s: DISCONNECT", identity.hex(),
+                      _show(service_name))
             self._send(identity, build_worker(dialect, Command.DISCONNECT))
             return
         service = self._services.get(service_name)
@@ -307,7 +316,8 @@ class Broker:
         self._workers[identity] = worker
         service.workers += 1
         self.stats.workers_registered += 1
-        log.info("worker %s registered for %r (%s)", identity.hex(), service_name, dialect.value)
+        log.info("worker %s registered for %s (%s)", identity.hex(), _show(service_name),
+                 dialect.value)
         self._feed(worker)
 
     def _on_reply(self, worker: _Worker, final: bool, body: Frames) -> None:
@@ -360,11 +370,12 @@ class Broker:
         service.workers -= 1
         if worker.outstanding:
             self.stats.abandoned_requests += len(worker.outstanding)
-            log.warning("worker %s for %r removed with %d request(s) in hand (%s): "
-                        "their clients must retry", worker.identity.hex(), service.name,
-                        len(worker.outstanding), reason)
+            log.info("worker %s for %s removed with %d request(s) in hand (%s): "
+                     "their clients must retry", worker.identity.hex(), _show(service.name),
+                     len(worker.outstanding), reason)
         else:
-            log.info("worker %s for %r removed: %s", worker.identity.hex(), service.name, reason)
+            log.info("worker %s for %s removed: %s", worker.identity.hex(), _show(service.name),
+                     reason)
 
     def has_workers(self, service_name: bytes) -> bool:
         """True if at least one live worker is registered for the service now."""
@@ -377,10 +388,19 @@ class Broker:
         self._expire_workers()
         self._heartbeat_workers()
         self._expire_requests()
-        if self.stats.malformed != self._malformed_reported:
-            log.warning("dropped %d malformed messages (total %d)",
-                        self.stats.malformed - self._malformed_reported, self.stats.malformed)
-            self._malformed_reported = self.stats.malformed
+        self._report_drops()
+
+    def _report_drops(self) -> None:
+        """One warning per interval for whatever was dropped, however much: a flood of bad
+        input must not become a flood of log lines."""
+        now = self.stats.as_dict()
+        grown = {name: now[name] - self._reported.get(name, 0) for name in _REPORTED
+                 if now[name] != self._reported.get(name, 0)}
+        if grown:
+            log.warning("in the last %.1f s: %s", self.settings.heartbeat_interval,
+                        ", ".join(f"{count} {name.replace('_', ' ')}"
+                                  for name, count in grown.items()))
+            self._reported = {name: now[name] for name in _REPORTED}
 
     def _expire_workers(self) -> None:
         idle_limit = self.settings.worker_expiry
@@ -406,8 +426,8 @@ class Broker:
 
     def _count_expired(self, service: _Service, queued: _Queued) -> None:
         self.stats.expired_requests += 1
-        log.warning("request from client %s for %r expired after %.1f s in the queue",
-                    queued.client.hex(), service.name, self.settings.request_ttl)
+        log.debug("request from client %s for %s expired after %.1f s in the queue",
+                  queued.client.hex(), _show(service.name), self.settings.request_ttl)
 
     # -- output ---------------------------------------------------------------------------------
 

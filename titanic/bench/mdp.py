@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import zmq
+
 from titanic.bench import device
 from titanic.bench.common import Result, format_table, free_port, spawn, stop_all, titanic_command
 from titanic.client import Client, PipelinedClient
@@ -66,16 +68,18 @@ def wait_until_served(endpoint: str, dialect: Dialect, workers: int,
 
 
 def measure_sync(endpoint: str, dialect: Dialect, requests: int, body: bytes, *,
-                 new_socket: bool = False) -> Result:
+                 new_socket: bool = False,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None) -> Result:
     """One client, one request at a time; optionally a new client socket per request."""
     latencies: list[float] = []
-    client = Client(endpoint, dialect=dialect, timeout=5, retries=0)
+    client = Client(endpoint, dialect=dialect, timeout=5, retries=0, context=context)
     started = time.perf_counter()
     try:
         for _ in range(requests):
             t0 = time.perf_counter()
             if new_socket:
-                with Client(endpoint, dialect=dialect, timeout=5, retries=0) as once:
+                with Client(endpoint, dialect=dialect, timeout=5, retries=0,
+                            context=context) as once:
                     once.request(SERVICE, body)
             else:
                 client.request(SERVICE, body)
@@ -87,11 +91,13 @@ def measure_sync(endpoint: str, dialect: Dialect, requests: int, body: bytes, *,
 
 
 def measure_pipelined(endpoint: str, dialect: Dialect, requests: int, body: bytes,
-                      depth: int) -> Result:
+                      depth: int, *,
+                      context: zmq.Context[zmq.Socket[bytes]] | None = None) -> Result:
     """`depth` requests in flight at once."""
     latencies: list[float] = []
     sent_at: dict[int, float] = {}
-    with PipelinedClient(endpoint, depth=depth, dialect=dialect, timeout=10, retries=0) as client:
+    with PipelinedClient(endpoint, depth=depth, dialect=dialect, timeout=10, retries=0,
+                         context=context) as client:
         def stamped() -> Iterator[tuple[bytes, list[bytes]]]:
             for index in range(requests):
                 sent_at[index] = time.perf_counter()

@@ -1,0 +1,48 @@
+"""`titanic bench`: measure the broker and Titanic on loopback, optionally against peers."""
+
+from __future__ import annotations
+
+import click
+
+from titanic.bench.suite import BenchOptions, format_rows, run_mdp, run_titanic
+from titanic_cli.options import handle_errors
+
+
+@click.command()
+@click.option("--broker", default=None, envvar="TITANIC_BENCH_BROKER",
+              help="Measure a running broker (and dispatcher) instead of starting them.")
+@click.option("--requests", "-n", type=click.IntRange(min=100), default=20_000,
+              show_default=True, help="Requests per pipelined load.")
+@click.option("--sync-requests", type=click.IntRange(min=10), default=3_000, show_default=True,
+              help="Requests per synchronous load.")
+@click.option("--size", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Body bytes.")
+@click.option("--depth", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Requests in flight for the pipelined MDP load.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Echo workers started.")
+@click.option("--compare", is_flag=True,
+              help="Also run the MDP loads through majortomo's broker and a bare zmq.proxy "
+              "device, and print our rates as ratios of theirs.")
+@click.option("--mdp-only", is_flag=True, help="Skip the titanic.request figures.")
+@handle_errors
+def bench(broker: str | None, requests: int, sync_requests: int, size: int, depth: int,
+          workers: int, compare: bool, mdp_only: bool) -> None:
+    """Measure round trips, acknowledgements and completions per second, with latencies.
+
+    Starts what it needs on 127.0.0.1 (a broker, echo workers, a dispatcher on a throw-away
+    SQLite file) unless --broker names a running one. Progress goes to stderr, the table to
+    stdout.
+
+    \b
+    Example:
+      titanic bench --compare
+    """
+    options = BenchOptions(requests=requests, sync_requests=sync_requests, size=size,
+                           depth=depth, workers=workers, broker=broker, compare=compare,
+                           titanic=not mdp_only)
+    rows = run_mdp(options)
+    if options.titanic:
+        rows += run_titanic(options)
+    click.echo(f"{size}-byte bodies, {workers} echo workers, {depth} in flight for pipelined MDP")
+    click.echo(format_rows(rows))

@@ -1,0 +1,125 @@
+"""100,000 random and malformed messages against a running broker and dispatcher.
+
+Neither may crash, their memory must stay bounded, and valid traffic alongside must succeed.
+The seed is printed; set TITANIC_FUZZ_SEED to replay a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from titanic_support import Processes, free_endpoint, wait_until
+
+from titanic.client import Client
+from titanic.errors import TitanicTimeoutError
+from titanic.tsp_client import ReplyState, TitanicClient
+
+MESSAGES = 100_000
+MAX_MESSAGE = 1_000_000
+HEADERS = [b"", b"MDPC01", b"MDPW01", b"MDPC02", b"MDPW02", b"\x00", b"\x01", b"\x02", b"\x03",
+           b"\x04", b"\x05", b"\x06", b"\x07", b"echo", b"titanic.request", b"titanic.reply",
+           b"titanic.close", b"mmi.service", b"mmi.x"]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def random_message(rng: random.Random) -> list[bytes]:
+    """Mostly protocol-shaped garbage; some valid requests to TSP services with garbage bodies."""
+    kind = rng.random()
+    if kind < 0.15:  # a valid 7/MDP request to a TSP service, with a random body
+        service = rng.choice([b"titanic.request", b"titanic.reply", b"titanic.close"])
+        return [b"", b"MDPC01", service, *(rng.randbytes(rng.randint(0, 40))
+                                           for _ in range(rng.randint(0, 4)))]
+    frames = []
+    for _ in range(rng.randint(1, 9)):
+        if rng.random() < 0.7:
+            frames.append(rng.choice(HEADERS))
+        else:
+            frames.append(rng.randbytes(rng.choice([0, 1, 5, 32, 300])))
+    return frames
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    processes = Processes(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.close()
+
+
+def test_daemons_survive_100k_malformed_messages(procs: Processes, tmp_path: Path) -> None:
+    seed = int(os.environ.get("TITANIC_FUZZ_SEED") or int.from_bytes(os.urandom(4), "big"))
+    print(f"fuzz seed {seed} (TITANIC_FUZZ_SEED={seed} replays it)")
+    rng = random.Random(seed)
+    endpoint = free_endpoint()
+    broker = procs.cli("broker", "broker", "--bind", endpoint, "--heartbeat", "0.2",
+                       "--max-message-size", str(MAX_MESSAGE), "--request-ttl", "2")
+    dispatcher = procs.cli("dispatcher", "dispatcher", "--broker", endpoint, "--heartbeat", "0.2",
+                           "--db", f"sqlite:///{tmp_path / 'fuzz.db'}")
+    procs.cli("worker", "worker", "echo", "--broker", endpoint, "--heartbeat", "0.2",
+              "--service", "valid-echo")
+    titanic = TitanicClient(endpoint, timeout=2, retries=10)
+    # Random READYs register the fuzzer as a worker of whatever it names, as MDP allows any peer
+    # to: valid traffic uses a service name the fuzzer never says, and retries generously.
+    echo = Client(endpoint, timeout=2, retries=10)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    fuzzer = context.socket(zmq.DEALER)  # blocks at its high-water mark: paced by the broker
+    fuzzer.linger = 0
+    fuzzer.connect(endpoint)
+    # Frames beyond the maximum message size cut their connection (and what is queued on it),
+    # so they go on a socket of their own.
+    oversize = context.socket(zmq.DEALER)
+    oversize.linger = 0
+    oversize.connect(endpoint)
+    try:
+        def ready() -> bool:
+            try:
+                return echo.request("valid-echo", b"up", timeout=0.5) == [b"up"]
+            except TitanicTimeoutError:
+                return False
+        wait_until(ready, timeout=30, message="echo served")
+        first_id = titanic.submit("valid-echo", b"before")
+        before = {name: rss_kib(proc.pid) for name, proc in (("broker", broker),
+                                                             ("dispatcher", dispatcher))}
+        for n in range(MESSAGES):
+            fuzzer.send_multipart(random_message(rng), copy=False)
+            if n % 1_000 == 0:
+                oversize.send_multipart([b"", b"MDPC01", b"echo", b"x" * (MAX_MESSAGE + 1)])
+            if n % 10_000 == 0:  # valid traffic alongside
+                assert echo.request("valid-echo", str(n).encode()) == [str(n).encode()]
+        assert broker.poll() is None, "broker died"
+        assert dispatcher.poll() is None, "dispatcher died"
+        assert echo.request("valid-echo", b"after") == [b"after"]
+        last_id = titanic.submit("valid-echo", b"after")
+        for request_id, body in ((first_id, b"before"), (last_id, b"after")):
+            fetched = titanic.wait(request_id, timeout=30)
+            assert fetched.state is ReplyState.DONE and fetched.reply == [body]
+        for name, proc in (("broker", broker), ("dispatcher", dispatcher)):
+            grown = rss_kib(proc.pid) - before[name]
+            assert grown < 64 * 1024, f"{name} grew by {grown} KiB"
+    finally:
+        fuzzer.close(0)
+        oversize.close(0)
+        context.term()
+        titanic.close()
+        echo.close()
+    assert Processes.terminate(broker) == 0
+    assert Processes.terminate(dispatcher) == 0
+    stats = procs.log("broker").rsplit("broker stopped: ", 1)[1]
+    handled = int(stats.split("'messages': ", 1)[1].split(",", 1)[0])
+    malformed = int(stats.split("'malformed': ", 1)[1].split(",", 1)[0])
+    assert handled >= MESSAGES, stats
+    assert malformed >= MESSAGES // 2, stats
+    assert "Traceback" not in procs.log("broker") + procs.log("dispatcher")
+
