@@ -8,16 +8,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 POSTGRES_SERVER = os.environ.get("TITANIC_TEST_POSTGRES_URL",
                                  "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
-def _admin_engine():  # type: ignore[no-untyped-def]
-    return create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT")
+def _admin_engine() -> Engine:
+    # No pool: a test may restart the server, and a pooled connection would be dead afterwards.
+    return create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT", poolclass=NullPool)
 
 
 @pytest.fixture(scope="session")

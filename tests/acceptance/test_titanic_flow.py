@@ -158,3 +158,25 @@ def test_worker_dying_mid_request_is_retried_and_completes(procs: Processes,
     assert marker.exists(), "no worker died: the test proved nothing"
     assert fetched.state is ReplyState.DONE
     assert fetched.reply == [b"survive"]
+
+
+def test_dispatcher_sigterm_exits_zero(procs: Processes, tmp_path: Path) -> None:
+    broker = free_endpoint()
+    procs.cli("broker", "broker", "--bind", broker, "--heartbeat", "0.2")
+    dispatcher = start_dispatcher(procs, "dispatcher", broker, f"sqlite:///{tmp_path / 't.db'}")
+    with TitanicClient(broker, timeout=5, retries=2) as titanic:
+        titanic.submit("nobody", b"x")  # serving: the dispatcher is up
+    assert Processes.terminate(dispatcher, timeout=15) == 0
+    assert "dispatcher stopped" in procs.log("dispatcher")
+
+
+def test_titanic_up_demo_runs_the_main_job(procs: Processes, tmp_path: Path) -> None:
+    broker = free_endpoint()
+    up = procs.cli("up", "up", "--demo", "--bind", broker, "--db",
+                   f"sqlite:///{tmp_path / 'up.db'}")
+    with TitanicClient(broker, timeout=2, retries=10) as titanic:
+        request_id = titanic.submit("echo", b"hello from up")
+        fetched = titanic.wait(request_id, timeout=60)
+    assert fetched.state is ReplyState.DONE and fetched.reply == [b"hello from up"]
+    assert Processes.terminate(up, timeout=30) == 0
+    assert "titanic up: stopped" in procs.log("up")

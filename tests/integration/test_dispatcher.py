@@ -128,9 +128,12 @@ def test_a_request_that_never_gets_a_reply_fails_after_max_attempts(
     assert len(calls) == 2
 
 
-def test_two_dispatchers_on_one_sqlite_file_never_send_a_request_twice(
-        broker: str, tmp_path: Path, titanic: TitanicClient, stack: ExitStack) -> None:
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres",
+                                                           marks=pytest.mark.postgres)])
+def test_two_dispatchers_on_one_database_never_send_a_request_twice(
+        broker: str, database: str, request: pytest.FixtureRequest, titanic: TitanicClient,
+        stack: ExitStack) -> None:
+    url = str(request.getfixturevalue("sqlite_url" if database == "sqlite" else "postgres_url"))
     stores = [open_store(url), open_store(url)]
     for one in stores:
         stack.callback(one.close_store)

@@ -28,7 +28,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from titanic.errors import StoreError
 from titanic.settings import MAX_MESSAGE_SIZE_BYTES
@@ -163,7 +163,10 @@ class SqlStore:
         raise AssertionError("unreachable")
 
     def _retryable(self, exc: DBAPIError) -> bool:
+        """Lock contention, and (PostgreSQL) a lost or refused connection: a server restart."""
         if exc.connection_invalidated:
+            return True
+        if not self._is_sqlite and isinstance(exc, OperationalError):
             return True
         text = str(exc.orig).lower()
         return "database is locked" in text or "could not serialize" in text
