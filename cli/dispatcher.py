@@ -6,7 +6,7 @@ import click
 
 from titanic._zmq import stop_on_signals
 from titanic.dispatcher import Dispatcher, DispatcherSettings
-from titanic.settings import BrokerSettings
+from titanic.settings import MAX_REQUEST_BYTES, BrokerSettings
 from titanic.store import open_store
 from titanic.worker_pool import ConnectionSettings
 from titanic_cli.mdp_commands import DIALECTS, daemon_logging, dialect_option
@@ -51,12 +51,17 @@ _DEFAULTS = DispatcherSettings()
               show_default=True, envvar="TITANIC_SQLITE_SYNCHRONOUS",
               help="SQLite durability: FULL survives power loss; NORMAL may lose the last "
               "transactions on power loss (not on a crash) and is faster.")
+@click.option("--max-request-size", type=click.IntRange(min=1), default=MAX_REQUEST_BYTES,
+              show_default=True, envvar="TITANIC_MAX_REQUEST_SIZE",
+              help="Largest request body stored, in bytes; a larger one is answered "
+              "'400 bad request' (keep it below the broker's --max-message-size).")
 @click.option("-v", "--verbose", count=True, help="-v logs every request's life cycle.")
 @handle_errors
 def dispatcher(broker: str, db_url: str | None, dialect_name: str, request_timeout: float,
                max_attempts: int, backoff: float, backoff_max: float, max_in_flight: int,
                max_in_flight_per_service: int, pending_ttl: float, reply_ttl: float,
-               heartbeat: float, sqlite_synchronous: str, verbose: int) -> None:
+               heartbeat: float, sqlite_synchronous: str, max_request_size: int,
+               verbose: int) -> None:
     """Serve titanic.request/reply/close and forward stored requests to their workers.
 
     Brings a fresh database to the current schema first; refuses a newer one (exit 7).
@@ -73,7 +78,8 @@ def dispatcher(broker: str, db_url: str | None, dialect_name: str, request_timeo
         pending_ttl=pending_ttl, reply_ttl=reply_ttl,
         connection=ConnectionSettings(heartbeat_interval=heartbeat),
     )
-    store = open_store(db_url, sqlite_synchronous=sqlite_synchronous)
+    store = open_store(db_url, sqlite_synchronous=sqlite_synchronous,
+                       max_request_bytes=max_request_size)
     try:
         server = Dispatcher(store, settings)
         with stop_on_signals(server.stop):

@@ -15,6 +15,8 @@ SERVICE_QUEUE_LIMIT = 100_000
 WORKER_PREFETCH = 3
 TOTAL_QUEUE_LIMIT = 1_000_000
 MAX_MESSAGE_SIZE_BYTES = 64 * 1024 * 1024
+#: Largest request body titanic stores; below the broker's limit so the refusal can be answered.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
 CLIENT_TIMEOUT_S = 2.5
 CLIENT_RETRIES = 2
 RECONNECT_INITIAL_S = 0.25

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from titanic.settings import MAX_MESSAGE_SIZE_BYTES
+from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store.types import (
     FINISHED,
     NewRequest,
@@ -36,7 +36,7 @@ def _now(now: datetime | None) -> datetime:
 class MemoryStore:
     """The request store in a dict, guarded by a lock."""
 
-    def __init__(self, *, max_request_bytes: int = MAX_MESSAGE_SIZE_BYTES) -> None:
+    def __init__(self, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
         self.max_request_bytes = max_request_bytes
         self._lock = threading.Lock()
         self._rows: dict[str, StoredRequest] = {}

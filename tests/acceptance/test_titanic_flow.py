@@ -180,3 +180,19 @@ def test_titanic_up_demo_runs_the_main_job(procs: Processes, tmp_path: Path) -> 
     assert fetched.state is ReplyState.DONE and fetched.reply == [b"hello from up"]
     assert Processes.terminate(up, timeout=30) == 0
     assert "titanic up: stopped" in procs.log("up")
+
+
+def test_oversized_request_is_refused_with_a_clear_answer(procs: Processes,
+                                                          tmp_path: Path) -> None:
+    broker = free_endpoint()
+    procs.cli("broker", "broker", "--bind", broker, "--heartbeat", "0.2")
+    procs.cli("dispatcher", "dispatcher", "--broker", broker, "--db",
+              f"sqlite:///{tmp_path / 't.db'}", "--heartbeat", "0.2", "--max-request-size", "1000")
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 1001)
+    refused = cli(broker, "submit", "echo", f"@{big}", "--timeout", "5")
+    assert refused.returncode == 1
+    assert refused.stderr.count(b"\n") == 1
+    assert b"exceeds the limit of 1000 bytes" in refused.stderr
+    accepted = cli(broker, "submit", "echo", "x" * 1000, "--timeout", "5")
+    assert accepted.returncode == 0, accepted.stderr

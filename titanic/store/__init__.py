@@ -6,7 +6,7 @@ titanic.testing.MemoryStore behaves the same in memory.
 
 from __future__ import annotations
 
-from titanic.settings import MAX_MESSAGE_SIZE_BYTES, default_database_url
+from titanic.settings import MAX_REQUEST_BYTES, default_database_url
 from titanic.store.types import (
     FINISHED,
     NewRequest,
@@ -20,7 +20,7 @@ from titanic.store.types import (
 
 
 def open_store(url: str | None = None, *, sqlite_synchronous: str = "FULL",
-               max_request_bytes: int = MAX_MESSAGE_SIZE_BYTES, migrate: bool = True) -> SqlStore:
+               max_request_bytes: int = MAX_REQUEST_BYTES, migrate: bool = True) -> SqlStore:
     """A SqlStore for `url` (default: TITANIC_DATABASE_URL, else the per-user SQLite file).
 
     With `migrate`, a fresh or older database is brought to the current schema first, and a

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from titanic.errors import StoreError
-from titanic.settings import MAX_MESSAGE_SIZE_BYTES
+from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store import dialect
 from titanic.store.frames import decode_frames, encode_frames
 from titanic.store.models import requests_table as t
@@ -104,7 +104,7 @@ def _key(request_id: str) -> uuid.UUID:
 class SqlStore:
     """The request store on a SQLAlchemy engine (see titanic.store.open_store)."""
 
-    def __init__(self, engine: Engine, *, max_request_bytes: int = MAX_MESSAGE_SIZE_BYTES) -> None:
+    def __init__(self, engine: Engine, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
         self.engine = engine
         self.max_request_bytes = max_request_bytes
         self._is_sqlite = engine.dialect.name == "sqlite"
