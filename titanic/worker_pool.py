@@ -202,26 +202,31 @@ class WorkerPool:
 
     def _loop(self) -> None:
         poller: zmq.Poller | None = None
-        polled: list[zmq.Socket[bytes] | None] = []
+        by_socket: dict[zmq.Socket[bytes], WorkerConnection] = {}
+        next_upkeep = 0.0
         while not self._waker.stopped.is_set():
-            sockets = [c.socket for c in self.connections]
-            if poller is None or sockets != polled:
-                poller, polled = self._poller(sockets), sockets
-            wake = min(c.next_deadline() for c in self.connections)
-            timeout = max(0.0, wake - time.monotonic())
-            ready = dict(poller.poll(int(timeout * 1000) + 1))
+            if poller is None or any(c.socket not in by_socket for c in self.connections):
+                by_socket = {c.socket: c for c in self.connections if c.socket is not None}
+                poller = self._poller(list(by_socket))
+            timeout = max(0.0, next_upkeep - time.monotonic())
+            ready = poller.poll(int(timeout * 1000) + 1)
             now = time.monotonic()
             if ready:
-                self._serve([c for c in self.connections if c.socket in ready], now)
-            for connection in self.connections:
-                connection.maintain(now)
+                self._serve([by_socket[sock] for sock, _ in ready if sock in by_socket], now)
+                if any(c.socket is None for c in self.connections):
+                    next_upkeep = now  # DISCONNECT or reset: reconnect on time
+            if now >= next_upkeep:
+                # Deadlines only move later between upkeeps (a reply heard), so an early upkeep
+                # is a cheap no-op and none is ever late.
+                for connection in self.connections:
+                    connection.maintain(now)
+                next_upkeep = min(c.next_deadline() for c in self.connections)
 
-    def _poller(self, sockets: list[zmq.Socket[bytes] | None]) -> zmq.Poller:
+    def _poller(self, sockets: list[zmq.Socket[bytes]]) -> zmq.Poller:
         poller = zmq.Poller()
         poller.register(self._waker.fileno(), zmq.POLLIN)
         for sock in sockets:
-            if sock is not None:
-                poller.register(sock, zmq.POLLIN)
+            poller.register(sock, zmq.POLLIN)
         return poller
 
     def _serve(self, readable: list[WorkerConnection], now: float) -> None:
