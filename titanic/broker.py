@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, send_frames
 from titanic.errors import ProtocolError
@@ -30,6 +31,7 @@ from titanic.protocol.mdp import (
     build_worker_request,
     parse_peer_message,
 )
+from titanic.security import CurveServer
 from titanic.settings import SHUTDOWN_LINGER_MS, BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,11 @@ log = logging.getLogger(__name__)
 _RECV_BATCH = 512
 #: Counters whose growth is logged once per heartbeat interval.
 _REPORTED = ("malformed", "expired_requests", "rejected_requests", "abandoned_requests",
-             "workers_disconnected", "workers_expired", "unroutable", "dropped_at_hwm")
+             "workers_disconnected", "workers_expired", "unroutable", "dropped_at_hwm",
+             "handshakes_failed")
+#: Security handshake failures: a plaintext peer, or one with the wrong server key.
+_HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 def _show(name: bytes) -> str:
@@ -63,6 +69,7 @@ class BrokerStats:
     workers_registered: int = 0
     workers_expired: int = 0
     workers_disconnected: int = 0
+    handshakes_failed: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""
@@ -119,6 +126,7 @@ class Broker:
         *,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         trace: bool = False,
+        curve: CurveServer | None = None,
     ) -> None:
         self.settings = settings or BrokerSettings()
         self.stats = BrokerStats()
@@ -132,6 +140,8 @@ class Broker:
         self._reported: dict[str, int] = {}
         self._waker = Waker()
         self._trace = trace
+        self.curve = curve
+        self._monitor: zmq.Socket[bytes] | None = None
         self._now = time.monotonic()
         self.bound: list[str] = []
 
@@ -144,6 +154,10 @@ class Broker:
         sock = new_socket(self._context, zmq.ROUTER,
                           max_message_size=self.settings.max_message_size)
         sock.router_mandatory = 1
+        if self.curve is not None:
+            self.curve.start(self._context)
+            self.curve.configure(sock)
+            self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILURES)
         sock.sndhwm = 100_000
         sock.rcvhwm = 100_000
         self._socket = sock
@@ -167,6 +181,8 @@ class Broker:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._waker.fileno(), zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         interval = self.settings.heartbeat_interval
         next_tick = time.monotonic() + interval
         try:
@@ -176,6 +192,8 @@ class Broker:
                 self._now = time.monotonic()
                 if sock in ready:
                     self._drain(sock)
+                if self._monitor is not None and self._monitor in ready:
+                    self._count_handshake_failures(self._monitor)
                 if self._now >= next_tick:
                     self._tick()
                     next_tick = self._now + interval
@@ -191,12 +209,26 @@ class Broker:
                 return
             self.handle(frames)
 
+    def _count_handshake_failures(self, monitor: zmq.Socket[bytes]) -> None:
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            self.stats.handshakes_failed += 1
+            log.warning("refused a peer on %s: security handshake failed (plaintext, or the "
+                        "wrong server key), event %s", event.get("endpoint", b"?").decode(
+                            errors="replace"), event.get("event"))
+
     def _shutdown(self) -> None:
         for worker in list(self._workers.values()):
             self._send(worker.identity, build_worker(worker.dialect, Command.DISCONNECT))
+        if self._monitor is not None and self._socket is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._socket is not None:
             self._socket.close(linger=SHUTDOWN_LINGER_MS)
             self._socket = None
+        if self.curve is not None:
+            self.curve.stop()
         if self._own_context:
             self._context.term()
         self._waker.close()

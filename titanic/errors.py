@@ -39,3 +39,7 @@ class NotFoundError(StoreError, KeyError):
 
 class SchemaError(StoreError):
     """The database schema is not the one this version of titanic expects."""
+
+
+class CurveKeyError(TitanicError):
+    """A CURVE key file is missing or malformed."""
