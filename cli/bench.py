@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
+from titanic.bench import curve as curve_bench
 from titanic.bench.suite import BenchOptions, format_rows, run_mdp, run_titanic
-from titanic_cli.options import handle_errors
+from titanic_cli.options import UsageProblem, handle_errors
 
 
 @click.command()
@@ -25,9 +26,12 @@ from titanic_cli.options import handle_errors
               help="Also run the MDP loads through majortomo's broker and a bare zmq.proxy "
               "device, and print our rates as ratios of theirs.")
 @click.option("--mdp-only", is_flag=True, help="Skip the titanic.request figures.")
+@click.option("--curve", is_flag=True,
+              help="Measure CURVE's cost instead: the MDP loads through a broker in plaintext and "
+              "with CURVE, taking turns, side by side (also: python -m titanic.bench.curve).")
 @handle_errors
 def bench(broker: str | None, requests: int, sync_requests: int, size: int, depth: int,
-          workers: int, compare: bool, mdp_only: bool) -> None:
+          workers: int, compare: bool, mdp_only: bool, curve: bool) -> None:
     """Measure round trips, acknowledgements and completions per second, with latencies.
 
     Starts what it needs on 127.0.0.1 (a broker, echo workers, a dispatcher on a throw-away
@@ -37,7 +41,18 @@ def bench(broker: str | None, requests: int, sync_requests: int, size: int, dept
     \b
     Example:
       titanic bench --compare
+      titanic bench --curve
     """
+    if curve:
+        if broker is not None or compare:
+            raise UsageProblem("--curve starts its own brokers: not with --broker or --compare")
+        best = curve_bench.run(curve_bench.CurveBenchOptions(
+            requests=requests, sync_requests=sync_requests, size=size, depth=depth,
+            workers=workers))
+        click.echo(f"{size}-byte bodies, {workers} echo workers, loopback tcp, best of "
+                   f"{curve_bench.CurveBenchOptions().rounds} alternating rounds")
+        click.echo(curve_bench.format_comparison(best))
+        return
     options = BenchOptions(requests=requests, sync_requests=sync_requests, size=size,
                            depth=depth, workers=workers, broker=broker, compare=compare,
                            titanic=not mdp_only)

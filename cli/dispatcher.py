@@ -10,7 +10,14 @@ from titanic.settings import MAX_REQUEST_BYTES, BrokerSettings
 from titanic.store import open_store
 from titanic.worker_pool import ConnectionSettings
 from titanic_cli.mdp_commands import DIALECTS, daemon_logging, dialect_option
-from titanic_cli.options import broker_option, configure_logging, db_option, handle_errors
+from titanic_cli.options import (
+    CurveOptions,
+    broker_option,
+    configure_logging,
+    curve_client_options,
+    db_option,
+    handle_errors,
+)
 
 _DEFAULTS = DispatcherSettings()
 
@@ -55,13 +62,14 @@ _DEFAULTS = DispatcherSettings()
               show_default=True, envvar="TITANIC_MAX_REQUEST_SIZE",
               help="Largest request body stored, in bytes; a larger one is answered "
               "'400 bad request' (keep it below the broker's --max-message-size).")
+@curve_client_options
 @click.option("-v", "--verbose", count=True, help="-v logs every request's life cycle.")
 @handle_errors
 def dispatcher(broker: str, db_url: str | None, dialect_name: str, request_timeout: float,
                max_attempts: int, backoff: float, backoff_max: float, max_in_flight: int,
                max_in_flight_per_service: int, pending_ttl: float, reply_ttl: float,
                heartbeat: float, sqlite_synchronous: str, max_request_size: int,
-               verbose: int) -> None:
+               curve: CurveOptions, verbose: int) -> None:
     """Serve titanic.request/reply/close and forward stored requests to their workers.
 
     Brings a fresh database to the current schema first; refuses a newer one (exit 7).
@@ -71,6 +79,7 @@ def dispatcher(broker: str, db_url: str | None, dialect_name: str, request_timeo
       titanic-dispatcher --broker tcp://127.0.0.1:5555 --db sqlite:////var/lib/titanic/t.db
     """
     daemon_logging(verbose)
+    hook = curve.hook()
     settings = DispatcherSettings(
         broker=broker, dialect=DIALECTS[dialect_name], request_timeout=request_timeout,
         max_attempts=max_attempts, backoff=backoff, backoff_max=backoff_max,
@@ -81,7 +90,7 @@ def dispatcher(broker: str, db_url: str | None, dialect_name: str, request_timeo
     store = open_store(db_url, sqlite_synchronous=sqlite_synchronous,
                        max_request_bytes=max_request_size)
     try:
-        server = Dispatcher(store, settings)
+        server = Dispatcher(store, settings, configure_socket=hook)
         with stop_on_signals(server.stop):
             server.run()
     finally:

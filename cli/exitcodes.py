@@ -16,3 +16,6 @@ class Exit(enum.IntEnum):
     FAILED = 5  # the request failed for good (attempts exhausted or expired undelivered)
     UNREACHABLE = 6  # no answer from the broker or service in time
     DATABASE = 7  # the database failed or has an unexpected schema
+    KEY = 8  # a CURVE key file or allowed-keys folder is missing, unreadable or malformed
+    REFUSED = 9  # the broker refused the security handshake (key not allowed, wrong server key,
+    #              or CURVE on one side only)

@@ -24,10 +24,10 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from titanic_cli import bench, db, dispatcher, mdp_commands, tsp_commands, up
+    from titanic_cli import bench, db, dispatcher, keys, mdp_commands, tsp_commands, up
 
     for command in [*mdp_commands.COMMANDS, *tsp_commands.COMMANDS, dispatcher.dispatcher,
-                    up.up, db.db, bench.bench]:
+                    up.up, db.db, bench.bench, keys.keygen]:
         cli.add_command(command)
 
 

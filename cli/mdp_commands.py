@@ -6,18 +6,22 @@ import logging
 import sys
 
 import click
+import zmq
 
 from titanic._zmq import stop_on_signals
 from titanic.broker import Broker
 from titanic.client import Client
+from titanic.errors import TitanicError
 from titanic.protocol.mdp import Dialect
 from titanic.protocol.mmi import SERVICE as MMI_SERVICE
 from titanic.settings import (
+    BROKER_MAX_REQUEST_BYTES,
     BUSY_WORKER_TIMEOUT_S,
     DEFAULT_BROKER,
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_LIVENESS,
     MAX_MESSAGE_SIZE_BYTES,
+    MAX_QUEUED_PER_CLIENT,
     QUEUED_REQUEST_TTL_S,
     SERVICE_QUEUE_LIMIT,
     WORKER_PREFETCH,
@@ -25,7 +29,17 @@ from titanic.settings import (
 )
 from titanic.worker import Worker, echo_handler
 from titanic_cli.exitcodes import Exit
-from titanic_cli.options import broker_option, client_options, fail, handle_errors
+from titanic_cli.options import (
+    CurveOptions,
+    CurveServerOptions,
+    broker_option,
+    client_options,
+    client_session,
+    curve_client_options,
+    curve_server_options,
+    fail,
+    handle_errors,
+)
 
 DIALECTS = {"7": Dialect.MDP01, "18": Dialect.MDP02, "majortomo": Dialect.MAJORTOMO}
 
@@ -50,6 +64,9 @@ dialect_option = click.option(
 @click.command()
 @click.option("--bind", "binds", multiple=True, envvar="TITANIC_BIND",
               help=f"Endpoint to bind; repeatable [env TITANIC_BIND; default {DEFAULT_BROKER}].")
+@click.option("--worker-bind", "worker_binds", multiple=True, envvar="TITANIC_WORKER_BIND",
+              help="A separate endpoint for workers; repeatable. Workers must then register "
+              "there and clients use --bind [env TITANIC_WORKER_BIND].")
 @click.option("--heartbeat", type=click.FloatRange(min=0.01), default=HEARTBEAT_INTERVAL_S,
               show_default=True, envvar="TITANIC_HEARTBEAT", help="Heartbeat interval, seconds.")
 @click.option("--liveness", type=click.IntRange(min=1), default=HEARTBEAT_LIVENESS,
@@ -66,30 +83,55 @@ dialect_option = click.option(
               help="Requests that may wait per service.")
 @click.option("--max-message-size", type=click.IntRange(min=0), default=MAX_MESSAGE_SIZE_BYTES,
               show_default=True, envvar="TITANIC_MAX_MESSAGE_SIZE",
-              help="Bytes; a larger message disconnects its sender (0: no limit).")
+              help="Bytes per frame; libzmq cuts the connection of a peer sending a larger one, "
+              "without an answer (0: no limit).")
+@click.option("--max-request-size", type=click.IntRange(min=0), default=BROKER_MAX_REQUEST_BYTES,
+              show_default=True, envvar="TITANIC_BROKER_MAX_REQUEST_SIZE",
+              help="Bytes of request body above which the client is answered '413 ...' instead "
+              "of served; keep it below --max-message-size (0: no limit) "
+              "[env TITANIC_BROKER_MAX_REQUEST_SIZE].")
+@click.option("--max-queued-per-client", type=click.IntRange(min=1),
+              default=MAX_QUEUED_PER_CLIENT, show_default=True,
+              envvar="TITANIC_MAX_QUEUED_PER_CLIENT",
+              help="Requests one client connection may have waiting for a worker; beyond, it is "
+              "answered '503 ...' [env TITANIC_MAX_QUEUED_PER_CLIENT].")
 @click.option("--prefetch", type=click.IntRange(min=1), default=WORKER_PREFETCH,
               show_default=True, envvar="TITANIC_PREFETCH",
               help="Requests a worker may hold at once: 1 is strict one-at-a-time; more keep the "
               "next requests waiting in the worker's socket, saving a round trip per request.")
+@curve_server_options
 @click.option("-v", "--verbose", count=True, help="-v logs every message.")
 @handle_errors
-def broker(binds: tuple[str, ...], heartbeat: float, liveness: int, busy_timeout: float,
-           request_ttl: float, queue_limit: int, max_message_size: int, prefetch: int,
-           verbose: int) -> None:
+def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: float,
+           liveness: int, busy_timeout: float, request_ttl: float, queue_limit: int,
+           max_message_size: int, max_request_size: int, max_queued_per_client: int,
+           prefetch: int, curve: CurveServerOptions, verbose: int) -> None:
     """Run the Majordomo broker (7/MDP and 18/MDP on one endpoint, with mmi.*).
+
+    With --curve-secret and --curve-allow it speaks CURVE only and admits only the keys in the
+    folder (see docs/security.md).
 
     \b
     Example:
       titanic broker --bind tcp://127.0.0.1:5555
+      titanic broker --bind tcp://*:5555 --worker-bind tcp://10.0.0.1:5556 \\
+        --curve-secret broker.key_secret --curve-allow clients/ --curve-allow-workers workers/
     """
     daemon_logging(verbose)
     settings = BrokerSettings(
         heartbeat_interval=heartbeat, heartbeat_liveness=liveness,
         busy_worker_timeout=busy_timeout, request_ttl=request_ttl, queue_limit=queue_limit,
         max_message_size=max_message_size, worker_prefetch=prefetch,
+        max_request_size=max_request_size, max_queued_per_client=max_queued_per_client,
     )
-    server = Broker(list(binds) or [DEFAULT_BROKER], settings, trace=verbose > 0)
-    server.bind()
+    server = Broker(list(binds) or [DEFAULT_BROKER], settings, trace=verbose > 0,
+                    curve=curve.server(separate_workers=bool(worker_binds)),
+                    worker_endpoints=list(worker_binds))
+    try:
+        server.bind()
+    except zmq.ZMQError as exc:
+        raise TitanicError(f"cannot bind {', '.join([*binds, *worker_binds]) or DEFAULT_BROKER}:"
+                           f" {exc}") from exc
     with stop_on_signals(server.stop):
         server.run()
 
@@ -107,8 +149,10 @@ def worker() -> None:
 @click.option("--heartbeat", type=click.FloatRange(min=0.01), default=HEARTBEAT_INTERVAL_S,
               show_default=True, envvar="TITANIC_HEARTBEAT",
               help="Heartbeat interval, seconds: use the broker's.")
+@curve_client_options
 @handle_errors
-def worker_echo(broker: str, service: str, dialect_name: str, heartbeat: float) -> None:
+def worker_echo(broker: str, service: str, dialect_name: str, heartbeat: float,
+                curve: CurveOptions) -> None:
     """Serve SERVICE by echoing each request back.
 
     \b
@@ -117,7 +161,7 @@ def worker_echo(broker: str, service: str, dialect_name: str, heartbeat: float) 
     """
     daemon_logging(0)
     server = Worker(broker, service, echo_handler, dialect=DIALECTS[dialect_name],
-                    heartbeat_interval=heartbeat)
+                    heartbeat_interval=heartbeat, configure_socket=curve.hook())
     with stop_on_signals(server.stop):
         server.run()
 
@@ -126,20 +170,24 @@ def worker_echo(broker: str, service: str, dialect_name: str, heartbeat: float) 
 @broker_option
 @client_options
 @dialect_option
+@curve_client_options
 @click.argument("service")
 @click.argument("frames", nargs=-1)
 @handle_errors
 def call(broker: str, timeout: float, retries: int, dialect_name: str, service: str,
-         frames: tuple[str, ...]) -> None:
+         frames: tuple[str, ...], curve: CurveOptions) -> None:
     """Send one request to SERVICE and print each reply frame on its own line.
 
-    Exit status 6 if no reply came within the timeout and retries.
+    Exit status 6 if no reply came within the timeout and retries, 9 if the broker refused
+    the security handshake.
 
     \b
     Example:
       titanic call echo hello world
     """
-    with Client(broker, dialect=DIALECTS[dialect_name], timeout=timeout, retries=retries) as client:
+    with client_session(curve) as (context, hook), Client(
+            broker, dialect=DIALECTS[dialect_name], timeout=timeout, retries=retries,
+            context=context, configure_socket=hook) as client:
         reply = client.request(service, *(f.encode() for f in frames))
     out = sys.stdout.buffer
     for frame in reply:
@@ -150,9 +198,10 @@ def call(broker: str, timeout: float, retries: int, dialect_name: str, service: 
 @click.command()
 @broker_option
 @client_options
+@curve_client_options
 @click.argument("service")
 @handle_errors
-def mmi(broker: str, timeout: float, retries: int, service: str) -> None:
+def mmi(broker: str, timeout: float, retries: int, service: str, curve: CurveOptions) -> None:
     """Ask the broker whether SERVICE has live workers (mmi.service): prints 200 or 404.
 
     Exit status 0 for 200, 4 for 404.
@@ -161,7 +210,9 @@ def mmi(broker: str, timeout: float, retries: int, service: str) -> None:
     Example:
       titanic mmi echo
     """
-    with Client(broker, timeout=timeout, retries=retries) as client:
+    with client_session(curve) as (context, hook), Client(
+            broker, timeout=timeout, retries=retries, context=context,
+            configure_socket=hook) as client:
         reply = client.request(MMI_SERVICE, service.encode())
     code = reply[0].decode(errors="replace") if reply else ""
     click.echo(code)

@@ -5,16 +5,32 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import zmq
 
-from titanic.errors import StoreError, TitanicError, TitanicTimeoutError
+from titanic.errors import CurveKeyError, StoreError, TitanicError, TitanicTimeoutError
+from titanic.security import (
+    CurveServer,
+    HandshakeRefusedError,
+    HandshakeWatch,
+    SocketHook,
+    load_client_hook,
+    load_keypair,
+)
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER
 from titanic_cli.exitcodes import Exit
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UsageProblem(Exception):
+    """Options that do not fit together; reported as one line with exit status 2."""
 
 
 def broker_option(func: F) -> F:
@@ -72,6 +88,12 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except UsageProblem as exc:
+            fail(str(exc), Exit.USAGE)
+        except CurveKeyError as exc:
+            fail(str(exc), Exit.KEY)
+        except HandshakeRefusedError as exc:
+            fail(str(exc), Exit.REFUSED)
         except TitanicTimeoutError as exc:
             fail(str(exc), Exit.UNREACHABLE)
         except StoreError as exc:
@@ -97,3 +119,139 @@ def db_option(func: F) -> F:
         "postgresql+psycopg://user@host/db [env TITANIC_DATABASE_URL; "
         "default: $XDG_DATA_HOME/titanic/titanic.db].",
     )(func)
+
+
+# -- CURVE ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CurveOptions:
+    """A client's or worker's CURVE options as given; `hook()` checks and loads them."""
+
+    server_key: Path | None = None
+    key: Path | None = None
+
+    def hook(self) -> SocketHook | None:
+        """The socket hook speaking CURVE, or None when CURVE is off; both options or neither."""
+        if self.server_key is None and self.key is None:
+            return None
+        if self.server_key is None or self.key is None:
+            given, missing = (("--curve-server-key", "--curve-key") if self.key is None
+                              else ("--curve-key", "--curve-server-key"))
+            raise UsageProblem(f"{given} needs {missing} too (TITANIC_CURVE_SERVER_KEY and "
+                               "TITANIC_CURVE_KEY): CURVE takes both or neither")
+        return load_client_hook(self.server_key, self.key)
+
+    def argv(self) -> list[str]:
+        """The same options for a child command's command line."""
+        args = []
+        if self.server_key is not None:
+            args += ["--curve-server-key", str(self.server_key)]
+        if self.key is not None:
+            args += ["--curve-key", str(self.key)]
+        return args
+
+
+# Existence and kind are checked when the keys are loaded, to report them in one line (exit 8).
+_KEY_FILE = click.Path(path_type=Path)
+_KEY_FOLDER = click.Path(path_type=Path)
+
+
+def curve_client_options(func: F) -> F:
+    """--curve-server-key and --curve-key (TITANIC_CURVE_SERVER_KEY, TITANIC_CURVE_KEY), given
+    to the command as `curve`, a CurveOptions."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, curve_server_key: Path | None, curve_key: Path | None,
+                **kwargs: Any) -> Any:
+        return func(*args, curve=CurveOptions(curve_server_key, curve_key), **kwargs)
+
+    wrapper = click.option(
+        "--curve-key", type=_KEY_FILE, metavar="FILE",
+        envvar="TITANIC_CURVE_KEY", default=None,
+        help="Our own CURVE key pair: a .key_secret file from `titanic keygen` "
+        "[env TITANIC_CURVE_KEY].",
+    )(wrapper)
+    wrapper = click.option(
+        "--curve-server-key", type=_KEY_FILE, metavar="FILE",
+        envvar="TITANIC_CURVE_SERVER_KEY", default=None,
+        help="Speak CURVE to the broker whose public key is in this .key file "
+        "[env TITANIC_CURVE_SERVER_KEY].",
+    )(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class CurveServerOptions:
+    """The broker's CURVE options as given; `server()` checks and loads them."""
+
+    secret: Path | None = None
+    allow: Path | None = None
+    allow_workers: Path | None = None
+
+    def server(self, separate_workers: bool) -> CurveServer | None:
+        """The CurveServer, or None when CURVE is off; secret and folder both or neither."""
+        if self.secret is None and self.allow is None:
+            if self.allow_workers is not None:
+                raise UsageProblem("--curve-allow-workers needs --curve-secret and --curve-allow")
+            return None
+        if self.secret is None or self.allow is None:
+            given, missing = (("--curve-secret", "--curve-allow") if self.allow is None
+                              else ("--curve-allow", "--curve-secret"))
+            raise UsageProblem(f"{given} needs {missing} too (TITANIC_CURVE_SECRET and "
+                               "TITANIC_CURVE_ALLOW): CURVE takes both or neither")
+        if self.allow_workers is not None and not separate_workers:
+            raise UsageProblem("--curve-allow-workers needs --worker-bind: it admits workers on "
+                               "their own endpoint")
+        return CurveServer(load_keypair(self.secret), self.allow,
+                           workers_allowed=self.allow_workers)
+
+
+def curve_server_options(func: F) -> F:
+    """--curve-secret, --curve-allow and --curve-allow-workers (TITANIC_CURVE_SECRET,
+    TITANIC_CURVE_ALLOW, TITANIC_CURVE_ALLOW_WORKERS), given as `curve`, a CurveServerOptions."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, curve_secret: Path | None, curve_allow: Path | None,
+                curve_allow_workers: Path | None, **kwargs: Any) -> Any:
+        return func(*args, curve=CurveServerOptions(curve_secret, curve_allow,
+                                                    curve_allow_workers), **kwargs)
+
+    wrapper = click.option(
+        "--curve-allow-workers", type=_KEY_FOLDER, metavar="DIR",
+        envvar="TITANIC_CURVE_ALLOW_WORKERS", default=None,
+        help="With --worker-bind: admit workers whose public key is in a .key file here "
+        "(default: --curve-allow) [env TITANIC_CURVE_ALLOW_WORKERS].",
+    )(wrapper)
+    wrapper = click.option(
+        "--curve-allow", type=_KEY_FOLDER, metavar="DIR",
+        envvar="TITANIC_CURVE_ALLOW", default=None,
+        help="Admit only peers whose public key is in a .key file in this folder; read again "
+        "when it changes [env TITANIC_CURVE_ALLOW].",
+    )(wrapper)
+    wrapper = click.option(
+        "--curve-secret", type=_KEY_FILE, metavar="FILE",
+        envvar="TITANIC_CURVE_SECRET", default=None,
+        help="Require CURVE, with the broker's key pair from this .key_secret file "
+        "[env TITANIC_CURVE_SECRET].",
+    )(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def client_session(curve: CurveOptions) -> Iterator[tuple[zmq.Context[zmq.Socket[bytes]],
+                                                          SocketHook]]:
+    """A context and socket hook for one command's clients; a timeout whose handshakes all
+    failed becomes HandshakeRefusedError saying why (exit 9), not a plain timeout (exit 6)."""
+    watch = HandshakeWatch(curve.hook())
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        try:
+            yield context, watch
+        except TitanicTimeoutError as exc:
+            reason = watch.failure()
+            if reason is None:
+                raise
+            raise HandshakeRefusedError(f"{exc}: {reason}") from exc
+    finally:
+        watch.close()
+        context.term()

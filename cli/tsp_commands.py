@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,16 @@ from titanic.store import RequestStatus, StoredRequest, open_store
 from titanic.tsp_client import ReplyState, TitanicClient
 from titanic_cli.exitcodes import Exit
 from titanic_cli.mdp_commands import DIALECTS, dialect_option
-from titanic_cli.options import broker_option, client_options, db_option, fail, handle_errors
+from titanic_cli.options import (
+    CurveOptions,
+    broker_option,
+    client_options,
+    client_session,
+    curve_client_options,
+    db_option,
+    fail,
+    handle_errors,
+)
 
 _STATE_EXIT = {
     ReplyState.PENDING: Exit.PENDING,
@@ -48,21 +59,27 @@ def _check_uuid(value: str) -> str:
         raise click.BadParameter(str(exc)) from exc
 
 
-def _client(broker: str, dialect_name: str, timeout: float, retries: int) -> TitanicClient:
-    return TitanicClient(broker, dialect=DIALECTS[dialect_name], timeout=timeout, retries=retries)
+@contextmanager
+def _client(broker: str, dialect_name: str, timeout: float, retries: int,
+            curve: CurveOptions) -> Iterator[TitanicClient]:
+    with client_session(curve) as (context, hook), TitanicClient(
+            broker, dialect=DIALECTS[dialect_name], timeout=timeout, retries=retries,
+            context=context, configure_socket=hook) as client:
+        yield client
 
 
 @click.command()
 @broker_option
 @client_options
 @dialect_option
+@curve_client_options
 @click.option("--frame", "-f", "frames", multiple=True,
               help="A further request frame (repeatable); same forms as PAYLOAD.")
 @click.argument("service")
 @click.argument("payload", required=False)
 @handle_errors
 def submit(broker: str, timeout: float, retries: int, dialect_name: str, frames: tuple[str, ...],
-           service: str, payload: str | None) -> None:
+           service: str, payload: str | None, curve: CurveOptions) -> None:
     """Store a request for SERVICE and print its UUID.
 
     PAYLOAD is the first request frame: text, `-` for stdin, or `@FILE` for a file's bytes
@@ -75,7 +92,7 @@ def submit(broker: str, timeout: float, retries: int, dialect_name: str, frames:
     """
     first = [] if payload is None else [_read_payload(payload)]
     body = first + [_read_payload(frame) for frame in frames]
-    with _client(broker, dialect_name, timeout, retries) as client:
+    with _client(broker, dialect_name, timeout, retries, curve) as client:
         click.echo(client.submit(service, *body))
 
 
@@ -90,15 +107,16 @@ def submit(broker: str, timeout: float, retries: int, dialect_name: str, frames:
 @click.option("--retries", type=click.IntRange(min=0), default=CLIENT_RETRIES, show_default=True,
               envvar="TITANIC_RETRIES", help="Resends of each call after a timeout.")
 @click.option("--raw", is_flag=True, help="Write the reply frames back to back, no newlines.")
+@curve_client_options
 @click.argument("request_id", metavar="UUID")
 @handle_errors
 def fetch(broker: str, dialect_name: str, wait: bool, timeout: float | None, retries: int,
-          raw: bool, request_id: str) -> None:
+          raw: bool, request_id: str, curve: CurveOptions) -> None:
     """Print the reply to request UUID, one frame per line.
 
     \b
     Exit status: 0 reply printed, 3 still pending, 4 unknown (or closed),
-    5 failed or expired, 6 broker or Titanic unreachable.
+    5 failed or expired, 6 broker or Titanic unreachable, 9 security handshake refused.
 
     \b
     Example:
@@ -113,7 +131,7 @@ def fetch(broker: str, dialect_name: str, wait: bool, timeout: float | None, ret
     def progress(elapsed: float) -> None:
         click.echo(f"\rwaiting for {request_id}: {elapsed:5.1f} s", err=True, nl=False)
 
-    with _client(broker, dialect_name, per_call, retries) as client:
+    with _client(broker, dialect_name, per_call, retries, curve) as client:
         if wait:
             fetched = client.wait(request_id, total, progress=progress if show else None)
         else:
@@ -133,9 +151,11 @@ def fetch(broker: str, dialect_name: str, wait: bool, timeout: float | None, ret
 @broker_option
 @client_options
 @dialect_option
+@curve_client_options
 @click.argument("request_id", metavar="UUID")
 @handle_errors
-def close(broker: str, timeout: float, retries: int, dialect_name: str, request_id: str) -> None:
+def close(broker: str, timeout: float, retries: int, dialect_name: str, request_id: str,
+          curve: CurveOptions) -> None:
     """Delete request UUID and its reply (succeeds for unknown UUIDs too).
 
     \b
@@ -143,7 +163,7 @@ def close(broker: str, timeout: float, retries: int, dialect_name: str, request_
       titanic close 0190c6f2a1b47c3e9d2f00112233aabb
     """
     request_id = _check_uuid(request_id)
-    with _client(broker, dialect_name, timeout, retries) as client:
+    with _client(broker, dialect_name, timeout, retries, curve) as client:
         client.close_request(request_id)
 
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import click
 
 from titanic._zmq import stop_on_signals
+from titanic.security import load_keypair, load_public_key, write_keypair
 from titanic.settings import DEFAULT_BROKER, default_database_url
 from titanic_cli.options import db_option, handle_errors
 
@@ -21,12 +25,16 @@ log = logging.getLogger("titanic.up")
 RESTART_DELAY_S = 1.0
 RESTART_DELAY_MAX_S = 30.0
 STOP_GRACE_S = 10.0
+#: Variables the children must not inherit: `up` gives each child its CURVE options itself.
+_CURVE_VARIABLES = ("TITANIC_CURVE_SERVER_KEY", "TITANIC_CURVE_KEY", "TITANIC_CURVE_SECRET",
+                    "TITANIC_CURVE_ALLOW", "TITANIC_CURVE_ALLOW_WORKERS")
 
 
 @dataclass
 class _Child:
     name: str
     argv: list[str]
+    env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     delay: float = RESTART_DELAY_S
     restart_at: float = 0.0
@@ -34,7 +42,7 @@ class _Child:
 
     def start(self) -> None:
         # A session of its own: Ctrl-C reaches only `titanic up`, which stops children in order.
-        self.process = subprocess.Popen(self.argv, start_new_session=True)
+        self.process = subprocess.Popen(self.argv, start_new_session=True, env=self.env)
         self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
@@ -71,13 +79,53 @@ def _supervise(children: list[_Child], stopping: threading.Event) -> None:
                 child.start()
 
 
+@dataclass(frozen=True)
+class UpKeys:
+    """The CURVE options `up` gives its broker and its own clients (dispatcher, demo worker)."""
+
+    folder: Path
+
+    @property
+    def broker(self) -> list[str]:
+        """The broker's options."""
+        return ["--curve-secret", str(self.folder / "broker.key_secret"),
+                "--curve-allow", str(self.folder / "allowed")]
+
+    @property
+    def peer(self) -> list[str]:
+        """The dispatcher's and the demo worker's options."""
+        return ["--curve-server-key", str(self.folder / "broker.key"),
+                "--curve-key", str(self.folder / "titanic.key_secret")]
+
+
+def prepare_keys(folder: Path) -> UpKeys:
+    """Keys in `folder`, each made if missing: `broker`, `titanic` (the dispatcher and the demo
+    worker) and `client` (for users' commands); a new pair's public key is also put in
+    `allowed/`. Existing keys are kept and checked, and a key removed from `allowed/` stays out."""
+    allowed = folder / "allowed"
+    allowed.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name in ("broker", "titanic", "client"):
+        secret_file = folder / f"{name}.key_secret"
+        if not secret_file.exists():
+            public_file, _ = write_keypair(folder, name)
+            if name != "broker":
+                shutil.copyfile(public_file, allowed / public_file.name)
+        load_keypair(secret_file)
+    load_public_key(folder / "broker.key")
+    return UpKeys(folder)
+
+
 @click.command()
 @click.option("--bind", default=DEFAULT_BROKER, show_default=True, envvar="TITANIC_BIND",
               help="Broker endpoint [env TITANIC_BIND].")
 @db_option
 @click.option("--demo", is_flag=True, help="Also run an echo worker for the service 'echo'.")
+@click.option("--curve-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="TITANIC_CURVE_DIR",
+              help="Run everything with CURVE, keys in this folder (made if missing): the broker "
+              "admits the public keys in DIR/allowed [env TITANIC_CURVE_DIR].")
 @handle_errors
-def up(bind: str, db_url: str | None, demo: bool) -> None:
+def up(bind: str, db_url: str | None, demo: bool, curve_dir: Path | None) -> None:
     """Run the broker and the dispatcher together, restarting either if it dies.
 
     Uses the embedded SQLite database unless --db says otherwise. Stop with Ctrl-C.
@@ -87,19 +135,29 @@ def up(bind: str, db_url: str | None, demo: bool) -> None:
       titanic up --demo
       titanic submit echo hello      # in another terminal: prints a UUID
       titanic fetch <UUID>           # prints hello
+      titanic up --demo --curve-dir ~/.config/titanic/curve
     """
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    keys = prepare_keys(curve_dir) if curve_dir is not None else None
+    broker_curve, peer_curve = (keys.broker, keys.peer) if keys else ([], [])
+    env = {name: value for name, value in os.environ.items() if name not in _CURVE_VARIABLES}
     # -P: the children import the installed titanic even when started from a source checkout.
     cli = [sys.executable, "-P", "-m", "titanic_cli"]
     db = ["--db", db_url] if db_url else []
     children = [
-        _Child("broker", [*cli, "broker", "--bind", bind]),
-        _Child("dispatcher", [*cli, "dispatcher", "--broker", bind, *db]),
+        _Child("broker", [*cli, "broker", "--bind", bind, *broker_curve], env),
+        _Child("dispatcher", [*cli, "dispatcher", "--broker", bind, *db, *peer_curve], env),
     ]
     if demo:
-        children.append(_Child("echo worker", [*cli, "worker", "echo", "--broker", bind]))
+        children.append(_Child("echo worker",
+                               [*cli, "worker", "echo", "--broker", bind, *peer_curve], env))
     click.echo(f"titanic up: broker on {bind}, database {db_url or default_database_url()}"
                + (", echo worker for 'echo'" if demo else ""), err=True)
+    if keys is not None:
+        click.echo(f"titanic up: CURVE on; clients need TITANIC_CURVE_SERVER_KEY="
+                   f"{keys.folder / 'broker.key'} and TITANIC_CURVE_KEY="
+                   f"{keys.folder / 'client.key_secret'} (or a key of their own whose .key "
+                   f"file is in {keys.folder / 'allowed'})", err=True)
     stopping = threading.Event()
     for child in children:
         child.start()

@@ -3,10 +3,16 @@
 Clients and workers are answered in the dialect they spoke, and a request may cross versions: a
 7/MDP client served by an 18/MDP worker gets one REPLY holding every PARTIAL and FINAL body frame.
 Nothing a peer sends can raise out of the loop: malformed messages are dropped and counted.
+
+Optionally workers get an endpoint (a ROUTER socket) of their own, so CURVE can admit them with
+other keys than clients; each peer is then answered on the socket it came in on. Limits per
+client (request size, requests queued) are refused with a status reply, like `mmi.*` answers:
+"413 ..." for a request over the size limit, "503 ..." when the client has too many queued.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections import deque
@@ -31,7 +37,7 @@ from titanic.protocol.mdp import (
     build_worker_request,
     parse_peer_message,
 )
-from titanic.security import CurveServer
+from titanic.security import CurveServer, LogBudget, describe_handshake_failure
 from titanic.settings import SHUTDOWN_LINGER_MS, BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -40,10 +46,22 @@ _RECV_BATCH = 512
 #: Counters whose growth is logged once per heartbeat interval.
 _REPORTED = ("malformed", "expired_requests", "rejected_requests", "abandoned_requests",
              "workers_disconnected", "workers_expired", "unroutable", "dropped_at_hwm",
-             "handshakes_failed")
-#: Security handshake failures: a plaintext peer, or one with the wrong server key.
+             "handshakes_failed", "keys_refused", "plaintext_refused", "oversized_requests",
+             "over_client_limit", "workers_on_client_endpoint", "clients_on_worker_endpoint")
+#: Security handshake failures: a plaintext peer, one with the wrong server key, a refused key.
 _HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+#: Status replies to requests refused by a per-client limit (three digits, as TSP and MMI use).
+OVERSIZED = b"413"
+OVER_CLIENT_LIMIT = b"503"
+
+
+class Endpoint(enum.Enum):
+    """Which peers a broker socket serves."""
+
+    SHARED = "clients and workers"
+    CLIENTS = "clients"
+    WORKERS = "workers"
 
 
 def _show(name: bytes) -> str:
@@ -69,7 +87,20 @@ class BrokerStats:
     workers_registered: int = 0
     workers_expired: int = 0
     workers_disconnected: int = 0
+    #: Failed security handshakes of every kind (the next two included).
     handshakes_failed: int = 0
+    #: CURVE keys not in the allowed folder (ZAP refusals).
+    keys_refused: int = 0
+    #: Plaintext peers on a CURVE endpoint (or CURVE peers on a plaintext one).
+    plaintext_refused: int = 0
+    #: Requests over max_request_size, answered "413".
+    oversized_requests: int = 0
+    #: Requests over max_queued_per_client, answered "503".
+    over_client_limit: int = 0
+    #: Worker commands on the client endpoint, answered DISCONNECT (separate endpoints only).
+    workers_on_client_endpoint: int = 0
+    #: Client requests on the worker endpoint, dropped (separate endpoints only).
+    clients_on_worker_endpoint: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""
@@ -117,7 +148,11 @@ class _Worker:
 
 
 class Broker:
-    """A Majordomo broker bound to one or more endpoints; `run()` serves until `stop()`."""
+    """A Majordomo broker bound to one or more endpoints; `run()` serves until `stop()`.
+
+    With `worker_endpoints`, workers register there and clients on `endpoints`: a worker command
+    on the client endpoint gets DISCONNECT, a client request on the worker endpoint is dropped.
+    """
 
     def __init__(
         self,
@@ -127,45 +162,76 @@ class Broker:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         trace: bool = False,
         curve: CurveServer | None = None,
+        worker_endpoints: str | Sequence[str] = (),
     ) -> None:
         self.settings = settings or BrokerSettings()
+        self._max_request_size = self.settings.max_request_size
         self.stats = BrokerStats()
         self._endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        self._worker_endpoints = ([worker_endpoints] if isinstance(worker_endpoints, str)
+                                  else list(worker_endpoints))
         self._own_context = context is None
         self._context = context or zmq.Context()
-        self._socket: zmq.Socket[bytes] | None = None
+        self._socket: zmq.Socket[bytes] | None = None  # clients (and workers when shared)
+        self._worker_socket: zmq.Socket[bytes] | None = None  # workers: the same one when shared
         self._services: dict[bytes, _Service] = {}
         self._workers: dict[bytes, _Worker] = {}
         self._queued_total = 0
+        self._queued_by_client: dict[bytes, int] = {}
         self._reported: dict[str, int] = {}
+        self._last_refused: dict[str, bytes] = {}
         self._waker = Waker()
         self._trace = trace
         self.curve = curve
-        self._monitor: zmq.Socket[bytes] | None = None
+        self._monitors: dict[zmq.Socket[bytes], Endpoint] = {}
+        self._opened: list[zmq.Socket[bytes]] = []  # every ROUTER socket, to close at the end
+        self._handshake_log = LogBudget()
         self._now = time.monotonic()
         self.bound: list[str] = []
+        self.worker_bound: list[str] = []
 
     # -- life cycle -----------------------------------------------------------------------------
 
     def bind(self) -> list[str]:
-        """Bind every endpoint; returns the resolved addresses (a port of 0 or * becomes real)."""
+        """Bind every endpoint; returns the client endpoints' resolved addresses (a port of 0 or *
+        becomes real); a separate worker endpoint's are in `worker_bound`."""
         if self._socket is not None:
             return self.bound
+        separate = bool(self._worker_endpoints)
+        try:
+            if self.curve is not None:
+                self.curve.start(self._context)
+            self._socket = self._open(self._endpoints, self.bound,
+                                      Endpoint.CLIENTS if separate else Endpoint.SHARED)
+            self._worker_socket = self._socket
+            if separate:
+                self._worker_socket = self._open(self._worker_endpoints, self.worker_bound,
+                                                 Endpoint.WORKERS)
+        except BaseException:
+            self._shutdown()  # an endpoint in use: release what was opened, then say so
+            raise
+        if separate:
+            log.info("broker listening for clients on %s, for workers on %s",
+                     ", ".join(self.bound), ", ".join(self.worker_bound))
+        else:
+            log.info("broker listening on %s", ", ".join(self.bound))
+        return self.bound
+
+    def _open(self, endpoints: Sequence[str], bound: list[str],
+              role: Endpoint) -> zmq.Socket[bytes]:
         sock = new_socket(self._context, zmq.ROUTER,
                           max_message_size=self.settings.max_message_size)
+        self._opened.append(sock)
         sock.router_mandatory = 1
         if self.curve is not None:
-            self.curve.start(self._context)
-            self.curve.configure(sock)
-            self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILURES)
+            self.curve.configure(sock, workers=role is Endpoint.WORKERS)
+            self._monitors[sock.get_monitor_socket(_HANDSHAKE_FAILURES)] = role
         sock.sndhwm = 100_000
         sock.rcvhwm = 100_000
-        self._socket = sock
-        for endpoint in self._endpoints:
+        for endpoint in endpoints:
             sock.bind(endpoint)
-            self.bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-        log.info("broker listening on %s", ", ".join(self.bound))
-        return self.bound
+            bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        return sock
 
     def stop(self) -> None:
         """Ask `run()` to return; safe from other threads and signal handlers."""
@@ -173,16 +239,19 @@ class Broker:
 
     def run(self) -> None:
         """Serve until `stop()`; then DISCONNECT every worker and close."""
-        sock = self._socket
-        if sock is None:
+        if self._socket is None:
             self.bind()
-            sock = self._socket
-        assert sock is not None
+        sock, worker_sock = self._socket, self._worker_socket
+        assert sock is not None and worker_sock is not None
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        separate = worker_sock is not sock
+        if separate:
+            poller.register(worker_sock, zmq.POLLIN)
         poller.register(self._waker.fileno(), zmq.POLLIN)
-        if self._monitor is not None:
-            poller.register(self._monitor, zmq.POLLIN)
+        for monitor in self._monitors:
+            poller.register(monitor, zmq.POLLIN)
+        client_role = Endpoint.CLIENTS if separate else Endpoint.SHARED
         interval = self.settings.heartbeat_interval
         next_tick = time.monotonic() + interval
         try:
@@ -191,42 +260,57 @@ class Broker:
                 ready = dict(poller.poll(timeout_ms))
                 self._now = time.monotonic()
                 if sock in ready:
-                    self._drain(sock)
-                if self._monitor is not None and self._monitor in ready:
-                    self._count_handshake_failures(self._monitor)
+                    self._drain(sock, client_role)
+                if separate and worker_sock in ready:
+                    self._drain(worker_sock, Endpoint.WORKERS)
+                for monitor, role in self._monitors.items():
+                    if monitor in ready:
+                        self._count_handshake_failures(monitor, role)
                 if self._now >= next_tick:
                     self._tick()
                     next_tick = self._now + interval
         finally:
             self._shutdown()
 
-    def _drain(self, sock: zmq.Socket[bytes]) -> None:
+    def _drain(self, sock: zmq.Socket[bytes], role: Endpoint) -> None:
         """Handle the messages waiting now, in a bounded batch."""
         for _ in range(_RECV_BATCH):
             try:
                 frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 return
-            self.handle(frames)
+            self.handle(frames, role)
 
-    def _count_handshake_failures(self, monitor: zmq.Socket[bytes]) -> None:
+    def _count_handshake_failures(self, monitor: zmq.Socket[bytes], role: Endpoint) -> None:
+        """Count failed handshakes; log a few per interval (ZAP logs refused keys by address)."""
         while monitor.poll(0):
             event = recv_monitor_message(monitor)
+            kind, value = int(event["event"]), int(event["value"])
             self.stats.handshakes_failed += 1
-            log.warning("refused a peer on %s: security handshake failed (plaintext, or the "
-                        "wrong server key), event %s", event.get("endpoint", b"?").decode(
-                            errors="replace"), event.get("event"))
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.stats.keys_refused += 1
+                continue  # the ZAP handler logged it, with the peer's address and key
+            if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                self.stats.plaintext_refused += 1
+            if self._handshake_log.allow():
+                # libzmq's monitor names our endpoint, not the peer's address, for these.
+                log.warning("refused a peer on the %s endpoint %s: %s", role.value,
+                            event["endpoint"].decode(errors="replace"),
+                            describe_handshake_failure(kind, value, server=True))
 
     def _shutdown(self) -> None:
         for worker in list(self._workers.values()):
-            self._send(worker.identity, build_worker(worker.dialect, Command.DISCONNECT))
-        if self._monitor is not None and self._socket is not None:
-            self._socket.disable_monitor()
-            self._monitor.close(linger=0)
-            self._monitor = None
-        if self._socket is not None:
-            self._socket.close(linger=SHUTDOWN_LINGER_MS)
-            self._socket = None
+            self._send(self._worker_socket, worker.identity,
+                       build_worker(worker.dialect, Command.DISCONNECT))
+        for sock in self._opened:
+            if self._monitors:
+                sock.disable_monitor()
+            sock.close(linger=SHUTDOWN_LINGER_MS)
+        for monitor in self._monitors:
+            monitor.close(linger=0)
+        self._monitors.clear()
+        self._opened.clear()
+        self._socket = self._worker_socket = None
         if self.curve is not None:
             self.curve.stop()
         if self._own_context:
@@ -236,8 +320,8 @@ class Broker:
 
     # -- messages -------------------------------------------------------------------------------
 
-    def handle(self, frames: Frames) -> None:
-        """Handle one message from the ROUTER socket (identity frame first)."""
+    def handle(self, frames: Frames, endpoint: Endpoint = Endpoint.SHARED) -> None:
+        """Handle one message from a ROUTER socket (identity frame first) serving `endpoint`."""
         self.stats.messages += 1
         if self._trace:
             log.debug("recv %r", frames)
@@ -249,17 +333,40 @@ class Broker:
                 log.debug("dropped malformed message: %s", exc)
             return
         if type(message) is ClientRequest:
+            if endpoint is Endpoint.WORKERS:
+                self._refuse(frames[0], "clients_on_worker_endpoint")
+                return
             self._on_client(frames[0], message)
         elif type(message) is WorkerMessage:
+            if endpoint is Endpoint.CLIENTS:
+                self._refuse(frames[0], "workers_on_client_endpoint")
+                if message.command is not Command.DISCONNECT:
+                    self._send(self._socket, frames[0],
+                               build_worker(message.dialect, Command.DISCONNECT))
+                return
             self._on_worker(frames[0], message.dialect, message.command, message.address,
                             message.body)
 
+    def _refuse(self, peer: bytes, counter: str) -> None:
+        """Count a refused message; the interval report names the last peer refused."""
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        self._last_refused[counter] = peer
+
     def _on_client(self, client: bytes, request: ClientRequest) -> None:
         service_name = request.service
+        limit = self._max_request_size
+        if limit and (size := sum(map(len, request.body))) > limit:
+            self._refuse(client, "oversized_requests")
+            self._send(self._socket, client, build_client_reply(
+                request.dialect, service_name,
+                [OVERSIZED + b" request of %d bytes exceeds the broker's limit of %d bytes"
+                 % (size, limit)]))
+            return
         if mmi.is_mmi(service_name):
             self.stats.mmi_requests += 1
             code = mmi.answer(service_name, request.body, self.has_workers)
-            self._send(client, build_client_reply(request.dialect, service_name, [code]))
+            self._send(self._socket, client, build_client_reply(request.dialect, service_name,
+                                                                [code]))
             return
         self.stats.requests += 1
         service = self._services.get(service_name)
@@ -278,14 +385,32 @@ class Broker:
             log.debug("queue for %s full (%d waiting): request from client %s dropped",
                       _show(service.name), len(service.requests), client.hex())
             return
+        waiting = self._queued_by_client.get(client, 0)
+        if waiting >= self.settings.max_queued_per_client:
+            self._refuse(client, "over_client_limit")
+            self._send(self._socket, client, build_client_reply(
+                request.dialect, service.name,
+                [OVER_CLIENT_LIMIT + b" too many queued requests from this client (limit %d): "
+                 b"retry later" % self.settings.max_queued_per_client]))
+            return
+        self._queued_by_client[client] = waiting + 1
         expires_at = self._now + self.settings.request_ttl
         service.requests.append(_Queued(client, request.dialect, request.body, expires_at))
         self._queued_total += 1
         self.stats.queued += 1
 
+    def _unqueued(self, client: bytes) -> None:
+        """A request of this client left the queue."""
+        left = self._queued_by_client[client] - 1
+        if left:
+            self._queued_by_client[client] = left
+        else:
+            del self._queued_by_client[client]
+
     def _assign(self, worker: _Worker, client: bytes, dialect: Dialect, body: Frames) -> bool:
         """Send a request to a worker with credit; False (worker removed) if it is unreachable."""
-        if self._send(worker.identity, build_worker_request(worker.dialect, client, body)):
+        if self._send(self._worker_socket, worker.identity,
+                      build_worker_request(worker.dialect, client, body)):
             worker.outstanding.append((client, dialect))
             return True
         self._remove_worker(worker, "unreachable")
@@ -314,7 +439,8 @@ class Broker:
                 self.stats.workers_disconnected += 1
                 log.debug("%s from unregistered worker %s: DISCONNECT", command.value,
                           identity.hex())
-                self._send(identity, build_worker(dialect, Command.DISCONNECT))
+                self._send(self._worker_socket, identity,
+                           build_worker(dialect, Command.DISCONNECT))
             return
         worker.last_seen = self._now
         if command is Command.HEARTBEAT:
@@ -339,7 +465,7 @@ class Broker:
             self.stats.workers_disconnected += 1
             log.debug("worker %s tried to register %s: DISCONNECT", identity.hex(),
                       _show(service_name))
-            self._send(identity, build_worker(dialect, Command.DISCONNECT))
+            self._send(self._worker_socket, identity, build_worker(dialect, Command.DISCONNECT))
             return
         service = self._services.get(service_name)
         if service is None:
@@ -359,14 +485,15 @@ class Broker:
             if dialect is Dialect.MDP01:
                 worker.partials.extend(body)  # 7/MDP clients get the whole reply at once
             else:
-                self._send(client, build_client_reply(dialect, service, body, final=False))
+                self._send(self._socket, client,
+                           build_client_reply(dialect, service, body, final=False))
             return
         if worker.partials:
             worker.partials.extend(body)
             body, worker.partials = worker.partials, []
         self.stats.replies += 1
         worker.outstanding.popleft()
-        self._send(client, build_client_reply(dialect, service, body))
+        self._send(self._socket, client, build_client_reply(dialect, service, body))
         self._feed(worker)
 
     def _feed(self, worker: _Worker) -> None:
@@ -377,12 +504,15 @@ class Broker:
         while requests and len(worker.outstanding) < prefetch:
             queued = requests.popleft()
             self._queued_total -= 1
+            self._unqueued(queued.client)
             if queued.expires_at < self._now:
                 self._count_expired(service, queued)
                 continue
             if not self._assign(worker, queued.client, queued.dialect, queued.body):
                 requests.appendleft(queued)
                 self._queued_total += 1
+                self._queued_by_client[queued.client] = (
+                    self._queued_by_client.get(queued.client, 0) + 1)
                 return
         self._place(worker)
 
@@ -390,7 +520,8 @@ class Broker:
 
     def _disconnect(self, worker: _Worker, reason: str) -> None:
         self.stats.workers_disconnected += 1
-        self._send(worker.identity, build_worker(worker.dialect, Command.DISCONNECT))
+        self._send(self._worker_socket, worker.identity,
+                   build_worker(worker.dialect, Command.DISCONNECT))
         self._remove_worker(worker, reason)
 
     def _remove_worker(self, worker: _Worker, reason: str) -> None:
@@ -430,9 +561,15 @@ class Broker:
                  if now[name] != self._reported.get(name, 0)}
         if grown:
             log.warning("in the last %.1f s: %s", self.settings.heartbeat_interval,
-                        ", ".join(f"{count} {name.replace('_', ' ')}"
+                        ", ".join(self._describe_drop(name, count)
                                   for name, count in grown.items()))
             self._reported = {name: now[name] for name in _REPORTED}
+        self._last_refused.clear()
+
+    def _describe_drop(self, name: str, count: int) -> str:
+        peer = self._last_refused.get(name)
+        last = f" (last from peer {peer.hex()})" if peer is not None else ""
+        return f"{count} {name.replace('_', ' ')}{last}"
 
     def _expire_workers(self) -> None:
         idle_limit = self.settings.worker_expiry
@@ -444,14 +581,17 @@ class Broker:
                 self._remove_worker(worker, f"silent for {self._now - worker.last_seen:.1f} s")
 
     def _heartbeat_workers(self) -> None:
+        sock = self._worker_socket
         for worker in list(self._workers.values()):
-            self._send(worker.identity, build_worker(worker.dialect, Command.HEARTBEAT))
+            self._send(sock, worker.identity, build_worker(worker.dialect, Command.HEARTBEAT))
 
     def _expire_requests(self) -> None:
         for name, service in list(self._services.items()):
             requests = service.requests
             while requests and requests[0].expires_at < self._now:
-                self._count_expired(service, requests.popleft())
+                queued = requests.popleft()
+                self._count_expired(service, queued)
+                self._unqueued(queued.client)
                 self._queued_total -= 1
             if not requests and service.workers == 0:
                 del self._services[name]
@@ -463,9 +603,8 @@ class Broker:
 
     # -- output ---------------------------------------------------------------------------------
 
-    def _send(self, identity: bytes, frames: Frames) -> bool:
-        """Send to a peer; an unknown peer or a full pipe is counted, never raised."""
-        sock = self._socket
+    def _send(self, sock: zmq.Socket[bytes] | None, identity: bytes, frames: Frames) -> bool:
+        """Send to a peer on its socket; an unknown peer or a full pipe is counted, never raised."""
         if sock is None:
             return False
         frames.insert(0, identity)

@@ -15,6 +15,11 @@ SERVICE_QUEUE_LIMIT = 100_000
 WORKER_PREFETCH = 3
 TOTAL_QUEUE_LIMIT = 1_000_000
 MAX_MESSAGE_SIZE_BYTES = 64 * 1024 * 1024
+#: Largest request the broker answers with a refusal instead of serving; below the hard limit
+#: above (beyond which libzmq cuts the sender's connection without a word).
+BROKER_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+#: Requests one client connection may have waiting in the broker's queues at once.
+MAX_QUEUED_PER_CLIENT = 1_000
 #: Largest request body titanic stores; below the broker's limit so the refusal can be answered.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 CLIENT_TIMEOUT_S = 2.5
@@ -56,6 +61,10 @@ class BrokerSettings:
     total_queue_limit: int = TOTAL_QUEUE_LIMIT
     max_message_size: int = MAX_MESSAGE_SIZE_BYTES
     worker_prefetch: int = WORKER_PREFETCH
+    #: Bytes of request body above which a client gets "413 ..." back (0: no soft limit).
+    max_request_size: int = BROKER_MAX_REQUEST_BYTES
+    #: Queued requests per client connection above which it gets "503 ..." back.
+    max_queued_per_client: int = MAX_QUEUED_PER_CLIENT
 
     @property
     def worker_expiry(self) -> float:
