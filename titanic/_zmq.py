@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import select
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -20,6 +22,15 @@ _base_send = zmq.backend.Socket.send
 _base_recv = zmq.backend.Socket.recv
 _SNDMORE = int(zmq.SNDMORE)
 NOBLOCK = int(zmq.NOBLOCK)
+POLLIN = int(zmq.POLLIN)
+_base_get = zmq.backend.Socket.get
+_EVENTS = int(zmq.EVENTS)
+_FD = int(zmq.FD)
+
+
+def _events(sock: zmq.Socket[bytes]) -> int:
+    """The socket's ZMQ_EVENTS bits (processing its pending commands)."""
+    return int(_base_get(sock, _EVENTS))
 
 
 def send_frames(sock: zmq.Socket[bytes], frames: list[bytes], flags: int = 0) -> None:
@@ -49,6 +60,81 @@ def new_socket(context: zmq.Context[zmq.Socket[bytes]], kind: int, *,
     if max_message_size is not None and max_message_size > 0:
         sock.maxmsgsize = max_message_size
     return sock
+
+
+class SocketSet:
+    """Waits on many zmq sockets (and plain descriptors) with one epoll call.
+
+    zmq.Poller asks every registered socket for its state at each call, a system call each:
+    with 64 sockets that costs more than the messages. Here the kernel watches each socket's
+    ZMQ_FD and only sockets whose descriptor fired are asked. A zmq socket's descriptor only
+    signals that its state may have changed, and any send or receive on it may consume that
+    signal, so a socket that was just used is looked at again at the next wait: call `touch()`
+    after sending on a socket, and every socket `wait()` returns is looked at again next time.
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._sockets: dict[int, zmq.Socket[bytes]] = {}
+        self._plain: set[int] = set()
+        self._touched: set[zmq.Socket[bytes]] = set()
+
+    def add(self, sock: zmq.Socket[bytes]) -> None:
+        """Watch a zmq socket for incoming messages."""
+        fd = int(_base_get(sock, _FD))
+        self._sockets[fd] = sock
+        self._epoll.register(fd, select.EPOLLIN)
+        self._touched.add(sock)
+
+    def remove(self, sock: zmq.Socket[bytes]) -> None:
+        """Stop watching a zmq socket (before closing it)."""
+        fd = int(_base_get(sock, _FD))
+        if self._sockets.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+        self._touched.discard(sock)
+
+    def add_fd(self, fd: int) -> None:
+        """Watch a plain descriptor (a Doorbell): `wait()` returns it when it is readable."""
+        self._plain.add(fd)
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def touch(self, sock: zmq.Socket[bytes]) -> None:
+        """Look at this socket at the next wait (after sending on it)."""
+        self._touched.add(sock)
+
+    def wait(self, timeout: float | None) -> tuple[list[zmq.Socket[bytes]], bool]:
+        """Sockets with a message waiting, and whether a plain descriptor is readable.
+
+        Blocks up to `timeout` seconds (None: until something is ready); returns early with
+        whatever is ready.
+        """
+        ready: dict[zmq.Socket[bytes], None] = {}  # insertion-ordered, no duplicates
+        deadline = None if timeout is None else time.monotonic() + timeout
+        touched, self._touched = self._touched, set()
+        for sock in touched:
+            if _events(sock) & POLLIN:
+                ready[sock] = None
+        wait: float = 0.0 if ready else -1.0 if deadline is None else timeout or 0.0
+        while True:
+            plain = False
+            for fd, _ in self._epoll.poll(wait):
+                found = self._sockets.get(fd)
+                if found is None:
+                    plain = plain or fd in self._plain
+                elif found not in ready and _events(found) & POLLIN:
+                    ready[found] = None
+            if ready or plain:
+                break
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    break
+        self._touched.update(ready)
+        return list(ready), plain
+
+    def close(self) -> None:
+        """Release the epoll descriptor."""
+        self._epoll.close()
 
 
 class Doorbell:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import zmq
 
-from titanic._zmq import new_socket, recv_frames, send_frames
+from titanic._zmq import SocketSet, new_socket, recv_frames, send_frames
 from titanic.errors import ClientClosedError, ProtocolError, TitanicTimeoutError
 from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
@@ -196,11 +196,11 @@ class PipelinedClient:
         self.retries = retries
         self._own_context = context is None
         self._context = context or zmq.Context()
-        self._poller = zmq.Poller()
+        self._sockets = SocketSet()
         self._by_socket: dict[zmq.Socket[bytes], _Slot] = {}
         self._free: list[_Slot] = []
         self._busy: set[_Slot] = set()
-        self._wakeups: set[int] = set()
+        self._has_wakeups = False
         # (deadline, generation, slot), in deadline order since every wait is `timeout` long.
         self._deadlines: deque[tuple[float, int, _Slot]] = deque()
         for _ in range(depth):
@@ -212,7 +212,7 @@ class PipelinedClient:
     def _track(self, slot: _Slot) -> None:
         sock = slot.connection.socket
         self._by_socket[sock] = slot
-        self._poller.register(sock, zmq.POLLIN)
+        self._sockets.add(sock)
 
     @property
     def free_slots(self) -> int:
@@ -236,6 +236,7 @@ class PipelinedClient:
         slot.parts = []
         self._arm(slot, time.monotonic())
         slot.connection.send(slot.service, body)
+        self._sockets.touch(slot.connection.socket)
         self._busy.add(slot)
 
     def _arm(self, slot: _Slot, now: float) -> None:
@@ -259,8 +260,8 @@ class PipelinedClient:
 
     def add_wakeup(self, fd: int) -> None:
         """Also watch `fd` in poll(): when it is readable poll() returns, maybe with nothing."""
-        self._poller.register(fd, zmq.POLLIN)
-        self._wakeups.add(fd)
+        self._sockets.add_fd(fd)
+        self._has_wakeups = True
 
     def poll(self, timeout: float | None = None) -> list[Completion]:
         """Wait up to `timeout` seconds (None: until something completes) and return completions.
@@ -273,15 +274,13 @@ class PipelinedClient:
             wake = self._earliest_deadline()
             if limit is not None:
                 wake = limit if wake is None else min(wake, limit)
-            if wake is None and not self._wakeups:
+            if wake is None and not self._has_wakeups:
                 break  # nothing in flight and nothing else to wait for
-            wait_ms = None if wake is None else int(max(0.0, wake - time.monotonic()) * 1000) + 1
-            woken = False
-            for sock, _ in self._poller.poll(wait_ms):
+            wait = None if wake is None else max(0.0, wake - time.monotonic())
+            ready, woken = self._sockets.wait(wait)
+            for sock in ready:
                 slot = self._by_socket.get(sock)
-                if slot is None:
-                    woken = True
-                else:
+                if slot is not None:
                     self._read(slot, done)
             self._resend_timed_out(done)
             if woken or (limit is not None and time.monotonic() >= limit):
@@ -311,13 +310,14 @@ class PipelinedClient:
                 self._finish(slot, done, None, error)
                 continue
             slot.attempts_left -= 1
-            self._poller.unregister(slot.connection.socket)
+            self._sockets.remove(slot.connection.socket)
             del self._by_socket[slot.connection.socket]
             slot.connection.reopen()
             self._track(slot)
             slot.parts = []
             self._arm(slot, now)
             slot.connection.send(slot.service, slot.body)
+            self._sockets.touch(slot.connection.socket)
 
     def _finish(self, slot: _Slot, done: list[Completion], reply: Frames | None,
                 error: Exception | None) -> None:
@@ -365,6 +365,7 @@ class PipelinedClient:
         for sock in list(self._by_socket):
             sock.close(linger=0)
         self._by_socket.clear()
+        self._sockets.close()
         if self._own_context:
             self._context.term()
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import zmq
 
-from titanic._zmq import Waker
+from titanic._zmq import Waker, recv_frames
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import (
     HEARTBEAT_INTERVAL_S,
@@ -24,6 +24,9 @@ from titanic.settings import (
 from titanic.worker_pool import ConnectionSettings, WorkerConnection
 
 log = logging.getLogger(__name__)
+
+#: Longest a worker waits in recv before it looks whether stop() was called, in seconds.
+STOP_CHECK_S = 0.1
 
 Reply = Sequence[bytes] | Iterator[Sequence[bytes]]
 Handler = Callable[[Frames], Reply]
@@ -76,47 +79,58 @@ class Worker:
         return self._waker.stopped.is_set()
 
     def run(self) -> None:
-        """Serve requests until stop(); reconnects with backoff on silence or DISCONNECT."""
+        """Serve requests until stop(); reconnects with backoff on silence or DISCONNECT.
+
+        The loop blocks in recv (no poll per message): a receive timeout bounds each wait by the
+        next heartbeat or reconnect deadline, and by STOP_CHECK_S so that stop() from another
+        thread is seen soon. A signal (SIGTERM) interrupts the wait at once.
+        """
         connection = self.connection
         connection.connect(time.monotonic())
-        poller: zmq.Poller | None = None
-        polled: zmq.Socket[bytes] | None = None
+        timeouts: dict[zmq.Socket[bytes], int] = {}
         try:
             while not self.stopping:
-                if poller is None or connection.socket is not polled:
-                    polled = connection.socket
-                    poller = zmq.Poller()
-                    poller.register(self._waker.fileno(), zmq.POLLIN)
-                    if polled is not None:
-                        poller.register(polled, zmq.POLLIN)
-                timeout = max(0.0, connection.next_deadline() - time.monotonic())
-                ready = dict(poller.poll(int(timeout * 1000) + 1))
+                sock = connection.socket
                 now = time.monotonic()
-                if polled is not None and polled in ready:
-                    self._serve(connection.read(now), now)
-                connection.maintain(now)
+                wait = min(STOP_CHECK_S, max(0.0, connection.next_deadline() - now))
+                if sock is None:
+                    self._waker.stopped.wait(wait)
+                    connection.maintain(time.monotonic())
+                    continue
+                wait_ms = int(wait * 1000) + 1
+                if timeouts.get(sock) != wait_ms:
+                    timeouts = {sock: wait_ms}  # only the current socket's setting matters
+                    sock.rcvtimeo = wait_ms
+                try:
+                    frames = recv_frames(sock)
+                except zmq.Again:
+                    frames = None
+                now = time.monotonic()
+                if frames is not None:
+                    request = connection.receive(frames, now)
+                    if request is not None and not self.stopping:
+                        self._serve(request[0], request[1], now)
+                if now >= connection.next_deadline():
+                    connection.maintain(now)
         finally:
             connection.close(disconnect=True)
             if self._own_context:
                 self._context.term()
             self._waker.close()
 
-    def _serve(self, requests: list[tuple[bytes, Frames]], now: float) -> None:
-        for client, body in requests:
-            if self.stopping:
-                return  # stop() asked: the broker hands what we hold to others
-            try:
-                reply = self.handler(body)
-                if isinstance(reply, (list, tuple)):
-                    self.connection.reply(client, reply)
-                else:
-                    self._send_parts(client, reply)  # type: ignore[arg-type]
-            except Exception:
-                log.exception("handler for %r failed; re-registering so the client can retry",
-                              self.service)
-                self.connection.reset(now)
-                return
-            self.requests_handled += 1
+    def _serve(self, client: bytes, body: Frames, now: float) -> None:
+        try:
+            reply = self.handler(body)
+            if isinstance(reply, Iterator):
+                self._send_parts(client, reply)
+            else:
+                self.connection.reply(client, reply)
+        except Exception:
+            log.exception("handler for %r failed; re-registering so the client can retry",
+                          self.service)
+            self.connection.reset(now)
+            return
+        self.requests_handled += 1
 
     def _send_parts(self, client: bytes, parts: Iterable[Sequence[bytes]]) -> None:
         """PARTIAL for every part but the last (7/MDP: all parts joined), then FINAL."""

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 
 import zmq
 
-from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, send_frames
+from titanic._zmq import NOBLOCK, SocketSet, Waker, new_socket, recv_frames, send_frames
 from titanic.errors import ProtocolError
 from titanic.protocol.mdp import (
     Command,
     Dialect,
     Frames,
+    WorkerCodec,
     build_worker,
-    build_worker_reply,
     parse_worker_inbound,
 )
 from titanic.settings import (
@@ -63,6 +63,7 @@ class WorkerConnection:
         self._context = context
         self._configure = configure_socket
         self._heartbeat = build_worker(dialect, Command.HEARTBEAT)
+        self._codec = WorkerCodec(dialect)
         self._delay = self.settings.reconnect_initial
         self._reconnect_at = 0.0
         self._last_heard = 0.0
@@ -86,32 +87,43 @@ class WorkerConnection:
 
     def read(self, now: float) -> list[tuple[bytes, Frames]]:
         """Drain the socket: the (client, body) of each REQUEST. DISCONNECT drops the socket."""
-        sock = self.socket
         requests: list[tuple[bytes, Frames]] = []
-        while sock is not None:
+        while (sock := self.socket) is not None:
             try:
                 frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 break
-            self._last_heard = now
-            self._heard = True
-            try:
-                message = parse_worker_inbound(self.dialect, frames)
-            except ProtocolError as exc:
-                log.warning("dropped malformed message from broker: %s", exc)
-                continue
-            if message.command is Command.REQUEST:
-                requests.append((message.address, message.body))
-            elif message.command is Command.DISCONNECT:
-                log.info("broker sent DISCONNECT to %r worker", self.service)
-                self._drop(now)
-                break
+            request = self.receive(frames, now)
+            if request is not None:
+                requests.append(request)
         return requests
+
+    def receive(self, frames: Frames, now: float) -> tuple[bytes, Frames] | None:
+        """Take one message from the broker: a REQUEST's (client, body), else None.
+
+        Any message proves the broker alive; DISCONNECT drops the socket (reconnect later).
+        """
+        self._last_heard = now
+        self._heard = True
+        request = self._codec.request(frames)
+        if request is not None:
+            return request
+        try:
+            message = parse_worker_inbound(self.dialect, frames)
+        except ProtocolError as exc:
+            log.warning("dropped malformed message from broker: %s", exc)
+            return None
+        if message.command is Command.REQUEST:
+            return message.address, message.body
+        if message.command is Command.DISCONNECT:
+            log.info("broker sent DISCONNECT to %r worker", self.service)
+            self._drop(now)
+        return None
 
     def reply(self, client: bytes, body: Sequence[bytes], *, final: bool = True) -> None:
         """Send the reply for a client's request: FINAL, or (18/MDP) a PARTIAL."""
         if self.socket is not None:
-            send_frames(self.socket, build_worker_reply(self.dialect, client, body, final=final))
+            send_frames(self.socket, self._codec.reply(client, body, final=final))
 
     def maintain(self, now: float) -> None:
         """Heartbeat when due; reconnect after broker silence, or when a backoff has passed."""
@@ -201,35 +213,43 @@ class WorkerPool:
             self._waker.close()
 
     def _loop(self) -> None:
-        poller: zmq.Poller | None = None
+        sockets: SocketSet | None = None
         by_socket: dict[zmq.Socket[bytes], WorkerConnection] = {}
         next_upkeep = 0.0
-        while not self._waker.stopped.is_set():
-            if poller is None or any(c.socket not in by_socket for c in self.connections):
-                by_socket = {c.socket: c for c in self.connections if c.socket is not None}
-                poller = self._poller(list(by_socket))
-            timeout = max(0.0, next_upkeep - time.monotonic())
-            ready = poller.poll(int(timeout * 1000) + 1)
-            now = time.monotonic()
-            if ready:
-                self._serve([by_socket[sock] for sock, _ in ready if sock in by_socket], now)
-                if any(c.socket is None for c in self.connections):
-                    next_upkeep = now  # DISCONNECT or reset: reconnect on time
-            if now >= next_upkeep:
-                # Deadlines only move later between upkeeps (a reply heard), so an early upkeep
-                # is a cheap no-op and none is ever late.
-                for connection in self.connections:
-                    connection.maintain(now)
-                next_upkeep = min(c.next_deadline() for c in self.connections)
+        try:
+            while not self._waker.stopped.is_set():
+                if sockets is None or any(c.socket not in by_socket for c in self.connections):
+                    by_socket = {c.socket: c for c in self.connections if c.socket is not None}
+                    if sockets is not None:
+                        sockets.close()
+                    sockets = self._socket_set(list(by_socket))
+                ready, _ = sockets.wait(max(0.0, next_upkeep - time.monotonic()))
+                now = time.monotonic()
+                if ready:
+                    self._serve([by_socket[sock] for sock in ready if sock in by_socket], now,
+                                sockets)
+                    if any(c.socket is None for c in self.connections):
+                        next_upkeep = now  # DISCONNECT or reset: reconnect on time
+                if now >= next_upkeep:
+                    # Deadlines only move later between upkeeps (a reply heard), so an early
+                    # upkeep is a cheap no-op and none is ever late.
+                    for connection in self.connections:
+                        connection.maintain(now)
+                        if connection.socket is not None and connection.socket in by_socket:
+                            sockets.touch(connection.socket)  # a heartbeat was maybe sent
+                    next_upkeep = min(c.next_deadline() for c in self.connections)
+        finally:
+            if sockets is not None:
+                sockets.close()
 
-    def _poller(self, sockets: list[zmq.Socket[bytes]]) -> zmq.Poller:
-        poller = zmq.Poller()
-        poller.register(self._waker.fileno(), zmq.POLLIN)
+    def _socket_set(self, sockets: list[zmq.Socket[bytes]]) -> SocketSet:
+        watched = SocketSet()
+        watched.add_fd(self._waker.fileno())
         for sock in sockets:
-            poller.register(sock, zmq.POLLIN)
-        return poller
+            watched.add(sock)
+        return watched
 
-    def _serve(self, readable: list[WorkerConnection], now: float) -> None:
+    def _serve(self, readable: list[WorkerConnection], now: float, sockets: SocketSet) -> None:
         """Read every waiting request, hand each service its batch, send the replies."""
         batches: dict[bytes, list[tuple[WorkerConnection, bytes, Frames]]] = {}
         for connection in readable:
@@ -248,3 +268,5 @@ class WorkerPool:
             self.requests_handled += len(batch)
             for (connection, client, _), reply in zip(batch, replies, strict=True):
                 connection.reply(client, reply)
+                if connection.socket is not None:
+                    sockets.touch(connection.socket)

@@ -235,6 +235,40 @@ def build_worker(dialect: Dialect, command: Command, *frames: bytes) -> Frames:
     return message
 
 
+class WorkerCodec:
+    """A worker's per-request frames in one dialect, with the fixed prefixes built once.
+
+    `request()` recognises a well-formed REQUEST with a few comparisons; anything else (a
+    HEARTBEAT, a DISCONNECT, a malformed message) is left to `parse_worker_inbound`.
+    """
+
+    __slots__ = ("dialect", "_request", "_request_len", "_final", "_partial")
+
+    def __init__(self, dialect: Dialect) -> None:
+        codes = _worker_codes(dialect)
+        self.dialect = dialect
+        self._request = [*_worker_prefix(dialect), codes[Command.REQUEST]]
+        self._request_len = len(self._request)
+        self._final = [*_worker_prefix(dialect), codes[Command.FINAL]]
+        partial = codes.get(Command.PARTIAL)
+        self._partial = None if partial is None else [*_worker_prefix(dialect), partial]
+
+    def request(self, frames: Sequence[bytes]) -> tuple[bytes, Frames] | None:
+        """(client, body) if `frames` is a well-formed REQUEST, else None."""
+        at = self._request_len
+        if (len(frames) > at + 1 and frames[at] and frames[at + 1] == EMPTY
+                and frames[:at] == self._request):
+            return frames[at], list(frames[at + 2:])
+        return None
+
+    def reply(self, client: bytes, body: Sequence[bytes], *, final: bool = True) -> Frames:
+        """FINAL (7/MDP REPLY) or, in 18/MDP dialects, PARTIAL, for a client."""
+        prefix = self._final if final else self._partial
+        if prefix is None:
+            raise ProtocolError(f"{self.dialect.value} has no worker command PARTIAL")
+        return [*prefix, client, EMPTY, *body]
+
+
 def build_ready(dialect: Dialect, service: bytes) -> Frames:
     """READY for a service."""
     return build_worker(dialect, Command.READY, service)

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Select, Update, create_engine, event, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from titanic.store.models import requests_table
 
@@ -35,8 +36,11 @@ def _sqlite_engine(url: str, synchronous: str) -> Engine:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
-                                              "check_same_thread": False})
+    # No pool: SqlStore keeps a connection per thread (two: one whose commits skip the fsync),
+    # and a pool's size limit would only make many threads wait for one another.
+    engine = create_engine(url, poolclass=NullPool,
+                           connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                                         "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

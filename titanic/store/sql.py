@@ -109,42 +109,64 @@ class SqlStore:
         self.max_request_bytes = max_request_bytes
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()
-        self._synchronous = "FULL"
-        if self._is_sqlite:
-            with engine.connect() as conn:
-                level = conn.exec_driver_sql("PRAGMA synchronous").scalar_one()
-                self._synchronous = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[int(level)]
+        # Each thread keeps its connections: a pool checkout, its reset and (PostgreSQL) its
+        # pre-ping cost more than a small transaction. Kept here too, to close them all.
+        self._local = threading.local()
+        self._opened: list[Connection] = []
+        self._opened_lock = threading.Lock()
 
     # -- the one boundary where database errors become StoreError ------------------------------
+
+    def _thread_connection(self, durable: bool) -> Connection:
+        """This thread's connection; on SQLite a second one, for commits that skip the fsync."""
+        name = "durable" if durable or not self._is_sqlite else "fast"
+        conn: Connection | None = getattr(self._local, name, None)
+        if conn is None or conn.closed:
+            conn = self.engine.connect()
+            if not durable and self._is_sqlite:
+                raw = conn.connection.driver_connection
+                assert raw is not None
+                raw.execute("PRAGMA synchronous=NORMAL")
+            setattr(self._local, name, conn)
+            with self._opened_lock:
+                self._opened = [c for c in self._opened if not c.closed]
+                self._opened.append(conn)
+        return conn
+
+    def _forget_thread_connections(self) -> None:
+        """After an error: this thread starts again on fresh connections."""
+        for name in ("durable", "fast"):
+            conn: Connection | None = getattr(self._local, name, None)
+            if conn is not None:
+                setattr(self._local, name, None)
+                try:
+                    conn.invalidate()
+                    conn.close()
+                except SQLAlchemyError:
+                    pass
 
     @contextmanager
     def _connect(self, *, write: bool, durable: bool) -> Iterator[Connection]:
         if not self._is_sqlite:
-            with self.engine.connect() as conn, conn.begin():
+            conn = self._thread_connection(durable=True)
+            with conn.begin():
                 yield conn
             return
         # SQLite: writers of this process queue on a lock, which wakes the next one at once;
         # SQLite's own busy handler (left for other processes) sleeps in steps of milliseconds.
-        with self._write_lock if write else nullcontext(), self.engine.connect() as conn:
+        with self._write_lock if write else nullcontext():
+            conn = self._thread_connection(durable)
             conn.execution_options(**{dialect.SQLITE_WRITE_OPTION: write})
-            raw = conn.connection.driver_connection  # outside SQLAlchemy's transaction
-            assert raw is not None
-            if not durable:
-                raw.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with conn.begin():
-                    yield conn
-            finally:
-                if not durable:
-                    raw.execute(f"PRAGMA synchronous={self._synchronous}")
+            with conn.begin():
+                yield conn
 
     def _transaction(self, work: Callable[[Connection], T], *, write: bool = True,
                      durable: bool = True) -> T:
         """Run `work` in one transaction, retrying lock contention and dropped connections.
 
         `durable=False` is for writes whose loss in a power cut is harmless because a lease
-        recovers from it (claims, releases, retry schedules): on SQLite their commit skips the
-        fsync, and the next durable commit makes them durable too.
+        recovers from it (claims, releases, retry schedules, stored replies): on SQLite their
+        commit skips the fsync, and the next durable commit makes them durable too.
         """
         delay = RETRY_DELAY_S
         for attempt in range(RETRIES + 1):
@@ -152,11 +174,13 @@ class SqlStore:
                 with self._connect(write=write, durable=durable) as conn:
                     return work(conn)
             except DBAPIError as exc:
+                self._forget_thread_connections()
                 if attempt == RETRIES or not self._retryable(exc):
                     raise StoreError(f"database error: {_first_line(exc)}") from exc
                 log.warning("database busy or connection lost (%s); retrying in %.1f s",
                             _first_line(exc), delay)
             except SQLAlchemyError as exc:
+                self._forget_thread_connections()
                 raise StoreError(f"database error: {_first_line(exc)}") from exc
             time.sleep(delay)
             delay = min(RETRY_DELAY_MAX_S, delay * 2)
@@ -248,7 +272,9 @@ class SqlStore:
                 return sum(conn.execute(statement, param).rowcount for param in params)
             return conn.execute(statement, params).rowcount
 
-        return self._transaction(work)
+        # No fsync: a reply lost in a power cut leaves its request dispatched, and the lease
+        # sends it again (at least once); the next durable commit makes this one durable too.
+        return self._transaction(work, durable=False)
 
     def retry_later(self, request_id: str, error: str, *, max_attempts: int, backoff: float,
                     backoff_max: float, now: datetime | None = None) -> RequestStatus | None:
@@ -409,6 +435,13 @@ class SqlStore:
 
     def close_store(self) -> None:
         """Release connections."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            try:
+                conn.close()
+            except SQLAlchemyError:
+                pass  # a connection another thread is using, or already dead
         self.engine.dispose()
 
 
