@@ -165,25 +165,44 @@ def load_client_hook(server_key_file: str | Path, key_file: str | Path) -> Socke
     return client_hook(load_public_key(server_key_file), load_keypair(key_file))
 
 
-def describe_handshake_failure(event: int, value: int, *, server: bool = False) -> str:
+def describe_handshake_failure(event: int, value: int, *, server: bool = False,
+                               curve: bool = True) -> str:
     """What a failed-handshake monitor event means, in words a user can act on.
 
-    `server`: seen by the broker (about a peer) rather than by a client (about the broker).
+    `server`: seen by the broker (about a peer) rather than by a client (about the broker);
+    `curve`: whether the client itself speaks CURVE.
     """
+    if server:
+        return _describe_for_broker(event, value)
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        if server:
-            return f"CURVE key refused (ZAP status {value})"
         return (f"the broker refused this CURVE key (ZAP status {value}): its public key is not "
                 "in the broker's allowed folder for this endpoint")
+    if not curve:
+        return ("the broker broke off the handshake: it requires CURVE "
+                "(give --curve-server-key and --curve-key)")
     if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-        if server:
-            return "a plaintext peer (no CURVE): security mechanism mismatch"
-        return ("security mismatch: one side uses CURVE and the other does not "
-                "(--curve-server-key and --curve-key, or the broker's --curve-secret)")
-    if server:
-        return ("the CURVE handshake failed: the peer has the wrong server public key, "
-                "or sent garbage")
-    return "the CURVE handshake failed: is --curve-server-key the broker's public key?"
+        return "security mismatch: this client speaks CURVE and the broker does not"
+    return ("the broker broke off the CURVE handshake: is --curve-server-key the broker's "
+            "public key?")
+
+
+def _describe_for_broker(event: int, value: int) -> str:
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"CURVE key refused (ZAP status {value})"
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return "a plaintext peer (no CURVE): security mechanism mismatch"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return f"the connection was lost during the security handshake ({_errno(value)})"
+    if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+        return "the CURVE handshake failed: the peer has the wrong server public key"
+    return f"the security handshake failed (protocol error 0x{value:x})"
+
+
+def _errno(value: int) -> str:
+    try:
+        return os.strerror(value)
+    except ValueError:
+        return f"error {value}"
 
 
 class HandshakeWatch:
@@ -218,7 +237,8 @@ class HandshakeWatch:
                 rank = (2 if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH else
                         1 if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH else 0)
                 if self._failure is None or rank > self._failure[0]:
-                    self._failure = (rank, describe_handshake_failure(kind, value))
+                    self._failure = (rank, describe_handshake_failure(
+                        kind, value, curve=self._inner is not None))
         if self._succeeded or self._failure is None:
             return None
         return self._failure[1]
