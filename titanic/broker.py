@@ -64,6 +64,10 @@ class Endpoint(enum.Enum):
     WORKERS = "workers"
 
 
+# Enum members looked up as globals: `Endpoint.X` costs ~70 ns a time on CPython 3.11.
+_SHARED, _CLIENTS, _WORKERS = Endpoint.SHARED, Endpoint.CLIENTS, Endpoint.WORKERS
+
+
 def _show(name: bytes) -> str:
     """A peer-supplied name, short enough for a log line."""
     return repr(name[:40]) + ("..." if len(name) > 40 else "")
@@ -166,6 +170,7 @@ class Broker:
     ) -> None:
         self.settings = settings or BrokerSettings()
         self._max_request_size = self.settings.max_request_size
+        self._max_queued_per_client = self.settings.max_queued_per_client
         self.stats = BrokerStats()
         self._endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self._worker_endpoints = ([worker_endpoints] if isinstance(worker_endpoints, str)
@@ -320,7 +325,7 @@ class Broker:
 
     # -- messages -------------------------------------------------------------------------------
 
-    def handle(self, frames: Frames, endpoint: Endpoint = Endpoint.SHARED) -> None:
+    def handle(self, frames: Frames, endpoint: Endpoint = _SHARED) -> None:
         """Handle one message from a ROUTER socket (identity frame first) serving `endpoint`."""
         self.stats.messages += 1
         if self._trace:
@@ -333,12 +338,12 @@ class Broker:
                 log.debug("dropped malformed message: %s", exc)
             return
         if type(message) is ClientRequest:
-            if endpoint is Endpoint.WORKERS:
+            if endpoint is _WORKERS:
                 self._refuse(frames[0], "clients_on_worker_endpoint")
                 return
             self._on_client(frames[0], message)
         elif type(message) is WorkerMessage:
-            if endpoint is Endpoint.CLIENTS:
+            if endpoint is _CLIENTS:
                 self._refuse(frames[0], "workers_on_client_endpoint")
                 if message.command is not Command.DISCONNECT:
                     self._send(self._socket, frames[0],
@@ -355,7 +360,9 @@ class Broker:
     def _on_client(self, client: bytes, request: ClientRequest) -> None:
         service_name = request.service
         limit = self._max_request_size
-        if limit and (size := sum(map(len, request.body))) > limit:
+        body = request.body
+        # One frame is the common case: len() of it is a third of the cost of sum(map(len)).
+        if limit and (size := len(body[0]) if len(body) == 1 else sum(map(len, body))) > limit:
             self._refuse(client, "oversized_requests")
             self._send(self._socket, client, build_client_reply(
                 request.dialect, service_name,
@@ -386,7 +393,7 @@ class Broker:
                       _show(service.name), len(service.requests), client.hex())
             return
         waiting = self._queued_by_client.get(client, 0)
-        if waiting >= self.settings.max_queued_per_client:
+        if waiting >= self._max_queued_per_client:
             self._refuse(client, "over_client_limit")
             self._send(self._socket, client, build_client_reply(
                 request.dialect, service.name,
@@ -501,18 +508,22 @@ class Broker:
         service = worker.service
         requests = service.requests
         prefetch = self.settings.worker_prefetch
+        by_client = self._queued_by_client
         while requests and len(worker.outstanding) < prefetch:
             queued = requests.popleft()
             self._queued_total -= 1
-            self._unqueued(queued.client)
+            left = by_client[queued.client] - 1  # inline _unqueued(): this loop is hot
+            if left:
+                by_client[queued.client] = left
+            else:
+                del by_client[queued.client]
             if queued.expires_at < self._now:
                 self._count_expired(service, queued)
                 continue
             if not self._assign(worker, queued.client, queued.dialect, queued.body):
                 requests.appendleft(queued)
                 self._queued_total += 1
-                self._queued_by_client[queued.client] = (
-                    self._queued_by_client.get(queued.client, 0) + 1)
+                by_client[queued.client] = by_client.get(queued.client, 0) + 1
                 return
         self._place(worker)
 

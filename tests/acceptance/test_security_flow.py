@@ -119,6 +119,15 @@ def test_titanic_up_with_curve_dir_runs_the_flow(procs: Processes, tmp_path: Pat
     up = procs.cli("up", "up", "--demo", "--bind", broker, "--db",
                    f"sqlite:///{tmp_path / 'up.db'}", "--curve-dir", str(curve),
                    env={"TITANIC_CURVE_KEY": "/nonexistent: up must not pass this on"})
+    try:
+        run_up_flow(broker, curve)
+        assert Processes.terminate(up, timeout=30) == 0
+    finally:
+        Processes.terminate(up, timeout=30)  # SIGKILL would leave its children running
+    assert stat.S_IMODE((curve / "client.key_secret").stat().st_mode) == 0o600
+
+
+def run_up_flow(broker: str, curve: Path) -> None:
     wait_until(lambda: (curve / "allowed" / "client.key").exists(), message="keys made")
     client = {"TITANIC_CURVE_SERVER_KEY": str(curve / "broker.key"),
               "TITANIC_CURVE_KEY": str(curve / "client.key_secret")}
@@ -133,8 +142,6 @@ def test_titanic_up_with_curve_dir_runs_the_flow(procs: Processes, tmp_path: Pat
     plaintext = run_cli("submit", "echo", "x", "--broker", broker, "--timeout", "0.5",
                         "--retries", "0")
     assert plaintext.returncode == 9 and "requires CURVE" in one_line(plaintext)
-    assert Processes.terminate(up, timeout=30) == 0
-    assert stat.S_IMODE((curve / "client.key_secret").stat().st_mode) == 0o600
 
 
 def test_refused_peers_of_every_role(procs: Processes, keys: Path, tmp_path: Path) -> None:
