@@ -15,9 +15,14 @@ from titanic_support import wait_until
 from titanic.store import NewRequest, RequestStatus, open_store
 
 CLAIMER = """
-import json, sys
+import json, sys, time
+from pathlib import Path
 from titanic.store import open_store
 store = open_store(sys.argv[1], migrate=False)
+Path(sys.argv[3] + "-" + sys.argv[2]).touch()  # ready
+deadline = time.monotonic() + 60
+while not Path(sys.argv[3]).exists() and time.monotonic() < deadline:
+    time.sleep(0.001)  # all claimers start together, so they contend
 claimed = []
 while True:
     batch = store.claim_due(None, 7, 60)
@@ -26,6 +31,9 @@ while True:
     claimed += [r.id for r in batch]
     for r in batch:
         store.complete(r.id, [b"by " + sys.argv[2].encode()])
+    # A dispatcher does other work between claims. Without a pause, a process looping on
+    # SQLite's write lock re-takes it before the others' busy handlers wake up to try.
+    time.sleep(0.002)
 print(json.dumps(claimed))
 """
 
@@ -52,9 +60,13 @@ def test_concurrent_claimers_never_get_the_same_request(db_url: str, tmp_path: P
     ids = store.submit_many([NewRequest("svc", (str(n).encode(),)) for n in range(600)])
     script = tmp_path / "claimer.py"
     script.write_text(CLAIMER)
-    procs = [subprocess.Popen([sys.executable, str(script), db_url, str(n)],
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, str(script), db_url, str(n), str(go)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in range(3)]
     try:
+        wait_until(lambda: all((tmp_path / f"go-{n}").exists() for n in range(3)), timeout=60,
+                   message="every claimer ready")
+        go.touch()
         results = [proc.communicate(timeout=120) for proc in procs]
     finally:
         for proc in procs:

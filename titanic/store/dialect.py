@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Select, Update, create_engine, event, update
+from sqlalchemy import Connection, Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
-
-from titanic.store.models import requests_table
 
 #: Execution option telling the SQLite "begin" hook whether the transaction will write.
 SQLITE_WRITE_OPTION = "titanic_sqlite_write"
@@ -60,23 +58,6 @@ def _sqlite_engine(url: str, synchronous: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
-
-
-def claim_statement(due: Select[Any], conn: Connection) -> Update:
-    """An UPDATE of the rows `due` selects (a SELECT of ids), safe against concurrent claimers.
-
-    PostgreSQL: the ids are locked in a materialized CTE with FOR UPDATE SKIP LOCKED, so they are
-    chosen once and rows another claimer holds are skipped (an IN (subquery) may be re-evaluated
-    and pick more rows than its LIMIT). SQLite: the immediate transaction already holds the
-    database's write lock, so the rows chosen are still pending when updated. (Repeating the status
-    test in the UPDATE would make SQLite's planner pick a status index over the primary key and
-    scan every pending row.)
-    """
-    table = requests_table
-    if conn.dialect.name == "postgresql":
-        chosen = due.with_for_update(skip_locked=True).cte("chosen").prefix_with("MATERIALIZED")
-        return update(table).where(table.c.id == chosen.c.id, table.c.status == "pending")
-    return update(table).where(table.c.id.in_(due.scalar_subquery()))
 
 
 def lock_row(statement: S, conn: Connection) -> S:

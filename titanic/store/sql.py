@@ -20,11 +20,8 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
-    bindparam,
     delete,
     func,
-    insert,
-    or_,
     select,
     update,
 )
@@ -34,6 +31,7 @@ from titanic.errors import StoreError
 from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store import dialect
 from titanic.store.frames import decode_frames, encode_frames
+from titanic.store.hot import HotStatements
 from titanic.store.models import requests_table as t
 from titanic.store.types import (
     FINISHED,
@@ -114,6 +112,7 @@ class SqlStore:
         self._local = threading.local()
         self._opened: list[Connection] = []
         self._opened_lock = threading.Lock()
+        self._hot = HotStatements(engine.dialect.name)
 
     # -- the one boundary where database errors become StoreError ------------------------------
 
@@ -209,23 +208,21 @@ class SqlStore:
             check_new_request(request, self.max_request_bytes)
         now = utcnow()
         ids = [new_request_id() for _ in requests]
-        rows = [
-            {"id": uuid.UUID(hex=request_id), "service": r.service,
-             "request": encode_frames(r.frames), "reply": None, "status": PENDING,
-             "attempts": 0, "created_at": now, "due_at": now, "lease_until": None,
-             "completed_at": None, "last_error": None, "deadline": _naive(r.deadline),
-             "idempotency_key": r.idempotency_key}
-            for request_id, r in zip(ids, requests, strict=True)
-        ]
+        new_row = self._hot.new_row
+        rows = [new_row(request_id, r.service, encode_frames(r.frames), now, _naive(r.deadline),
+                        r.idempotency_key)
+                for request_id, r in zip(ids, requests, strict=True)]
 
         def work(conn: Connection) -> list[str]:
             existing = self._existing_keys(conn, requests)
-            fresh = [row for row in rows if row["idempotency_key"] not in existing]
+            fresh = [(request_id, row) for request_id, row, r in zip(ids, rows, requests,
+                                                                      strict=True)
+                     if r.idempotency_key not in existing]
             if fresh:
                 try:
-                    conn.execute(insert(t), fresh)
+                    self._hot.insert(conn, [row for _, row in fresh])
                 except IntegrityError:
-                    if not self._all_stored(conn, fresh):
+                    if not self._all_stored(conn, [request_id for request_id, _ in fresh]):
                         raise
             return [existing.get(r.idempotency_key, request_id) if r.idempotency_key else
                     request_id for request_id, r in zip(ids, requests, strict=True)]
@@ -242,11 +239,11 @@ class SqlStore:
         return {key: row_id.hex for key, row_id in found}
 
     @staticmethod
-    def _all_stored(conn: Connection, rows: list[dict[str, Any]]) -> bool:
+    def _all_stored(conn: Connection, request_ids: list[str]) -> bool:
         """After a retried commit whose first try did land, the rows are all there already."""
-        ids = [row["id"] for row in rows]
-        count = conn.execute(select(func.count()).where(t.c.id.in_(ids))).scalar_one()
-        return bool(count == len(ids))
+        keys = [uuid.UUID(hex=request_id) for request_id in request_ids]
+        count = conn.execute(select(func.count()).where(t.c.id.in_(keys))).scalar_one()
+        return bool(count == len(keys))
 
     def complete(self, request_id: str, reply: Sequence[bytes]) -> bool:
         """Store the reply: done. False if the request is unknown or already finished."""
@@ -257,24 +254,12 @@ class SqlStore:
         if not replies:
             return 0
         now = utcnow()
-        params = [{"key": _key(request_id), "reply": encode_frames(reply)}
+        packed = [(check_request_id(request_id), encode_frames(reply))
                   for request_id, reply in replies]
-        statement = (
-            update(t)
-            # or_ rather than IN: an expanding IN cannot go into an executemany
-            .where(t.c.id == bindparam("key"), or_(t.c.status == PENDING, t.c.status == DISPATCHED))
-            .values(reply=bindparam("reply"), status=RequestStatus.DONE.value, completed_at=now,
-                    lease_until=None)
-        )
-
-        def work(conn: Connection) -> int:
-            if len(params) == 1 or not conn.dialect.supports_sane_multi_rowcount:
-                return sum(conn.execute(statement, param).rowcount for param in params)
-            return conn.execute(statement, params).rowcount
-
         # No fsync: a reply lost in a power cut leaves its request dispatched, and the lease
         # sends it again (at least once); the next durable commit makes this one durable too.
-        return self._transaction(work, durable=False)
+        return self._transaction(lambda conn: self._hot.complete(conn, packed, now),
+                                 durable=False)
 
     def retry_later(self, request_id: str, error: str, *, max_attempts: int, backoff: float,
                     backoff_max: float, now: datetime | None = None) -> RequestStatus | None:
@@ -343,18 +328,10 @@ class SqlStore:
         if limit <= 0 or (services is not None and not services):
             return []
         moment = _naive(now) or utcnow()
-        due = select(t.c.id).where(t.c.status == PENDING, t.c.due_at <= moment)
-        if services is not None:
-            due = due.where(t.c.service.in_(list(services)))
-        due = due.order_by(t.c.due_at).limit(limit)
-
-        def work(conn: Connection) -> list[StoredRequest]:
-            rows = conn.execute(dialect.claim_statement(due, conn).values(
-                status=DISPATCHED, attempts=t.c.attempts + 1,
-                lease_until=moment + timedelta(seconds=lease)).returning(*t.c)).all()
-            return sorted((_record(row) for row in rows), key=lambda r: (r.due_at, r.id))
-
-        return self._transaction(work, durable=False)
+        lease_until = moment + timedelta(seconds=lease)
+        return self._transaction(
+            lambda conn: self._hot.claim(conn, services, limit, lease_until, moment),
+            durable=False)
 
     def release_stale(self, *, now: datetime | None = None) -> int:
         """Dispatched requests whose lease ran out become pending (crash recovery)."""
@@ -386,13 +363,8 @@ class SqlStore:
 
     def get(self, request_id: str) -> StoredRequest | None:
         """The request, or None if unknown."""
-        statement = select(t).where(t.c.id == _key(request_id))
-
-        def work(conn: Connection) -> StoredRequest | None:
-            row = conn.execute(statement).first()
-            return None if row is None else _record(row)
-
-        return self._transaction(work, write=False)
+        checked = check_request_id(request_id)
+        return self._transaction(lambda conn: self._hot.get(conn, checked), write=False)
 
     def next_due_at(self, services: Sequence[str] | None = None) -> datetime | None:
         """When the earliest pending request is due."""

@@ -1,0 +1,226 @@
+"""The statements on the dispatcher's hot path, as driver SQL with values converted here.
+
+Storing a request, claiming due ones, storing replies and reading one request run for every
+request titanic carries. For these small statements SQLAlchemy's per-row work (bind and result
+processors, cache keys, Row objects) costs several times what the database does, so each is one
+SQL string per dialect, run with `Connection.exec_driver_sql` inside SqlStore's transactions
+(errors are still translated there), and values are converted by the dialect's codec below:
+the same representations SQLAlchemy's `Uuid` and `DateTime` types use, so both paths read and
+write the same rows. Column lists come from the model. Everything else stays on SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from titanic.store.frames import decode_frames
+from titanic.store.models import requests_table
+from titanic.store.types import RequestStatus, StoredRequest
+
+COLUMNS = tuple(column.name for column in requests_table.c)
+TABLE = requests_table.name
+(_ID, _SERVICE, _REQUEST, _REPLY, _STATUS, _ATTEMPTS, _CREATED_AT, _DUE_AT, _LEASE_UNTIL,
+ _COMPLETED_AT, _LAST_ERROR, _DEADLINE, _IDEMPOTENCY_KEY) = (
+    COLUMNS.index(name) for name in (
+        "id", "service", "request", "reply", "status", "attempts", "created_at", "due_at",
+        "lease_until", "completed_at", "last_error", "deadline", "idempotency_key"))
+
+PENDING = RequestStatus.PENDING.value
+DISPATCHED = RequestStatus.DISPATCHED.value
+DONE = RequestStatus.DONE.value
+
+
+class SqliteValues:
+    """SQLite: UUIDs as 32 hex digits, times as text that sorts in time order."""
+
+    placeholder = "?"
+
+    @staticmethod
+    def key(request_id: str) -> Any:
+        """A checked request id as the id column holds it."""
+        return request_id
+
+    @staticmethod
+    def time(moment: datetime | None) -> Any:
+        """A naive UTC time as the datetime columns hold it (SQLAlchemy's SQLite format)."""
+        if moment is None:
+            return None
+        return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} "
+                f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
+                f"{moment.microsecond:06d}")
+
+    @staticmethod
+    def read_key(value: Any) -> str:
+        """The id column's value as 32 hex digits."""
+        return str(value)
+
+    @staticmethod
+    def read_time(value: Any) -> datetime | None:
+        """A datetime column's value as a naive UTC time."""
+        return None if value is None else datetime.fromisoformat(value)
+
+
+class PostgresValues:
+    """PostgreSQL: native uuid and timestamp columns."""
+
+    placeholder = "%s"
+
+    @staticmethod
+    def key(request_id: str) -> Any:
+        """A checked request id as a uuid."""
+        return uuid.UUID(hex=request_id)
+
+    @staticmethod
+    def time(moment: datetime | None) -> Any:
+        """Naive UTC, as the timestamp columns hold it."""
+        return moment
+
+    @staticmethod
+    def read_key(value: Any) -> str:
+        """A uuid as 32 hex digits."""
+        return value.hex if isinstance(value, uuid.UUID) else uuid.UUID(str(value)).hex
+
+    @staticmethod
+    def read_time(value: Any) -> datetime | None:
+        """Already a naive datetime."""
+        return value  # type: ignore[no-any-return]
+
+
+Values = type[SqliteValues] | type[PostgresValues]
+
+
+class HotStatements:
+    """The hot path's SQL for one dialect, and the row conversions around it."""
+
+    def __init__(self, dialect_name: str) -> None:
+        self.postgres = dialect_name == "postgresql"
+        self.values: Values = PostgresValues if self.postgres else SqliteValues
+        p = self.values.placeholder
+        columns = ", ".join(COLUMNS)
+        self._insert = f"INSERT INTO {TABLE} ({columns}) VALUES ({', '.join([p] * len(COLUMNS))})"
+        self._get = f"SELECT {columns} FROM {TABLE} WHERE id = {p}"
+        # OR rather than IN keeps SQLite's planner on the primary key.
+        self._complete = (f"UPDATE {TABLE} SET reply = {p}, status = '{DONE}', completed_at = {p},"
+                          f" lease_until = NULL WHERE id = {p}"
+                          f" AND (status = '{PENDING}' OR status = '{DISPATCHED}')")
+        self._claims: dict[int | None, str] = {}
+
+    # -- statements ---------------------------------------------------------------------------
+
+    def insert(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert rows given in COLUMNS order (values already converted)."""
+        conn.exec_driver_sql(self._insert, list(rows))
+
+    def get(self, conn: Connection, request_id: str) -> StoredRequest | None:
+        """One request by its checked id."""
+        row = conn.exec_driver_sql(self._get, (self.values.key(request_id),)).first()
+        return None if row is None else self.record(tuple(row))
+
+    def complete(self, conn: Connection, replies: Sequence[tuple[str, bytes]],
+                 now: datetime) -> int:
+        """Store packed replies of pending or dispatched requests; how many were stored."""
+        v = self.values
+        moment = v.time(now)
+        params = [(reply, moment, v.key(request_id)) for request_id, reply in replies]
+        if len(params) == 1 or not conn.dialect.supports_sane_multi_rowcount:
+            return sum(conn.exec_driver_sql(self._complete, param).rowcount for param in params)
+        return conn.exec_driver_sql(self._complete, params).rowcount
+
+    def claim(self, conn: Connection, services: Sequence[str] | None, limit: int,
+              lease_until: datetime, now: datetime) -> list[StoredRequest]:
+        """Lease up to `limit` due pending requests, oldest due first."""
+        v = self.values
+        lease, moment = v.time(lease_until), v.time(now)
+        chosen: list[Any] = [moment]
+        if services is not None:
+            chosen += [list(services)] if self.postgres else list(services)
+        chosen.append(limit)
+        # SQLite's text has SET's parameter first; PostgreSQL's has the CTE first.
+        params = (*chosen, lease) if self.postgres else (lease, *chosen)
+        sql = self._claim_sql(None if services is None else len(services))
+        rows = conn.exec_driver_sql(sql, params).all()
+        claimed = [self.record(tuple(row)) for row in rows]
+        claimed.sort(key=lambda r: (r.due_at, r.id))
+        return claimed
+
+    def _claim_sql(self, services: int | None) -> str:
+        """The claim for any service (None) or for this many services.
+
+        PostgreSQL: the ids are locked in a materialized CTE with FOR UPDATE SKIP LOCKED, so they
+        are chosen once and rows another claimer holds are skipped (an IN (subquery) may be
+        evaluated again and pick more rows than its LIMIT). SQLite: the immediate transaction
+        already holds the database's write lock, so the rows chosen are still pending when
+        updated. (Repeating the status test in SQLite's UPDATE would make its planner pick a
+        status index over the primary key and scan every pending row.)
+        """
+        key = services if not self.postgres or services is None else 1
+        sql = self._claims.get(key)
+        if sql is not None:
+            return sql
+        p = self.values.placeholder
+        if services is None:
+            of_services = ""
+        elif self.postgres:
+            of_services = f" AND service = ANY({p})"
+        else:
+            of_services = f" AND service IN ({', '.join([p] * services)})"
+        due = (f"SELECT id FROM {TABLE} WHERE status = '{PENDING}' AND due_at <= {p}"
+               f"{of_services} ORDER BY due_at LIMIT {p}")
+        set_clause = (f"SET status = '{DISPATCHED}', attempts = {TABLE}.attempts + 1,"
+                      f" lease_until = {p}")
+        if self.postgres:
+            returning = ", ".join(f"{TABLE}.{name}" for name in COLUMNS)
+            sql = (f"WITH chosen AS MATERIALIZED ({due} FOR UPDATE SKIP LOCKED) "
+                   f"UPDATE {TABLE} {set_clause} FROM chosen WHERE {TABLE}.id = chosen.id "
+                   f"AND {TABLE}.status = '{PENDING}' RETURNING {returning}")
+        else:
+            sql = (f"UPDATE {TABLE} {set_clause} WHERE id IN ({due}) "
+                   f"RETURNING {', '.join(COLUMNS)}")
+        self._claims[key] = sql
+        return sql
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    def new_row(self, request_id: str, service: str, packed: bytes, now: datetime,
+                deadline: datetime | None, idempotency_key: str | None) -> tuple[Any, ...]:
+        """A fresh pending request in COLUMNS order."""
+        v = self.values
+        moment = v.time(now)
+        values = {"id": v.key(request_id), "service": service, "request": packed,
+                  "reply": None, "status": PENDING, "attempts": 0, "created_at": moment,
+                  "due_at": moment, "lease_until": None, "completed_at": None,
+                  "last_error": None, "deadline": v.time(deadline),
+                  "idempotency_key": idempotency_key}
+        return tuple(values[name] for name in COLUMNS)
+
+    def record(self, row: tuple[Any, ...]) -> StoredRequest:
+        """A row in COLUMNS order as a StoredRequest (times aware UTC)."""
+        v = self.values
+        reply = row[_REPLY]
+        created = _aware(v.read_time(row[_CREATED_AT]))
+        due = _aware(v.read_time(row[_DUE_AT]))
+        assert created is not None and due is not None
+        return StoredRequest(
+            id=v.read_key(row[_ID]),
+            service=row[_SERVICE],
+            request=decode_frames(row[_REQUEST]),
+            reply=None if reply is None else decode_frames(reply),
+            status=RequestStatus(row[_STATUS]),
+            attempts=row[_ATTEMPTS],
+            created_at=created,
+            due_at=due,
+            lease_until=_aware(v.read_time(row[_LEASE_UNTIL])),
+            completed_at=_aware(v.read_time(row[_COMPLETED_AT])),
+            last_error=row[_LAST_ERROR],
+            deadline=_aware(v.read_time(row[_DEADLINE])),
+            idempotency_key=row[_IDEMPOTENCY_KEY],
+        )
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.replace(tzinfo=UTC)
