@@ -18,7 +18,7 @@ from pathlib import Path
 import zmq
 
 from titanic.bench import device, mdp, tsp
-from titanic.bench.common import Result
+from titanic.bench.common import Result, idle_cpu_percent
 from titanic.broker import Broker
 from titanic.protocol.mdp import Dialect
 from titanic.worker import Worker, echo_handler
@@ -37,6 +37,7 @@ class BenchOptions:
     broker: str | None = None  # a running broker (with a dispatcher for the titanic rows)
     compare: bool = False
     titanic: bool = True
+    idle_seconds: float = 10.0
 
 
 @dataclass
@@ -47,14 +48,17 @@ class Row:
     target: str
     result: Result
     ratios: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+    idle_percent: float | None = None
 
 
 Report = Callable[[Row], None]
 
 
 def _print_row(row: Row) -> None:
-    print(f"  {row.section:10} {row.target:28} {row.result.name:32} "
-          f"{row.result.rate:9.0f}/s", file=sys.stderr, flush=True)
+    figure = row.note or f"{row.result.rate:9.0f}/s"
+    print(f"  {row.section:10} {row.target:28} {row.result.name:32} {figure}", file=sys.stderr,
+          flush=True)
 
 
 @contextmanager
@@ -112,9 +116,13 @@ def run_mdp(options: BenchOptions, report: Report = _print_row) -> list[Row]:
         with mdp.running_broker(command, dialect, options.workers) as endpoint:
             measure("majortomo 0.2.0, tcp", endpoint, dialect)
         with device.running_device(options.workers) as frontend:
+            # The same client code as every broker above (REP echo workers reflect a 7/MDP
+            # request as a valid 7/MDP reply), so only what sits between client and worker
+            # differs; then the device's own minimal client, the absolute floor.
+            measure("bare zmq.proxy, tcp", frontend, Dialect.MDP01, new_socket=False)
             for result in (device.measure(frontend, options.sync_requests, body, 1),
                            device.measure(frontend, options.requests, body, options.depth)):
-                rows.append(Row("mdp", "bare zmq.proxy, tcp", result))
+                rows.append(Row("mdp", "bare zmq.proxy, minimal client", result))
                 report(rows[-1])
     _add_ratios(rows)
     return rows
@@ -138,10 +146,12 @@ def run_titanic(options: BenchOptions, report: Report = _print_row) -> list[Row]
     with ExitStack() as stack:
         folder = stack.enter_context(tempfile.TemporaryDirectory())
         db_url = f"sqlite:///{Path(folder) / 'bench.db'}"
+        running: tsp.RunningTitanic | None = None
         if options.broker:
             endpoint = options.broker
         else:
-            endpoint = stack.enter_context(tsp.running_titanic(db_url, options.workers))
+            running = stack.enter_context(tsp.running_titanic(db_url, options.workers))
+            endpoint = running.endpoint
         for depth in options.titanic_depths:
             result = (tsp.measure_acks_sync(endpoint, options.sync_requests, body) if depth == 1
                       else tsp.measure_acks_pipelined(endpoint, options.requests // 2, body,
@@ -159,18 +169,71 @@ def run_titanic(options: BenchOptions, report: Report = _print_row) -> list[Row]
                                             options.depth)
             rows.append(Row("titanic", "end to end, 2 echo workers", result))
             report(rows[-1])
+        if running is not None and options.idle_seconds > 0:
+            pids = {"broker": running.broker_pid, "dispatcher": running.dispatcher_pid}
+            idle = Result(f"idle for {options.idle_seconds:g} s", 0, 0.0, ())
+            for name, percent in idle_cpu_percent(pids, options.idle_seconds).items():
+                rows.append(Row("idle", name, idle, note=f"{percent:.2f}% of a core",
+                                idle_percent=percent))
+                report(rows[-1])
     return rows
 
 
 def format_rows(rows: list[Row]) -> str:
-    """The final table."""
+    """The final table, then the project's targets as measured in this run."""
     lines = [f"{'section':8} {'target':30} {'load':32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
              "  ratios"]
     for row in rows:
         r = row.result
+        if row.note:
+            lines.append(f"{row.section:8} {row.target:30} {r.name:32} {row.note}")
+            continue
         p50 = f"{r.percentile(0.5):8.3f}" if r.latencies else f"{'-':>8}"
         p99 = f"{r.percentile(0.99):8.3f}" if r.latencies else f"{'-':>8}"
         ratios = ", ".join(f"{v:.2f}x {k}" for k, v in row.ratios.items())
         lines.append(f"{row.section:8} {row.target:30} {r.name:32} {r.rate:9.0f} {p50} {p99}"
                      f"  {ratios}")
-    return "\n".join(lines)
+    targets = format_targets(rows)
+    return "\n".join(lines + ([""] + targets if targets else []))
+
+
+def _rate(rows: list[Row], target: str, load: str) -> float | None:
+    for row in rows:
+        if row.target == target and row.result.name == load and row.result.rate:
+            return row.result.rate
+    return None
+
+
+#: (what, numerator (target, load), denominator (target, load), at least)
+TARGETS = [
+    ("broker, 32 in flight, vs majortomo", ("titanic, tcp", "pipelined, 32 in flight"),
+     ("majortomo 0.2.0, tcp", "pipelined, 32 in flight"), 2.0),
+    ("broker, 32 in flight, vs bare device", ("titanic, tcp", "pipelined, 32 in flight"),
+     ("bare zmq.proxy, tcp", "pipelined, 32 in flight"), 0.40),
+    ("titanic.request sync vs device sync", ("titanic.request, SQLite FULL",
+                                             "titanic.request, sync"),
+     ("bare zmq.proxy, tcp", "sync, socket kept"), 0.60),
+    ("titanic.request 64 in flight vs echo", ("titanic.request, SQLite FULL",
+                                              "titanic.request, 64 in flight"),
+     ("titanic, tcp", "pipelined, 32 in flight"), 0.50),
+    ("end to end vs echo", ("end to end, 2 echo workers", "end to end, 32 in flight"),
+     ("titanic, tcp", "pipelined, 32 in flight"), 0.25),
+]
+
+
+def format_targets(rows: list[Row]) -> list[str]:
+    """Each target whose two figures were measured in this run: the ratio, and met or not."""
+    lines = []
+    for what, (num_target, num_load), (den_target, den_load), least in TARGETS:
+        num, den = _rate(rows, num_target, num_load), _rate(rows, den_target, den_load)
+        if num is None or den is None:
+            continue
+        ratio = num / den
+        verdict = "met" if ratio >= least else "MISSED"
+        lines.append(f"target   {what:44} {ratio:6.2f}x (at least {least:.2f}x)  {verdict}")
+    for row in rows:
+        if row.idle_percent is not None:
+            verdict = "met" if row.idle_percent < 1.0 else "MISSED"
+            lines.append(f"target   {'idle ' + row.target + ' CPU':44} {row.idle_percent:6.2f}% "
+                         f"(under 1%)          {verdict}")
+    return lines

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from titanic.bench.common import Result, format_table, free_port, spawn, stop_all, titanic_command
@@ -25,9 +26,19 @@ from titanic.store import RequestStatus, open_store
 SERVICE = b"echo"
 
 
+@dataclass(frozen=True)
+class RunningTitanic:
+    """A broker, a dispatcher and echo workers started for a benchmark."""
+
+    endpoint: str
+    broker_pid: int
+    dispatcher_pid: int
+
+
 @contextmanager
-def running_titanic(db_url: str, workers: int, extra: Sequence[str] = ()) -> Iterator[str]:
-    """Broker and dispatcher (and `workers` echo workers) ready to serve; yields the endpoint."""
+def running_titanic(db_url: str, workers: int,
+                    extra: Sequence[str] = ()) -> Iterator[RunningTitanic]:
+    """Broker and dispatcher (and `workers` echo workers) ready to serve."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     processes = [
         spawn(titanic_command("broker", "--bind", endpoint)),
@@ -37,7 +48,7 @@ def running_titanic(db_url: str, workers: int, extra: Sequence[str] = ()) -> Ite
         processes += [spawn(titanic_command("worker", "echo", "--broker", endpoint))
                       for _ in range(workers)]
         _wait_for_titanic(endpoint)
-        yield endpoint
+        yield RunningTitanic(endpoint, processes[0].pid, processes[1].pid)
     finally:
         stop_all(processes)
 
@@ -129,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         db_url = args.db or f"sqlite:///{Path(folder) / 'bench.db'}"
         rows: list[tuple[str, Result]] = []
-        with running_titanic(db_url, args.workers) as endpoint:
+        with running_titanic(db_url, args.workers) as titanic:
+            endpoint = titanic.endpoint
             rows.append(("titanic", measure_acks_sync(endpoint, args.sync_requests, body)))
             rows.append(("titanic", measure_acks_pipelined(endpoint, args.requests, body,
                                                            args.depth)[0]))
