@@ -98,6 +98,12 @@ class SocketSet:
         self._plain.add(fd)
         self._epoll.register(fd, select.EPOLLIN)
 
+    def remove_fd(self, fd: int) -> None:
+        """Stop watching a plain descriptor."""
+        if fd in self._plain:
+            self._plain.discard(fd)
+            self._epoll.unregister(fd)
+
     def touch(self, sock: zmq.Socket[bytes]) -> None:
         """Look at this socket at the next wait (after sending on it)."""
         self._touched.add(sock)

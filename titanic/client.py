@@ -7,8 +7,8 @@ the request on the socket it arrived on.
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -163,20 +163,28 @@ class Completion(NamedTuple):
 
 
 class _Slot:
-    __slots__ = ("connection", "tag", "service", "body", "generation", "attempts_left", "parts")
+    __slots__ = ("connection", "tag", "service", "body", "generation", "attempts_left", "parts",
+                 "timeout", "attempts")
 
     def __init__(self, connection: _Connection) -> None:
         self.connection = connection
         self.tag: Hashable = None
         self.service = b""
         self.body: Sequence[bytes] = ()
-        self.generation = 0  # bumped at every new deadline: older queue entries are stale
+        self.generation = 0  # bumped at every new deadline: older heap entries are stale
         self.attempts_left = 0
         self.parts: Frames = []
+        self.timeout = 0.0
+        self.attempts = 0
 
 
 class PipelinedClient:
-    """Many requests in flight: a pool of `depth` sockets, one outstanding request on each."""
+    """Many requests in flight: a pool of `depth` sockets, one outstanding request on each.
+
+    `poll()` waits by itself. A caller with sockets of its own to watch (the dispatcher) passes a
+    shared SocketSet, waits on it, and hands the ready sockets to `collect()`, then calls
+    `expire()` for requests whose time ran out.
+    """
 
     def __init__(
         self,
@@ -188,6 +196,7 @@ class PipelinedClient:
         retries: int = CLIENT_RETRIES,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         configure_socket: SocketHook | None = None,
+        sockets: SocketSet | None = None,
     ) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")
@@ -196,13 +205,15 @@ class PipelinedClient:
         self.retries = retries
         self._own_context = context is None
         self._context = context or zmq.Context()
-        self._sockets = SocketSet()
+        self._own_sockets = sockets is None
+        self._sockets = sockets or SocketSet()
         self._by_socket: dict[zmq.Socket[bytes], _Slot] = {}
         self._free: list[_Slot] = []
         self._busy: set[_Slot] = set()
         self._has_wakeups = False
-        # (deadline, generation, slot), in deadline order since every wait is `timeout` long.
-        self._deadlines: deque[tuple[float, int, _Slot]] = deque()
+        # (deadline, sequence, generation, slot): a heap, as timeouts may differ per request.
+        self._deadlines: list[tuple[float, int, int, _Slot]] = []
+        self._sequence = 0
         for _ in range(depth):
             slot = _Slot(_Connection(broker, dialect, self._context, configure_socket))
             self._track(slot)
@@ -224,15 +235,21 @@ class PipelinedClient:
         """How many requests await their reply."""
         return len(self._busy)
 
-    def send(self, service: str | bytes, body: Sequence[bytes], tag: Hashable = None) -> None:
-        """Send a request on a free socket; `tag` comes back in its Completion."""
+    def send(self, service: str | bytes, body: Sequence[bytes], tag: Hashable = None, *,
+             timeout: float | None = None, retries: int | None = None) -> None:
+        """Send a request on a free socket; `tag` comes back in its Completion.
+
+        `timeout` and `retries` default to the client's.
+        """
         if self._closed:
             raise ClientClosedError()
         if not self._free:
             raise RuntimeError("no free slot: poll() for completions first")
         slot = self._free.pop()
         slot.tag, slot.service, slot.body = tag, _encode(service), body
-        slot.attempts_left = self.retries
+        slot.attempts_left = self.retries if retries is None else retries
+        slot.attempts = slot.attempts_left + 1
+        slot.timeout = self.timeout if timeout is None else timeout
         slot.parts = []
         self._arm(slot, time.monotonic())
         slot.connection.send(slot.service, body)
@@ -242,16 +259,18 @@ class PipelinedClient:
     def _arm(self, slot: _Slot, now: float) -> None:
         """Start the slot's reply timer."""
         slot.generation += 1
-        self._deadlines.append((now + self.timeout, slot.generation, slot))
+        self._sequence += 1
+        heapq.heappush(self._deadlines, (now + slot.timeout, self._sequence, slot.generation,
+                                         slot))
 
-    def _earliest_deadline(self) -> float | None:
-        """The next live deadline, dropping stale entries."""
+    def next_deadline(self) -> float | None:
+        """When the earliest request in flight times out (stale heap entries dropped)."""
         deadlines = self._deadlines
         while deadlines:
-            _, generation, slot = deadlines[0]
+            _, _, generation, slot = deadlines[0]
             if slot in self._busy and slot.generation == generation:
                 return deadlines[0][0]
-            deadlines.popleft()
+            heapq.heappop(deadlines)
         return None
 
     def pending_tags(self) -> list[Hashable]:
@@ -271,24 +290,30 @@ class PipelinedClient:
         done: list[Completion] = []
         limit = None if timeout is None else time.monotonic() + timeout
         while not done:
-            wake = self._earliest_deadline()
+            wake = self.next_deadline()
             if limit is not None:
                 wake = limit if wake is None else min(wake, limit)
             if wake is None and not self._has_wakeups:
                 break  # nothing in flight and nothing else to wait for
             wait = None if wake is None else max(0.0, wake - time.monotonic())
             ready, woken = self._sockets.wait(wait)
-            for sock in ready:
-                slot = self._by_socket.get(sock)
-                if slot is not None:
-                    self._read(slot, done)
-            self._resend_timed_out(done)
+            done += self.collect(ready)
+            done += self.expire(time.monotonic())
             if woken or (limit is not None and time.monotonic() >= limit):
                 break
         return done
 
+    def collect(self, ready: Iterable[zmq.Socket[bytes]]) -> list[Completion]:
+        """Read a message from each of `ready` that is this client's; the completed requests."""
+        done: list[Completion] = []
+        for sock in ready:
+            slot = self._by_socket.get(sock)
+            if slot is not None:
+                self._read(slot, done)
+        return done
+
     def _read(self, slot: _Slot, done: list[Completion]) -> None:
-        """Read one message from a readable socket (more parts show up in the next poll)."""
+        """Read one message from a readable socket (more parts show up in the next wait)."""
         result = slot.connection.read_part(slot.service)
         if result is None or slot not in self._busy:
             return
@@ -299,14 +324,15 @@ class PipelinedClient:
         else:
             self._arm(slot, time.monotonic())  # each part restarts the clock
 
-    def _resend_timed_out(self, done: list[Completion]) -> None:
-        now = time.monotonic()
-        while (deadline := self._earliest_deadline()) is not None and deadline <= now:
-            slot = self._deadlines.popleft()[2]
+    def expire(self, now: float) -> list[Completion]:
+        """Resend requests whose time ran out, on a new socket, or end them with a timeout."""
+        done: list[Completion] = []
+        while (deadline := self.next_deadline()) is not None and deadline <= now:
+            slot = heapq.heappop(self._deadlines)[3]
             if slot.attempts_left <= 0:
                 error = TitanicTimeoutError(
                     f"no reply from service {slot.service.decode(errors='replace')!r} at "
-                    f"{self.broker} after {self.retries + 1} attempt(s) of {self.timeout:g} s")
+                    f"{self.broker} after {slot.attempts} attempt(s) of {slot.timeout:g} s")
                 self._finish(slot, done, None, error)
                 continue
             slot.attempts_left -= 1
@@ -318,6 +344,7 @@ class PipelinedClient:
             self._arm(slot, now)
             slot.connection.send(slot.service, slot.body)
             self._sockets.touch(slot.connection.socket)
+        return done
 
     def _finish(self, slot: _Slot, done: list[Completion], reply: Frames | None,
                 error: Exception | None) -> None:
@@ -363,9 +390,12 @@ class PipelinedClient:
             return
         self._closed = True
         for sock in list(self._by_socket):
+            if not self._own_sockets:
+                self._sockets.remove(sock)
             sock.close(linger=0)
         self._by_socket.clear()
-        self._sockets.close()
+        if self._own_sockets:
+            self._sockets.close()
         if self._own_context:
             self._context.term()
 

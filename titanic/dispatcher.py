@@ -1,16 +1,19 @@
 """The titanic dispatcher: serves the TSP services and forwards stored requests to their workers.
 
-Two loops in one process. The server (a WorkerPool) answers titanic.request / .reply / .close,
-storing the titanic.requests that arrive together in one transaction. The forwarder claims due
-requests with a lease, sends them through the broker as an MDP client with many in flight, and
-stores each reply. Leases make crashes safe: a request whose dispatcher died goes back to pending
-when its lease runs out, and is sent again, so delivery is at least once.
+One loop, one thread. It waits on every socket at once (one SocketSet): the TSP connections of
+its WorkerPool, which answer titanic.request / .reply / .close and store the titanic.requests
+that arrived together in one transaction, and the sockets of its PipelinedClient, which carries
+stored requests to their services through the broker with many in flight. Each turn it answers
+what the TSP connections brought, stores the replies that came back, and claims and sends more
+due requests, each claim with a lease. Leases make crashes safe: a request whose dispatcher
+died goes back to pending when its lease runs out, and is sent again, so delivery is at least
+once. A single thread means no lock or interpreter-lock contention between serving and
+forwarding, which showed as half the latency of a synchronous titanic.request.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
@@ -20,9 +23,9 @@ from typing import cast
 
 import zmq
 
-from titanic._zmq import Doorbell, Waker
-from titanic.client import Client, Completion, PipelinedClient
-from titanic.errors import StoreError, TitanicTimeoutError
+from titanic._zmq import SocketSet, Waker
+from titanic.client import Completion, PipelinedClient
+from titanic.errors import StoreError
 from titanic.protocol import mmi, tsp
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.services import batch_of, handle_close, handle_reply, handle_requests
@@ -92,30 +95,39 @@ class DispatcherStats:
 
 
 class _Presence:
-    """Cached mmi.service answers: which services have workers now."""
+    """Cached mmi.service answers (which services have workers now), asked without blocking."""
 
-    def __init__(self, client: Client, settings: DispatcherSettings) -> None:
-        self._client = client
+    def __init__(self, settings: DispatcherSettings) -> None:
         self._settings = settings
         self._known: dict[str, tuple[bool, float]] = {}
+        self._asking: set[str] = set()
 
-    def has_workers(self, service: str, now: float) -> bool:
+    def has_workers(self, service: str, now: float, client: PipelinedClient) -> bool:
+        """The last answer while it is fresh; else ask again (the answer comes as a completion)
+        and go on with the last answer meanwhile (none yet: no workers)."""
         present, checked = self._known.get(service, (False, -1e9))
         ttl = self._settings.presence_ttl if present else self._settings.presence_interval
-        if now - checked < ttl:
-            return present
-        try:
-            reply = self._client.request(mmi.SERVICE, service.encode(), timeout=1.0, retries=0)
-            present = bool(reply) and reply[0] == mmi.FOUND
-        except TitanicTimeoutError:
-            log.warning("broker %s did not answer mmi.service", self._client.broker)
-            present = False
+        if now - checked >= ttl and service not in self._asking and client.free_slots:
+            client.send(mmi.SERVICE, [service.encode()], (_MMI, service), timeout=1.0, retries=0)
+            self._asking.add(service)
+        return present
+
+    def answer(self, service: str, reply: Frames | None, now: float) -> bool:
+        """Record an mmi.service answer (None: the broker did not answer); True if present."""
+        self._asking.discard(service)
+        present = bool(reply) and reply is not None and reply[0] == mmi.FOUND
+        if reply is None:
+            log.warning("broker did not answer mmi.service for %r", service)
         self._known[service] = (present, now)
         return present
 
     def forget(self, service: str) -> None:
         """Ask again next time (a request to it timed out)."""
         self._known.pop(service, None)
+
+
+#: Tag of an mmi.service question among the forwarded requests' completions.
+_MMI = "mmi"
 
 
 class Dispatcher:
@@ -131,10 +143,8 @@ class Dispatcher:
         self._context = context or zmq.Context()
         self._configure = configure_socket
         self._waker = Waker()
-        self._doorbell = Doorbell()
+        self._sockets = SocketSet()  # every socket of the loop: TSP connections and the client
         self._in_flight: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self._submitted: set[str] = set()  # services the TSP server just stored requests for
         self._candidates: set[str] = set()  # services that may have due requests
         self._next_survey = 0.0
         self.server = self._make_server()
@@ -144,12 +154,8 @@ class Dispatcher:
 
         def store_requests(bodies: Sequence[Frames]) -> list[Frames]:
             replies = handle_requests(self.store, bodies)
-            services = {body[0].decode("utf-8", "replace") for body, reply in
-                        zip(bodies, replies, strict=True) if reply[0] == b"200"}
-            if services:
-                with self._lock:
-                    self._submitted.update(services)
-                self._doorbell.ring()  # new work: the forwarder looks at once
+            self._candidates.update(body[0].decode("utf-8", "replace") for body, reply in
+                                    zip(bodies, replies, strict=True) if reply[0] == b"200")
             return replies
 
         return WorkerPool(
@@ -160,63 +166,66 @@ class Dispatcher:
                 tsp.CLOSE_SERVICE: (s.close_connections, batch_of(handle_close, self.store)),
             },
             dialect=s.dialect, settings=s.connection, context=self._context,
-            configure_socket=self._configure,
+            configure_socket=self._configure, sockets=self._sockets,
         )
 
     def stop(self) -> None:
         """Stop taking work, finish or release what is in flight, return from run()."""
         self._waker.wake()
-        self._doorbell.ring()
 
     def run(self) -> None:
         """Serve and forward until stop()."""
-        server = threading.Thread(target=self.server.run, name="titanic-tsp", daemon=True)
-        server.start()
-        log.info("dispatcher serving %s on %s", "titanic.request/reply/close",
-                 self.settings.broker)
+        s = self.settings
+        client = PipelinedClient(s.broker, depth=s.max_in_flight, dialect=s.dialect,
+                                 timeout=s.request_timeout, retries=0, context=self._context,
+                                 configure_socket=self._configure, sockets=self._sockets)
+        presence = _Presence(s)
+        self._sockets.add_fd(self._waker.fileno())
+        self.server.open(time.monotonic())
+        log.info("dispatcher serving %s on %s", "titanic.request/reply/close", s.broker)
         try:
-            self._forward()
+            self._loop(client, presence)
+            self._sockets.remove_fd(self._waker.fileno())
+            self.server.close()  # no more TSP requests: the broker hands them to others
+            self._drain(client, presence)
         finally:
-            self.server.stop()
-            server.join(timeout=5)
-            self._doorbell.close()
+            client.close()
+            self.server.close()
+            self._sockets.close()
             self._waker.close()
             if self._own_context:
                 self._context.term()
             log.info("dispatcher stopped: %s", self.stats)
 
-    # -- forwarding -----------------------------------------------------------------------------
+    # -- the loop -------------------------------------------------------------------------------
 
-    def _forward(self) -> None:
+    def _loop(self, client: PipelinedClient, presence: _Presence) -> None:
+        """Each turn: housekeeping when due, claim and send, wait, answer TSP, store replies."""
         s = self.settings
-        client = PipelinedClient(s.broker, depth=s.max_in_flight, dialect=s.dialect,
-                                 timeout=s.request_timeout, retries=0, context=self._context,
-                                 configure_socket=self._configure)
-        mmi_client = Client(s.broker, dialect=s.dialect, context=self._context,
-                            configure_socket=self._configure)
-        client.add_wakeup(self._doorbell.fileno())
-        presence = _Presence(mmi_client, s)
         next_release = next_cleanup = 0.0
-        try:
-            while not self._waker.stopped.is_set():
-                now = time.monotonic()
-                if now >= next_release:
-                    self._guarded(self._release_stale)
-                    next_release = now + s.release_interval
-                if now >= next_cleanup:
-                    self._guarded(self._cleanup)
-                    next_cleanup = now + s.cleanup_interval
-                wait = min(next_release, next_cleanup) - now
-                if client.free_slots:
-                    wait = min(wait, self._guarded(partial(self._dispatch, client, presence, now),
-                                                   default=s.presence_interval))
-                completions = client.poll(max(0.0, wait))
-                self._doorbell.drain()
-                self._guarded(partial(self._record, completions, presence))
-            self._drain(client, presence)
-        finally:
-            client.close()
-            mmi_client.close()
+        while not self._waker.stopped.is_set():
+            now = time.monotonic()
+            if now >= next_release:
+                self._guarded(self._release_stale)
+                next_release = now + s.release_interval
+            if now >= next_cleanup:
+                self._guarded(self._cleanup)
+                next_cleanup = now + s.cleanup_interval
+            wake = min(next_release, next_cleanup, self.server.upkeep(now))
+            if client.free_slots:
+                wake = min(wake, now + self._guarded(
+                    partial(self._dispatch, client, presence, now), default=s.presence_interval))
+            deadline = client.next_deadline()
+            if deadline is not None:
+                wake = min(wake, deadline)
+            ready, _ = self._sockets.wait(max(0.0, wake - time.monotonic()))
+            now = time.monotonic()
+            requests = self.server.read(ready, now)
+            if requests:
+                self.server.serve(requests, now)
+            completions = client.collect(ready) + client.expire(now)
+            if completions:
+                self._guarded(partial(self._record, completions, presence, now))
 
     def _guarded(self, action: Callable[[], float | None], default: float = 1.0) -> float:
         """Run a store action; a store error is logged and counted, and the loop goes on."""
@@ -228,6 +237,8 @@ class Dispatcher:
             return default
         return default if result is None else result
 
+    # -- forwarding -----------------------------------------------------------------------------
+
     def _dispatch(self, client: PipelinedClient, presence: _Presence, now: float) -> float:
         """Claim and send due requests for services with workers; returns seconds to next look.
 
@@ -235,9 +246,6 @@ class Dispatcher:
         store once per presence_interval (retries come due, requests from other processes).
         """
         s = self.settings
-        with self._lock:
-            self._candidates.update(self._submitted)
-            self._submitted.clear()
         if now >= self._next_survey:
             self._candidates.update(self.store.due_services())
             self._next_survey = now + s.presence_interval
@@ -245,8 +253,9 @@ class Dispatcher:
             room = min(client.free_slots, s.max_in_flight_per_service - self._in_flight[service])
             if room <= 0:
                 continue
-            if not presence.has_workers(service, now):
-                continue  # looked at again at the next survey
+            if not presence.has_workers(service, now, client):
+                continue  # looked at again when mmi answers, or at the next survey
+            room = min(room, client.free_slots)
             claimed = self.store.claim_due([service], room, s.lease)
             for request in claimed:
                 self._send(client, request)
@@ -262,12 +271,17 @@ class Dispatcher:
         log.debug("request %s sent to %r (attempt %d)", request.id, request.service,
                   request.attempts)
 
-    def _record(self, completions: list[Completion], presence: _Presence) -> None:
+    def _record(self, completions: list[Completion], presence: _Presence, now: float) -> None:
         """Store the replies that came back (one transaction) and reschedule the failures."""
         s = self.settings
         replies: list[tuple[str, Frames]] = []
         for completion in completions:
-            request_id, service = cast(tuple[str, str], completion.tag)
+            first, service = cast(tuple[str, str], completion.tag)
+            if first == _MMI:
+                if presence.answer(service, completion.reply, now):
+                    self._candidates.add(service)
+                continue
+            request_id = first
             self._in_flight[service] -= 1
             if completion.reply is not None:
                 replies.append((request_id, completion.reply))
@@ -293,10 +307,11 @@ class Dispatcher:
         deadline = time.monotonic() + self.settings.drain_timeout
         while client.in_flight and time.monotonic() < deadline:
             completions = client.poll(max(0.0, deadline - time.monotonic()))
-            self._guarded(partial(self._record, completions, presence))
+            self._guarded(partial(self._record, completions, presence, time.monotonic()))
         for tag in client.pending_tags():
-            request_id, _service = cast(tuple[str, str], tag)
-            self._guarded(partial(self._release, request_id))
+            first, _service = cast(tuple[str, str], tag)
+            if first != _MMI:
+                self._guarded(partial(self._release, first))
 
     def _release(self, request_id: str) -> None:
         if self.store.release(request_id):

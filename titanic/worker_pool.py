@@ -54,7 +54,8 @@ class WorkerConnection:
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], broker: str, service: bytes,
                  *, dialect: Dialect = Dialect.MDP01,
                  settings: ConnectionSettings | None = None,
-                 configure_socket: SocketHook | None = None) -> None:
+                 configure_socket: SocketHook | None = None,
+                 watch: SocketSet | None = None) -> None:
         self.broker = broker
         self.service = service
         self.dialect = dialect
@@ -62,6 +63,7 @@ class WorkerConnection:
         self.socket: zmq.Socket[bytes] | None = None
         self._context = context
         self._configure = configure_socket
+        self._watch = watch  # a SocketSet to keep this connection's current socket in
         self._heartbeat = build_worker(dialect, Command.HEARTBEAT)
         self._codec = WorkerCodec(dialect)
         self._delay = self.settings.reconnect_initial
@@ -78,12 +80,31 @@ class WorkerConnection:
         if self._configure is not None:
             self._configure(sock)
         sock.connect(self.broker)
-        send_frames(sock, build_worker(self.dialect, Command.READY, self.service))
         self.socket = sock
+        if self._watch is not None:
+            self._watch.add(sock)
         self.connects += 1
         self._last_heard = now
         self._next_heartbeat = now + self.settings.heartbeat_interval
         self._heard = False
+        self._send(build_worker(self.dialect, Command.READY, self.service), now)
+
+    def _send(self, frames: Frames, now: float) -> bool:
+        """Send without blocking; a broker that takes nothing (its pipe is gone, say after a
+        refused CURVE handshake, or full) costs this socket: reconnect later."""
+        sock = self.socket
+        if sock is None:
+            return False
+        try:
+            send_frames(sock, frames, NOBLOCK)
+        except zmq.Again:
+            log.warning("broker %s takes no messages from %r worker: reconnecting", self.broker,
+                        self.service)
+            self._drop(now)
+            return False
+        if self._watch is not None:
+            self._watch.touch(sock)  # a send may consume the socket's readiness signal
+        return True
 
     def read(self, now: float) -> list[tuple[bytes, Frames]]:
         """Drain the socket: the (client, body) of each REQUEST. DISCONNECT drops the socket."""
@@ -120,10 +141,11 @@ class WorkerConnection:
             self._drop(now)
         return None
 
-    def reply(self, client: bytes, body: Sequence[bytes], *, final: bool = True) -> None:
+    def reply(self, client: bytes, body: Sequence[bytes], *, final: bool = True,
+              now: float | None = None) -> bool:
         """Send the reply for a client's request: FINAL, or (18/MDP) a PARTIAL."""
-        if self.socket is not None:
-            send_frames(self.socket, self._codec.reply(client, body, final=final))
+        return self._send(self._codec.reply(client, body, final=final),
+                          time.monotonic() if now is None else now)
 
     def maintain(self, now: float) -> None:
         """Heartbeat when due; reconnect after broker silence, or when a backoff has passed."""
@@ -138,8 +160,8 @@ class WorkerConnection:
             self._drop(now)
             return
         if now >= self._next_heartbeat:
-            send_frames(self.socket, self._heartbeat)
             self._next_heartbeat = now + self.settings.heartbeat_interval
+            self._send(self._heartbeat, now)
 
     def next_deadline(self) -> float:
         """When maintain() has something to do."""
@@ -164,6 +186,8 @@ class WorkerConnection:
         """Close the socket, optionally telling the broker first."""
         if self.socket is None:
             return
+        if self._watch is not None:
+            self._watch.remove(self.socket)
         if disconnect:
             try:
                 send_frames(self.socket, build_worker(self.dialect, Command.DISCONNECT), NOBLOCK)
@@ -176,21 +200,29 @@ class WorkerConnection:
 
 
 class WorkerPool:
-    """Serves several services, each on several connections, from one loop, in batches."""
+    """Serves several services, each on several connections, in batches.
+
+    `run()` is a loop of its own; the dispatcher instead shares one SocketSet between the pool
+    and its client and drives the pool with `open`, `read`, `serve`, `upkeep` and `close`.
+    """
 
     def __init__(self, broker: str, handlers: Mapping[bytes, tuple[int, BatchHandler]], *,
                  dialect: Dialect = Dialect.MDP01, settings: ConnectionSettings | None = None,
                  context: zmq.Context[zmq.Socket[bytes]] | None = None,
-                 configure_socket: SocketHook | None = None) -> None:
+                 configure_socket: SocketHook | None = None,
+                 sockets: SocketSet | None = None) -> None:
         self._own_context = context is None
         self._context = context or zmq.Context()
+        self._own_sockets = sockets is None
+        self.sockets = sockets or SocketSet()
         self._handlers = {service: handler for service, (_, handler) in handlers.items()}
         self.connections = [
             WorkerConnection(self._context, broker, service, dialect=dialect, settings=settings,
-                             configure_socket=configure_socket)
+                             configure_socket=configure_socket, watch=self.sockets)
             for service, (count, _) in handlers.items() for _ in range(count)
         ]
         self._waker = Waker()
+        self._next_upkeep = 0.0
         self.batches = 0
         self.requests_handled = 0
 
@@ -200,61 +232,44 @@ class WorkerPool:
 
     def run(self) -> None:
         """Serve until stop(); then DISCONNECT every connection."""
-        now = time.monotonic()
-        for connection in self.connections:
-            connection.connect(now)
-        try:
-            self._loop()
-        finally:
-            for connection in self.connections:
-                connection.close(disconnect=True)
-            if self._own_context:
-                self._context.term()
-            self._waker.close()
-
-    def _loop(self) -> None:
-        sockets: SocketSet | None = None
-        by_socket: dict[zmq.Socket[bytes], WorkerConnection] = {}
-        next_upkeep = 0.0
+        self.sockets.add_fd(self._waker.fileno())
+        self.open(time.monotonic())
         try:
             while not self._waker.stopped.is_set():
-                if sockets is None or any(c.socket not in by_socket for c in self.connections):
-                    by_socket = {c.socket: c for c in self.connections if c.socket is not None}
-                    if sockets is not None:
-                        sockets.close()
-                    sockets = self._socket_set(list(by_socket))
-                ready, _ = sockets.wait(max(0.0, next_upkeep - time.monotonic()))
+                ready, _ = self.sockets.wait(max(0.0, self._next_upkeep - time.monotonic()))
                 now = time.monotonic()
-                if ready:
-                    self._serve([by_socket[sock] for sock in ready if sock in by_socket], now,
-                                sockets)
-                    if any(c.socket is None for c in self.connections):
-                        next_upkeep = now  # DISCONNECT or reset: reconnect on time
-                if now >= next_upkeep:
-                    # Deadlines only move later between upkeeps (a reply heard), so an early
-                    # upkeep is a cheap no-op and none is ever late.
-                    for connection in self.connections:
-                        connection.maintain(now)
-                        if connection.socket is not None and connection.socket in by_socket:
-                            sockets.touch(connection.socket)  # a heartbeat was maybe sent
-                    next_upkeep = min(c.next_deadline() for c in self.connections)
+                self.serve(self.read(ready, now), now)
+                self.upkeep(now)
         finally:
-            if sockets is not None:
-                sockets.close()
+            self.close()
+            self._waker.close()
 
-    def _socket_set(self, sockets: list[zmq.Socket[bytes]]) -> SocketSet:
-        watched = SocketSet()
-        watched.add_fd(self._waker.fileno())
-        for sock in sockets:
-            watched.add(sock)
-        return watched
+    def open(self, now: float) -> None:
+        """Connect every connection (READY)."""
+        for connection in self.connections:
+            connection.connect(now)
+        self._next_upkeep = min(c.next_deadline() for c in self.connections)
 
-    def _serve(self, readable: list[WorkerConnection], now: float, sockets: SocketSet) -> None:
-        """Read every waiting request, hand each service its batch, send the replies."""
+    def read(self, ready: list[zmq.Socket[bytes]],
+             now: float) -> list[tuple[WorkerConnection, bytes, Frames]]:
+        """The requests waiting on those of `ready` that are this pool's sockets."""
+        requests: list[tuple[WorkerConnection, bytes, Frames]] = []
+        if not ready:
+            return requests
+        readable = set(ready)
+        for connection in self.connections:
+            if connection.socket is not None and connection.socket in readable:
+                requests.extend((connection, client, body)
+                                for client, body in connection.read(now))
+                if connection.socket is None:
+                    self._next_upkeep = now  # DISCONNECT: reconnect on time
+        return requests
+
+    def serve(self, requests: list[tuple[WorkerConnection, bytes, Frames]], now: float) -> None:
+        """Hand each service its batch and send the replies."""
         batches: dict[bytes, list[tuple[WorkerConnection, bytes, Frames]]] = {}
-        for connection in readable:
-            for client, body in connection.read(now):
-                batches.setdefault(connection.service, []).append((connection, client, body))
+        for request in requests:
+            batches.setdefault(request[0].service, []).append(request)
         for service, batch in batches.items():
             try:
                 replies = self._handlers[service]([body for _, _, body in batch])
@@ -263,10 +278,28 @@ class WorkerPool:
                               "their clients retry", service, len(batch))
                 for connection in {id(c): c for c, _, _ in batch}.values():
                     connection.reset(now)
+                self._next_upkeep = now
                 continue
             self.batches += 1
             self.requests_handled += len(batch)
             for (connection, client, _), reply in zip(batch, replies, strict=True):
-                connection.reply(client, reply)
-                if connection.socket is not None:
-                    sockets.touch(connection.socket)
+                connection.reply(client, reply, now=now)
+
+    def upkeep(self, now: float) -> float:
+        """Heartbeats and reconnections when due; returns when upkeep is due next."""
+        if now >= self._next_upkeep:
+            # Deadlines only move later between upkeeps (a reply heard), so an early upkeep is
+            # a cheap no-op and none is ever late.
+            for connection in self.connections:
+                connection.maintain(now)
+            self._next_upkeep = min(c.next_deadline() for c in self.connections)
+        return self._next_upkeep
+
+    def close(self) -> None:
+        """DISCONNECT and close every connection; the context too if the pool made it."""
+        for connection in self.connections:
+            connection.close(disconnect=True)
+        if self._own_sockets:
+            self.sockets.close()
+        if self._own_context:
+            self._context.term()

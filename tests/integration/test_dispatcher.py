@@ -134,9 +134,6 @@ def test_two_dispatchers_on_one_database_never_send_a_request_twice(
         broker: str, database: str, request: pytest.FixtureRequest, titanic: TitanicClient,
         stack: ExitStack) -> None:
     url = str(request.getfixturevalue("sqlite_url" if database == "sqlite" else "postgres_url"))
-    stores = [open_store(url), open_store(url)]
-    for one in stores:
-        stack.callback(one.close_store)
     seen: Counter[bytes] = Counter()
     lock = threading.Lock()
 
@@ -145,13 +142,18 @@ def test_two_dispatchers_on_one_database_never_send_a_request_twice(
             seen[frames[0]] += 1
         return frames
 
-    for _ in range(2):
-        stack.enter_context(running(worker(broker, "echo", count)))
-    for one in stores:
-        stack.enter_context(running(Dispatcher(one, fast_settings(broker))))
-    ids = [titanic.submit("echo", str(n).encode()) for n in range(150)]
-    for request_id in ids:
-        assert titanic.wait(request_id, timeout=20).state is ReplyState.DONE
+    # Stopped before the database fixture drops the database.
+    with ExitStack() as local:
+        stores = [open_store(url), open_store(url)]
+        for one in stores:
+            local.callback(one.close_store)
+        for _ in range(2):
+            local.enter_context(running(worker(broker, "echo", count)))
+        for one in stores:
+            local.enter_context(running(Dispatcher(one, fast_settings(broker))))
+        ids = [titanic.submit("echo", str(n).encode()) for n in range(150)]
+        for request_id in ids:
+            assert titanic.wait(request_id, timeout=20).state is ReplyState.DONE
     assert len(seen) == 150
     assert max(seen.values()) == 1
 
