@@ -230,7 +230,10 @@ class Broker:
         sock.router_mandatory = 1
         if self.curve is not None:
             self.curve.configure(sock, workers=role is Endpoint.WORKERS)
-            self._monitors[sock.get_monitor_socket(_HANDSHAKE_FAILURES)] = role
+            # A name of our own: pyzmq's default, after the socket's descriptor, can still be
+            # bound by a socket closed a moment ago in a shared context.
+            address = f"inproc://titanic-broker-{id(self):x}-{role.name.lower()}-handshakes"
+            self._monitors[sock.get_monitor_socket(_HANDSHAKE_FAILURES, addr=address)] = role
         sock.sndhwm = 100_000
         sock.rcvhwm = 100_000
         for endpoint in endpoints:

@@ -41,6 +41,8 @@ KEY_NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 #: A key file changed less than this long before the folder was read may change again without
 #: its size or time stamp moving (coarse file-system clocks): such a folder is read again next time.
 _RACY_NS = 2_000_000_000
+#: ...but no more often than this, so a burst of handshakes does not read a big folder each time.
+_RACY_REREAD_NS = 100_000_000
 #: Handshake events a client-side watch listens for.
 _CLIENT_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
@@ -221,7 +223,10 @@ class HandshakeWatch:
     def __call__(self, sock: zmq.Socket[bytes]) -> None:
         if self._inner is not None:
             self._inner(sock)
-        self._monitors.append(sock.get_monitor_socket(_CLIENT_EVENTS))
+        # pyzmq's default address is named after the socket's descriptor, which a socket opened
+        # after a close may reuse while the old monitor endpoint is still bound: name our own.
+        address = f"inproc://titanic-handshake-watch-{id(self):x}-{len(self._monitors)}"
+        self._monitors.append(sock.get_monitor_socket(_CLIENT_EVENTS, addr=address))
 
     def failure(self) -> str | None:
         """Why the handshakes failed, if some failed and none succeeded; else None."""
@@ -285,8 +290,8 @@ class AllowedKeys:
 
     A change is noticed by each file's name, inode, size and nanosecond times. Where the file
     system's clock is coarse, a key file rewritten in place within one tick keeps all of them, so
-    a folder holding a file changed within the last two seconds is read again on every lookup
-    until it is older (git's "racily clean" rule).
+    a folder holding a file changed within the last two seconds is read again (at most every
+    0.1 s) until it is older: git's "racily clean" rule.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -294,6 +299,7 @@ class AllowedKeys:
         self._lock = threading.Lock()
         self._stamp: tuple[tuple[str, int, int, int, int], ...] | None = None
         self._racy = False
+        self._read_at = 0
         self._unreadable = False
         self._keys: frozenset[bytes] = frozenset()
 
@@ -306,7 +312,8 @@ class AllowedKeys:
                     log.warning("allowed-keys folder %s cannot be read: refusing every key",
                                 self.folder)
                 self._stamp, self._keys, self._unreadable = None, frozenset(), True
-            elif stamp != self._stamp or self._racy:
+            elif stamp != self._stamp or (
+                    self._racy and time.time_ns() - self._read_at >= _RACY_REREAD_NS):
                 self._unreadable = False
                 self._read(stamp)
             return self._keys
@@ -333,7 +340,7 @@ class AllowedKeys:
             except CurveKeyError as exc:
                 log.warning("ignoring %s", exc)
         changed = frozenset(keys) != self._keys or self._stamp is None
-        self._keys, self._stamp = frozenset(keys), stamp
+        self._keys, self._stamp, self._read_at = frozenset(keys), stamp, read_at
         self._racy = any(read_at - max(mtime, ctime) < _RACY_NS
                          for _, _, _, mtime, ctime in stamp)
         if changed:

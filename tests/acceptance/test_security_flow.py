@@ -168,21 +168,9 @@ def test_refused_peers_of_every_role(procs: Processes, keys: Path, tmp_path: Pat
     assert "plaintext peer" in procs.log("broker")
     assert not has_worker(broker, alice, "echo")
     assert not has_worker(broker, alice, "titanic.request")
-    for proc in (worker, dispatcher):
-        Processes.kill(proc)  # see test_refused_worker_stops_on_sigterm
-
-
-@pytest.mark.xfail(strict=True, reason="worker_pool.py sends heartbeats blocking; after a ZAP "
-                   "refusal libzmq drops the connection for good and the send never returns")
-def test_refused_worker_stops_on_sigterm(procs: Processes, keys: Path) -> None:
-    broker = start_broker(procs, keys)
-    worker = procs.cli("worker", "worker", "echo", "--broker", broker, *HEARTBEAT,
-                       *as_peer(keys, "mallory"))
-    wait_until(lambda: "refused CURVE peer" in procs.log("broker"), message="worker refused")
-    try:
-        assert Processes.terminate(worker, timeout=3) == 0
-    finally:
-        Processes.kill(worker)
+    # Refused daemons keep trying (a key added later gets them in) and still stop on SIGTERM.
+    assert Processes.terminate(worker, timeout=10) == 0
+    assert Processes.terminate(dispatcher, timeout=10) == 0
 
 
 def test_separate_worker_endpoint_with_its_own_keys(procs: Processes, keys: Path,
