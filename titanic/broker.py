@@ -95,7 +95,7 @@ class BrokerStats:
     handshakes_failed: int = 0
     #: CURVE keys not in the allowed folder (ZAP refusals).
     keys_refused: int = 0
-    #: Plaintext peers on a CURVE endpoint (or CURVE peers on a plaintext one).
+    #: Plaintext peers on a CURVE endpoint, when libzmq saw the mismatch before the peer hung up.
     plaintext_refused: int = 0
     #: Requests over max_request_size, answered "413".
     oversized_requests: int = 0

@@ -362,6 +362,7 @@ class _CountingAuthenticator(ThreadAuthenticator):
         self._folders = folders
         self._budget = LogBudget()
         self._peer = ("?", "?", "?")
+        self.separate = False  # set when a socket serves workers only
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
         # One ZAP request at a time on this thread: the reply below belongs to this peer.
@@ -381,15 +382,16 @@ class _CountingAuthenticator(ThreadAuthenticator):
                 domain, address, key = self._peer
                 suppressed = self._budget.take_suppressed()
                 log.warning("refused CURVE peer at %s on the %s endpoint: key %s is not in %s "
-                            "(%s)%s", address, _role(domain), key,
+                            "(%s)%s", address, self._role(domain), key,
                             self._folders.get(domain, "?"),
                             status_text.decode("utf-8", "replace"),
                             f"; {suppressed} more refusals not logged" if suppressed else "")
         super()._send_zap_reply(request_id, status_code, status_text, user_id)
 
-
-def _role(domain: str) -> str:
-    return "worker" if domain == WORKER_ZAP_DOMAIN else "client"
+    def _role(self, domain: str) -> str:
+        if domain == WORKER_ZAP_DOMAIN:
+            return "worker"
+        return "client" if self.separate else "broker's"
 
 
 class CurveServer:
@@ -442,6 +444,8 @@ class CurveServer:
         ZAP handler answers (say, the handler thread died).
         """
         sock.zap_domain = (WORKER_ZAP_DOMAIN if workers else ZAP_DOMAIN).encode()
+        if workers and self._authenticator is not None:
+            self._authenticator.separate = True
         sock.zap_enforce_domain = True
         sock.curve_server = True
         sock.curve_publickey = self.keys.public
