@@ -22,6 +22,7 @@ from titanic.settings import (
     HEARTBEAT_LIVENESS,
     MAX_MESSAGE_SIZE_BYTES,
     MAX_QUEUED_PER_CLIENT,
+    PREFETCH_WAIT_S,
     QUEUED_REQUEST_TTL_S,
     SERVICE_QUEUE_LIMIT,
     WORKER_PREFETCH,
@@ -97,15 +98,22 @@ dialect_option = click.option(
               "answered '503 ...' [env TITANIC_MAX_QUEUED_PER_CLIENT].")
 @click.option("--prefetch", type=click.IntRange(min=1), default=WORKER_PREFETCH,
               show_default=True, envvar="TITANIC_PREFETCH",
-              help="Requests a worker may hold at once: 1 is strict one-at-a-time; more keep the "
-              "next requests waiting in the worker's socket, saving a round trip per request.")
+              help="Most requests a worker may hold at once: 1 is strict one-at-a-time; more keep "
+              "the next requests waiting in a quick worker's socket, saving a round trip per "
+              "request [env TITANIC_PREFETCH].")
+@click.option("--prefetch-wait", type=click.FloatRange(min=0), default=PREFETCH_WAIT_S,
+              show_default=True, envvar="TITANIC_PREFETCH_WAIT",
+              help="Seconds a request may expect to wait at a busy worker: each worker holds "
+              "only as many requests as it answers in this time, judged by its recent pace, so "
+              "slow work goes one at a time to the first idle worker [env TITANIC_PREFETCH_WAIT].")
 @curve_server_options
 @click.option("-v", "--verbose", count=True, help="-v logs every message.")
 @handle_errors
 def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: float,
            liveness: int, busy_timeout: float, request_ttl: float, queue_limit: int,
            max_message_size: int, max_request_size: int, max_queued_per_client: int,
-           prefetch: int, curve: CurveServerOptions, verbose: int) -> None:
+           prefetch: int, prefetch_wait: float, curve: CurveServerOptions,
+           verbose: int) -> None:
     """Run the Majordomo broker (7/MDP and 18/MDP on one endpoint, with mmi.*).
 
     With --curve-secret and --curve-allow it speaks CURVE only and admits only the keys in the
@@ -121,7 +129,7 @@ def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: flo
     settings = BrokerSettings(
         heartbeat_interval=heartbeat, heartbeat_liveness=liveness,
         busy_worker_timeout=busy_timeout, request_ttl=request_ttl, queue_limit=queue_limit,
-        max_message_size=max_message_size, worker_prefetch=prefetch,
+        max_message_size=max_message_size, worker_prefetch=prefetch, prefetch_wait=prefetch_wait,
         max_request_size=max_request_size, max_queued_per_client=max_queued_per_client,
     )
     server = Broker(list(binds) or [DEFAULT_BROKER], settings, trace=verbose > 0,

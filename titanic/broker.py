@@ -27,6 +27,9 @@ from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, send_frames
 from titanic.errors import ProtocolError
 from titanic.protocol import mmi
 from titanic.protocol.mdp import (
+    CLIENT_01,
+    EMPTY,
+    WORKER_01,
     ClientRequest,
     Command,
     Dialect,
@@ -34,7 +37,6 @@ from titanic.protocol.mdp import (
     WorkerMessage,
     build_client_reply,
     build_worker,
-    build_worker_request,
     parse_peer_message,
 )
 from titanic.security import CurveServer, LogBudget, describe_handshake_failure
@@ -66,6 +68,11 @@ class Endpoint(enum.Enum):
 
 # Enum members looked up as globals: `Endpoint.X` costs ~70 ns a time on CPython 3.11.
 _SHARED, _CLIENTS, _WORKERS = Endpoint.SHARED, Endpoint.CLIENTS, Endpoint.WORKERS
+_MDP01 = Dialect.MDP01
+#: 7/MDP's REPLY (FINAL) command, and every dialect's REQUEST prefix, built once.
+_FINAL_01 = build_worker(Dialect.MDP01, Command.FINAL, b"-")[2]
+_REQUEST_PREFIX = {dialect: build_worker(dialect, Command.REQUEST, b"-")[:-2]
+                   for dialect in Dialect}
 
 
 def _show(name: bytes) -> str:
@@ -137,18 +144,43 @@ class _Service:
 
 
 class _Worker:
-    __slots__ = ("identity", "service", "dialect", "last_seen", "outstanding", "partials")
+    __slots__ = ("identity", "service", "dialect", "last_seen", "outstanding", "partials",
+                 "credit", "per_request", "last_reply")
 
     def __init__(self, identity: bytes, service: _Service, dialect: Dialect, now: float) -> None:
         self.identity = identity
         self.service = service
         self.dialect = dialect
         self.last_seen = now
-        # Requests sent and not yet answered, oldest first: (client identity, client dialect).
-        # A worker answers them in order, one at a time; with prefetch > 1 the next one waits in
-        # the worker's socket instead of the broker's queue, saving a round trip per request.
-        self.outstanding: deque[tuple[bytes, Dialect]] = deque()
+        # Requests sent and not yet answered, oldest first: (client identity, client dialect,
+        # when sent). A worker answers them in order, one at a time; with credit > 1 the next
+        # ones wait in the worker's socket instead of the broker's queue, saving a round trip
+        # per request.
+        self.outstanding: deque[tuple[bytes, Dialect, float]] = deque()
         self.partials: Frames = []
+        self.credit = 1  # requests it may hold; grows once it has shown to be quick
+        self.per_request: float | None = None  # moving average of its time per request, s
+        self.last_reply = now
+
+    def measure(self, sent_at: float, now: float, settings: BrokerSettings) -> None:
+        """A reply came: update the time per request and, from it, the credit.
+
+        The worker started on this request when it was sent or when it answered the previous
+        one, whichever was later. Credit lets the requests queued at a worker wait about
+        `prefetch_wait` at most: one at a time for slow work, up to `worker_prefetch` for quick.
+        """
+        took = now - max(sent_at, self.last_reply)
+        self.last_reply = now
+        average = self.per_request
+        average = took if average is None else average + 0.2 * (took - average)
+        self.per_request = average
+        wait, ceiling = settings.prefetch_wait, settings.worker_prefetch
+        if wait <= 0:
+            self.credit = 1
+        elif average <= 0:  # answered within the same batch of messages: quicker than we see
+            self.credit = ceiling
+        else:
+            self.credit = max(1, min(ceiling, 1 + int(wait / average)))
 
 
 class Broker:
@@ -333,6 +365,21 @@ class Broker:
         self.stats.messages += 1
         if self._trace:
             log.debug("recv %r", frames)
+        # The two messages of every 7/MDP round trip, recognised without the general parser:
+        # a client's request and a worker's reply to the client at the head of its queue.
+        if len(frames) > 3 and not frames[1]:
+            header = frames[2]
+            if header == CLIENT_01:
+                if frames[3] and endpoint is not _WORKERS:
+                    self._on_client(frames[0], _MDP01, frames[3], frames[4:])
+                    return
+            elif header == WORKER_01 and len(frames) > 5 and frames[3] == _FINAL_01:
+                worker = self._workers.get(frames[0])
+                if (worker is not None and not frames[5] and worker.outstanding
+                        and worker.outstanding[0][0] == frames[4] and endpoint is not _CLIENTS):
+                    worker.last_seen = self._now
+                    self._on_reply(worker, True, frames[6:])
+                    return
         try:
             message = parse_peer_message(frames[1:])
         except ProtocolError as exc:
@@ -344,7 +391,7 @@ class Broker:
             if endpoint is _WORKERS:
                 self._refuse(frames[0], "clients_on_worker_endpoint")
                 return
-            self._on_client(frames[0], message)
+            self._on_client(frames[0], message.dialect, message.service, message.body)
         elif type(message) is WorkerMessage:
             if endpoint is _CLIENTS:
                 self._refuse(frames[0], "workers_on_client_endpoint")
@@ -360,35 +407,33 @@ class Broker:
         setattr(self.stats, counter, getattr(self.stats, counter) + 1)
         self._last_refused[counter] = peer
 
-    def _on_client(self, client: bytes, request: ClientRequest) -> None:
-        service_name = request.service
+    def _on_client(self, client: bytes, dialect: Dialect, service_name: bytes,
+                   body: Frames) -> None:
         limit = self._max_request_size
-        body = request.body
         # One frame is the common case: len() of it is a third of the cost of sum(map(len)).
         if limit and (size := len(body[0]) if len(body) == 1 else sum(map(len, body))) > limit:
             self._refuse(client, "oversized_requests")
             self._send(self._socket, client, build_client_reply(
-                request.dialect, service_name,
+                dialect, service_name,
                 [OVERSIZED + b" request of %d bytes exceeds the broker's limit of %d bytes"
                  % (size, limit)]))
             return
-        if mmi.is_mmi(service_name):
+        if service_name.startswith(mmi.PREFIX):
             self.stats.mmi_requests += 1
-            code = mmi.answer(service_name, request.body, self.has_workers)
-            self._send(self._socket, client, build_client_reply(request.dialect, service_name,
-                                                                [code]))
+            code = mmi.answer(service_name, body, self.has_workers)
+            self._send(self._socket, client, build_client_reply(dialect, service_name, [code]))
             return
         self.stats.requests += 1
         service = self._services.get(service_name)
         if service is None:
             service = self._services[service_name] = _Service(service_name)
         while (worker := service.take_worker()) is not None:
-            if self._assign(worker, client, request.dialect, request.body):
+            if self._assign(worker, client, dialect, body):
                 self._place(worker)
                 return
-        self._enqueue(service, client, request)
+        self._enqueue(service, client, dialect, body)
 
-    def _enqueue(self, service: _Service, client: bytes, request: ClientRequest) -> None:
+    def _enqueue(self, service: _Service, client: bytes, dialect: Dialect, body: Frames) -> None:
         if (len(service.requests) >= self.settings.queue_limit
                 or self._queued_total >= self.settings.total_queue_limit):
             self.stats.rejected_requests += 1
@@ -399,13 +444,13 @@ class Broker:
         if waiting >= self._max_queued_per_client:
             self._refuse(client, "over_client_limit")
             self._send(self._socket, client, build_client_reply(
-                request.dialect, service.name,
+                dialect, service.name,
                 [OVER_CLIENT_LIMIT + b" too many queued requests from this client (limit %d): "
                  b"retry later" % self.settings.max_queued_per_client]))
             return
         self._queued_by_client[client] = waiting + 1
         expires_at = self._now + self.settings.request_ttl
-        service.requests.append(_Queued(client, request.dialect, request.body, expires_at))
+        service.requests.append(_Queued(client, dialect, body, expires_at))
         self._queued_total += 1
         self.stats.queued += 1
 
@@ -420,8 +465,8 @@ class Broker:
     def _assign(self, worker: _Worker, client: bytes, dialect: Dialect, body: Frames) -> bool:
         """Send a request to a worker with credit; False (worker removed) if it is unreachable."""
         if self._send(self._worker_socket, worker.identity,
-                      build_worker_request(worker.dialect, client, body)):
-            worker.outstanding.append((client, dialect))
+                      [*_REQUEST_PREFIX[worker.dialect], client, EMPTY, *body]):
+            worker.outstanding.append((client, dialect, self._now))
             return True
         self._remove_worker(worker, "unreachable")
         return False
@@ -435,7 +480,7 @@ class Broker:
         load = len(worker.outstanding)
         if load == 0:
             service.idle[identity] = worker
-        elif load < self.settings.worker_prefetch:
+        elif load < worker.credit:
             service.spare[identity] = worker
 
     def _on_worker(self, identity: bytes, dialect: Dialect, command: Command, address: bytes,
@@ -489,7 +534,7 @@ class Broker:
         self._feed(worker)
 
     def _on_reply(self, worker: _Worker, final: bool, body: Frames) -> None:
-        client, dialect = worker.outstanding[0]
+        client, dialect, sent_at = worker.outstanding[0]
         service = worker.service.name
         if not final:
             if dialect is Dialect.MDP01:
@@ -503,16 +548,19 @@ class Broker:
             body, worker.partials = worker.partials, []
         self.stats.replies += 1
         worker.outstanding.popleft()
-        self._send(self._socket, client, build_client_reply(dialect, service, body))
+        worker.measure(sent_at, self._now, self.settings)
+        self._send(self._socket, client,
+                   [EMPTY, CLIENT_01, service, *body] if dialect is _MDP01
+                   else build_client_reply(dialect, service, body))
         self._feed(worker)
 
     def _feed(self, worker: _Worker) -> None:
         """Give the worker queued requests up to its credit, then file it by its load."""
         service = worker.service
         requests = service.requests
-        prefetch = self.settings.worker_prefetch
+        credit = worker.credit
         by_client = self._queued_by_client
-        while requests and len(worker.outstanding) < prefetch:
+        while requests and len(worker.outstanding) < credit:
             queued = requests.popleft()
             self._queued_total -= 1
             left = by_client[queued.client] - 1  # inline _unqueued(): this loop is hot
@@ -621,7 +669,7 @@ class Broker:
         """Send to a peer on its socket; an unknown peer or a full pipe is counted, never raised."""
         if sock is None:
             return False
-        frames.insert(0, identity)
+        frames.insert(0, identity)  # the callers build a fresh list for every send
         if self._trace:
             log.debug("send %r", frames)
         try:

@@ -12,7 +12,11 @@ HEARTBEAT_LIVENESS = 3
 BUSY_WORKER_TIMEOUT_S = 300.0
 QUEUED_REQUEST_TTL_S = 60.0
 SERVICE_QUEUE_LIMIT = 100_000
-WORKER_PREFETCH = 3
+#: Most requests a worker may hold at once (its credit never exceeds this).
+WORKER_PREFETCH = 16
+#: A worker gets more than one request at a time only while the requests queued at it would wait
+#: less than this, judged by how long it has been taking per request, in seconds.
+PREFETCH_WAIT_S = 0.002
 TOTAL_QUEUE_LIMIT = 1_000_000
 MAX_MESSAGE_SIZE_BYTES = 64 * 1024 * 1024
 #: Largest request the broker answers with a refusal instead of serving; below the hard limit
@@ -61,6 +65,7 @@ class BrokerSettings:
     total_queue_limit: int = TOTAL_QUEUE_LIMIT
     max_message_size: int = MAX_MESSAGE_SIZE_BYTES
     worker_prefetch: int = WORKER_PREFETCH
+    prefetch_wait: float = PREFETCH_WAIT_S
     #: Bytes of request body above which a client gets "413 ..." back (0: no soft limit).
     max_request_size: int = BROKER_MAX_REQUEST_BYTES
     #: Queued requests per client connection above which it gets "503 ..." back.

@@ -1,0 +1,96 @@
+"""Worker credit: a quick worker is given several requests at once, a slow one one at a time.
+
+The worker here is a bare DEALER speaking 7/MDP by hand, so the test sees exactly when the broker
+hands it each request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+import zmq
+from titanic_support import nothing_within, raw_dealer, recv_within, running
+
+from titanic.broker import Broker
+from titanic.client import PipelinedClient
+from titanic.settings import BrokerSettings
+
+# Heartbeats every 10 s: none arrives at the bare worker while a test watches for requests.
+SETTINGS = BrokerSettings(heartbeat_interval=10.0, request_ttl=30, worker_prefetch=8,
+                          prefetch_wait=0.005)
+
+
+@pytest.fixture
+def endpoint() -> Iterator[str]:
+    with ExitStack() as stack:
+        broker = Broker("tcp://127.0.0.1:0", SETTINGS)
+        bound = broker.bind()[0]
+        stack.enter_context(running(broker))
+        yield bound
+
+
+def _register(sock: zmq.Socket[bytes], service: bytes) -> None:
+    sock.send_multipart([b"", b"MDPW01", b"\x01", service])
+
+
+def _next_request(sock: zmq.Socket[bytes], timeout: float = 5.0) -> list[bytes]:
+    """The next REQUEST (heartbeats skipped)."""
+    while True:
+        frames = recv_within(sock, timeout)
+        if frames[2] == b"\x02":
+            return frames
+
+
+def _reply(sock: zmq.Socket[bytes], request: list[bytes]) -> None:
+    client, body = request[3], request[5:]
+    sock.send_multipart([b"", b"MDPW01", b"\x03", client, b"", *body])
+
+
+def test_slow_worker_is_given_one_request_at_a_time(endpoint: str) -> None:
+    with raw_dealer(endpoint) as worker, PipelinedClient(endpoint, depth=4, timeout=10,
+                                                         retries=0) as clients:
+        _register(worker, b"slow")
+        for n in range(4):
+            clients.send("slow", [str(n).encode()], n)
+        for _ in range(4):
+            request = _next_request(worker)
+            # 50 ms of work: no second request may arrive while this one is in hand.
+            assert nothing_within(worker, 0.05)
+            _reply(worker, request)
+        done = []
+        while len(done) < 4:
+            done += clients.poll(5)
+        assert sorted(c.tag for c in done) == [0, 1, 2, 3]
+        assert all(c.error is None for c in done)
+
+
+def test_quick_worker_is_given_several_requests_at_once(endpoint: str) -> None:
+    with raw_dealer(endpoint) as worker, PipelinedClient(endpoint, depth=8, timeout=10,
+                                                         retries=0) as clients:
+        _register(worker, b"quick")
+        # Twenty requests answered at once show the worker to be quick...
+        for n in range(20):
+            clients.send("quick", [b"warm-up"], n)
+            _reply(worker, _next_request(worker))
+            assert clients.poll(5)[0].error is None
+        # ...so of eight sent together, several reach it before it answers the first (how
+        # many depends on how quick it looked: at most the broker's prefetch of 8).
+        for n in range(8):
+            clients.send("quick", [str(n).encode()], n)
+        held = [_next_request(worker)]
+        while len(held) < 8 and not nothing_within(worker, 0.2):
+            held.append(_next_request(worker))
+        assert 2 <= len(held) <= 8
+        assert [r[5] for r in held] == [str(n).encode() for n in range(len(held))]
+        for request in held:
+            _reply(worker, request)
+        while len(held) < 8:
+            request = _next_request(worker)
+            held.append(request)
+            _reply(worker, request)
+        done = []
+        while len(done) < 8:
+            done += clients.poll(5)
+        assert all(c.error is None for c in done)
