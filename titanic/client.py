@@ -252,8 +252,9 @@ class PipelinedClient:
         slot.timeout = self.timeout if timeout is None else timeout
         slot.parts = []
         self._arm(slot, time.monotonic())
+        # No touch() after this send: a free slot's socket has nothing to read (a timed-out
+        # request's socket is replaced), so the send cannot swallow a reply's wake-up.
         slot.connection.send(slot.service, body)
-        self._sockets.touch(slot.connection.socket)
         self._busy.add(slot)
 
     def _arm(self, slot: _Slot, now: float) -> None:
@@ -333,18 +334,22 @@ class PipelinedClient:
                 error = TitanicTimeoutError(
                     f"no reply from service {slot.service.decode(errors='replace')!r} at "
                     f"{self.broker} after {slot.attempts} attempt(s) of {slot.timeout:g} s")
+                self._reopen(slot)  # a late reply must not answer the slot's next request
                 self._finish(slot, done, None, error)
                 continue
             slot.attempts_left -= 1
-            self._sockets.remove(slot.connection.socket)
-            del self._by_socket[slot.connection.socket]
-            slot.connection.reopen()
-            self._track(slot)
+            self._reopen(slot)
             slot.parts = []
             self._arm(slot, now)
             slot.connection.send(slot.service, slot.body)
-            self._sockets.touch(slot.connection.socket)
         return done
+
+    def _reopen(self, slot: _Slot) -> None:
+        """Replace the slot's socket, dropping whatever is queued on it."""
+        self._sockets.remove(slot.connection.socket)
+        del self._by_socket[slot.connection.socket]
+        slot.connection.reopen()
+        self._track(slot)
 
     def _finish(self, slot: _Slot, done: list[Completion], reply: Frames | None,
                 error: Exception | None) -> None:

@@ -30,6 +30,7 @@ TABLE = requests_table.name
         "id", "service", "request", "reply", "status", "attempts", "created_at", "due_at",
         "lease_until", "completed_at", "last_error", "deadline", "idempotency_key"))
 
+_STATUSES = {status.value: status for status in RequestStatus}  # faster than RequestStatus(x)
 PENDING = RequestStatus.PENDING.value
 DISPATCHED = RequestStatus.DISPATCHED.value
 DONE = RequestStatus.DONE.value
@@ -210,7 +211,7 @@ class HotStatements:
             service=row[_SERVICE],
             request=decode_frames(row[_REQUEST]),
             reply=None if reply is None else decode_frames(reply),
-            status=RequestStatus(row[_STATUS]),
+            status=_STATUSES[row[_STATUS]],
             attempts=row[_ATTEMPTS],
             created_at=created,
             due_at=due,
