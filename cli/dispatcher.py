@@ -24,6 +24,10 @@ _DEFAULTS = DispatcherSettings()
 
 @click.command("dispatcher")
 @broker_option
+@click.option("--worker-broker", default=None, envvar="TITANIC_WORKER_BROKER",
+              help="The broker's separate worker endpoint (its --worker-bind), where the TSP "
+              "services register; requests are still forwarded through --broker "
+              "[env TITANIC_WORKER_BROKER; default: --broker].")
 @db_option
 @dialect_option
 @click.option("--request-timeout", type=click.FloatRange(min=0.01),
@@ -65,7 +69,8 @@ _DEFAULTS = DispatcherSettings()
 @curve_client_options
 @click.option("-v", "--verbose", count=True, help="-v logs every request's life cycle.")
 @handle_errors
-def dispatcher(broker: str, db_url: str | None, dialect_name: str, request_timeout: float,
+def dispatcher(broker: str, worker_broker: str | None, db_url: str | None, dialect_name: str,
+               request_timeout: float,
                max_attempts: int, backoff: float, backoff_max: float, max_in_flight: int,
                max_in_flight_per_service: int, pending_ttl: float, reply_ttl: float,
                heartbeat: float, sqlite_synchronous: str, max_request_size: int,
@@ -81,7 +86,8 @@ def dispatcher(broker: str, db_url: str | None, dialect_name: str, request_timeo
     daemon_logging(verbose)
     hook = curve.hook()
     settings = DispatcherSettings(
-        broker=broker, dialect=DIALECTS[dialect_name], request_timeout=request_timeout,
+        broker=broker, worker_broker=worker_broker, dialect=DIALECTS[dialect_name],
+        request_timeout=request_timeout,
         max_attempts=max_attempts, backoff=backoff, backoff_max=backoff_max,
         max_in_flight=max_in_flight, max_in_flight_per_service=max_in_flight_per_service,
         pending_ttl=pending_ttl, reply_ttl=reply_ttl,

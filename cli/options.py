@@ -14,10 +14,15 @@ from typing import Any, TypeVar
 import click
 import zmq
 
-from titanic.errors import CurveKeyError, StoreError, TitanicError, TitanicTimeoutError
+from titanic.errors import (
+    CurveKeyError,
+    HandshakeRefusedError,
+    StoreError,
+    TitanicError,
+    TitanicTimeoutError,
+)
 from titanic.security import (
     CurveServer,
-    HandshakeRefusedError,
     HandshakeWatch,
     SocketHook,
     load_client_hook,

@@ -45,6 +45,9 @@ class DispatcherSettings:
     """How the dispatcher behaves; every time is in seconds."""
 
     broker: str = DEFAULT_BROKER
+    #: The broker's worker endpoint, when it has a separate one (`titanic broker --worker-bind`):
+    #: the TSP services register there; requests are forwarded through `broker`.
+    worker_broker: str | None = None
     dialect: Dialect = Dialect.MDP01
     #: How long a forwarded request may take before it counts as failed and is retried.
     request_timeout: float = 10.0
@@ -159,7 +162,7 @@ class Dispatcher:
             return replies
 
         return WorkerPool(
-            s.broker,
+            s.worker_broker or s.broker,
             {
                 tsp.REQUEST_SERVICE: (s.request_connections, store_requests),
                 tsp.REPLY_SERVICE: (s.reply_connections, batch_of(handle_reply, self.store)),
@@ -182,7 +185,8 @@ class Dispatcher:
         presence = _Presence(s)
         self._sockets.add_fd(self._waker.fileno())
         self.server.open(time.monotonic())
-        log.info("dispatcher serving %s on %s", "titanic.request/reply/close", s.broker)
+        log.info("dispatcher serving titanic.request/reply/close on %s, forwarding through %s",
+                 s.worker_broker or s.broker, s.broker)
         try:
             self._loop(client, presence)
             self._sockets.remove_fd(self._waker.fileno())

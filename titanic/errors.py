@@ -43,3 +43,7 @@ class SchemaError(StoreError):
 
 class CurveKeyError(TitanicError):
     """A CURVE key file is missing or malformed."""
+
+
+class HandshakeRefusedError(TitanicError):
+    """The broker refused the security handshake: the key, the server key or the mechanism."""

@@ -26,7 +26,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from titanic.errors import CurveKeyError, TitanicError
+from titanic.errors import CurveKeyError
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,6 @@ _RACY_REREAD_NS = 100_000_000
 #: Handshake events a client-side watch listens for.
 _CLIENT_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-
-
-class HandshakeRefusedError(TitanicError):
-    """The broker refused the security handshake: the key, the server key or the mechanism."""
 
 
 @dataclass(frozen=True)

@@ -179,3 +179,24 @@ def test_stop_releases_requests_in_flight(broker: str, store: Store, titanic: Ti
     assert stored is not None
     assert stored.status is RequestStatus.PENDING  # handed back, not left leased
     assert dispatcher.stats.released == 1
+
+
+def test_dispatcher_on_a_broker_with_a_separate_worker_endpoint(store: Store) -> None:
+    server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
+                                                        heartbeat_liveness=5),
+                    worker_endpoints="tcp://127.0.0.1:0")
+    clients = server.bind()[0]
+    workers = server.worker_bound[0]
+    settings = replace(fast_settings(clients), worker_broker=workers)
+    with ExitStack() as stack:
+        stack.enter_context(running(server))
+        stack.enter_context(running(worker(workers, "echo", lambda frames: frames)))
+        stack.enter_context(running(Dispatcher(store, settings)))
+        with TitanicClient(clients, timeout=2.0, retries=3) as titanic:
+            request_id = titanic.submit("echo", b"through both doors")
+            answer = titanic.wait(request_id, timeout=20)
+        assert answer.state is ReplyState.DONE
+        assert answer.reply == [b"through both doors"]
+        # The TSP services registered on the worker endpoint, none on the client one.
+        assert server.stats.workers_on_client_endpoint == 0
+        assert server.stats.clients_on_worker_endpoint == 0
