@@ -17,13 +17,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, send_frames
+from titanic.broker_stats import BrokerStats, DropReport
 from titanic.errors import ProtocolError
 from titanic.protocol import mmi
 from titanic.protocol.mdp import (
@@ -45,11 +45,6 @@ from titanic.settings import SHUTDOWN_LINGER_MS, BrokerSettings
 log = logging.getLogger(__name__)
 
 _RECV_BATCH = 512
-#: Counters whose growth is logged once per heartbeat interval.
-_REPORTED = ("malformed", "expired_requests", "rejected_requests", "abandoned_requests",
-             "workers_disconnected", "workers_expired", "unroutable", "dropped_at_hwm",
-             "handshakes_failed", "keys_refused", "plaintext_refused", "oversized_requests",
-             "over_client_limit", "workers_on_client_endpoint", "clients_on_worker_endpoint")
 #: Security handshake failures: a plaintext peer, one with the wrong server key, a refused key.
 _HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
@@ -78,44 +73,6 @@ _REQUEST_PREFIX = {dialect: build_worker(dialect, Command.REQUEST, b"-")[:-2]
 def _show(name: bytes) -> str:
     """A peer-supplied name, short enough for a log line."""
     return repr(name[:40]) + ("..." if len(name) > 40 else "")
-
-
-@dataclass
-class BrokerStats:
-    """Counters of what the broker did and dropped; nothing is dropped without a count."""
-
-    messages: int = 0
-    malformed: int = 0
-    requests: int = 0
-    replies: int = 0
-    mmi_requests: int = 0
-    queued: int = 0
-    expired_requests: int = 0
-    rejected_requests: int = 0
-    abandoned_requests: int = 0
-    unroutable: int = 0
-    dropped_at_hwm: int = 0
-    workers_registered: int = 0
-    workers_expired: int = 0
-    workers_disconnected: int = 0
-    #: Failed security handshakes of every kind (the next two included).
-    handshakes_failed: int = 0
-    #: CURVE keys not in the allowed folder (ZAP refusals).
-    keys_refused: int = 0
-    #: Plaintext peers on a CURVE endpoint, when libzmq saw the mismatch before the peer hung up.
-    plaintext_refused: int = 0
-    #: Requests over max_request_size, answered "413".
-    oversized_requests: int = 0
-    #: Requests over max_queued_per_client, answered "503".
-    over_client_limit: int = 0
-    #: Worker commands on the client endpoint, answered DISCONNECT (separate endpoints only).
-    workers_on_client_endpoint: int = 0
-    #: Client requests on the worker endpoint, dropped (separate endpoints only).
-    clients_on_worker_endpoint: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters by name."""
-        return asdict(self)
 
 
 class _Queued(NamedTuple):
@@ -215,8 +172,7 @@ class Broker:
         self._workers: dict[bytes, _Worker] = {}
         self._queued_total = 0
         self._queued_by_client: dict[bytes, int] = {}
-        self._reported: dict[str, int] = {}
-        self._last_refused: dict[str, bytes] = {}
+        self._drops = DropReport(self.stats)
         self._waker = Waker()
         self._trace = trace
         self.curve = curve
@@ -404,8 +360,7 @@ class Broker:
 
     def _refuse(self, peer: bytes, counter: str) -> None:
         """Count a refused message; the interval report names the last peer refused."""
-        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
-        self._last_refused[counter] = peer
+        self._drops.refused(counter, peer)
 
     def _on_client(self, client: bytes, dialect: Dialect, service_name: bytes,
                    body: Frames) -> None:
@@ -613,25 +568,7 @@ class Broker:
         self._expire_workers()
         self._heartbeat_workers()
         self._expire_requests()
-        self._report_drops()
-
-    def _report_drops(self) -> None:
-        """One warning per interval for whatever was dropped, however much: a flood of bad
-        input must not become a flood of log lines."""
-        now = self.stats.as_dict()
-        grown = {name: now[name] - self._reported.get(name, 0) for name in _REPORTED
-                 if now[name] != self._reported.get(name, 0)}
-        if grown:
-            log.warning("in the last %.1f s: %s", self.settings.heartbeat_interval,
-                        ", ".join(self._describe_drop(name, count)
-                                  for name, count in grown.items()))
-            self._reported = {name: now[name] for name in _REPORTED}
-        self._last_refused.clear()
-
-    def _describe_drop(self, name: str, count: int) -> str:
-        peer = self._last_refused.get(name)
-        last = f" (last from peer {peer.hex()})" if peer is not None else ""
-        return f"{count} {name.replace('_', ' ')}{last}"
+        self._drops.report(self.settings.heartbeat_interval)
 
     def _expire_workers(self) -> None:
         idle_limit = self.settings.worker_expiry
