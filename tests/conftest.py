@@ -12,6 +12,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
+from titanic_support import Processes
 
 POSTGRES_SERVER = os.environ.get("TITANIC_TEST_POSTGRES_URL",
                                  "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -52,6 +53,16 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    """Processes a test starts; every one still running is killed when the test ends."""
+    processes = Processes(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.close()
 
 
 @pytest.fixture

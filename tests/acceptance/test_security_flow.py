@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,6 @@ from titanic.security import SocketHook, load_client_hook
 HEARTBEAT = ["--heartbeat", "0.2"]
 FAST_DISPATCHER = [*HEARTBEAT, "--request-timeout", "2", "--backoff", "0.1", "--backoff-max",
                    "0.5"]
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.close()
 
 
 @pytest.fixture

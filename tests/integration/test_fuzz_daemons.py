@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import zmq
 from titanic_support import Processes, free_endpoint, wait_until
 
@@ -47,15 +45,6 @@ def random_message(rng: random.Random) -> list[bytes]:
         else:
             frames.append(rng.randbytes(rng.choice([0, 1, 5, 32, 300])))
     return frames
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.close()
 
 
 def test_daemons_survive_100k_malformed_messages(procs: Processes, tmp_path: Path) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from titanic_support import Processes, free_endpoint, raw_dealer, recv_within, wait_until
 
 from titanic.client import Client
@@ -25,15 +23,6 @@ def handler(frames):
 
 Worker(sys.argv[1], "slow", handler, heartbeat_interval=0.2, reconnect_initial=0.05).run()
 """
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.close()
 
 
 def start_broker(procs: Processes, endpoint: str,

@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import zmq
-
+from titanic.bench import mdp
 from titanic.bench.common import Result, free_port, spawn, stop_all, titanic_command
-from titanic.client import Client, PipelinedClient
-from titanic.errors import TitanicTimeoutError
+from titanic.protocol.mdp import Dialect
 from titanic.security import SocketHook, load_client_hook, write_keypair
 
 SERVICE = b"echo"
@@ -79,74 +76,11 @@ def _running(keys: _Keys | None, workers: int) -> Iterator[str]:
         for _ in range(workers):
             processes.append(spawn(titanic_command("worker", "echo", "--broker", endpoint,
                                                    *peer_args)))
-        _wait_until_served(endpoint, workers, keys.client if keys else None)
+        mdp.wait_until_served(endpoint, Dialect.MDP01, workers,
+                              configure_socket=keys.client if keys else None)
         yield endpoint
     finally:
         stop_all(processes)
-
-
-def _wait_until_served(endpoint: str, workers: int, hook: SocketHook | None,
-                       deadline_s: float = 20) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        try:
-            with PipelinedClient(endpoint, depth=workers, timeout=0.5, retries=0,
-                                 configure_socket=hook) as client:
-                client.request_many([(SERVICE, [b"warm-up"])] * workers * 4)
-            return
-        except TitanicTimeoutError:
-            continue
-    raise RuntimeError(f"echo workers at {endpoint} did not come up in {deadline_s} s")
-
-
-def measure_sync(endpoint: str, hook: SocketHook | None, requests: int, body: bytes, *,
-                 new_socket: bool) -> Result:
-    """One request at a time, on one kept socket or on a new socket (and handshake) each."""
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    latencies: list[float] = []
-    kept = None if new_socket else Client(endpoint, timeout=5, retries=0, context=context,
-                                          configure_socket=hook)
-    started = time.perf_counter()
-    try:
-        for _ in range(requests):
-            t0 = time.perf_counter()
-            if kept is not None:
-                kept.request(SERVICE, body)
-            else:
-                with Client(endpoint, timeout=5, retries=0, context=context,
-                            configure_socket=hook) as once:
-                    once.request(SERVICE, body)
-            latencies.append(time.perf_counter() - t0)
-        seconds = time.perf_counter() - started
-    finally:
-        if kept is not None:
-            kept.close()
-        context.term()
-    name = "sync, new socket per call" if new_socket else "sync, socket kept"
-    return Result(name, requests, seconds, latencies)
-
-
-def measure_pipelined(endpoint: str, hook: SocketHook | None, requests: int, body: bytes,
-                      depth: int) -> Result:
-    """`depth` requests in flight at once."""
-    latencies: list[float] = []
-    sent_at: dict[int, float] = {}
-
-    def stamped() -> Iterator[tuple[bytes, list[bytes]]]:
-        for index in range(requests):
-            sent_at[index] = time.perf_counter()
-            yield SERVICE, [body]
-
-    with PipelinedClient(endpoint, depth=depth, timeout=10, retries=0,
-                         configure_socket=hook) as client:
-        started = time.perf_counter()
-        for completion in client.run(stamped()):
-            if completion.error is not None:
-                raise completion.error
-            assert isinstance(completion.tag, int)
-            latencies.append(time.perf_counter() - sent_at.pop(completion.tag))
-        seconds = time.perf_counter() - started
-    return Result(f"pipelined, {depth} in flight", requests, seconds, latencies)
 
 
 def run(options: CurveBenchOptions) -> dict[str, dict[str, Result]]:
@@ -161,11 +95,12 @@ def run(options: CurveBenchOptions) -> dict[str, dict[str, Result]]:
                 with _running(mode_keys, options.workers) as endpoint:
                     hook = mode_keys.client if mode_keys else None
                     for result in (
-                        measure_sync(endpoint, hook, options.sync_requests, body,
-                                     new_socket=False),
-                        measure_sync(endpoint, hook, options.connects, body, new_socket=True),
-                        measure_pipelined(endpoint, hook, options.requests, body,
-                                          options.depth),
+                        mdp.measure_sync(endpoint, Dialect.MDP01, options.sync_requests, body,
+                                         configure_socket=hook),
+                        mdp.measure_sync(endpoint, Dialect.MDP01, options.connects, body,
+                                         new_socket=True, configure_socket=hook),
+                        mdp.measure_pipelined(endpoint, Dialect.MDP01, options.requests, body,
+                                              options.depth, configure_socket=hook),
                     ):
                         print(f"  round {round_number} {mode:9} {result.name:28} "
                               f"{result.rate:9.0f}/s", file=sys.stderr, flush=True)

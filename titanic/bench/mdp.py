@@ -19,7 +19,7 @@ import zmq
 
 from titanic.bench import device
 from titanic.bench.common import Result, format_table, free_port, spawn, stop_all, titanic_command
-from titanic.client import Client, PipelinedClient
+from titanic.client import Client, PipelinedClient, SocketHook
 from titanic.errors import TitanicTimeoutError
 from titanic.protocol.mdp import Dialect
 
@@ -53,13 +53,14 @@ def running_broker(command: Callable[[str], list[str]], dialect: Dialect,
 
 
 def wait_until_served(endpoint: str, dialect: Dialect, workers: int,
-                      deadline_s: float = 20) -> None:
+                      deadline_s: float = 20, *,
+                      configure_socket: SocketHook | None = None) -> None:
     """Block until `workers` requests in flight at once all come back (every worker is up)."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         try:
             with PipelinedClient(endpoint, depth=workers, dialect=dialect, timeout=0.5,
-                                 retries=0) as client:
+                                 retries=0, configure_socket=configure_socket) as client:
                 client.request_many([(SERVICE, [b"warm-up"])] * workers * 4)
             return
         except TitanicTimeoutError:
@@ -69,35 +70,43 @@ def wait_until_served(endpoint: str, dialect: Dialect, workers: int,
 
 def measure_sync(endpoint: str, dialect: Dialect, requests: int, body: bytes, *,
                  new_socket: bool = False,
-                 context: zmq.Context[zmq.Socket[bytes]] | None = None) -> Result:
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None,
+                 configure_socket: SocketHook | None = None) -> Result:
     """One client, one request at a time; optionally a new client socket per request."""
     latencies: list[float] = []
-    client = Client(endpoint, dialect=dialect, timeout=5, retries=0, context=context)
+    own_context = context is None
+    context = context or zmq.Context()
+    client = Client(endpoint, dialect=dialect, timeout=5, retries=0, context=context,
+                    configure_socket=configure_socket)
     started = time.perf_counter()
     try:
         for _ in range(requests):
             t0 = time.perf_counter()
             if new_socket:
-                with Client(endpoint, dialect=dialect, timeout=5, retries=0,
-                            context=context) as once:
+                with Client(endpoint, dialect=dialect, timeout=5, retries=0, context=context,
+                            configure_socket=configure_socket) as once:
                     once.request(SERVICE, body)
             else:
                 client.request(SERVICE, body)
             latencies.append(time.perf_counter() - t0)
+        seconds = time.perf_counter() - started
     finally:
         client.close()
+        if own_context:
+            context.term()
     name = "sync, new socket per call" if new_socket else "sync, socket kept"
-    return Result(name, requests, time.perf_counter() - started, latencies)
+    return Result(name, requests, seconds, latencies)
 
 
 def measure_pipelined(endpoint: str, dialect: Dialect, requests: int, body: bytes,
                       depth: int, *,
-                      context: zmq.Context[zmq.Socket[bytes]] | None = None) -> Result:
+                      context: zmq.Context[zmq.Socket[bytes]] | None = None,
+                      configure_socket: SocketHook | None = None) -> Result:
     """`depth` requests in flight at once."""
     latencies: list[float] = []
     sent_at: dict[int, float] = {}
     with PipelinedClient(endpoint, depth=depth, dialect=dialect, timeout=10, retries=0,
-                         context=context) as client:
+                         context=context, configure_socket=configure_socket) as client:
         def stamped() -> Iterator[tuple[bytes, list[bytes]]]:
             for index in range(requests):
                 sent_at[index] = time.perf_counter()
