@@ -1,9 +1,11 @@
 """Titanic benchmark: titanic.request acknowledgements and end-to-end completions per second.
 
     python -m titanic.bench.tsp [--requests N] [--depth 32] [--db URL]
+                                [--sqlite-synchronous FULL|NORMAL] [--service NAME]
 
 A broker, a dispatcher and two echo workers run as subprocesses on loopback, on a fresh SQLite
-file (synchronous=FULL) unless --db names another database. The client runs here.
+file (synchronous=FULL unless told otherwise) unless --db names another database. The client
+runs here. `--service` names a service without workers to measure acknowledgements alone.
 """
 
 from __future__ import annotations
@@ -66,14 +68,15 @@ def _wait_for_titanic(endpoint: str, deadline_s: float = 30) -> None:
     raise RuntimeError(f"titanic at {endpoint} did not answer in {deadline_s} s")
 
 
-def measure_acks_sync(endpoint: str, requests: int, body: bytes) -> Result:
+def measure_acks_sync(endpoint: str, requests: int, body: bytes,
+                      service: bytes = SERVICE) -> Result:
     """One synchronous client submitting one request at a time."""
     latencies: list[float] = []
     with Client(endpoint, timeout=5, retries=0) as client:
         started = time.perf_counter()
         for _ in range(requests):
             t0 = time.perf_counter()
-            reply = client.request(tsp.REQUEST_SERVICE, SERVICE, body)
+            reply = client.request(tsp.REQUEST_SERVICE, service, body)
             if not reply[0].startswith(b"200"):
                 raise RuntimeError(f"titanic.request answered {reply[0]!r}")
             latencies.append(time.perf_counter() - t0)
@@ -135,19 +138,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=100, help="body bytes")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--db", help="database URL (default: a new SQLite file)")
+    parser.add_argument("--sqlite-synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    parser.add_argument("--service", default=SERVICE.decode(),
+                        help="service the requests are for (one without workers: acks only)")
     args = parser.parse_args(argv)
     body = b"x" * args.size
     with tempfile.TemporaryDirectory() as folder:
         db_url = args.db or f"sqlite:///{Path(folder) / 'bench.db'}"
         rows: list[tuple[str, Result]] = []
-        with running_titanic(db_url, args.workers) as titanic:
+        service = args.service.encode()
+        extra = ["--sqlite-synchronous", args.sqlite_synchronous]
+        with running_titanic(db_url, args.workers, extra) as titanic:
             endpoint = titanic.endpoint
-            rows.append(("titanic", measure_acks_sync(endpoint, args.sync_requests, body)))
+            rows.append(("titanic", measure_acks_sync(endpoint, args.sync_requests, body,
+                                                      service)))
             rows.append(("titanic", measure_acks_pipelined(endpoint, args.requests, body,
-                                                           args.depth)[0]))
-            rows.append(("titanic", measure_end_to_end(endpoint, db_url, args.requests, body,
-                                                       args.depth)))
-    database = args.db or "a new SQLite file, synchronous=FULL"
+                                                           args.depth, service)[0]))
+            if service == SERVICE:
+                rows.append(("titanic", measure_end_to_end(endpoint, db_url, args.requests,
+                                                           body, args.depth)))
+    database = args.db or f"a new SQLite file, synchronous={args.sqlite_synchronous}"
     print(f"{args.size}-byte bodies, {args.workers} echo workers, database: {database}")
     print(format_table(rows))
     return 0
