@@ -155,7 +155,11 @@ def test_refused_peers_of_every_role(procs: Processes, keys: Path, tmp_path: Pat
     assert wrong_server.returncode == 9 and "curve-server-key" in one_line(wrong_server)
     wait_until(lambda: procs.log("broker").count("refused CURVE peer at 127.0.0.1") >= 3,
                message="refusals logged with the peer's address")
-    assert "plaintext peer" in procs.log("broker")
+    # The plaintext client hangs up at once: libzmq reports either the mechanism mismatch or,
+    # when the hang-up comes first, a handshake cut short (test_security.py pins the former).
+    broker_log = procs.log("broker")
+    assert ("plaintext peer" in broker_log
+            or "connection was lost during the security handshake" in broker_log)
     assert not has_worker(broker, alice, "echo")
     assert not has_worker(broker, alice, "titanic.request")
     # Refused daemons keep trying (a key added later gets them in) and still stop on SIGTERM.
