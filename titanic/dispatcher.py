@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import cast
@@ -28,10 +28,17 @@ from titanic.client import Completion, PipelinedClient
 from titanic.errors import StoreError
 from titanic.protocol import mmi, tsp
 from titanic.protocol.mdp import Dialect, Frames
-from titanic.services import batch_of, handle_close, handle_reply, handle_requests
+from titanic.services import (
+    acknowledge,
+    batch_of,
+    check_requests,
+    handle_close,
+    handle_reply,
+    refuse_for_store_error,
+)
 from titanic.settings import DEFAULT_BROKER
-from titanic.store import RequestStatus, Store, StoredRequest
-from titanic.worker_pool import ConnectionSettings, WorkerPool
+from titanic.store import Delivery, Exchange, RequestStatus, Store
+from titanic.worker_pool import ConnectionSettings, WorkerConnection, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -154,17 +161,11 @@ class Dispatcher:
 
     def _make_server(self) -> WorkerPool:
         s = self.settings
-
-        def store_requests(bodies: Sequence[Frames]) -> list[Frames]:
-            replies = handle_requests(self.store, bodies)
-            self._candidates.update(body[0].decode("utf-8", "replace") for body, reply in
-                                    zip(bodies, replies, strict=True) if reply[0] == b"200")
-            return replies
-
         return WorkerPool(
             s.worker_broker or s.broker,
             {
-                tsp.REQUEST_SERVICE: (s.request_connections, store_requests),
+                # titanic.request is served by the loop itself: see _turn().
+                tsp.REQUEST_SERVICE: (s.request_connections, None),
                 tsp.REPLY_SERVICE: (s.reply_connections, batch_of(handle_reply, self.store)),
                 tsp.CLOSE_SERVICE: (s.close_connections, batch_of(handle_close, self.store)),
             },
@@ -204,9 +205,10 @@ class Dispatcher:
     # -- the loop -------------------------------------------------------------------------------
 
     def _loop(self, client: PipelinedClient, presence: _Presence) -> None:
-        """Each turn: housekeeping when due, claim and send, wait, answer TSP, store replies."""
+        """Wait for anything, then one turn: answer TSP, store replies, claim and send more."""
         s = self.settings
         next_release = next_cleanup = 0.0
+        more = True  # the first turn claims whatever is due
         while not self._waker.stopped.is_set():
             now = time.monotonic()
             if now >= next_release:
@@ -215,103 +217,140 @@ class Dispatcher:
             if now >= next_cleanup:
                 self._guarded(self._cleanup)
                 next_cleanup = now + s.cleanup_interval
-            wake = min(next_release, next_cleanup, self.server.upkeep(now))
-            if client.free_slots:
-                wake = min(wake, now + self._guarded(
-                    partial(self._dispatch, client, presence, now), default=s.presence_interval))
+            if now >= self._next_survey:
+                # Retries come due, other processes store requests: look at the store itself.
+                self._guarded(lambda: self._candidates.update(self.store.due_services()))
+                self._next_survey = now + s.presence_interval
+                more = True
+            wake = min(next_release, next_cleanup, self._next_survey, self.server.upkeep(now))
             deadline = client.next_deadline()
             if deadline is not None:
                 wake = min(wake, deadline)
-            ready, _ = self._sockets.wait(max(0.0, wake - time.monotonic()))
+            ready, _ = self._sockets.wait(0.0 if more else max(0.0, wake - time.monotonic()))
             now = time.monotonic()
-            requests = self.server.read(ready, now)
-            if requests:
-                self.server.serve(requests, now)
+            submits: list[tuple[WorkerConnection, bytes, Frames]] = []
+            others: list[tuple[WorkerConnection, bytes, Frames]] = []
+            for request in self.server.read(ready, now):
+                (submits if request[0].service == tsp.REQUEST_SERVICE else others).append(request)
+            if others:
+                self.server.serve(others, now)
             completions = client.collect(ready) + client.expire(now)
-            if completions:
-                self._guarded(partial(self._record, completions, presence, now))
+            more = self._turn(submits, completions, client, presence, now, claim=True)
 
-    def _guarded(self, action: Callable[[], float | None], default: float = 1.0) -> float:
+    def _guarded(self, action: Callable[[], object]) -> None:
         """Run a store action; a store error is logged and counted, and the loop goes on."""
         try:
-            result = action()
+            action()
         except StoreError as exc:
             self.stats.store_errors += 1
-            log.error("store error (retrying in %.1f s): %s", default, exc)
-            return default
-        return default if result is None else result
+            log.error("store error: %s", exc)
 
-    # -- forwarding -----------------------------------------------------------------------------
+    # -- one turn -------------------------------------------------------------------------------
 
-    def _dispatch(self, client: PipelinedClient, presence: _Presence, now: float) -> float:
-        """Claim and send due requests for services with workers; returns seconds to next look.
-
-        Services to look at come from the TSP server (just submitted) and from a survey of the
-        store once per presence_interval (retries come due, requests from other processes).
-        """
+    def _turn(self, submits: list[tuple[WorkerConnection, bytes, Frames]],
+              completions: list[Completion], client: PipelinedClient, presence: _Presence,
+              now: float, *, claim: bool) -> bool:
+        """Store the new requests and the replies, and claim due requests, in one transaction;
+        then acknowledge, send what was claimed, and reschedule what timed out. True if a
+        service may have more due than was claimed (look again at once)."""
         s = self.settings
-        if now >= self._next_survey:
-            self._candidates.update(self.store.due_services())
-            self._next_survey = now + s.presence_interval
-        for service in list(self._candidates):
-            room = min(client.free_slots, s.max_in_flight_per_service - self._in_flight[service])
-            if room <= 0:
-                continue
-            if not presence.has_workers(service, now, client):
-                continue  # looked at again when mmi answers, or at the next survey
-            room = min(room, client.free_slots)
-            claimed = self.store.claim_due([service], room, s.lease)
-            for request in claimed:
-                self._send(client, request)
-            if len(claimed) < room:
-                self._candidates.discard(service)  # nothing more due there for now
-        return max(0.0, self._next_survey - now)
+        accepted, answers = check_requests([body for _, _, body in submits],
+                                           self.store.max_request_bytes)
+        new = [request for _, request in accepted]
+        self._candidates.update(request.service for request in new)
+        replies, failed = self._sort(completions, presence, now)
+        plan = self._claim_plan(client, presence, now) if claim else {}
+        more = False
+        result: Exchange | None = None
+        try:
+            result = self.store.exchange(new, replies, plan, s.lease)
+        except StoreError as exc:  # the replies stay unstored: their leases resend them
+            self.stats.store_errors += 1
+            log.error("store error: %s", exc)
+            refuse_for_store_error(answers, accepted, exc)
+        else:
+            acknowledge(answers, accepted, result.ids)
+            self.stats.completed += result.completed
+        # Acknowledgements first: their clients wait for them; the workers' requests can follow.
+        for (connection, address, _), answer in zip(submits, answers, strict=True):
+            connection.reply(address, answer or [tsp.Status.ERROR.frame()], now=now)
+        if result is not None:
+            claimed: Counter[str] = Counter()
+            for delivery in result.claimed:
+                self._send(client, delivery)
+                claimed[delivery.service] += 1
+            for service, room in plan.items():
+                if claimed[service] < room:
+                    self._candidates.discard(service)  # nothing more due there for now
+                else:
+                    more = True
+        for request_id, service in failed:
+            self._guarded(partial(self._retry, request_id, service))
+        return more
 
-    def _send(self, client: PipelinedClient, request: StoredRequest) -> None:
-        tag: Hashable = (request.id, request.service)
-        client.send(request.service, request.request, tag)
-        self._in_flight[request.service] += 1
-        self.stats.dispatched += 1
-        log.debug("request %s sent to %r (attempt %d)", request.id, request.service,
-                  request.attempts)
-
-    def _record(self, completions: list[Completion], presence: _Presence, now: float) -> None:
-        """Store the replies that came back (one transaction) and reschedule the failures."""
-        s = self.settings
+    def _sort(self, completions: list[Completion], presence: _Presence,
+              now: float) -> tuple[list[tuple[str, Frames]], list[tuple[str, str]]]:
+        """Replies to store and requests that timed out; mmi.service answers taken note of."""
         replies: list[tuple[str, Frames]] = []
+        failed: list[tuple[str, str]] = []
         for completion in completions:
             first, service = cast(tuple[str, str], completion.tag)
             if first == _MMI:
                 if presence.answer(service, completion.reply, now):
                     self._candidates.add(service)
                 continue
-            request_id = first
             self._in_flight[service] -= 1
             if completion.reply is not None:
-                replies.append((request_id, completion.reply))
+                replies.append((first, completion.reply))
+                log.debug("request %s answered", first)
+            else:
+                presence.forget(service)
+                failed.append((first, service))
+        return replies, failed
+
+    def _claim_plan(self, client: PipelinedClient, presence: _Presence,
+                    now: float) -> dict[str, int]:
+        """How many due requests to claim per service: what in-flight room allows, for the
+        services that may have due requests and have workers (asking mmi.service if stale)."""
+        s = self.settings
+        plan: dict[str, int] = {}
+        for service in list(self._candidates):
+            room = min(client.free_slots - sum(plan.values()),
+                       s.max_in_flight_per_service - self._in_flight[service])
+            if room <= 0:
                 continue
-            presence.forget(service)
-            error = f"no reply from {service!r} within {s.request_timeout:g} s"
-            status = self.store.retry_later(request_id, error, max_attempts=s.max_attempts,
-                                            backoff=s.backoff, backoff_max=s.backoff_max)
-            if status is RequestStatus.FAILED:
-                self.stats.failed += 1
-                log.warning("request %s failed for good: %s", request_id, error)
-            elif status is RequestStatus.PENDING:
-                self.stats.retried += 1
-                log.info("request %s will be retried: %s", request_id, error)
-        if replies:
-            self.stats.completed += self.store.complete_many(replies)
-            if log.isEnabledFor(logging.DEBUG):
-                for request_id, _ in replies:
-                    log.debug("request %s done", request_id)
+            if not presence.has_workers(service, now, client):
+                continue  # looked at again when mmi answers, or at the next survey
+            room = min(room, client.free_slots - sum(plan.values()))
+            if room > 0:
+                plan[service] = room
+        return plan
+
+    def _send(self, client: PipelinedClient, delivery: Delivery) -> None:
+        client.send(delivery.service, delivery.request, (delivery.id, delivery.service))
+        self._in_flight[delivery.service] += 1
+        self.stats.dispatched += 1
+        log.debug("request %s sent to %r (attempt %d)", delivery.id, delivery.service,
+                  delivery.attempts)
+
+    def _retry(self, request_id: str, service: str) -> None:
+        s = self.settings
+        error = f"no reply from {service!r} within {s.request_timeout:g} s"
+        status = self.store.retry_later(request_id, error, max_attempts=s.max_attempts,
+                                        backoff=s.backoff, backoff_max=s.backoff_max)
+        if status is RequestStatus.FAILED:
+            self.stats.failed += 1
+            log.warning("request %s failed for good: %s", request_id, error)
+        elif status is RequestStatus.PENDING:
+            self.stats.retried += 1
+            log.info("request %s will be retried: %s", request_id, error)
 
     def _drain(self, client: PipelinedClient, presence: _Presence) -> None:
         """At shutdown: wait a while for replies in flight, then hand the rest back."""
         deadline = time.monotonic() + self.settings.drain_timeout
         while client.in_flight and time.monotonic() < deadline:
             completions = client.poll(max(0.0, deadline - time.monotonic()))
-            self._guarded(partial(self._record, completions, presence, time.monotonic()))
+            self._turn([], completions, client, presence, time.monotonic(), claim=False)
         for tag in client.pending_tags():
             first, _service = cast(tuple[str, str], tag)
             if first != _MMI:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from titanic.errors import InvalidRequestError, ProtocolError, StoreError
 from titanic.protocol.mdp import Frames
 from titanic.protocol.tsp import Status, parse_uuid
-from titanic.store import NewRequest, RequestStatus, Store
+from titanic.store import NewRequest, RequestStatus, Store, check_new_request
 
 log = logging.getLogger(__name__)
 
@@ -46,45 +46,51 @@ def _parse_new_request(body: Frames) -> NewRequest:
     return NewRequest(service=service, frames=tuple(body[1:]))
 
 
-def handle_requests(store: Store, bodies: Sequence[Frames]) -> list[Frames]:
-    """titanic.request for a batch: every valid request stored in one transaction, then 200."""
-    replies: list[Frames | None] = [None] * len(bodies)
+def check_requests(bodies: Sequence[Frames],
+                   max_request_bytes: int) -> tuple[list[tuple[int, NewRequest]],
+                                                    list[Frames | None]]:
+    """titanic.request bodies checked: the valid ones with their index, and an answer list in
+    which every refused one already has its `400 bad request: ...` (the others are None)."""
+    answers: list[Frames | None] = [None] * len(bodies)
     accepted: list[tuple[int, NewRequest]] = []
     for index, body in enumerate(bodies):
         try:
-            accepted.append((index, _parse_new_request(body)))
-        except ProtocolError as exc:
-            replies[index] = [Status.UNKNOWN.frame(f"bad request: {exc}")]
-    if accepted:
-        for index, frames in _store_batch(store, accepted):
-            replies[index] = frames
-    return [reply if reply is not None else [_UNKNOWN] for reply in replies]
+            request = _parse_new_request(body)
+            check_new_request(request, max_request_bytes)
+        except (ProtocolError, InvalidRequestError) as exc:
+            answers[index] = [Status.UNKNOWN.frame(f"bad request: {exc}")]
+            continue
+        accepted.append((index, request))
+    return accepted, answers
 
 
-def _store_batch(store: Store, accepted: list[tuple[int, NewRequest]]) -> list[tuple[int, Frames]]:
-    try:
-        ids = store.submit_many([request for _, request in accepted])
-    except InvalidRequestError:
-        # One bad request must not sink the batch: store them one by one to find it.
-        return [(index, _store_one(store, request)) for index, request in accepted]
-    except StoreError as exc:
-        error = _store_error(exc)
-        return [(index, error) for index, _ in accepted]
-    for (_, request), request_id in zip(accepted, ids, strict=True):
+def acknowledge(answers: list[Frames | None], accepted: Sequence[tuple[int, NewRequest]],
+                ids: Sequence[str]) -> None:
+    """Fill in `200 <uuid>` for the stored requests."""
+    for (index, request), request_id in zip(accepted, ids, strict=True):
         log.debug("request %s for %r stored", request_id, request.service)
-    return [(index, [_OK, request_id.encode()]) for (index, _), request_id in
-            zip(accepted, ids, strict=True)]
+        answers[index] = [_OK, request_id.encode()]
 
 
-def _store_one(store: Store, request: NewRequest) -> Frames:
-    try:
-        request_id = store.submit(request.service, request.frames)
-    except InvalidRequestError as exc:
-        return [Status.UNKNOWN.frame(f"bad request: {exc}")]
-    except StoreError as exc:
-        return _store_error(exc)
-    log.debug("request %s for %r stored", request_id, request.service)
-    return [_OK, request_id.encode()]
+def refuse_for_store_error(answers: list[Frames | None],
+                           accepted: Sequence[tuple[int, NewRequest]], exc: StoreError) -> None:
+    """Fill in `500 store error: ...` for requests that could not be stored."""
+    error = _store_error(exc)
+    for index, _ in accepted:
+        answers[index] = error
+
+
+def handle_requests(store: Store, bodies: Sequence[Frames]) -> list[Frames]:
+    """titanic.request for a batch: every valid request stored in one transaction, then 200."""
+    accepted, answers = check_requests(bodies, store.max_request_bytes)
+    if accepted:
+        try:
+            ids = store.submit_many([request for _, request in accepted])
+        except StoreError as exc:
+            refuse_for_store_error(answers, accepted, exc)
+        else:
+            acknowledge(answers, accepted, ids)
+    return [answer if answer is not None else [_UNKNOWN] for answer in answers]
 
 
 def handle_reply(store: Store, body: Frames) -> Frames:

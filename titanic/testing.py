@@ -7,13 +7,15 @@ on titanic can be tested without a database.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store.types import (
     FINISHED,
+    Delivery,
+    Exchange,
     NewRequest,
     RequestStatus,
     StoredRequest,
@@ -106,6 +108,19 @@ class MemoryStore:
             for row in claimed:
                 self._rows[row.id] = row
         return claimed
+
+    def exchange(self, new: Sequence[NewRequest],
+                 replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
+                 lease: float, *, now: datetime | None = None) -> Exchange:
+        """Store new requests and replies, then claim per service (see Store.exchange)."""
+        for request in new:
+            check_new_request(request, self.max_request_bytes)
+        ids = self.submit_many(new) if new else []
+        completed = self.complete_many(replies)
+        claimed = [Delivery(row.id, row.service, row.request, row.attempts)
+                   for service, room in claims.items() if room > 0
+                   for row in self.claim_due([service], room, lease, now=now)]
+        return Exchange(ids, completed, claimed)
 
     def complete(self, request_id: str, reply: Sequence[bytes]) -> bool:
         """Store the reply: done."""

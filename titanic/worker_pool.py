@@ -206,7 +206,8 @@ class WorkerPool:
     and its client and drives the pool with `open`, `read`, `serve`, `upkeep` and `close`.
     """
 
-    def __init__(self, broker: str, handlers: Mapping[bytes, tuple[int, BatchHandler]], *,
+    def __init__(self, broker: str,
+                 handlers: Mapping[bytes, tuple[int, BatchHandler | None]], *,
                  dialect: Dialect = Dialect.MDP01, settings: ConnectionSettings | None = None,
                  context: zmq.Context[zmq.Socket[bytes]] | None = None,
                  configure_socket: SocketHook | None = None,
@@ -215,7 +216,9 @@ class WorkerPool:
         self._context = context or zmq.Context()
         self._own_sockets = sockets is None
         self.sockets = sockets or SocketSet()
-        self._handlers = {service: handler for service, (_, handler) in handlers.items()}
+        # A service without a handler is served by whoever drives the pool (read() and reply).
+        self._handlers = {service: handler for service, (_, handler) in handlers.items()
+                          if handler is not None}
         self.connections = [
             WorkerConnection(self._context, broker, service, dialect=dialect, settings=settings,
                              configure_socket=configure_socket, watch=self.sockets)
@@ -271,8 +274,11 @@ class WorkerPool:
         for request in requests:
             batches.setdefault(request[0].service, []).append(request)
         for service, batch in batches.items():
+            handler = self._handlers.get(service)
+            if handler is None:
+                raise ValueError(f"no handler for {service!r}: its caller answers its requests")
             try:
-                replies = self._handlers[service]([body for _, _, body in batch])
+                replies = handler([body for _, _, body in batch])
             except Exception:
                 log.exception("handler for %r failed on %d request(s); re-registering so "
                               "their clients retry", service, len(batch))

@@ -186,3 +186,30 @@ def test_malformed_input_is_a_clear_error(store: Store) -> None:
     with pytest.raises(InvalidRequestError, match="service"):
         store.submit("", [b"x"])
     assert store.stats().counts == {}
+
+
+def test_exchange_stores_completes_and_claims_in_one_call(store: Store) -> None:
+    old = store.submit("svc", [b"old"])
+    busy = store.submit("other", [b"busy"])
+    assert [r.id for r in store.claim_due(["other"], 1, 60)] == [busy]
+    result = store.exchange([NewRequest("svc", (b"new-1",)), NewRequest("svc", (b"new-2",))],
+                            [(busy, [b"done"])], {"svc": 2, "absent": 5}, 60)
+    assert len(result.ids) == 2 and result.completed == 1
+    # The oldest due first: the request waiting before the new ones, then one of the new ones
+    # (both came due at the same moment).
+    first, second = result.claimed
+    assert (first.id, first.service, first.request, first.attempts) == (old, "svc", (b"old",), 1)
+    assert second.id in result.ids and second.attempts == 1
+    assert second.request == ((b"new-1",) if second.id == result.ids[0] else (b"new-2",))
+    left = [i for i in result.ids if i != second.id]
+    assert store.get(left[0]).status is RequestStatus.PENDING  # type: ignore[union-attr]
+    assert store.get(busy).reply == (b"done",)  # type: ignore[union-attr]
+    assert store.get(old).status is RequestStatus.DISPATCHED  # type: ignore[union-attr]
+
+
+def test_exchange_refuses_an_invalid_request_and_changes_nothing(store: Store) -> None:
+    waiting = store.submit("svc", [b"w"])
+    with pytest.raises(InvalidRequestError):
+        store.exchange([NewRequest("svc", (b"x" * 2000,))], [], {"svc": 5}, 60)
+    assert store.get(waiting).status is RequestStatus.PENDING  # type: ignore[union-attr]
+    assert store.exchange([], [], {}, 60).ids == []

@@ -9,11 +9,14 @@ from __future__ import annotations
 from titanic.settings import MAX_REQUEST_BYTES, default_database_url
 from titanic.store.types import (
     FINISHED,
+    Delivery,
+    Exchange,
     NewRequest,
     RequestStatus,
     Store,
     StoredRequest,
     StoreStats,
+    check_new_request,
     check_request_id,
     new_request_id,
 )
@@ -47,12 +50,15 @@ from titanic.store.sql import SqlStore  # noqa: E402  (needs the names above)
 
 __all__ = [
     "FINISHED",
+    "Delivery",
+    "Exchange",
     "NewRequest",
     "RequestStatus",
     "SqlStore",
     "Store",
     "StoreStats",
     "StoredRequest",
+    "check_new_request",
     "check_request_id",
     "new_request_id",
     "open_store",

@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 
 from titanic.store.frames import decode_frames
 from titanic.store.models import requests_table
-from titanic.store.types import RequestStatus, StoredRequest
+from titanic.store.types import Delivery, RequestStatus, StoredRequest
 
 COLUMNS = tuple(column.name for column in requests_table.c)
 TABLE = requests_table.name
@@ -30,6 +30,7 @@ TABLE = requests_table.name
         "id", "service", "request", "reply", "status", "attempts", "created_at", "due_at",
         "lease_until", "completed_at", "last_error", "deadline", "idempotency_key"))
 
+_DELIVERY_COLUMNS = ("id", "service", "request", "attempts")
 _STATUSES = {status.value: status for status in RequestStatus}  # faster than RequestStatus(x)
 PENDING = RequestStatus.PENDING.value
 DISPATCHED = RequestStatus.DISPATCHED.value
@@ -109,7 +110,7 @@ class HotStatements:
         self._complete = (f"UPDATE {TABLE} SET reply = {p}, status = '{DONE}', completed_at = {p},"
                           f" lease_until = NULL WHERE id = {p}"
                           f" AND (status = '{PENDING}' OR status = '{DISPATCHED}')")
-        self._claims: dict[int | None, str] = {}
+        self._claims: dict[tuple[int | None, tuple[str, ...]], str] = {}
 
     # -- statements ---------------------------------------------------------------------------
 
@@ -135,6 +136,24 @@ class HotStatements:
     def claim(self, conn: Connection, services: Sequence[str] | None, limit: int,
               lease_until: datetime, now: datetime) -> list[StoredRequest]:
         """Lease up to `limit` due pending requests, oldest due first."""
+        rows = self._claim_rows(conn, services, limit, lease_until, now, COLUMNS)
+        claimed = [self.record(tuple(row)) for row in rows]
+        claimed.sort(key=lambda r: (r.due_at, r.id))
+        return claimed
+
+    def deliveries(self, conn: Connection, services: Sequence[str] | None, limit: int,
+                   lease_until: datetime, now: datetime) -> list[Delivery]:
+        """claim(), returning only what sending needs (a quarter of the work per row)."""
+        rows = self._claim_rows(conn, services, limit, lease_until, now, _DELIVERY_COLUMNS)
+        read_key = self.values.read_key
+        claimed = [Delivery(read_key(row[0]), row[1], decode_frames(row[2]), row[3])
+                   for row in rows]
+        claimed.sort(key=lambda d: d.id)  # time-ordered UUIDs: oldest first
+        return claimed
+
+    def _claim_rows(self, conn: Connection, services: Sequence[str] | None, limit: int,
+                    lease_until: datetime, now: datetime,
+                    returning: tuple[str, ...]) -> Sequence[Any]:
         v = self.values
         lease, moment = v.time(lease_until), v.time(now)
         chosen: list[Any] = [moment]
@@ -143,13 +162,10 @@ class HotStatements:
         chosen.append(limit)
         # SQLite's text has SET's parameter first; PostgreSQL's has the CTE first.
         params = (*chosen, lease) if self.postgres else (lease, *chosen)
-        sql = self._claim_sql(None if services is None else len(services))
-        rows = conn.exec_driver_sql(sql, params).all()
-        claimed = [self.record(tuple(row)) for row in rows]
-        claimed.sort(key=lambda r: (r.due_at, r.id))
-        return claimed
+        sql = self._claim_sql(None if services is None else len(services), returning)
+        return conn.exec_driver_sql(sql, params).all()
 
-    def _claim_sql(self, services: int | None) -> str:
+    def _claim_sql(self, services: int | None, returning: tuple[str, ...]) -> str:
         """The claim for any service (None) or for this many services.
 
         PostgreSQL: the ids are locked in a materialized CTE with FOR UPDATE SKIP LOCKED, so they
@@ -159,7 +175,7 @@ class HotStatements:
         updated. (Repeating the status test in SQLite's UPDATE would make its planner pick a
         status index over the primary key and scan every pending row.)
         """
-        key = services if not self.postgres or services is None else 1
+        key = (services if not self.postgres or services is None else 1, returning)
         sql = self._claims.get(key)
         if sql is not None:
             return sql
@@ -175,13 +191,13 @@ class HotStatements:
         set_clause = (f"SET status = '{DISPATCHED}', attempts = {TABLE}.attempts + 1,"
                       f" lease_until = {p}")
         if self.postgres:
-            returning = ", ".join(f"{TABLE}.{name}" for name in COLUMNS)
+            columns = ", ".join(f"{TABLE}.{name}" for name in returning)
             sql = (f"WITH chosen AS MATERIALIZED ({due} FOR UPDATE SKIP LOCKED) "
                    f"UPDATE {TABLE} {set_clause} FROM chosen WHERE {TABLE}.id = chosen.id "
-                   f"AND {TABLE}.status = '{PENDING}' RETURNING {returning}")
+                   f"AND {TABLE}.status = '{PENDING}' RETURNING {columns}")
         else:
             sql = (f"UPDATE {TABLE} {set_clause} WHERE id IN ({due}) "
-                   f"RETURNING {', '.join(COLUMNS)}")
+                   f"RETURNING {', '.join(returning)}")
         self._claims[key] = sql
         return sql
 

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ from titanic.store.hot import HotStatements
 from titanic.store.models import requests_table as t
 from titanic.store.types import (
     FINISHED,
+    Exchange,
     NewRequest,
     RequestStatus,
     StoredRequest,
@@ -204,6 +205,13 @@ class SqlStore:
 
     def submit_many(self, requests: Sequence[NewRequest]) -> list[str]:
         """Store a batch in one transaction (group commit); UUIDs in input order."""
+        insert = self._prepare_insert(requests)
+        return self._transaction(insert)
+
+    def _prepare_insert(self, requests: Sequence[NewRequest]) -> Callable[[Connection],
+                                                                          list[str]]:
+        """Check the requests and build their rows; the returned function inserts them inside
+        a transaction and returns their UUIDs (an existing one for a known idempotency key)."""
         for request in requests:
             check_new_request(request, self.max_request_bytes)
         now = utcnow()
@@ -213,7 +221,7 @@ class SqlStore:
                         r.idempotency_key)
                 for request_id, r in zip(ids, requests, strict=True)]
 
-        def work(conn: Connection) -> list[str]:
+        def insert(conn: Connection) -> list[str]:
             existing = self._existing_keys(conn, requests)
             fresh = [(request_id, row) for request_id, row, r in zip(ids, rows, requests,
                                                                       strict=True)
@@ -227,7 +235,34 @@ class SqlStore:
             return [existing.get(r.idempotency_key, request_id) if r.idempotency_key else
                     request_id for request_id, r in zip(ids, requests, strict=True)]
 
-        return self._transaction(work)
+        return insert
+
+    def exchange(self, new: Sequence[NewRequest],
+                 replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
+                 lease: float, *, now: datetime | None = None) -> Exchange:
+        """In one transaction: store new requests and replies, then claim per service.
+
+        The dispatcher's turn: one commit instead of three, and durable (an fsync on SQLite)
+        only when it acknowledges new requests; the replies and leases ride along.
+        """
+        insert = self._prepare_insert(new) if new else None
+        moment = _naive(now) or utcnow()
+        packed = [(check_request_id(request_id), encode_frames(reply))
+                  for request_id, reply in replies]
+        lease_until = moment + timedelta(seconds=lease)
+        wanted = [(service, room) for service, room in claims.items() if room > 0]
+
+        def work(conn: Connection) -> Exchange:
+            ids = insert(conn) if insert is not None else []
+            completed = self._hot.complete(conn, packed, moment) if packed else 0
+            claimed = [delivery for service, room in wanted
+                       for delivery in self._hot.deliveries(conn, [service], room, lease_until,
+                                                            moment)]
+            return Exchange(ids, completed, claimed)
+
+        if insert is None and not packed and not wanted:
+            return Exchange([], 0, [])
+        return self._transaction(work, durable=insert is not None)
 
     @staticmethod
     def _existing_keys(conn: Connection, requests: Sequence[NewRequest]) -> dict[str | None, str]:

@@ -8,7 +8,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -60,6 +60,26 @@ class NewRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Delivery:
+    """A request claimed for sending: what the dispatcher needs of it."""
+
+    id: str
+    service: str
+    request: tuple[bytes, ...]
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What one `Store.exchange` did: the new requests' UUIDs (in order), how many replies it
+    stored, and the requests it claimed."""
+
+    ids: list[str]
+    completed: int
+    claimed: list[Delivery]
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStats:
     """Request counts by (service, status)."""
 
@@ -75,6 +95,9 @@ class StoreStats:
 
 class Store(Protocol):
     """What titanic needs of a request store; SqlStore and testing.MemoryStore implement it."""
+
+    #: The largest request body (all frames) the store takes, in bytes.
+    max_request_bytes: int
 
     def submit(self, service: str, frames: Sequence[bytes], *, deadline: datetime | None = None,
                idempotency_key: str | None = None) -> str:
@@ -92,6 +115,17 @@ class Store(Protocol):
     def claim_due(self, services: Sequence[str] | None, limit: int, lease: float, *,
                   now: datetime | None = None) -> list[StoredRequest]:
         """Lease up to `limit` due pending requests (oldest due first): they become dispatched."""
+        ...
+
+    def exchange(self, new: Sequence[NewRequest],
+                 replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
+                 lease: float, *, now: datetime | None = None) -> Exchange:
+        """In one transaction: store new requests, store replies (as complete_many), then claim
+        up to `claims[service]` due requests of each service (the new ones included).
+
+        Durable when it stores new requests. The new requests must be valid (check_new_request):
+        an invalid one raises InvalidRequestError and nothing is done.
+        """
         ...
 
     def complete(self, request_id: str, reply: Sequence[bytes]) -> bool:
