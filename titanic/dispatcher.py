@@ -261,9 +261,11 @@ class Dispatcher:
         replies, failed = self._sort(completions, presence, now)
         plan = self._claim_plan(client, presence, now) if claim else {}
         more = False
+        # With new requests to acknowledge, the claims wait for a second, fsync-free transaction
+        # after the acknowledgements: a client waiting for its UUID should not wait for them.
         result: Exchange | None = None
         try:
-            result = self.store.exchange(new, replies, plan, s.lease)
+            result = self.store.exchange(new, replies, {} if new else plan, s.lease)
         except StoreError as exc:  # the replies stay unstored: their leases resend them
             self.stats.store_errors += 1
             log.error("store error: %s", exc)
@@ -271,9 +273,15 @@ class Dispatcher:
         else:
             acknowledge(answers, accepted, result.ids)
             self.stats.completed += result.completed
-        # Acknowledgements first: their clients wait for them; the workers' requests can follow.
         for (connection, address, _), answer in zip(submits, answers, strict=True):
             connection.reply(address, answer or [tsp.Status.ERROR.frame()], now=now)
+        if new and plan and result is not None:
+            try:
+                result = self.store.exchange([], [], plan, s.lease)
+            except StoreError as exc:
+                self.stats.store_errors += 1
+                log.error("store error: %s", exc)
+                result = None
         if result is not None:
             claimed: Counter[str] = Counter()
             for delivery in result.claimed:
