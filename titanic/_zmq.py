@@ -28,7 +28,7 @@ _EVENTS = int(zmq.EVENTS)
 _FD = int(zmq.FD)
 
 
-def _events(sock: zmq.Socket[bytes]) -> int:
+def socket_events(sock: zmq.Socket[bytes]) -> int:
     """The socket's ZMQ_EVENTS bits (processing its pending commands)."""
     return int(_base_get(sock, _EVENTS))
 
@@ -118,7 +118,7 @@ class SocketSet:
         deadline = None if timeout is None else time.monotonic() + timeout
         touched, self._touched = self._touched, set()
         for sock in touched:
-            if _events(sock) & POLLIN:
+            if socket_events(sock) & POLLIN:
                 ready[sock] = None
         wait: float = 0.0 if ready else -1.0 if deadline is None else timeout or 0.0
         while True:
@@ -127,7 +127,7 @@ class SocketSet:
                 found = self._sockets.get(fd)
                 if found is None:
                     plain = plain or fd in self._plain
-                elif found not in ready and _events(found) & POLLIN:
+                elif found not in ready and socket_events(found) & POLLIN:
                     ready[found] = None
             if ready or plain:
                 break

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 
 import zmq
 
-from titanic._zmq import NOBLOCK, SocketSet, Waker, new_socket, recv_frames, send_frames
+from titanic._zmq import (
+    NOBLOCK,
+    POLLIN,
+    SocketSet,
+    Waker,
+    new_socket,
+    recv_frames,
+    send_frames,
+    socket_events,
+)
 from titanic.errors import ProtocolError
 from titanic.protocol.mdp import (
     Command,
@@ -117,6 +126,9 @@ class WorkerConnection:
             request = self.receive(frames, now)
             if request is not None:
                 requests.append(request)
+            # Asking is cheaper than the exception an empty socket raises.
+            if self.socket is not sock or not socket_events(sock) & POLLIN:
+                break
         return requests
 
     def receive(self, frames: Frames, now: float) -> tuple[bytes, Frames] | None:
