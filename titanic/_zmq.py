@@ -94,7 +94,7 @@ class SocketSet:
         self._touched.discard(sock)
 
     def add_fd(self, fd: int) -> None:
-        """Watch a plain descriptor (a Doorbell): `wait()` returns it when it is readable."""
+        """Watch a plain descriptor (a Waker): `wait()` returns it when it is readable."""
         self._plain.add(fd)
         self._epoll.register(fd, select.EPOLLIN)
 
@@ -143,50 +143,32 @@ class SocketSet:
         self._epoll.close()
 
 
-class Doorbell:
-    """A self-pipe a zmq poll loop can watch: `ring()` is safe from threads and signal handlers."""
+class Waker:
+    """A self-pipe a poll loop can watch, and a flag: `wake()` marks the loop stopped and makes
+    the descriptor readable; safe from other threads and signal handlers."""
 
     def __init__(self) -> None:
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
         self._writer.setblocking(False)
+        self.stopped = threading.Event()
 
     def fileno(self) -> int:
-        """The descriptor to register with zmq.Poller."""
+        """The descriptor to watch."""
         return self._reader.fileno()
 
-    def ring(self) -> None:
-        """Make the descriptor readable."""
+    def wake(self) -> None:
+        """Mark stopped and interrupt the poll."""
+        self.stopped.set()
         try:
             self._writer.send(b"\0")
         except OSError:
-            pass  # the pipe is full (already rung) or closed (loop gone)
-
-    def drain(self) -> None:
-        """Empty the pipe after a wake-up."""
-        try:
-            while self._reader.recv(4096):
-                pass
-        except OSError:
-            pass
+            pass  # the pipe is full (already woken) or closed (loop gone)
 
     def close(self) -> None:
         """Release both ends."""
         self._reader.close()
         self._writer.close()
-
-
-class Waker(Doorbell):
-    """A doorbell that also records that the loop was asked to stop."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stopped = threading.Event()
-
-    def wake(self) -> None:
-        """Mark stopped and interrupt the poll."""
-        self.stopped.set()
-        self.ring()
 
 
 @contextmanager

@@ -38,6 +38,7 @@ from titanic.protocol.mdp import (
     build_client_reply,
     build_worker,
     parse_peer_message,
+    worker_command_prefix,
 )
 from titanic.security import CurveServer, LogBudget, describe_handshake_failure
 from titanic.settings import SHUTDOWN_LINGER_MS, BrokerSettings
@@ -65,9 +66,8 @@ class Endpoint(enum.Enum):
 _SHARED, _CLIENTS, _WORKERS = Endpoint.SHARED, Endpoint.CLIENTS, Endpoint.WORKERS
 _MDP01 = Dialect.MDP01
 #: 7/MDP's REPLY (FINAL) command, and every dialect's REQUEST prefix, built once.
-_FINAL_01 = build_worker(Dialect.MDP01, Command.FINAL, b"-")[2]
-_REQUEST_PREFIX = {dialect: build_worker(dialect, Command.REQUEST, b"-")[:-2]
-                   for dialect in Dialect}
+_FINAL_01 = worker_command_prefix(Dialect.MDP01, Command.FINAL)[-1]
+_REQUEST_PREFIX = {dialect: worker_command_prefix(dialect, Command.REQUEST) for dialect in Dialect}
 
 
 def _show(name: bytes) -> str:

@@ -210,7 +210,6 @@ class PipelinedClient:
         self._by_socket: dict[zmq.Socket[bytes], _Slot] = {}
         self._free: list[_Slot] = []
         self._busy: set[_Slot] = set()
-        self._has_wakeups = False
         # (deadline, sequence, generation, slot): a heap, as timeouts may differ per request.
         self._deadlines: list[tuple[float, int, int, _Slot]] = []
         self._sequence = 0
@@ -278,15 +277,11 @@ class PipelinedClient:
         """The tags of requests still awaiting their reply."""
         return [slot.tag for slot in self._busy]
 
-    def add_wakeup(self, fd: int) -> None:
-        """Also watch `fd` in poll(): when it is readable poll() returns, maybe with nothing."""
-        self._sockets.add_fd(fd)
-        self._has_wakeups = True
-
     def poll(self, timeout: float | None = None) -> list[Completion]:
         """Wait up to `timeout` seconds (None: until something completes) and return completions.
 
-        Returns early, possibly empty, when a wake-up descriptor becomes readable.
+        With a shared SocketSet, returns early, possibly empty, when one of its plain descriptors
+        becomes readable.
         """
         done: list[Completion] = []
         limit = None if timeout is None else time.monotonic() + timeout
@@ -294,8 +289,8 @@ class PipelinedClient:
             wake = self.next_deadline()
             if limit is not None:
                 wake = limit if wake is None else min(wake, limit)
-            if wake is None and not self._has_wakeups:
-                break  # nothing in flight and nothing else to wait for
+            if wake is None:
+                break  # nothing in flight
             wait = None if wake is None else max(0.0, wake - time.monotonic())
             ready, woken = self._sockets.wait(wait)
             done += self.collect(ready)

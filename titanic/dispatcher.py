@@ -37,7 +37,7 @@ from titanic.services import (
     refuse_for_store_error,
 )
 from titanic.settings import DEFAULT_BROKER
-from titanic.store import Delivery, Exchange, RequestStatus, Store
+from titanic.store import Delivery, Exchange, NewRequest, RequestStatus, Store
 from titanic.worker_pool import ConnectionSettings, WorkerConnection, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class _Presence:
     def answer(self, service: str, reply: Frames | None, now: float) -> bool:
         """Record an mmi.service answer (None: the broker did not answer); True if present."""
         self._asking.discard(service)
-        present = bool(reply) and reply is not None and reply[0] == mmi.FOUND
+        present = reply is not None and reply[:1] == [mmi.FOUND]
         if reply is None:
             log.warning("broker did not answer mmi.service for %r", service)
         self._known[service] = (present, now)
@@ -253,7 +253,6 @@ class Dispatcher:
         """Store the new requests and the replies, and claim due requests, in one transaction;
         then acknowledge, send what was claimed, and reschedule what timed out. True if a
         service may have more due than was claimed (look again at once)."""
-        s = self.settings
         accepted, answers = check_requests([body for _, _, body in submits],
                                            self.store.max_request_bytes)
         new = [request for _, request in accepted]
@@ -263,30 +262,21 @@ class Dispatcher:
         more = False
         # With new requests to acknowledge, the claims wait for a second, fsync-free transaction
         # after the acknowledgements: a client waiting for its UUID should not wait for them.
-        result: Exchange | None = None
-        try:
-            result = self.store.exchange(new, replies, {} if new else plan, s.lease)
-        except StoreError as exc:  # the replies stay unstored: their leases resend them
-            self.stats.store_errors += 1
-            log.error("store error: %s", exc)
-            refuse_for_store_error(answers, accepted, exc)
+        # A store error leaves the replies unstored: their leases send those requests again.
+        result = self._exchange(new, replies, {} if new else plan)
+        if isinstance(result, StoreError):
+            refuse_for_store_error(answers, accepted, result)
         else:
             acknowledge(answers, accepted, result.ids)
             self.stats.completed += result.completed
         for (connection, address, _), answer in zip(submits, answers, strict=True):
             connection.reply(address, answer or [tsp.Status.ERROR.frame()], now=now)
-        if new and plan and result is not None:
-            try:
-                result = self.store.exchange([], [], plan, s.lease)
-            except StoreError as exc:
-                self.stats.store_errors += 1
-                log.error("store error: %s", exc)
-                result = None
-        if result is not None:
-            claimed: Counter[str] = Counter()
+        if new and plan and isinstance(result, Exchange):
+            result = self._exchange([], [], plan)
+        if isinstance(result, Exchange):
+            claimed = Counter(delivery.service for delivery in result.claimed)
             for delivery in result.claimed:
                 self._send(client, delivery)
-                claimed[delivery.service] += 1
             for service, room in plan.items():
                 if claimed[service] < room:
                     self._candidates.discard(service)  # nothing more due there for now
@@ -295,6 +285,17 @@ class Dispatcher:
         for request_id, service in failed:
             self._guarded(partial(self._retry, request_id, service))
         return more
+
+    def _exchange(self, new: list[NewRequest], replies: list[tuple[str, Frames]],
+                  plan: dict[str, int]) -> Exchange | StoreError:
+        """Store.exchange, or the error (counted) if the store failed."""
+        try:
+            return self.store.exchange(new, replies, plan, self.settings.lease)
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            if not new:  # with new requests the refusal's answer logs it
+                log.error("store error: %s", exc)
+            return exc
 
     def _sort(self, completions: list[Completion], presence: _Presence,
               now: float) -> tuple[list[tuple[str, Frames]], list[tuple[str, str]]]:
@@ -322,16 +323,18 @@ class Dispatcher:
         services that may have due requests and have workers (asking mmi.service if stale)."""
         s = self.settings
         plan: dict[str, int] = {}
+        planned = 0
         for service in list(self._candidates):
-            room = min(client.free_slots - sum(plan.values()),
-                       s.max_in_flight_per_service - self._in_flight[service])
-            if room <= 0:
+            if self._in_flight[service] >= s.max_in_flight_per_service:
                 continue
             if not presence.has_workers(service, now, client):
                 continue  # looked at again when mmi answers, or at the next survey
-            room = min(room, client.free_slots - sum(plan.values()))
+            # Asked after has_workers(), which may have taken a slot for an mmi question.
+            room = min(client.free_slots - planned,
+                       s.max_in_flight_per_service - self._in_flight[service])
             if room > 0:
                 plan[service] = room
+                planned += room
         return plan
 
     def _send(self, client: PipelinedClient, delivery: Delivery) -> None:

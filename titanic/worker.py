@@ -8,12 +8,13 @@ PARTIAL, the last as the FINAL. Under 7/MDP the parts are joined into one REPLY.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import zmq
 
-from titanic._zmq import Waker, recv_frames
+from titanic._zmq import recv_frames
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import (
     HEARTBEAT_INTERVAL_S,
@@ -56,7 +57,7 @@ class Worker:
         self.requests_handled = 0
         self._own_context = context is None
         self._context = context or zmq.Context()
-        self._waker = Waker()
+        self._stopped = threading.Event()
         self.connection = WorkerConnection(
             self._context, broker, self.service, dialect=dialect,
             settings=ConnectionSettings(heartbeat_interval, liveness, reconnect_initial,
@@ -71,36 +72,36 @@ class Worker:
 
     def stop(self) -> None:
         """Ask `run()` to return after the request in hand; safe from threads and signals."""
-        self._waker.wake()
+        self._stopped.set()
 
     @property
     def stopping(self) -> bool:
         """True once stop() was called."""
-        return self._waker.stopped.is_set()
+        return self._stopped.is_set()
 
     def run(self) -> None:
         """Serve requests until stop(); reconnects with backoff on silence or DISCONNECT.
 
         The loop blocks in recv (no poll per message): a receive timeout bounds each wait by the
-        next heartbeat or reconnect deadline, and by STOP_CHECK_S so that stop() from another
-        thread is seen soon. A signal (SIGTERM) interrupts the wait at once.
+        next heartbeat or reconnect deadline, and by STOP_CHECK_S, so stop() (from another thread
+        or a signal handler) takes effect within that.
         """
         connection = self.connection
         connection.connect(time.monotonic())
-        timeouts: dict[zmq.Socket[bytes], int] = {}
+        timeout_set: tuple[zmq.Socket[bytes] | None, int] = (None, 0)  # socket, RCVTIMEO ms
         try:
             while not self.stopping:
                 sock = connection.socket
                 now = time.monotonic()
                 wait = min(STOP_CHECK_S, max(0.0, connection.next_deadline() - now))
                 if sock is None:
-                    self._waker.stopped.wait(wait)
+                    self._stopped.wait(wait)
                     connection.maintain(time.monotonic())
                     continue
                 wait_ms = int(wait * 1000) + 1
-                if timeouts.get(sock) != wait_ms:
-                    timeouts = {sock: wait_ms}  # only the current socket's setting matters
+                if timeout_set != (sock, wait_ms):
                     sock.rcvtimeo = wait_ms
+                    timeout_set = (sock, wait_ms)
                 try:
                     frames = recv_frames(sock)
                 except zmq.Again:
@@ -116,7 +117,6 @@ class Worker:
             connection.close(disconnect=True)
             if self._own_context:
                 self._context.term()
-            self._waker.close()
 
     def _serve(self, client: bytes, body: Frames, now: float) -> None:
         try:

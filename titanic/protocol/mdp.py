@@ -220,12 +220,7 @@ def _parse_worker_in_dialect(dialect: Dialect, frames: Sequence[bytes]) -> Worke
 
 def build_worker(dialect: Dialect, command: Command, *frames: bytes) -> Frames:
     """Any worker command in a dialect; for REQUEST/PARTIAL/FINAL pass client, then body frames."""
-    codes = _worker_codes(dialect)
-    code = codes.get(command)
-    if code is None:
-        raise ProtocolError(f"{dialect.value} has no worker command {command.value}")
-    message = _worker_prefix(dialect)
-    message.append(code)
+    message = worker_command_prefix(dialect, command)
     if command in (Command.REQUEST, Command.PARTIAL, Command.FINAL):
         message.append(frames[0])
         message.append(EMPTY)
@@ -233,6 +228,14 @@ def build_worker(dialect: Dialect, command: Command, *frames: bytes) -> Frames:
     else:
         message.extend(frames)
     return message
+
+
+def worker_command_prefix(dialect: Dialect, command: Command) -> Frames:
+    """The frames a worker command starts with in a dialect, up to and including its code."""
+    code = _worker_codes(dialect).get(command)
+    if code is None:
+        raise ProtocolError(f"{dialect.value} has no worker command {command.value}")
+    return [*_worker_prefix(dialect), code]
 
 
 class WorkerCodec:
@@ -245,13 +248,12 @@ class WorkerCodec:
     __slots__ = ("dialect", "_request", "_request_len", "_final", "_partial")
 
     def __init__(self, dialect: Dialect) -> None:
-        codes = _worker_codes(dialect)
         self.dialect = dialect
-        self._request = [*_worker_prefix(dialect), codes[Command.REQUEST]]
+        self._request = worker_command_prefix(dialect, Command.REQUEST)
         self._request_len = len(self._request)
-        self._final = [*_worker_prefix(dialect), codes[Command.FINAL]]
-        partial = codes.get(Command.PARTIAL)
-        self._partial = None if partial is None else [*_worker_prefix(dialect), partial]
+        self._final = worker_command_prefix(dialect, Command.FINAL)
+        self._partial = (None if Command.PARTIAL not in _worker_codes(dialect)
+                         else worker_command_prefix(dialect, Command.PARTIAL))
 
     def request(self, frames: Sequence[bytes]) -> tuple[bytes, Frames] | None:
         """(client, body) if `frames` is a well-formed REQUEST, else None."""
