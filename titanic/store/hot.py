@@ -219,8 +219,8 @@ class HotStatements:
         """A row in COLUMNS order as a StoredRequest (times aware UTC)."""
         v = self.values
         reply = row[_REPLY]
-        created = _aware(v.read_time(row[_CREATED_AT]))
-        due = _aware(v.read_time(row[_DUE_AT]))
+        created = aware_utc(v.read_time(row[_CREATED_AT]))
+        due = aware_utc(v.read_time(row[_DUE_AT]))
         assert created is not None and due is not None
         return StoredRequest(
             id=v.read_key(row[_ID]),
@@ -231,13 +231,14 @@ class HotStatements:
             attempts=row[_ATTEMPTS],
             created_at=created,
             due_at=due,
-            lease_until=_aware(v.read_time(row[_LEASE_UNTIL])),
-            completed_at=_aware(v.read_time(row[_COMPLETED_AT])),
+            lease_until=aware_utc(v.read_time(row[_LEASE_UNTIL])),
+            completed_at=aware_utc(v.read_time(row[_COMPLETED_AT])),
             last_error=row[_LAST_ERROR],
-            deadline=_aware(v.read_time(row[_DEADLINE])),
+            deadline=aware_utc(v.read_time(row[_DEADLINE])),
             idempotency_key=row[_IDEMPOTENCY_KEY],
         )
 
 
-def _aware(moment: datetime | None) -> datetime | None:
+def aware_utc(moment: datetime | None) -> datetime | None:
+    """A naive UTC time as read from the database, made aware."""
     return None if moment is None else moment.replace(tzinfo=UTC)

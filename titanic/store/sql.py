@@ -32,6 +32,7 @@ from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store import dialect
 from titanic.store.frames import decode_frames, encode_frames
 from titanic.store.hot import HotStatements
+from titanic.store.hot import aware_utc as _aware
 from titanic.store.models import requests_table as t
 from titanic.store.types import (
     FINISHED,
@@ -69,10 +70,6 @@ def _naive(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is None:
         return moment
     return moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    return None if moment is None else moment.replace(tzinfo=UTC)
 
 
 def _record(row: Row[Any]) -> StoredRequest:
