@@ -81,7 +81,8 @@ dialect_option = click.option(
               help="Seconds a request waits for a worker before it is dropped.")
 @click.option("--queue-limit", type=click.IntRange(min=1), default=SERVICE_QUEUE_LIMIT,
               show_default=True, envvar="TITANIC_QUEUE_LIMIT",
-              help="Requests that may wait per service.")
+              help="Requests that may wait per service; beyond, a request is answered "
+              "'503 ...' [env TITANIC_QUEUE_LIMIT].")
 @click.option("--max-message-size", type=click.IntRange(min=0), default=MAX_MESSAGE_SIZE_BYTES,
               show_default=True, envvar="TITANIC_MAX_MESSAGE_SIZE",
               help="Bytes per frame; libzmq cuts the connection of a peer sending a larger one, "
@@ -94,8 +95,9 @@ dialect_option = click.option(
 @click.option("--max-queued-per-client", type=click.IntRange(min=1),
               default=MAX_QUEUED_PER_CLIENT, show_default=True,
               envvar="TITANIC_MAX_QUEUED_PER_CLIENT",
-              help="Requests one client connection may have waiting for a worker; beyond, it is "
-              "answered '503 ...' [env TITANIC_MAX_QUEUED_PER_CLIENT].")
+              help="Requests one client may have waiting for a worker (with CURVE: one key, all "
+              "its connections together; else one connection); beyond, it is answered "
+              "'503 ...' [env TITANIC_MAX_QUEUED_PER_CLIENT].")
 @click.option("--prefetch", type=click.IntRange(min=1), default=WORKER_PREFETCH,
               show_default=True, envvar="TITANIC_PREFETCH",
               help="Most requests a worker may hold at once: 1 is strict one-at-a-time; more keep "

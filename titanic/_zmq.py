@@ -52,6 +52,17 @@ def recv_frames(sock: zmq.Socket[bytes], flags: int = 0) -> list[bytes]:
     return parts
 
 
+def recv_frames_from(sock: zmq.Socket[bytes], flags: int = 0) -> tuple[list[bytes], bytes]:
+    """recv_frames, and the message's User-Id as ZAP set it (a CURVE peer's Z85 public key)."""
+    frame = _base_recv(sock, flags, False)
+    user = frame.get("User-Id")
+    parts: list[bytes] = [frame.bytes]
+    while frame.more:
+        frame = _base_recv(sock, flags, False)
+        parts.append(frame.bytes)
+    return parts, user.encode() if isinstance(user, str) else bytes(user)
+
+
 def new_socket(context: zmq.Context[zmq.Socket[bytes]], kind: int, *,
                max_message_size: int | None = None) -> zmq.Socket[bytes]:
     """A socket with linger 0 (closing never hangs), optionally limited in message size."""

@@ -7,7 +7,9 @@ Nothing a peer sends can raise out of the loop: malformed messages are dropped a
 Optionally workers get an endpoint (a ROUTER socket) of their own, so CURVE can admit them with
 other keys than clients; each peer is then answered on the socket it came in on. Limits per
 client (request size, requests queued) are refused with a status reply, like `mmi.*` answers:
-"413 ..." for a request over the size limit, "503 ..." when the client has too many queued.
+"413 ..." for a request over the size limit, "503 ..." when the client has too many queued or
+the service's queue is full. With CURVE a client is its authenticated public key (ZAP's User-Id):
+its connections share one per-client limit.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import NamedTuple
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, send_frames
+from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, recv_frames_from, send_frames
 from titanic.broker_stats import BrokerStats, DropReport
 from titanic.errors import ProtocolError
 from titanic.protocol import mmi
@@ -52,6 +54,7 @@ _HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE
 #: Status replies to requests refused by a per-client limit (three digits, as TSP and MMI use).
 OVERSIZED = b"413"
 OVER_CLIENT_LIMIT = b"503"
+QUEUE_FULL = b"503"
 
 
 class Endpoint(enum.Enum):
@@ -80,6 +83,8 @@ class _Queued(NamedTuple):
     dialect: Dialect
     body: Frames
     expires_at: float
+    #: Whom the per-client limit counts it against: the CURVE key, else the connection.
+    counted: bytes
 
 
 class _Service:
@@ -270,6 +275,14 @@ class Broker:
 
     def _drain(self, sock: zmq.Socket[bytes], role: Endpoint) -> None:
         """Handle the messages waiting now, in a bounded batch."""
+        if self.curve is not None:
+            for _ in range(_RECV_BATCH):
+                try:
+                    frames, user = recv_frames_from(sock, NOBLOCK)
+                except zmq.Again:
+                    return
+                self.handle(frames, role, user)
+            return
         for _ in range(_RECV_BATCH):
             try:
                 frames = recv_frames(sock, NOBLOCK)
@@ -316,8 +329,10 @@ class Broker:
 
     # -- messages -------------------------------------------------------------------------------
 
-    def handle(self, frames: Frames, endpoint: Endpoint = _SHARED) -> None:
-        """Handle one message from a ROUTER socket (identity frame first) serving `endpoint`."""
+    def handle(self, frames: Frames, endpoint: Endpoint = _SHARED, user: bytes | None = None
+               ) -> None:
+        """Handle one message from a ROUTER socket (identity frame first) serving `endpoint`;
+        `user` is the sender's authenticated CURVE key (Z85), None without CURVE."""
         self.stats.messages += 1
         if self._trace:
             log.debug("recv %r", frames)
@@ -327,7 +342,7 @@ class Broker:
             header = frames[2]
             if header == CLIENT_01:
                 if frames[3] and endpoint is not _WORKERS:
-                    self._on_client(frames[0], _MDP01, frames[3], frames[4:])
+                    self._on_client(frames[0], _MDP01, frames[3], frames[4:], user)
                     return
             elif header == WORKER_01 and len(frames) > 5 and frames[3] == _FINAL_01:
                 worker = self._workers.get(frames[0])
@@ -347,7 +362,7 @@ class Broker:
             if endpoint is _WORKERS:
                 self._refuse(frames[0], "clients_on_worker_endpoint")
                 return
-            self._on_client(frames[0], message.dialect, message.service, message.body)
+            self._on_client(frames[0], message.dialect, message.service, message.body, user)
         elif type(message) is WorkerMessage:
             if endpoint is _CLIENTS:
                 self._refuse(frames[0], "workers_on_client_endpoint")
@@ -363,7 +378,7 @@ class Broker:
         self._drops.refused(counter, peer)
 
     def _on_client(self, client: bytes, dialect: Dialect, service_name: bytes,
-                   body: Frames) -> None:
+                   body: Frames, user: bytes | None = None) -> None:
         limit = self._max_request_size
         # One frame is the common case: len() of it is a third of the cost of sum(map(len)).
         if limit and (size := len(body[0]) if len(body) == 1 else sum(map(len, body))) > limit:
@@ -386,36 +401,52 @@ class Broker:
             if self._assign(worker, client, dialect, body):
                 self._place(worker)
                 return
-        self._enqueue(service, client, dialect, body)
+        self._enqueue(service, client, dialect, body, user)
 
-    def _enqueue(self, service: _Service, client: bytes, dialect: Dialect, body: Frames) -> None:
-        if (len(service.requests) >= self.settings.queue_limit
-                or self._queued_total >= self.settings.total_queue_limit):
-            self.stats.rejected_requests += 1
-            log.debug("queue for %s full (%d waiting): request from client %s dropped",
-                      _show(service.name), len(service.requests), client.hex())
+    def _enqueue(self, service: _Service, client: bytes, dialect: Dialect, body: Frames,
+                 user: bytes | None) -> None:
+        if len(service.requests) >= self.settings.queue_limit:
+            self._queue_full(client, dialect, service.name,
+                             b"the broker's queue for this service is full (limit %d)"
+                             % self.settings.queue_limit)
             return
-        waiting = self._queued_by_client.get(client, 0)
+        if self._queued_total >= self.settings.total_queue_limit:
+            self._queue_full(client, dialect, service.name,
+                             b"the broker's queues are full (limit %d in all)"
+                             % self.settings.total_queue_limit)
+            return
+        counted = user or client
+        waiting = self._queued_by_client.get(counted, 0)
         if waiting >= self._max_queued_per_client:
             self._refuse(client, "over_client_limit")
             self._send(self._socket, client, build_client_reply(
                 dialect, service.name,
-                [OVER_CLIENT_LIMIT + b" too many queued requests from this client (limit %d): "
-                 b"retry later" % self.settings.max_queued_per_client]))
+                [OVER_CLIENT_LIMIT + b" too many queued requests from this %s (limit %d): "
+                 b"retry later" % (b"key" if user else b"client",
+                                   self.settings.max_queued_per_client)]))
             return
-        self._queued_by_client[client] = waiting + 1
+        self._queued_by_client[counted] = waiting + 1
         expires_at = self._now + self.settings.request_ttl
-        service.requests.append(_Queued(client, dialect, body, expires_at))
+        service.requests.append(_Queued(client, dialect, body, expires_at, counted))
         self._queued_total += 1
         self.stats.queued += 1
 
-    def _unqueued(self, client: bytes) -> None:
-        """A request of this client left the queue."""
-        left = self._queued_by_client[client] - 1
+    def _queue_full(self, client: bytes, dialect: Dialect, service_name: bytes,
+                    why: bytes) -> None:
+        """Refuse a request for want of queue room: "503 ...", counted as rejected."""
+        self.stats.rejected_requests += 1
+        log.debug("%s: request from client %s for %s refused", why.decode(), client.hex(),
+                  _show(service_name))
+        self._send(self._socket, client, build_client_reply(
+            dialect, service_name, [QUEUE_FULL + b" " + why + b": retry later"]))
+
+    def _unqueued(self, counted: bytes) -> None:
+        """A request counted against this client (key or connection) left the queue."""
+        left = self._queued_by_client[counted] - 1
         if left:
-            self._queued_by_client[client] = left
+            self._queued_by_client[counted] = left
         else:
-            del self._queued_by_client[client]
+            del self._queued_by_client[counted]
 
     def _assign(self, worker: _Worker, client: bytes, dialect: Dialect, body: Frames) -> bool:
         """Send a request to a worker with credit; False (worker removed) if it is unreachable."""
@@ -518,18 +549,18 @@ class Broker:
         while requests and len(worker.outstanding) < credit:
             queued = requests.popleft()
             self._queued_total -= 1
-            left = by_client[queued.client] - 1  # inline _unqueued(): this loop is hot
+            left = by_client[queued.counted] - 1  # inline _unqueued(): this loop is hot
             if left:
-                by_client[queued.client] = left
+                by_client[queued.counted] = left
             else:
-                del by_client[queued.client]
+                del by_client[queued.counted]
             if queued.expires_at < self._now:
                 self._count_expired(service, queued)
                 continue
             if not self._assign(worker, queued.client, queued.dialect, queued.body):
                 requests.appendleft(queued)
                 self._queued_total += 1
-                by_client[queued.client] = by_client.get(queued.client, 0) + 1
+                by_client[queued.counted] = by_client.get(queued.counted, 0) + 1
                 return
         self._place(worker)
 
@@ -590,7 +621,7 @@ class Broker:
             while requests and requests[0].expires_at < self._now:
                 queued = requests.popleft()
                 self._count_expired(service, queued)
-                self._unqueued(queued.client)
+                self._unqueued(queued.counted)
                 self._queued_total -= 1
             if not requests and service.workers == 0:
                 del self._services[name]

@@ -112,13 +112,30 @@ def test_queued_requests_expire_and_are_counted(stack: ExitStack) -> None:
     assert broker.stats.replies == 0
 
 
-def test_queue_bound_rejects_and_counts(stack: ExitStack) -> None:
+def test_queue_bound_answers_503_and_counts(stack: ExitStack) -> None:
     broker, endpoint = start_broker(stack, BrokerSettings(heartbeat_interval=0.1, queue_limit=3))
-    with PipelinedClient(endpoint, depth=5, timeout=0.3, retries=0) as many:
-        results = list(many.run([("nobody", [b"x"])] * 5))
-    assert all(isinstance(r.error, TitanicTimeoutError) for r in results)
+    full = b"503 the broker's queue for this service is full (limit 3): retry later"
+    with PipelinedClient(endpoint, depth=5, timeout=0.5, retries=0) as many:
+        results = list(many.run([("nobody", [b"%d" % n]) for n in range(5)]))
+    answered = [r.reply for r in results if r.error is None]
+    assert answered == [[full], [full]]  # the two beyond the bound, answered at once
+    assert sum(isinstance(r.error, TitanicTimeoutError) for r in results) == 3  # still queued
     assert broker.stats.rejected_requests == 2
     assert broker.stats.queued == 3
+
+
+def test_total_queue_bound_answers_503(stack: ExitStack) -> None:
+    settings = BrokerSettings(heartbeat_interval=0.1, total_queue_limit=1)
+    broker, endpoint = start_broker(stack, settings)
+    with raw_dealer(endpoint) as first, raw_dealer(endpoint) as second:
+        first.send_multipart([b"", b"MDPC01", b"one", b"x"])
+        wait_until(lambda: broker.stats.queued == 1, message="one request queued")
+        second.send_multipart([b"", b"MDPC01", b"two", b"y"])
+        assert recv_within(second) == [b"", b"MDPC01", b"two",
+                                        b"503 the broker's queues are full (limit 1 in all): "
+                                        b"retry later"]
+        assert nothing_within(first, 0.1)
+    assert broker.stats.rejected_requests == 1
 
 
 def test_mmi_service_follows_live_workers(stack: ExitStack) -> None:

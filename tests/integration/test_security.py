@@ -408,13 +408,14 @@ def test_client_over_its_queue_limit_gets_503_and_others_are_served(keys: Keys,
     settings = BrokerSettings(heartbeat_interval=0.1, max_queued_per_client=2, request_ttl=30)
     broker = start_broker(stack, keys.server(), settings)
     endpoint = broker.bound[0]
+    keys.allow("bob")
     with dealer(endpoint, keys.hook("alice")) as greedy, dealer(endpoint,
-                                                                keys.hook("alice")) as modest:
+                                                                keys.hook("bob")) as modest:
         for n in range(3):
             greedy.send_multipart([b"", b"MDPC01", b"later", b"greedy-%d" % n])
         answer = recv_within(greedy)
         assert answer[:3] == [b"", b"MDPC01", b"later"]
-        assert answer[3] == (b"503 too many queued requests from this client (limit 2): "
+        assert answer[3] == (b"503 too many queued requests from this key (limit 2): "
                              b"retry later")
         modest.send_multipart([b"", b"MDPC01", b"later", b"modest"])
         wait_until(lambda: broker.stats.queued == 3, message="three requests queued")
@@ -423,4 +424,25 @@ def test_client_over_its_queue_limit_gets_503_and_others_are_served(keys: Keys,
         assert served == {b"greedy-0", b"greedy-1", b"modest"}
         greedy.send_multipart([b"", b"MDPC01", b"later", b"again"])  # its queue is empty again
         assert recv_within(greedy)[3] == b"again"
+    assert broker.stats.over_client_limit == 1
+
+
+def test_connections_of_one_key_share_its_queue_limit(keys: Keys, stack: ExitStack) -> None:
+    settings = BrokerSettings(heartbeat_interval=0.1, max_queued_per_client=2, request_ttl=30)
+    broker = start_broker(stack, keys.server(), settings)
+    endpoint = broker.bound[0]
+    with dealer(endpoint, keys.hook("alice")) as first, \
+            dealer(endpoint, keys.hook("alice")) as second, \
+            dealer(endpoint, keys.hook("alice")) as third:
+        first.send_multipart([b"", b"MDPC01", b"later", b"one"])
+        second.send_multipart([b"", b"MDPC01", b"later", b"two"])
+        wait_until(lambda: broker.stats.queued == 2, message="two requests queued")
+        third.send_multipart([b"", b"MDPC01", b"later", b"three"])
+        assert recv_within(third)[3] == (b"503 too many queued requests from this key "
+                                         b"(limit 2): retry later")
+        start_worker(stack, endpoint, keys.hook("worker"), service="later")
+        assert recv_within(first)[3] == b"one"
+        assert recv_within(second)[3] == b"two"
+        third.send_multipart([b"", b"MDPC01", b"later", b"three again"])  # room again
+        assert recv_within(third)[3] == b"three again"
     assert broker.stats.over_client_limit == 1
