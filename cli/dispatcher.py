@@ -17,6 +17,7 @@ from titanic_cli.options import (
     curve_client_options,
     db_option,
     handle_errors,
+    split_brokers,
 )
 
 _DEFAULTS = DispatcherSettings()
@@ -24,10 +25,11 @@ _DEFAULTS = DispatcherSettings()
 
 @click.command("dispatcher")
 @broker_option
-@click.option("--worker-broker", default=None, envvar="TITANIC_WORKER_BROKER",
-              help="The broker's separate worker endpoint (its --worker-bind), where the TSP "
-              "services register; requests are still forwarded through --broker "
-              "[env TITANIC_WORKER_BROKER; default: --broker].")
+@click.option("--worker-broker", multiple=True, default=None, envvar="TITANIC_WORKER_BROKER",
+              callback=split_brokers,
+              help="The brokers' separate worker endpoints (their --worker-bind), where the TSP "
+              "services register, repeatable or comma-separated; requests are still forwarded "
+              "through --broker [env TITANIC_WORKER_BROKER; default: --broker].")
 @db_option
 @dialect_option
 @click.option("--request-timeout", type=click.FloatRange(min=0.01),
@@ -69,8 +71,8 @@ _DEFAULTS = DispatcherSettings()
 @curve_client_options
 @click.option("-v", "--verbose", count=True, help="-v logs every request's life cycle.")
 @handle_errors
-def dispatcher(broker: str, worker_broker: str | None, db_url: str | None, dialect_name: str,
-               request_timeout: float,
+def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
+               db_url: str | None, dialect_name: str, request_timeout: float,
                max_attempts: int, backoff: float, backoff_max: float, max_in_flight: int,
                max_in_flight_per_service: int, pending_ttl: float, reply_ttl: float,
                heartbeat: float, sqlite_synchronous: str, max_request_size: int,

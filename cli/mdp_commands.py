@@ -161,7 +161,7 @@ def worker() -> None:
               help="Heartbeat interval, seconds: use the broker's.")
 @curve_client_options
 @handle_errors
-def worker_echo(broker: str, service: str, dialect_name: str, heartbeat: float,
+def worker_echo(broker: tuple[str, ...], service: str, dialect_name: str, heartbeat: float,
                 curve: CurveOptions) -> None:
     """Serve SERVICE by echoing each request back.
 
@@ -184,7 +184,7 @@ def worker_echo(broker: str, service: str, dialect_name: str, heartbeat: float,
 @click.argument("service")
 @click.argument("frames", nargs=-1)
 @handle_errors
-def call(broker: str, timeout: float, retries: int, dialect_name: str, service: str,
+def call(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: str, service: str,
          frames: tuple[str, ...], curve: CurveOptions) -> None:
     """Send one request to SERVICE and print each reply frame on its own line.
 
@@ -211,7 +211,8 @@ def call(broker: str, timeout: float, retries: int, dialect_name: str, service: 
 @curve_client_options
 @click.argument("service")
 @handle_errors
-def mmi(broker: str, timeout: float, retries: int, service: str, curve: CurveOptions) -> None:
+def mmi(broker: tuple[str, ...], timeout: float, retries: int, service: str,
+        curve: CurveOptions) -> None:
     """Ask the broker whether SERVICE has live workers (mmi.service): prints 200 or 404.
 
     Exit status 0 for 200, 4 for 404.

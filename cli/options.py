@@ -38,15 +38,29 @@ class UsageProblem(Exception):
     """Options that do not fit together; reported as one line with exit status 2."""
 
 
+def split_brokers(ctx: click.Context, param: click.Parameter,
+                  value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Every --broker value (or TITANIC_BROKER) split on commas; empty parts dropped."""
+    if value is None:
+        return None
+    endpoints = tuple(part.strip() for item in value for part in item.split(",") if part.strip())
+    if value and not endpoints:
+        raise click.BadParameter("no broker endpoint given", ctx=ctx, param=param)
+    return endpoints or None
+
+
 def broker_option(func: F) -> F:
-    """--broker ENDPOINT (TITANIC_BROKER)."""
+    """--broker ENDPOINT, repeatable or comma-separated (TITANIC_BROKER)."""
     return click.option(
         "--broker",
         "-b",
+        multiple=True,
         envvar="TITANIC_BROKER",
-        default=DEFAULT_BROKER,
+        default=(DEFAULT_BROKER,),
         show_default=True,
-        help="Broker endpoint to connect to [env TITANIC_BROKER].",
+        callback=split_brokers,
+        help="Broker endpoint to connect to; repeatable, or comma-separated: with several, a "
+        "broker that does not answer is left for the next [env TITANIC_BROKER].",
     )(func)
 
 

@@ -60,7 +60,7 @@ def _check_uuid(value: str) -> str:
 
 
 @contextmanager
-def _client(broker: str, dialect_name: str, timeout: float, retries: int,
+def _client(broker: tuple[str, ...], dialect_name: str, timeout: float, retries: int,
             curve: CurveOptions) -> Iterator[TitanicClient]:
     with client_session(curve) as (context, hook), TitanicClient(
             broker, dialect=DIALECTS[dialect_name], timeout=timeout, retries=retries,
@@ -75,11 +75,16 @@ def _client(broker: str, dialect_name: str, timeout: float, retries: int,
 @curve_client_options
 @click.option("--frame", "-f", "frames", multiple=True,
               help="A further request frame (repeatable); same forms as PAYLOAD.")
+@click.option("--key", default=None, metavar="KEY",
+              help="Idempotency key, 1 to 255 characters (an order number, say): a request "
+              "with this key already stored is not stored again, and its UUID is printed "
+              "[default: a random key, so this command's own retries are stored once].")
 @click.argument("service")
 @click.argument("payload", required=False)
 @handle_errors
-def submit(broker: str, timeout: float, retries: int, dialect_name: str, frames: tuple[str, ...],
-           service: str, payload: str | None, curve: CurveOptions) -> None:
+def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: str,
+           frames: tuple[str, ...], key: str | None, service: str, payload: str | None,
+           curve: CurveOptions) -> None:
     """Store a request for SERVICE and print its UUID.
 
     PAYLOAD is the first request frame: text, `-` for stdin, or `@FILE` for a file's bytes
@@ -89,11 +94,14 @@ def submit(broker: str, timeout: float, retries: int, dialect_name: str, frames:
     Example:
       titanic submit echo 'hello'
       titanic submit resize @photo.jpg --frame 640x480
+      titanic submit --key order-1234 billing @order.json
     """
+    if key is not None and not 0 < len(key) <= 255:
+        raise click.BadParameter("must be 1 to 255 characters", param_hint="--key")
     first = [] if payload is None else [_read_payload(payload)]
     body = first + [_read_payload(frame) for frame in frames]
     with _client(broker, dialect_name, timeout, retries, curve) as client:
-        click.echo(client.submit(service, *body))
+        click.echo(client.submit(service, *body, key=key))
 
 
 @click.command()
@@ -110,8 +118,8 @@ def submit(broker: str, timeout: float, retries: int, dialect_name: str, frames:
 @curve_client_options
 @click.argument("request_id", metavar="UUID")
 @handle_errors
-def fetch(broker: str, dialect_name: str, wait: bool, timeout: float | None, retries: int,
-          raw: bool, request_id: str, curve: CurveOptions) -> None:
+def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float | None,
+          retries: int, raw: bool, request_id: str, curve: CurveOptions) -> None:
     """Print the reply to request UUID, one frame per line.
 
     \b
@@ -154,7 +162,7 @@ def fetch(broker: str, dialect_name: str, wait: bool, timeout: float | None, ret
 @curve_client_options
 @click.argument("request_id", metavar="UUID")
 @handle_errors
-def close(broker: str, timeout: float, retries: int, dialect_name: str, request_id: str,
+def close(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: str, request_id: str,
           curve: CurveOptions) -> None:
     """Delete request UUID and its reply (succeeds for unknown UUIDs too).
 

@@ -1,5 +1,9 @@
 """Client APIs: a synchronous client with Lazy Pirate retries, and a pipelined one.
 
+Both take one broker or several. With several, a request that gets no answer in time is sent
+again to the next broker in the list, on a new socket, and the client stays with the broker that
+answered: every broker is active, so failing over needs no coordination between them.
+
 MDP replies carry no request id, and replies from several workers come back out of order, so the
 pipelined client keeps a pool of sockets with one request in flight on each: a reply belongs to
 the request on the socket it arrived on.
@@ -17,9 +21,10 @@ import zmq
 from titanic._zmq import SocketSet, new_socket, recv_frames, send_frames
 from titanic.errors import ClientClosedError, ProtocolError, TitanicTimeoutError
 from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
-from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
+from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, broker_list
 
 SocketHook = Callable[[zmq.Socket[bytes]], None]
+Brokers = str | Sequence[str]
 
 
 def _encode(service: str | bytes) -> bytes:
@@ -27,15 +32,23 @@ def _encode(service: str | bytes) -> bytes:
 
 
 class _Connection:
-    """One DEALER socket to the broker, replaced after a timeout (Lazy Pirate)."""
+    """One DEALER socket to one of the brokers, replaced after a timeout (Lazy Pirate) by one to
+    the next broker."""
 
-    def __init__(self, broker: str, dialect: Dialect, context: zmq.Context[zmq.Socket[bytes]],
-                 configure: SocketHook | None) -> None:
-        self.broker = broker
+    def __init__(self, brokers: Sequence[str], dialect: Dialect,
+                 context: zmq.Context[zmq.Socket[bytes]], configure: SocketHook | None,
+                 first: int = 0) -> None:
+        self.brokers = brokers
         self.dialect = dialect
+        self._index = first % len(brokers)
         self._context = context
         self._configure = configure
         self.socket = self._open()
+
+    @property
+    def broker(self) -> str:
+        """The endpoint the socket is connected to."""
+        return self.brokers[self._index]
 
     def _open(self) -> zmq.Socket[bytes]:
         sock = new_socket(self._context, zmq.DEALER)
@@ -45,8 +58,10 @@ class _Connection:
         return sock
 
     def reopen(self) -> zmq.Socket[bytes]:
-        """Drop the socket and whatever is queued on it; connect a fresh one."""
+        """Drop the socket and whatever is queued on it; connect a fresh one to the next
+        broker (the same one when there is only one)."""
         self.socket.close(linger=0)
+        self._index = (self._index + 1) % len(self.brokers)
         self.socket = self._open()
         return self.socket
 
@@ -70,12 +85,17 @@ class _Connection:
         self.socket.close(linger=0)
 
 
+def _where(brokers: Sequence[str]) -> str:
+    return brokers[0] if len(brokers) == 1 else f"any of {', '.join(brokers)}"
+
+
 class Client:
-    """Synchronous client: `request()` waits for the reply, resending on a new socket on timeout."""
+    """Synchronous client: `request()` waits for the reply, resending on a new socket on timeout
+    (to the next broker, given several)."""
 
     def __init__(
         self,
-        broker: str,
+        broker: Brokers,
         *,
         dialect: Dialect = Dialect.MDP01,
         timeout: float = CLIENT_TIMEOUT_S,
@@ -83,13 +103,18 @@ class Client:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         configure_socket: SocketHook | None = None,
     ) -> None:
-        self.broker = broker
+        self.brokers = broker_list(broker)
         self.timeout = timeout
         self.retries = retries
         self._own_context = context is None
         self._context = context or zmq.Context()
-        self._connection: _Connection | None = _Connection(broker, dialect, self._context,
+        self._connection: _Connection | None = _Connection(self.brokers, dialect, self._context,
                                                            configure_socket)
+
+    @property
+    def broker(self) -> str:
+        """The broker the next request goes to: the one that answered last."""
+        return self._require_connection().broker
 
     def request(self, service: str | bytes, *frames: bytes, timeout: float | None = None,
                 retries: int | None = None) -> Frames:
@@ -113,7 +138,7 @@ class Client:
                 return parts
         connection.reopen()  # a late reply to this request must not answer the next one
         raise TitanicTimeoutError(
-            f"no reply from service {name.decode(errors='replace')!r} at {self.broker} "
+            f"no reply from service {name.decode(errors='replace')!r} at {_where(self.brokers)} "
             f"after {attempts} attempt(s) of {wait:g} s"
         )
 
@@ -181,6 +206,9 @@ class _Slot:
 class PipelinedClient:
     """Many requests in flight: a pool of `depth` sockets, one outstanding request on each.
 
+    With several brokers the sockets are spread over them, and a socket whose request timed out
+    is replaced by one to the next broker.
+
     `poll()` waits by itself. A caller with sockets of its own to watch (the dispatcher) passes a
     shared SocketSet, waits on it, and hands the ready sockets to `collect()`, then calls
     `expire()` for requests whose time ran out.
@@ -188,7 +216,7 @@ class PipelinedClient:
 
     def __init__(
         self,
-        broker: str,
+        broker: Brokers,
         *,
         depth: int = 32,
         dialect: Dialect = Dialect.MDP01,
@@ -200,7 +228,7 @@ class PipelinedClient:
     ) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")
-        self.broker = broker
+        self.brokers = broker_list(broker)
         self.timeout = timeout
         self.retries = retries
         self._own_context = context is None
@@ -213,8 +241,10 @@ class PipelinedClient:
         # (deadline, sequence, generation, slot): a heap, as timeouts may differ per request.
         self._deadlines: list[tuple[float, int, int, _Slot]] = []
         self._sequence = 0
-        for _ in range(depth):
-            slot = _Slot(_Connection(broker, dialect, self._context, configure_socket))
+        for index in range(depth):
+            # Spread over the brokers; a slot whose request times out moves to the next one.
+            slot = _Slot(_Connection(self.brokers, dialect, self._context, configure_socket,
+                                     first=index))
             self._track(slot)
             self._free.append(slot)
         self._closed = False
@@ -328,7 +358,8 @@ class PipelinedClient:
             if slot.attempts_left <= 0:
                 error = TitanicTimeoutError(
                     f"no reply from service {slot.service.decode(errors='replace')!r} at "
-                    f"{self.broker} after {slot.attempts} attempt(s) of {slot.timeout:g} s")
+                    f"{_where(self.brokers)} after {slot.attempts} attempt(s) of "
+                    f"{slot.timeout:g} s")
                 self._reopen(slot)  # a late reply must not answer the slot's next request
                 self._finish(slot, done, None, error)
                 continue

@@ -9,6 +9,12 @@ due requests, each claim with a lease. Leases make crashes safe: a request whose
 died goes back to pending when its lease runs out, and is sent again, so delivery is at least
 once. A single thread means no lock or interpreter-lock contention between serving and
 forwarding, which showed as half the latency of a synchronous titanic.request.
+
+Given several brokers, the TSP connections register with every one of them, and the forwarding
+sockets are spread over them: a socket whose request timed out (its broker may be dead) moves to
+the next broker, and the request goes back to the store to be sent again (at least once). Before
+it registers, the dispatcher checks that no dispatcher on another store serves these brokers
+(titanic.store_identity).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import cast
@@ -36,8 +42,9 @@ from titanic.services import (
     handle_reply,
     refuse_for_store_error,
 )
-from titanic.settings import DEFAULT_BROKER
-from titanic.store import Delivery, Exchange, NewRequest, RequestStatus, Store
+from titanic.settings import DEFAULT_BROKER, broker_list
+from titanic.store import Delivery, Exchange, NewRequest, RequestStatus, Store, StoreIdentity
+from titanic.store_identity import check_store_identity, store_reply
 from titanic.worker_pool import ConnectionSettings, WorkerConnection, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -51,10 +58,11 @@ DAY_S = 24 * 3600.0
 class DispatcherSettings:
     """How the dispatcher behaves; every time is in seconds."""
 
-    broker: str = DEFAULT_BROKER
-    #: The broker's worker endpoint, when it has a separate one (`titanic broker --worker-bind`):
-    #: the TSP services register there; requests are forwarded through `broker`.
-    worker_broker: str | None = None
+    #: One broker, or several (a sequence, or one comma-separated string).
+    broker: str | Sequence[str] = DEFAULT_BROKER
+    #: The brokers' worker endpoints, when they have separate ones (`titanic broker
+    #: --worker-bind`): the TSP services register there; requests are forwarded through `broker`.
+    worker_broker: str | Sequence[str] | None = None
     dialect: Dialect = Dialect.MDP01
     #: How long a forwarded request may take before it counts as failed and is retried.
     request_timeout: float = 10.0
@@ -82,6 +90,8 @@ class DispatcherSettings:
     close_connections: int = 1
     #: On SIGTERM, how long to wait for replies to requests in flight before releasing them.
     drain_timeout: float = 5.0
+    #: At start-up, how long to wait for each broker to say which store serves it.
+    identity_timeout: float = 2.0
     connection: ConnectionSettings = field(default_factory=ConnectionSettings)
 
     @property
@@ -157,6 +167,7 @@ class Dispatcher:
         self._in_flight: Counter[str] = Counter()
         self._candidates: set[str] = set()  # services that may have due requests
         self._next_survey = 0.0
+        self._identity: StoreIdentity | None = None  # read at start-up, served as titanic.store
         self.server = self._make_server()
 
     def _make_server(self) -> WorkerPool:
@@ -168,33 +179,52 @@ class Dispatcher:
                 tsp.REQUEST_SERVICE: (s.request_connections, None),
                 tsp.REPLY_SERVICE: (s.reply_connections, batch_of(handle_reply, self.store)),
                 tsp.CLOSE_SERVICE: (s.close_connections, batch_of(handle_close, self.store)),
+                tsp.STORE_SERVICE: (1, self._serve_identity),
             },
             dialect=s.dialect, settings=s.connection, context=self._context,
             configure_socket=self._configure, sockets=self._sockets,
         )
+
+    def _serve_identity(self, bodies: Sequence[Frames]) -> list[Frames]:
+        assert self._identity is not None  # read before the server registers
+        return [store_reply(self._identity) for _ in bodies]
+
+    def _check_store(self) -> None:
+        """Read the store's identity; StoreMismatchError if another store serves the brokers."""
+        s = self.settings
+        self._identity = self.store.identity()
+        check_store_identity(self._identity, broker_list(s.broker), dialect=s.dialect,
+                             timeout=s.identity_timeout, context=self._context,
+                             configure_socket=self._configure)
 
     def stop(self) -> None:
         """Stop taking work, finish or release what is in flight, return from run()."""
         self._waker.wake()
 
     def run(self) -> None:
-        """Serve and forward until stop()."""
+        """Serve and forward until stop(); StoreMismatchError (before serving anything) if
+        another store serves the brokers."""
         s = self.settings
-        client = PipelinedClient(s.broker, depth=s.max_in_flight, dialect=s.dialect,
-                                 timeout=s.request_timeout, retries=0, context=self._context,
-                                 configure_socket=self._configure, sockets=self._sockets)
-        presence = _Presence(s)
-        self._sockets.add_fd(self._waker.fileno())
-        self.server.open(time.monotonic())
-        log.info("dispatcher serving titanic.request/reply/close on %s, forwarding through %s",
-                 s.worker_broker or s.broker, s.broker)
+        client: PipelinedClient | None = None
         try:
+            self._check_store()
+            client = PipelinedClient(s.broker, depth=s.max_in_flight, dialect=s.dialect,
+                                     timeout=s.request_timeout, retries=0,
+                                     context=self._context, configure_socket=self._configure,
+                                     sockets=self._sockets)
+            presence = _Presence(s)
+            self._sockets.add_fd(self._waker.fileno())
+            self.server.open(time.monotonic())
+            log.info("dispatcher serving titanic.request/reply/close on %s, forwarding through "
+                     "%s, store %s", ", ".join(broker_list(s.worker_broker or s.broker)),
+                     ", ".join(client.brokers), self._identity)
             self._loop(client, presence)
             self._sockets.remove_fd(self._waker.fileno())
             self.server.close()  # no more TSP requests: the broker hands them to others
             self._drain(client, presence)
         finally:
-            client.close()
+            if client is not None:
+                client.close()
             self.server.close()
             self._sockets.close()
             self._waker.close()

@@ -41,6 +41,11 @@ class SchemaError(StoreError):
     """The database schema is not the one this version of titanic expects."""
 
 
+class StoreMismatchError(StoreError):
+    """Another store already serves these brokers: dispatchers on the same brokers must share
+    one store."""
+
+
 class CurveKeyError(TitanicError):
     """A CURVE key file is missing or malformed."""
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from titanic.errors import InvalidRequestError, ProtocolError, StoreError
 from titanic.protocol.mdp import Frames
-from titanic.protocol.tsp import Status, parse_uuid
+from titanic.protocol.tsp import Status, parse_uuid, split_request
 from titanic.store import NewRequest, RequestStatus, Store, check_new_request
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,16 @@ def _store_error(exc: StoreError) -> Frames:
 
 
 def _parse_new_request(body: Frames) -> NewRequest:
-    """[service, frames...] as a NewRequest; ProtocolError if the service frame is unusable."""
+    """[service, frames...] (or the keyed form) as a NewRequest; ProtocolError if the service or
+    key frame is unusable."""
+    key, body = split_request(body)
     if not body or not body[0]:
         raise ProtocolError("titanic.request needs a service name frame")
     try:
         service = body[0].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError("the service name is not UTF-8") from exc
-    return NewRequest(service=service, frames=tuple(body[1:]))
+    return NewRequest(service=service, frames=tuple(body[1:]), idempotency_key=key)
 
 
 def check_requests(bodies: Sequence[Frames],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,16 @@ CLIENT_RETRIES = 2
 RECONNECT_INITIAL_S = 0.25
 RECONNECT_MAX_S = 8.0
 SHUTDOWN_LINGER_MS = 200
+
+
+def broker_list(brokers: str | Sequence[str]) -> list[str]:
+    """Broker endpoints from one endpoint, a comma-separated list, or a sequence of either;
+    ValueError if none is left."""
+    items = [brokers] if isinstance(brokers, str) else list(brokers)
+    endpoints = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    if not endpoints:
+        raise ValueError("no broker endpoint given")
+    return endpoints
 
 
 def env_str(name: str, default: str) -> str:

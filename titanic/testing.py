@@ -7,6 +7,7 @@ on titanic can be tested without a database.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from titanic.store.types import (
     NewRequest,
     RequestStatus,
     StoredRequest,
+    StoreIdentity,
     StoreStats,
     backoff_delay,
     check_new_request,
@@ -43,6 +45,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._rows: dict[str, StoredRequest] = {}
         self._keys: dict[str, str] = {}
+        self._identity = StoreIdentity(uuid.uuid4().hex, f"memory:{id(self):x}")
 
     def _update(self, request_id: str,
                 change: Callable[[StoredRequest], StoredRequest | None]) -> StoredRequest | None:
@@ -266,6 +269,10 @@ class MemoryStore:
                            and (status is None or row.status is status)),
                           key=lambda row: row.id)
         return rows[:limit]
+
+    def identity(self) -> StoreIdentity:
+        """A random identity made with the store."""
+        return self._identity
 
     def close_store(self) -> None:
         """Nothing to release."""

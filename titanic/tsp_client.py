@@ -1,15 +1,22 @@
-"""The Python API for Titanic: submit, fetch, wait, close, over any broker running a dispatcher."""
+"""The Python API for Titanic: submit, fetch, wait, close, over any broker running a dispatcher.
+
+Given several brokers, each call fails over to the next when one does not answer. Every submit
+carries an idempotency key (the caller's, or a random one made for that submit), so a submit
+resent after a lost acknowledgement, to the same broker or another, is stored once and answered
+with the same UUID.
+"""
 
 from __future__ import annotations
 
 import enum
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
 
-from titanic.client import Client
+from titanic.client import Brokers, Client
 from titanic.errors import ProtocolError, TitanicError
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Dialect, Frames
@@ -64,17 +71,28 @@ def _parse_fetch(frames: Frames) -> Fetched:
 class TitanicClient:
     """Submit requests to Titanic and collect their replies later."""
 
-    def __init__(self, broker: str = DEFAULT_BROKER, *, dialect: Dialect = Dialect.MDP01,
+    def __init__(self, broker: Brokers = DEFAULT_BROKER, *, dialect: Dialect = Dialect.MDP01,
                  timeout: float = CLIENT_TIMEOUT_S, retries: int = CLIENT_RETRIES,
                  context: zmq.Context[zmq.Socket[bytes]] | None = None,
                  configure_socket: SocketHook | None = None) -> None:
         self._client = Client(broker, dialect=dialect, timeout=timeout, retries=retries,
                               context=context, configure_socket=configure_socket)
 
-    def submit(self, service: str | bytes, *frames: bytes) -> str:
-        """Store a request for `service`; returns its UUID once it is durably stored."""
+    @property
+    def broker(self) -> str:
+        """The broker the next call goes to: the one that answered last."""
+        return self._client.broker
+
+    def submit(self, service: str | bytes, *frames: bytes, key: str | None = None) -> str:
+        """Store a request for `service`; returns its UUID once it is durably stored.
+
+        `key` (1 to 255 characters) names the request for the store: a submit with a key
+        already stored returns that request's UUID and stores nothing. Without one, a random
+        key is made, so the retries of this call are stored once.
+        """
         name = service.encode() if isinstance(service, str) else service
-        reply = self._client.request(tsp.REQUEST_SERVICE, name, *frames)
+        body = tsp.build_request(name, frames, uuid.uuid4().hex if key is None else key)
+        reply = self._client.request(tsp.REQUEST_SERVICE, *body)
         if not reply:
             raise ProtocolError("titanic.request answered with no status frame")
         code = tsp.parse_status(reply[0])

@@ -3,6 +3,9 @@
 A handler takes the request body frames and returns the reply frames. In the 18/MDP dialects a
 handler may instead return an iterator of frame lists: every part but the last goes out as a
 PARTIAL, the last as the FINAL. Under 7/MDP the parts are joined into one REPLY.
+
+Given several brokers, a worker registers with each on a connection of its own, which
+heartbeats and reconnects on its own; requests from all of them are served one at a time.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import zmq
 
-from titanic._zmq import recv_frames
+from titanic._zmq import SocketSet, recv_frames
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import (
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_LIVENESS,
     RECONNECT_INITIAL_S,
     RECONNECT_MAX_S,
+    broker_list,
 )
 from titanic.worker_pool import ConnectionSettings, WorkerConnection
 
@@ -34,11 +38,11 @@ Handler = Callable[[Frames], Reply]
 
 
 class Worker:
-    """Serves one service on a broker, one request at a time, until `stop()`."""
+    """Serves one service on one or several brokers, one request at a time, until `stop()`."""
 
     def __init__(
         self,
-        broker: str,
+        broker: str | Sequence[str],
         service: str | bytes,
         handler: Handler,
         *,
@@ -50,7 +54,7 @@ class Worker:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         configure_socket: Callable[[zmq.Socket[bytes]], None] | None = None,
     ) -> None:
-        self.broker = broker
+        self.brokers = broker_list(broker)
         self.service = service.encode() if isinstance(service, str) else service
         self.handler = handler
         self.dialect = dialect
@@ -58,17 +62,27 @@ class Worker:
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._stopped = threading.Event()
-        self.connection = WorkerConnection(
-            self._context, broker, self.service, dialect=dialect,
-            settings=ConnectionSettings(heartbeat_interval, liveness, reconnect_initial,
-                                        reconnect_max),
-            configure_socket=configure_socket,
-        )
+        settings = ConnectionSettings(heartbeat_interval, liveness, reconnect_initial,
+                                      reconnect_max)
+        # One broker: the loop blocks in recv on its socket; several: it waits on a SocketSet.
+        self._watch = SocketSet() if len(self.brokers) > 1 else None
+        self.connections = [
+            WorkerConnection(self._context, endpoint, self.service, dialect=dialect,
+                             settings=settings, configure_socket=configure_socket,
+                             watch=self._watch)
+            for endpoint in self.brokers]
+        self.connection = self.connections[0]
+
+    @property
+    def broker(self) -> str:
+        """The first broker's endpoint."""
+        return self.brokers[0]
 
     @property
     def reconnects(self) -> int:
-        """How many times the worker registered again after its first READY."""
-        return max(0, self.connection.connects - 1)
+        """How many times the worker registered again after its first READY, all brokers
+        together."""
+        return sum(max(0, connection.connects - 1) for connection in self.connections)
 
     def stop(self) -> None:
         """Ask `run()` to return after the request in hand; safe from threads and signals."""
@@ -82,57 +96,87 @@ class Worker:
     def run(self) -> None:
         """Serve requests until stop(); reconnects with backoff on silence or DISCONNECT.
 
-        The loop blocks in recv (no poll per message): a receive timeout bounds each wait by the
-        next heartbeat or reconnect deadline, and by STOP_CHECK_S, so stop() (from another thread
-        or a signal handler) takes effect within that.
+        With one broker the loop blocks in recv (no poll per message): a receive timeout bounds
+        each wait by the next heartbeat or reconnect deadline, and by STOP_CHECK_S, so stop()
+        (from another thread or a signal handler) takes effect within that. With several it
+        waits on all their sockets at once, bounded the same way.
         """
-        connection = self.connection
-        connection.connect(time.monotonic())
-        timeout_set: tuple[zmq.Socket[bytes] | None, int] = (None, 0)  # socket, RCVTIMEO ms
+        now = time.monotonic()
+        for connection in self.connections:
+            connection.connect(now)
         try:
-            while not self.stopping:
-                sock = connection.socket
-                now = time.monotonic()
-                wait = min(STOP_CHECK_S, max(0.0, connection.next_deadline() - now))
-                if sock is None:
-                    self._stopped.wait(wait)
-                    connection.maintain(time.monotonic())
-                    continue
-                wait_ms = int(wait * 1000) + 1
-                if timeout_set != (sock, wait_ms):
-                    sock.rcvtimeo = wait_ms
-                    timeout_set = (sock, wait_ms)
-                try:
-                    frames = recv_frames(sock)
-                except zmq.Again:
-                    frames = None
-                now = time.monotonic()
-                if frames is not None:
-                    request = connection.receive(frames, now)
-                    if request is not None and not self.stopping:
-                        self._serve(request[0], request[1], now)
-                if now >= connection.next_deadline():
-                    connection.maintain(now)
+            if self._watch is None:
+                self._run_one(self.connection)
+            else:
+                self._run_many(self._watch)
         finally:
-            connection.close(disconnect=True)
+            for connection in self.connections:
+                connection.close(disconnect=True)
+            if self._watch is not None:
+                self._watch.close()
             if self._own_context:
                 self._context.term()
 
-    def _serve(self, client: bytes, body: Frames, now: float) -> None:
+    def _run_one(self, connection: WorkerConnection) -> None:
+        timeout_set: tuple[zmq.Socket[bytes] | None, int] = (None, 0)  # socket, RCVTIMEO ms
+        while not self.stopping:
+            sock = connection.socket
+            now = time.monotonic()
+            wait = min(STOP_CHECK_S, max(0.0, connection.next_deadline() - now))
+            if sock is None:
+                self._stopped.wait(wait)
+                connection.maintain(time.monotonic())
+                continue
+            wait_ms = int(wait * 1000) + 1
+            if timeout_set != (sock, wait_ms):
+                sock.rcvtimeo = wait_ms
+                timeout_set = (sock, wait_ms)
+            try:
+                frames = recv_frames(sock)
+            except zmq.Again:
+                frames = None
+            now = time.monotonic()
+            if frames is not None:
+                request = connection.receive(frames, now)
+                if request is not None and not self.stopping:
+                    self._serve(connection, request[0], request[1], now)
+            if now >= connection.next_deadline():
+                connection.maintain(now)
+
+    def _run_many(self, watch: SocketSet) -> None:
+        while not self.stopping:
+            deadline = min(connection.next_deadline() for connection in self.connections)
+            ready, _ = watch.wait(min(STOP_CHECK_S, max(0.0, deadline - time.monotonic())))
+            readable = set(ready)
+            for connection in self.connections:
+                if connection.socket is None or connection.socket not in readable:
+                    continue
+                for client, body in connection.read(time.monotonic()):
+                    if self.stopping:
+                        break
+                    self._serve(connection, client, body, time.monotonic())
+            now = time.monotonic()
+            for connection in self.connections:
+                if now >= connection.next_deadline():
+                    connection.maintain(now)
+
+    def _serve(self, connection: WorkerConnection, client: bytes, body: Frames,
+               now: float) -> None:
         try:
             reply = self.handler(body)
             if isinstance(reply, Iterator):
-                self._send_parts(client, reply)
+                self._send_parts(connection, client, reply)
             else:
-                self.connection.reply(client, reply)
+                connection.reply(client, reply)
         except Exception:
             log.exception("handler for %r failed; re-registering so the client can retry",
                           self.service)
-            self.connection.reset(now)
+            connection.reset(now)
             return
         self.requests_handled += 1
 
-    def _send_parts(self, client: bytes, parts: Iterable[Sequence[bytes]]) -> None:
+    def _send_parts(self, connection: WorkerConnection, client: bytes,
+                    parts: Iterable[Sequence[bytes]]) -> None:
         """PARTIAL for every part but the last (7/MDP: all parts joined), then FINAL."""
         joined: Frames = []
         previous: Sequence[bytes] | None = None
@@ -141,10 +185,10 @@ class Worker:
                 if self.dialect is Dialect.MDP01:
                     joined.extend(previous)
                 else:
-                    self.connection.reply(client, previous, final=False)
+                    connection.reply(client, previous, final=False)
             previous = part
         joined.extend(previous or [])
-        self.connection.reply(client, joined)
+        connection.reply(client, joined)
 
 
 def echo_handler(frames: Frames) -> Frames:

@@ -38,6 +38,7 @@ from titanic.settings import (
     HEARTBEAT_LIVENESS,
     RECONNECT_INITIAL_S,
     RECONNECT_MAX_S,
+    broker_list,
 )
 
 log = logging.getLogger(__name__)
@@ -212,13 +213,13 @@ class WorkerConnection:
 
 
 class WorkerPool:
-    """Serves several services, each on several connections, in batches.
+    """Serves several services, each on several connections to every broker, in batches.
 
     `run()` is a loop of its own; the dispatcher instead shares one SocketSet between the pool
     and its client and drives the pool with `open`, `read`, `serve`, `upkeep` and `close`.
     """
 
-    def __init__(self, broker: str,
+    def __init__(self, broker: str | Sequence[str],
                  handlers: Mapping[bytes, tuple[int, BatchHandler | None]], *,
                  dialect: Dialect = Dialect.MDP01, settings: ConnectionSettings | None = None,
                  context: zmq.Context[zmq.Socket[bytes]] | None = None,
@@ -231,9 +232,12 @@ class WorkerPool:
         # A service without a handler is served by whoever drives the pool (read() and reply).
         self._handlers = {service: handler for service, (_, handler) in handlers.items()
                           if handler is not None}
+        # Each connection heartbeats and reconnects on its own: a dead broker costs only its own.
         self.connections = [
-            WorkerConnection(self._context, broker, service, dialect=dialect, settings=settings,
-                             configure_socket=configure_socket, watch=self.sockets)
+            WorkerConnection(self._context, endpoint, service, dialect=dialect,
+                             settings=settings, configure_socket=configure_socket,
+                             watch=self.sockets)
+            for endpoint in broker_list(broker)
             for service, (count, _) in handlers.items() for _ in range(count)
         ]
         self._waker = Waker()

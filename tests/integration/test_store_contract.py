@@ -64,6 +64,22 @@ def test_idempotency_key_returns_the_existing_request(store: Store) -> None:
     assert store.get(first).request == (b"a",)  # type: ignore[union-attr]
 
 
+def test_a_key_repeated_in_one_batch_and_across_batches_is_stored_once(store: Store) -> None:
+    ids = store.submit_many([NewRequest("svc", (b"a",), idempotency_key="k2"),
+                             NewRequest("svc", (b"plain",)),
+                             NewRequest("svc", (b"b",), idempotency_key="k2")])
+    assert ids[0] == ids[2] != ids[1]
+    again = store.exchange([NewRequest("svc", (b"c",), idempotency_key="k2")], [], {}, 30)
+    assert again.ids == [ids[0]]
+    assert store.stats().by_status() == {RequestStatus.PENDING: 2}
+
+
+def test_the_store_identity_is_stable(store: Store) -> None:
+    identity = store.identity()
+    assert len(identity.id) == 32 and identity.location
+    assert store.identity() == identity
+
+
 def test_claim_leases_oldest_first_and_only_once(store: Store) -> None:
     ids = [store.submit("svc", [str(n).encode()]) for n in range(5)]
     store.submit("other", [b"x"])

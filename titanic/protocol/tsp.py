@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 
 from titanic.errors import ProtocolError
 
 REQUEST_SERVICE = b"titanic.request"
 REPLY_SERVICE = b"titanic.reply"
 CLOSE_SERVICE = b"titanic.close"
+#: titanic's extension: every dispatcher answers `200`, its store's identity and location.
+STORE_SERVICE = b"titanic.store"
 
 _UUID_HEX = re.compile(rb"\A[0-9a-f]{32}\Z")
 
@@ -46,3 +49,29 @@ def parse_uuid(frame: bytes) -> str:
     if not _UUID_HEX.match(lowered):
         raise ProtocolError(f"not a 32-digit hex UUID: {frame[:40]!r}")
     return lowered.decode("ascii")
+
+
+def build_request(service: bytes, frames: Sequence[bytes], key: str | None = None) -> list[bytes]:
+    """A titanic.request body: [service, frames...], or with an idempotency key
+    ["", key, service, frames...] (the keyed form; see docs/concepts.md)."""
+    if key is None:
+        return [service, *frames]
+    return [b"", key.encode("utf-8"), service, *frames]
+
+
+def split_request(body: Sequence[bytes]) -> tuple[str | None, list[bytes]]:
+    """A titanic.request body as (idempotency key or None, [service, frames...]).
+
+    Plain 9/TSP never sends an empty first frame (it would name no service), so an empty first
+    frame marks the keyed form; ProtocolError if its key frame is missing, empty or not UTF-8.
+    """
+    if not body or body[0]:
+        return None, list(body)
+    if len(body) < 2 or not body[1]:
+        raise ProtocolError("a keyed titanic.request needs a non-empty key frame after the "
+                            "empty frame")
+    try:
+        key = body[1].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("the idempotency key is not UTF-8") from exc
+    return key, list(body[2:])

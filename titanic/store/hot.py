@@ -105,6 +105,9 @@ class HotStatements:
         p = self.values.placeholder
         columns = ", ".join(COLUMNS)
         self._insert = f"INSERT INTO {TABLE} ({columns}) VALUES ({', '.join([p] * len(COLUMNS))})"
+        # A keyed request that another dispatcher stores at the same moment: the second insert
+        # waits for the first to commit, then does nothing (the caller reads the winner's id).
+        self._insert_keyed = f"{self._insert} ON CONFLICT (idempotency_key) DO NOTHING"
         self._get = f"SELECT {columns} FROM {TABLE} WHERE id = {p}"
         # OR rather than IN keeps SQLite's planner on the primary key.
         self._complete = (f"UPDATE {TABLE} SET reply = {p}, status = '{DONE}', completed_at = {p},"
@@ -114,9 +117,11 @@ class HotStatements:
 
     # -- statements ---------------------------------------------------------------------------
 
-    def insert(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert rows given in COLUMNS order (values already converted)."""
-        conn.exec_driver_sql(self._insert, list(rows))
+    def insert(self, conn: Connection, rows: Sequence[tuple[Any, ...]], *,
+               keyed: bool = False) -> None:
+        """Insert rows given in COLUMNS order (values already converted); `keyed` skips rows
+        whose idempotency key is already stored."""
+        conn.exec_driver_sql(self._insert_keyed if keyed else self._insert, list(rows))
 
     def get(self, conn: Connection, request_id: str) -> StoredRequest | None:
         """One request by its checked id."""

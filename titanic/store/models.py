@@ -1,4 +1,4 @@
-"""The schema: one table of requests. Alembic migrations must match it (tested)."""
+"""The schema: the requests, and the store's identity. Alembic migrations must match it (tested)."""
 
 from __future__ import annotations
 
@@ -63,4 +63,16 @@ class RequestRow(Base):
     )
 
 
+class StoreIdentityRow(Base):
+    """The store's identity: one row, made when the schema is created. Dispatchers compare it
+    to make sure every dispatcher on the same brokers uses the same store (a PostgreSQL standby
+    has the same identity as its primary, so a failover keeps it)."""
+
+    __tablename__ = "titanic_store"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime())
+
+
 requests_table = cast(Table, RequestRow.__table__)
+identity_table = cast(Table, StoreIdentityRow.__table__)

@@ -33,6 +33,7 @@ from titanic.store import dialect
 from titanic.store.frames import decode_frames, encode_frames
 from titanic.store.hot import HotStatements
 from titanic.store.hot import aware_utc as _aware
+from titanic.store.models import identity_table
 from titanic.store.models import requests_table as t
 from titanic.store.types import (
     FINISHED,
@@ -40,6 +41,7 @@ from titanic.store.types import (
     NewRequest,
     RequestStatus,
     StoredRequest,
+    StoreIdentity,
     StoreStats,
     backoff_delay,
     check_new_request,
@@ -220,16 +222,23 @@ class SqlStore:
 
         def insert(conn: Connection) -> list[str]:
             existing = self._existing_keys(conn, requests)
-            fresh = [(request_id, row) for request_id, row, r in zip(ids, rows, requests,
-                                                                      strict=True)
-                     if r.idempotency_key not in existing]
+            fresh: list[tuple[str, tuple[Any, ...]]] = []
+            for request_id, row, r in zip(ids, rows, requests, strict=True):
+                if r.idempotency_key is None:
+                    fresh.append((request_id, row))
+                elif r.idempotency_key not in existing:
+                    existing[r.idempotency_key] = request_id  # a repeat in this batch too
+                    fresh.append((request_id, row))
+            keyed = any(r.idempotency_key is not None for r in requests)
             if fresh:
                 try:
-                    self._hot.insert(conn, [row for _, row in fresh])
+                    self._hot.insert(conn, [row for _, row in fresh], keyed=keyed)
                 except IntegrityError:
                     if not self._all_stored(conn, [request_id for request_id, _ in fresh]):
                         raise
-            return [existing.get(r.idempotency_key, request_id) if r.idempotency_key else
+            if keyed:  # another transaction may have stored one of the keys first
+                existing = self._existing_keys(conn, requests)
+            return [existing[r.idempotency_key] if r.idempotency_key is not None else
                     request_id for request_id, r in zip(ids, requests, strict=True)]
 
         return insert
@@ -262,7 +271,7 @@ class SqlStore:
         return self._transaction(work, durable=insert is not None)
 
     @staticmethod
-    def _existing_keys(conn: Connection, requests: Sequence[NewRequest]) -> dict[str | None, str]:
+    def _existing_keys(conn: Connection, requests: Sequence[NewRequest]) -> dict[str, str]:
         keys = [r.idempotency_key for r in requests if r.idempotency_key]
         if not keys:
             return {}
@@ -436,6 +445,19 @@ class SqlStore:
             statement = statement.where(t.c.id > _key(after))
         return self._transaction(
             lambda conn: [_record(row) for row in conn.execute(statement)], write=False)
+
+    def identity(self) -> StoreIdentity:
+        """The identity row (made here if the schema was created without the migrations)."""
+
+        def work(conn: Connection) -> str:
+            found = conn.execute(select(identity_table.c.id).limit(1)).scalar_one_or_none()
+            if found is None:
+                found = uuid.uuid4()
+                conn.execute(identity_table.insert().values(id=found, created_at=utcnow()))
+            return found.hex
+
+        return StoreIdentity(self._transaction(work),
+                             self.engine.url.render_as_string(hide_password=True))
 
     def close_store(self) -> None:
         """Release connections."""

@@ -80,6 +80,15 @@ class Exchange:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreIdentity:
+    """Which store this is: its identity (32 hex digits, kept in the database) and where it is
+    (the URL without its password)."""
+
+    id: str
+    location: str
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStats:
     """Request counts by (service, status)."""
 
@@ -187,6 +196,10 @@ class Store(Protocol):
     def list(self, *, service: str | None = None, status: RequestStatus | None = None,
              limit: int = 100, after: str | None = None) -> list[StoredRequest]:
         """Requests in UUID (time) order, filtered, paged by `after`."""
+        ...
+
+    def identity(self) -> StoreIdentity:
+        """The store's identity and location."""
         ...
 
     def close_store(self) -> None:

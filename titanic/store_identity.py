@@ -1,0 +1,72 @@
+"""One store per broker network: a dispatcher refuses to start beside one on another store.
+
+Every dispatcher serves `titanic.store`, answering `200`, its store's identity (kept in the
+database, so a PostgreSQL standby shares its primary's) and its location. Before it registers,
+a starting dispatcher asks each of its brokers whether anyone serves `titanic.store` (mmi.service)
+and if so which store it is; an answer naming another store stops it with StoreMismatchError.
+Two dispatchers started at the same moment on different stores can both pass: the check guards
+against the configuration mistake, it is not a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import zmq
+
+from titanic.client import Client
+from titanic.errors import ProtocolError, StoreMismatchError, TitanicTimeoutError
+from titanic.protocol import mmi, tsp
+from titanic.protocol.mdp import Dialect, Frames
+from titanic.store import StoreIdentity
+
+log = logging.getLogger(__name__)
+
+SocketHook = Callable[[zmq.Socket[bytes]], None]
+
+
+def store_reply(identity: StoreIdentity) -> Frames:
+    """titanic.store's answer: `200`, the identity, the location."""
+    return [tsp.Status.OK.frame(), identity.id.encode(), identity.location.encode()]
+
+
+def parse_store_reply(frames: Frames) -> StoreIdentity:
+    """The identity a titanic.store answer names; ProtocolError if it names none."""
+    if len(frames) < 3 or tsp.parse_status(frames[0]) != tsp.Status.OK:
+        raise ProtocolError(f"titanic.store answered {frames[:1]!r}")
+    return StoreIdentity(frames[1].decode("ascii", "replace"),
+                         frames[2].decode("utf-8", "replace"))
+
+
+def serving_store(broker: str, *, dialect: Dialect, timeout: float,
+                  context: zmq.Context[zmq.Socket[bytes]],
+                  configure_socket: SocketHook | None = None) -> StoreIdentity | None:
+    """The store of the dispatchers serving at `broker`; None if none serves there, or the
+    broker (or the dispatcher) does not answer in time."""
+    with Client(broker, dialect=dialect, timeout=timeout, retries=0, context=context,
+                configure_socket=configure_socket) as client:
+        try:
+            if client.request(mmi.SERVICE, tsp.STORE_SERVICE)[:1] != [mmi.FOUND]:
+                return None
+            return parse_store_reply(client.request(tsp.STORE_SERVICE))
+        except TitanicTimeoutError:
+            log.warning("broker %s did not say which store serves it: not checked", broker)
+        except ProtocolError as exc:
+            log.warning("broker %s: %s: not checked", broker, exc)
+        return None
+
+
+def check_store_identity(ours: StoreIdentity, brokers: Sequence[str], *, dialect: Dialect,
+                         timeout: float, context: zmq.Context[zmq.Socket[bytes]],
+                         configure_socket: SocketHook | None = None) -> None:
+    """StoreMismatchError, naming both stores, if a dispatcher on another store serves at any of
+    `brokers`."""
+    for broker in brokers:
+        theirs = serving_store(broker, dialect=dialect, timeout=timeout, context=context,
+                               configure_socket=configure_socket)
+        if theirs is not None and theirs.id != ours.id:
+            raise StoreMismatchError(
+                f"this dispatcher's store {ours.id} ({ours.location}) is not the store "
+                f"{theirs.id} ({theirs.location}) already serving at {broker}: dispatchers on "
+                f"the same brokers must share one store")
