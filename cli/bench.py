@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from titanic.bench import curve as curve_bench
+from titanic.bench import ha as ha_bench
 from titanic.bench.suite import BenchOptions, format_rows, run_mdp, run_titanic
 from titanic_cli.options import UsageProblem, handle_errors
 
@@ -26,12 +27,19 @@ from titanic_cli.options import UsageProblem, handle_errors
               help="Also run the MDP loads through majortomo's broker and a bare zmq.proxy "
               "device, and print our rates as ratios of theirs.")
 @click.option("--mdp-only", is_flag=True, help="Skip the titanic.request figures.")
+@click.option("--ha", is_flag=True,
+              help="Measure high availability's cost instead: end to end through two brokers "
+              "and two dispatchers on --db, beside one broker and one dispatcher.")
+@click.option("--db", "db_url", default=None, metavar="URL",
+              help="With --ha: the database the dispatchers share (PostgreSQL for the "
+              "production picture); requests for 'echo' are added to it.")
 @click.option("--curve", is_flag=True,
               help="Measure CURVE's cost instead: the MDP loads through a broker in plaintext and "
               "with CURVE, taking turns, side by side (also: python -m titanic.bench.curve).")
 @handle_errors
 def bench(broker: str | None, requests: int, sync_requests: int, size: int, depth: int,
-          workers: int, compare: bool, mdp_only: bool, curve: bool) -> None:
+          workers: int, compare: bool, mdp_only: bool, ha: bool, db_url: str | None,
+          curve: bool) -> None:
     """Measure round trips, acknowledgements and completions per second, with latencies.
 
     Starts what it needs on 127.0.0.1 (a broker, echo workers, a dispatcher on a throw-away
@@ -42,7 +50,16 @@ def bench(broker: str | None, requests: int, sync_requests: int, size: int, dept
     Example:
       titanic bench --compare
       titanic bench --curve
+      titanic bench --ha --db postgresql+psycopg://postgres@127.0.0.1/bench
     """
+    if ha:
+        if db_url is None or broker is not None or compare or curve:
+            raise UsageProblem("--ha needs --db and starts its own brokers: not with --broker, "
+                               "--compare or --curve")
+        _bench_ha(db_url, requests, size, depth, workers)
+        return
+    if db_url is not None:
+        raise UsageProblem("--db is for --ha")
     if curve:
         if broker is not None or compare:
             raise UsageProblem("--curve starts its own brokers: not with --broker or --compare")
@@ -60,4 +77,13 @@ def bench(broker: str | None, requests: int, sync_requests: int, size: int, dept
     if options.titanic:
         rows += run_titanic(options)
     click.echo(f"{size}-byte bodies, {workers} echo workers, {depth} in flight for pipelined MDP")
+    click.echo(format_rows(rows))
+
+
+
+def _bench_ha(db_url: str, requests: int, size: int, depth: int, workers: int) -> None:
+    rows = ha_bench.run(db_url, requests=requests // 2, body=b"x" * size, depth=depth,
+                        workers=workers)
+    click.echo(f"{size}-byte bodies, {workers} echo workers on every broker, clients given "
+               f"every broker, database {ha_bench.describe(db_url)}")
     click.echo(format_rows(rows))

@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from titanic.errors import SchemaError, StoreError
@@ -61,10 +61,22 @@ def _known_revisions() -> set[str]:
         return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
 
 
+#: PostgreSQL advisory lock key held while migrating ("titanic" in ASCII).
+_MIGRATION_LOCK = 0x746974616E6963
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision` (default: the newest)."""
+    """Bring the schema to `revision` (default: the newest).
+
+    Several dispatchers started at once on a fresh database migrate one after the other: on
+    PostgreSQL an advisory lock held for the transaction, on SQLite the immediate transaction;
+    alembic reads the revision after taking it, so the later ones find nothing left to do.
+    """
     try:
         with _scripts_dir() as location, engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                   {"key": _MIGRATION_LOCK})
             command.upgrade(_config(location, connection), revision)
     except SQLAlchemyError as exc:
         raise StoreError(f"migration failed: {exc}") from exc

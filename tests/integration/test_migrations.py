@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,29 @@ def test_db_commands_work_from_any_folder(db_url: str, tmp_path: Path) -> None:
     assert titanic_db("upgrade").returncode == 0
     assert titanic_db("current").stdout.strip() == migrate.head_revision()
     assert titanic_db("check").returncode == 0
+
+
+def test_stores_opened_together_on_a_fresh_database_all_migrate(db_url: str) -> None:
+    # Several dispatchers first started at once (a high-availability pair, say): every one
+    # must come up, none may fail on a table another one just made.
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def open_together() -> None:
+        barrier.wait(30)
+        try:
+            open_store(db_url).close_store()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_together) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    engine = make_engine(db_url)
+    try:
+        migrate.check(engine)
+    finally:
+        engine.dispose()

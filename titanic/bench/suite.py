@@ -55,9 +55,9 @@ class Row:
 Report = Callable[[Row], None]
 
 
-def _print_row(row: Row) -> None:
+def print_row(row: Row) -> None:
     figure = row.note or f"{row.result.rate:9.0f}/s"
-    print(f"  {row.section:10} {row.target:28} {row.result.name:32} {figure}", file=sys.stderr,
+    print(f"  {row.section:10} {row.target:28} {row.result.name:36} {figure}", file=sys.stderr,
           flush=True)
 
 
@@ -83,7 +83,7 @@ def _inproc_broker(workers: int) -> Iterator[tuple[str, zmq.Context[zmq.Socket[b
         context.term()
 
 
-def run_mdp(options: BenchOptions, report: Report = _print_row) -> list[Row]:
+def run_mdp(options: BenchOptions, report: Report = print_row) -> list[Row]:
     """MDP round trips through our broker (and, with compare, through the others)."""
     body = b"x" * options.size
     rows: list[Row] = []
@@ -139,7 +139,7 @@ def _add_ratios(rows: list[Row]) -> None:
                 row.ratios[other.target] = row.result.rate / other.result.rate
 
 
-def run_titanic(options: BenchOptions, report: Report = _print_row) -> list[Row]:
+def run_titanic(options: BenchOptions, report: Report = print_row) -> list[Row]:
     """titanic.request acknowledgements at each depth, and end-to-end completions."""
     body = b"x" * options.size
     rows: list[Row] = []
@@ -181,17 +181,17 @@ def run_titanic(options: BenchOptions, report: Report = _print_row) -> list[Row]
 
 def format_rows(rows: list[Row]) -> str:
     """The final table, then the project's targets as measured in this run."""
-    lines = [f"{'section':8} {'target':30} {'load':32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+    lines = [f"{'section':8} {'target':30} {'load':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
              "  ratios"]
     for row in rows:
         r = row.result
         if row.note:
-            lines.append(f"{row.section:8} {row.target:30} {r.name:32} {row.note}")
+            lines.append(f"{row.section:8} {row.target:30} {r.name:36} {row.note}")
             continue
         p50 = f"{r.percentile(0.5):8.3f}" if r.latencies else f"{'-':>8}"
         p99 = f"{r.percentile(0.99):8.3f}" if r.latencies else f"{'-':>8}"
         ratios = ", ".join(f"{v:.2f}x {k}" for k, v in row.ratios.items())
-        lines.append(f"{row.section:8} {row.target:30} {r.name:32} {r.rate:9.0f} {p50} {p99}"
+        lines.append(f"{row.section:8} {row.target:30} {r.name:36} {r.rate:9.0f} {p50} {p99}"
                      f"  {ratios}")
     targets = format_targets(rows)
     return "\n".join(lines + ([""] + targets if targets else []))

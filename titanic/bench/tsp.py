@@ -14,6 +14,7 @@ import argparse
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,13 +54,14 @@ def running_titanic(db_url: str, workers: int,
     try:
         processes += [spawn(titanic_command("worker", "echo", "--broker", endpoint))
                       for _ in range(workers)]
-        _wait_for_titanic(endpoint)
+        wait_for_titanic(endpoint)
         yield RunningTitanic(endpoint, processes[0].pid, processes[1].pid)
     finally:
         stop_all(processes)
 
 
-def _wait_for_titanic(endpoint: str, deadline_s: float = 30) -> None:
+def wait_for_titanic(endpoint: str, deadline_s: float = 30) -> None:
+    """Until a dispatcher answers titanic.reply through `endpoint`."""
     deadline = time.monotonic() + deadline_s
     with Client(endpoint, timeout=0.5, retries=0) as client:
         while time.monotonic() < deadline:
@@ -88,9 +90,11 @@ def measure_acks_sync(endpoint: str, requests: int, body: bytes,
     return Result("titanic.request, sync", requests, seconds, latencies)
 
 
-def measure_acks_pipelined(endpoint: str, requests: int, body: bytes, depth: int,
-                           service: bytes = SERVICE) -> tuple[Result, list[str]]:
-    """`depth` titanic.requests in flight; returns the result and the UUIDs."""
+def measure_acks_pipelined(endpoint: str | Sequence[str], requests: int, body: bytes, depth: int,
+                           service: bytes = SERVICE, *,
+                           keyed: bool = False) -> tuple[Result, list[str]]:
+    """`depth` titanic.requests in flight (each with an idempotency key, as TitanicClient sends
+    them, if `keyed`); returns the result and the UUIDs."""
     latencies: list[float] = []
     sent_at: dict[int, float] = {}
     ids: list[str] = []
@@ -98,7 +102,8 @@ def measure_acks_pipelined(endpoint: str, requests: int, body: bytes, depth: int
         def stamped() -> Iterator[tuple[bytes, list[bytes]]]:
             for index in range(requests):
                 sent_at[index] = time.perf_counter()
-                yield tsp.REQUEST_SERVICE, [service, body]
+                yield tsp.REQUEST_SERVICE, tsp.build_request(
+                    service, [body], uuid.uuid4().hex if keyed else None)
 
         started = time.perf_counter()
         for completion in client.run(stamped()):
@@ -110,7 +115,8 @@ def measure_acks_pipelined(endpoint: str, requests: int, body: bytes, depth: int
             ids.append(completion.reply[1].decode())
             latencies.append(time.perf_counter() - sent_at.pop(completion.tag))
         seconds = time.perf_counter() - started
-    return Result(f"titanic.request, {depth} in flight", requests, seconds, latencies), ids
+    name = f"titanic.request, {depth} in flight{', keyed' if keyed else ''}"
+    return Result(name, requests, seconds, latencies), ids
 
 
 def _unfinished(engine: Engine, service: str) -> int:
@@ -132,8 +138,8 @@ def _wait_finished(engine: Engine, service: str, deadline_s: float = 300) -> Non
         time.sleep(0.005)
 
 
-def measure_end_to_end(endpoint: str, db_url: str, requests: int, body: bytes,
-                       depth: int) -> Result:
+def measure_end_to_end(endpoint: str | Sequence[str], db_url: str, requests: int, body: bytes,
+                       depth: int, *, keyed: bool = False) -> Result:
     """Submit with `depth` in flight; time until every one is done (read from the database).
 
     Requests left over from earlier loads are finished first, so only these are timed.
@@ -143,12 +149,13 @@ def measure_end_to_end(endpoint: str, db_url: str, requests: int, body: bytes,
     try:
         _wait_finished(engine, service)
         started = time.perf_counter()
-        measure_acks_pipelined(endpoint, requests, body, depth)
+        measure_acks_pipelined(endpoint, requests, body, depth, keyed=keyed)
         _wait_finished(engine, service)
         seconds = time.perf_counter() - started
     finally:
         engine.dispose()
-    return Result(f"end to end, {depth} in flight", requests, seconds, [])
+    return Result(f"end to end, {depth} in flight{', keyed' if keyed else ''}", requests,
+                  seconds, [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
