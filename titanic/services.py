@@ -7,6 +7,9 @@ titanic's own client reads the text to tell apart the ways a request can end:
     titanic.reply    200 <reply frames...> | 300 pending | 400 unknown | 400 failed: <error>
                      | 400 expired: <why> | 500 <store error>
     titanic.close    200 (unknown and malformed UUIDs too) | 500 <store error>
+
+A titanic.request may carry an idempotency key in front, `"", key, service, body...` (see
+titanic.protocol.tsp.split_request): a key already stored answers the stored request's UUID.
 """
 
 from __future__ import annotations
