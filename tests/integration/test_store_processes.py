@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -106,3 +107,30 @@ def test_sigkill_mid_write_loses_no_committed_request(db_url: str, tmp_path: Pat
         store.submit("svc", [b"still usable"])  # the database takes writes after the kill
     finally:
         store.close_store()
+
+
+def test_two_stores_submitting_the_same_keys_at_once_store_each_once(db_url: str) -> None:
+    # Two dispatchers given the same resent submit at the same moment (through two brokers).
+    stores = [open_store(db_url), open_store(db_url, migrate=False)]
+    keys = [f"order-{n}" for n in range(50)]
+    barrier = threading.Barrier(2)
+    answers: list[list[str]] = [[], []]
+
+    def submit(index: int) -> None:
+        barrier.wait(30)
+        for start in range(0, len(keys), 5):
+            batch = [NewRequest("svc", (key.encode(),), idempotency_key=key)
+                     for key in keys[start:start + 5]]
+            answers[index] += stores[index].submit_many(batch)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert answers[0] == answers[1] and len(set(answers[0])) == len(keys)
+        assert stores[0].stats().by_status() == {RequestStatus.PENDING: len(keys)}
+    finally:
+        for store in stores:
+            store.close_store()

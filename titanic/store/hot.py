@@ -118,10 +118,11 @@ class HotStatements:
     # -- statements ---------------------------------------------------------------------------
 
     def insert(self, conn: Connection, rows: Sequence[tuple[Any, ...]], *,
-               keyed: bool = False) -> None:
+               keyed: bool = False) -> int:
         """Insert rows given in COLUMNS order (values already converted); `keyed` skips rows
-        whose idempotency key is already stored."""
-        conn.exec_driver_sql(self._insert_keyed if keyed else self._insert, list(rows))
+        whose idempotency key is already stored. How many were inserted (-1: unknown)."""
+        return conn.exec_driver_sql(self._insert_keyed if keyed else self._insert,
+                                    list(rows)).rowcount
 
     def get(self, conn: Connection, request_id: str) -> StoredRequest | None:
         """One request by its checked id."""

@@ -221,24 +221,28 @@ class SqlStore:
                 for request_id, r in zip(ids, requests, strict=True)]
 
         def insert(conn: Connection) -> list[str]:
-            existing = self._existing_keys(conn, requests)
-            fresh: list[tuple[str, tuple[Any, ...]]] = []
+            # A key repeated within the batch is stored once; a key stored already (a resent
+            # submit) is skipped by the insert, and only then are the stored ids read.
+            fresh: list[tuple[Any, ...]] = []
+            fresh_ids: list[str] = []
+            first: dict[str, str] = {}
             for request_id, row, r in zip(ids, rows, requests, strict=True):
-                if r.idempotency_key is None:
-                    fresh.append((request_id, row))
-                elif r.idempotency_key not in existing:
-                    existing[r.idempotency_key] = request_id  # a repeat in this batch too
-                    fresh.append((request_id, row))
-            keyed = any(r.idempotency_key is not None for r in requests)
+                if r.idempotency_key is not None:
+                    if r.idempotency_key in first:
+                        continue
+                    first[r.idempotency_key] = request_id
+                fresh.append(row)
+                fresh_ids.append(request_id)
+            inserted = len(fresh)
             if fresh:
                 try:
-                    self._hot.insert(conn, [row for _, row in fresh], keyed=keyed)
+                    inserted = self._hot.insert(conn, fresh, keyed=bool(first))
                 except IntegrityError:
-                    if not self._all_stored(conn, [request_id for request_id, _ in fresh]):
+                    if not self._all_stored(conn, fresh_ids):
                         raise
-            if keyed:  # another transaction may have stored one of the keys first
-                existing = self._existing_keys(conn, requests)
-            return [existing[r.idempotency_key] if r.idempotency_key is not None else
+            if first and inserted != len(fresh):
+                first.update(self._existing_keys(conn, requests))
+            return [first[r.idempotency_key] if r.idempotency_key is not None else
                     request_id for request_id, r in zip(ids, requests, strict=True)]
 
         return insert
