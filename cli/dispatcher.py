@@ -9,14 +9,17 @@ from titanic.dispatcher import Dispatcher, DispatcherSettings
 from titanic.settings import MAX_REQUEST_BYTES, BrokerSettings
 from titanic.store import open_store
 from titanic.worker_pool import ConnectionSettings
-from titanic_cli.mdp_commands import DIALECTS, daemon_logging, dialect_option
+from titanic_cli.mdp_commands import DIALECTS, dialect_option
 from titanic_cli.options import (
     CurveOptions,
+    LogOptions,
     broker_option,
     configure_logging,
     curve_client_options,
     db_option,
     handle_errors,
+    log_options,
+    metrics_option,
     split_brokers,
 )
 
@@ -69,6 +72,8 @@ _DEFAULTS = DispatcherSettings()
               help="Largest request body stored, in bytes; a larger one is answered "
               "'400 bad request' (keep it below the broker's --max-message-size).")
 @curve_client_options
+@metrics_option
+@log_options
 @click.option("-v", "--verbose", count=True, help="-v logs every request's life cycle.")
 @handle_errors
 def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
@@ -76,7 +81,8 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
                max_attempts: int, backoff: float, backoff_max: float, max_in_flight: int,
                max_in_flight_per_service: int, pending_ttl: float, reply_ttl: float,
                heartbeat: float, sqlite_synchronous: str, max_request_size: int,
-               curve: CurveOptions, verbose: int) -> None:
+               curve: CurveOptions, metrics_bind: str | None, logs: LogOptions,
+               verbose: int) -> None:
     """Serve titanic.request/reply/close and forward stored requests to their workers.
 
     Brings a fresh database to the current schema first; refuses a newer one (exit 7).
@@ -85,7 +91,7 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
     Example:
       titanic-dispatcher --broker tcp://127.0.0.1:5555 --db sqlite:////var/lib/titanic/t.db
     """
-    daemon_logging(verbose)
+    logs.apply("dispatcher", verbose)
     hook = curve.hook()
     settings = DispatcherSettings(
         broker=broker, worker_broker=worker_broker, dialect=DIALECTS[dialect_name],
@@ -97,11 +103,18 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
     )
     store = open_store(db_url, sqlite_synchronous=sqlite_synchronous,
                        max_request_bytes=max_request_size)
+    metrics = None
     try:
         server = Dispatcher(store, settings, configure_socket=hook)
+        if metrics_bind is not None:
+            from titanic.metrics import serve_dispatcher_metrics
+
+            metrics = serve_dispatcher_metrics(metrics_bind, server)
         with stop_on_signals(server.stop):
             server.run()
     finally:
+        if metrics is not None:
+            metrics.stop()
         store.close_store()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
@@ -33,6 +32,7 @@ from titanic_cli.exitcodes import Exit
 from titanic_cli.options import (
     CurveOptions,
     CurveServerOptions,
+    LogOptions,
     broker_option,
     client_options,
     client_session,
@@ -40,14 +40,11 @@ from titanic_cli.options import (
     curve_server_options,
     fail,
     handle_errors,
+    log_options,
+    metrics_option,
 )
 
 DIALECTS = {"7": Dialect.MDP01, "18": Dialect.MDP02, "majortomo": Dialect.MAJORTOMO}
-
-def daemon_logging(verbose: int) -> None:
-    """Daemons log start, stop and registrations (INFO) unless told to say more."""
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG if verbose else min(root.level, logging.INFO))
 
 
 dialect_option = click.option(
@@ -109,13 +106,15 @@ dialect_option = click.option(
               "only as many requests as it answers in this time, judged by its recent pace, so "
               "slow work goes one at a time to the first idle worker [env TITANIC_PREFETCH_WAIT].")
 @curve_server_options
+@metrics_option
+@log_options
 @click.option("-v", "--verbose", count=True, help="-v logs every message.")
 @handle_errors
 def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: float,
            liveness: int, busy_timeout: float, request_ttl: float, queue_limit: int,
            max_message_size: int, max_request_size: int, max_queued_per_client: int,
            prefetch: int, prefetch_wait: float, curve: CurveServerOptions,
-           verbose: int) -> None:
+           metrics_bind: str | None, logs: LogOptions, verbose: int) -> None:
     """Run the Majordomo broker (7/MDP and 18/MDP on one endpoint, with mmi.*).
 
     With --curve-secret and --curve-allow it speaks CURVE only and admits only the keys in the
@@ -127,7 +126,7 @@ def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: flo
       titanic broker --bind tcp://*:5555 --worker-bind tcp://10.0.0.1:5556 \\
         --curve-secret broker.key_secret --curve-allow clients/ --curve-allow-workers workers/
     """
-    daemon_logging(verbose)
+    logs.apply("broker", verbose)
     settings = BrokerSettings(
         heartbeat_interval=heartbeat, heartbeat_liveness=liveness,
         busy_worker_timeout=busy_timeout, request_ttl=request_ttl, queue_limit=queue_limit,
@@ -142,8 +141,17 @@ def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: flo
     except zmq.ZMQError as exc:
         raise TitanicError(f"cannot bind {', '.join([*binds, *worker_binds]) or DEFAULT_BROKER}:"
                            f" {exc}") from exc
-    with stop_on_signals(server.stop):
-        server.run()
+    metrics = None
+    if metrics_bind is not None:
+        from titanic.metrics import serve_broker_metrics
+
+        metrics = serve_broker_metrics(metrics_bind, server)
+    try:
+        with stop_on_signals(server.stop):
+            server.run()
+    finally:
+        if metrics is not None:
+            metrics.stop()
 
 
 @click.group()
@@ -160,16 +168,17 @@ def worker() -> None:
               show_default=True, envvar="TITANIC_HEARTBEAT",
               help="Heartbeat interval, seconds: use the broker's.")
 @curve_client_options
+@log_options
 @handle_errors
 def worker_echo(broker: tuple[str, ...], service: str, dialect_name: str, heartbeat: float,
-                curve: CurveOptions) -> None:
+                curve: CurveOptions, logs: LogOptions) -> None:
     """Serve SERVICE by echoing each request back.
 
     \b
     Example:
       titanic worker echo --broker tcp://127.0.0.1:5555 --service echo
     """
-    daemon_logging(0)
+    logs.apply("worker")
     server = Worker(broker, service, echo_handler, dialect=DIALECTS[dialect_name],
                     heartbeat_interval=heartbeat, configure_socket=curve.hook())
     with stop_on_signals(server.stop):

@@ -21,6 +21,7 @@ from titanic.errors import (
     TitanicError,
     TitanicTimeoutError,
 )
+from titanic.logs import FORMATS, LEVELS, level_number, make_formatter
 from titanic.security import (
     CurveServer,
     HandshakeWatch,
@@ -92,6 +93,74 @@ def configure_logging(verbosity: int) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """A daemon's --log-format and --log-level as given; `apply()` sets them."""
+
+    format: str = "text"
+    level: str | None = None
+
+    def apply(self, component: str, verbose: int = 0) -> None:
+        """Format the root logger's lines for `component`; --log-level wins over -v, and a
+        daemon logs start, stop and registrations (INFO) unless told otherwise."""
+        root = logging.getLogger()
+        if self.level is not None:
+            root.setLevel(level_number(self.level))
+        else:
+            root.setLevel(logging.DEBUG if verbose else min(root.level, logging.INFO))
+        for handler in root.handlers:
+            handler.setFormatter(make_formatter(self.format, component))
+
+    def argv(self) -> list[str]:
+        """The same options for a child command's command line."""
+        return ["--log-format", self.format] + (["--log-level", self.level] if self.level
+                                                 else [])
+
+
+def log_options(func: F) -> F:
+    """--log-format and --log-level (TITANIC_LOG_FORMAT, TITANIC_LOG_LEVEL), given to the
+    command as `logs`, a LogOptions."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, log_format: str, log_level: str | None, **kwargs: Any) -> Any:
+        return func(*args, logs=LogOptions(log_format, log_level), **kwargs)
+
+    wrapper = click.option(
+        "--log-level", type=click.Choice(LEVELS, case_sensitive=False), default=None,
+        envvar="TITANIC_LOG_LEVEL",
+        help="Least severe log lines written [env TITANIC_LOG_LEVEL; default: info, or debug "
+        "with -v].",
+    )(wrapper)
+    wrapper = click.option(
+        "--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+        envvar="TITANIC_LOG_FORMAT",
+        help="Log lines as text, or as one JSON object per line with event, component, and "
+        "the request's UUID and service where there is one [env TITANIC_LOG_FORMAT].",
+    )(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def _check_bind(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        from titanic.metrics import parse_bind
+
+        try:
+            parse_bind(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    return value
+
+
+def metrics_option(func: F) -> F:
+    """--metrics-bind HOST:PORT (TITANIC_METRICS_BIND), given as `metrics_bind`."""
+    return click.option(
+        "--metrics-bind", metavar="HOST:PORT", default=None, envvar="TITANIC_METRICS_BIND",
+        callback=_check_bind,
+        help="Serve Prometheus metrics on http://HOST:PORT/metrics and a health check on "
+        "/healthz (200 while serving, else 503) [env TITANIC_METRICS_BIND].",
+    )(func)
 
 
 def fail(message: str, code: Exit) -> None:

@@ -18,7 +18,7 @@ import click
 from titanic._zmq import stop_on_signals
 from titanic.security import load_keypair, load_public_key, write_keypair
 from titanic.settings import DEFAULT_BROKER, default_database_url
-from titanic_cli.options import db_option, handle_errors
+from titanic_cli.options import LogOptions, db_option, handle_errors, log_options
 
 log = logging.getLogger("titanic.up")
 
@@ -124,8 +124,10 @@ def prepare_keys(folder: Path) -> UpKeys:
               envvar="TITANIC_CURVE_DIR",
               help="Run everything with CURVE, keys in this folder (made if missing): the broker "
               "admits the public keys in DIR/allowed [env TITANIC_CURVE_DIR].")
+@log_options
 @handle_errors
-def up(bind: str, db_url: str | None, demo: bool, curve_dir: Path | None) -> None:
+def up(bind: str, db_url: str | None, demo: bool, curve_dir: Path | None,
+       logs: LogOptions) -> None:
     """Run the broker and the dispatcher together, restarting either if it dies.
 
     Uses the embedded SQLite database unless --db says otherwise. Stop with Ctrl-C.
@@ -137,20 +139,23 @@ def up(bind: str, db_url: str | None, demo: bool, curve_dir: Path | None) -> Non
       titanic fetch <UUID>           # prints hello
       titanic up --demo --curve-dir ~/.config/titanic/curve
     """
-    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    logs.apply("up")
     keys = prepare_keys(curve_dir) if curve_dir is not None else None
     broker_curve, peer_curve = (keys.broker, keys.peer) if keys else ([], [])
     env = {name: value for name, value in os.environ.items() if name not in _CURVE_VARIABLES}
     # -P: the children import the installed titanic even when started from a source checkout.
     cli = [sys.executable, "-P", "-m", "titanic_cli"]
+    log_argv = logs.argv()
     db = ["--db", db_url] if db_url else []
     children = [
-        _Child("broker", [*cli, "broker", "--bind", bind, *broker_curve], env),
-        _Child("dispatcher", [*cli, "dispatcher", "--broker", bind, *db, *peer_curve], env),
+        _Child("broker", [*cli, "broker", "--bind", bind, *broker_curve, *log_argv], env),
+        _Child("dispatcher", [*cli, "dispatcher", "--broker", bind, *db, *peer_curve,
+                              *log_argv], env),
     ]
     if demo:
         children.append(_Child("echo worker",
-                               [*cli, "worker", "echo", "--broker", bind, *peer_curve], env))
+                               [*cli, "worker", "echo", "--broker", bind, *peer_curve,
+                                *log_argv], env))
     click.echo(f"titanic up: broker on {bind}, database {db_url or default_database_url()}"
                + (", echo worker for 'echo'" if demo else ""), err=True)
     if keys is not None:

@@ -27,6 +27,7 @@ from zmq.utils.monitor import recv_monitor_message
 from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, recv_frames_from, send_frames
 from titanic.broker_stats import BrokerStats, DropReport
 from titanic.errors import ProtocolError
+from titanic.logs import about
 from titanic.protocol import mmi
 from titanic.protocol.mdp import (
     CLIENT_01,
@@ -185,6 +186,9 @@ class Broker:
         self._opened: list[zmq.Socket[bytes]] = []  # every ROUTER socket, to close at the end
         self._handshake_log = LogBudget()
         self._now = time.monotonic()
+        self._running = False
+        #: When the broker was made (seconds since the epoch), for its uptime.
+        self.started = time.time()
         self.bound: list[str] = []
         self.worker_bound: list[str] = []
 
@@ -255,6 +259,7 @@ class Broker:
         client_role = Endpoint.CLIENTS if separate else Endpoint.SHARED
         interval = self.settings.heartbeat_interval
         next_tick = time.monotonic() + interval
+        self._running = True
         try:
             while not self._waker.stopped.is_set():
                 timeout_ms = int(max(0.0, (next_tick - time.monotonic()) * 1000)) + 1
@@ -271,6 +276,7 @@ class Broker:
                     self._tick()
                     next_tick = self._now + interval
         finally:
+            self._running = False
             self._shutdown()
 
     def _drain(self, sock: zmq.Socket[bytes], role: Endpoint) -> None:
@@ -516,7 +522,7 @@ class Broker:
         service.workers += 1
         self.stats.workers_registered += 1
         log.info("worker %s registered for %s (%s)", identity.hex(), _show(service_name),
-                 dialect.value)
+                 dialect.value, extra=about(service=service_name[:255]))
         self._feed(worker)
 
     def _on_reply(self, worker: _Worker, final: bool, body: Frames) -> None:
@@ -592,6 +598,21 @@ class Broker:
         """True if at least one live worker is registered for the service now."""
         service = self._services.get(service_name)
         return service is not None and service.workers > 0
+
+    def service_counts(self) -> dict[str, tuple[int, int]]:
+        """Live workers and queued requests per service; safe to call from another thread."""
+        return {service.name.decode("utf-8", "replace"): (service.workers, len(service.requests))
+                for service in list(self._services.values())}
+
+    def health(self) -> tuple[bool, str]:
+        """Serving, and why not: the loop must be running and have come round within two
+        heartbeat intervals (it wakes at least once per interval)."""
+        if not self._running:
+            return False, "broker not running"
+        silent = time.monotonic() - self._now
+        if silent > 2 * self.settings.heartbeat_interval + 1.0:
+            return False, f"broker loop stuck for {silent:.1f} s"
+        return True, f"broker serving {len(self._workers)} worker(s)"
 
     # -- housekeeping, once per heartbeat interval ----------------------------------------------
 

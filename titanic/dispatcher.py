@@ -32,6 +32,7 @@ import zmq
 from titanic._zmq import SocketSet, Waker
 from titanic.client import Completion, PipelinedClient
 from titanic.errors import StoreError
+from titanic.logs import about
 from titanic.protocol import mmi, tsp
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.services import (
@@ -150,6 +151,10 @@ class _Presence:
 _MMI = "mmi"
 
 
+def _ignore(seconds: float) -> None:
+    """A latency observer that keeps nothing (metrics not served)."""
+
+
 class Dispatcher:
     """Serves TSP and forwards stored requests until stop(); see the module docstring."""
 
@@ -168,6 +173,13 @@ class Dispatcher:
         self._candidates: set[str] = set()  # services that may have due requests
         self._next_survey = 0.0
         self._identity: StoreIdentity | None = None  # read at start-up, served as titanic.store
+        self._running = False
+        #: When the dispatcher was made (seconds since the epoch), for its uptime.
+        self.started = time.time()
+        #: Told each store exchange's duration and each acknowledgement's latency, in seconds
+        #: (titanic.metrics feeds its histograms from them).
+        self.observe_store: Callable[[float], None] = _ignore
+        self.observe_ack: Callable[[float], None] = _ignore
         self.server = self._make_server()
 
     def _make_server(self) -> WorkerPool:
@@ -218,11 +230,13 @@ class Dispatcher:
             log.info("dispatcher serving titanic.request/reply/close on %s, forwarding through "
                      "%s, store %s", ", ".join(broker_list(s.worker_broker or s.broker)),
                      ", ".join(client.brokers), self._identity)
+            self._running = True
             self._loop(client, presence)
             self._sockets.remove_fd(self._waker.fileno())
             self.server.close()  # no more TSP requests: the broker hands them to others
             self._drain(client, presence)
         finally:
+            self._running = False
             if client is not None:
                 client.close()
             self.server.close()
@@ -231,6 +245,21 @@ class Dispatcher:
             if self._own_context:
                 self._context.term()
             log.info("dispatcher stopped: %s", self.stats)
+
+    def health(self) -> tuple[bool, str]:
+        """Serving, and why not: running, every TSP service registered with a broker that
+        answers, and the store reachable. Safe to call from another thread."""
+        if not self._running:
+            return False, "dispatcher not running"
+        down = self.server.services_down(time.monotonic())
+        if down:
+            names = ", ".join(service.decode() for service in down)
+            return False, f"no live broker connection for {names}"
+        try:
+            self.store.next_due_at()
+        except StoreError as exc:
+            return False, f"store unreachable: {exc}"
+        return True, "dispatcher serving"
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -301,6 +330,10 @@ class Dispatcher:
             self.stats.completed += result.completed
         for (connection, address, _), answer in zip(submits, answers, strict=True):
             connection.reply(address, answer or [tsp.Status.ERROR.frame()], now=now)
+        if submits:
+            waited = time.monotonic() - now
+            for _ in submits:
+                self.observe_ack(waited)
         if new and plan and isinstance(result, Exchange):
             result = self._exchange([], [], plan)
         if isinstance(result, Exchange):
@@ -319,6 +352,7 @@ class Dispatcher:
     def _exchange(self, new: list[NewRequest], replies: list[tuple[str, Frames]],
                   plan: dict[str, int]) -> Exchange | StoreError:
         """Store.exchange, or the error (counted) if the store failed."""
+        started = time.monotonic()
         try:
             return self.store.exchange(new, replies, plan, self.settings.lease)
         except StoreError as exc:
@@ -326,6 +360,9 @@ class Dispatcher:
             if not new:  # with new requests the refusal's answer logs it
                 log.error("store error: %s", exc)
             return exc
+        finally:
+            if new or replies or plan:
+                self.observe_store(time.monotonic() - started)
 
     def _sort(self, completions: list[Completion], presence: _Presence,
               now: float) -> tuple[list[tuple[str, Frames]], list[tuple[str, str]]]:
@@ -341,7 +378,7 @@ class Dispatcher:
             self._in_flight[service] -= 1
             if completion.reply is not None:
                 replies.append((first, completion.reply))
-                log.debug("request %s answered", first)
+                log.debug("request %s answered", first, extra=about(first, service))
             else:
                 presence.forget(service)
                 failed.append((first, service))
@@ -372,7 +409,7 @@ class Dispatcher:
         self._in_flight[delivery.service] += 1
         self.stats.dispatched += 1
         log.debug("request %s sent to %r (attempt %d)", delivery.id, delivery.service,
-                  delivery.attempts)
+                  delivery.attempts, extra=about(delivery.id, delivery.service))
 
     def _retry(self, request_id: str, service: str) -> None:
         s = self.settings
@@ -381,10 +418,12 @@ class Dispatcher:
                                         backoff=s.backoff, backoff_max=s.backoff_max)
         if status is RequestStatus.FAILED:
             self.stats.failed += 1
-            log.warning("request %s failed for good: %s", request_id, error)
+            log.warning("request %s failed for good: %s", request_id, error,
+                        extra=about(request_id, service))
         elif status is RequestStatus.PENDING:
             self.stats.retried += 1
-            log.info("request %s will be retried: %s", request_id, error)
+            log.info("request %s will be retried: %s", request_id, error,
+                     extra=about(request_id, service))
 
     def _drain(self, client: PipelinedClient, presence: _Presence) -> None:
         """At shutdown: wait a while for replies in flight, then hand the rest back."""
@@ -400,7 +439,7 @@ class Dispatcher:
     def _release(self, request_id: str) -> None:
         if self.store.release(request_id):
             self.stats.released += 1
-            log.info("request %s released at shutdown", request_id)
+            log.info("request %s released at shutdown", request_id, extra=about(request_id))
 
     # -- housekeeping ---------------------------------------------------------------------------
 

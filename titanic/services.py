@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from titanic.errors import InvalidRequestError, ProtocolError, StoreError
+from titanic.logs import about
 from titanic.protocol.mdp import Frames
 from titanic.protocol.tsp import Status, parse_uuid, split_request
 from titanic.store import NewRequest, RequestStatus, Store, check_new_request
@@ -73,7 +74,8 @@ def acknowledge(answers: list[Frames | None], accepted: Sequence[tuple[int, NewR
                 ids: Sequence[str]) -> None:
     """Fill in `200 <uuid>` for the stored requests."""
     for (index, request), request_id in zip(accepted, ids, strict=True):
-        log.debug("request %s for %r stored", request_id, request.service)
+        log.debug("request %s for %r stored", request_id, request.service,
+                  extra=about(request_id, request.service))
         answers[index] = [_OK, request_id.encode()]
 
 
@@ -137,7 +139,7 @@ def handle_close(store: Store, body: Frames) -> Frames:
         return [_OK]
     except StoreError as exc:
         return _store_error(exc)
-    log.debug("request %s closed", request_id)
+    log.debug("request %s closed", request_id, extra=about(request_id))
     return [_OK]
 
 

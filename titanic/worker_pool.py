@@ -176,6 +176,11 @@ class WorkerConnection:
             self._next_heartbeat = now + self.settings.heartbeat_interval
             self._send(self._heartbeat, now)
 
+    def alive(self, now: float) -> bool:
+        """Registered and heard from the broker within its liveness; safe from other threads."""
+        limit = self.settings.heartbeat_interval * self.settings.liveness
+        return self.socket is not None and self._heard and now - self._last_heard < limit
+
     def next_deadline(self) -> float:
         """When maintain() has something to do."""
         if self.socket is None:
@@ -316,6 +321,14 @@ class WorkerPool:
                 connection.maintain(now)
             self._next_upkeep = min(c.next_deadline() for c in self.connections)
         return self._next_upkeep
+
+    def services_down(self, now: float) -> list[bytes]:
+        """The services none of whose connections is alive (see WorkerConnection.alive)."""
+        alive: dict[bytes, bool] = {}
+        for connection in self.connections:
+            alive[connection.service] = (alive.get(connection.service, False)
+                                         or connection.alive(now))
+        return [service for service, up in alive.items() if not up]
 
     def close(self) -> None:
         """DISCONNECT and close every connection; the context too if the pool made it."""

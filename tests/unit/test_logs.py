@@ -1,0 +1,80 @@
+"""Log lines as JSON: the event, the component, and the request's UUID and service."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from titanic.logs import JsonFormatter, about, level_number, make_formatter
+from titanic_cli.options import LogOptions
+
+
+@pytest.fixture
+def captured() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("dispatcher"))
+    logger = logging.getLogger("titanic.test_logs")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    yield logger, stream
+    logger.removeHandler(handler)
+
+
+def test_a_json_line_carries_event_component_request_and_service(
+        captured: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = captured
+    uuid = "0190c6f2a1b47c3e9d2f00112233aabb"
+    logger.info("request %s will be retried: %s", uuid, "no reply",
+                extra=about(uuid, b"resize"))
+    line = json.loads(stream.getvalue())
+    assert line["event"] == f"request {uuid} will be retried: no reply"
+    assert line["request"] == uuid
+    assert line["service"] == "resize"
+    assert line["component"] == "dispatcher"
+    assert line["level"] == "info"
+    assert line["logger"] == "titanic.test_logs"
+
+
+def test_a_line_about_nothing_in_particular_has_no_request_fields(
+        captured: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = captured
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("store error")
+    line = json.loads(stream.getvalue())
+    assert "request" not in line and "service" not in line
+    assert "ValueError: boom" in line["exception"]
+
+
+def test_unknown_format_and_level_are_refused() -> None:
+    with pytest.raises(ValueError, match="log format"):
+        make_formatter("xml", "broker")
+    with pytest.raises(ValueError, match="log level"):
+        level_number("loud")
+    assert level_number("WARNING") == logging.WARNING
+
+
+def test_log_options_set_the_root_level_and_format() -> None:
+    root = logging.getLogger()
+    handler = logging.StreamHandler(io.StringIO())
+    old_level = root.level
+    root.addHandler(handler)
+    try:
+        LogOptions("json", "error").apply("broker", verbose=2)
+        assert root.level == logging.ERROR  # --log-level wins over -v
+        assert isinstance(handler.formatter, JsonFormatter)
+        LogOptions("text", None).apply("broker", verbose=1)
+        assert root.level == logging.DEBUG
+        assert not isinstance(handler.formatter, JsonFormatter)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    assert LogOptions("json", "debug").argv() == ["--log-format", "json", "--log-level",
+                                                   "debug"]
