@@ -24,10 +24,19 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    from titanic_cli import bench, db, dispatcher, keys, mdp_commands, tsp_commands, up
+    from titanic_cli import (
+        bench,
+        db,
+        dispatcher,
+        keys,
+        manage_commands,
+        mdp_commands,
+        tsp_commands,
+        up,
+    )
 
-    for command in [*mdp_commands.COMMANDS, *tsp_commands.COMMANDS, dispatcher.dispatcher,
-                    up.up, db.db, bench.bench, keys.keygen]:
+    for command in [*mdp_commands.COMMANDS, *tsp_commands.COMMANDS, *manage_commands.COMMANDS,
+                    dispatcher.dispatcher, up.up, db.db, bench.bench, keys.keygen]:
         cli.add_command(command)
 
 

@@ -20,6 +20,7 @@ from titanic_cli.exitcodes import Exit
 from titanic_cli.mdp_commands import DIALECTS, dialect_option
 from titanic_cli.options import (
     CurveOptions,
+    UsageProblem,
     broker_option,
     client_options,
     client_session,
@@ -262,17 +263,40 @@ def list_requests(db_url: str | None, service: str | None, state: str | None, li
 
 @click.command()
 @db_option
-@click.argument("request_id", metavar="UUID")
+@broker_option
+@client_options
+@curve_client_options
+@click.option("--state", type=click.Choice(["failed", "expired"]), default=None,
+              help="Retry every request in this state, through the broker (no UUID).")
+@click.option("--service", default=None, help="With --state: only this service.")
+@click.option("--dry-run", is_flag=True, help="With --state: count, change nothing.")
+@click.argument("request_id", metavar="[UUID]", required=False)
 @handle_errors
-def retry(db_url: str | None, request_id: str) -> None:
+def retry(db_url: str | None, broker: str, timeout: float, retries: int, curve: CurveOptions,
+          state: str | None, service: str | None, dry_run: bool,
+          request_id: str | None) -> None:
     """Send a failed or expired request again, attempts counted afresh.
 
-    Exit status 4 if the request is unknown, 1 if it is not failed or expired.
+    With UUID it changes that request in the database (--db); exit status 4 if the request
+    is unknown, 1 if it is not failed or expired. With --state instead it asks a dispatcher
+    through the broker (titanic.manage) to retry every request in that state, and prints
+    how many.
 
     \b
     Example:
       titanic retry 0190c6f2a1b47c3e9d2f00112233aabb
+      titanic retry --state failed --service resize --dry-run
     """
+    if (request_id is None) == (state is None):
+        raise UsageProblem("give a UUID or --state, not both")
+    if state is not None:
+        from titanic_cli.manage_commands import bulk_retry
+
+        bulk_retry(broker, timeout, retries, curve, state, service, dry_run)
+        return
+    if service is not None or dry_run:
+        raise UsageProblem("--service and --dry-run go with --state")
+    assert request_id is not None
     request_id = _check_uuid(request_id)
     store = open_store(db_url)
     try:

@@ -19,11 +19,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from titanic import __version__
 from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, recv_frames_from, send_frames
 from titanic.broker_stats import BrokerStats, DropReport
 from titanic.errors import ProtocolError
@@ -396,8 +397,9 @@ class Broker:
             return
         if service_name.startswith(mmi.PREFIX):
             self.stats.mmi_requests += 1
-            code = mmi.answer(service_name, body, self.has_workers)
-            self._send(self._socket, client, build_client_reply(dialect, service_name, [code]))
+            answer = (mmi.facts_reply(self.facts()) if service_name == mmi.BROKER
+                      else [mmi.answer(service_name, body, self.has_workers)])
+            self._send(self._socket, client, build_client_reply(dialect, service_name, answer))
             return
         self.stats.requests += 1
         service = self._services.get(service_name)
@@ -603,6 +605,14 @@ class Broker:
         """Live workers and queued requests per service; safe to call from another thread."""
         return {service.name.decode("utf-8", "replace"): (service.workers, len(service.requests))
                 for service in list(self._services.values())}
+
+    def facts(self) -> dict[str, Any]:
+        """What mmi.broker tells: version, uptime, endpoints, and per service its live workers
+        and queued requests."""
+        return {"version": __version__, "uptime_s": round(time.time() - self.started, 3),
+                "endpoints": self.bound, "workers": len(self._workers),
+                "services": {name: {"workers": workers, "queued": queued}
+                             for name, (workers, queued) in self.service_counts().items()}}
 
     def health(self) -> tuple[bool, str]:
         """Serving, and why not: the loop must be running and have come round within two

@@ -23,17 +23,19 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import zmq
 
+from titanic import __version__
 from titanic._zmq import SocketSet, Waker
 from titanic.client import Completion, PipelinedClient
 from titanic.errors import StoreError
 from titanic.logs import about
-from titanic.protocol import mmi, tsp
+from titanic.management import ManagementService, process_facts
+from titanic.protocol import manage, mmi, tsp
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.services import (
     acknowledge,
@@ -180,6 +182,7 @@ class Dispatcher:
         #: (titanic.metrics feeds its histograms from them).
         self.observe_store: Callable[[float], None] = _ignore
         self.observe_ack: Callable[[float], None] = _ignore
+        self.management = ManagementService(store, self.describe)
         self.server = self._make_server()
 
     def _make_server(self) -> WorkerPool:
@@ -192,6 +195,7 @@ class Dispatcher:
                 tsp.REPLY_SERVICE: (s.reply_connections, batch_of(handle_reply, self.store)),
                 tsp.CLOSE_SERVICE: (s.close_connections, batch_of(handle_close, self.store)),
                 tsp.STORE_SERVICE: (1, self._serve_identity),
+                manage.SERVICE: (1, self.management.handle_batch),
             },
             dialect=s.dialect, settings=s.connection, context=self._context,
             configure_socket=self._configure, sockets=self._sockets,
@@ -245,6 +249,10 @@ class Dispatcher:
             if self._own_context:
                 self._context.term()
             log.info("dispatcher stopped: %s", self.stats)
+
+    def describe(self) -> dict[str, Any]:
+        """Which dispatcher this is (version, host, pid, uptime) and its counters."""
+        return {**process_facts(__version__, self.started), "stats": asdict(self.stats)}
 
     def health(self) -> tuple[bool, str]:
         """Serving, and why not: running, every TSP service registered with a broker that

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -90,16 +91,25 @@ class DispatcherCollector(Collector):
         yield GaugeMetricFamily("titanic_dispatcher_uptime_seconds",
                                 "seconds since the dispatcher started",
                                 value=time.time() - dispatcher.started)
+        now = datetime.now(UTC)
         try:
-            counts = dispatcher.store.stats().counts
+            summaries = dispatcher.store.summary(since=now)
         except StoreError as exc:
             log.warning("metrics: no request counts: %s", exc)
             return
         by_state = GaugeMetricFamily("titanic_requests", "stored requests by service and state",
                                      labels=["service", "state"])
-        for (service, state), count in sorted(counts.items()):
-            by_state.add_metric([service, state.value], count)
+        oldest = GaugeMetricFamily("titanic_oldest_pending_age_seconds",
+                                   "age of the oldest pending request, per service",
+                                   labels=["service"])
+        for summary in summaries:
+            for state, count in sorted(summary.counts.items()):
+                by_state.add_metric([summary.service, state.value], count)
+            if summary.oldest_pending is not None:
+                age = (now - summary.oldest_pending).total_seconds()
+                oldest.add_metric([summary.service], max(0.0, age))
         yield by_state
+        yield oldest
 
 
 def broker_registry(broker: Broker) -> CollectorRegistry:

@@ -15,14 +15,17 @@ from datetime import UTC, datetime, timedelta
 from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store.types import (
     FINISHED,
+    REQUEUABLE,
     Delivery,
     Exchange,
     NewRequest,
     RequestStatus,
+    ServiceSummary,
     StoredRequest,
     StoreIdentity,
     StoreStats,
     backoff_delay,
+    check_bulk_state,
     check_new_request,
     check_request_id,
     new_request_id,
@@ -258,6 +261,56 @@ class MemoryStore:
             for row in self._rows.values():
                 counts[(row.service, row.status)] = counts.get((row.service, row.status), 0) + 1
         return StoreStats(counts)
+
+    def summary(self, *, since: datetime) -> list[ServiceSummary]:
+        """Per service: counts by state, oldest pending submission, completions since."""
+        moment = _now(since)
+        counts: dict[str, dict[RequestStatus, int]] = {}
+        oldest: dict[str, datetime] = {}
+        done: dict[str, int] = {}
+        with self._lock:
+            for row in self._rows.values():
+                by_state = counts.setdefault(row.service, {})
+                by_state[row.status] = by_state.get(row.status, 0) + 1
+                if row.status is RequestStatus.PENDING:
+                    first = oldest.get(row.service)
+                    oldest[row.service] = row.created_at if first is None else min(
+                        first, row.created_at)
+                if (row.status is RequestStatus.DONE and row.completed_at is not None
+                        and row.completed_at >= moment):
+                    done[row.service] = done.get(row.service, 0) + 1
+        return [ServiceSummary(service, counts[service], oldest.get(service),
+                               done.get(service, 0)) for service in sorted(counts)]
+
+    def requeue_all(self, status: RequestStatus, *, service: str | None = None,
+                    dry_run: bool = False) -> int:
+        """Every request in `status` (failed or expired): pending again, attempts reset."""
+        check_bulk_state(status, REQUEUABLE, "retry")
+        now = datetime.now(UTC)
+
+        def change(row: StoredRequest) -> StoredRequest | None:
+            if row.status is not status or (service and row.service != service):
+                return None
+            return row if dry_run else replace(
+                row, status=RequestStatus.PENDING, due_at=now, attempts=0, completed_at=None,
+                lease_until=None)
+
+        return self._change_all(change)
+
+    def purge_finished(self, status: RequestStatus, *, older_than: float,
+                       service: str | None = None, dry_run: bool = False,
+                       now: datetime | None = None) -> int:
+        """Delete requests in a finished `status` finished more than older_than s ago."""
+        check_bulk_state(status, FINISHED, "purge")
+        cutoff = _now(now) - timedelta(seconds=older_than)
+        with self._lock:
+            old = [row.id for row in self._rows.values() if row.status is status
+                   and (not service or row.service == service)
+                   and row.completed_at is not None and row.completed_at < cutoff]
+        if not dry_run:
+            for request_id in old:
+                self.close(request_id)
+        return len(old)
 
     def list(self, *, service: str | None = None, status: RequestStatus | None = None,
              limit: int = 100, after: str | None = None) -> list[StoredRequest]:

@@ -100,6 +100,7 @@ def test_dispatcher_metrics_show_requests_by_state_and_latency_histograms(
                message="two acknowledgements observed")
     samples = scrape(metrics.port)
     assert samples[("titanic_requests", (("service", "nobody"), ("state", "pending")))] == 2
+    assert samples[("titanic_oldest_pending_age_seconds", (("service", "nobody"),))] >= 0
     assert samples[("titanic_dispatcher_store_seconds_count", ())] >= 1
     assert samples[("titanic_dispatcher_store_errors_total", ())] == 0
     broker_thread.close()  # the broker stops: the dispatcher's connections fall silent

@@ -229,3 +229,64 @@ def test_exchange_refuses_an_invalid_request_and_changes_nothing(store: Store) -
         store.exchange([NewRequest("svc", (b"x" * 2000,))], [], {"svc": 5}, 60)
     assert store.get(waiting).status is RequestStatus.PENDING  # type: ignore[union-attr]
     assert store.exchange([], [], {}, 60).ids == []
+
+
+def _fail(store: Store, request_id: str) -> None:
+    assert store.fail(request_id, "boom")
+
+
+def test_summary_counts_states_oldest_pending_and_recent_completions(store: Store) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    first = store.submit("a", [b"1"])
+    store.submit("a", [b"2"])
+    done = store.submit("b", [b"3"])
+    store.complete(done, [b"r"])
+    _fail(store, store.submit("b", [b"4"]))
+    summaries = {s.service: s for s in store.summary(since=before)}
+    assert list(summaries) == ["a", "b"]
+    a, b = summaries["a"], summaries["b"]
+    assert a.counts == {RequestStatus.PENDING: 2}
+    stored = store.get(first)
+    assert stored is not None and a.oldest_pending == stored.created_at
+    assert a.completed_since == 0
+    assert b.counts == {RequestStatus.DONE: 1, RequestStatus.FAILED: 1}
+    assert b.oldest_pending is None and b.completed_since == 1
+    later = {s.service: s for s in store.summary(since=datetime.now(UTC) + LATER)}
+    assert later["b"].completed_since == 0
+
+
+def test_requeue_all_takes_failed_requests_of_one_service_or_all(store: Store) -> None:
+    failed = [store.submit(service, [b"x"]) for service in ("a", "a", "b")]
+    for request_id in failed:
+        _fail(store, request_id)
+    pending = store.submit("a", [b"p"])
+    assert store.requeue_all(RequestStatus.FAILED, service="a", dry_run=True) == 2
+    assert store.stats().counts[("a", RequestStatus.FAILED)] == 2  # a dry run changes nothing
+    assert store.requeue_all(RequestStatus.FAILED, service="a") == 2
+    again = store.get(failed[0])
+    assert again is not None and again.status is RequestStatus.PENDING and again.attempts == 0
+    assert store.get(pending).status is RequestStatus.PENDING  # type: ignore[union-attr]
+    assert store.requeue_all(RequestStatus.FAILED) == 1
+    assert store.requeue_all(RequestStatus.FAILED) == 0
+    with pytest.raises(InvalidRequestError, match="retry takes failed or expired"):
+        store.requeue_all(RequestStatus.DONE)
+
+
+def test_purge_finished_deletes_old_requests_of_one_state_and_service(store: Store) -> None:
+    done = [store.submit(service, [b"x"]) for service in ("a", "a", "b")]
+    for request_id in done:
+        store.complete(request_id, [b"r"])
+    failed = store.submit("a", [b"f"])
+    _fail(store, failed)
+    now = datetime.now(UTC)
+    assert store.purge_finished(RequestStatus.DONE, older_than=3600, now=now) == 0
+    assert store.purge_finished(RequestStatus.DONE, older_than=60, service="a",
+                                now=now + LATER, dry_run=True) == 2
+    assert len(store.list(service="a", status=RequestStatus.DONE)) == 2
+    assert store.purge_finished(RequestStatus.DONE, older_than=60, service="a",
+                                now=now + LATER) == 2
+    assert store.get(done[0]) is None and store.get(done[2]) is not None
+    assert store.get(failed) is not None  # another state stays
+    assert store.purge_finished(RequestStatus.DONE, older_than=60, now=now + LATER) == 1
+    with pytest.raises(InvalidRequestError, match="purge takes"):
+        store.purge_finished(RequestStatus.PENDING, older_than=0)

@@ -9,10 +9,12 @@ from __future__ import annotations
 from titanic.settings import MAX_REQUEST_BYTES, default_database_url
 from titanic.store.types import (
     FINISHED,
+    REQUEUABLE,
     Delivery,
     Exchange,
     NewRequest,
     RequestStatus,
+    ServiceSummary,
     Store,
     StoredRequest,
     StoreIdentity,
@@ -51,10 +53,12 @@ from titanic.store.sql import SqlStore  # noqa: E402  (needs the names above)
 
 __all__ = [
     "FINISHED",
+    "REQUEUABLE",
     "Delivery",
     "Exchange",
     "NewRequest",
     "RequestStatus",
+    "ServiceSummary",
     "SqlStore",
     "Store",
     "StoreStats",

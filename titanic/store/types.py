@@ -102,6 +102,21 @@ class StoreStats:
         return totals
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceSummary:
+    """One service's stored requests: counts by state, when its oldest pending request was
+    submitted, and how many completed (done) since the moment asked about."""
+
+    service: str
+    counts: dict[RequestStatus, int]
+    oldest_pending: datetime | None
+    completed_since: int
+
+
+#: States a bulk retry takes requests from, and states a purge deletes.
+REQUEUABLE = (RequestStatus.FAILED, RequestStatus.EXPIRED)
+
+
 class Store(Protocol):
     """What titanic needs of a request store; SqlStore and testing.MemoryStore implement it."""
 
@@ -193,6 +208,24 @@ class Store(Protocol):
         """Counts by service and status."""
         ...
 
+    def summary(self, *, since: datetime) -> list[ServiceSummary]:
+        """Per service, by name: counts by state, the oldest pending request's submission
+        time, and the requests completed since `since`."""
+        ...
+
+    def requeue_all(self, status: RequestStatus, *, service: str | None = None,
+                    dry_run: bool = False) -> int:
+        """Every request in `status` (failed or expired), of one service or all, pending again
+        with its attempts counted afresh; returns how many (with dry_run: would be)."""
+        ...
+
+    def purge_finished(self, status: RequestStatus, *, older_than: float,
+                       service: str | None = None, dry_run: bool = False,
+                       now: datetime | None = None) -> int:
+        """Delete the requests in a finished `status` that finished more than `older_than`
+        seconds ago, of one service or all; returns how many (with dry_run: would be)."""
+        ...
+
     def list(self, *, service: str | None = None, status: RequestStatus | None = None,
              limit: int = 100, after: str | None = None) -> list[StoredRequest]:
         """Requests in UUID (time) order, filtered, paged by `after`."""
@@ -249,6 +282,13 @@ def check_new_request(request: NewRequest, max_request_bytes: int) -> None:
             f"request body of {size} bytes exceeds the limit of {max_request_bytes} bytes")
     if request.idempotency_key is not None and not 0 < len(request.idempotency_key) <= 255:
         raise InvalidRequestError("an idempotency key must be 1 to 255 characters")
+
+
+def check_bulk_state(status: RequestStatus, allowed: Sequence[RequestStatus], action: str) -> None:
+    """InvalidRequestError unless a bulk `action` may take requests in `status`."""
+    if status not in allowed:
+        names = " or ".join(state.value for state in allowed)
+        raise InvalidRequestError(f"{action} takes {names} requests, not {status.value}")
 
 
 def backoff_delay(attempts: int, backoff: float, backoff_max: float) -> float:
