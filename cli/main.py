@@ -26,6 +26,7 @@ def cli(verbose: int) -> None:
 def _register() -> None:
     from titanic_cli import (
         bench,
+        dashboard,
         db,
         dispatcher,
         keys,
@@ -36,7 +37,8 @@ def _register() -> None:
     )
 
     for command in [*mdp_commands.COMMANDS, *tsp_commands.COMMANDS, *manage_commands.COMMANDS,
-                    dispatcher.dispatcher, up.up, db.db, bench.bench, keys.keygen]:
+                    dispatcher.dispatcher, dashboard.dashboard, up.up, db.db, bench.bench,
+                    keys.keygen]:
         cli.add_command(command)
 
 

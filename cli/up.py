@@ -120,14 +120,18 @@ def prepare_keys(folder: Path) -> UpKeys:
               help="Broker endpoint [env TITANIC_BIND].")
 @db_option
 @click.option("--demo", is_flag=True, help="Also run an echo worker for the service 'echo'.")
+@click.option("--dashboard", "dashboard_bind", is_flag=False, flag_value="127.0.0.1:8080",
+              default=None, metavar="[HOST:PORT]", envvar="TITANIC_UP_DASHBOARD",
+              help="Also serve the web dashboard, on 127.0.0.1:8080 unless HOST:PORT is given "
+              "(needs the `dashboard` extra) [env TITANIC_UP_DASHBOARD].")
 @click.option("--curve-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="TITANIC_CURVE_DIR",
               help="Run everything with CURVE, keys in this folder (made if missing): the broker "
               "admits the public keys in DIR/allowed [env TITANIC_CURVE_DIR].")
 @log_options
 @handle_errors
-def up(bind: str, db_url: str | None, demo: bool, curve_dir: Path | None,
-       logs: LogOptions) -> None:
+def up(bind: str, db_url: str | None, demo: bool, dashboard_bind: str | None,
+       curve_dir: Path | None, logs: LogOptions) -> None:
     """Run the broker and the dispatcher together, restarting either if it dies.
 
     Uses the embedded SQLite database unless --db says otherwise. Stop with Ctrl-C.
@@ -138,6 +142,7 @@ def up(bind: str, db_url: str | None, demo: bool, curve_dir: Path | None,
       titanic submit echo hello      # in another terminal: prints a UUID
       titanic fetch <UUID>           # prints hello
       titanic up --demo --curve-dir ~/.config/titanic/curve
+      titanic up --demo --dashboard          # and open http://127.0.0.1:8080/
     """
     logs.apply("up")
     keys = prepare_keys(curve_dir) if curve_dir is not None else None
@@ -156,8 +161,12 @@ def up(bind: str, db_url: str | None, demo: bool, curve_dir: Path | None,
         children.append(_Child("echo worker",
                                [*cli, "worker", "echo", "--broker", bind, *peer_curve,
                                 *log_argv], env))
+    if dashboard_bind is not None:
+        children.append(_Child("dashboard", [*cli, "dashboard", "--broker", bind, "--bind",
+                                             dashboard_bind, *peer_curve, *log_argv], env))
     click.echo(f"titanic up: broker on {bind}, database {db_url or default_database_url()}"
-               + (", echo worker for 'echo'" if demo else ""), err=True)
+               + (", echo worker for 'echo'" if demo else "")
+               + (f", dashboard on http://{dashboard_bind}/" if dashboard_bind else ""), err=True)
     if keys is not None:
         click.echo(f"titanic up: CURVE on; clients need TITANIC_CURVE_SERVER_KEY="
                    f"{keys.folder / 'broker.key'} and TITANIC_CURVE_KEY="

@@ -14,6 +14,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 from titanic_support import Processes
 
+from titanic.store import Store, open_store
+
 POSTGRES_SERVER = os.environ.get("TITANIC_TEST_POSTGRES_URL",
                                  "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -69,3 +71,11 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 def sqlite_url(tmp_path: Path) -> str:
     """A SQLite file in the test's folder."""
     return f"sqlite:///{tmp_path / 'titanic.db'}"
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url: str) -> Iterator[Store]:
+    """A SqlStore on a SQLite file in the test's folder, closed afterwards."""
+    store = open_store(sqlite_url)
+    yield store
+    store.close_store()

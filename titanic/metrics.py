@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from titanic._http import QuietHandler
 from titanic.errors import StoreError
 
 if TYPE_CHECKING:
@@ -134,21 +135,11 @@ def dispatcher_registry(dispatcher: Dispatcher) -> CollectorRegistry:
     return registry
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """No line on stderr per HTTP request (scrapes come every few seconds), and a client that
-    stalls is cut off: one thread serves every request, keeping one store connection."""
-
-    timeout = 10
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
-        pass
-
-
 class MetricsServer:
     """Serves `/metrics` (and `/`) from a registry and `/healthz` from a check, in a thread.
 
-    One thread answers every request in turn: scrapes are few, and the store's connections are
-    kept per thread (a thread per request would open a connection per scrape)."""
+    One thread answers every request in turn: scrapes are few, and the store keeps its
+    connections per thread (a thread per request would open a connection per scrape)."""
 
     def __init__(self, bind: str, registry: CollectorRegistry, health: HealthCheck) -> None:
         self._metrics = make_wsgi_app(registry)
@@ -156,7 +147,7 @@ class MetricsServer:
         host, port = parse_bind(bind)
         self._host = host
         self._server: WSGIServer = make_server(host, port, self._app, WSGIServer,
-                                               handler_class=_QuietHandler)
+                                               handler_class=QuietHandler)
         self.port = int(self._server.server_port)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="titanic-metrics")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 from titanic_support import run_cli, running, wait_until
@@ -17,7 +16,7 @@ from titanic.dispatcher import Dispatcher, DispatcherSettings
 from titanic.manage_client import ManagementClient
 from titanic.protocol import mmi
 from titanic.settings import BrokerSettings
-from titanic.store import RequestStatus, Store, open_store
+from titanic.store import RequestStatus, Store
 from titanic.tsp_client import TitanicClient
 from titanic.worker import Worker, echo_handler
 from titanic.worker_pool import ConnectionSettings
@@ -27,10 +26,8 @@ FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = open_store(f"sqlite:///{tmp_path / 'titanic.db'}")
-    yield store
-    store.close_store()
+def store(sqlite_store: Store) -> Store:
+    return sqlite_store
 
 
 @pytest.fixture

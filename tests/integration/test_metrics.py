@@ -6,7 +6,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,7 +16,7 @@ from titanic.client import Client
 from titanic.dispatcher import Dispatcher, DispatcherSettings
 from titanic.metrics import MetricsServer, broker_registry, dispatcher_registry
 from titanic.settings import BrokerSettings
-from titanic.store import Store, open_store
+from titanic.store import Store
 from titanic.tsp_client import TitanicClient
 from titanic.worker import Worker, echo_handler
 from titanic.worker_pool import ConnectionSettings
@@ -50,10 +49,8 @@ def stack() -> Iterator[ExitStack]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = open_store(f"sqlite:///{tmp_path / 'titanic.db'}")
-    yield store
-    store.close_store()
+def store(sqlite_store: Store) -> Store:
+    return sqlite_store
 
 
 def test_broker_metrics_count_workers_and_requests_and_health_follows_the_loop(
