@@ -20,6 +20,7 @@ it registers, the dispatcher checks that no dispatcher on another store serves t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -184,6 +185,13 @@ class Dispatcher:
         self.observe_ack: Callable[[float], None] = _ignore
         self.management = ManagementService(store, self.describe)
         self.server = self._make_server()
+        # titanic.manage on a thread and connection of its own: a dashboard's refresh or a
+        # bulk purge scans the table, and must not hold up acknowledgements meanwhile.
+        self._manage_pool = WorkerPool(
+            self.settings.worker_broker or self.settings.broker,
+            {manage.SERVICE: (1, self.management.handle_batch)}, dialect=self.settings.dialect,
+            settings=self.settings.connection, context=self._context,
+            configure_socket=self._configure)
 
     def _make_server(self) -> WorkerPool:
         s = self.settings
@@ -195,7 +203,6 @@ class Dispatcher:
                 tsp.REPLY_SERVICE: (s.reply_connections, batch_of(handle_reply, self.store)),
                 tsp.CLOSE_SERVICE: (s.close_connections, batch_of(handle_close, self.store)),
                 tsp.STORE_SERVICE: (1, self._serve_identity),
-                manage.SERVICE: (1, self.management.handle_batch),
             },
             dialect=s.dialect, settings=s.connection, context=self._context,
             configure_socket=self._configure, sockets=self._sockets,
@@ -222,6 +229,7 @@ class Dispatcher:
         another store serves the brokers."""
         s = self.settings
         client: PipelinedClient | None = None
+        managing: threading.Thread | None = None
         try:
             self._check_store()
             client = PipelinedClient(s.broker, depth=s.max_in_flight, dialect=s.dialect,
@@ -231,9 +239,12 @@ class Dispatcher:
             presence = _Presence(s)
             self._sockets.add_fd(self._waker.fileno())
             self.server.open(time.monotonic())
-            log.info("dispatcher serving titanic.request/reply/close on %s, forwarding through "
-                     "%s, store %s", ", ".join(broker_list(s.worker_broker or s.broker)),
+            log.info("dispatcher serving titanic.request/reply/close/manage on %s, forwarding "
+                     "through %s, store %s", ", ".join(broker_list(s.worker_broker or s.broker)),
                      ", ".join(client.brokers), self._identity)
+            managing = threading.Thread(target=self._manage_pool.run, name="titanic-manage",
+                                        daemon=True)
+            managing.start()
             self._running = True
             self._loop(client, presence)
             self._sockets.remove_fd(self._waker.fileno())
@@ -241,6 +252,9 @@ class Dispatcher:
             self._drain(client, presence)
         finally:
             self._running = False
+            if managing is not None:
+                self._manage_pool.stop()
+                managing.join(10.0)
             if client is not None:
                 client.close()
             self.server.close()
@@ -259,7 +273,8 @@ class Dispatcher:
         answers, and the store reachable. Safe to call from another thread."""
         if not self._running:
             return False, "dispatcher not running"
-        down = self.server.services_down(time.monotonic())
+        now = time.monotonic()
+        down = self.server.services_down(now) + self._manage_pool.services_down(now)
         if down:
             names = ", ".join(service.decode() for service in down)
             return False, f"no live broker connection for {names}"
