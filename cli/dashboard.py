@@ -29,7 +29,7 @@ DEFAULT_BIND = "127.0.0.1:8080"
 @curve_client_options
 @log_options
 @handle_errors
-def dashboard(broker: str, bind: str, refresh: float, curve: CurveOptions,
+def dashboard(broker: tuple[str, ...], bind: str, refresh: float, curve: CurveOptions,
               logs: LogOptions) -> None:
     """Serve a web page showing the queue per service, its recent history as a chart, and the
     failed requests with buttons to retry or close each.
@@ -68,13 +68,14 @@ def dashboard(broker: str, bind: str, refresh: float, curve: CurveOptions,
                               configure_socket=hook))
 
     state = DashboardState(clients, refresh=refresh)
-    server = make_server(host, port, create_app(state, broker=broker), ThreadingServer,
+    brokers = ", ".join(broker)
+    server = make_server(host, port, create_app(state, broker=brokers), ThreadingServer,
                          handler_class=QuietHandler)
     threads = [threading.Thread(target=state.run, daemon=True, name="dashboard-refresh"),
                threading.Thread(target=server.serve_forever, daemon=True, name="dashboard-http")]
     for thread in threads:
         thread.start()
-    click.echo(f"titanic dashboard: http://{host}:{server.server_port}/ (broker {broker})",
+    click.echo(f"titanic dashboard: http://{host}:{server.server_port}/ (broker {brokers})",
                err=True)
     stopping = threading.Event()
     try:

@@ -44,7 +44,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 
 @contextmanager
-def management(broker: str, timeout: float, retries: int,
+def management(broker: tuple[str, ...], timeout: float, retries: int,
                curve: CurveOptions) -> Iterator[ManagementClient]:
     """A ManagementClient for one command (CURVE as the options say)."""
     from titanic.manage_client import ManagementClient
@@ -68,7 +68,9 @@ def render_info(view: dict[str, Any]) -> str:
     """`titanic info` as text: who answers, then one line per service."""
     lines = []
     for broker in view["brokers"]:
-        if broker.get("version") is None:
+        if broker.get("error"):
+            lines.append(f"broker      {broker['endpoint']}  not answering")
+        elif broker.get("version") is None:
             lines.append(f"broker      {broker['endpoint']}  (not titanic's: no mmi.broker)")
         else:
             lines.append(f"broker      {broker['endpoint']}  titanic {broker['version']}  up "
@@ -103,7 +105,7 @@ def render_info(view: dict[str, Any]) -> str:
 @click.option("--window", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Seconds over which completions per second are counted.")
 @handle_errors
-def info(broker: str, timeout: float, retries: int, curve: CurveOptions, as_json: bool,
+def info(broker: tuple[str, ...], timeout: float, retries: int, curve: CurveOptions, as_json: bool,
          interval: float | None, window: float) -> None:
     """Show the queue per service, and the broker and dispatcher that answer.
 
@@ -132,8 +134,8 @@ def info(broker: str, timeout: float, retries: int, curve: CurveOptions, as_json
                 return
 
 
-def bulk_retry(broker: str, timeout: float, retries: int, curve: CurveOptions, state: str,
-               service: str | None, dry_run: bool) -> None:
+def bulk_retry(broker: tuple[str, ...], timeout: float, retries: int, curve: CurveOptions,
+               state: str, service: str | None, dry_run: bool) -> None:
     """`titanic retry --state ...`: every failed (or expired) request pending again."""
     with management(broker, timeout, retries, curve) as client:
         count = client.retry(state=state, service=service, dry_run=dry_run)
@@ -153,7 +155,7 @@ def bulk_retry(broker: str, timeout: float, retries: int, curve: CurveOptions, s
 @click.option("--service", default=None, help="Only this service.")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @handle_errors
-def purge(broker: str, timeout: float, retries: int, curve: CurveOptions, state: str,
+def purge(broker: tuple[str, ...], timeout: float, retries: int, curve: CurveOptions, state: str,
           older_than: float, service: str | None, dry_run: bool) -> None:
     """Delete finished requests (and their replies) in bulk; prints how many.
 

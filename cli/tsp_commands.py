@@ -272,8 +272,8 @@ def list_requests(db_url: str | None, service: str | None, state: str | None, li
 @click.option("--dry-run", is_flag=True, help="With --state: count, change nothing.")
 @click.argument("request_id", metavar="[UUID]", required=False)
 @handle_errors
-def retry(db_url: str | None, broker: str, timeout: float, retries: int, curve: CurveOptions,
-          state: str | None, service: str | None, dry_run: bool,
+def retry(db_url: str | None, broker: tuple[str, ...], timeout: float, retries: int,
+          curve: CurveOptions, state: str | None, service: str | None, dry_run: bool,
           request_id: str | None) -> None:
     """Send a failed or expired request again, attempts counted afresh.
 

@@ -1,7 +1,9 @@
-"""The client side of management: the broker's facts (mmi.broker) and titanic.manage.
+"""The client side of management: the brokers' facts (mmi.broker) and titanic.manage.
 
 What `titanic info`, `titanic retry --state`, `titanic purge` and the dashboard read and do,
-through the broker only: a client needs no database credentials.
+through the brokers only: a client needs no database credentials. Each broker is asked for its
+own facts; titanic.manage goes to whichever broker answers (the client fails over), since every
+dispatcher behind them shares one store.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from typing import Any
 
 import zmq
 
-from titanic.client import Client
+from titanic.client import Brokers, Client
 from titanic.errors import TitanicError, TitanicTimeoutError
 from titanic.protocol import manage, mmi, tsp
 from titanic.protocol.mdp import Dialect
-from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER
+from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER, broker_list
 
 SocketHook = Callable[[zmq.Socket[bytes]], None]
 
@@ -29,19 +31,37 @@ class ManagementError(TitanicError):
 
 
 class ManagementClient:
-    """Asks one broker for its facts and a dispatcher behind it for the store's view."""
+    """Asks each broker for its facts and a dispatcher behind them for the store's view."""
 
-    def __init__(self, broker: str = DEFAULT_BROKER, *, dialect: Dialect = Dialect.MDP01,
+    def __init__(self, broker: Brokers = DEFAULT_BROKER, *, dialect: Dialect = Dialect.MDP01,
                  timeout: float = CLIENT_TIMEOUT_S, retries: int = CLIENT_RETRIES,
                  context: zmq.Context[zmq.Socket[bytes]] | None = None,
                  configure_socket: SocketHook | None = None) -> None:
-        self.broker = broker
-        self._client = Client(broker, dialect=dialect, timeout=timeout, retries=retries,
-                              context=context, configure_socket=configure_socket)
+        self.brokers = broker_list(broker)
+        options: dict[str, Any] = {"dialect": dialect, "timeout": timeout, "retries": retries,
+                                   "context": context, "configure_socket": configure_socket}
+        self._client = Client(self.brokers, **options)
+        # One client per broker for its own facts; with one broker, the same client.
+        self._each = ([self._client] if len(self.brokers) == 1
+                      else [Client(endpoint, **options) for endpoint in self.brokers])
 
-    def broker_facts(self) -> dict[str, Any] | None:
-        """The broker's version, uptime and workers per service (None: not titanic's broker)."""
-        return mmi.parse_facts(self._client.request(mmi.BROKER))
+    def broker_facts(self) -> list[dict[str, Any]]:
+        """Each broker's facts (version, uptime, workers per service), with its `endpoint`;
+        `version` None for a broker that is not titanic's, `error` for one that did not
+        answer. TitanicTimeoutError if none answered."""
+        found: list[dict[str, Any]] = []
+        for endpoint, client in zip(self.brokers, self._each, strict=True):
+            try:
+                facts = mmi.parse_facts(client.request(mmi.BROKER))
+            except TitanicTimeoutError as exc:
+                found.append({"endpoint": endpoint, "version": None, "error": str(exc)})
+                continue
+            found.append({"endpoint": endpoint, "version": None} if facts is None
+                         else {"endpoint": endpoint, **facts})
+        if all("error" in facts for facts in found):
+            raise TitanicTimeoutError(found[0]["error"] if len(found) == 1 else
+                                      f"no broker answers: {', '.join(self.brokers)}")
+        return found
 
     def call(self, command: manage.Command,
              arguments: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -56,11 +76,13 @@ class ManagementClient:
         """The whole view: the broker's facts, the dispatcher that answered, and per service
         the stored requests by state with the broker's live workers and queue beside them."""
         facts = self.broker_facts()
-        if facts is not None and not _serves(facts, manage.SERVICE.decode()):
-            raise TitanicTimeoutError(f"the broker at {self.broker} answers, but no dispatcher "
-                                      f"serves {manage.SERVICE.decode()}")
+        known = [f for f in facts if f["version"] is not None]
+        if known and not any(_serves(f, manage.SERVICE.decode()) for f in known):
+            raise TitanicTimeoutError(f"the broker at {', '.join(f['endpoint'] for f in known)} "
+                                      f"answers, but no dispatcher serves "
+                                      f"{manage.SERVICE.decode()}")
         view = self.call(manage.Command.INFO, {"window_s": window})
-        return merge_view(self.broker, facts, view)
+        return merge_view(facts, view)
 
     def failed(self, *, state: str = "failed", service: str | None = None,
                limit: int = 100) -> list[dict[str, Any]]:
@@ -88,8 +110,9 @@ class ManagementClient:
             "dry_run": dry_run})["count"])
 
     def close(self) -> None:
-        """Close the connection to the broker."""
-        self._client.close()
+        """Close the connections to the brokers."""
+        for client in {id(c): c for c in [self._client, *self._each]}.values():
+            client.close()
 
     def __enter__(self) -> ManagementClient:
         return self
@@ -102,27 +125,36 @@ def _serves(facts: dict[str, Any], service: str) -> bool:
     return int(facts.get("services", {}).get(service, {}).get("workers", 0)) > 0
 
 
-def merge_view(broker: str, facts: dict[str, Any] | None,
-               view: dict[str, Any]) -> dict[str, Any]:
-    """One table: the store's rows per service with the broker's workers and queue added,
-    and services the broker knows with nothing stored; titanic's own services left out."""
-    brokered: dict[str, dict[str, int]] = (facts or {}).get("services", {})
+def merge_view(facts: list[dict[str, Any]], view: dict[str, Any]) -> dict[str, Any]:
+    """One table: the store's rows per service with the brokers' workers and queues added, and
+    services a broker knows with nothing stored; titanic's own services left out.
+
+    A worker registers with every broker of its list, so live workers are the most any one
+    broker counts; requests waiting in brokers' queues add up.
+    """
+    titanic_brokers = [f for f in facts if f.get("version") is not None]
+    brokered: dict[str, dict[str, int]] = {}
+    for broker in titanic_brokers:
+        for name, counts in broker.get("services", {}).items():
+            seen = brokered.setdefault(name, {"workers": 0, "queued": 0})
+            seen["workers"] = max(seen["workers"], int(counts.get("workers", 0)))
+            seen["queued"] += int(counts.get("queued", 0))
     rows = {row["service"]: row for row in view.get("services", [])}
     for name in brokered:
         if name not in rows and not name.startswith(INTERNAL_PREFIX):
             rows[name] = {"service": name, **dict.fromkeys(STATES, 0),
                           "oldest_pending_age_s": None, "completed_per_s": 0.0}
     for name, row in rows.items():
-        known = brokered.get(name)
-        row["workers"] = None if facts is None else (known or {}).get("workers", 0)
-        row["queued"] = None if facts is None else (known or {}).get("queued", 0)
-    dispatchers = (brokered.get(manage.SERVICE.decode(), {}).get("workers")
-                   if facts is not None else None)
+        known = brokered.get(name, {})
+        row["workers"] = known.get("workers", 0) if titanic_brokers else None
+        row["queued"] = known.get("queued", 0) if titanic_brokers else None
+    dispatchers = (brokered.get(manage.SERVICE.decode(), {}).get("workers", 0)
+                   if titanic_brokers else None)
     return {
         "time": view.get("time"),
         "window_s": view.get("window_s"),
-        "brokers": [{"endpoint": broker, **{key: value for key, value in (facts or {}).items()
-                                             if key != "services"}}],
+        "brokers": [{key: value for key, value in broker.items() if key != "services"}
+                    for broker in facts],
         "dispatcher": view.get("dispatcher"),
         "dispatchers_serving": dispatchers,
         "services": [rows[name] for name in sorted(rows)],

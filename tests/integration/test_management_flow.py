@@ -121,3 +121,31 @@ def test_info_without_a_dispatcher_says_which_piece_is_missing(broker: str) -> N
                     env={"TITANIC_BROKER": broker})
     assert shown.returncode == 6
     assert b"no dispatcher serves titanic.manage" in shown.stderr
+
+
+def test_info_with_two_brokers_lists_both_and_survives_one_gone(sqlite_store: Store) -> None:
+    brokers = [Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
+                                                          heartbeat_liveness=5))
+               for _ in range(2)]
+    endpoints = [broker.bind()[0] for broker in brokers]
+    with ExitStack() as stack:
+        first = stack.enter_context(ExitStack())
+        first.enter_context(running(brokers[0]))
+        stack.enter_context(running(brokers[1]))
+        dispatcher = Dispatcher(sqlite_store, DispatcherSettings(broker=",".join(endpoints),
+                                                                 connection=FAST))
+        stack.enter_context(running(dispatcher))
+        wait_until(lambda: dispatcher.health()[0], message="dispatcher serving")
+        stack.enter_context(running(Worker(endpoints, "echo", echo_handler,
+                                           heartbeat_interval=0.1)))
+        client = stack.enter_context(ManagementClient(endpoints, timeout=1.0, retries=1))
+        wait_until(lambda: all(f["services"].get("echo", {}).get("workers") == 1
+                               for f in client.broker_facts()), message="worker on both")
+        view = client.info()
+        assert [b["endpoint"] for b in view["brokers"]] == endpoints
+        assert view["dispatchers_serving"] == 1
+        assert {row["service"]: row["workers"] for row in view["services"]} == {"echo": 1}
+        first.close()  # the first broker is gone for good
+        view = client.info()
+        assert "error" in view["brokers"][0] and "error" not in view["brokers"][1]
+        assert view["services"][0]["workers"] == 1
