@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
-from titanic_support import Processes
+from titanic_support import Processes, running
 
 from titanic.store import Store, open_store
 
@@ -79,3 +79,16 @@ def sqlite_store(sqlite_url: str) -> Iterator[Store]:
     store = open_store(sqlite_url)
     yield store
     store.close_store()
+
+
+@pytest.fixture
+def broker() -> Iterator[str]:
+    """A broker on a free loopback port with quick heartbeats, in a thread; its endpoint."""
+    from titanic.broker import Broker
+    from titanic.settings import BrokerSettings
+
+    server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
+                                                        heartbeat_liveness=5))
+    endpoint = server.bind()[0]
+    with running(server):
+        yield endpoint

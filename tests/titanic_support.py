@@ -16,7 +16,12 @@ from typing import Protocol
 
 import zmq
 
+from titanic.worker_pool import ConnectionSettings
+
 CLI = [sys.executable, "-P", "-m", "titanic_cli"]
+#: Worker connections with quick heartbeats and reconnects, for daemons run by tests.
+FAST_CONNECTION = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
+                                     reconnect_max=0.5)
 
 
 def free_port() -> int:

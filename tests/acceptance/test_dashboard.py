@@ -12,15 +12,12 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-from titanic_support import Processes, free_port, running, wait_until
+from titanic_support import FAST_CONNECTION, Processes, free_port, running, wait_until
 
-from titanic.broker import Broker
 from titanic.dispatcher import Dispatcher, DispatcherSettings
-from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store
 from titanic.tsp_client import TitanicClient
 from titanic.worker import Worker, echo_handler
-from titanic.worker_pool import ConnectionSettings
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
@@ -30,8 +27,6 @@ from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
-                          reconnect_max=0.5)
 #: Where to save a screenshot of the page (docs/dashboard.png is made this way).
 SCREENSHOT = os.environ.get("TITANIC_DASHBOARD_SCREENSHOT")
 
@@ -53,15 +48,6 @@ def browser() -> Iterator[WebDriver]:
         yield driver
     finally:
         driver.quit()
-
-
-@pytest.fixture
-def broker() -> Iterator[str]:
-    server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
-                                                        heartbeat_liveness=5))
-    endpoint = server.bind()[0]
-    with running(server):
-        yield endpoint
 
 
 def cell(driver: WebDriver, service: str, field: str) -> str:
@@ -89,7 +75,7 @@ def test_dashboard_shows_counts_and_its_buttons_retry_and_close(
     store = sqlite_store
     with ExitStack() as stack:
         stack.enter_context(running(Dispatcher(store, DispatcherSettings(broker=broker,
-                                                                         connection=FAST))))
+                                                                         connection=FAST_CONNECTION))))
         stack.enter_context(running(Worker(broker, "echo", echo_handler, heartbeat_interval=0.1)))
         titanic = stack.enter_context(TitanicClient(broker, timeout=2.0, retries=3))
         done = titanic.submit("echo", b"hello")

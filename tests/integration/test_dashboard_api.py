@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from titanic_support import free_endpoint, running, wait_until
+from titanic_support import FAST_CONNECTION, free_endpoint, running, wait_until
 
 pytest.importorskip("flask")
 
@@ -16,10 +16,6 @@ from titanic.manage_client import ManagementClient  # noqa: E402
 from titanic.settings import BrokerSettings  # noqa: E402
 from titanic.store import RequestStatus, Store  # noqa: E402
 from titanic.tsp_client import TitanicClient  # noqa: E402
-from titanic.worker_pool import ConnectionSettings  # noqa: E402
-
-FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
-                          reconnect_max=0.5)
 
 
 def state_for(broker: str, timeout: float = 2.0, retries: int = 2) -> DashboardState:
@@ -32,7 +28,8 @@ def broker(sqlite_store: Store) -> Iterator[str]:
     server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
                                                         heartbeat_liveness=5))
     endpoint = server.bind()[0]
-    dispatcher = Dispatcher(sqlite_store, DispatcherSettings(broker=endpoint, connection=FAST))
+    settings = DispatcherSettings(broker=endpoint, connection=FAST_CONNECTION)
+    dispatcher = Dispatcher(sqlite_store, settings)
     with running(server), running(dispatcher):
         wait_until(lambda: dispatcher.health()[0], message="dispatcher serving")
         yield endpoint

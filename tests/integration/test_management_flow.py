@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-from titanic_support import run_cli, running, wait_until
+from titanic_support import FAST_CONNECTION, run_cli, running, wait_until
 
 from titanic.broker import Broker
 from titanic.client import Client
@@ -19,10 +19,6 @@ from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store
 from titanic.tsp_client import TitanicClient
 from titanic.worker import Worker, echo_handler
-from titanic.worker_pool import ConnectionSettings
-
-FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
-                          reconnect_max=0.5)
 
 
 @pytest.fixture
@@ -31,17 +27,9 @@ def store(sqlite_store: Store) -> Store:
 
 
 @pytest.fixture
-def broker() -> Iterator[str]:
-    server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
-                                                        heartbeat_liveness=5))
-    endpoint = server.bind()[0]
-    with running(server):
-        yield endpoint
-
-
-@pytest.fixture
 def dispatcher(broker: str, store: Store) -> Iterator[Dispatcher]:
-    with running(Dispatcher(store, DispatcherSettings(broker=broker, connection=FAST))) as d:
+    settings = DispatcherSettings(broker=broker, connection=FAST_CONNECTION)
+    with running(Dispatcher(store, settings)) as d:
         wait_until(lambda: d.health()[0], message="dispatcher serving")  # type: ignore[attr-defined]
         yield d  # type: ignore[misc]
 
@@ -133,7 +121,7 @@ def test_info_with_two_brokers_lists_both_and_survives_one_gone(sqlite_store: St
         first.enter_context(running(brokers[0]))
         stack.enter_context(running(brokers[1]))
         dispatcher = Dispatcher(sqlite_store, DispatcherSettings(broker=",".join(endpoints),
-                                                                 connection=FAST))
+                                                                 connection=FAST_CONNECTION))
         stack.enter_context(running(dispatcher))
         wait_until(lambda: dispatcher.health()[0], message="dispatcher serving")
         stack.enter_context(running(Worker(endpoints, "echo", echo_handler,

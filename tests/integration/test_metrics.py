@@ -9,7 +9,7 @@ from contextlib import ExitStack
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from titanic_support import running, wait_until
+from titanic_support import FAST_CONNECTION, running, wait_until
 
 from titanic.broker import Broker
 from titanic.client import Client
@@ -19,10 +19,6 @@ from titanic.settings import BrokerSettings
 from titanic.store import Store
 from titanic.tsp_client import TitanicClient
 from titanic.worker import Worker, echo_handler
-from titanic.worker_pool import ConnectionSettings
-
-FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
-                          reconnect_max=0.5)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -83,7 +79,7 @@ def test_dispatcher_metrics_show_requests_by_state_and_latency_histograms(
     endpoint = broker.bind()[0]
     broker_thread = stack.enter_context(ExitStack())
     broker_thread.enter_context(running(broker))
-    dispatcher = Dispatcher(store, DispatcherSettings(broker=endpoint, connection=FAST))
+    dispatcher = Dispatcher(store, DispatcherSettings(broker=endpoint, connection=FAST_CONNECTION))
     metrics = MetricsServer("127.0.0.1:0", dispatcher_registry(dispatcher),
                             dispatcher.health).start()
     stack.callback(metrics.stop)
