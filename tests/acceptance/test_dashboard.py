@@ -74,8 +74,8 @@ def test_dashboard_shows_counts_and_its_buttons_retry_and_close(
         browser: WebDriver, broker: str, sqlite_store: Store, procs: Processes) -> None:
     store = sqlite_store
     with ExitStack() as stack:
-        stack.enter_context(running(Dispatcher(store, DispatcherSettings(broker=broker,
-                                                                         connection=FAST_CONNECTION))))
+        settings = DispatcherSettings(broker=broker, connection=FAST_CONNECTION)
+        stack.enter_context(running(Dispatcher(store, settings)))
         stack.enter_context(running(Worker(broker, "echo", echo_handler, heartbeat_interval=0.1)))
         titanic = stack.enter_context(TitanicClient(broker, timeout=2.0, retries=3))
         done = titanic.submit("echo", b"hello")
