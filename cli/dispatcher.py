@@ -71,6 +71,11 @@ _DEFAULTS = DispatcherSettings()
               show_default=True, envvar="TITANIC_MAX_REQUEST_SIZE",
               help="Largest request body stored, in bytes; a larger one is answered "
               "'400 bad request' (keep it below the broker's --max-message-size).")
+@click.option("--max-stored-per-key", type=click.IntRange(min=0), default=0, show_default=True,
+              envvar="TITANIC_MAX_STORED_PER_KEY",
+              help="With CURVE: unfinished requests one client key may have stored; beyond, "
+              "titanic.request is answered '503 ...' (0: no limit) "
+              "[env TITANIC_MAX_STORED_PER_KEY].")
 @curve_client_options
 @metrics_option
 @log_options
@@ -81,11 +86,13 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
                max_attempts: int, backoff: float, backoff_max: float, max_in_flight: int,
                max_in_flight_per_service: int, pending_ttl: float, reply_ttl: float,
                heartbeat: float, sqlite_synchronous: str, max_request_size: int,
-               curve: CurveOptions, metrics_bind: str | None, logs: LogOptions,
-               verbose: int) -> None:
+               max_stored_per_key: int, curve: CurveOptions, metrics_bind: str | None,
+               logs: LogOptions, verbose: int) -> None:
     """Serve titanic.request/reply/close and forward stored requests to their workers.
 
     Brings a fresh database to the current schema first; refuses a newer one (exit 7).
+    With CURVE it asks the broker who sends each request (its key must be in the broker's
+    --curve-admin folder), and each request belongs to the key that submitted it.
 
     \b
     Example:
@@ -100,6 +107,7 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
         max_in_flight=max_in_flight, max_in_flight_per_service=max_in_flight_per_service,
         pending_ttl=pending_ttl, reply_ttl=reply_ttl,
         connection=ConnectionSettings(heartbeat_interval=heartbeat),
+        identities=hook is not None, max_stored_per_key=max_stored_per_key,
     )
     store = open_store(db_url, sqlite_synchronous=sqlite_synchronous,
                        max_request_bytes=max_request_size)

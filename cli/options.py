@@ -275,12 +275,15 @@ class CurveServerOptions:
     secret: Path | None = None
     allow: Path | None = None
     allow_workers: Path | None = None
+    admin: Path | None = None
 
     def server(self, separate_workers: bool) -> CurveServer | None:
         """The CurveServer, or None when CURVE is off; secret and folder both or neither."""
         if self.secret is None and self.allow is None:
-            if self.allow_workers is not None:
-                raise UsageProblem("--curve-allow-workers needs --curve-secret and --curve-allow")
+            for given, name in ((self.allow_workers, "--curve-allow-workers"),
+                                (self.admin, "--curve-admin")):
+                if given is not None:
+                    raise UsageProblem(f"{name} needs --curve-secret and --curve-allow")
             return None
         if self.secret is None or self.allow is None:
             given, missing = (("--curve-secret", "--curve-allow") if self.allow is None
@@ -291,19 +294,27 @@ class CurveServerOptions:
             raise UsageProblem("--curve-allow-workers needs --worker-bind: it admits workers on "
                                "their own endpoint")
         return CurveServer(load_keypair(self.secret), self.allow,
-                           workers_allowed=self.allow_workers)
+                           workers_allowed=self.allow_workers, admin=self.admin)
 
 
 def curve_server_options(func: F) -> F:
-    """--curve-secret, --curve-allow and --curve-allow-workers (TITANIC_CURVE_SECRET,
-    TITANIC_CURVE_ALLOW, TITANIC_CURVE_ALLOW_WORKERS), given as `curve`, a CurveServerOptions."""
+    """--curve-secret, --curve-allow, --curve-allow-workers and --curve-admin
+    (TITANIC_CURVE_SECRET, TITANIC_CURVE_ALLOW, TITANIC_CURVE_ALLOW_WORKERS, TITANIC_CURVE_ADMIN),
+    given as `curve`, a CurveServerOptions."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, curve_secret: Path | None, curve_allow: Path | None,
-                curve_allow_workers: Path | None, **kwargs: Any) -> Any:
+                curve_allow_workers: Path | None, curve_admin: Path | None, **kwargs: Any) -> Any:
         return func(*args, curve=CurveServerOptions(curve_secret, curve_allow,
-                                                    curve_allow_workers), **kwargs)
+                                                    curve_allow_workers, curve_admin), **kwargs)
 
+    wrapper = click.option(
+        "--curve-admin", type=_KEY_FOLDER, metavar="DIR",
+        envvar="TITANIC_CURVE_ADMIN", default=None,
+        help="Trusted keys (dispatchers, operators), admitted on every endpoint: a client with "
+        "one may fetch and close every stored request, a worker with one may learn who sends "
+        "each request (the dispatcher needs this for ownership) [env TITANIC_CURVE_ADMIN].",
+    )(wrapper)
     wrapper = click.option(
         "--curve-allow-workers", type=_KEY_FOLDER, metavar="DIR",
         envvar="TITANIC_CURVE_ALLOW_WORKERS", default=None,

@@ -89,7 +89,8 @@ class UpKeys:
     def broker(self) -> list[str]:
         """The broker's options."""
         return ["--curve-secret", str(self.folder / "broker.key_secret"),
-                "--curve-allow", str(self.folder / "allowed")]
+                "--curve-allow", str(self.folder / "allowed"),
+                "--curve-admin", str(self.folder / "admin")]
 
     @property
     def peer(self) -> list[str]:
@@ -101,9 +102,14 @@ class UpKeys:
 def prepare_keys(folder: Path) -> UpKeys:
     """Keys in `folder`, each made if missing: `broker`, `titanic` (the dispatcher and the demo
     worker) and `client` (for users' commands); a new pair's public key is also put in
-    `allowed/`. Existing keys are kept and checked, and a key removed from `allowed/` stays out."""
+    `allowed/`, and `titanic`'s in `admin/` when that folder is made (the dispatcher learns who
+    owns each request). Existing keys are kept and checked, and a key removed from `allowed/` or
+    `admin/` stays out."""
     allowed = folder / "allowed"
     allowed.mkdir(mode=0o700, parents=True, exist_ok=True)
+    admin = folder / "admin"
+    new_admin = not admin.exists()
+    admin.mkdir(mode=0o700, exist_ok=True)
     for name in ("broker", "titanic", "client"):
         secret_file = folder / f"{name}.key_secret"
         if not secret_file.exists():
@@ -112,6 +118,8 @@ def prepare_keys(folder: Path) -> UpKeys:
                 shutil.copyfile(public_file, allowed / public_file.name)
         load_keypair(secret_file)
     load_public_key(folder / "broker.key")
+    if new_admin:
+        shutil.copyfile(folder / "titanic.key", admin / "titanic.key")
     return UpKeys(folder)
 
 

@@ -9,7 +9,9 @@ other keys than clients; each peer is then answered on the socket it came in on.
 client (request size, requests queued) are refused with a status reply, like `mmi.*` answers:
 "413 ..." for a request over the size limit, "503 ..." when the client has too many queued or
 the service's queue is full. With CURVE a client is its authenticated public key (ZAP's User-Id):
-its connections share one per-client limit.
+its connections share one per-client limit, and a worker whose own key is in the admin folder
+may ask, in its READY, to be told each request's caller (titanic.protocol.identity): how the
+dispatcher learns who owns a request.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from titanic.broker_stats import BrokerStats, DropReport
 from titanic.errors import ProtocolError
 from titanic.logs import about
 from titanic.protocol import mmi
+from titanic.protocol.identity import IDENTITY_OPTION, caller_frame
 from titanic.protocol.mdp import (
     CLIENT_01,
     EMPTY,
@@ -87,6 +90,8 @@ class _Queued(NamedTuple):
     expires_at: float
     #: Whom the per-client limit counts it against: the CURVE key, else the connection.
     counted: bytes
+    #: The client's CURVE key (Z85), None without CURVE.
+    user: bytes | None
 
 
 class _Service:
@@ -109,12 +114,14 @@ class _Service:
 
 class _Worker:
     __slots__ = ("identity", "service", "dialect", "last_seen", "outstanding", "partials",
-                 "credit", "per_request", "last_reply")
+                 "credit", "per_request", "last_reply", "identities")
 
-    def __init__(self, identity: bytes, service: _Service, dialect: Dialect, now: float) -> None:
+    def __init__(self, identity: bytes, service: _Service, dialect: Dialect, now: float,
+                 identities: bool = False) -> None:
         self.identity = identity
         self.service = service
         self.dialect = dialect
+        self.identities = identities  # its REQUESTs carry the caller frame
         self.last_seen = now
         # Requests sent and not yet answered, oldest first: (client identity, client dialect,
         # when sent). A worker answers them in order, one at a time; with credit > 1 the next
@@ -179,6 +186,7 @@ class Broker:
         self._workers: dict[bytes, _Worker] = {}
         self._queued_total = 0
         self._queued_by_client: dict[bytes, int] = {}
+        self._admins: frozenset[bytes] = frozenset()  # Z85 keys of the admin folder
         self._drops = DropReport(self.stats)
         self._waker = Waker()
         self._trace = trace
@@ -204,6 +212,7 @@ class Broker:
         try:
             if self.curve is not None:
                 self.curve.start(self._context)
+                self._admins = self.curve.admin_keys()
             self._socket = self._open(self._endpoints, self.bound,
                                       Endpoint.CLIENTS if separate else Endpoint.SHARED)
             self._worker_socket = self._socket
@@ -378,7 +387,7 @@ class Broker:
                                build_worker(message.dialect, Command.DISCONNECT))
                 return
             self._on_worker(frames[0], message.dialect, message.command, message.address,
-                            message.body)
+                            message.body, user)
 
     def _refuse(self, peer: bytes, counter: str) -> None:
         """Count a refused message; the interval report names the last peer refused."""
@@ -406,7 +415,7 @@ class Broker:
         if service is None:
             service = self._services[service_name] = _Service(service_name)
         while (worker := service.take_worker()) is not None:
-            if self._assign(worker, client, dialect, body):
+            if self._assign(worker, client, dialect, body, user):
                 self._place(worker)
                 return
         self._enqueue(service, client, dialect, body, user)
@@ -435,7 +444,7 @@ class Broker:
             return
         self._queued_by_client[counted] = waiting + 1
         expires_at = self._now + self.settings.request_ttl
-        service.requests.append(_Queued(client, dialect, body, expires_at, counted))
+        service.requests.append(_Queued(client, dialect, body, expires_at, counted, user))
         self._queued_total += 1
         self.stats.queued += 1
 
@@ -456,10 +465,19 @@ class Broker:
         else:
             del self._queued_by_client[counted]
 
-    def _assign(self, worker: _Worker, client: bytes, dialect: Dialect, body: Frames) -> bool:
-        """Send a request to a worker with credit; False (worker removed) if it is unreachable."""
-        if self._send(self._worker_socket, worker.identity,
-                      [*_REQUEST_PREFIX[worker.dialect], client, EMPTY, *body]):
+    def _assign(self, worker: _Worker, client: bytes, dialect: Dialect, body: Frames,
+                user: bytes | None) -> bool:
+        """Send a request to a worker with credit; False (worker removed) if it is unreachable.
+
+        A worker that asked for identities gets the caller frame in the envelope, before the
+        delimiter, where nothing the client sent can be.
+        """
+        if worker.identities and user is not None:
+            frames = [*_REQUEST_PREFIX[worker.dialect], client,
+                      caller_frame(user, admin=user in self._admins), EMPTY, *body]
+        else:
+            frames = [*_REQUEST_PREFIX[worker.dialect], client, EMPTY, *body]
+        if self._send(self._worker_socket, worker.identity, frames):
             worker.outstanding.append((client, dialect, self._now))
             return True
         self._remove_worker(worker, "unreachable")
@@ -478,10 +496,10 @@ class Broker:
             service.spare[identity] = worker
 
     def _on_worker(self, identity: bytes, dialect: Dialect, command: Command, address: bytes,
-                   body: Frames) -> None:
+                   body: Frames, user: bytes | None = None) -> None:
         worker = self._workers.get(identity)
         if command is Command.READY:
-            self._on_ready(identity, dialect, address, worker)
+            self._on_ready(identity, dialect, address, worker, IDENTITY_OPTION in body, user)
             return
         if worker is None:
             if command is not Command.DISCONNECT:
@@ -506,7 +524,7 @@ class Broker:
         self._disconnect(worker, f"worker sent {command.value}")
 
     def _on_ready(self, identity: bytes, dialect: Dialect, service_name: bytes,
-                  worker: _Worker | None) -> None:
+                  worker: _Worker | None, identities: bool, user: bytes | None) -> None:
         if worker is not None:
             self._disconnect(worker, "second READY")
             return
@@ -516,10 +534,18 @@ class Broker:
                       _show(service_name))
             self._send(self._worker_socket, identity, build_worker(dialect, Command.DISCONNECT))
             return
+        if identities and user is not None and user not in self._admins:
+            # Only a trusted key learns who its callers are; without CURVE there is no one to
+            # tell about, and the worker is served without the frame.
+            self._refuse(identity, "identities_refused")
+            log.debug("worker %s (key %s) asked for identities, not an admin key: DISCONNECT",
+                      identity.hex(), user.decode(errors="replace"))
+            self._send(self._worker_socket, identity, build_worker(dialect, Command.DISCONNECT))
+            return
         service = self._services.get(service_name)
         if service is None:
             service = self._services[service_name] = _Service(service_name)
-        worker = _Worker(identity, service, dialect, self._now)
+        worker = _Worker(identity, service, dialect, self._now, identities)
         self._workers[identity] = worker
         service.workers += 1
         self.stats.workers_registered += 1
@@ -565,7 +591,8 @@ class Broker:
             if queued.expires_at < self._now:
                 self._count_expired(service, queued)
                 continue
-            if not self._assign(worker, queued.client, queued.dialect, queued.body):
+            if not self._assign(worker, queued.client, queued.dialect, queued.body,
+                                queued.user):
                 requests.appendleft(queued)
                 self._queued_total += 1
                 by_client[queued.counted] = by_client.get(queued.counted, 0) + 1
@@ -627,6 +654,8 @@ class Broker:
     # -- housekeeping, once per heartbeat interval ----------------------------------------------
 
     def _tick(self) -> None:
+        if self.curve is not None:
+            self._admins = self.curve.admin_keys()
         self._expire_workers()
         self._heartbeat_workers()
         self._expire_requests()

@@ -11,7 +11,8 @@ log = logging.getLogger("titanic.broker")
 REPORTED = ("malformed", "expired_requests", "rejected_requests", "abandoned_requests",
             "workers_disconnected", "workers_expired", "unroutable", "dropped_at_hwm",
             "handshakes_failed", "keys_refused", "plaintext_refused", "oversized_requests",
-            "over_client_limit", "workers_on_client_endpoint", "clients_on_worker_endpoint")
+            "over_client_limit", "workers_on_client_endpoint", "clients_on_worker_endpoint",
+            "identities_refused")
 
 
 @dataclass
@@ -46,6 +47,8 @@ class BrokerStats:
     workers_on_client_endpoint: int = 0
     #: Client requests on the worker endpoint, dropped (separate endpoints only).
     clients_on_worker_endpoint: int = 0
+    #: Workers that asked for their callers' identities without an admin key: DISCONNECT.
+    identities_refused: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""

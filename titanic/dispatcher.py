@@ -15,6 +15,10 @@ sockets are spread over them: a socket whose request timed out (its broker may b
 the next broker, and the request goes back to the store to be sent again (at least once). Before
 it registers, the dispatcher checks that no dispatcher on another store serves these brokers
 (titanic.store_identity).
+
+With `identities` (CURVE), the TSP connections ask the broker who sends each request: a stored
+request belongs to the key that submitted it (see titanic.services), and `max_stored_per_key`
+bounds how many unfinished requests one key may have stored.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from titanic.errors import StoreError
 from titanic.logs import about
 from titanic.management import ManagementService, process_facts
 from titanic.protocol import manage, mmi, tsp
+from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.services import (
     acknowledge,
@@ -45,11 +50,12 @@ from titanic.services import (
     handle_close,
     handle_reply,
     refuse_for_store_error,
+    refuse_over_owner_limit,
 )
 from titanic.settings import DEFAULT_BROKER, broker_list
 from titanic.store import Delivery, Exchange, NewRequest, RequestStatus, Store, StoreIdentity
 from titanic.store_identity import check_store_identity, store_reply
-from titanic.worker_pool import ConnectionSettings, WorkerConnection, WorkerPool
+from titanic.worker_pool import ConnectionSettings, PoolRequest, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +103,12 @@ class DispatcherSettings:
     #: At start-up, how long to wait for each broker to say which store serves it.
     identity_timeout: float = 2.0
     connection: ConnectionSettings = field(default_factory=ConnectionSettings)
+    #: Ask the broker who sends each TSP request (needs CURVE, and our key in the broker's
+    #: admin folder): requests then belong to the key that submitted them.
+    identities: bool = False
+    #: Unfinished (pending or dispatched) requests one key may have stored; beyond, titanic.request
+    #: is answered 503. 0: no limit. Only callers the broker names are counted.
+    max_stored_per_key: int = 0
 
     @property
     def lease(self) -> float:
@@ -116,6 +128,8 @@ class DispatcherStats:
     expired: int = 0
     purged: int = 0
     store_errors: int = 0
+    #: titanic.requests refused with 503 for their key's max_stored_per_key.
+    over_key_limit: int = 0
 
 
 class _Presence:
@@ -183,7 +197,9 @@ class Dispatcher:
         #: (titanic.metrics feeds its histograms from them).
         self.observe_store: Callable[[float], None] = _ignore
         self.observe_ack: Callable[[float], None] = _ignore
-        self.management = ManagementService(store, self.describe)
+        self.management = ManagementService(store, self.describe,
+                                            admin_only=self.settings.identities)
+        self._warned_anonymous = False
         self.server = self._make_server()
         # titanic.manage on a thread and connection of its own: a dashboard's refresh or a
         # bulk purge scans the table, and must not hold up acknowledgements meanwhile.
@@ -191,7 +207,7 @@ class Dispatcher:
             self.settings.worker_broker or self.settings.broker,
             {manage.SERVICE: (1, self.management.handle_batch)}, dialect=self.settings.dialect,
             settings=self.settings.connection, context=self._context,
-            configure_socket=self._configure)
+            configure_socket=self._configure, identities=self.settings.identities)
 
     def _make_server(self) -> WorkerPool:
         s = self.settings
@@ -205,10 +221,11 @@ class Dispatcher:
                 tsp.STORE_SERVICE: (1, self._serve_identity),
             },
             dialect=s.dialect, settings=s.connection, context=self._context,
-            configure_socket=self._configure, sockets=self._sockets,
+            configure_socket=self._configure, sockets=self._sockets, identities=s.identities,
         )
 
-    def _serve_identity(self, bodies: Sequence[Frames]) -> list[Frames]:
+    def _serve_identity(self, bodies: Sequence[Frames],
+                        callers: Sequence[Caller | None]) -> list[Frames]:
         assert self._identity is not None  # read before the server registers
         return [store_reply(self._identity) for _ in bodies]
 
@@ -310,8 +327,8 @@ class Dispatcher:
                 wake = min(wake, deadline)
             ready, _ = self._sockets.wait(0.0 if more else max(0.0, wake - time.monotonic()))
             now = time.monotonic()
-            submits: list[tuple[WorkerConnection, bytes, Frames]] = []
-            others: list[tuple[WorkerConnection, bytes, Frames]] = []
+            submits: list[PoolRequest] = []
+            others: list[PoolRequest] = []
             for request in self.server.read(ready, now):
                 (submits if request[0].service == tsp.REQUEST_SERVICE else others).append(request)
             if others:
@@ -329,14 +346,13 @@ class Dispatcher:
 
     # -- one turn -------------------------------------------------------------------------------
 
-    def _turn(self, submits: list[tuple[WorkerConnection, bytes, Frames]],
+    def _turn(self, submits: list[PoolRequest],
               completions: list[Completion], client: PipelinedClient, presence: _Presence,
               now: float, *, claim: bool) -> bool:
         """Store the new requests and the replies, and claim due requests, in one transaction;
         then acknowledge, send what was claimed, and reschedule what timed out. True if a
         service may have more due than was claimed (look again at once)."""
-        accepted, answers = check_requests([body for _, _, body in submits],
-                                           self.store.max_request_bytes)
+        accepted, answers = self._check(submits)
         new = [request for _, request in accepted]
         self._candidates.update(request.service for request in new)
         replies, failed = self._sort(completions, presence, now)
@@ -351,7 +367,7 @@ class Dispatcher:
         else:
             acknowledge(answers, accepted, result.ids)
             self.stats.completed += result.completed
-        for (connection, address, _), answer in zip(submits, answers, strict=True):
+        for (connection, address, _, _), answer in zip(submits, answers, strict=True):
             connection.reply(address, answer or [tsp.Status.ERROR.frame()], now=now)
         if submits:
             waited = time.monotonic() - now
@@ -371,6 +387,31 @@ class Dispatcher:
         for request_id, service in failed:
             self._guarded(partial(self._retry, request_id, service))
         return more
+
+    def _check(self, submits: list[PoolRequest]
+               ) -> tuple[list[tuple[int, NewRequest]], list[Frames | None]]:
+        """The titanic.requests to store, owned by their callers, and the answers of those
+        refused (malformed, or over their key's limit)."""
+        callers = [caller for _, _, _, caller in submits]
+        if self.settings.identities and not self._warned_anonymous and None in callers:
+            self._warned_anonymous = True
+            log.warning("the broker named no caller for a titanic.request: it is stored without "
+                        "an owner, for anyone to fetch (is the broker using CURVE?)")
+        accepted, answers = check_requests([body for _, _, body, _ in submits],
+                                           self.store.max_request_bytes, callers)
+        limit = self.settings.max_stored_per_key
+        owners = [request.owner for _, request in accepted if request.owner is not None]
+        if not limit or not owners:
+            return accepted, answers
+        try:
+            stored = self.store.unfinished_by_owner(owners)
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            refuse_for_store_error(answers, accepted, exc)
+            return [], answers
+        kept = refuse_over_owner_limit(answers, accepted, stored, limit)
+        self.stats.over_key_limit += len(accepted) - len(kept)
+        return kept, answers
 
     def _exchange(self, new: list[NewRequest], replies: list[tuple[str, Frames]],
                   plan: dict[str, int]) -> Exchange | StoreError:

@@ -3,7 +3,8 @@
 Clients (`titanic info`, `retry`, `purge`, the dashboard) reach it through the broker like any
 MDP service, so they need no database credentials. The wire form is in titanic.protocol.manage;
 here each command becomes one store call, and `ManagementService.handle` is the one place every
-management request passes, where it may be refused.
+management request passes, where it may be refused. With `admin_only` (a dispatcher told who
+calls, that is with CURVE) only callers with an admin key (the broker's --curve-admin) are served.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from titanic.errors import InvalidRequestError, ProtocolError, StoreError
+from titanic.protocol.identity import Caller
 from titanic.protocol.manage import (
     Command,
     build_refusal,
@@ -104,17 +106,25 @@ def process_facts(version: str, started: float) -> dict[str, Any]:
 class ManagementService:
     """Answers titanic.manage requests from a store; `describe` says which dispatcher answers."""
 
-    def __init__(self, store: Store, describe: Describe) -> None:
+    def __init__(self, store: Store, describe: Describe, *, admin_only: bool = False) -> None:
         self.store = store
         self._describe = describe
+        self.admin_only = admin_only
+        self.refused = 0
 
-    def handle_batch(self, bodies: Sequence[Frames]) -> list[Frames]:
+    def handle_batch(self, bodies: Sequence[Frames],
+                     callers: Sequence[Caller | None] = ()) -> list[Frames]:
         """One reply per request body (a WorkerPool batch handler)."""
-        return [self.handle(body) for body in bodies]
+        callers = callers or [None] * len(bodies)
+        return [self.handle(body, caller) for body, caller in zip(bodies, callers, strict=True)]
 
-    def handle(self, body: Frames) -> Frames:
+    def handle(self, body: Frames, caller: Caller | None = None) -> Frames:
         """Answer one request: every management request passes here, so authorising one
         (which keys may list, retry or purge) belongs here too."""
+        if self.admin_only and (caller is None or not caller.admin):
+            self.refused += 1
+            return build_refusal(Status.UNKNOWN, "refused: titanic.manage serves admin keys only "
+                                 "(the broker's --curve-admin folder)")
         try:
             command, arguments = parse_request(body)
             return build_reply(self._run(command, arguments))

@@ -390,16 +390,29 @@ class _CountingAuthenticator(ThreadAuthenticator):
         return "client" if self.separate else "broker's"
 
 
+class _Admitted:
+    """A ZAP credentials provider: a key in any of these folders is admitted."""
+
+    def __init__(self, *folders: AllowedKeys | None) -> None:
+        self._folders = [folder for folder in folders if folder is not None]
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq's credentials-provider hook: is this Z85 public key in one of the folders?"""
+        return any(key in folder.keys() for folder in self._folders)
+
+
 class CurveServer:
     """The broker's side of CURVE: its key pair, and who may connect (folders of public keys).
 
     `allowed` admits peers on the client endpoint (the only one when there is one);
     `workers_allowed` admits peers on a separate worker endpoint, and defaults to `allowed`.
+    `admin` holds the trusted keys (dispatchers, operators), admitted on every endpoint: a client
+    with one may see every stored request, a worker with one may learn its callers' keys.
     """
 
-    def __init__(self, keys: KeyPair, allowed: Path, *, workers_allowed: Path | None = None
-                 ) -> None:
-        for folder in (allowed, workers_allowed):
+    def __init__(self, keys: KeyPair, allowed: Path, *, workers_allowed: Path | None = None,
+                 admin: Path | None = None) -> None:
+        for folder in (allowed, workers_allowed, admin):
             if folder is not None and not folder.is_dir():
                 raise CurveKeyError(f"allowed-keys folder {folder} "
                                     + ("is a file" if folder.exists() else "does not exist"))
@@ -407,7 +420,12 @@ class CurveServer:
         self.allowed = AllowedKeys(allowed)
         self.workers_allowed = (AllowedKeys(workers_allowed) if workers_allowed is not None
                                 else self.allowed)
+        self.admin = AllowedKeys(admin) if admin is not None else None
         self._authenticator: _CountingAuthenticator | None = None
+
+    def admin_keys(self) -> frozenset[bytes]:
+        """The Z85 public keys in the admin folder now (none without one)."""
+        return self.admin.keys() if self.admin is not None else frozenset()
 
     @property
     def refused(self) -> int:
@@ -428,9 +446,10 @@ class CurveServer:
         authenticator = _CountingAuthenticator(context, {
             ZAP_DOMAIN: self.allowed.folder, WORKER_ZAP_DOMAIN: self.workers_allowed.folder})
         authenticator.start()
-        authenticator.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.allowed)
-        authenticator.configure_curve_callback(WORKER_ZAP_DOMAIN,
-                                               credentials_provider=self.workers_allowed)
+        authenticator.configure_curve_callback(
+            ZAP_DOMAIN, credentials_provider=_Admitted(self.allowed, self.admin))
+        authenticator.configure_curve_callback(
+            WORKER_ZAP_DOMAIN, credentials_provider=_Admitted(self.workers_allowed, self.admin))
         self._authenticator = authenticator
 
     def configure(self, sock: zmq.Socket[bytes], *, workers: bool = False) -> None:

@@ -10,15 +10,25 @@ titanic's own client reads the text to tell apart the ways a request can end:
 
 A titanic.request may carry an idempotency key in front, `"", key, service, body...` (see
 titanic.protocol.tsp.split_request): a key already stored answers the stored request's UUID.
+
+Ownership: when the broker tells who sent a request (a `Caller`, see titanic.protocol.identity),
+a stored request belongs to the key that submitted it. `titanic.reply` and `titanic.close` from
+another key are answered exactly as for an unknown UUID; an admin key may see every request. A
+request stored without an owner (no CURVE) is anyone's, and a caller without an identity owns
+nothing. An owner's idempotency keys are its own: another key using the same key stores a
+request of its own (see _owned).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 
 from titanic.errors import InvalidRequestError, ProtocolError, StoreError
 from titanic.logs import about
+from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.protocol.tsp import Status, parse_uuid, split_request
 from titanic.store import NewRequest, RequestStatus, Store, check_new_request
@@ -52,11 +62,19 @@ def _parse_new_request(body: Frames) -> NewRequest:
     return NewRequest(service=service, frames=tuple(body[1:]), idempotency_key=key)
 
 
-def check_requests(bodies: Sequence[Frames],
-                   max_request_bytes: int) -> tuple[list[tuple[int, NewRequest]],
-                                                    list[Frames | None]]:
-    """titanic.request bodies checked: the valid ones with their index, and an answer list in
-    which every refused one already has its `400 bad request: ...` (the others are None)."""
+def may_see(owner: str | None, caller: Caller | None) -> bool:
+    """Whether a caller may fetch or close a request stored with this owner."""
+    if owner is None:
+        return True
+    return caller is not None and (caller.admin or caller.key == owner)
+
+
+def check_requests(bodies: Sequence[Frames], max_request_bytes: int,
+                   callers: Sequence[Caller | None] | None = None
+                   ) -> tuple[list[tuple[int, NewRequest]], list[Frames | None]]:
+    """titanic.request bodies checked: the valid ones with their index (owned by their caller,
+    if known), and an answer list in which every refused one already has its
+    `400 bad request: ...` (the others are None)."""
     answers: list[Frames | None] = [None] * len(bodies)
     accepted: list[tuple[int, NewRequest]] = []
     for index, body in enumerate(bodies):
@@ -66,8 +84,42 @@ def check_requests(bodies: Sequence[Frames],
         except (ProtocolError, InvalidRequestError) as exc:
             answers[index] = [Status.UNKNOWN.frame(f"bad request: {exc}")]
             continue
+        caller = callers[index] if callers is not None else None
+        if caller is not None:
+            request = _owned(request, caller.key)
         accepted.append((index, request))
     return accepted, answers
+
+
+def _owned(request: NewRequest, owner: str) -> NewRequest:
+    """The request owned by `owner`, its idempotency key (if any) prefixed with the owner so
+    that keys of different owners never meet: one key cannot learn or block another's request
+    by guessing its idempotency key. A key too long for the column with the prefix is hashed."""
+    key = request.idempotency_key
+    if key is not None:
+        key = f"{owner} {key}"
+        if len(key) > 255:
+            key = f"{owner} sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return dataclasses.replace(request, owner=owner, idempotency_key=key)
+
+
+def refuse_over_owner_limit(answers: list[Frames | None],
+                            accepted: list[tuple[int, NewRequest]], stored: dict[str, int],
+                            limit: int) -> list[tuple[int, NewRequest]]:
+    """The accepted requests that keep each owner within `limit` unfinished requests (given
+    what they have `stored`); the others are answered `503 ...` here."""
+    kept: list[tuple[int, NewRequest]] = []
+    counts = dict(stored)
+    for index, request in accepted:
+        owner = request.owner
+        if owner is not None:
+            if counts.get(owner, 0) >= limit:
+                answers[index] = [Status.OVER_LIMIT.frame(
+                    f"too many stored requests for this key (limit {limit}): retry later")]
+                continue
+            counts[owner] = counts.get(owner, 0) + 1
+        kept.append((index, request))
+    return kept
 
 
 def acknowledge(answers: list[Frames | None], accepted: Sequence[tuple[int, NewRequest]],
@@ -100,8 +152,8 @@ def handle_requests(store: Store, bodies: Sequence[Frames]) -> list[Frames]:
     return [answer if answer is not None else [_UNKNOWN] for answer in answers]
 
 
-def handle_reply(store: Store, body: Frames) -> Frames:
-    """titanic.reply: the stored reply, or where the request stands."""
+def handle_reply(store: Store, body: Frames, caller: Caller | None = None) -> Frames:
+    """titanic.reply: the stored reply, or where the request stands (unknown to another key)."""
     try:
         request_id = parse_uuid(body[0]) if len(body) == 1 else ""
     except ProtocolError:
@@ -114,7 +166,7 @@ def handle_reply(store: Store, body: Frames) -> Frames:
         return [_UNKNOWN]
     except StoreError as exc:
         return _store_error(exc)
-    if stored is None:
+    if stored is None or not may_see(stored.owner, caller):
         return [_UNKNOWN]
     if stored.status is RequestStatus.DONE:
         return [_OK, *(stored.reply or ())]
@@ -125,8 +177,9 @@ def handle_reply(store: Store, body: Frames) -> Frames:
     return [_PENDING]
 
 
-def handle_close(store: Store, body: Frames) -> Frames:
-    """titanic.close: forget the request and its reply; 200 whether or not it existed."""
+def handle_close(store: Store, body: Frames, caller: Caller | None = None) -> Frames:
+    """titanic.close: forget the request and its reply; 200 whether or not it existed (or
+    belongs to another key, whose request stays)."""
     try:
         request_id = parse_uuid(body[0]) if len(body) == 1 else ""
     except ProtocolError:
@@ -134,7 +187,10 @@ def handle_close(store: Store, body: Frames) -> Frames:
     if not request_id:
         return [_OK]
     try:
-        store.close(request_id)
+        if caller is not None and caller.admin:
+            store.close(request_id)
+        else:
+            store.close(request_id, owners=(None, caller.key) if caller else (None,))
     except InvalidRequestError:
         return [_OK]
     except StoreError as exc:
@@ -143,7 +199,9 @@ def handle_close(store: Store, body: Frames) -> Frames:
     return [_OK]
 
 
-def batch_of(handler: Callable[[Store, Frames], Frames],
-             store: Store) -> Callable[[Sequence[Frames]], list[Frames]]:
-    """A one-at-a-time handler applied across a batch."""
-    return lambda bodies: [handler(store, body) for body in bodies]
+def batch_of(handler: Callable[[Store, Frames, Caller | None], Frames],
+             store: Store) -> Callable[[Sequence[Frames], Sequence[Caller | None]],
+                                       list[Frames]]:
+    """A one-at-a-time handler applied across a batch of bodies and their callers."""
+    return lambda bodies, callers: [handler(store, body, caller)
+                                    for body, caller in zip(bodies, callers, strict=True)]

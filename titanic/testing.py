@@ -87,7 +87,7 @@ class MemoryStore:
                     reply=None, status=RequestStatus.PENDING, attempts=0, created_at=now,
                     due_at=now, lease_until=None, completed_at=None, last_error=None,
                     deadline=None if request.deadline is None else _now(request.deadline),
-                    idempotency_key=request.idempotency_key)
+                    idempotency_key=request.idempotency_key, owner=request.owner)
                 if request.idempotency_key:
                     self._keys[request.idempotency_key] = request_id
                 ids.append(request_id)
@@ -184,11 +184,14 @@ class MemoryStore:
             lease_until=None) if row.status in (RequestStatus.FAILED, RequestStatus.EXPIRED)
             else None) is not None
 
-    def close(self, request_id: str) -> None:
-        """Delete the request and its reply."""
+    def close(self, request_id: str, *, owners: Sequence[str | None] | None = None) -> None:
+        """Delete the request and its reply (with `owners`: only if its owner is one of them)."""
         key = check_request_id(request_id)
         with self._lock:
-            row = self._rows.pop(key, None)
+            row = self._rows.get(key)
+            if row is None or (owners is not None and row.owner not in owners):
+                return
+            del self._rows[key]
             if row is not None and row.idempotency_key:
                 self._keys.pop(row.idempotency_key, None)
 
@@ -326,6 +329,19 @@ class MemoryStore:
     def identity(self) -> StoreIdentity:
         """A random identity made with the store."""
         return self._identity
+
+    def unfinished_by_owner(self, owners: Sequence[str]) -> dict[str, int]:
+        """How many pending or dispatched requests each of these owners has stored."""
+        wanted = set(owners)
+        counts: dict[str, int] = {}
+        with self._lock:
+            for row in self._rows.values():
+                owner = row.owner
+                if owner in wanted and row.status in (RequestStatus.PENDING,
+                                                      RequestStatus.DISPATCHED):
+                    assert owner is not None
+                    counts[owner] = counts.get(owner, 0) + 1
+        return counts
 
     def close_store(self) -> None:
         """Nothing to release."""

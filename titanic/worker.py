@@ -151,7 +151,7 @@ class Worker:
             for connection in self.connections:
                 if connection.socket is None or connection.socket not in readable:
                     continue
-                for client, body in connection.read(time.monotonic()):
+                for client, body, _ in connection.read(time.monotonic()):
                     if self.stopping:
                         break
                     self._serve(connection, client, body, time.monotonic())

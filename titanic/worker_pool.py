@@ -2,7 +2,8 @@
 
 The Titanic server uses this: several connections per TSP service let the broker hand it many
 requests at once, and the batch handler turns the `titanic.request`s that arrived together into
-one database transaction (group commit).
+one database transaction (group commit). With `identities` the connections ask the broker who
+sends each request (titanic.protocol.identity) and handlers get each request's Caller.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from titanic._zmq import (
     socket_events,
 )
 from titanic.errors import ProtocolError
+from titanic.protocol.identity import Caller, parse_caller_frame
 from titanic.protocol.mdp import (
     Command,
     Dialect,
     Frames,
     WorkerCodec,
+    build_ready,
     build_worker,
     parse_worker_inbound,
 )
@@ -43,8 +46,11 @@ from titanic.settings import (
 
 log = logging.getLogger(__name__)
 
-#: Takes the bodies of requests that arrived together; returns one reply body per request.
-BatchHandler = Callable[[Sequence[Frames]], Sequence[Frames]]
+#: Takes the bodies of requests that arrived together and their callers (None when the broker
+#: told none); returns one reply body per request.
+BatchHandler = Callable[[Sequence[Frames], Sequence[Caller | None]], Sequence[Frames]]
+#: A request as a connection reads it: the client's address, the body, and who sent it.
+Inbound = tuple[bytes, Frames, Caller | None]
 SocketHook = Callable[[zmq.Socket[bytes]], None]
 
 
@@ -59,16 +65,20 @@ class ConnectionSettings:
 
 
 class WorkerConnection:
-    """One MDP worker socket: READY, heartbeats both ways, reconnection with backoff."""
+    """One MDP worker socket: READY, heartbeats both ways, reconnection with backoff.
+
+    With `identities`, READY asks the broker for each request's caller.
+    """
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], broker: str, service: bytes,
                  *, dialect: Dialect = Dialect.MDP01,
                  settings: ConnectionSettings | None = None,
                  configure_socket: SocketHook | None = None,
-                 watch: SocketSet | None = None) -> None:
+                 watch: SocketSet | None = None, identities: bool = False) -> None:
         self.broker = broker
         self.service = service
         self.dialect = dialect
+        self.identities = identities
         self.settings = settings or ConnectionSettings()
         self.socket: zmq.Socket[bytes] | None = None
         self._context = context
@@ -97,7 +107,7 @@ class WorkerConnection:
         self._last_heard = now
         self._next_heartbeat = now + self.settings.heartbeat_interval
         self._heard = False
-        self._send(build_worker(self.dialect, Command.READY, self.service), now)
+        self._send(build_ready(self.dialect, self.service, identities=self.identities), now)
 
     def _send(self, frames: Frames, now: float) -> bool:
         """Send without blocking; a broker that takes nothing (its pipe is gone, say after a
@@ -116,9 +126,9 @@ class WorkerConnection:
             self._watch.touch(sock)  # a send may consume the socket's readiness signal
         return True
 
-    def read(self, now: float) -> list[tuple[bytes, Frames]]:
-        """Drain the socket: the (client, body) of each REQUEST. DISCONNECT drops the socket."""
-        requests: list[tuple[bytes, Frames]] = []
+    def read(self, now: float) -> list[Inbound]:
+        """Drain the socket: each REQUEST's (client, body, caller). DISCONNECT drops the socket."""
+        requests: list[Inbound] = []
         while (sock := self.socket) is not None:
             try:
                 frames = recv_frames(sock, NOBLOCK)
@@ -132,25 +142,49 @@ class WorkerConnection:
                 break
         return requests
 
-    def receive(self, frames: Frames, now: float) -> tuple[bytes, Frames] | None:
-        """Take one message from the broker: a REQUEST's (client, body), else None.
+    def receive(self, frames: Frames, now: float) -> Inbound | None:
+        """Take one message from the broker: a REQUEST's (client, body, caller), else None.
 
         Any message proves the broker alive; DISCONNECT drops the socket (reconnect later).
         """
         self._last_heard = now
         self._heard = True
+        if self.identities:
+            return self._receive_with_caller(frames, now)
         request = self._codec.request(frames)
         if request is not None:
-            return request
+            return request[0], request[1], None
+        return self._receive_other(frames, now)
+
+    def _receive_with_caller(self, frames: Frames, now: float) -> Inbound | None:
+        """A REQUEST whose envelope may name its caller (only the broker writes there)."""
+        request = self._codec.request_with_caller(frames)
+        if request is None:
+            return self._receive_other(frames, now)
+        client, frame, body = request
+        if frame is None:
+            return client, body, None
+        try:
+            return client, body, parse_caller_frame(frame)
+        except ProtocolError as exc:
+            log.warning("dropped a request from the broker with a malformed caller: %s", exc)
+            return None
+
+    def _receive_other(self, frames: Frames, now: float) -> Inbound | None:
         try:
             message = parse_worker_inbound(self.dialect, frames)
         except ProtocolError as exc:
             log.warning("dropped malformed message from broker: %s", exc)
             return None
         if message.command is Command.REQUEST:
-            return message.address, message.body
+            return message.address, message.body, None
         if message.command is Command.DISCONNECT:
-            log.info("broker sent DISCONNECT to %r worker", self.service)
+            if self.identities:
+                log.warning("broker sent DISCONNECT to %r worker, which asks who sends each "
+                            "request: a CURVE broker tells only keys in its admin folder "
+                            "(--curve-admin)", self.service)
+            else:
+                log.info("broker sent DISCONNECT to %r worker", self.service)
             self._drop(now)
         return None
 
@@ -217,6 +251,10 @@ class WorkerConnection:
         self.socket = None
 
 
+#: A request read by the pool: its connection, the client's address, the body, the caller.
+PoolRequest = tuple[WorkerConnection, bytes, Frames, Caller | None]
+
+
 class WorkerPool:
     """Serves several services, each on several connections to every broker, in batches.
 
@@ -229,7 +267,7 @@ class WorkerPool:
                  dialect: Dialect = Dialect.MDP01, settings: ConnectionSettings | None = None,
                  context: zmq.Context[zmq.Socket[bytes]] | None = None,
                  configure_socket: SocketHook | None = None,
-                 sockets: SocketSet | None = None) -> None:
+                 sockets: SocketSet | None = None, identities: bool = False) -> None:
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._own_sockets = sockets is None
@@ -241,7 +279,7 @@ class WorkerPool:
         self.connections = [
             WorkerConnection(self._context, endpoint, service, dialect=dialect,
                              settings=settings, configure_socket=configure_socket,
-                             watch=self.sockets)
+                             watch=self.sockets, identities=identities)
             for endpoint in broker_list(broker)
             for service, (count, _) in handlers.items() for _ in range(count)
         ]
@@ -274,24 +312,23 @@ class WorkerPool:
             connection.connect(now)
         self._next_upkeep = min(c.next_deadline() for c in self.connections)
 
-    def read(self, ready: list[zmq.Socket[bytes]],
-             now: float) -> list[tuple[WorkerConnection, bytes, Frames]]:
+    def read(self, ready: list[zmq.Socket[bytes]], now: float) -> list[PoolRequest]:
         """The requests waiting on those of `ready` that are this pool's sockets."""
-        requests: list[tuple[WorkerConnection, bytes, Frames]] = []
+        requests: list[PoolRequest] = []
         if not ready:
             return requests
         readable = set(ready)
         for connection in self.connections:
             if connection.socket is not None and connection.socket in readable:
-                requests.extend((connection, client, body)
-                                for client, body in connection.read(now))
+                requests.extend((connection, client, body, caller)
+                                for client, body, caller in connection.read(now))
                 if connection.socket is None:
                     self._next_upkeep = now  # DISCONNECT: reconnect on time
         return requests
 
-    def serve(self, requests: list[tuple[WorkerConnection, bytes, Frames]], now: float) -> None:
+    def serve(self, requests: list[PoolRequest], now: float) -> None:
         """Hand each service its batch and send the replies."""
-        batches: dict[bytes, list[tuple[WorkerConnection, bytes, Frames]]] = {}
+        batches: dict[bytes, list[PoolRequest]] = {}
         for request in requests:
             batches.setdefault(request[0].service, []).append(request)
         for service, batch in batches.items():
@@ -299,17 +336,18 @@ class WorkerPool:
             if handler is None:
                 raise ValueError(f"no handler for {service!r}: its caller answers its requests")
             try:
-                replies = handler([body for _, _, body in batch])
+                replies = handler([body for _, _, body, _ in batch],
+                                  [caller for _, _, _, caller in batch])
             except Exception:
                 log.exception("handler for %r failed on %d request(s); re-registering so "
                               "their clients retry", service, len(batch))
-                for connection in {id(c): c for c, _, _ in batch}.values():
+                for connection in {id(c): c for c, _, _, _ in batch}.values():
                     connection.reset(now)
                 self._next_upkeep = now
                 continue
             self.batches += 1
             self.requests_handled += len(batch)
-            for (connection, client, _), reply in zip(batch, replies, strict=True):
+            for (connection, client, _, _), reply in zip(batch, replies, strict=True):
                 connection.reply(client, reply, now=now)
 
     def upkeep(self, now: float) -> float:

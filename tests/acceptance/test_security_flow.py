@@ -23,14 +23,17 @@ FAST_DISPATCHER = [*HEARTBEAT, "--request-timeout", "2", "--backoff", "0.1", "--
 
 @pytest.fixture
 def keys(tmp_path: Path) -> Path:
-    """broker, alice, worker, dispatcher and mallory key pairs; allowed/ admits all but mallory."""
+    """broker, alice, worker, dispatcher and mallory key pairs; allowed/ admits alice and the
+    worker, admin/ the dispatcher (which learns who owns each request)."""
     folder = tmp_path / "keys"
     for name in ("broker", "alice", "worker", "dispatcher", "mallory"):
         made = run_cli("keygen", name, "--dir", str(folder))
         assert made.returncode == 0, made.stderr
     (folder / "allowed").mkdir()
-    for name in ("alice", "worker", "dispatcher"):
+    (folder / "admin").mkdir()
+    for name in ("alice", "worker"):
         shutil.copyfile(folder / f"{name}.key", folder / "allowed" / f"{name}.key")
+    shutil.copyfile(folder / "dispatcher.key", folder / "admin" / "dispatcher.key")
     return folder
 
 
@@ -47,7 +50,8 @@ def peer_env(keys: Path, name: str) -> dict[str, str]:
 def start_broker(procs: Processes, keys: Path, *extra: str) -> str:
     endpoint = free_endpoint()
     procs.cli("broker", "broker", "--bind", endpoint, *HEARTBEAT, "--curve-secret",
-              str(keys / "broker.key_secret"), "--curve-allow", str(keys / "allowed"), *extra)
+              str(keys / "broker.key_secret"), "--curve-allow", str(keys / "allowed"),
+              "--curve-admin", str(keys / "admin"), *extra)
     return endpoint
 
 
@@ -95,6 +99,11 @@ def test_titanic_flow_over_curve(procs: Processes, keys: Path, tmp_path: Path) -
                    env=alice)
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"hello over CURVE\n"
+    # Another allowed key learns nothing of alice's request, and cannot close it.
+    others = run_cli("fetch", request_id, "--broker", broker, *as_peer(keys, "worker"))
+    assert others.returncode == 4 and "unknown" in one_line(others)
+    assert run_cli("close", request_id, "--broker", broker, *as_peer(keys, "worker")
+                   ).returncode == 0
     closed = run_cli("close", request_id, "--broker", broker, *as_peer(keys, "alice"))
     assert closed.returncode == 0, closed.stderr
     gone = run_cli("fetch", request_id, "--broker", broker, env=alice)

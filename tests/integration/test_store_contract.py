@@ -181,6 +181,36 @@ def test_close_deletes_and_unknown_is_fine(store: Store) -> None:
     store.close("0" * 32)
 
 
+ALICE, BOB = "A" * 40, "B" * 40
+
+
+def test_owner_is_stored_and_counted_while_unfinished(store: Store) -> None:
+    first, second, bobs, nobodys = store.submit_many([
+        NewRequest("svc", (b"1",), owner=ALICE), NewRequest("svc", (b"2",), owner=ALICE),
+        NewRequest("svc", (b"3",), owner=BOB), NewRequest("svc", (b"4",))])
+    assert [store.get(i).owner for i in (first, bobs, nobodys)] == [  # type: ignore[union-attr]
+        ALICE, BOB, None]
+    assert store.unfinished_by_owner([ALICE, BOB, "C" * 40]) == {ALICE: 2, BOB: 1}
+    store.claim_due(["svc"], 1, 30)  # dispatched still counts
+    assert store.unfinished_by_owner([ALICE]) == {ALICE: 2}
+    store.complete(first, [b"done"])
+    assert store.unfinished_by_owner([ALICE]) == {ALICE: 1}
+    assert store.unfinished_by_owner([]) == {}
+    assert second != first
+
+
+def test_close_with_owners_deletes_only_theirs(store: Store) -> None:
+    alices, nobodys = store.submit_many([NewRequest("svc", (b"1",), owner=ALICE),
+                                         NewRequest("svc", (b"2",))])
+    store.close(alices, owners=(None, BOB))
+    store.close(alices, owners=(None,))
+    assert store.get(alices) is not None
+    store.close(nobodys, owners=(None, BOB))
+    assert store.get(nobodys) is None
+    store.close(alices, owners=(None, ALICE))
+    assert store.get(alices) is None
+
+
 def test_stats_next_due_and_listing(store: Store) -> None:
     ids = [store.submit("a", [b"1"]), store.submit("a", [b"2"]), store.submit("b", [b"3"])]
     store.claim_due(["b"], 1, 30)

@@ -9,6 +9,7 @@ from titanic_support import running
 
 from titanic.broker import Broker
 from titanic.client import PipelinedClient
+from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.settings import BrokerSettings
 from titanic.worker_pool import ConnectionSettings, WorkerPool
@@ -19,11 +20,12 @@ FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=
 def test_pool_answers_every_request_of_every_service_in_batches() -> None:
     sizes: list[int] = []
 
-    def upper(bodies: Sequence[Frames]) -> list[Frames]:
+    def upper(bodies: Sequence[Frames], callers: Sequence[Caller | None]) -> list[Frames]:
+        assert callers == [None] * len(bodies)  # no identities asked for
         sizes.append(len(bodies))
         return [[frame.upper() for frame in body] for body in bodies]
 
-    def count(bodies: Sequence[Frames]) -> list[Frames]:
+    def count(bodies: Sequence[Frames], callers: Sequence[Caller | None]) -> list[Frames]:
         return [[str(len(body)).encode()] for body in bodies]
 
     with ExitStack() as stack:

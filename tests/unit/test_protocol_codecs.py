@@ -8,13 +8,16 @@ from hypothesis import strategies as st
 
 from titanic.errors import ProtocolError
 from titanic.protocol import mmi, tsp
+from titanic.protocol.identity import IDENTITY_OPTION, Caller, caller_frame, parse_caller_frame
 from titanic.protocol.mdp import (
     ClientRequest,
     Command,
     Dialect,
+    WorkerCodec,
     WorkerMessage,
     build_client_reply,
     build_client_request,
+    build_ready,
     build_worker,
     parse_client_reply,
     parse_peer_message,
@@ -94,7 +97,8 @@ def test_worker_commands_round_trip(dialect: Dialect, client: bytes, body: list[
     ([b"", b"MDPW01"], "no command"),
     ([b"", b"MDPW01", b"\x09"], "unknown 7/MDP worker command"),
     ([b"", b"MDPW01", b"\x01"], "READY must carry exactly one"),
-    ([b"", b"MDPW01", b"\x01", b"a", b"b"], "READY must carry exactly one"),
+    ([b"", b"MDPW01", b"\x01", b"a", b"b"], "unknown READY option"),
+    ([b"", b"MDPW01", b"\x01", b"a", b"titanic:identity/1", b"c"], "READY must carry exactly one"),
     ([b"", b"MDPW01", b"\x04", b"extra"], "unexpected frames"),
     ([b"MDPW02", b"\x06", b"extra"], "unexpected frames"),
     ([b"", b"MDPW01", b"\x03", b"client"], "missing the client address or delimiter"),
@@ -160,3 +164,31 @@ def test_tsp_status_and_uuid_frames() -> None:
     for bad in [b"", b"0" * 31, b"g" * 32, b"0" * 8 + b"-" + b"0" * 23]:
         with pytest.raises(ProtocolError):
             tsp.parse_uuid(bad)
+
+
+# -- titanic's identity extension -----------------------------------------------------------------
+
+KEY = b"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+
+
+def test_ready_may_ask_for_identities_and_requests_then_carry_the_caller() -> None:
+    ready = parse_peer_message(build_ready(Dialect.MDP01, b"svc", identities=True))
+    assert ready == WorkerMessage(Dialect.MDP01, Command.READY, b"svc", [IDENTITY_OPTION])
+    codec = WorkerCodec(Dialect.MDP01)
+    plain = build_worker(Dialect.MDP01, Command.REQUEST, b"client", b"", b"body")
+    assert codec.request_with_caller(plain) == (b"client", None, [b"", b"body"])
+    framed = [*plain[:4], caller_frame(KEY, admin=False), *plain[4:]]
+    assert codec.request_with_caller(framed) == (b"client", b"client " + KEY, [b"", b"body"])
+    assert codec.request(framed) is None  # a worker that did not ask takes it for malformed
+    assert parse_caller_frame(caller_frame(KEY, admin=True)) == Caller(KEY.decode(), True)
+    assert parse_caller_frame(b"client " + KEY) == Caller(KEY.decode(), False)
+
+
+@pytest.mark.parametrize(("frame", "complaint"), [
+    (b"root " + KEY, "neither"),
+    (b"client " + KEY[:-1], "not a 40-character"),
+    (b"admin " + b"\xff" * 40, "not ASCII"),
+])
+def test_malformed_caller_frames_are_refused(frame: bytes, complaint: str) -> None:
+    with pytest.raises(ProtocolError, match=complaint):
+        parse_caller_frame(frame)

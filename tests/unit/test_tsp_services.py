@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from titanic.protocol.identity import Caller
 from titanic.protocol.tsp import parse_status
-from titanic.services import handle_close, handle_reply, handle_requests
+from titanic.services import (
+    check_requests,
+    handle_close,
+    handle_reply,
+    handle_requests,
+    refuse_over_owner_limit,
+)
 from titanic.store import RequestStatus
 from titanic.testing import MemoryStore
 
@@ -73,3 +80,48 @@ def test_close_deletes_and_is_idempotent(store: MemoryStore) -> None:
     assert handle_reply(store, [request_id.encode()]) == [b"400 unknown"]
     assert handle_close(store, [request_id.encode()]) == [b"200"]
     assert handle_close(store, [b"rubbish"]) == [b"200"]
+
+
+ALICE, BOB, ROOT = Caller("A" * 40), Caller("B" * 40), Caller("R" * 40, admin=True)
+
+
+def submit_as(store: MemoryStore, caller: Caller | None, *frames: bytes) -> str:
+    accepted, answers = check_requests([list(frames)], store.max_request_bytes, [caller])
+    assert answers == [None]
+    [request_id] = store.submit_many([request for _, request in accepted])
+    return request_id
+
+
+def test_another_key_is_answered_as_for_an_unknown_uuid(store: MemoryStore) -> None:
+    request_id = submit_as(store, ALICE, b"echo", b"secret")
+    store.complete(request_id, [b"answer"])
+    uuid = [request_id.encode()]
+    assert store.get(request_id).owner == ALICE.key  # type: ignore[union-attr]
+    assert handle_reply(store, uuid, BOB) == handle_reply(store, [b"0" * 32], BOB)
+    assert handle_reply(store, uuid, None) == [b"400 unknown"]  # no identity owns nothing
+    assert handle_close(store, uuid, BOB) == [b"200"]  # as for an unknown UUID...
+    assert handle_close(store, uuid, None) == [b"200"]
+    assert handle_reply(store, uuid, ALICE) == [b"200", b"answer"]  # ...and nothing was closed
+    assert handle_reply(store, uuid, ROOT) == [b"200", b"answer"]  # an admin sees every one
+    assert handle_close(store, uuid, ALICE) == [b"200"]
+    assert store.get(request_id) is None
+
+
+def test_admin_closes_any_request_and_unowned_ones_are_anyones(store: MemoryStore) -> None:
+    alices = submit_as(store, ALICE, b"echo", b"a")
+    assert handle_close(store, [alices.encode()], ROOT) == [b"200"]
+    assert store.get(alices) is None
+    unowned = submit_as(store, None, b"echo", b"b")  # stored without CURVE
+    assert handle_reply(store, [unowned.encode()], BOB) == [b"300 pending"]
+    assert handle_close(store, [unowned.encode()], BOB) == [b"200"]
+    assert store.get(unowned) is None
+
+
+def test_requests_beyond_a_keys_stored_limit_get_503() -> None:
+    bodies = [[b"echo", b"%d" % n] for n in range(4)]
+    callers = [ALICE, BOB, ALICE, None]
+    accepted, answers = check_requests(bodies, 1000, callers)
+    kept = refuse_over_owner_limit(answers, accepted, {ALICE.key: 1, BOB.key: 5}, limit=2)
+    assert [index for index, _ in kept] == [0, 3]  # alice's second goes over; bob is over
+    assert answers[1] == answers[2] == [
+        b"503 too many stored requests for this key (limit 2): retry later"]

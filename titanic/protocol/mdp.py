@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from titanic.errors import ProtocolError
+from titanic.protocol.identity import IDENTITY_OPTION
 
 Frames = list[bytes]
 
@@ -78,7 +79,8 @@ class ClientRequest(NamedTuple):
 
 
 class WorkerMessage(NamedTuple):
-    """A worker command, either direction. `address` is the service for READY, else the client."""
+    """A worker command, either direction. `address` is the service for READY, else the client;
+    READY's `body` holds its options (titanic's IDENTITY_OPTION, or nothing)."""
 
     dialect: Dialect
     command: Command
@@ -173,9 +175,11 @@ def _parse_worker(
         raise ProtocolError(f"unknown {dialect.value} worker command {_describe(frames[at])}")
     rest = frames[at + 1 :]
     if command is Command.READY:
-        if len(rest) != 1 or not rest[0]:
+        if not rest or not rest[0] or len(rest) > 2:
             raise ProtocolError("READY must carry exactly one non-empty service name")
-        return WorkerMessage(dialect, command, rest[0], [])
+        if len(rest) == 2 and rest[1] != IDENTITY_OPTION:
+            raise ProtocolError(f"unknown READY option {_describe(rest[1])}")
+        return WorkerMessage(dialect, command, rest[0], list(rest[1:]))
     if command in (Command.HEARTBEAT, Command.DISCONNECT):
         if rest:
             raise ProtocolError(f"{command.value} carries {len(rest)} unexpected frames")
@@ -263,6 +267,19 @@ class WorkerCodec:
             return frames[at], list(frames[at + 2:])
         return None
 
+    def request_with_caller(self, frames: Sequence[bytes]
+                            ) -> tuple[bytes, bytes | None, Frames] | None:
+        """(client, caller frame or None, body) if `frames` is a well-formed REQUEST whose
+        envelope may hold the broker's caller frame (titanic.protocol.identity), else None."""
+        plain = self.request(frames)
+        if plain is not None:
+            return plain[0], None, plain[1]
+        at = self._request_len
+        if (len(frames) > at + 2 and frames[at] and frames[at + 1] and frames[at + 2] == EMPTY
+                and frames[:at] == self._request):
+            return frames[at], frames[at + 1], list(frames[at + 3:])
+        return None
+
     def reply(self, client: bytes, body: Sequence[bytes], *, final: bool = True) -> Frames:
         """FINAL (7/MDP REPLY) or, in 18/MDP dialects, PARTIAL, for a client."""
         prefix = self._final if final else self._partial
@@ -271,8 +288,10 @@ class WorkerCodec:
         return [*prefix, client, EMPTY, *body]
 
 
-def build_ready(dialect: Dialect, service: bytes) -> Frames:
-    """READY for a service."""
+def build_ready(dialect: Dialect, service: bytes, *, identities: bool = False) -> Frames:
+    """READY for a service; `identities` asks the broker for each request's caller."""
+    if identities:
+        return build_worker(dialect, Command.READY, service, IDENTITY_OPTION)
     return build_worker(dialect, Command.READY, service)
 
 

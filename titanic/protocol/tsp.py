@@ -24,6 +24,8 @@ class Status(enum.IntEnum):
     PENDING = 300
     UNKNOWN = 400
     ERROR = 500
+    #: A limit was reached (the broker's queues, a key's stored requests): retry later.
+    OVER_LIMIT = 503
 
     def frame(self, text: str = "") -> bytes:
         """The status frame, e.g. b"300 pending"."""

@@ -25,10 +25,10 @@ from titanic.store.types import Delivery, RequestStatus, StoredRequest
 COLUMNS = tuple(column.name for column in requests_table.c)
 TABLE = requests_table.name
 (_ID, _SERVICE, _REQUEST, _REPLY, _STATUS, _ATTEMPTS, _CREATED_AT, _DUE_AT, _LEASE_UNTIL,
- _COMPLETED_AT, _LAST_ERROR, _DEADLINE, _IDEMPOTENCY_KEY) = (
+ _COMPLETED_AT, _LAST_ERROR, _DEADLINE, _IDEMPOTENCY_KEY, _OWNER) = (
     COLUMNS.index(name) for name in (
         "id", "service", "request", "reply", "status", "attempts", "created_at", "due_at",
-        "lease_until", "completed_at", "last_error", "deadline", "idempotency_key"))
+        "lease_until", "completed_at", "last_error", "deadline", "idempotency_key", "owner"))
 
 _DELIVERY_COLUMNS = ("id", "service", "request", "attempts")
 _STATUSES = {status.value: status for status in RequestStatus}  # faster than RequestStatus(x)
@@ -210,7 +210,8 @@ class HotStatements:
     # -- rows -----------------------------------------------------------------------------------
 
     def new_row(self, request_id: str, service: str, packed: bytes, now: datetime,
-                deadline: datetime | None, idempotency_key: str | None) -> tuple[Any, ...]:
+                deadline: datetime | None, idempotency_key: str | None,
+                owner: str | None = None) -> tuple[Any, ...]:
         """A fresh pending request in COLUMNS order."""
         v = self.values
         moment = v.time(now)
@@ -218,7 +219,7 @@ class HotStatements:
                   "reply": None, "status": PENDING, "attempts": 0, "created_at": moment,
                   "due_at": moment, "lease_until": None, "completed_at": None,
                   "last_error": None, "deadline": v.time(deadline),
-                  "idempotency_key": idempotency_key}
+                  "idempotency_key": idempotency_key, "owner": owner}
         return tuple(values[name] for name in COLUMNS)
 
     def record(self, row: tuple[Any, ...]) -> StoredRequest:
@@ -242,6 +243,7 @@ class HotStatements:
             last_error=row[_LAST_ERROR],
             deadline=aware_utc(v.read_time(row[_DEADLINE])),
             idempotency_key=row[_IDEMPOTENCY_KEY],
+            owner=row[_OWNER],
         )
 
 

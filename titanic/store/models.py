@@ -52,6 +52,9 @@ class RequestRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     deadline: Mapped[datetime | None] = mapped_column(DateTime())
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    #: The CURVE public key (Z85) that submitted it, as the broker authenticated it; None
+    #: without CURVE (then anyone may fetch and close it).
+    owner: Mapped[str | None] = mapped_column(String(40))
 
     __table_args__ = (
         # Next due requests of a service: WHERE status = 'pending' AND service = ? ORDER BY due_at.
@@ -60,6 +63,8 @@ class RequestRow(Base):
         Index("ix_titanic_requests_status_due", "status", "due_at"),
         # Purging finished requests: WHERE status = ? AND completed_at < ?
         Index("ix_titanic_requests_status_completed", "status", "completed_at"),
+        # Unfinished requests of one key (--max-stored-per-key): WHERE owner = ? AND status IN.
+        Index("ix_titanic_requests_owner_status", "owner", "status"),
     )
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Row,
     delete,
     func,
+    or_,
     select,
     update,
 )
@@ -95,6 +96,7 @@ def _record(row: Row[Any]) -> StoredRequest:
         last_error=row.last_error,
         deadline=_aware(row.deadline),
         idempotency_key=row.idempotency_key,
+        owner=row.owner,
     )
 
 
@@ -220,7 +222,7 @@ class SqlStore:
         ids = [new_request_id() for _ in requests]
         new_row = self._hot.new_row
         rows = [new_row(request_id, r.service, encode_frames(r.frames), now, _naive(r.deadline),
-                        r.idempotency_key)
+                        r.idempotency_key, r.owner)
                 for request_id, r in zip(ids, requests, strict=True)]
 
         def insert(conn: Connection) -> list[str]:
@@ -363,9 +365,14 @@ class SqlStore:
                              lease_until=None))
         return self._transaction(lambda conn: conn.execute(statement).rowcount == 1)
 
-    def close(self, request_id: str) -> None:
-        """Delete the request and its reply; an unknown UUID is fine."""
+    def close(self, request_id: str, *, owners: Sequence[str | None] | None = None) -> None:
+        """Delete the request and its reply; an unknown UUID is fine. With `owners`, only if its
+        owner is one of them (None standing for a request without owner)."""
         statement = delete(t).where(t.c.id == _key(request_id))
+        if owners is not None:
+            keys = [owner for owner in owners if owner is not None]
+            statement = statement.where(or_(t.c.owner.in_(keys), t.c.owner.is_(None))
+                                        if None in owners else t.c.owner.in_(keys))
         self._transaction(lambda conn: conn.execute(statement))
 
     # -- dispatching ----------------------------------------------------------------------------
@@ -518,6 +525,17 @@ class SqlStore:
 
         return StoreIdentity(self._transaction(work),
                              self.engine.url.render_as_string(hide_password=True))
+
+    def unfinished_by_owner(self, owners: Sequence[str]) -> dict[str, int]:
+        """How many pending or dispatched requests each of these owners has stored."""
+        if not owners:
+            return {}
+        statement = (select(t.c.owner, func.count())
+                     .where(t.c.owner.in_(sorted(set(owners))),
+                            t.c.status.in_([PENDING, DISPATCHED]))
+                     .group_by(t.c.owner))
+        return self._transaction(
+            lambda conn: {owner: count for owner, count in conn.execute(statement)}, write=False)
 
     def close_store(self) -> None:
         """Release connections."""

@@ -47,16 +47,19 @@ class StoredRequest:
     last_error: str | None
     deadline: datetime | None
     idempotency_key: str | None
+    #: The CURVE key (Z85) that submitted it; None when the broker told no caller.
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class NewRequest:
-    """A request to store."""
+    """A request to store; `owner` is the submitter's CURVE key (Z85), if known."""
 
     service: str
     frames: tuple[bytes, ...]
     deadline: datetime | None = None
     idempotency_key: str | None = None
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +183,9 @@ class Store(Protocol):
         """A failed or expired request becomes pending again, attempts reset."""
         ...
 
-    def close(self, request_id: str) -> None:
-        """Delete the request and its reply; an unknown UUID is fine."""
+    def close(self, request_id: str, *, owners: Sequence[str | None] | None = None) -> None:
+        """Delete the request and its reply; an unknown UUID is fine. With `owners`, only if its
+        owner is one of them (None standing for a request without owner)."""
         ...
 
     def release_stale(self, *, now: datetime | None = None) -> int:
@@ -233,6 +237,10 @@ class Store(Protocol):
 
     def identity(self) -> StoreIdentity:
         """The store's identity and location."""
+        ...
+
+    def unfinished_by_owner(self, owners: Sequence[str]) -> dict[str, int]:
+        """How many pending or dispatched requests each of these owners has stored."""
         ...
 
     def close_store(self) -> None:

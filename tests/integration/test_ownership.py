@@ -1,0 +1,224 @@
+"""Requests belong to the CURVE key that submitted them, tried from outside: real broker,
+dispatcher, worker and clients on loopback, each client with its own key."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import zmq
+from titanic_support import nothing_within, recv_within, running, wait_until
+
+from titanic.broker import Broker
+from titanic.client import Client
+from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.errors import TitanicTimeoutError
+from titanic.protocol.identity import IDENTITY_OPTION
+from titanic.security import CurveServer, SocketHook, client_hook, load_keypair, write_keypair
+from titanic.settings import BrokerSettings
+from titanic.store import SqlStore, open_store
+from titanic.tsp_client import ReplyState, TitanicClient, TitanicServiceError
+from titanic.worker import Worker
+from titanic.worker_pool import ConnectionSettings
+
+FAST = BrokerSettings(heartbeat_interval=0.1, heartbeat_liveness=5, request_ttl=30)
+#: Clients and the echo worker are allowed; the dispatcher and the operator are admin keys.
+ALLOWED = ("alice", "bob", "worker")
+ADMIN = ("dispatcher", "root")
+
+
+class Keys:
+    """Key pairs in a folder, with the broker's allowed and admin folders."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.allowed = folder / "allowed"
+        self.admin = folder / "admin"
+
+    def public(self, name: str) -> bytes:
+        return load_keypair(self.folder / f"{name}.key_secret").public
+
+    def hook(self, name: str) -> SocketHook:
+        return client_hook(self.public("broker"), load_keypair(self.folder /
+                                                              f"{name}.key_secret"))
+
+    def server(self) -> CurveServer:
+        return CurveServer(load_keypair(self.folder / "broker.key_secret"), self.allowed,
+                           admin=self.admin)
+
+
+@pytest.fixture(scope="module")
+def key_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("keys")
+    for name in ("broker", *ALLOWED, *ADMIN):
+        write_keypair(folder, name)
+    return folder
+
+
+@pytest.fixture
+def keys(key_pairs: Path, tmp_path: Path) -> Keys:
+    made = Keys(key_pairs)
+    made.allowed = tmp_path / "allowed"
+    made.admin = tmp_path / "admin"
+    for folder, names in ((made.allowed, ALLOWED), (made.admin, ADMIN)):
+        folder.mkdir()
+        for name in names:
+            shutil.copyfile(key_pairs / f"{name}.key", folder / f"{name}.key")
+    return made
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+def start_broker(stack: ExitStack, curve: CurveServer | None) -> Broker:
+    broker = Broker("tcp://127.0.0.1:0", FAST, curve=curve)
+    broker.bind()
+    stack.enter_context(running(broker))
+    return broker
+
+
+def start_dispatcher(stack: ExitStack, endpoint: str, hook: SocketHook | None, tmp_path: Path,
+                     **settings: object) -> tuple[Dispatcher, SqlStore]:
+    store = open_store(f"sqlite:///{tmp_path / 'titanic.db'}")
+    stack.callback(store.close_store)
+    dispatcher = Dispatcher(store, DispatcherSettings(
+        broker=endpoint, presence_interval=0.05, identities=hook is not None,
+        connection=ConnectionSettings(heartbeat_interval=0.1, reconnect_initial=0.05),
+        **settings), configure_socket=hook)  # type: ignore[arg-type]
+    stack.enter_context(running(dispatcher))
+    return dispatcher, store
+
+
+def start_echo(stack: ExitStack, endpoint: str, hook: SocketHook | None) -> None:
+    stack.enter_context(running(Worker(endpoint, "echo", lambda frames: frames,
+                                       heartbeat_interval=0.1, reconnect_initial=0.05,
+                                       configure_socket=hook)))
+
+
+def titanic(stack: ExitStack, endpoint: str, hook: SocketHook | None) -> TitanicClient:
+    client = TitanicClient(endpoint, timeout=3, retries=2, configure_socket=hook)
+    stack.callback(client.close)
+    return client
+
+
+def has_worker(endpoint: str, hook: SocketHook | None, service: bytes) -> bool:
+    with Client(endpoint, timeout=3, retries=0, configure_socket=hook) as client:
+        return client.request("mmi.service", service) == [b"200"]
+
+
+def test_each_key_sees_only_its_own_requests_and_an_admin_sees_all(
+        keys: Keys, stack: ExitStack, tmp_path: Path) -> None:
+    endpoint = start_broker(stack, keys.server()).bound[0]
+    _, store = start_dispatcher(stack, endpoint, keys.hook("dispatcher"), tmp_path)
+    start_echo(stack, endpoint, keys.hook("worker"))
+    alice, bob, root = (titanic(stack, endpoint, keys.hook(n)) for n in ("alice", "bob", "root"))
+    alices, bobs = alice.submit("echo", b"alice's"), bob.submit("echo", b"bob's")
+    assert alice.wait(alices, timeout=15).reply == [b"alice's"]
+    assert bob.wait(bobs, timeout=15).reply == [b"bob's"]
+    assert store.get(alices).owner == keys.public("alice").decode()  # type: ignore[union-attr]
+    # Another key: exactly what an unknown UUID gets, and its close changes nothing.
+    unknown = bob.fetch("0" * 32)
+    assert unknown.state is ReplyState.UNKNOWN
+    assert bob.fetch(alices) == unknown
+    assert alice.fetch(bobs) == unknown
+    bob.close_request(alices)
+    assert alice.fetch(alices).reply == [b"alice's"]
+    # The admin key sees and closes both.
+    assert root.fetch(alices).reply == [b"alice's"]
+    assert root.fetch(bobs).reply == [b"bob's"]
+    root.close_request(bobs)
+    assert bob.fetch(bobs) == unknown
+    alice.close_request(alices)
+    assert root.fetch(alices) == unknown
+
+
+def test_a_forged_identity_frame_gets_nothing(keys: Keys, stack: ExitStack,
+                                              tmp_path: Path) -> None:
+    broker = start_broker(stack, keys.server())
+    endpoint = broker.bound[0]
+    _, store = start_dispatcher(stack, endpoint, keys.hook("dispatcher"), tmp_path)
+    alice = titanic(stack, endpoint, keys.hook("alice"))
+    alices = alice.submit("later", b"private")
+    forged = b"admin " + keys.public("alice")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    stack.callback(context.term)
+    bob = context.socket(zmq.DEALER)
+    stack.callback(bob.close, 0)
+    keys.hook("bob")(bob)
+    bob.connect(endpoint)
+    # Bob's frames that look like the broker's caller frame and envelope are only his body.
+    bob.send_multipart([b"", b"MDPC01", b"titanic.reply", forged, b"", alices.encode()])
+    assert recv_within(bob)[3:] == [b"400 unknown"]
+    bob.send_multipart([b"", b"MDPC01", b"titanic.reply", alices.encode(), forged])
+    assert recv_within(bob)[3:] == [b"400 unknown"]
+    bob.send_multipart([b"", b"MDPC01", b"titanic.close", forged, b"", alices.encode()])
+    assert recv_within(bob)[3:] == [b"200"]
+    bob.send_multipart([b"", b"MDPC01", b"titanic.request", b"later", forged])
+    status, bobs = recv_within(bob)[3:]
+    assert status == b"200"
+    stored = store.get(bobs.decode())
+    assert stored is not None and stored.owner == keys.public("bob").decode()
+    assert stored.request == (forged,)
+    assert alice.fetch(bobs.decode()).state is ReplyState.UNKNOWN
+    assert alice.fetch(alices).state is ReplyState.PENDING  # still there, still alice's
+    # Nor can an allowed worker key ask to be told its callers.
+    impostor = context.socket(zmq.DEALER)
+    stack.callback(impostor.close, 0)
+    keys.hook("worker")(impostor)
+    impostor.connect(endpoint)
+    impostor.send_multipart([b"", b"MDPW01", b"\x01", b"later", IDENTITY_OPTION])
+    assert recv_within(impostor) == [b"", b"MDPW01", b"\x05"]  # DISCONNECT
+    assert broker.stats.identities_refused == 1
+    assert not has_worker(endpoint, keys.hook("alice"), b"later")
+    assert nothing_within(impostor, 0.1)
+
+
+def test_a_dispatcher_without_an_admin_key_is_not_told_identities(
+        keys: Keys, stack: ExitStack, tmp_path: Path) -> None:
+    (keys.admin / "dispatcher.key").unlink()
+    shutil.copyfile(keys.folder / "dispatcher.key", keys.allowed / "dispatcher.key")
+    broker = start_broker(stack, keys.server())
+    endpoint = broker.bound[0]
+    start_dispatcher(stack, endpoint, keys.hook("dispatcher"), tmp_path)
+    wait_until(lambda: broker.stats.identities_refused >= 3, message="identities refused")
+    assert not has_worker(endpoint, keys.hook("alice"), b"titanic.request")
+    with TitanicClient(endpoint, timeout=0.3, retries=0,
+                       configure_socket=keys.hook("alice")) as alice:
+        with pytest.raises(TitanicTimeoutError):
+            alice.submit("echo", b"x")
+
+
+def test_a_key_over_its_stored_limit_gets_503_and_others_are_served(
+        keys: Keys, stack: ExitStack, tmp_path: Path) -> None:
+    endpoint = start_broker(stack, keys.server()).bound[0]
+    dispatcher, store = start_dispatcher(stack, endpoint, keys.hook("dispatcher"), tmp_path,
+                                         max_stored_per_key=2)
+    alice, bob = (titanic(stack, endpoint, keys.hook(n)) for n in ("alice", "bob"))
+    first = alice.submit("nobody", b"1")
+    alice.submit("nobody", b"2")
+    with pytest.raises(TitanicServiceError, match="503 too many stored requests for this key "
+                                                  r"\(limit 2\): retry later"):
+        alice.submit("nobody", b"3")
+    bob.submit("nobody", b"bob's")
+    assert dispatcher.stats.over_key_limit == 1
+    alice.close_request(first)  # room again
+    alice.submit("nobody", b"3")
+    assert [r.request for r in store.list(limit=10)] == [(b"2",), (b"bob's",), (b"3",)]
+
+
+def test_without_curve_there_is_no_ownership(stack: ExitStack, tmp_path: Path) -> None:
+    endpoint = start_broker(stack, None).bound[0]
+    _, store = start_dispatcher(stack, endpoint, None, tmp_path)
+    start_echo(stack, endpoint, None)
+    one, other = titanic(stack, endpoint, None), titanic(stack, endpoint, None)
+    request_id = one.submit("echo", b"anyone's")
+    assert other.wait(request_id, timeout=15).reply == [b"anyone's"]
+    assert store.get(request_id).owner is None  # type: ignore[union-attr]
+    other.close_request(request_id)
+    assert one.fetch(request_id).state is ReplyState.UNKNOWN
