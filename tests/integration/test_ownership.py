@@ -212,6 +212,42 @@ def test_a_key_over_its_stored_limit_gets_503_and_others_are_served(
     assert [r.request for r in store.list(limit=10)] == [(b"2",), (b"bob's",), (b"3",)]
 
 
+def test_ownership_holds_across_two_brokers_and_two_dispatchers(
+        keys: Keys, stack: ExitStack, tmp_path: Path) -> None:
+    brokers = [start_broker(stack, keys.server()).bound[0] for _ in range(2)]
+    store = open_store(f"sqlite:///{tmp_path / 'titanic.db'}")
+    stack.callback(store.close_store)
+    dispatchers = [Dispatcher(store, DispatcherSettings(
+        broker=brokers, presence_interval=0.05, identities=True, identity_timeout=1.0,
+        connection=ConnectionSettings(heartbeat_interval=0.1, reconnect_initial=0.05)),
+        configure_socket=keys.hook("dispatcher")) for _ in range(2)]
+    for dispatcher in dispatchers:
+        stack.enter_context(running(dispatcher))
+    stack.enter_context(running(Worker(brokers, "echo", lambda frames: frames,
+                                       heartbeat_interval=0.1, reconnect_initial=0.05,
+                                       configure_socket=keys.hook("worker"))))
+    first, second = brokers
+    alice_first = titanic(stack, first, keys.hook("alice"))
+    alice_second, bob_second, root_second = (titanic(stack, second, keys.hook(n))
+                                             for n in ("alice", "bob", "root"))
+    alices = alice_first.submit("echo", b"through the first broker")
+    bobs = bob_second.submit("echo", b"through the second")
+    assert alice_second.wait(alices, timeout=15).reply == [b"through the first broker"]
+    unknown = bob_second.fetch("0" * 32)
+    assert bob_second.fetch(alices) == unknown
+    assert titanic(stack, first, keys.hook("bob")).fetch(alices) == unknown
+    bob_second.close_request(alices)
+    assert root_second.fetch(alices).reply == [b"through the first broker"]
+    assert root_second.wait(bobs, timeout=15).reply == [b"through the second"]
+    forged = titanic(stack, second, keys.hook("bob"))
+    # A body naming alice, as the caller frame would: still bob's own request.
+    forged_id = forged.submit("echo", b"admin " + keys.public("alice"))
+    assert alice_first.fetch(forged_id) == unknown
+    assert store.get(forged_id).owner == keys.public("bob").decode()  # type: ignore[union-attr]
+    assert {r.owner for r in store.list(limit=10)} == {keys.public("alice").decode(),
+                                                       keys.public("bob").decode()}
+
+
 def test_without_curve_there_is_no_ownership(stack: ExitStack, tmp_path: Path) -> None:
     endpoint = start_broker(stack, None).bound[0]
     _, store = start_dispatcher(stack, endpoint, None, tmp_path)

@@ -125,3 +125,14 @@ def test_requests_beyond_a_keys_stored_limit_get_503() -> None:
     assert [index for index, _ in kept] == [0, 3]  # alice's second goes over; bob is over
     assert answers[1] == answers[2] == [
         b"503 too many stored requests for this key (limit 2): retry later"]
+
+
+def test_idempotency_keys_of_different_owners_never_meet(store: MemoryStore) -> None:
+    keyed = [b"", b"order-42", b"echo", b"x"]
+    alices = submit_as(store, ALICE, *keyed)
+    assert submit_as(store, ALICE, *keyed) == alices  # alice's retry: the same request
+    bobs = submit_as(store, BOB, *keyed)  # bob learns nothing of alice's, and is not blocked
+    assert bobs != alices
+    assert store.get(bobs).owner == BOB.key  # type: ignore[union-attr]
+    long_key = [b"", b"k" * 255, b"echo", b"x"]
+    assert submit_as(store, ALICE, *long_key) == submit_as(store, ALICE, *long_key)
