@@ -16,6 +16,7 @@ from titanic.broker import Broker
 from titanic.client import Client
 from titanic.dispatcher import Dispatcher, DispatcherSettings
 from titanic.errors import TitanicTimeoutError
+from titanic.protocol import manage
 from titanic.protocol.identity import IDENTITY_OPTION
 from titanic.security import CurveServer, SocketHook, client_hook, load_keypair, write_keypair
 from titanic.settings import BrokerSettings
@@ -192,6 +193,22 @@ def test_a_dispatcher_without_an_admin_key_is_not_told_identities(
                        configure_socket=keys.hook("alice")) as alice:
         with pytest.raises(TitanicTimeoutError):
             alice.submit("echo", b"x")
+
+
+def test_management_serves_admin_keys_only(keys: Keys, stack: ExitStack,
+                                           tmp_path: Path) -> None:
+    endpoint = start_broker(stack, keys.server()).bound[0]
+    dispatcher, _ = start_dispatcher(stack, endpoint, keys.hook("dispatcher"), tmp_path)
+    titanic(stack, endpoint, keys.hook("alice")).submit("later", b"x")
+    info = manage.build_request(manage.Command.INFO)
+    with Client(endpoint, timeout=3, retries=2, configure_socket=keys.hook("root")) as root:
+        code, _, payload = manage.parse_reply(root.request(manage.SERVICE, *info))
+    assert code == 200 and [row["service"] for row in payload["services"]] == ["later"]
+    with Client(endpoint, timeout=3, retries=2, configure_socket=keys.hook("alice")) as alice:
+        code, text, payload = manage.parse_reply(alice.request(manage.SERVICE, *info))
+    assert (code, payload) == (400, {})
+    assert "admin keys only" in text
+    assert dispatcher.management.refused == 1
 
 
 def test_a_key_over_its_stored_limit_gets_503_and_others_are_served(
