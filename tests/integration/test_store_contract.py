@@ -93,6 +93,14 @@ def test_claim_leases_oldest_first_and_only_once(store: Store) -> None:
     assert [r.service for r in store.claim_due(None, 10, 30)] == ["other"]
 
 
+def test_claim_of_several_services_takes_the_oldest_due_across_them(store: Store) -> None:
+    ids = [store.submit(service, [b"x"]) for _ in range(3) for service in ("a", "b", "c")]
+    claimed = store.claim_due(["b", "a", "absent"], 3, 30)
+    assert [r.id for r in claimed] == [ids[0], ids[1], ids[3]]
+    rest = store.claim_due(["a", "b"], 10, 30)
+    assert [r.id for r in rest] == [ids[4], ids[6], ids[7]]
+
+
 def test_complete_stores_the_reply_once(store: Store) -> None:
     request_id = store.submit("svc", [b"a"])
     store.claim_due(None, 1, 30)
