@@ -30,7 +30,7 @@ TABLE = requests_table.name
         "id", "service", "request", "reply", "status", "attempts", "created_at", "due_at",
         "lease_until", "completed_at", "last_error", "deadline", "idempotency_key", "owner"))
 
-_DELIVERY_COLUMNS = ("id", "service", "request", "attempts")
+DELIVERY_COLUMNS = ("id", "service", "request", "attempts")
 _STATUSES = {status.value: status for status in RequestStatus}  # faster than RequestStatus(x)
 PENDING = RequestStatus.PENDING.value
 _CLAIM_TEXTS = 512  # claim statements kept, by shape and limit
@@ -103,17 +103,19 @@ class HotStatements:
     def __init__(self, dialect_name: str) -> None:
         self.postgres = dialect_name == "postgresql"
         self.values: Values = PostgresValues if self.postgres else SqliteValues
+        self.table = TABLE
         p = self.values.placeholder
         columns = ", ".join(COLUMNS)
-        self._insert = f"INSERT INTO {TABLE} ({columns}) VALUES ({', '.join([p] * len(COLUMNS))})"
+        marks = ", ".join([p] * len(COLUMNS))
+        self.insert_sql = f"INSERT INTO {TABLE} ({columns}) VALUES ({marks})"
         # A keyed request that another dispatcher stores at the same moment: the second insert
         # waits for the first to commit, then does nothing (the caller reads the winner's id).
-        self._insert_keyed = f"{self._insert} ON CONFLICT (idempotency_key) DO NOTHING"
-        self._get = f"SELECT {columns} FROM {TABLE} WHERE id = {p}"
+        self.insert_keyed_sql = f"{self.insert_sql} ON CONFLICT (idempotency_key) DO NOTHING"
+        self.get_sql = f"SELECT {columns} FROM {TABLE} WHERE id = {p}"
         # OR rather than IN keeps SQLite's planner on the primary key.
-        self._complete = (f"UPDATE {TABLE} SET reply = {p}, status = '{DONE}', completed_at = {p},"
-                          f" lease_until = NULL WHERE id = {p}"
-                          f" AND (status = '{PENDING}' OR status = '{DISPATCHED}')")
+        self.complete_sql = (f"UPDATE {TABLE} SET reply = {p}, status = '{DONE}',"
+                             f" completed_at = {p}, lease_until = NULL WHERE id = {p}"
+                             f" AND (status = '{PENDING}' OR status = '{DISPATCHED}')")
         self._claims: dict[tuple[int | None, int, tuple[str, ...]], str] = {}
 
     # -- statements ---------------------------------------------------------------------------
@@ -122,12 +124,12 @@ class HotStatements:
                keyed: bool = False) -> int:
         """Insert rows given in COLUMNS order (values already converted); `keyed` skips rows
         whose idempotency key is already stored. How many were inserted (-1: unknown)."""
-        return conn.exec_driver_sql(self._insert_keyed if keyed else self._insert,
+        return conn.exec_driver_sql(self.insert_keyed_sql if keyed else self.insert_sql,
                                     list(rows)).rowcount
 
     def get(self, conn: Connection, request_id: str) -> StoredRequest | None:
         """One request by its checked id."""
-        row = conn.exec_driver_sql(self._get, (self.values.key(request_id),)).first()
+        row = conn.exec_driver_sql(self.get_sql, (self.values.key(request_id),)).first()
         return None if row is None else self.record(tuple(row))
 
     def complete(self, conn: Connection, replies: Sequence[tuple[str, bytes]],
@@ -136,9 +138,10 @@ class HotStatements:
         v = self.values
         moment = v.time(now)
         params = [(reply, moment, v.key(request_id)) for request_id, reply in replies]
+        sql = self.complete_sql
         if len(params) == 1 or not conn.dialect.supports_sane_multi_rowcount:
-            return sum(conn.exec_driver_sql(self._complete, param).rowcount for param in params)
-        return conn.exec_driver_sql(self._complete, params).rowcount
+            return sum(conn.exec_driver_sql(sql, param).rowcount for param in params)
+        return conn.exec_driver_sql(sql, params).rowcount
 
     def claim(self, conn: Connection, services: Sequence[str] | None, limit: int,
               lease_until: datetime, now: datetime) -> list[StoredRequest]:
@@ -151,7 +154,7 @@ class HotStatements:
     def deliveries(self, conn: Connection, services: Sequence[str] | None, limit: int,
                    lease_until: datetime, now: datetime) -> list[Delivery]:
         """claim(), returning only what sending needs (a quarter of the work per row)."""
-        rows = self._claim_rows(conn, services, limit, lease_until, now, _DELIVERY_COLUMNS)
+        rows = self._claim_rows(conn, services, limit, lease_until, now, DELIVERY_COLUMNS)
         read_key = self.values.read_key
         claimed = [Delivery(read_key(row[0]), row[1], decode_frames(row[2]), row[3])
                    for row in rows]

@@ -12,10 +12,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -27,10 +29,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import PoolProxiedConnection
 
 from titanic.errors import StoreError
 from titanic.settings import MAX_REQUEST_BYTES
-from titanic.store import dialect
+from titanic.store import dialect, pipeline
 from titanic.store.frames import decode_frames, encode_frames
 from titanic.store.hot import HotStatements
 from titanic.store.hot import aware_utc as _aware
@@ -56,6 +59,7 @@ from titanic.store.types import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 RETRIES = 8
 RETRY_DELAY_S = 0.1
@@ -115,7 +119,7 @@ class SqlStore:
         # Each thread keeps its connections: a pool checkout, its reset and (PostgreSQL) its
         # pre-ping cost more than a small transaction. Kept here too, to close them all.
         self._local = threading.local()
-        self._opened: list[Connection] = []
+        self._opened: list[Connection | PoolProxiedConnection] = []
         self._opened_lock = threading.Lock()
         self._hot = HotStatements(engine.dialect.name)
 
@@ -137,16 +141,29 @@ class SqlStore:
                 self._opened.append(conn)
         return conn
 
+    @contextmanager
+    def _pipelined_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """PostgreSQL: this thread's psycopg connection for pipelined turns, in autocommit mode
+        (a pipeline up to its Sync is one implicit transaction)."""
+        proxied: PoolProxiedConnection | None = getattr(self._local, "pipelined", None)
+        if proxied is None:
+            proxied = self.engine.raw_connection()
+            proxied.driver_connection.autocommit = True  # type: ignore[union-attr]
+            self._local.pipelined = proxied
+            with self._opened_lock:
+                self._opened.append(proxied)
+        yield proxied.driver_connection  # type: ignore[misc]
+
     def _forget_thread_connections(self) -> None:
         """After an error: this thread starts again on fresh connections."""
-        for name in ("durable", "fast"):
-            conn: Connection | None = getattr(self._local, name, None)
+        for name in ("durable", "fast", "pipelined"):
+            conn: Connection | PoolProxiedConnection | None = getattr(self._local, name, None)
             if conn is not None:
                 setattr(self._local, name, None)
                 try:
                     conn.invalidate()
                     conn.close()
-                except SQLAlchemyError:
+                except (SQLAlchemyError, psycopg.Error):
                     pass
 
     @contextmanager
@@ -172,12 +189,21 @@ class SqlStore:
         recovers from it (claims, releases, retry schedules, stored replies): on SQLite their
         commit skips the fsync, and the next durable commit makes them durable too.
         """
+        return self._retrying(lambda: self._connect(write=write, durable=durable), work)
+
+    def _pipelined(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """PostgreSQL: run `work` on this thread's pipelined connection (see store.pipeline),
+        with the same retries and error translation as a transaction."""
+        return self._retrying(self._pipelined_connection, work)
+
+    def _retrying(self, connect: Callable[[], AbstractContextManager[C]],
+                  work: Callable[[C], T]) -> T:
         delay = RETRY_DELAY_S
         for attempt in range(RETRIES + 1):
             try:
-                with self._connect(write=write, durable=durable) as conn:
+                with connect() as conn:
                     return work(conn)
-            except DBAPIError as exc:
+            except (DBAPIError, psycopg.Error) as exc:
                 self._forget_thread_connections()
                 if attempt == RETRIES or not self._retryable(exc):
                     raise StoreError(f"database error: {_first_line(exc)}") from exc
@@ -190,8 +216,10 @@ class SqlStore:
             delay = min(RETRY_DELAY_MAX_S, delay * 2)
         raise AssertionError("unreachable")
 
-    def _retryable(self, exc: DBAPIError) -> bool:
+    def _retryable(self, exc: DBAPIError | psycopg.Error) -> bool:
         """Lock contention, and (PostgreSQL) a lost or refused connection: a server restart."""
+        if isinstance(exc, psycopg.Error):
+            return pipeline.is_retryable(exc)
         if exc.connection_invalidated:
             return True
         if not self._is_sqlite and isinstance(exc, OperationalError):
@@ -209,13 +237,10 @@ class SqlStore:
 
     def submit_many(self, requests: Sequence[NewRequest]) -> list[str]:
         """Store a batch in one transaction (group commit); UUIDs in input order."""
-        insert = self._prepare_insert(requests)
-        return self._transaction(insert)
+        return self.exchange(requests, [], {}, 0.0).ids
 
-    def _prepare_insert(self, requests: Sequence[NewRequest]) -> Callable[[Connection],
-                                                                          list[str]]:
-        """Check the requests and build their rows; the returned function inserts them inside
-        a transaction and returns their UUIDs (an existing one for a known idempotency key)."""
+    def _new_rows(self, requests: Sequence[NewRequest]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Check the requests; their new UUIDs and their rows (COLUMNS order, converted)."""
         for request in requests:
             check_new_request(request, self.max_request_bytes)
         now = utcnow()
@@ -224,6 +249,12 @@ class SqlStore:
         rows = [new_row(request_id, r.service, encode_frames(r.frames), now, _naive(r.deadline),
                         r.idempotency_key, r.owner)
                 for request_id, r in zip(ids, requests, strict=True)]
+        return ids, rows
+
+    def _inserting(self, requests: Sequence[NewRequest], ids: list[str],
+                   rows: list[tuple[Any, ...]]) -> Callable[[Connection], list[str]]:
+        """A function inserting these rows inside a transaction and returning their UUIDs (an
+        existing one for a known idempotency key)."""
 
         def insert(conn: Connection) -> list[str]:
             # A key repeated within the batch is stored once; a key stored already (a resent
@@ -257,27 +288,45 @@ class SqlStore:
                  lease: float, *, now: datetime | None = None) -> Exchange:
         """In one transaction: store new requests and replies, then claim per service.
 
-        The dispatcher's turn: one commit instead of three, and durable (an fsync on SQLite)
-        only when it acknowledges new requests; the replies and leases ride along.
+        The dispatcher's turn: one commit instead of three, and durable (an fsync on SQLite,
+        a synchronous commit on PostgreSQL) only when it stores new requests; the replies and
+        leases ride along. On PostgreSQL one round trip (store.pipeline), unless a new
+        request carries an idempotency key (looked up first).
         """
-        insert = self._prepare_insert(new) if new else None
+        ids, rows = self._new_rows(new) if new else ([], [])
         moment = _naive(now) or utcnow()
         packed = [(check_request_id(request_id), encode_frames(reply))
                   for request_id, reply in replies]
         lease_until = moment + timedelta(seconds=lease)
         wanted = [(service, room) for service, room in claims.items() if room > 0]
+        if not rows and not packed and not wanted:
+            return Exchange([], 0, [])
+        if self._hot.postgres and all(r.idempotency_key is None for r in new):
+            turn = pipeline.Turn(rows, packed, wanted, moment, lease_until)
+            return self._pipelined(lambda raw: self._run_turn(raw, ids, turn))
+        insert = self._inserting(new, ids, rows) if rows else None
 
         def work(conn: Connection) -> Exchange:
-            ids = insert(conn) if insert is not None else []
+            stored = insert(conn) if insert is not None else []
             completed = self._hot.complete(conn, packed, moment) if packed else 0
             claimed = [delivery for service, room in wanted
                        for delivery in self._hot.deliveries(conn, [service], room, lease_until,
                                                             moment)]
-            return Exchange(ids, completed, claimed)
+            return Exchange(stored, completed, claimed)
 
-        if insert is None and not packed and not wanted:
-            return Exchange([], 0, [])
         return self._transaction(work, durable=insert is not None)
+
+    def _run_turn(self, raw: psycopg.Connection[Any], ids: list[str],
+                  turn: pipeline.Turn) -> Exchange:
+        try:
+            completed, claimed = pipeline.run_turn(raw, self._hot, turn)
+        except psycopg.Error as exc:
+            # A retried turn whose first try did land: its requests are stored; the rest again.
+            if not (turn.rows and pipeline.is_duplicate(exc)
+                    and pipeline.all_stored(raw, self._hot, ids)):
+                raise
+            completed, claimed = pipeline.run_turn(raw, self._hot, replace(turn, rows=()))
+        return Exchange(ids, completed, claimed)
 
     @staticmethod
     def _existing_keys(conn: Connection, requests: Sequence[NewRequest]) -> dict[str, str]:
@@ -300,16 +349,12 @@ class SqlStore:
         return self.complete_many([(request_id, reply)]) == 1
 
     def complete_many(self, replies: Sequence[tuple[str, Sequence[bytes]]]) -> int:
-        """complete() for a batch in one transaction; returns how many were stored."""
-        if not replies:
-            return 0
-        now = utcnow()
-        packed = [(check_request_id(request_id), encode_frames(reply))
-                  for request_id, reply in replies]
-        # No fsync: a reply lost in a power cut leaves its request dispatched, and the lease
-        # sends it again (at least once); the next durable commit makes this one durable too.
-        return self._transaction(lambda conn: self._hot.complete(conn, packed, now),
-                                 durable=False)
+        """complete() for a batch in one transaction; returns how many were stored.
+
+        No fsync: a reply lost in a power cut leaves its request dispatched, and the lease
+        sends it again (at least once); the next durable commit makes this one durable too.
+        """
+        return self.exchange([], replies, {}, 0.0).completed
 
     def retry_later(self, request_id: str, error: str, *, max_attempts: int, backoff: float,
                     backoff_max: float, now: datetime | None = None) -> RequestStatus | None:
@@ -419,6 +464,8 @@ class SqlStore:
     def get(self, request_id: str) -> StoredRequest | None:
         """The request, or None if unknown."""
         checked = check_request_id(request_id)
+        if self._hot.postgres:
+            return self._pipelined(lambda raw: pipeline.get(raw, self._hot, checked))
         return self._transaction(lambda conn: self._hot.get(conn, checked), write=False)
 
     def next_due_at(self, services: Sequence[str] | None = None) -> datetime | None:

@@ -1,0 +1,106 @@
+"""PostgreSQL: a dispatcher turn's statements in one round trip (psycopg's pipeline mode).
+
+A turn stores new requests, stores replies and claims due requests. Through SQLAlchemy each of
+BEGIN, every statement and COMMIT waits for its own answer from the server: three to eight
+round trips. Here they are queued on the connection and sent together, ending with one Sync,
+at which PostgreSQL commits them as one implicit transaction (the connection is in autocommit
+mode, so no BEGIN or COMMIT is sent). A statement that fails rolls the whole turn back, as
+before. Statements are prepared by psycopg after a few runs, so a turn sends only their
+parameters.
+
+A turn that stores no new request only moves leases and stores replies that their leases
+would resend if lost, so its commit does not wait for the WAL to reach the disk
+(`synchronous_commit` off for that transaction alone). A turn with new requests commits
+durably before their UUIDs are returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from titanic.store.frames import decode_frames
+from titanic.store.hot import DELIVERY_COLUMNS, HotStatements
+from titanic.store.types import Delivery, StoredRequest
+
+#: Only for this transaction (is_local): the commit returns before the WAL is flushed.
+_ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one pipelined turn sends: rows to insert (in COLUMNS order, converted), replies
+    as (request id, packed reply), and claims as (service, how many)."""
+
+    rows: Sequence[tuple[Any, ...]]
+    replies: Sequence[tuple[str, bytes]]
+    claims: Sequence[tuple[str, int]]
+    now: datetime
+    lease_until: datetime
+
+    @property
+    def durable(self) -> bool:
+        """Whether the commit must reach the disk before returning (new requests)."""
+        return bool(self.rows)
+
+
+def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
+             turn: Turn) -> tuple[int, list[Delivery]]:
+    """Run a turn in one round trip and one transaction; how many replies it stored, and the
+    requests it claimed (oldest first). Raises psycopg's errors (rolled back)."""
+    v = hot.values
+    moment = v.time(turn.now)
+    inserts = raw.cursor()
+    completes = raw.cursor()
+    claims: list[psycopg.Cursor[Any]] = []
+    with raw.pipeline():
+        if not turn.durable:
+            raw.cursor().execute(_ASYNC_COMMIT)
+        if turn.rows:
+            inserts.executemany(hot.insert_sql, turn.rows)
+        if turn.replies:
+            completes.executemany(hot.complete_sql, [(reply, moment, v.key(request_id))
+                                                     for request_id, reply in turn.replies])
+        for service, room in turn.claims:
+            sql, params = hot.claim_statement([service], room, turn.lease_until, turn.now,
+                                              DELIVERY_COLUMNS)
+            cursor = raw.cursor()
+            cursor.execute(sql, params)
+            claims.append(cursor)
+    read_key = v.read_key
+    claimed = [Delivery(read_key(row[0]), row[1], decode_frames(row[2]), row[3])
+               for cursor in claims for row in cursor.fetchall()]
+    claimed.sort(key=lambda d: d.id)  # time-ordered UUIDs: oldest first
+    return (completes.rowcount if turn.replies else 0), claimed
+
+
+def get(raw: psycopg.Connection[Any], hot: HotStatements,
+        request_id: str) -> StoredRequest | None:
+    """One request by its checked id: one statement, one round trip (autocommit)."""
+    row = raw.execute(hot.get_sql, (hot.values.key(request_id),)).fetchone()
+    return None if row is None else hot.record(tuple(row))
+
+
+def all_stored(raw: psycopg.Connection[Any], hot: HotStatements,
+               request_ids: Sequence[str]) -> bool:
+    """Whether every one of these requests is stored (a retried commit whose first try did
+    land: its inserts then fail as duplicates)."""
+    keys = [hot.values.key(request_id) for request_id in request_ids]
+    row = raw.execute(f"SELECT count(*) FROM {hot.table} WHERE id = ANY(%s)",
+                      (keys,)).fetchone()
+    return row is not None and row[0] == len(keys)
+
+
+def is_duplicate(exc: BaseException) -> bool:
+    """A unique key violated (a request id or idempotency key already stored)."""
+    return isinstance(exc, pg_errors.UniqueViolation)
+
+
+def is_retryable(exc: psycopg.Error) -> bool:
+    """A lost or refused connection (a server restart), or a serialization failure."""
+    return isinstance(exc, psycopg.OperationalError)
