@@ -136,9 +136,7 @@ class SqlStore:
                 assert raw is not None
                 raw.execute("PRAGMA synchronous=NORMAL")
             setattr(self._local, name, conn)
-            with self._opened_lock:
-                self._opened = [c for c in self._opened if not c.closed]
-                self._opened.append(conn)
+            self._keep(conn)
         return conn
 
     @contextmanager
@@ -150,9 +148,14 @@ class SqlStore:
             proxied = self.engine.raw_connection()
             proxied.driver_connection.autocommit = True  # type: ignore[union-attr]
             self._local.pipelined = proxied
-            with self._opened_lock:
-                self._opened.append(proxied)
+            self._keep(proxied)
         yield proxied.driver_connection  # type: ignore[misc]
+
+    def _keep(self, conn: Connection | PoolProxiedConnection) -> None:
+        """Remember a new connection (to close it with the store); forget closed ones."""
+        with self._opened_lock:
+            self._opened = [c for c in self._opened if not _is_closed(c)]
+            self._opened.append(conn)
 
     def _forget_thread_connections(self) -> None:
         """After an error: this thread starts again on fresh connections."""
@@ -594,6 +597,12 @@ class SqlStore:
             except SQLAlchemyError:
                 pass  # a connection another thread is using, or already dead
         self.engine.dispose()
+
+
+def _is_closed(conn: Connection | PoolProxiedConnection) -> bool:
+    if isinstance(conn, Connection):
+        return conn.closed
+    return conn.dbapi_connection is None  # invalidated or returned to the pool
 
 
 def _first_line(exc: BaseException) -> str:
