@@ -75,11 +75,9 @@ def render_info(view: dict[str, Any]) -> str:
         else:
             lines.append(f"broker      {broker['endpoint']}  titanic {broker['version']}  up "
                          f"{_age(broker['uptime_s'])}  {broker['workers']} worker(s)")
-    answered = view["dispatcher"]
-    serving = view.get("dispatchers_serving")
-    lines.append(f"dispatcher  {answered['host']} pid {answered['pid']}  titanic "
-                 f"{answered['version']}  up {_age(answered['uptime_s'])}"
-                 + (f"  ({serving} serving titanic.manage)" if serving is not None else ""))
+    for answered in view["dispatchers"]:
+        lines.append(f"dispatcher  {answered['host']} pid {answered['pid']}  titanic "
+                     f"{answered['version']}  up {_age(answered['uptime_s'])}")
     lines.append("")
     header = (f"{'SERVICE':24} {'PENDING':>8} {'IN FLIGHT':>9} {'DONE':>8} {'FAILED':>7} "
               f"{'EXPIRED':>7} {'OLDEST':>7} {'WORKERS':>7} {'DONE/S':>7}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -191,8 +192,10 @@ class Dispatcher:
         self._next_survey = 0.0
         self._identity: StoreIdentity | None = None  # read at start-up, served as titanic.store
         self._running = False
-        #: When the dispatcher was made (seconds since the epoch), for its uptime.
+        #: When the dispatcher was made (seconds since the epoch), for its uptime, and an id
+        #: telling it from others on the same host and process.
         self.started = time.time()
+        self.instance = uuid.uuid4().hex[:12]
         #: Told each store exchange's duration and each acknowledgement's latency, in seconds
         #: (titanic.metrics feeds its histograms from them).
         self.observe_store: Callable[[float], None] = _ignore
@@ -283,7 +286,8 @@ class Dispatcher:
 
     def describe(self) -> dict[str, Any]:
         """Which dispatcher this is (version, host, pid, uptime) and its counters."""
-        return {**process_facts(__version__, self.started), "stats": asdict(self.stats)}
+        return {**process_facts(self.instance, __version__, self.started),
+                "stats": asdict(self.stats)}
 
     def health(self) -> tuple[bool, str]:
         """Serving, and why not: running, every TSP service registered with a broker that

@@ -21,6 +21,8 @@ from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER, b
 
 SocketHook = Callable[[zmq.Socket[bytes]], None]
 
+#: Most dispatchers `info` lists (each is asked once for who it is).
+MAX_DISPATCHERS_LISTED = 32
 #: Services of titanic itself, left out of the per-service table (the dispatchers serve them).
 INTERNAL_PREFIX = "titanic."
 STATES = ("pending", "dispatched", "done", "failed", "expired")
@@ -82,7 +84,21 @@ class ManagementClient:
                                       f"answers, but no dispatcher serves "
                                       f"{manage.SERVICE.decode()}")
         view = self.call(manage.Command.INFO, {"window_s": window})
-        return merge_view(facts, view)
+        merged = merge_view(facts, view)
+        merged["dispatchers"] = self.dispatchers(merged["dispatchers_serving"],
+                                                 view.get("dispatcher"))
+        return merged
+
+    def dispatchers(self, serving: int | None,
+                    known: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The dispatchers serving titanic.manage, each asked who it is: the broker hands
+        requests to its least recently used idle worker, so `serving` questions in a row reach
+        each dispatcher once (one that is busy meanwhile may be missed, another counted twice)."""
+        found = {known["instance"]: known} if known else {}
+        for _ in range(min(serving or 0, MAX_DISPATCHERS_LISTED)):
+            described = self.call(manage.Command.DESCRIBE)["dispatcher"]
+            found.setdefault(described["instance"], described)
+        return sorted(found.values(), key=lambda d: (d["host"], d["pid"], d["instance"]))
 
     def failed(self, *, state: str = "failed", service: str | None = None,
                limit: int = 100) -> list[dict[str, Any]]:

@@ -97,10 +97,11 @@ def request_row(request: StoredRequest) -> dict[str, Any]:
             "completed_at": _when(request.completed_at), "last_error": request.last_error}
 
 
-def process_facts(version: str, started: float) -> dict[str, Any]:
-    """Which process answers: version, host, pid and uptime."""
-    return {"version": version, "host": socket.gethostname(), "pid": os.getpid(),
-            "uptime_s": round(time.time() - started, 3)}
+def process_facts(instance: str, version: str, started: float) -> dict[str, Any]:
+    """Which daemon answers: its instance id (one per daemon object), version, host, pid and
+    uptime."""
+    return {"instance": instance, "version": version, "host": socket.gethostname(),
+            "pid": os.getpid(), "uptime_s": round(time.time() - started, 3)}
 
 
 class ManagementService:
@@ -137,6 +138,8 @@ class ManagementService:
     def _run(self, command: Command, arguments: dict[str, Any]) -> dict[str, Any]:
         if command is Command.INFO:
             return self.info(_seconds(arguments, "window_s", RATE_WINDOW_S) or RATE_WINDOW_S)
+        if command is Command.DESCRIBE:
+            return {"dispatcher": self._describe()}
         service = _argument(arguments, "service", str, None) or None
         if command is Command.FAILED:
             limit = _argument(arguments, "limit", int, 100)

@@ -16,7 +16,7 @@ from titanic.dispatcher import Dispatcher, DispatcherSettings
 from titanic.manage_client import ManagementClient
 from titanic.protocol import mmi
 from titanic.settings import BrokerSettings
-from titanic.store import RequestStatus, Store
+from titanic.store import RequestStatus, Store, open_store
 from titanic.tsp_client import TitanicClient
 from titanic.worker import Worker, echo_handler
 
@@ -137,3 +137,18 @@ def test_info_with_two_brokers_lists_both_and_survives_one_gone(sqlite_store: St
         view = client.info()
         assert "error" in view["brokers"][0] and "error" not in view["brokers"][1]
         assert view["services"][0]["workers"] == 1
+
+
+def test_info_lists_every_dispatcher_serving(broker: str, sqlite_url: str) -> None:
+    stores = [open_store(sqlite_url) for _ in range(2)]
+    with ExitStack() as stack:
+        for store in stores:
+            stack.callback(store.close_store)
+            settings = DispatcherSettings(broker=broker, connection=FAST_CONNECTION)
+            dispatcher = stack.enter_context(running(Dispatcher(store, settings)))
+            wait_until(lambda d=dispatcher: d.health()[0],  # type: ignore[misc]
+                       message="dispatcher serving")
+        client = stack.enter_context(ManagementClient(broker))
+        view = client.info()
+    assert view["dispatchers_serving"] == 2
+    assert len({d["instance"] for d in view["dispatchers"]}) == 2

@@ -96,6 +96,12 @@ def test_a_malformed_request_is_refused_with_400_saying_why(
     assert why in text
 
 
+def test_describe_says_which_dispatcher_answers_without_reading_the_store(
+        service: ManagementService) -> None:
+    service.store = None  # type: ignore[assignment]  # describe must not touch it
+    assert ask(service, "describe") == (200, "", {"dispatcher": {"version": "test"}})
+
+
 def test_durations_take_units() -> None:
     assert parse_duration("90") == 90
     assert parse_duration("15m") == 900

@@ -4,6 +4,7 @@ request: command frame, then optionally one frame holding a JSON object of argum
 reply:   status frame (three digits, as TSP), then one frame holding a JSON object
 
     info     {"window_s": 60}                      -> the store's view per service, the dispatcher
+    describe {}                                    -> {"dispatcher": which one answers}
     failed   {"state": "failed", "service": S, "limit": N}    -> {"requests": [...]}
     retry    {"state": "failed", "service": S, "dry_run": b}  -> {"count": n, "dry_run": b}
     retry    {"uuid": U}                                      -> {"count": 0 or 1}
@@ -31,6 +32,7 @@ class Command(enum.StrEnum):
     """What a management request asks for."""
 
     INFO = "info"
+    DESCRIBE = "describe"
     FAILED = "failed"
     RETRY = "retry"
     PURGE = "purge"

@@ -46,13 +46,12 @@ function setCell(row, field, text) {
 
 function showWho(view) {
   const who = document.getElementById("who");
-  const brokers = view.brokers.map((b) => b.version === null || b.version === undefined
-    ? `broker ${b.endpoint} (no mmi.broker)`
+  const brokers = view.brokers.map((b) => b.error ? `broker ${b.endpoint}: not answering`
+    : b.version === null || b.version === undefined ? `broker ${b.endpoint} (no mmi.broker)`
     : `broker ${b.endpoint}: titanic ${b.version}, up ${age(b.uptime_s)}, ${b.workers} worker(s)`);
-  const d = view.dispatcher;
-  const serving = view.dispatchers_serving === null ? "" : ` (${view.dispatchers_serving} serving)`;
-  who.textContent = brokers.join(" · ") +
-    ` · dispatcher ${d.host} pid ${d.pid}: titanic ${d.version}, up ${age(d.uptime_s)}${serving}`;
+  const dispatchers = view.dispatchers.map((d) =>
+    `dispatcher ${d.host} pid ${d.pid}: titanic ${d.version}, up ${age(d.uptime_s)}`);
+  who.textContent = [...brokers, ...dispatchers].join(" · ");
 }
 
 const SERVICE_FIELDS = ["service", ...FIELDS, "oldest_pending_age_s", "workers", "completed_per_s"];
