@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from titanic_support import free_endpoint, running, wait_until
+from titanic_support import free_endpoint, raw_dealer, running, wait_until
 
 from titanic.broker import Broker
 from titanic.client import Client, PipelinedClient
@@ -127,6 +127,24 @@ def test_a_resent_keyed_submit_through_another_broker_is_stored_once(
     assert sum(store.stats().by_status().values()) == 1
     with TitanicClient(brokers, timeout=2.0) as titanic:
         assert titanic.submit("nobody", b"other", key="order-1") == answers[0][1].decode()
+
+
+def test_a_submit_whose_acknowledgement_died_with_its_broker_is_resent_and_stored_once(
+        stack: ExitStack, store: Store) -> None:
+    first_stack = stack.enter_context(ExitStack())
+    brokers = [start_broker(first_stack), start_broker(stack)]
+    stack.enter_context(running(Dispatcher(store, settings(brokers))))
+    body = tsp.build_request(b"nobody", [b"payload"], "order-2")
+    with raw_dealer(brokers[0]) as sock:  # a client that will never read its answer
+        sock.send_multipart([b"", b"MDPC01", tsp.REQUEST_SERVICE, *body])
+        wait_until(lambda: sum(store.stats().by_status().values()) == 1,
+                   message="the request committed")
+        first_stack.close()  # the broker dies between the commit and the client's receipt
+    with TitanicClient(brokers, timeout=1.0, retries=2) as titanic:
+        request_id = titanic.submit("nobody", b"payload", key="order-2")
+        assert titanic.broker == brokers[1]
+    stored = store.list()
+    assert [request.id for request in stored] == [request_id]
 
 
 def test_a_dispatcher_on_another_store_refuses_to_start(stack: ExitStack, store: Store,
