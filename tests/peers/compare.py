@@ -49,6 +49,7 @@ LOADS = ["one producer, submits/s", "one producer, p50 ms", "32 at once, submits
          "end to end, jobs/s", "CPU per end-to-end job, µs", "drain 50,000, fresh, jobs/s",
          "drain 50,000, after ANALYZE, jobs/s"]
 
+CPU_PART = "  of which"
 FLOOR_PARTS = ("broker round trip", "fsync'd commit")
 WAITING_FRESH = " (50,000 waiting, fresh)"
 WAITING_ANALYZED = " (50,000 waiting, after ANALYZE)"
@@ -116,8 +117,10 @@ def measure_running(system: System, options: Options, figures: Figures,
     figures.add(system.name, LOADS[2] + suffix,
                 options.concurrent_jobs / (time.perf_counter() - started))
     wait_until_done(system, options.timeout_s)
-    pids = system.pids()
+    pids, roles = system.pids(), system.roles()
     cpu_before = cpu_of(pids) + time.process_time()
+    by_role = {role: cpu_of(members) for role, members in roles.items()}
+    client_before = time.process_time()
     started = time.perf_counter()
     system.submit_concurrently(options.end_to_end_jobs, options.depth)
     wait_until_done(system, options.timeout_s)
@@ -125,6 +128,12 @@ def measure_running(system: System, options: Options, figures: Figures,
     cpu = cpu_of(pids) + time.process_time() - cpu_before
     figures.add(system.name, LOADS[3] + suffix, options.end_to_end_jobs / elapsed)
     figures.add(system.name, LOADS[4] + suffix, cpu / options.end_to_end_jobs * 1e6)
+    if not suffix:
+        by_role = {role: cpu_of(roles[role]) - before for role, before in by_role.items()}
+        by_role["client (submitting and polling)"] = time.process_time() - client_before
+        for role, seconds in by_role.items():
+            figures.add(system.name, f"{CPU_PART} {role}, µs", seconds / options.end_to_end_jobs
+                        * 1e6)
 
 
 def measure_drain(make: Callable[[], System], analyzed: bool, options: Options,
@@ -175,13 +184,19 @@ def run_round(names: Sequence[str], options: Options, figures: Figures) -> None:
 
 def guarded(figures: Figures, system: str, what: str, action: Callable[[], None]) -> None:
     """Run one measurement; a failure (another program restarting the database server, say)
-    is reported and the run goes on."""
-    try:
-        action()
-    except Exception as exc:  # noqa: BLE001  (reported, not hidden)
-        line = f"{system}, {what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        figures.errors.append(line)
-        print(f"  FAILED {line}", file=sys.stderr, flush=True)
+    is reported, the measurement tried once more, and the run goes on."""
+    for attempt in (1, 2):
+        kept = {key: len(values) for key, values in figures.values.items()}
+        try:
+            action()
+            return
+        except Exception as exc:  # noqa: BLE001  (reported, not hidden)
+            for key, values in figures.values.items():  # a failed try's figures are dropped
+                del values[kept.get(key, 0):]
+            line = (f"{system}, {what} (try {attempt}): {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            figures.errors.append(line)
+            print(f"  FAILED {line}", file=sys.stderr, flush=True)
 
 
 def measure_new(make: Callable[[], System], options: Options, figures: Figures) -> None:
@@ -218,8 +233,9 @@ def table(figures: Figures, names: Sequence[str]) -> str:
     lines = ["| load | " + " | ".join(systems) + " |",
              "|---|" + "---:|" * len(systems)]
     floors = [f"floor: {part}, p50 ms" for part in FLOOR_PARTS]
-    for load in LOADS + floors + [load + suffix for suffix in (WAITING_FRESH, WAITING_ANALYZED)
-                                  for load in LOADS[:5]]:
+    parts = list(dict.fromkeys(load for _, load in figures.values if load.startswith(CPU_PART)))
+    for load in LOADS[:5] + parts + LOADS[5:] + floors + [
+            load + suffix for suffix in (WAITING_FRESH, WAITING_ANALYZED) for load in LOADS[:5]]:
         cells = []
         for system in systems:
             values = figures.values.get((system, load))

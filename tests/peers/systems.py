@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +70,7 @@ def fresh_database(prefix: str) -> Iterator[str]:
     try:
         yield f"{PG_SERVER}/{name}"
     finally:
+        forget_poller(f"{PG_SERVER}/{name}")
         _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -88,11 +88,30 @@ def _admin(sql: str, tries: int = 30) -> None:
             time.sleep(1.0)
 
 
+#: One connection per database for counting what is left, kept open: connecting anew for
+#: every poll would cost more CPU (here and in a new server process) than what is measured.
+_pollers: dict[str, psycopg.Connection[Any]] = {}
+
+
+def _poller(dsn: str) -> psycopg.Connection[Any]:
+    conn = _pollers.get(dsn)
+    if conn is None or conn.closed:
+        conn = _pollers[dsn] = psycopg.connect(dsn, autocommit=True)
+    return conn
+
+
+def forget_poller(dsn: str) -> None:
+    conn = _pollers.pop(dsn, None)
+    if conn is not None:
+        conn.close()
+
+
 def postgres_pids(dsn: str) -> list[int]:
-    """The server processes working for this database now, and the WAL writer."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                            " OR backend_type = 'walwriter'").fetchall()
+    """The server processes working for this database now (not the poller's), and the WAL
+    writer."""
+    conn = _poller(dsn)
+    rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE (datname = current_database()"
+                        " AND pid <> pg_backend_pid()) OR backend_type = 'walwriter'").fetchall()
     return [int(pid) for (pid,) in rows]
 
 
@@ -100,10 +119,10 @@ def count(dsn: str, sql: str) -> int:
     """One count, waiting out a server restart."""
     for attempt in range(30):
         try:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                row = conn.execute(sql).fetchone()
+            row = _poller(dsn).execute(sql).fetchone()
             return int(row[0]) if row else 0
         except psycopg.OperationalError:
+            forget_poller(dsn)
             if attempt == 29:
                 raise
             time.sleep(1.0)
@@ -160,6 +179,10 @@ class System:
         """What one acknowledgement cannot go below, measured now (p50, ms); {} if not known."""
         return {}
 
+    def roles(self) -> dict[str, list[int]]:
+        """The processes of pids() by what they do, where it is worth telling apart."""
+        return {}
+
 
 def _shares(jobs: int, depth: int) -> list[int]:
     """`jobs` split among `depth` submitters."""
@@ -206,6 +229,7 @@ class Titanic(System):
         self._processes: list[subprocess.Popen[bytes]] = []
         self._workers: list[subprocess.Popen[bytes]] = []
         self._client: Client | None = None
+        self._sqlite: sqlite3.Connection | None = None
 
     def start(self) -> None:
         if self.database == "sqlite":
@@ -236,6 +260,9 @@ class Titanic(System):
     def stop(self) -> None:
         self.stop_workers()
         stop_all(self._processes)
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
         self._stack.close()
 
     def submit_one(self) -> None:
@@ -264,12 +291,21 @@ class Titanic(System):
                " AND status IN ('pending', 'dispatched')")
         if self.dsn:
             return count(self.dsn, sql)
-        with closing(sqlite3.connect(self.url.removeprefix("sqlite:///"))) as conn:
-            return int(conn.execute(sql).fetchone()[0])
+        if self._sqlite is None:
+            self._sqlite = sqlite3.connect(self.url.removeprefix("sqlite:///"))
+        return int(self._sqlite.execute(sql).fetchone()[0])
 
     def pids(self) -> list[int]:
         pids = [p.pid for p in self._processes + self._workers]
         return pids + (postgres_pids(self.dsn) if self.dsn else [])
+
+    def roles(self) -> dict[str, list[int]]:
+        found = {"broker": [self._processes[0].pid],
+                 "workers": [p.pid for p in self._workers[:WORKERS]],
+                 "dispatcher": [self._workers[WORKERS].pid]}
+        if self.dsn:
+            found["PostgreSQL"] = postgres_pids(self.dsn)
+        return found
 
     def floor(self, samples: int) -> dict[str, float]:
         """SQLite: one round trip through the broker to an echo worker, and one fsync'd commit
@@ -542,7 +578,7 @@ class Celery(System):
     def __init__(self) -> None:
         self._workers: list[subprocess.Popen[bytes]] = []
         self._started_rabbit = False
-        self._local = threading.local()
+        self._poll: Any = None
 
     def start(self) -> None:
         self._started_rabbit = ensure_rabbitmq()
@@ -568,6 +604,9 @@ class Celery(System):
 
     def stop(self) -> None:
         self.stop_workers()
+        if self._poll is not None:
+            self._poll.release()
+            self._poll = None
         with self.app.connection_for_write() as conn:
             conn.default_channel.queue_delete(self.queue_name)
         if self._started_rabbit:
@@ -590,8 +629,9 @@ class Celery(System):
                 task.apply_async((PAYLOAD.decode(),), producer=producer)
 
     def remaining(self) -> int:
-        with self.app.connection_for_write() as conn:
-            declared = conn.default_channel.queue_declare(self.queue_name, passive=True)
+        if self._poll is None:
+            self._poll = self.app.connection_for_write()
+        declared = self._poll.default_channel.queue_declare(self.queue_name, passive=True)
         return int(declared.message_count)
 
     def pids(self) -> list[int]:
