@@ -1,4 +1,7 @@
-"""Worker credit: a quick worker is given several requests at once, a slow one one at a time.
+"""Worker credit through real sockets: a slow worker is given one request at a time.
+
+How credit grows for a quick worker is unit-tested on the core (tests/unit/test_broker_core.py),
+where the clock is ours; here a timing margin would make it flaky on a loaded machine.
 
 The worker here is a bare DEALER speaking 7/MDP by hand, so the test sees exactly when the broker
 hands it each request.
@@ -63,34 +66,4 @@ def test_slow_worker_is_given_one_request_at_a_time(endpoint: str) -> None:
         while len(done) < 4:
             done += clients.poll(5)
         assert sorted(c.tag for c in done) == [0, 1, 2, 3]
-        assert all(c.error is None for c in done)
-
-
-def test_quick_worker_is_given_several_requests_at_once(endpoint: str) -> None:
-    with raw_dealer(endpoint) as worker, PipelinedClient(endpoint, depth=8, timeout=10,
-                                                         retries=0) as clients:
-        _register(worker, b"quick")
-        # Twenty requests answered at once show the worker to be quick...
-        for n in range(20):
-            clients.send("quick", [b"warm-up"], n)
-            _reply(worker, _next_request(worker))
-            assert clients.poll(5)[0].error is None
-        # ...so of eight sent together, several reach it before it answers the first (how
-        # many depends on how quick it looked: at most the broker's prefetch of 8).
-        for n in range(8):
-            clients.send("quick", [str(n).encode()], n)
-        held = [_next_request(worker)]
-        while len(held) < 8 and not nothing_within(worker, 0.2):
-            held.append(_next_request(worker))
-        assert 2 <= len(held) <= 8
-        assert [r[5] for r in held] == [str(n).encode() for n in range(len(held))]
-        for request in held:
-            _reply(worker, request)
-        while len(held) < 8:
-            request = _next_request(worker)
-            held.append(request)
-            _reply(worker, request)
-        done = []
-        while len(done) < 8:
-            done += clients.poll(5)
         assert all(c.error is None for c in done)

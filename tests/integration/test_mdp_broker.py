@@ -101,29 +101,6 @@ def test_request_queued_before_a_worker_arrives_is_served(stack: ExitStack) -> N
     assert answers == [[b"served", b"hello"]]
 
 
-def test_queued_requests_expire_and_are_counted(stack: ExitStack) -> None:
-    settings = BrokerSettings(heartbeat_interval=0.05, request_ttl=0.2)
-    broker, endpoint = start_broker(stack, settings)
-    with pytest.raises(TitanicTimeoutError):
-        client(stack, endpoint, timeout=0.1, retries=0).request("nobody", b"x")
-    wait_until(lambda: broker.stats.expired_requests == 1, message="request expired")
-    start_worker(stack, endpoint, "nobody", lambda f: f)
-    time.sleep(0.2)  # give a wrongly kept request the chance to be (wrongly) dispatched
-    assert broker.stats.replies == 0
-
-
-def test_queue_bound_answers_503_and_counts(stack: ExitStack) -> None:
-    broker, endpoint = start_broker(stack, BrokerSettings(heartbeat_interval=0.1, queue_limit=3))
-    full = b"503 the broker's queue for this service is full (limit 3): retry later"
-    with PipelinedClient(endpoint, depth=5, timeout=0.5, retries=0) as many:
-        results = list(many.run([("nobody", [b"%d" % n]) for n in range(5)]))
-    answered = [r.reply for r in results if r.error is None]
-    assert answered == [[full], [full]]  # the two beyond the bound, answered at once
-    assert sum(isinstance(r.error, TitanicTimeoutError) for r in results) == 3  # still queued
-    assert broker.stats.rejected_requests == 2
-    assert broker.stats.queued == 3
-
-
 def test_total_queue_bound_answers_503(stack: ExitStack) -> None:
     settings = BrokerSettings(heartbeat_interval=0.1, total_queue_limit=1)
     broker, endpoint = start_broker(stack, settings)
@@ -159,23 +136,6 @@ def test_silent_worker_is_expired_and_mmi_says_404(stack: ExitStack) -> None:
         wait_until(lambda: broker.stats.workers_expired == 1, timeout=5,
                    message="silent worker expired")
         assert asker.request("mmi.service", b"mute") == [b"404"]
-
-
-@pytest.mark.parametrize(("first", "then"), [
-    (None, [b"", b"MDPW01", b"\x03", b"client", b"", b"reply"]),           # REPLY before READY
-    ([b"", b"MDPW01", b"\x01", b"svc"], [b"", b"MDPW01", b"\x01", b"svc"]),  # second READY
-    (None, [b"", b"MDPW01", b"\x01", b"mmi.service"]),                      # READY for mmi.*
-    ([b"", b"MDPW01", b"\x01", b"svc"], [b"", b"MDPW01", b"\x03", b"who", b"", b"x"]),  # stray
-])
-def test_protocol_violations_get_disconnect(stack: ExitStack, first: list[bytes] | None,
-                                            then: list[bytes]) -> None:
-    broker, endpoint = start_broker(stack, BrokerSettings(heartbeat_interval=5))
-    with raw_dealer(endpoint) as peer:
-        if first is not None:
-            peer.send_multipart(first)
-        peer.send_multipart(then)
-        assert recv_within(peer) == [b"", b"MDPW01", b"\x05"]
-    assert broker.stats.workers_disconnected == 1
 
 
 def test_eighteen_mdp_violation_gets_disconnect_in_its_dialect(stack: ExitStack) -> None:
