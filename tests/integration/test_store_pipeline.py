@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from titanic.store import NewRequest, RequestStatus, SqlStore, open_store
 from titanic.store import pipeline as store_pipeline
-from titanic.store.sql import utcnow
+from titanic.store.sql import NewBatch, utcnow
 
 pytestmark = pytest.mark.postgres
 
@@ -110,11 +110,25 @@ def test_a_failing_statement_rolls_the_whole_turn_back(store: SqlStore) -> None:
 def test_a_turn_retried_after_its_commit_landed_stores_nothing_twice(store: SqlStore) -> None:
     first = store.submit("svc", BODY)
     store.claim_due(None, 1, 60)
-    ids, rows = store._new_rows([NewRequest("svc", BODY)] * 3)
-    turn = store_pipeline.Turn(rows, [], [], utcnow(), utcnow())
+    new = [NewRequest("svc", BODY)] * 2 + [NewRequest("svc", BODY, idempotency_key="k")]
+    ids, rows = store._new_rows(new)
+    batch = NewBatch.of(new, ids, rows)
+    turn = store_pipeline.Turn(batch.rows, [], [], utcnow(), utcnow(), keyed=True)
     with store._pipelined_connection() as raw:
-        assert store._run_turn(raw, ids, turn).ids == ids
-        again = store_pipeline.Turn(rows, [(first, b"\x00\x00\x00\x00")], [], utcnow(), utcnow())
-        result = store._run_turn(raw, ids, again)  # as if the answer to the first was lost
+        assert store._run_turn(raw, batch, turn).ids == ids
+        again = replace(turn, replies=[(first, b"\x00\x00\x00\x00")])
+        result = store._run_turn(raw, batch, again)  # as if the answer to the first was lost
     assert result.ids == ids and result.completed == 1
     assert store.stats().counts[("svc", RequestStatus.PENDING)] == 3
+
+
+def test_a_keyed_turn_is_one_round_trip_unless_the_key_is_stored(store: SqlStore,
+                                                                  tmp_path: Path) -> None:
+    store.submit("svc", BODY)  # the connection is open before tracing
+    keyed = [NewRequest("svc", BODY, idempotency_key="order-9")]
+    with traced(store, tmp_path) as trace:
+        request_id = store.exchange(keyed, [], {}, 60).ids[0]
+    assert trace.round_trips == 1
+    with traced(store, tmp_path) as trace:
+        assert store.exchange(keyed, [], {}, 60).ids == [request_id]
+    assert trace.round_trips == 2  # the insert skipped the key: its UUID is read

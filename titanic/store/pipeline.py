@@ -42,6 +42,8 @@ class Turn:
     claims: Sequence[tuple[str, int]]
     now: datetime
     lease_until: datetime
+    #: Whether rows carry idempotency keys: a key stored already is then skipped, not an error.
+    keyed: bool = False
 
     @property
     def durable(self) -> bool:
@@ -50,9 +52,10 @@ class Turn:
 
 
 def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
-             turn: Turn) -> tuple[int, list[Delivery]]:
-    """Run a turn in one round trip and one transaction; how many replies it stored, and the
-    requests it claimed (oldest first). Raises psycopg's errors (rolled back)."""
+             turn: Turn) -> tuple[int, int, list[Delivery]]:
+    """Run a turn in one round trip and one transaction; how many rows it inserted, how many
+    replies it stored, and the requests it claimed (oldest first). Raises psycopg's errors
+    (rolled back)."""
     v = hot.values
     moment = v.time(turn.now)
     inserts = raw.cursor()
@@ -62,7 +65,8 @@ def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
         if not turn.durable:
             raw.cursor().execute(_ASYNC_COMMIT)
         if turn.rows:
-            inserts.executemany(hot.insert_sql, turn.rows)
+            inserts.executemany(hot.insert_keyed_sql if turn.keyed else hot.insert_sql,
+                                turn.rows)
         if turn.replies:
             completes.executemany(hot.complete_sql, [(reply, moment, v.key(request_id))
                                                      for request_id, reply in turn.replies])
@@ -76,7 +80,8 @@ def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
     claimed = [Delivery(read_key(row[0]), row[1], decode_frames(row[2]), row[3])
                for cursor in claims for row in cursor.fetchall()]
     claimed.sort(key=lambda d: d.id)  # time-ordered UUIDs: oldest first
-    return (completes.rowcount if turn.replies else 0), claimed
+    return ((inserts.rowcount if turn.rows else 0), (completes.rowcount if turn.replies else 0),
+            claimed)
 
 
 def get(raw: psycopg.Connection[Any], hot: HotStatements,
@@ -94,6 +99,14 @@ def all_stored(raw: psycopg.Connection[Any], hot: HotStatements,
     row = raw.execute(f"SELECT count(*) FROM {hot.table} WHERE id = ANY(%s)",
                       (keys,)).fetchone()
     return row is not None and row[0] == len(keys)
+
+
+def stored_keys(raw: psycopg.Connection[Any], hot: HotStatements,
+                keys: Sequence[str]) -> dict[str, str]:
+    """The UUIDs stored under these idempotency keys."""
+    rows = raw.execute(f"SELECT idempotency_key, id FROM {hot.table} "
+                       "WHERE idempotency_key = ANY(%s)", (list(keys),)).fetchall()
+    return {key: hot.values.read_key(row_id) for key, row_id in rows}
 
 
 def is_duplicate(exc: BaseException) -> bool:

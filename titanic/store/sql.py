@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -258,31 +258,19 @@ class SqlStore:
                    rows: list[tuple[Any, ...]]) -> Callable[[Connection], list[str]]:
         """A function inserting these rows inside a transaction and returning their UUIDs (an
         existing one for a known idempotency key)."""
+        batch = NewBatch.of(requests, ids, rows)
 
         def insert(conn: Connection) -> list[str]:
-            # A key repeated within the batch is stored once; a key stored already (a resent
-            # submit) is skipped by the insert, and only then are the stored ids read.
-            fresh: list[tuple[Any, ...]] = []
-            fresh_ids: list[str] = []
-            first: dict[str, str] = {}
-            for request_id, row, r in zip(ids, rows, requests, strict=True):
-                if r.idempotency_key is not None:
-                    if r.idempotency_key in first:
-                        continue
-                    first[r.idempotency_key] = request_id
-                fresh.append(row)
-                fresh_ids.append(request_id)
-            inserted = len(fresh)
-            if fresh:
+            inserted = len(batch.rows)
+            if batch.rows:
                 try:
-                    inserted = self._hot.insert(conn, fresh, keyed=bool(first))
+                    inserted = self._hot.insert(conn, batch.rows, keyed=batch.keyed)
                 except IntegrityError:
-                    if not self._all_stored(conn, fresh_ids):
+                    if not self._all_stored(conn, batch.row_ids):
                         raise
-            if first and inserted != len(fresh):
-                first.update(self._existing_keys(conn, requests))
-            return [first[r.idempotency_key] if r.idempotency_key is not None else
-                    request_id for request_id, r in zip(ids, requests, strict=True)]
+            found = (self._existing_keys(conn, requests)
+                     if batch.keyed and inserted != len(batch.rows) else {})
+            return batch.answer(found)
 
         return insert
 
@@ -293,8 +281,8 @@ class SqlStore:
 
         The dispatcher's turn: one commit instead of three, and durable (an fsync on SQLite,
         a synchronous commit on PostgreSQL) only when it stores new requests; the replies and
-        leases ride along. On PostgreSQL one round trip (store.pipeline), unless a new
-        request carries an idempotency key (looked up first).
+        leases ride along. On PostgreSQL one round trip (store.pipeline), and a second only
+        when a new request's idempotency key was stored already (to read its UUID).
         """
         ids, rows = self._new_rows(new) if new else ([], [])
         moment = _naive(now) or utcnow()
@@ -304,9 +292,11 @@ class SqlStore:
         wanted = [(service, room) for service, room in claims.items() if room > 0]
         if not rows and not packed and not wanted:
             return Exchange([], 0, [])
-        if self._hot.postgres and all(r.idempotency_key is None for r in new):
-            turn = pipeline.Turn(rows, packed, wanted, moment, lease_until)
-            return self._pipelined(lambda raw: self._run_turn(raw, ids, turn))
+        if self._hot.postgres:
+            batch = NewBatch.of(new, ids, rows)
+            turn = pipeline.Turn(batch.rows, packed, wanted, moment, lease_until,
+                                 keyed=batch.keyed)
+            return self._pipelined(lambda raw: self._run_turn(raw, batch, turn))
         insert = self._inserting(new, ids, rows) if rows else None
 
         def work(conn: Connection) -> Exchange:
@@ -319,17 +309,22 @@ class SqlStore:
 
         return self._transaction(work, durable=insert is not None)
 
-    def _run_turn(self, raw: psycopg.Connection[Any], ids: list[str],
+    def _run_turn(self, raw: psycopg.Connection[Any], batch: NewBatch,
                   turn: pipeline.Turn) -> Exchange:
         try:
-            completed, claimed = pipeline.run_turn(raw, self._hot, turn)
+            inserted, completed, claimed = pipeline.run_turn(raw, self._hot, turn)
         except psycopg.Error as exc:
             # A retried turn whose first try did land: its requests are stored; the rest again.
             if not (turn.rows and pipeline.is_duplicate(exc)
-                    and pipeline.all_stored(raw, self._hot, ids)):
+                    and pipeline.all_stored(raw, self._hot, batch.row_ids)):
                 raise
-            completed, claimed = pipeline.run_turn(raw, self._hot, replace(turn, rows=()))
-        return Exchange(ids, completed, claimed)
+            inserted, completed, claimed = pipeline.run_turn(raw, self._hot,
+                                                             replace(turn, rows=()))
+            inserted = len(batch.rows)
+        # A key stored already (a resent submit) was skipped: one more round trip for its id.
+        found = (pipeline.stored_keys(raw, self._hot, batch.keys)
+                 if batch.keyed and inserted != len(batch.rows) else {})
+        return Exchange(batch.answer(found), completed, claimed)
 
     @staticmethod
     def _existing_keys(conn: Connection, requests: Sequence[NewRequest]) -> dict[str, str]:
@@ -603,6 +598,47 @@ def _is_closed(conn: Connection | PoolProxiedConnection) -> bool:
     if isinstance(conn, Connection):
         return conn.closed
     return conn.dbapi_connection is None  # invalidated or returned to the pool
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    """New requests as inserted: a key repeated within the batch is stored once."""
+
+    requests: Sequence[NewRequest]
+    ids: Sequence[str]  # a new UUID for each request
+    rows: list[tuple[Any, ...]]  # the rows to insert
+    row_ids: list[str]  # the UUIDs of `rows`
+    first: dict[str, str]  # each key's UUID in this batch
+
+    @classmethod
+    def of(cls, requests: Sequence[NewRequest], ids: Sequence[str],
+           rows: Sequence[tuple[Any, ...]]) -> NewBatch:
+        """The rows to insert for these requests, given their new UUIDs and rows."""
+        batch = cls(requests, ids, [], [], {})
+        for request_id, row, r in zip(ids, rows, requests, strict=True):
+            if r.idempotency_key is not None:
+                if r.idempotency_key in batch.first:
+                    continue
+                batch.first[r.idempotency_key] = request_id
+            batch.rows.append(row)
+            batch.row_ids.append(request_id)
+        return batch
+
+    @property
+    def keyed(self) -> bool:
+        """Whether any request carries a key (the insert then skips keys stored already)."""
+        return bool(self.first)
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys in this batch."""
+        return list(self.first)
+
+    def answer(self, found: Mapping[str, str]) -> list[str]:
+        """Each request's UUID: the stored one for a key `found` stored, else this batch's."""
+        return [request_id if r.idempotency_key is None else
+                found.get(r.idempotency_key, self.first[r.idempotency_key])
+                for request_id, r in zip(self.ids, self.requests, strict=True)]
 
 
 def _first_line(exc: BaseException) -> str:
