@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from titanic._zmq import stop_on_signals
@@ -21,6 +23,7 @@ from titanic_cli.options import (
     log_options,
     metrics_option,
     split_brokers,
+    store_key_option,
 )
 
 _DEFAULTS = DispatcherSettings()
@@ -71,6 +74,7 @@ _DEFAULTS = DispatcherSettings()
               show_default=True, envvar="TITANIC_MAX_REQUEST_SIZE",
               help="Largest request body stored, in bytes; a larger one is answered "
               "'400 bad request' (keep it below the broker's --max-message-size).")
+@store_key_option
 @click.option("--max-stored-per-key", type=click.IntRange(min=0), default=0, show_default=True,
               envvar="TITANIC_MAX_STORED_PER_KEY",
               help="With CURVE: unfinished requests one client key may have stored; beyond, "
@@ -86,8 +90,8 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
                max_attempts: int, backoff: float, backoff_max: float, max_in_flight: int,
                max_in_flight_per_service: int, pending_ttl: float, reply_ttl: float,
                heartbeat: float, sqlite_synchronous: str, max_request_size: int,
-               max_stored_per_key: int, curve: CurveOptions, metrics_bind: str | None,
-               logs: LogOptions, verbose: int) -> None:
+               store_key: Path | None, max_stored_per_key: int, curve: CurveOptions,
+               metrics_bind: str | None, logs: LogOptions, verbose: int) -> None:
     """Serve titanic.request/reply/close and forward stored requests to their workers.
 
     Brings a fresh database to the current schema first; refuses a newer one (exit 7).
@@ -110,7 +114,7 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
         identities=hook is not None, max_stored_per_key=max_stored_per_key,
     )
     store = open_store(db_url, sqlite_synchronous=sqlite_synchronous,
-                       max_request_bytes=max_request_size)
+                       max_request_bytes=max_request_size, store_key=store_key)
     metrics = None
     try:
         server = Dispatcher(store, settings, configure_socket=hook)

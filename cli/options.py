@@ -18,6 +18,7 @@ from titanic.errors import (
     CurveKeyError,
     HandshakeRefusedError,
     StoreError,
+    StoreKeyError,
     TitanicError,
     TitanicTimeoutError,
 )
@@ -178,7 +179,7 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except UsageProblem as exc:
             fail(str(exc), Exit.USAGE)
-        except CurveKeyError as exc:
+        except (CurveKeyError, StoreKeyError) as exc:
             fail(str(exc), Exit.KEY)
         except HandshakeRefusedError as exc:
             fail(str(exc), Exit.REFUSED)
@@ -206,6 +207,16 @@ def db_option(func: F) -> F:
         help="Database URL, e.g. sqlite:////path/titanic.db or "
         "postgresql+psycopg://user@host/db [env TITANIC_DATABASE_URL; "
         "default: $XDG_DATA_HOME/titanic/titanic.db].",
+    )(func)
+
+
+def store_key_option(func: F) -> F:
+    """--store-key FILE (TITANIC_STORE_KEY): request and reply bodies encrypted at rest."""
+    return click.option(
+        "--store-key", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+        envvar="TITANIC_STORE_KEY", default=None,
+        help="Key file sealing request and reply bodies in the database (AES-256-GCM; make one "
+        "with 'titanic db keygen') [env TITANIC_STORE_KEY].",
     )(func)
 
 

@@ -28,6 +28,7 @@ from titanic_cli.options import (
     db_option,
     fail,
     handle_errors,
+    store_key_option,
 )
 
 _STATE_EXIT = {
@@ -191,6 +192,7 @@ def _as_dict(request: StoredRequest) -> dict[str, Any]:
         "completed_at": when(request.completed_at),
         "deadline": when(request.deadline),
         "last_error": request.last_error,
+        "owner": request.owner,
         "request_frames": len(request.request),
         "reply_frames": None if request.reply is None else len(request.reply),
     }
@@ -198,10 +200,11 @@ def _as_dict(request: StoredRequest) -> dict[str, Any]:
 
 @click.command()
 @db_option
+@store_key_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.argument("request_id", metavar="UUID")
 @handle_errors
-def status(db_url: str | None, as_json: bool, request_id: str) -> None:
+def status(db_url: str | None, store_key: Path | None, as_json: bool, request_id: str) -> None:
     """Show request UUID's state, attempts, times and last error (reads the database).
 
     Exit status 4 if the request is unknown.
@@ -211,7 +214,7 @@ def status(db_url: str | None, as_json: bool, request_id: str) -> None:
       titanic status 0190c6f2a1b47c3e9d2f00112233aabb
     """
     request_id = _check_uuid(request_id)
-    store = open_store(db_url)
+    store = open_store(db_url, store_key=store_key)
     try:
         found = store.get(request_id)
     finally:
@@ -230,6 +233,7 @@ def status(db_url: str | None, as_json: bool, request_id: str) -> None:
 
 @click.command("list")
 @db_option
+@store_key_option
 @click.option("--service", help="Only this service.")
 @click.option("--state", type=click.Choice([s.value for s in RequestStatus]),
               help="Only requests in this state.")
@@ -237,15 +241,15 @@ def status(db_url: str | None, as_json: bool, request_id: str) -> None:
 @click.option("--after", metavar="UUID", help="Page on: requests after this UUID.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, one object per request.")
 @handle_errors
-def list_requests(db_url: str | None, service: str | None, state: str | None, limit: int,
-                  after: str | None, as_json: bool) -> None:
+def list_requests(db_url: str | None, store_key: Path | None, service: str | None,
+                  state: str | None, limit: int, after: str | None, as_json: bool) -> None:
     """List stored requests, oldest first (reads the database).
 
     \b
     Example:
       titanic list --state failed --service echo
     """
-    store = open_store(db_url)
+    store = open_store(db_url, store_key=store_key)
     try:
         found = store.list(service=service, status=RequestStatus(state) if state else None,
                            limit=limit, after=_check_uuid(after) if after else None)
@@ -271,10 +275,11 @@ def list_requests(db_url: str | None, service: str | None, state: str | None, li
 @click.option("--service", default=None, help="With --state: only this service.")
 @click.option("--dry-run", is_flag=True, help="With --state: count, change nothing.")
 @click.argument("request_id", metavar="[UUID]", required=False)
+@store_key_option
 @handle_errors
 def retry(db_url: str | None, broker: tuple[str, ...], timeout: float, retries: int,
           curve: CurveOptions, state: str | None, service: str | None, dry_run: bool,
-          request_id: str | None) -> None:
+          request_id: str | None, store_key: Path | None) -> None:
     """Send a failed or expired request again, attempts counted afresh.
 
     With UUID it changes that request in the database (--db); exit status 4 if the request
@@ -298,7 +303,7 @@ def retry(db_url: str | None, broker: tuple[str, ...], timeout: float, retries: 
         raise UsageProblem("--service and --dry-run go with --state")
     assert request_id is not None
     request_id = _check_uuid(request_id)
-    store = open_store(db_url)
+    store = open_store(db_url, store_key=store_key)
     try:
         if store.requeue(request_id):
             click.echo(f"request {request_id} is pending again")

@@ -50,5 +50,9 @@ class CurveKeyError(TitanicError):
     """A CURVE key file is missing or malformed."""
 
 
+class StoreKeyError(TitanicError):
+    """A store key file (encryption at rest) is missing or malformed."""
+
+
 class HandshakeRefusedError(TitanicError):
     """The broker refused the security handshake: the key, the server key or the mechanism."""

@@ -103,7 +103,7 @@ def load_keypair(secret_file: str | Path) -> KeyPair:
     _check_z85(secret_file, "secret", secret)
     if zmq.curve_public(secret) != public:
         raise CurveKeyError(f"{secret_file}: the public key does not match the secret key")
-    _warn_if_readable_by_others(Path(secret_file))
+    warn_if_readable_by_others(Path(secret_file), "secret key file")
     return KeyPair(public, secret)
 
 
@@ -136,14 +136,15 @@ def _check_z85(path: str | Path, which: str, key: bytes) -> None:
         raise CurveKeyError(f"{path}: the {which} key is not a 40-character Z85 CURVE key")
 
 
-def _warn_if_readable_by_others(path: Path) -> None:
+def warn_if_readable_by_others(path: Path, what: str) -> None:
+    """Log a warning if a file holding secrets may be read by others than its owner."""
     try:
         mode = path.stat().st_mode
     except OSError:
         return
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("secret key file %s is readable by others (mode %o): chmod 600 it",
-                    path, stat.S_IMODE(mode))
+        log.warning("%s %s is readable by others (mode %o): chmod 600 it",
+                    what, path, stat.S_IMODE(mode))
 
 
 # -- the client side ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Store benchmark: submits, batched submits and claim+complete per second, empty and preloaded.
 
     python -m titanic.bench.store [--rows 1000000] [--postgres URL] [--skip-postgres]
+                                  [--store-key FILE]
 
 Each database is measured empty, then again after a bulk preload of --rows requests (90% done,
 10% pending for another service, as a store with history and a backlog looks). Figures:
@@ -8,6 +9,8 @@ Each database is measured empty, then again after a bulk preload of --rows reque
 - submit, 100 per commit: `submit_many()` of 100 (what the dispatcher's group commit does);
 - claim+complete: `claim_due(limit=100)` then `complete_many()` of the 100, the dispatcher's pattern
   under load; per request.
+With --store-key every figure is measured twice, bodies plain and sealed with the key (AES-GCM,
+titanic.store.crypto), one after the other on the same database: the cost of encryption at rest.
 """
 
 from __future__ import annotations
@@ -92,20 +95,28 @@ def preload(url: str, rows: int) -> float:
 
 
 def run_database(name: str, url: str, rows: int, single: int, batched: int,
-                 synchronous: str = "FULL") -> list[tuple[str, str, float]]:
-    """Measure one database empty and preloaded; rows of (database, figure, rate)."""
+                 synchronous: str = "FULL",
+                 store_key: str | None = None) -> list[tuple[str, str, float]]:
+    """Measure one database empty and preloaded (with a store key: plain, then sealed); rows
+    of (database, figure, rate)."""
     results = []
-    store = open_store(url, sqlite_synchronous=synchronous)
+    stores = [("", open_store(url, sqlite_synchronous=synchronous))]
+    if store_key is not None:
+        stores.append((", sealed", open_store(url, sqlite_synchronous=synchronous,
+                                              store_key=store_key)))
     try:
-        for figure, rate in measure(store, single, batched).items():
-            results.append((f"{name}, empty", figure, rate))
+        for suffix, store in stores:
+            for figure, rate in measure(store, single, batched).items():
+                results.append((f"{name}, empty", figure + suffix, rate))
         print(f"{name}: preloading {rows:,} rows...", file=sys.stderr, flush=True)
         seconds = preload(url, rows)
         print(f"{name}: preloaded in {seconds:.0f} s", file=sys.stderr, flush=True)
-        for figure, rate in measure(store, single, batched).items():
-            results.append((f"{name}, {rows:,} rows", figure, rate))
+        for suffix, store in stores:
+            for figure, rate in measure(store, single, batched).items():
+                results.append((f"{name}, {rows:,} rows", figure + suffix, rate))
     finally:
-        store.close_store()
+        for _, store in stores:
+            store.close_store()
     return results
 
 
@@ -132,22 +143,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
                         help="server URL; a throw-away database is made on it")
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--store-key", metavar="FILE", default=None,
+                        help="also measure with bodies sealed by this store key file")
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for mode in ("FULL", "NORMAL"):
             url = f"sqlite:///{Path(folder) / f'bench-{mode}.db'}"
             results += run_database(f"SQLite {mode}", url, args.rows, args.single, args.batched,
-                                    synchronous=mode)
+                                    synchronous=mode, store_key=args.store_key)
     if not args.skip_postgres:
         url, drop = _fresh_postgres(args.postgres)
         try:
-            results += run_database("PostgreSQL", url, args.rows, args.single, args.batched)
+            results += run_database("PostgreSQL", url, args.rows, args.single, args.batched,
+                                    store_key=args.store_key)
         finally:
             drop()
-    print(f"{'database':32} {'figure':32} {'per second':>12}")
+    print(f"{'database':32} {'figure':40} {'per second':>12}")
     for database, figure, rate in results:
-        print(f"{database:32} {figure:32} {rate:12,.0f}")
+        print(f"{database:32} {figure:40} {rate:12,.0f}")
     return 0
 
 

@@ -6,6 +6,8 @@ titanic.testing.MemoryStore behaves the same in memory.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from titanic.settings import MAX_REQUEST_BYTES, default_database_url
 from titanic.store.types import (
     FINISHED,
@@ -26,16 +28,20 @@ from titanic.store.types import (
 
 
 def open_store(url: str | None = None, *, sqlite_synchronous: str = "FULL",
-               max_request_bytes: int = MAX_REQUEST_BYTES, migrate: bool = True) -> SqlStore:
+               max_request_bytes: int = MAX_REQUEST_BYTES, migrate: bool = True,
+               store_key: str | Path | None = None) -> SqlStore:
     """A SqlStore for `url` (default: TITANIC_DATABASE_URL, else the per-user SQLite file).
 
     With `migrate`, a fresh or older database is brought to the current schema first, and a
-    database from a newer titanic is refused with SchemaError.
+    database from a newer titanic is refused with SchemaError. With `store_key` (a key file,
+    see titanic.store.crypto) request and reply bodies are encrypted at rest.
     """
     from titanic.errors import StoreError
     from titanic.migrate import ensure_schema
+    from titanic.store.crypto import bodies_for
     from titanic.store.dialect import make_engine
 
+    bodies = bodies_for(store_key)  # a bad key file fails before the database is touched
     try:
         engine = make_engine(url or default_database_url(), sqlite_synchronous=sqlite_synchronous)
     except (ValueError, ImportError) as exc:
@@ -46,7 +52,7 @@ def open_store(url: str | None = None, *, sqlite_synchronous: str = "FULL",
         except BaseException:
             engine.dispose()
             raise
-    return SqlStore(engine, max_request_bytes=max_request_bytes)
+    return SqlStore(engine, max_request_bytes=max_request_bytes, bodies=bodies)
 
 
 from titanic.store.sql import SqlStore  # noqa: E402  (needs the names above)

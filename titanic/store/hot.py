@@ -11,6 +11,7 @@ write the same rows. Column lists come from the model. Everything else stays on 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -18,9 +19,12 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from titanic.store.frames import decode_frames
+from titanic.errors import StoreError
+from titanic.store.crypto import REPLY, REQUEST, PlainBodies
 from titanic.store.models import requests_table
 from titanic.store.types import Delivery, RequestStatus, StoredRequest
+
+log = logging.getLogger(__name__)
 
 COLUMNS = tuple(column.name for column in requests_table.c)
 TABLE = requests_table.name
@@ -36,6 +40,7 @@ PENDING = RequestStatus.PENDING.value
 _CLAIM_TEXTS = 512  # claim statements kept, by shape and limit
 DISPATCHED = RequestStatus.DISPATCHED.value
 DONE = RequestStatus.DONE.value
+FAILED = RequestStatus.FAILED.value
 
 
 class SqliteValues:
@@ -100,7 +105,8 @@ Values = type[SqliteValues] | type[PostgresValues]
 class HotStatements:
     """The hot path's SQL for one dialect, and the row conversions around it."""
 
-    def __init__(self, dialect_name: str) -> None:
+    def __init__(self, dialect_name: str, bodies: PlainBodies | None = None) -> None:
+        self.bodies = bodies or PlainBodies()
         self.postgres = dialect_name == "postgresql"
         self.values: Values = PostgresValues if self.postgres else SqliteValues
         self.table = TABLE
@@ -117,6 +123,8 @@ class HotStatements:
                              f" completed_at = {p}, lease_until = NULL WHERE id = {p}"
                              f" AND (status = '{PENDING}' OR status = '{DISPATCHED}')")
         self._claims: dict[tuple[int | None, int, tuple[str, ...]], str] = {}
+        self.fail_sql = (f"UPDATE {TABLE} SET status = '{FAILED}', completed_at = {p},"
+                         f" lease_until = NULL, last_error = {p} WHERE id = {p}")
 
     # -- statements ---------------------------------------------------------------------------
 
@@ -155,11 +163,35 @@ class HotStatements:
                    lease_until: datetime, now: datetime) -> list[Delivery]:
         """claim(), returning only what sending needs (a quarter of the work per row)."""
         rows = self._claim_rows(conn, services, limit, lease_until, now, DELIVERY_COLUMNS)
-        read_key = self.values.read_key
-        claimed = [Delivery(read_key(row[0]), row[1], decode_frames(row[2]), row[3])
-                   for row in rows]
-        claimed.sort(key=lambda d: d.id)  # time-ordered UUIDs: oldest first
+        claimed, unopenable = self.open_deliveries(rows)
+        for request_id, error in unopenable:
+            conn.exec_driver_sql(self.fail_sql, self.fail_params(request_id, error, now))
         return claimed
+
+    def open_deliveries(self, rows: Sequence[Any]
+                        ) -> tuple[list[Delivery], list[tuple[str, str]]]:
+        """Claimed rows (DELIVERY_COLUMNS) as Deliveries, oldest first, and the (id, error) of
+        those whose body cannot be opened (no key, or a wrong or altered one): the caller fails
+        them for good (fail_sql), so that they do not come back on every claim and hold up
+        their service."""
+        read_key = self.values.read_key
+        unpack = self.bodies.unpack
+        claimed, unopenable = [], []
+        for row in rows:
+            request_id = read_key(row[0])
+            try:
+                claimed.append(Delivery(request_id, row[1], unpack(request_id, REQUEST, row[2]),
+                                        row[3]))
+            except StoreError as exc:
+                log.error("request %s failed: %s", request_id, exc)
+                unopenable.append((request_id, str(exc)))
+        claimed.sort(key=lambda d: d.id)  # time-ordered UUIDs: oldest first
+        return claimed, unopenable
+
+    def fail_params(self, request_id: str, error: str, now: datetime) -> tuple[Any, ...]:
+        """fail_sql's parameters: this request failed for good now, for this reason."""
+        v = self.values
+        return v.time(now), error, v.key(request_id)
 
     def _claim_rows(self, conn: Connection, services: Sequence[str] | None, limit: int,
                     lease_until: datetime, now: datetime,
@@ -247,11 +279,13 @@ class HotStatements:
         created = aware_utc(v.read_time(row[_CREATED_AT]))
         due = aware_utc(v.read_time(row[_DUE_AT]))
         assert created is not None and due is not None
+        request_id = v.read_key(row[_ID])
+        unpack = self.bodies.unpack
         return StoredRequest(
-            id=v.read_key(row[_ID]),
+            id=request_id,
             service=row[_SERVICE],
-            request=decode_frames(row[_REQUEST]),
-            reply=None if reply is None else decode_frames(reply),
+            request=unpack(request_id, REQUEST, row[_REQUEST]),
+            reply=None if reply is None else unpack(request_id, REPLY, reply),
             status=_STATUSES[row[_STATUS]],
             attempts=row[_ATTEMPTS],
             created_at=created,

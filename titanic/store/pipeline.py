@@ -24,7 +24,6 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from titanic.store.frames import decode_frames
 from titanic.store.hot import DELIVERY_COLUMNS, HotStatements
 from titanic.store.types import Delivery, StoredRequest
 
@@ -76,10 +75,10 @@ def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
             cursor = raw.cursor()
             cursor.execute(sql, params)
             claims.append(cursor)
-    read_key = v.read_key
-    claimed = [Delivery(read_key(row[0]), row[1], decode_frames(row[2]), row[3])
-               for cursor in claims for row in cursor.fetchall()]
-    claimed.sort(key=lambda d: d.id)  # time-ordered UUIDs: oldest first
+    claimed, unopenable = hot.open_deliveries([row for cursor in claims
+                                               for row in cursor.fetchall()])
+    for request_id, error in unopenable:  # committed by now: each fails in its own statement
+        raw.execute(hot.fail_sql, hot.fail_params(request_id, error, turn.now))
     return ((inserts.rowcount if turn.rows else 0), (completes.rowcount if turn.replies else 0),
             claimed)
 

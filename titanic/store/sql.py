@@ -34,7 +34,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from titanic.errors import StoreError
 from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store import dialect, pipeline
-from titanic.store.frames import decode_frames, encode_frames
+from titanic.store.crypto import REPLY, REQUEST, PlainBodies
 from titanic.store.hot import HotStatements
 from titanic.store.hot import aware_utc as _aware
 from titanic.store.models import identity_table
@@ -82,15 +82,16 @@ def _naive(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-def _record(row: Row[Any]) -> StoredRequest:
+def _record(row: Row[Any], bodies: PlainBodies) -> StoredRequest:
     created = _aware(row.created_at)
     due = _aware(row.due_at)
     assert created is not None and due is not None
+    request_id = row.id.hex
     return StoredRequest(
-        id=row.id.hex,
+        id=request_id,
         service=row.service,
-        request=decode_frames(row.request),
-        reply=None if row.reply is None else decode_frames(row.reply),
+        request=bodies.unpack(request_id, REQUEST, row.request),
+        reply=None if row.reply is None else bodies.unpack(request_id, REPLY, row.reply),
         status=RequestStatus(row.status),
         attempts=row.attempts,
         created_at=created,
@@ -109,10 +110,13 @@ def _key(request_id: str) -> uuid.UUID:
 
 
 class SqlStore:
-    """The request store on a SQLAlchemy engine (see titanic.store.open_store)."""
+    """The request store on a SQLAlchemy engine (see titanic.store.open_store); `bodies` seals
+    request and reply bodies at rest (titanic.store.crypto), plain without."""
 
-    def __init__(self, engine: Engine, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+    def __init__(self, engine: Engine, *, max_request_bytes: int = MAX_REQUEST_BYTES,
+                 bodies: PlainBodies | None = None) -> None:
         self.engine = engine
+        self.bodies = bodies or PlainBodies()
         self.max_request_bytes = max_request_bytes
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()
@@ -121,7 +125,7 @@ class SqlStore:
         self._local = threading.local()
         self._opened: list[Connection | PoolProxiedConnection] = []
         self._opened_lock = threading.Lock()
-        self._hot = HotStatements(engine.dialect.name)
+        self._hot = HotStatements(engine.dialect.name, self.bodies)
 
     # -- the one boundary where database errors become StoreError ------------------------------
 
@@ -249,8 +253,9 @@ class SqlStore:
         now = utcnow()
         ids = [new_request_id() for _ in requests]
         new_row = self._hot.new_row
-        rows = [new_row(request_id, r.service, encode_frames(r.frames), now, _naive(r.deadline),
-                        r.idempotency_key, r.owner)
+        pack = self.bodies.pack
+        rows = [new_row(request_id, r.service, pack(request_id, REQUEST, r.frames), now,
+                        _naive(r.deadline), r.idempotency_key, r.owner)
                 for request_id, r in zip(ids, requests, strict=True)]
         return ids, rows
 
@@ -286,8 +291,7 @@ class SqlStore:
         """
         ids, rows = self._new_rows(new) if new else ([], [])
         moment = _naive(now) or utcnow()
-        packed = [(check_request_id(request_id), encode_frames(reply))
-                  for request_id, reply in replies]
+        packed = self._pack_replies(replies)
         lease_until = moment + timedelta(seconds=lease)
         wanted = [(service, room) for service, room in claims.items() if room > 0]
         if not rows and not packed and not wanted:
@@ -341,6 +345,16 @@ class SqlStore:
         keys = [uuid.UUID(hex=request_id) for request_id in request_ids]
         count = conn.execute(select(func.count()).where(t.c.id.in_(keys))).scalar_one()
         return bool(count == len(keys))
+
+    def _pack_replies(self, replies: Sequence[tuple[str, Sequence[bytes]]]
+                      ) -> list[tuple[str, bytes]]:
+        """Replies as stored: (checked UUID, packed and, with a store key, sealed body)."""
+        pack = self.bodies.pack
+        packed = []
+        for request_id, reply in replies:
+            checked = check_request_id(request_id)
+            packed.append((checked, pack(checked, REPLY, reply)))
+        return packed
 
     def complete(self, request_id: str, reply: Sequence[bytes]) -> bool:
         """Store the reply: done. False if the request is unknown or already finished."""
@@ -556,7 +570,8 @@ class SqlStore:
         if after is not None:
             statement = statement.where(t.c.id > _key(after))
         return self._transaction(
-            lambda conn: [_record(row) for row in conn.execute(statement)], write=False)
+            lambda conn: [_record(row, self.bodies) for row in conn.execute(statement)],
+            write=False)
 
     def identity(self) -> StoreIdentity:
         """The identity row (made here if the schema was created without the migrations)."""
@@ -581,6 +596,13 @@ class SqlStore:
                      .group_by(t.c.owner))
         return self._transaction(
             lambda conn: {owner: count for owner, count in conn.execute(statement)}, write=False)
+
+    def rekey(self, *, batch: int = 500) -> int:
+        """Seal every stored body not sealed under the store key's current key (plain ones
+        too), safe beside running dispatchers; how many were sealed anew (see store.reseal)."""
+        from titanic.store.reseal import reseal_bodies
+
+        return reseal_bodies(self, self._transaction, batch=batch)
 
     def close_store(self) -> None:
         """Release connections."""

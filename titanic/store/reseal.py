@@ -1,0 +1,65 @@
+"""Re-sealing stored bodies under the store key's current key: the second half of a rotation.
+
+`titanic db rekey` reads the table a page at a time (by UUID) and writes back, under the current
+key, every request or reply body that is plain or sealed under an older key. Each write changes
+a column only where it still holds what was read, so a dispatcher storing a reply meanwhile wins
+(its reply is sealed under the current key already) and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, select, update
+
+from titanic.errors import StoreKeyError
+from titanic.store.crypto import REPLY, REQUEST, SealedBodies
+from titanic.store.models import requests_table as t
+
+if TYPE_CHECKING:
+    from titanic.store.sql import SqlStore
+
+#: Runs a function in one transaction, as SqlStore._transaction does (retries, StoreError).
+Transaction = Callable[..., Any]
+Change = tuple[uuid.UUID, Any, bytes, bytes]  # id, column, body read, body to write
+
+
+def reseal_bodies(store: SqlStore, transaction: Transaction, *, batch: int = 500) -> int:
+    """Seal every body not sealed under the current key; how many were sealed anew."""
+    bodies = store.bodies
+    if not isinstance(bodies, SealedBodies):
+        raise StoreKeyError("re-sealing needs a store key")
+    sealed, after = 0, None
+    while rows := transaction(partial(_page, after, batch), write=False):
+        after = rows[-1].id
+        changes = [change for row in rows for change in _changes(bodies, row)]
+        if changes:
+            sealed += transaction(partial(_write, changes))
+    return int(sealed)
+
+
+def _page(after: uuid.UUID | None, batch: int, conn: Connection) -> Sequence[Any]:
+    statement = select(t.c.id, t.c.request, t.c.reply).order_by(t.c.id).limit(batch)
+    if after is not None:
+        statement = statement.where(t.c.id > after)
+    return conn.execute(statement).all()
+
+
+def _changes(bodies: SealedBodies, row: Any) -> list[Change]:
+    """The row's bodies that need sealing under the current key, sealed."""
+    request_id = row.id.hex
+    return [(row.id, column, old, bodies.pack(request_id, name,
+                                              bodies.unpack(request_id, name, old)))
+            for column, name, old in ((t.c.request, REQUEST, row.request),
+                                      (t.c.reply, REPLY, row.reply))
+            if not bodies.is_current(old)]
+
+
+def _write(changes: Sequence[Change], conn: Connection) -> int:
+    """Write re-sealed bodies, each only where the column still holds what was read."""
+    return sum(conn.execute(update(t).where(t.c.id == key, column == old)
+                            .values({column: new})).rowcount
+               for key, column, old, new in changes)
