@@ -10,7 +10,8 @@ Each database is measured empty, then again after a bulk preload of --rows reque
 - claim+complete: `claim_due(limit=100)` then `complete_many()` of the 100, the dispatcher's pattern
   under load; per request.
 With --store-key every figure is measured twice, bodies plain and sealed with the key (AES-GCM,
-titanic.store.crypto), one after the other on the same database: the cost of encryption at rest.
+titanic.store.crypto), one after the other on the same database: the cost of encryption at rest;
+and sealing and opening one body alone is timed in CPU time (steady on a busy machine).
 """
 
 from __future__ import annotations
@@ -63,6 +64,25 @@ def measure(store: SqlStore, single: int, batched: int) -> dict[str, float]:
     }
     store.purge(reply_ttl=0, now=utcnow() + timedelta(seconds=1))
     return rates
+
+
+def sealing_cost(store_key: str, count: int = 20_000) -> dict[str, float]:
+    """CPU microseconds to pack and unpack one BODY, plain and sealed (process time, so other
+    processes' load does not count)."""
+    from titanic.store.crypto import REQUEST, PlainBodies, bodies_for
+
+    costs = {}
+    for name, bodies in (("plain", PlainBodies()), ("sealed", bodies_for(store_key))):
+        request_id = new_request_id()
+        started = time.process_time()
+        blobs = [bodies.pack(request_id, REQUEST, BODY) for _ in range(count)]
+        packed = time.process_time()
+        for blob in blobs:
+            bodies.unpack(request_id, REQUEST, blob)
+        opened = time.process_time()
+        costs[f"pack one body, {name}"] = (packed - started) / count * 1e6
+        costs[f"unpack one body, {name}"] = (opened - packed) / count * 1e6
+    return costs
 
 
 def preload(url: str, rows: int) -> float:
@@ -162,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'database':32} {'figure':40} {'per second':>12}")
     for database, figure, rate in results:
         print(f"{database:32} {figure:40} {rate:12,.0f}")
+    if args.store_key is not None:
+        print(f"\n{'100-byte body':32} {'CPU microseconds':>12}")
+        for figure, micros in sealing_cost(args.store_key).items():
+            print(f"{figure:32} {micros:12.2f}")
     return 0
 
 
