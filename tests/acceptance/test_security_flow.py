@@ -230,6 +230,8 @@ def test_curve_misconfiguration_is_one_line_and_a_documented_code(keys: Path,
     broker_half = run_cli("broker", "--bind", endpoint, "--curve-secret",
                           str(keys / "broker.key_secret"))
     assert broker_half.returncode == 2 and "--curve-allow" in one_line(broker_half)
+    admin_alone = run_cli("broker", "--bind", endpoint, "--curve-admin", str(keys / "admin"))
+    assert admin_alone.returncode == 2 and "--curve-admin needs" in one_line(admin_alone)
     no_folder = run_cli("broker", "--bind", endpoint, "--curve-secret",
                         str(keys / "broker.key_secret"), "--curve-allow",
                         str(tmp_path / "no-such-folder"))
