@@ -10,7 +10,7 @@ from titanic._zmq import stop_on_signals
 from titanic.dispatcher import Dispatcher, DispatcherSettings
 from titanic.settings import MAX_REQUEST_BYTES, BrokerSettings
 from titanic.store import open_store
-from titanic.worker_pool import ConnectionSettings
+from titanic.worker_connection import ConnectionSettings
 from titanic_cli.mdp_commands import DIALECTS, dialect_option
 from titanic_cli.options import (
     CurveOptions,

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 import zmq
 
+from titanic._zmq import SocketHook
 from titanic.errors import (
     CurveKeyError,
     HandshakeRefusedError,
@@ -26,7 +27,6 @@ from titanic.logs import FORMATS, LEVELS, level_number, make_formatter
 from titanic.security import (
     CurveServer,
     HandshakeWatch,
-    SocketHook,
     load_client_hook,
     load_keypair,
 )

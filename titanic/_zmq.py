@@ -13,6 +13,9 @@ from types import FrameType
 
 import zmq
 
+#: Called on every new socket before it connects (CURVE keys, options): the one hook type.
+SocketHook = Callable[[zmq.Socket[bytes]], None]
+
 #: Linger for sockets closed during normal operation: unsent messages are dropped at once.
 NO_LINGER = 0
 

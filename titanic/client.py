@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import zmq
 
-from titanic._zmq import SocketSet, new_socket, recv_frames, send_frames
+from titanic._zmq import SocketHook, SocketSet, new_socket, recv_frames, send_frames
 from titanic.errors import ClientClosedError, ProtocolError, TitanicTimeoutError
 from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, broker_list
 
-SocketHook = Callable[[zmq.Socket[bytes]], None]
 Brokers = str | Sequence[str]
 
 

@@ -36,7 +36,7 @@ from typing import Any, cast
 import zmq
 
 from titanic import __version__
-from titanic._zmq import SocketSet, Waker
+from titanic._zmq import SocketHook, SocketSet, Waker
 from titanic.client import Completion, PipelinedClient
 from titanic.errors import StoreError
 from titanic.logs import about
@@ -56,11 +56,10 @@ from titanic.services import (
 from titanic.settings import DEFAULT_BROKER, broker_list
 from titanic.store import Delivery, Exchange, NewRequest, RequestStatus, Store, StoreIdentity
 from titanic.store_identity import check_store_identity, store_reply
-from titanic.worker_pool import ConnectionSettings, PoolRequest, WorkerPool
+from titanic.worker_connection import ConnectionSettings
+from titanic.worker_pool import PoolRequest, WorkerPool
 
 log = logging.getLogger(__name__)
-
-SocketHook = Callable[[zmq.Socket[bytes]], None]
 
 DAY_S = 24 * 3600.0
 

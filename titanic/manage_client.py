@@ -8,18 +8,16 @@ dispatcher behind them shares one store.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import zmq
 
+from titanic._zmq import SocketHook
 from titanic.client import Brokers, Client
 from titanic.errors import TitanicError, TitanicTimeoutError
 from titanic.protocol import manage, mmi, tsp
 from titanic.protocol.mdp import Dialect
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER, broker_list
-
-SocketHook = Callable[[zmq.Socket[bytes]], None]
 
 #: Most dispatchers `info` lists (each is asked once for who it is).
 MAX_DISPATCHERS_LISTED = 32

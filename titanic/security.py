@@ -15,7 +15,6 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
+from titanic._zmq import SocketHook
 from titanic.errors import CurveKeyError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 ZAP_DOMAIN = "titanic"
 #: ZAP domain of the broker's separate worker endpoint.
 WORKER_ZAP_DOMAIN = "titanic.workers"
-SocketHook = Callable[[zmq.Socket[bytes]], None]
 
 #: What a key name may be: it becomes a file name.
 KEY_NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")

@@ -11,10 +11,11 @@ against the configuration mistake, it is not a lock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import zmq
 
+from titanic._zmq import SocketHook
 from titanic.client import Client
 from titanic.errors import ProtocolError, StoreMismatchError, TitanicTimeoutError
 from titanic.protocol import mmi, tsp
@@ -22,8 +23,6 @@ from titanic.protocol.mdp import Dialect, Frames
 from titanic.store import StoreIdentity
 
 log = logging.getLogger(__name__)
-
-SocketHook = Callable[[zmq.Socket[bytes]], None]
 
 
 def store_reply(identity: StoreIdentity) -> Frames:

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 
 import zmq
 
+from titanic._zmq import SocketHook
 from titanic.client import Brokers, Client
 from titanic.errors import ProtocolError, TitanicError
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.services import EXPIRED_PREFIX, FAILED_PREFIX
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER
-
-SocketHook = Callable[[zmq.Socket[bytes]], None]
 
 
 class ReplyState(enum.Enum):

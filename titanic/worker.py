@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import zmq
 
-from titanic._zmq import SocketSet, recv_frames
+from titanic._zmq import SocketHook, SocketSet, recv_frames
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import (
     HEARTBEAT_INTERVAL_S,
@@ -26,7 +26,7 @@ from titanic.settings import (
     RECONNECT_MAX_S,
     broker_list,
 )
-from titanic.worker_pool import ConnectionSettings, WorkerConnection
+from titanic.worker_connection import ConnectionSettings, WorkerConnection
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Worker:
         reconnect_initial: float = RECONNECT_INITIAL_S,
         reconnect_max: float = RECONNECT_MAX_S,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        configure_socket: Callable[[zmq.Socket[bytes]], None] | None = None,
+        configure_socket: SocketHook | None = None,
     ) -> None:
         self.brokers = broker_list(broker)
         self.service = service.encode() if isinstance(service, str) else service

@@ -19,7 +19,7 @@ from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store, open_store
 from titanic.tsp_client import ReplyState, TitanicClient
 from titanic.worker import Worker
-from titanic.worker_pool import ConnectionSettings
+from titanic.worker_connection import ConnectionSettings
 
 FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
                           reconnect_max=0.5)

@@ -23,7 +23,7 @@ from titanic.settings import BrokerSettings
 from titanic.store import SqlStore, open_store
 from titanic.tsp_client import ReplyState, TitanicClient, TitanicServiceError
 from titanic.worker import Worker
-from titanic.worker_pool import ConnectionSettings
+from titanic.worker_connection import ConnectionSettings
 
 FAST = BrokerSettings(heartbeat_interval=0.1, heartbeat_liveness=5, request_ttl=30)
 #: Clients and the echo worker are allowed; the dispatcher and the operator are admin keys.

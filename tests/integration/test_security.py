@@ -35,7 +35,7 @@ from titanic.settings import BrokerSettings
 from titanic.store import Store, open_store
 from titanic.tsp_client import ReplyState, TitanicClient
 from titanic.worker import Worker
-from titanic.worker_pool import ConnectionSettings
+from titanic.worker_connection import ConnectionSettings
 
 FAST = BrokerSettings(heartbeat_interval=0.1, heartbeat_liveness=5, request_ttl=30)
 READY_ECHO = [b"", b"MDPW01", b"\x01", b"echo"]

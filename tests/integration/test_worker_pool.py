@@ -12,7 +12,8 @@ from titanic.client import PipelinedClient
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.settings import BrokerSettings
-from titanic.worker_pool import ConnectionSettings, WorkerPool
+from titanic.worker_connection import ConnectionSettings
+from titanic.worker_pool import WorkerPool
 
 FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05)
 

@@ -20,10 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from titanic._zmq import SocketHook
 from titanic.bench import mdp
 from titanic.bench.common import Result, free_port, spawn, stop_all, titanic_command
 from titanic.protocol.mdp import Dialect
-from titanic.security import SocketHook, load_client_hook, write_keypair
+from titanic.security import load_client_hook, write_keypair
 
 SERVICE = b"echo"
 MODES = ("plaintext", "CURVE")

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 
 import zmq
 
+from titanic._zmq import SocketHook
 from titanic.bench import device
 from titanic.bench.common import Result, format_table, free_port, spawn, stop_all, titanic_command
-from titanic.client import Client, PipelinedClient, SocketHook
+from titanic.client import Client, PipelinedClient
 from titanic.errors import TitanicTimeoutError
 from titanic.protocol.mdp import Dialect
 
