@@ -185,6 +185,34 @@ class Waker:
         self._writer.close()
 
 
+class LogBudget:
+    """At most `lines` log lines per `window` seconds; the rest are only counted."""
+
+    def __init__(self, lines: int = 10, window: float = 10.0) -> None:
+        self.lines = lines
+        self.window = window
+        self._window_end = 0.0
+        self._used = 0
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        """True if a line may be logged now (counts it); False if over budget."""
+        now = time.monotonic()
+        if now >= self._window_end:
+            self._window_end = now + self.window
+            self._used = 0
+        if self._used < self.lines:
+            self._used += 1
+            return True
+        self.suppressed += 1
+        return False
+
+    def take_suppressed(self) -> int:
+        """Lines suppressed since the last call."""
+        count, self.suppressed = self.suppressed, 0
+        return count
+
+
 @contextmanager
 def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     """Call `stop` on SIGINT/SIGTERM while the block runs (main thread only; else a no-op)."""

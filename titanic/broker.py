@@ -21,7 +21,15 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from titanic import __version__
-from titanic._zmq import NOBLOCK, Waker, new_socket, recv_frames, recv_frames_from, send_frames
+from titanic._zmq import (
+    NOBLOCK,
+    LogBudget,
+    Waker,
+    new_socket,
+    recv_frames,
+    recv_frames_from,
+    send_frames,
+)
 from titanic.broker_core import (
     OVER_CLIENT_LIMIT,
     OVERSIZED,
@@ -31,7 +39,7 @@ from titanic.broker_core import (
     Outgoing,
 )
 from titanic.protocol.mdp import Frames
-from titanic.security import CurveServer, LogBudget, describe_handshake_failure
+from titanic.security import CurveServer, describe_handshake_failure
 from titanic.settings import SHUTDOWN_LINGER_MS, BrokerSettings
 
 __all__ = ["OVER_CLIENT_LIMIT", "OVERSIZED", "QUEUE_FULL", "Broker", "Endpoint"]

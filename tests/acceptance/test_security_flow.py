@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from titanic_support import Processes, free_endpoint, run_cli, wait_until
 
+from titanic._zmq import SocketHook
 from titanic.client import Client
 from titanic.errors import TitanicTimeoutError
-from titanic.security import SocketHook, load_client_hook
+from titanic.security import load_client_hook
 
 HEARTBEAT = ["--heartbeat", "0.2"]
 FAST_DISPATCHER = [*HEARTBEAT, "--request-timeout", "2", "--backoff", "0.1", "--backoff-max",

@@ -12,13 +12,14 @@ import pytest
 import zmq
 from titanic_support import nothing_within, recv_within, running, wait_until
 
+from titanic._zmq import SocketHook
 from titanic.broker import Broker
 from titanic.client import Client
 from titanic.dispatcher import Dispatcher, DispatcherSettings
 from titanic.errors import TitanicTimeoutError
 from titanic.protocol import manage
 from titanic.protocol.identity import IDENTITY_OPTION
-from titanic.security import CurveServer, SocketHook, client_hook, load_keypair, write_keypair
+from titanic.security import CurveServer, client_hook, load_keypair, write_keypair
 from titanic.settings import BrokerSettings
 from titanic.store import SqlStore, open_store
 from titanic.tsp_client import ReplyState, TitanicClient, TitanicServiceError

@@ -16,6 +16,7 @@ import pytest
 import zmq
 from titanic_support import nothing_within, recv_within, running, wait_until
 
+from titanic._zmq import SocketHook
 from titanic.broker import Broker
 from titanic.client import Client
 from titanic.dispatcher import Dispatcher, DispatcherSettings
@@ -25,7 +26,6 @@ from titanic.security import (
     AllowedKeys,
     CurveServer,
     HandshakeWatch,
-    SocketHook,
     client_hook,
     load_keypair,
     load_public_key,
