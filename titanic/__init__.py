@@ -5,12 +5,13 @@ from __future__ import annotations
 from titanic.errors import (
     ClientClosedError,
     InvalidRequestError,
-    NotFoundError,
     ProtocolError,
     SchemaError,
     StoreError,
     TitanicError,
+    TitanicServiceError,
     TitanicTimeoutError,
+    UsageError,
 )
 from titanic.protocol.mdp import Dialect
 
@@ -20,11 +21,12 @@ __all__ = [
     "ClientClosedError",
     "Dialect",
     "InvalidRequestError",
-    "NotFoundError",
     "ProtocolError",
     "SchemaError",
     "StoreError",
     "TitanicError",
+    "TitanicServiceError",
     "TitanicTimeoutError",
+    "UsageError",
     "__version__",
 ]

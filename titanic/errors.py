@@ -1,4 +1,9 @@
-"""The exception tree: every error titanic raises derives from TitanicError."""
+"""The exception tree: every error titanic raises derives from TitanicError.
+
+It is split by cause, so a caller can tell whose fault an error is: a peer's (a malformed or
+refusing answer from the network), our own caller's (the API used in a way it does not allow),
+the store's, or the configuration's.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +15,35 @@ class TitanicError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
 
 
+# -- a peer broke the protocol, refused us or did not answer --------------------------------------
+
 class ProtocolError(TitanicError, ValueError):
-    """A message does not follow the wire protocol."""
+    """A peer's message does not follow the wire protocol."""
 
 
 class TitanicTimeoutError(TitanicError, TimeoutError):
     """No reply arrived in time."""
 
 
-class ClientClosedError(TitanicError):
+class TitanicServiceError(TitanicError):
+    """The Titanic service answered with an error status."""
+
+
+class HandshakeRefusedError(TitanicError):
+    """The broker refused the security handshake: the key, the server key or the mechanism."""
+
+
+# -- our own caller misused the API ---------------------------------------------------------------
+
+class UsageError(TitanicError, ValueError):
+    """The API was asked for something the protocol or the object's state does not allow."""
+
+
+class ClientClosedError(UsageError):
     """The client was used after close()."""
 
+
+# -- the store ------------------------------------------------------------------------------------
 
 class StoreError(TitanicError):
     """The request store failed."""
@@ -28,13 +51,6 @@ class StoreError(TitanicError):
 
 class InvalidRequestError(StoreError, ValueError):
     """The request is malformed (bad UUID, body too large, ...)."""
-
-
-class NotFoundError(StoreError, KeyError):
-    """No request with this UUID is stored."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "request not found"
 
 
 class SchemaError(StoreError):
@@ -46,13 +62,11 @@ class StoreMismatchError(StoreError):
     one store."""
 
 
+# -- configuration --------------------------------------------------------------------------------
+
 class CurveKeyError(TitanicError):
     """A CURVE key file is missing or malformed."""
 
 
 class StoreKeyError(TitanicError):
     """A store key file (encryption at rest) is missing or malformed."""
-
-
-class HandshakeRefusedError(TitanicError):
-    """The broker refused the security handshake: the key, the server key or the mechanism."""

@@ -18,7 +18,7 @@ import zmq
 
 from titanic._zmq import SocketHook
 from titanic.client import Brokers, Client
-from titanic.errors import ProtocolError, TitanicError
+from titanic.errors import ProtocolError, TitanicServiceError
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.services import EXPIRED_PREFIX, FAILED_PREFIX
@@ -43,10 +43,6 @@ class Fetched:
     state: ReplyState
     reply: Frames
     text: str = ""
-
-
-class TitanicServiceError(TitanicError):
-    """The Titanic service answered with an error status."""
 
 
 def _parse_fetch(frames: Frames) -> Fetched:

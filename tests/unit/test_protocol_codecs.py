@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from titanic.errors import ProtocolError
+from titanic.errors import ProtocolError, UsageError
 from titanic.protocol import mmi, tsp
 from titanic.protocol.identity import IDENTITY_OPTION, Caller, caller_frame, parse_caller_frame
 from titanic.protocol.mdp import (
@@ -112,9 +112,9 @@ def test_malformed_messages_say_what_is_wrong(frames: list[bytes], complaint: st
 
 
 def test_seven_mdp_has_no_partial_and_workers_cannot_receive_ready() -> None:
-    with pytest.raises(ProtocolError):
+    with pytest.raises(UsageError):
         build_worker(Dialect.MDP01, Command.PARTIAL, b"c")
-    with pytest.raises(ProtocolError):
+    with pytest.raises(UsageError):
         build_client_reply(Dialect.MDP01, b"s", [], final=False)
     with pytest.raises(ProtocolError, match="broker sent worker command READY"):
         parse_worker_inbound(Dialect.MDP01, [b"", b"MDPW01", b"\x01", b"svc"])

@@ -1,7 +1,8 @@
 """7/MDP (MDP 0.1) and 18/MDP (MDP 0.2, and majortomo's variant of it): pure frame codecs.
 
 Frames given to the parsers never include the ROUTER identity frame: the broker strips it first.
-Every malformation raises ProtocolError, and nothing else.
+Every malformation a peer sends raises ProtocolError, and nothing else; asking a builder for
+something its dialect does not have (a 7/MDP PARTIAL) raises UsageError.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import enum
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from titanic.errors import ProtocolError
+from titanic.errors import ProtocolError, UsageError
 from titanic.protocol.identity import IDENTITY_OPTION
 
 Frames = list[bytes]
@@ -238,7 +239,7 @@ def worker_command_prefix(dialect: Dialect, command: Command) -> Frames:
     """The frames a worker command starts with in a dialect, up to and including its code."""
     code = _worker_codes(dialect).get(command)
     if code is None:
-        raise ProtocolError(f"{dialect.value} has no worker command {command.value}")
+        raise UsageError(f"{dialect.value} has no worker command {command.value}")
     return [*_worker_prefix(dialect), code]
 
 
@@ -284,7 +285,7 @@ class WorkerCodec:
         """FINAL (7/MDP REPLY) or, in 18/MDP dialects, PARTIAL, for a client."""
         prefix = self._final if final else self._partial
         if prefix is None:
-            raise ProtocolError(f"{self.dialect.value} has no worker command PARTIAL")
+            raise UsageError(f"{self.dialect.value} has no worker command PARTIAL")
         return [*prefix, client, EMPTY, *body]
 
 
@@ -336,7 +337,7 @@ def build_client_reply(
     """Broker to client: a reply part. 7/MDP has only whole replies, so `final` must be true."""
     if dialect is Dialect.MDP01:
         if not final:
-            raise ProtocolError("7/MDP clients take no partial replies")
+            raise UsageError("7/MDP clients take no partial replies")
         return [EMPTY, CLIENT_01, service, *body]
     command = Command.FINAL if final else Command.PARTIAL
     if dialect is Dialect.MDP02:
