@@ -30,16 +30,20 @@ from titanic.errors import InvalidRequestError, ProtocolError, StoreError
 from titanic.logs import about
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
-from titanic.protocol.tsp import Status, parse_uuid, split_request
+from titanic.protocol.tsp import (
+    EXPIRED_PREFIX,
+    FAILED_PREFIX,
+    PENDING_TEXT,
+    UNKNOWN_TEXT,
+    Status,
+    parse_uuid,
+    split_request,
+)
 from titanic.store import NewRequest, RequestStatus, Store, check_new_request
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_TEXT = "unknown"
-FAILED_PREFIX = "failed: "
-EXPIRED_PREFIX = "expired: "
-
-_PENDING = Status.PENDING.frame("pending")
+_PENDING = Status.PENDING.frame(PENDING_TEXT)
 _UNKNOWN = Status.UNKNOWN.frame(UNKNOWN_TEXT)
 _OK = Status.OK.frame()
 

@@ -21,7 +21,6 @@ from titanic.client import Brokers, Client
 from titanic.errors import ProtocolError, TitanicServiceError
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Dialect, Frames
-from titanic.services import EXPIRED_PREFIX, FAILED_PREFIX
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER
 
 
@@ -55,10 +54,10 @@ def _parse_fetch(frames: Frames) -> Fetched:
     if code == tsp.Status.PENDING:
         return Fetched(ReplyState.PENDING, [], text)
     if code == tsp.Status.UNKNOWN:
-        if text.startswith(FAILED_PREFIX):
-            return Fetched(ReplyState.FAILED, [], text[len(FAILED_PREFIX):])
-        if text.startswith(EXPIRED_PREFIX):
-            return Fetched(ReplyState.EXPIRED, [], text[len(EXPIRED_PREFIX):])
+        if text.startswith(tsp.FAILED_PREFIX):
+            return Fetched(ReplyState.FAILED, [], text[len(tsp.FAILED_PREFIX):])
+        if text.startswith(tsp.EXPIRED_PREFIX):
+            return Fetched(ReplyState.EXPIRED, [], text[len(tsp.EXPIRED_PREFIX):])
         return Fetched(ReplyState.UNKNOWN, [], text)
     return Fetched(ReplyState.ERROR, [], text or f"status {code}")
 

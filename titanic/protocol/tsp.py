@@ -14,6 +14,13 @@ CLOSE_SERVICE = b"titanic.close"
 #: titanic's extension: every dispatcher answers `200`, its store's identity and location.
 STORE_SERVICE = b"titanic.store"
 
+#: Texts after a status code that titanic's server writes and its client reads: how a request
+#: ended when titanic.reply answers 400 (the digits alone are all the protocol requires).
+PENDING_TEXT = "pending"
+UNKNOWN_TEXT = "unknown"
+FAILED_PREFIX = "failed: "
+EXPIRED_PREFIX = "expired: "
+
 _UUID_HEX = re.compile(rb"\A[0-9a-f]{32}\Z")
 
 
