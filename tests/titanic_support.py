@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,16 +27,57 @@ FAST_CONNECTION = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconne
                                      reconnect_max=0.5)
 
 
+#: Ports tests hand to processes they start: below Linux's ephemeral range (32768-60999 by
+#: default), so the kernel never gives one of them to a socket bound to port 0 or connecting out.
+TEST_PORTS = range(20000, 32000)
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "titanic-test-ports"
+_held_ports: list[int] = []  # lock descriptors, held until this process exits
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
+    """A TCP port on 127.0.0.1 reserved for this test process until it exits.
+
+    Binding port 0 and closing the socket leaves a window in which any other process may take the
+    port before ours binds it. Instead each port of TEST_PORTS has a lock file: the test process
+    (or a concurrent test run) that holds the lock owns the port, and it is never given out twice.
+    """
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    start = random.randrange(len(TEST_PORTS))
+    for offset in range(len(TEST_PORTS)):
+        port = TEST_PORTS[(start + offset) % len(TEST_PORTS)]
+        fd = os.open(_PORT_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        if _bindable(port):
+            _held_ports.append(fd)
+            return port
+        os.close(fd)  # used by something outside the tests: leave it
+    raise RuntimeError(f"no free port left in {TEST_PORTS}")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_endpoint() -> str:
-    """tcp://127.0.0.1:<free port>."""
+    """tcp://127.0.0.1:<a port reserved by free_port()>."""
     return f"tcp://127.0.0.1:{free_port()}"
+
+
+def replayable_seed(name: str, variable: str) -> int:
+    """A random seed for a test, printed with how to replay it: `variable`'s value if it is set."""
+    seed = int(os.environ.get(variable) or int.from_bytes(os.urandom(4), "big"))
+    print(f"{name} seed {seed} ({variable}={seed} replays it)")
+    return seed
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from titanic_support import Processes, free_endpoint, wait_until
+from titanic_support import Processes, free_endpoint, replayable_seed, wait_until
 
 from titanic.errors import TitanicError
 from titanic.store import RequestStatus, open_store
@@ -107,9 +107,7 @@ def _restart_postgres() -> None:
 
 def test_nothing_acknowledged_is_lost_when_every_component_is_killed(
         procs: Processes, tmp_path: Path, postgres_url: str) -> None:
-    seed = int(os.environ.get("TITANIC_FAULT_SEED") or int.from_bytes(os.urandom(4), "big"))
-    print(f"fault seed {seed} (TITANIC_FAULT_SEED={seed} replays the same moments)")
-    rng = random.Random(seed)
+    rng = random.Random(replayable_seed("fault", "TITANIC_FAULT_SEED"))
     endpoint = free_endpoint()
     executions_dir = tmp_path / "executions"
     executions_dir.mkdir()

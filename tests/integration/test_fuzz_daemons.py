@@ -6,12 +6,11 @@ The seed is printed; set TITANIC_FUZZ_SEED to replay a failure.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import zmq
-from titanic_support import Processes, free_endpoint, wait_until
+from titanic_support import Processes, free_endpoint, replayable_seed, wait_until
 
 from titanic.client import Client
 from titanic.errors import TitanicTimeoutError
@@ -48,9 +47,7 @@ def random_message(rng: random.Random) -> list[bytes]:
 
 
 def test_daemons_survive_100k_malformed_messages(procs: Processes, tmp_path: Path) -> None:
-    seed = int(os.environ.get("TITANIC_FUZZ_SEED") or int.from_bytes(os.urandom(4), "big"))
-    print(f"fuzz seed {seed} (TITANIC_FUZZ_SEED={seed} replays it)")
-    rng = random.Random(seed)
+    rng = random.Random(replayable_seed("fuzz", "TITANIC_FUZZ_SEED"))
     endpoint = free_endpoint()
     broker = procs.cli("broker", "broker", "--bind", endpoint, "--heartbeat", "0.2",
                        "--max-message-size", str(MAX_MESSAGE), "--request-ttl", "2")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -10,7 +9,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-from titanic_support import nothing_within, raw_dealer, recv_within, running, wait_until
+from titanic_support import (
+    nothing_within,
+    raw_dealer,
+    recv_within,
+    replayable_seed,
+    running,
+    wait_until,
+)
 
 from titanic.broker import Broker
 from titanic.client import Client, PipelinedClient
@@ -148,9 +154,7 @@ def test_eighteen_mdp_violation_gets_disconnect_in_its_dialect(stack: ExitStack)
 def test_malformed_flood_leaves_the_broker_serving(stack: ExitStack) -> None:
     broker, endpoint = start_broker(stack)
     start_worker(stack, endpoint, "echo", lambda f: f)
-    seed = int.from_bytes(os.urandom(4), "big")
-    print(f"flood seed {seed}")
-    rng = random.Random(seed)
+    rng = random.Random(replayable_seed("flood", "TITANIC_FLOOD_SEED"))
     headers = [b"", b"MDPC01", b"MDPW01", b"MDPC02", b"MDPW02", b"\x01", b"\x03", b"\x09", b"svc"]
     with raw_dealer(endpoint) as attacker:
         for _ in range(3000):
