@@ -81,8 +81,8 @@ def test_request_without_worker_waits_then_is_served(broker: str, store: Store,
     assert titanic.fetch(request_id).state is ReplyState.UNKNOWN
 
 
-def test_many_requests_all_complete_once_each(broker: str, store: Store, titanic: TitanicClient,
-                                              stack: ExitStack) -> None:
+def test_many_requests_all_complete_and_run_again_only_after_a_timeout(
+        broker: str, store: Store, titanic: TitanicClient, stack: ExitStack) -> None:
     seen: Counter[bytes] = Counter()
     lock = threading.Lock()
 
@@ -93,14 +93,20 @@ def test_many_requests_all_complete_once_each(broker: str, store: Store, titanic
 
     for _ in range(2):
         stack.enter_context(running(worker(broker, "echo", count)))
-    stack.enter_context(running(Dispatcher(store, fast_settings(broker))))
+    dispatcher = Dispatcher(store, fast_settings(broker))
+    stack.enter_context(running(dispatcher))
     ids = {titanic.submit("echo", str(n).encode()): str(n).encode() for n in range(200)}
     for request_id, body in ids.items():
         fetched = titanic.wait(request_id, timeout=20)
         assert fetched.state is ReplyState.DONE, fetched
         assert fetched.reply == [body]
     assert set(seen) == set(ids.values())
-    assert max(seen.values()) == 1
+    # At least once: a request runs again only for another attempt, after one timed out or its
+    # lease ran out (a loaded machine may make a reply late); on a quiet machine, never.
+    for request_id, body in ids.items():
+        stored = store.get(request_id)
+        assert stored is not None and seen[body] <= stored.attempts
+    assert sum(seen.values()) - len(ids) <= dispatcher.stats.retried + dispatcher.stats.released
 
 
 def test_a_request_that_never_gets_a_reply_fails_after_max_attempts(
@@ -149,13 +155,17 @@ def test_two_dispatchers_on_one_database_never_send_a_request_twice(
             local.callback(one.close_store)
         for _ in range(2):
             local.enter_context(running(worker(broker, "echo", count)))
-        for one in stores:
-            local.enter_context(running(Dispatcher(one, fast_settings(broker))))
+        dispatchers = [Dispatcher(one, fast_settings(broker)) for one in stores]
+        for dispatcher in dispatchers:
+            local.enter_context(running(dispatcher))
         ids = [titanic.submit("echo", str(n).encode()) for n in range(150)]
         for request_id in ids:
             assert titanic.wait(request_id, timeout=20).state is ReplyState.DONE
     assert len(seen) == 150
-    assert max(seen.values()) == 1
+    # A claim is exclusive: a request runs twice only when an attempt timed out or its lease ran
+    # out (at least once allows that on a loaded machine), never because both dispatchers sent it.
+    sent_again = sum(d.stats.retried + d.stats.released for d in dispatchers)
+    assert sum(seen.values()) - len(seen) <= sent_again
 
 
 def test_stop_releases_requests_in_flight(broker: str, store: Store, titanic: TitanicClient,

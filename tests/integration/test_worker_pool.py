@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 
-from titanic_support import running
+from titanic_support import running, wait_until
 
 from titanic.broker import Broker
 from titanic.client import PipelinedClient
@@ -13,12 +14,12 @@ from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.settings import BrokerSettings
 from titanic.worker_connection import ConnectionSettings
-from titanic.worker_pool import WorkerPool
+from titanic.worker_pool import PoolRequest, WorkerPool
 
 FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05)
 
 
-def test_pool_answers_every_request_of_every_service_in_batches() -> None:
+def test_pool_answers_every_request_of_every_service() -> None:
     sizes: list[int] = []
 
     def upper(bodies: Sequence[Frames], callers: Sequence[Caller | None]) -> list[Frames]:
@@ -44,3 +45,42 @@ def test_pool_answers_every_request_of_every_service_in_batches() -> None:
     assert replies[0::2] == [[f"WORD {n}".encode()] for n in range(40)]
     assert replies[1::2] == [[str(n % 4).encode()] for n in range(40)]
     assert sum(sizes) == 40 and pool.requests_handled == 80
+
+
+def test_requests_waiting_on_several_connections_reach_the_handler_as_one_batch() -> None:
+    batches: list[list[bytes]] = []
+
+    def upper(bodies: Sequence[Frames], callers: Sequence[Caller | None]) -> list[Frames]:
+        batches.append([body[0] for body in bodies])
+        return [[body[0].upper()] for body in bodies]
+
+    with ExitStack() as stack:
+        broker = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1))
+        endpoint = broker.bind()[0]
+        stack.enter_context(running(broker))
+        # Driven here, step by step, as the dispatcher drives its pool: no thread of its own.
+        pool = WorkerPool(endpoint, {b"upper": (3, upper)}, settings=FAST)
+        stack.callback(pool.close)
+        pool.open(time.monotonic())
+        wait_until(lambda: broker.stats.workers_registered == 3, message="three connections")
+        client = stack.enter_context(PipelinedClient(endpoint, depth=5, timeout=10, retries=0))
+        for n in range(5):
+            client.send("upper", [b"w%d" % n], n)
+        # One request per connection (a new worker's credit is one), two waiting in the broker.
+        wait_until(lambda: broker.stats.queued == 2, message="two requests queued")
+        held: list[PoolRequest] = []
+        deadline = time.monotonic() + 10
+        while len(held) < 3 and time.monotonic() < deadline:
+            ready, _ = pool.sockets.wait(0.1)
+            held += pool.read(ready, time.monotonic())
+        assert len({id(connection) for connection, _, _, _ in held}) == 3
+        pool.serve(held, time.monotonic())
+        assert len(batches) == 1 and len(batches[0]) == 3  # one call for the three
+        done: list[int] = []
+        while len(done) < 5 and time.monotonic() < deadline:
+            ready, _ = pool.sockets.wait(0.05)
+            pool.serve(pool.read(ready, time.monotonic()), time.monotonic())
+            pool.upkeep(time.monotonic())
+            done += [int(str(c.tag)) for c in client.poll(0.05) if c.error is None]
+    assert sorted(done) == [0, 1, 2, 3, 4]
+    assert sorted(body for batch in batches for body in batch) == [b"w%d" % n for n in range(5)]
