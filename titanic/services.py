@@ -1,5 +1,10 @@
 """The 9/TSP services as pure handlers: (store, request bodies) -> reply bodies.
 
+titanic.reply and titanic.close are answered here. A titanic.request batch is checked and its
+answers written here (`check_requests`, `acknowledge`, `refuse_for_store_error`,
+`refuse_over_owner_limit`), but stored by the dispatcher's planner (`titanic.planner`), in the
+same transaction as the turn's replies and claims.
+
 Status frames are three digits and an optional text; clients look only at the digits, and
 titanic's own client reads the text to tell apart the ways a request can end:
 
@@ -30,20 +35,16 @@ from titanic.errors import InvalidRequestError, ProtocolError, StoreError
 from titanic.logs import about
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
-from titanic.protocol.tsp import (
-    EXPIRED_PREFIX,
-    FAILED_PREFIX,
-    PENDING_TEXT,
-    UNKNOWN_TEXT,
-    Status,
-    parse_uuid,
-    split_request,
-)
+from titanic.protocol.tsp import Status, parse_uuid, split_request
 from titanic.store import NewRequest, RequestStatus, Store, check_new_request
 
 log = logging.getLogger(__name__)
 
-_PENDING = Status.PENDING.frame(PENDING_TEXT)
+UNKNOWN_TEXT = "unknown"
+FAILED_PREFIX = "failed: "
+EXPIRED_PREFIX = "expired: "
+
+_PENDING = Status.PENDING.frame("pending")
 _UNKNOWN = Status.UNKNOWN.frame(UNKNOWN_TEXT)
 _OK = Status.OK.frame()
 
@@ -141,19 +142,6 @@ def refuse_for_store_error(answers: list[Frames | None],
     error = _store_error(exc)
     for index, _ in accepted:
         answers[index] = error
-
-
-def handle_requests(store: Store, bodies: Sequence[Frames]) -> list[Frames]:
-    """titanic.request for a batch: every valid request stored in one transaction, then 200."""
-    accepted, answers = check_requests(bodies, store.max_request_bytes)
-    if accepted:
-        try:
-            ids = store.submit_many([request for _, request in accepted])
-        except StoreError as exc:
-            refuse_for_store_error(answers, accepted, exc)
-        else:
-            acknowledge(answers, accepted, ids)
-    return [answer if answer is not None else [_UNKNOWN] for answer in answers]
 
 
 def handle_reply(store: Store, body: Frames, caller: Caller | None = None) -> Frames:

@@ -1,17 +1,25 @@
-"""Test helpers for titanic users: MemoryStore, a thread-safe in-memory store.
+"""Test helpers for titanic users: MemoryStore, a thread-safe in-memory store, and
+MemoryTransport, an in-memory stand-in for the dispatcher's forwarding client.
 
-It keeps the same contract as the SQL store (the contract tests run against both), so code built
-on titanic can be tested without a database.
+MemoryStore keeps the same contract as the SQL store (the contract tests run against both), so
+code built on titanic can be tested without a database. With both, the dispatcher's planner
+(`titanic.planner.Planner`) runs its turns without a socket: `answer_requests` is one such turn.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from titanic.client import Completion
+from titanic.dispatcher import DispatcherSettings, DispatcherStats
+from titanic.errors import TitanicTimeoutError
+from titanic.planner import Planner
+from titanic.protocol.identity import Caller
+from titanic.protocol.mdp import Frames
 from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store.types import (
     FINISHED,
@@ -31,7 +39,7 @@ from titanic.store.types import (
     new_request_id,
 )
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryStore", "MemoryTransport", "answer_requests"]
 
 
 def _now(now: datetime | None) -> datetime:
@@ -345,3 +353,55 @@ class MemoryStore:
 
     def close_store(self) -> None:
         """Nothing to release."""
+
+
+class MemoryTransport:
+    """Records what the planner sends, with `slots` requests in flight at most; the test then
+    completes each one (`complete`) or lets it time out (`time_out`)."""
+
+    def __init__(self, slots: int = 64) -> None:
+        self.slots = slots
+        #: Every request sent, in order: (service, body, tag).
+        self.sent: list[tuple[bytes, Frames, Hashable]] = []
+        self._in_flight: list[Hashable] = []
+
+    @property
+    def free_slots(self) -> int:
+        """How many more requests can be sent before one completes."""
+        return self.slots - len(self._in_flight)
+
+    @property
+    def in_flight(self) -> list[Hashable]:
+        """The tags of requests sent and not completed, oldest first."""
+        return list(self._in_flight)
+
+    def send(self, service: str | bytes, body: Sequence[bytes], tag: Hashable = None, *,
+             timeout: float | None = None, retries: int | None = None) -> None:
+        """Take a request (as PipelinedClient.send does); RuntimeError without a free slot."""
+        if not self.free_slots:
+            raise RuntimeError("no free slot: complete a request first")
+        self.sent.append((service.encode() if isinstance(service, str) else service,
+                          list(body), tag))
+        self._in_flight.append(tag)
+
+    def complete(self, tag: Hashable, reply: Sequence[bytes]) -> Completion:
+        """The completion of a request in flight, answered with `reply`."""
+        self._in_flight.remove(tag)
+        return Completion(tag, list(reply), None)
+
+    def time_out(self, tag: Hashable) -> Completion:
+        """The completion of a request in flight that got no reply in time."""
+        self._in_flight.remove(tag)
+        return Completion(tag, None, TitanicTimeoutError())
+
+
+def answer_requests(store: MemoryStore, bodies: Sequence[Frames],
+                    callers: Sequence[Caller | None] | None = None, *,
+                    settings: DispatcherSettings | None = None) -> list[Frames]:
+    """titanic.request bodies (sent by `callers`, when known) answered as the dispatcher
+    answers them: one planner turn."""
+    answers: list[Frames] = []
+    planner = Planner(store, MemoryTransport(), settings or DispatcherSettings(),
+                      DispatcherStats())
+    planner.turn(bodies, [], 0.0, answer=answers.extend, callers=callers, claim=False)
+    return answers

@@ -6,10 +6,9 @@ import pytest
 
 from titanic.errors import ProtocolError
 from titanic.protocol import tsp
-from titanic.services import handle_requests
 from titanic.settings import broker_list
 from titanic.store import NewRequest
-from titanic.testing import MemoryStore
+from titanic.testing import MemoryStore, answer_requests
 
 
 def test_plain_request_bodies_are_unchanged() -> None:
@@ -32,7 +31,7 @@ def test_a_broken_key_header_is_a_protocol_error(body: list[bytes]) -> None:
 
 def test_a_key_repeated_in_one_batch_stores_one_request() -> None:
     store = MemoryStore()
-    answers = handle_requests(store, [tsp.build_request(b"svc", [b"1"], "k"),
+    answers = answer_requests(store, [tsp.build_request(b"svc", [b"1"], "k"),
                                       tsp.build_request(b"svc", [b"2"], "k"),
                                       tsp.build_request(b"svc", [b"3"])])
     assert [answer[0] for answer in answers] == [b"200"] * 3
@@ -41,7 +40,7 @@ def test_a_key_repeated_in_one_batch_stores_one_request() -> None:
 
 
 def test_a_malformed_key_header_is_refused_with_400() -> None:
-    answers = handle_requests(MemoryStore(), [[b"", b""]])
+    answers = answer_requests(MemoryStore(), [[b"", b""]])
     assert answers[0][0].startswith(b"400 bad request")
 
 

@@ -10,11 +10,10 @@ from titanic.services import (
     check_requests,
     handle_close,
     handle_reply,
-    handle_requests,
     refuse_over_owner_limit,
 )
 from titanic.store import RequestStatus
-from titanic.testing import MemoryStore
+from titanic.testing import MemoryStore, answer_requests
 
 
 @pytest.fixture
@@ -23,7 +22,7 @@ def store() -> MemoryStore:
 
 
 def submit(store: MemoryStore, *frames: bytes) -> str:
-    [reply] = handle_requests(store, [list(frames)])
+    [reply] = answer_requests(store, [list(frames)])
     assert reply[0] == b"200", reply
     return reply[1].decode()
 
@@ -39,7 +38,7 @@ def test_request_is_stored_before_200_and_keeps_every_frame(store: MemoryStore) 
 
 
 def test_a_batch_with_one_bad_request_stores_the_others(store: MemoryStore) -> None:
-    replies = handle_requests(store, [[b"echo", b"a"], [], [b"\xff\xfe"], [b"echo", b"b"]])
+    replies = answer_requests(store, [[b"echo", b"a"], [], [b"\xff\xfe"], [b"echo", b"b"]])
     codes = [parse_status(reply[0]) for reply in replies]
     assert codes == [200, 400, 400, 200]
     stored = {store.get(r[1].decode()).request for r in (replies[0], replies[3])}  # type: ignore[union-attr]
@@ -86,10 +85,9 @@ ALICE, BOB, ROOT = Caller("A" * 40), Caller("B" * 40), Caller("R" * 40, admin=Tr
 
 
 def submit_as(store: MemoryStore, caller: Caller | None, *frames: bytes) -> str:
-    accepted, answers = check_requests([list(frames)], store.max_request_bytes, [caller])
-    assert answers == [None]
-    [request_id] = store.submit_many([request for _, request in accepted])
-    return request_id
+    [(status, request_id)] = answer_requests(store, [list(frames)], [caller])
+    assert status == b"200"
+    return request_id.decode()
 
 
 def test_another_key_is_answered_as_for_an_unknown_uuid(store: MemoryStore) -> None:

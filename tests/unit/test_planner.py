@@ -1,0 +1,175 @@
+"""The dispatcher's turns against MemoryStore and MemoryTransport: no socket, no waiting."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from titanic.client import Completion
+from titanic.dispatcher import DispatcherSettings, DispatcherStats
+from titanic.errors import StoreError
+from titanic.planner import Forwarded, Planner, PresenceCheck
+from titanic.protocol.mdp import Frames
+from titanic.store import RequestStatus
+from titanic.testing import MemoryStore, MemoryTransport
+
+SETTINGS = DispatcherSettings(max_in_flight_per_service=2, max_attempts=2, backoff=0.0,
+                              backoff_max=0.0)
+
+
+class Turns:
+    """A planner over a MemoryStore and a MemoryTransport, and what its turns answered."""
+
+    def __init__(self, settings: DispatcherSettings = SETTINGS, slots: int = 8) -> None:
+        self.store = MemoryStore()
+        self.transport = MemoryTransport(slots)
+        self.stats = DispatcherStats()
+        self.planner = Planner(self.store, self.transport, settings, self.stats)
+        self.answers: list[Frames] = []
+        self.now = 0.0
+
+    def turn(self, submits: list[Frames] | None = None,
+             completions: list[Completion] | None = None, *, claim: bool = True) -> bool:
+        self.now += 0.1
+        return self.planner.turn(submits or [], completions or [], self.now,
+                                 answer=self.answers.extend, claim=claim)
+
+    def submit(self, service: bytes, *frames: bytes) -> str:
+        self.turn([[service, *frames]])
+        status, request_id = self.answers[-1]
+        assert status == b"200"
+        return request_id.decode()
+
+    def say_present(self, service: str) -> None:
+        """Answer the pending mmi.service question about `service` with 200."""
+        self.turn(completions=[self.transport.complete(PresenceCheck(service), [b"200"])])
+
+    def forwarded(self) -> list[Forwarded]:
+        return [tag for tag in self.transport.in_flight if isinstance(tag, Forwarded)]
+
+
+def test_a_request_is_stored_before_its_200() -> None:
+    t = Turns()
+    request_id = t.submit(b"echo", b"", b"\x00")
+    stored = t.store.get(request_id)
+    assert stored is not None and stored.request == (b"", b"\x00")
+    assert stored.status is RequestStatus.PENDING
+
+
+def test_a_service_gets_requests_only_once_mmi_says_it_has_workers() -> None:
+    t = Turns()
+    request_id = t.submit(b"echo", b"hello")
+    assert t.transport.sent == [(b"mmi.service", [b"echo"], PresenceCheck("echo"))]
+    t.say_present("echo")
+    assert t.transport.sent[-1] == (b"echo", [b"hello"], Forwarded(request_id, "echo"))
+    stored = t.store.get(request_id)
+    assert stored is not None and stored.status is RequestStatus.DISPATCHED
+
+
+def test_a_service_without_workers_is_asked_about_again_but_sent_nothing() -> None:
+    t = Turns()
+    t.submit(b"nobody", b"x")
+    t.turn(completions=[t.transport.complete(PresenceCheck("nobody"), [b"404"])])
+    assert t.forwarded() == []
+    t.now += SETTINGS.presence_interval
+    t.turn()
+    assert t.transport.in_flight == [PresenceCheck("nobody")]
+
+
+def test_the_answer_goes_out_before_the_claims_are_sent() -> None:
+    t = Turns()
+    t.submit(b"echo", b"first")
+    t.say_present("echo")  # the service is known to have workers from now on
+    events: list[str] = []
+    sent_before = len(t.transport.sent)
+    t.planner.turn([[b"echo", b"second"]], [], t.now + 0.1,
+                   answer=lambda answers: events.append(f"answer {len(t.transport.sent)}"))
+    assert events == [f"answer {sent_before}"]  # nothing claimed was sent yet
+    assert [tag.service for tag in t.forwarded()] == ["echo", "echo"]
+
+
+def test_a_reply_is_stored_and_frees_room_for_the_next() -> None:
+    t = Turns()
+    ids = [t.submit(b"echo", str(n).encode()) for n in range(3)]
+    t.say_present("echo")
+    assert [tag.request_id for tag in t.forwarded()] == ids[:2]  # two in flight per service
+    first = t.transport.complete(Forwarded(ids[0], "echo"), [b"reply 0"])
+    t.turn(completions=[first])
+    done = t.store.get(ids[0])
+    assert done is not None and done.status is RequestStatus.DONE
+    assert done.reply == (b"reply 0",)
+    assert [tag.request_id for tag in t.forwarded()] == ids[1:]
+    assert (t.stats.completed, t.stats.dispatched) == (1, 3)
+
+
+def test_more_is_reported_while_a_service_fills_its_room() -> None:
+    t = Turns()
+    for n in range(2):
+        t.submit(b"echo", str(n).encode())
+    t.turn(completions=[t.transport.complete(PresenceCheck("echo"), [b"200"])])
+    assert len(t.forwarded()) == 2
+    assert t.turn() is False  # no room left: nothing claimed, nothing more to look for
+
+
+def test_a_timed_out_request_is_retried_then_fails_after_max_attempts() -> None:
+    t = Turns()
+    request_id = t.submit(b"slow", b"x")
+    t.say_present("slow")
+    t.turn(completions=[t.transport.time_out(Forwarded(request_id, "slow"))])
+    stored = t.store.get(request_id)
+    assert stored is not None and stored.status is RequestStatus.PENDING
+    assert t.stats.retried == 1
+    # The retry is found by the next survey; the timeout made the planner forget that "slow"
+    # has workers, so it asks again before sending.
+    t.planner.survey()
+    t.turn()
+    assert t.transport.in_flight == [PresenceCheck("slow")]
+    t.say_present("slow")
+    t.turn(completions=[t.transport.time_out(Forwarded(request_id, "slow"))])
+    stored = t.store.get(request_id)
+    assert stored is not None and stored.status is RequestStatus.FAILED
+    assert stored.attempts == 2 and t.stats.failed == 1
+
+
+def test_a_store_error_answers_500_and_bad_requests_400() -> None:
+    t = Turns()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise StoreError("disk on fire")
+
+    t.store.exchange = broken  # type: ignore[method-assign,assignment]
+    t.turn([[b"echo", b"ok"], []])
+    assert t.answers[0][0].startswith(b"500 store error: disk on fire")
+    assert t.answers[1][0].startswith(b"400 bad request")
+    assert t.stats.store_errors == 1
+
+
+def test_requests_in_flight_at_shutdown_go_back_to_pending() -> None:
+    t = Turns()
+    request_id = t.submit(b"echo", b"x")
+    t.say_present("echo")
+    t.planner.release_unanswered(t.transport.in_flight)
+    stored = t.store.get(request_id)
+    assert stored is not None and stored.status is RequestStatus.PENDING
+    assert t.stats.released == 1
+
+
+def test_the_survey_finds_requests_stored_by_another_process() -> None:
+    t = Turns()
+    request_id = t.store.submit("echo", [b"from elsewhere"])
+    t.turn()
+    assert t.transport.sent == []  # nothing known to be due yet
+    t.planner.survey()
+    t.turn()
+    t.say_present("echo")
+    assert t.forwarded() == [Forwarded(request_id, "echo")]
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_never_more_in_flight_than_the_transport_has_slots(slots: int) -> None:
+    t = Turns(replace(SETTINGS, max_in_flight_per_service=8), slots=slots)
+    for n in range(5):
+        t.submit(b"echo", str(n).encode())
+    t.say_present("echo")
+    assert len(t.transport.in_flight) == slots

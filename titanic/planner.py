@@ -1,0 +1,319 @@
+"""The dispatcher's decisions, turn by turn, over a store and a transport it is handed.
+
+A turn takes the titanic.request bodies that arrived, the completions of forwarded requests and
+the time. It stores the new requests and the replies (and claims due requests) in one store
+transaction, answers the submitters, sends what it claimed through the transport, and
+reschedules what timed out. It never waits and owns no socket: `titanic.dispatcher.Dispatcher`
+drives it with a PipelinedClient as the transport; tests drive it with `MemoryStore` and
+`titanic.testing.MemoryTransport`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
+
+from titanic.client import Completion
+from titanic.errors import StoreError
+from titanic.logs import about
+from titanic.protocol import mmi, tsp
+from titanic.protocol.identity import Caller
+from titanic.protocol.mdp import Frames
+from titanic.services import (
+    acknowledge,
+    check_requests,
+    refuse_for_store_error,
+    refuse_over_owner_limit,
+)
+from titanic.store import Delivery, Exchange, NewRequest, RequestStatus, Store
+
+if TYPE_CHECKING:  # the dispatcher imports this module
+    from titanic.dispatcher import DispatcherSettings, DispatcherStats
+
+log = logging.getLogger("titanic.dispatcher")
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """Completion tag of a stored request forwarded to its service."""
+
+    request_id: str
+    service: str
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceCheck:
+    """Completion tag of an mmi.service question: has `service` workers now?"""
+
+    service: str
+
+
+class Transport(Protocol):
+    """Where forwarded requests go (a PipelinedClient); each send completes later, with its tag."""
+
+    @property
+    def free_slots(self) -> int:
+        """How many more requests can be sent before one completes."""
+        ...
+
+    def send(self, service: str | bytes, body: Sequence[bytes], tag: Hashable = None, *,
+             timeout: float | None = None, retries: int | None = None) -> None:
+        """Send a request; its Completion carries `tag`."""
+        ...
+
+
+def _ignore(seconds: float) -> None:
+    """A duration observer that keeps nothing."""
+
+
+class Presence:
+    """Cached mmi.service answers (which services have workers now), asked without blocking."""
+
+    def __init__(self, settings: DispatcherSettings) -> None:
+        self._settings = settings
+        self._known: dict[str, tuple[bool, float]] = {}
+        self._asking: set[str] = set()
+
+    def has_workers(self, service: str, now: float, transport: Transport) -> bool:
+        """The last answer while it is fresh; else ask again (the answer comes as a completion)
+        and go on with the last answer meanwhile (none yet: no workers)."""
+        present, checked = self._known.get(service, (False, -1e9))
+        ttl = self._settings.presence_ttl if present else self._settings.presence_interval
+        if now - checked >= ttl and service not in self._asking and transport.free_slots:
+            transport.send(mmi.SERVICE, [service.encode()], PresenceCheck(service), timeout=1.0,
+                           retries=0)
+            self._asking.add(service)
+        return present
+
+    def answer(self, service: str, reply: Frames | None, now: float) -> bool:
+        """Record an mmi.service answer (None: the broker did not answer); True if present."""
+        self._asking.discard(service)
+        present = reply is not None and reply[:1] == [mmi.FOUND]
+        if reply is None:
+            log.warning("broker did not answer mmi.service for %r", service)
+        self._known[service] = (present, now)
+        return present
+
+    def forget(self, service: str) -> None:
+        """Ask again next time (a request to it timed out)."""
+        self._known.pop(service, None)
+
+
+class Planner:
+    """What the dispatcher decides each turn; see the module docstring."""
+
+    def __init__(self, store: Store, transport: Transport, settings: DispatcherSettings,
+                 stats: DispatcherStats, *,
+                 observe_store: Callable[[float], None] | None = None) -> None:
+        self.store = store
+        #: Told each store exchange's duration in seconds (titanic.metrics' histogram).
+        self.observe_store = observe_store or _ignore
+        self.transport = transport
+        self.settings = settings
+        self.stats = stats
+        self.presence = Presence(settings)
+        self.in_flight: Counter[str] = Counter()
+        self.candidates: set[str] = set()  # services that may have due requests
+        self._warned_anonymous = False
+
+    # -- one turn -------------------------------------------------------------------------------
+
+    def turn(self, submits: Sequence[Frames], completions: Iterable[Completion], now: float, *,
+             answer: Callable[[list[Frames]], None],
+             callers: Sequence[Caller | None] | None = None, claim: bool = True) -> bool:
+        """Store the new requests (owned by their `callers`, when the broker named them) and the
+        replies, and claim due requests, in one transaction; then `answer` the submits (one
+        reply body each, in order), send what was claimed, and reschedule what timed out. True
+        if a service may have more due than was claimed."""
+        accepted, answers = self._check(submits, callers)
+        new = [request for _, request in accepted]
+        self.candidates.update(request.service for request in new)
+        replies, failed = self._sort(completions, now)
+        plan = self._claim_plan(now) if claim else {}
+        # With new requests to acknowledge, the claims wait for a second, fsync-free transaction
+        # after the acknowledgements: a client waiting for its UUID should not wait for them.
+        # A store error leaves the replies unstored: their leases send those requests again.
+        result = self._exchange(new, replies, {} if new else plan)
+        if isinstance(result, StoreError):
+            refuse_for_store_error(answers, accepted, result)
+        else:
+            acknowledge(answers, accepted, result.ids)
+            self.stats.completed += result.completed
+        if submits:
+            answer([reply or [tsp.Status.ERROR.frame()] for reply in answers])
+        if new and plan and isinstance(result, Exchange):
+            result = self._exchange([], [], plan)
+        more = isinstance(result, Exchange) and self._send_claimed(result, plan)
+        for request_id, service in failed:
+            self.guarded(partial(self._retry, request_id, service))
+        return more
+
+    def _check(self, bodies: Sequence[Frames], callers: Sequence[Caller | None] | None
+               ) -> tuple[list[tuple[int, NewRequest]], list[Frames | None]]:
+        """The titanic.requests to store, owned by their callers, and the answers of those
+        refused (malformed, or over their key's limit)."""
+        if (self.settings.identities and not self._warned_anonymous and callers is not None
+                and None in callers):
+            self._warned_anonymous = True
+            log.warning("the broker named no caller for a titanic.request: it is stored without "
+                        "an owner, for anyone to fetch (is the broker using CURVE?)")
+        accepted, answers = check_requests(bodies, self.store.max_request_bytes, callers)
+        limit = self.settings.max_stored_per_key
+        owners = [request.owner for _, request in accepted if request.owner is not None]
+        if not limit or not owners:
+            return accepted, answers
+        try:
+            stored = self.store.unfinished_by_owner(owners)
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            refuse_for_store_error(answers, accepted, exc)
+            return [], answers
+        kept = refuse_over_owner_limit(answers, accepted, stored, limit)
+        self.stats.over_key_limit += len(accepted) - len(kept)
+        return kept, answers
+
+    def _exchange(self, new: list[NewRequest], replies: list[tuple[str, Frames]],
+                  plan: dict[str, int]) -> Exchange | StoreError:
+        """Store.exchange, or the error (counted) if the store failed."""
+        started = time.monotonic()
+        try:
+            return self.store.exchange(new, replies, plan, self.settings.lease)
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            if not new:  # with new requests the refusal's answer logs it
+                log.error("store error: %s", exc)
+            return exc
+        finally:
+            if new or replies or plan:
+                self.observe_store(time.monotonic() - started)
+
+    def _sort(self, completions: Iterable[Completion],
+              now: float) -> tuple[list[tuple[str, Frames]], list[tuple[str, str]]]:
+        """Replies to store and requests that timed out; mmi.service answers taken note of."""
+        replies: list[tuple[str, Frames]] = []
+        failed: list[tuple[str, str]] = []
+        for completion in completions:
+            tag = completion.tag
+            if isinstance(tag, PresenceCheck):
+                if self.presence.answer(tag.service, completion.reply, now):
+                    self.candidates.add(tag.service)
+                continue
+            if not isinstance(tag, Forwarded):
+                log.error("completion with a foreign tag %r dropped", tag)
+                continue
+            self.in_flight[tag.service] -= 1
+            if completion.reply is not None:
+                replies.append((tag.request_id, completion.reply))
+                log.debug("request %s answered", tag.request_id,
+                          extra=about(tag.request_id, tag.service))
+            else:
+                self.presence.forget(tag.service)
+                failed.append((tag.request_id, tag.service))
+        return replies, failed
+
+    def _claim_plan(self, now: float) -> dict[str, int]:
+        """How many due requests to claim per service: what in-flight room allows, for the
+        services that may have due requests and have workers (asking mmi.service if stale)."""
+        s = self.settings
+        plan: dict[str, int] = {}
+        planned = 0
+        for service in list(self.candidates):
+            if self.in_flight[service] >= s.max_in_flight_per_service:
+                continue
+            if not self.presence.has_workers(service, now, self.transport):
+                continue  # looked at again when mmi answers, or at the next survey
+            # Asked after has_workers(), which may have taken a slot for an mmi question.
+            room = min(self.transport.free_slots - planned,
+                       s.max_in_flight_per_service - self.in_flight[service])
+            if room > 0:
+                plan[service] = room
+                planned += room
+        return plan
+
+    def _send_claimed(self, result: Exchange, plan: dict[str, int]) -> bool:
+        """Forward what was claimed; True if a service filled its room (more may be due)."""
+        claimed = Counter(delivery.service for delivery in result.claimed)
+        for delivery in result.claimed:
+            self._send(delivery)
+        more = False
+        for service, room in plan.items():
+            if claimed[service] < room:
+                self.candidates.discard(service)  # nothing more due there for now
+            else:
+                more = True
+        return more
+
+    def _send(self, delivery: Delivery) -> None:
+        self.transport.send(delivery.service, delivery.request,
+                            Forwarded(delivery.id, delivery.service))
+        self.in_flight[delivery.service] += 1
+        self.stats.dispatched += 1
+        log.debug("request %s sent to %r (attempt %d)", delivery.id, delivery.service,
+                  delivery.attempts, extra=about(delivery.id, delivery.service))
+
+    def _retry(self, request_id: str, service: str) -> None:
+        s = self.settings
+        error = f"no reply from {service!r} within {s.request_timeout:g} s"
+        status = self.store.retry_later(request_id, error, max_attempts=s.max_attempts,
+                                        backoff=s.backoff, backoff_max=s.backoff_max)
+        if status is RequestStatus.FAILED:
+            self.stats.failed += 1
+            log.warning("request %s failed for good: %s", request_id, error,
+                        extra=about(request_id, service))
+        elif status is RequestStatus.PENDING:
+            self.stats.retried += 1
+            log.info("request %s will be retried: %s", request_id, error,
+                     extra=about(request_id, service))
+
+    # -- between turns --------------------------------------------------------------------------
+
+    def guarded(self, action: Callable[[], object]) -> None:
+        """Run a store action; a store error is logged and counted, and the dispatcher goes on."""
+        try:
+            action()
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            log.error("store error: %s", exc)
+
+    def survey(self) -> None:
+        """Look at the store itself for services with due requests (retries that came due,
+        requests stored by other processes)."""
+        self.guarded(lambda: self.candidates.update(self.store.due_services()))
+
+    def release_stale(self) -> None:
+        """Requests whose lease ran out (their dispatcher died) become pending again."""
+        self.guarded(self._release_stale)
+
+    def clean_up(self) -> None:
+        """Expire requests never delivered, purge finished ones past their time."""
+        self.guarded(self._clean_up)
+
+    def release_unanswered(self, tags: Iterable[Hashable]) -> None:
+        """At shutdown: the forwarded requests still awaiting a reply go back to pending."""
+        for tag in tags:
+            if isinstance(tag, Forwarded):
+                self.guarded(partial(self._release, tag.request_id))
+
+    def _release(self, request_id: str) -> None:
+        if self.store.release(request_id):
+            self.stats.released += 1
+            log.info("request %s released at shutdown", request_id, extra=about(request_id))
+
+    def _release_stale(self) -> None:
+        released = self.store.release_stale()
+        if released:
+            self.stats.released += released
+            log.warning("%d request(s) whose lease ran out are pending again", released)
+
+    def _clean_up(self) -> None:
+        expired = self.store.expire(pending_ttl=self.settings.pending_ttl)
+        purged = self.store.purge(reply_ttl=self.settings.reply_ttl)
+        self.stats.expired += expired
+        self.stats.purged += purged
+        if expired or purged:
+            log.info("expired %d undelivered request(s), purged %d finished", expired, purged)
