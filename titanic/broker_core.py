@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
+from titanic.broker_queues import Assignment, QueuedRequest, RegisteredWorker, ServiceQueue
 from titanic.broker_stats import BrokerStats, DropReport
 from titanic.errors import ProtocolError
 from titanic.logs import about
@@ -62,9 +62,6 @@ class Endpoint(enum.Enum):
     WORKERS = "workers"
 
 
-#: A request in a worker's hands: (client identity, client dialect, when it was sent, whom the
-#: per-client limit counts it against, the client's CURVE key or None).
-Assignment = tuple[bytes, Dialect, float, bytes, "bytes | None"]
 #: A message to send: (on the worker socket?, frames with the peer's identity first, and for a
 #: REQUEST to a worker its assignment, which `undeliverable()` needs if the send fails).
 Outgoing = tuple[bool, Frames, "Assignment | None"]
@@ -80,76 +77,6 @@ _REQUEST_PREFIX = {dialect: worker_command_prefix(dialect, Command.REQUEST) for 
 def _show(name: bytes) -> str:
     """A peer-supplied name, short enough for a log line."""
     return repr(name[:40]) + ("..." if len(name) > 40 else "")
-
-
-class _Queued(NamedTuple):
-    client: bytes
-    dialect: Dialect
-    body: Frames
-    expires_at: float
-    #: Whom the per-client limit counts it against: the CURVE key, else the connection.
-    counted: bytes
-    #: The client's CURVE key (Z85), None without CURVE.
-    user: bytes | None
-
-
-class _Service:
-    __slots__ = ("name", "requests", "idle", "spare", "workers")
-
-    def __init__(self, name: bytes) -> None:
-        self.name = name
-        self.requests: deque[_Queued] = deque()
-        self.idle: dict[bytes, _Worker] = {}  # no request in hand; least recently used first
-        self.spare: dict[bytes, _Worker] = {}  # busy, but with prefetch credit left
-        self.workers = 0
-
-    def take_worker(self) -> _Worker | None:
-        """The least recently used idle worker, else a busy one with credit left."""
-        pool = self.idle or self.spare
-        if not pool:
-            return None
-        return pool.pop(next(iter(pool)))
-
-
-class _Worker:
-    __slots__ = ("identity", "service", "dialect", "last_seen", "outstanding", "partials",
-                 "credit", "per_request", "last_reply", "identities")
-
-    def __init__(self, identity: bytes, service: _Service, dialect: Dialect, now: float,
-                 identities: bool = False) -> None:
-        self.identity = identity
-        self.service = service
-        self.dialect = dialect
-        self.identities = identities  # its REQUESTs carry the caller frame
-        self.last_seen = now
-        # Requests sent and not yet answered, oldest first. A worker answers them in order, one
-        # at a time; with credit > 1 the next ones wait in the worker's socket instead of the
-        # broker's queue, saving a round trip per request.
-        self.outstanding: deque[Assignment] = deque()
-        self.partials: Frames = []
-        self.credit = 1  # requests it may hold; grows once it has shown to be quick
-        self.per_request: float | None = None  # moving average of its time per request, s
-        self.last_reply = now
-
-    def measure(self, sent_at: float, now: float, settings: BrokerSettings) -> None:
-        """A reply came: update the time per request and, from it, the credit.
-
-        The worker started on this request when it was sent or when it answered the previous
-        one, whichever was later. Credit lets the requests queued at a worker wait about
-        `prefetch_wait` at most: one at a time for slow work, up to `worker_prefetch` for quick.
-        """
-        took = now - max(sent_at, self.last_reply)
-        self.last_reply = now
-        average = self.per_request
-        average = took if average is None else average + 0.2 * (took - average)
-        self.per_request = average
-        wait, ceiling = settings.prefetch_wait, settings.worker_prefetch
-        if wait <= 0:
-            self.credit = 1
-        elif average <= 0:  # answered within the same batch of messages: quicker than we see
-            self.credit = ceiling
-        else:
-            self.credit = max(1, min(ceiling, 1 + int(wait / average)))
 
 
 class BrokerCore:
@@ -168,8 +95,8 @@ class BrokerCore:
         self._max_request_size = self.settings.max_request_size
         self._max_queued_per_client = self.settings.max_queued_per_client
         self.stats = BrokerStats()
-        self._services: dict[bytes, _Service] = {}
-        self._workers: dict[bytes, _Worker] = {}
+        self._services: dict[bytes, ServiceQueue] = {}
+        self._workers: dict[bytes, RegisteredWorker] = {}
         self._queued_total = 0
         self._queued_by_client: dict[bytes, int] = {}
         self._drops = DropReport(self.stats)
@@ -225,8 +152,8 @@ class BrokerCore:
         self._now = now
         out: list[Outgoing] = []
         self._out = out
-        retry: list[tuple[_Service, _Queued]] = []
-        unreachable: dict[bytes, _Worker] = {}
+        retry: list[tuple[ServiceQueue, QueuedRequest]] = []
+        unreachable: dict[bytes, RegisteredWorker] = {}
         for _, frames, assignment in failed:
             worker = self._workers.get(frames[0])
             if assignment is None:
@@ -239,7 +166,7 @@ class BrokerCore:
             client, dialect, _, counted, user = assignment
             caller = 1 if worker.identities and user is not None else 0
             body = frames[len(_REQUEST_PREFIX[worker.dialect]) + 3 + caller:]
-            retry.append((worker.service, _Queued(client, dialect, body,
+            retry.append((worker.service, QueuedRequest(client, dialect, body,
                                                   now + self.settings.request_ttl, counted,
                                                   user)))
         for worker in unreachable.values():
@@ -322,7 +249,7 @@ class BrokerCore:
         self.stats.requests += 1
         service = self._services.get(service_name)
         if service is None:
-            service = self._services[service_name] = _Service(service_name)
+            service = self._services[service_name] = ServiceQueue(service_name)
         worker = service.take_worker()
         if worker is not None:
             self._assign(worker, client, dialect, body, user or client, user)
@@ -330,7 +257,7 @@ class BrokerCore:
             return
         self._enqueue(service, client, dialect, body, user)
 
-    def _enqueue(self, service: _Service, client: bytes, dialect: Dialect, body: Frames,
+    def _enqueue(self, service: ServiceQueue, client: bytes, dialect: Dialect, body: Frames,
                  user: bytes | None) -> None:
         if len(service.requests) >= self.settings.queue_limit:
             self._queue_full(client, dialect, service.name,
@@ -354,7 +281,7 @@ class BrokerCore:
             return
         self._queued_by_client[counted] = waiting + 1
         expires_at = self._now + self.settings.request_ttl
-        service.requests.append(_Queued(client, dialect, body, expires_at, counted, user))
+        service.requests.append(QueuedRequest(client, dialect, body, expires_at, counted, user))
         self._queued_total += 1
         self.stats.queued += 1
 
@@ -375,7 +302,7 @@ class BrokerCore:
         else:
             del self._queued_by_client[counted]
 
-    def _assign(self, worker: _Worker, client: bytes, dialect: Dialect, body: Frames,
+    def _assign(self, worker: RegisteredWorker, client: bytes, dialect: Dialect, body: Frames,
                 counted: bytes, user: bytes | None) -> None:
         """Send a request to a worker with credit, and note it as in the worker's hands.
 
@@ -391,9 +318,9 @@ class BrokerCore:
             frames = [worker.identity, *_REQUEST_PREFIX[worker.dialect], client, EMPTY, *body]
         self._out.append((True, frames, assignment))
 
-    def _route_again(self, retry: list[tuple[_Service, _Queued]]) -> None:
+    def _route_again(self, retry: list[tuple[ServiceQueue, QueuedRequest]]) -> None:
         """Requests that did not reach their worker: to another worker, else back in front."""
-        front: list[tuple[_Service, _Queued]] = []
+        front: list[tuple[ServiceQueue, QueuedRequest]] = []
         for service, queued in retry:
             worker = service.take_worker()
             if worker is None:
@@ -408,7 +335,7 @@ class BrokerCore:
             self._queued_by_client[queued.counted] = (
                 self._queued_by_client.get(queued.counted, 0) + 1)
 
-    def _place(self, worker: _Worker) -> None:
+    def _place(self, worker: RegisteredWorker) -> None:
         """File the worker under idle, spare (credit left) or neither (full), by its load."""
         identity = worker.identity
         service = worker.service
@@ -448,7 +375,7 @@ class BrokerCore:
         self._disconnect(worker, f"worker sent {command.value}")
 
     def _on_ready(self, identity: bytes, dialect: Dialect, service_name: bytes,
-                  worker: _Worker | None, identities: bool, user: bytes | None) -> None:
+                  worker: RegisteredWorker | None, identities: bool, user: bytes | None) -> None:
         if worker is not None:
             self._disconnect(worker, "second READY")
             return
@@ -468,8 +395,8 @@ class BrokerCore:
             return
         service = self._services.get(service_name)
         if service is None:
-            service = self._services[service_name] = _Service(service_name)
-        worker = _Worker(identity, service, dialect, self._now, identities)
+            service = self._services[service_name] = ServiceQueue(service_name)
+        worker = RegisteredWorker(identity, service, dialect, self._now, identities)
         self._workers[identity] = worker
         service.workers += 1
         self.stats.workers_registered += 1
@@ -477,7 +404,7 @@ class BrokerCore:
                  dialect.value, extra=about(service=service_name[:255]))
         self._feed(worker)
 
-    def _on_reply(self, worker: _Worker, final: bool, body: Frames) -> None:
+    def _on_reply(self, worker: RegisteredWorker, final: bool, body: Frames) -> None:
         client, dialect, sent_at, _, _ = worker.outstanding[0]
         service = worker.service.name
         if not final:
@@ -496,7 +423,7 @@ class BrokerCore:
                           else [client, *build_client_reply(dialect, service, body)], None))
         self._feed(worker)
 
-    def _feed(self, worker: _Worker) -> None:
+    def _feed(self, worker: RegisteredWorker) -> None:
         """Give the worker queued requests up to its credit, then file it by its load."""
         service = worker.service
         requests = service.requests
@@ -520,12 +447,12 @@ class BrokerCore:
 
     # -- workers coming and going ---------------------------------------------------------------
 
-    def _disconnect(self, worker: _Worker, reason: str) -> None:
+    def _disconnect(self, worker: RegisteredWorker, reason: str) -> None:
         self.stats.workers_disconnected += 1
         self._send_worker(worker.identity, build_worker(worker.dialect, Command.DISCONNECT))
         self._remove_worker(worker, reason)
 
-    def _remove_worker(self, worker: _Worker, reason: str) -> None:
+    def _remove_worker(self, worker: RegisteredWorker, reason: str) -> None:
         if self._workers.pop(worker.identity, None) is None:
             return
         service = worker.service
@@ -567,7 +494,7 @@ class BrokerCore:
             if not requests and service.workers == 0:
                 del self._services[name]
 
-    def _count_expired(self, service: _Service, queued: _Queued) -> None:
+    def _count_expired(self, service: ServiceQueue, queued: QueuedRequest) -> None:
         self.stats.expired_requests += 1
         log.debug("request from client %s for %s expired after %.1f s in the queue",
                   queued.client.hex(), _show(service.name), self.settings.request_ttl)

@@ -1,0 +1,91 @@
+"""What the broker core keeps per service and per worker: the queue, the idle and busy workers,
+and each worker's credit (how many requests it may hold at once, from how quick it has been)."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+from titanic.protocol.mdp import Dialect, Frames
+from titanic.settings import BrokerSettings
+
+#: A request in a worker's hands: (client identity, client dialect, when it was sent, whom the
+#: per-client limit counts it against, the client's CURVE key or None).
+Assignment = tuple[bytes, Dialect, float, bytes, "bytes | None"]
+
+
+class QueuedRequest(NamedTuple):
+    """A request waiting in a service's queue for a worker."""
+
+    client: bytes
+    dialect: Dialect
+    body: Frames
+    expires_at: float
+    #: Whom the per-client limit counts it against: the CURVE key, else the connection.
+    counted: bytes
+    #: The client's CURVE key (Z85), None without CURVE.
+    user: bytes | None
+
+
+class ServiceQueue:
+    """A service: its queue of requests and its workers, idle and with credit left."""
+
+    __slots__ = ("name", "requests", "idle", "spare", "workers")
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.requests: deque[QueuedRequest] = deque()
+        # No request in hand, least recently used first:
+        self.idle: dict[bytes, RegisteredWorker] = {}
+        self.spare: dict[bytes, RegisteredWorker] = {}  # busy, but with prefetch credit left
+        self.workers = 0
+
+    def take_worker(self) -> RegisteredWorker | None:
+        """The least recently used idle worker, else a busy one with credit left."""
+        pool = self.idle or self.spare
+        if not pool:
+            return None
+        return pool.pop(next(iter(pool)))
+
+
+class RegisteredWorker:
+    """A worker registered for a service: what it holds, and how much more it may hold."""
+
+    __slots__ = ("identity", "service", "dialect", "last_seen", "outstanding", "partials",
+                 "credit", "per_request", "last_reply", "identities")
+
+    def __init__(self, identity: bytes, service: ServiceQueue, dialect: Dialect,
+                 now: float, identities: bool = False) -> None:
+        self.identity = identity
+        self.service = service
+        self.dialect = dialect
+        self.identities = identities  # its REQUESTs carry the caller frame
+        self.last_seen = now
+        # Requests sent and not yet answered, oldest first. A worker answers them in order, one
+        # at a time; with credit > 1 the next ones wait in the worker's socket instead of the
+        # broker's queue, saving a round trip per request.
+        self.outstanding: deque[Assignment] = deque()
+        self.partials: Frames = []
+        self.credit = 1  # requests it may hold; grows once it has shown to be quick
+        self.per_request: float | None = None  # moving average of its time per request, s
+        self.last_reply = now
+
+    def measure(self, sent_at: float, now: float, settings: BrokerSettings) -> None:
+        """A reply came: update the time per request and, from it, the credit.
+
+        The worker started on this request when it was sent or when it answered the previous
+        one, whichever was later. Credit lets the requests queued at a worker wait about
+        `prefetch_wait` at most: one at a time for slow work, up to `worker_prefetch` for quick.
+        """
+        took = now - max(sent_at, self.last_reply)
+        self.last_reply = now
+        average = self.per_request
+        average = took if average is None else average + 0.2 * (took - average)
+        self.per_request = average
+        wait, ceiling = settings.prefetch_wait, settings.worker_prefetch
+        if wait <= 0:
+            self.credit = 1
+        elif average <= 0:  # answered within the same batch of messages: quicker than we see
+            self.credit = ceiling
+        else:
+            self.credit = max(1, min(ceiling, 1 + int(wait / average)))
