@@ -323,6 +323,18 @@ def _sqlite_due(services: int | None) -> str:
             f" ORDER BY due_at LIMIT ?")
 
 
+def utcnow() -> datetime:
+    """Now, as the naive UTC the database stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def naive_utc(moment: datetime | None) -> datetime | None:
+    """An aware time as naive UTC (naive times are taken to be UTC already)."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
 def aware_utc(moment: datetime | None) -> datetime | None:
     """A naive UTC time as read from the database, made aware."""
     return None if moment is None else moment.replace(tzinfo=UTC)

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -37,20 +37,20 @@ from titanic.store import dialect, pipeline
 from titanic.store.crypto import REPLY, REQUEST, PlainBodies
 from titanic.store.hot import HotStatements
 from titanic.store.hot import aware_utc as _aware
+from titanic.store.hot import naive_utc as _naive
+from titanic.store.hot import utcnow as utcnow  # re-exported: benchmarks and tests use it
 from titanic.store.models import identity_table
 from titanic.store.models import requests_table as t
+from titanic.store.overview import SqlOverview
 from titanic.store.types import (
     FINISHED,
-    REQUEUABLE,
     Exchange,
     NewRequest,
     RequestStatus,
-    ServiceSummary,
     StoredRequest,
     StoreIdentity,
     StoreStats,
     backoff_delay,
-    check_bulk_state,
     check_new_request,
     check_request_id,
     new_request_id,
@@ -68,18 +68,6 @@ RETRY_DELAY_MAX_S = 2.0
 PENDING = RequestStatus.PENDING.value
 DISPATCHED = RequestStatus.DISPATCHED.value
 _FINISHED = [status.value for status in FINISHED]
-
-
-def utcnow() -> datetime:
-    """Now, as the naive UTC the database stores."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _naive(moment: datetime | None) -> datetime | None:
-    """An aware time as naive UTC (naive times are taken to be UTC already)."""
-    if moment is None or moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def _record(row: Row[Any], bodies: PlainBodies) -> StoredRequest:
@@ -109,7 +97,7 @@ def _key(request_id: str) -> uuid.UUID:
     return uuid.UUID(hex=check_request_id(request_id))
 
 
-class SqlStore:
+class SqlStore(SqlOverview):
     """The request store on a SQLAlchemy engine (see titanic.store.open_store); `bodies` seals
     request and reply bodies at rest (titanic.store.crypto), plain without."""
 
@@ -505,59 +493,6 @@ class SqlStore:
             lambda conn: {(service, RequestStatus(status)): count
                           for service, status, count in conn.execute(statement)},
             write=False))
-
-    def summary(self, *, since: datetime) -> list[ServiceSummary]:
-        """Per service, by name: counts by state, the oldest pending request's submission
-        time, and the requests completed since `since`."""
-        counts = select(t.c.service, t.c.status, func.count()).group_by(t.c.service, t.c.status)
-        oldest = (select(t.c.service, func.min(t.c.created_at)).where(t.c.status == PENDING)
-                  .group_by(t.c.service))
-        recent = (select(t.c.service, func.count())
-                  .where(t.c.status == RequestStatus.DONE.value,
-                         t.c.completed_at >= _naive(since))
-                  .group_by(t.c.service))
-
-        def read(conn: Connection) -> list[ServiceSummary]:
-            by_service: dict[str, dict[RequestStatus, int]] = {}
-            for service, status, count in conn.execute(counts):
-                by_service.setdefault(service, {})[RequestStatus(status)] = count
-            first = {service: _aware(moment) for service, moment in conn.execute(oldest)}
-            done = {service: count for service, count in conn.execute(recent)}
-            return [ServiceSummary(service, by_service[service], first.get(service),
-                                   done.get(service, 0)) for service in sorted(by_service)]
-
-        return self._transaction(read, write=False)
-
-    def requeue_all(self, status: RequestStatus, *, service: str | None = None,
-                    dry_run: bool = False) -> int:
-        """Every failed (or expired) request, of one service or all, pending again with its
-        attempts counted afresh; returns how many (with dry_run: would be)."""
-        check_bulk_state(status, REQUEUABLE, "retry")
-        where = [t.c.status == status.value] + ([t.c.service == service] if service else [])
-        if dry_run:
-            return self._count(where)
-        statement = update(t).where(*where).values(status=PENDING, due_at=utcnow(), attempts=0,
-                                                   completed_at=None, lease_until=None)
-        return self._transaction(lambda conn: conn.execute(statement).rowcount)
-
-    def purge_finished(self, status: RequestStatus, *, older_than: float,
-                       service: str | None = None, dry_run: bool = False,
-                       now: datetime | None = None) -> int:
-        """Delete the requests in a finished `status` that finished more than `older_than`
-        seconds ago, of one service or all; returns how many (with dry_run: would be)."""
-        check_bulk_state(status, FINISHED, "purge")
-        cutoff = (_naive(now) or utcnow()) - timedelta(seconds=older_than)
-        where = [t.c.status == status.value, t.c.completed_at < cutoff]
-        where += [t.c.service == service] if service else []
-        if dry_run:
-            return self._count(where)
-        statement = delete(t).where(*where)
-        return self._transaction(lambda conn: conn.execute(statement).rowcount)
-
-    def _count(self, where: list[Any]) -> int:
-        statement = select(func.count()).select_from(t).where(*where)
-        return int(self._transaction(lambda conn: conn.execute(statement).scalar_one(),
-                                     write=False))
 
     def list(self, *, service: str | None = None, status: RequestStatus | None = None,
              limit: int = 100, after: str | None = None) -> list[StoredRequest]:

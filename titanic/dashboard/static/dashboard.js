@@ -80,8 +80,11 @@ async function act(uuid, action, button) {
 
 const FAILED_FIELDS = ["uuid", "service", "attempts", "completed_at", "last_error"];
 
-function showFailed(failed) {
+function showFailed(failed, view) {
   document.getElementById("failed-none").hidden = failed.length > 0;
+  const total = view.services.reduce((sum, s) => sum + s.failed, 0);
+  document.getElementById("failed-count").textContent =
+    total > failed.length ? `(the oldest ${failed.length} of ${total})` : "";
   syncRows(document.querySelector("#failed tbody"), failed, (r) => r.uuid,
     (row, r) => {
       row.dataset.uuid = r.uuid;
@@ -144,7 +147,7 @@ async function refresh() {
   }
   showWho(state.view);
   showServices(state.view);
-  showFailed(state.failed);
+  showFailed(state.failed, state.view);
   drawCharts(state.history);
   const when = new Date(state.updated * 1000).toLocaleTimeString();
   if (state.error) setStatus(`stale since ${when}: ${state.error}`, true);
