@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from titanic import migrate
+from titanic.errors import MissingDatabaseError
 from titanic.settings import default_database_url
 from titanic.store import open_store
 from titanic.store.dialect import make_engine
@@ -46,7 +47,11 @@ def current(db_url: str | None) -> None:
     Example:
       titanic db current
     """
-    engine = make_engine(db_url or default_database_url())
+    try:
+        engine = make_engine(db_url or default_database_url(), create=False)
+    except MissingDatabaseError:
+        click.echo("none")  # no SQLite file yet: never migrated, and left unmade
+        return
     try:
         click.echo(migrate.current_revision(engine) or "none")
     finally:
@@ -63,7 +68,7 @@ def check(db_url: str | None) -> None:
     Example:
       titanic db check && echo "schema is current"
     """
-    engine = make_engine(db_url or default_database_url())
+    engine = make_engine(db_url or default_database_url(), create=False)
     try:
         migrate.check(engine)
         click.echo(f"schema at {migrate.head_revision()}: current")

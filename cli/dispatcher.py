@@ -132,6 +132,8 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
 
 def main() -> None:
     """Console-script entry point for titanic-dispatcher."""
+    from titanic_cli.main import run
+
     configure_logging(0)
-    dispatcher(prog_name="titanic-dispatcher")
+    run(dispatcher, "titanic-dispatcher")
 

@@ -1,14 +1,66 @@
-"""The `titanic` click group; each sub-command lives in a module of its own."""
+"""The `titanic` click group; each sub-command lives in a module of its own, imported only when
+it runs, so `titanic --version` and `titanic --help` start without zmq or SQLAlchemy."""
 
 from __future__ import annotations
+
+import importlib
+import sys
 
 import click
 
 from titanic import __version__
-from titanic_cli.options import configure_logging
+from titanic_cli.exitcodes import Exit
+
+#: Every sub-command: where it lives and its one-line help (for `titanic --help` without
+#: importing it; tests/unit/test_cli_startup.py checks these against the commands).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("titanic_cli.bench:bench", "Measure round trips, acknowledgements and completions."),
+    "broker": ("titanic_cli.mdp_commands:broker", "Run the Majordomo broker."),
+    "call": ("titanic_cli.mdp_commands:call", "Send one request to SERVICE and print the reply."),
+    "close": ("titanic_cli.tsp_commands:close", "Delete request UUID and its reply."),
+    "dashboard": ("titanic_cli.dashboard:dashboard",
+                  "Serve a web page of the queue per service and its history."),
+    "db": ("titanic_cli.db:db", "Inspect and upgrade the database schema."),
+    "dispatcher": ("titanic_cli.dispatcher:dispatcher",
+                   "Serve titanic.request/reply/close and forward stored requests."),
+    "fetch": ("titanic_cli.tsp_commands:fetch", "Print the reply to request UUID."),
+    "info": ("titanic_cli.manage_commands:info",
+             "Show the queue per service, and the broker and dispatcher that answer."),
+    "keygen": ("titanic_cli.keys:keygen", "Write a CURVE key pair."),
+    "list": ("titanic_cli.tsp_commands:list_requests", "List stored requests, oldest first."),
+    "mmi": ("titanic_cli.mdp_commands:mmi", "Ask the broker whether SERVICE has live workers."),
+    "purge": ("titanic_cli.manage_commands:purge", "Delete finished requests in bulk."),
+    "retry": ("titanic_cli.tsp_commands:retry", "Send a failed or expired request again."),
+    "status": ("titanic_cli.tsp_commands:status", "Show request UUID's state and last error."),
+    "submit": ("titanic_cli.tsp_commands:submit", "Store a request for SERVICE, print its UUID."),
+    "up": ("titanic_cli.up:up", "Run the broker and the dispatcher together."),
+    "worker": ("titanic_cli.mdp_commands:worker", "Run a worker: your own function, or echo."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def load_command(name: str) -> click.Command:
+    """Import the sub-command `name`."""
+    module, attribute = COMMANDS[name][0].split(":")
+    command = getattr(importlib.import_module(module), attribute)
+    assert isinstance(command, click.Command)
+    return command
+
+
+class _LazyGroup(click.Group):
+    """A group whose commands are imported when they are invoked."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load_command(cmd_name) if cmd_name in COMMANDS else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in sorted(COMMANDS)])
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging on stderr: -v info, -vv debug.")
 @click.version_option(__version__, prog_name="titanic")
 def cli(verbose: int) -> None:
@@ -16,35 +68,30 @@ def cli(verbose: int) -> None:
 
     \b
     Example:
-      titanic broker --bind tcp://127.0.0.1:5555 &
-      titanic worker echo &
-      titanic call echo hello
+      titanic up --demo &
+      titanic submit echo hello        # prints a UUID
+      titanic fetch --wait <UUID>      # prints hello
     """
+    from titanic_cli.options import configure_logging
+
     configure_logging(verbose)
 
 
-def _register() -> None:
-    from titanic_cli import (
-        bench,
-        dashboard,
-        db,
-        dispatcher,
-        keys,
-        manage_commands,
-        mdp_commands,
-        tsp_commands,
-        up,
-    )
-
-    for command in [*mdp_commands.COMMANDS, *tsp_commands.COMMANDS, *manage_commands.COMMANDS,
-                    dispatcher.dispatcher, dashboard.dashboard, up.up, db.db, bench.bench,
-                    keys.keygen]:
-        cli.add_command(command)
-
-
-_register()
+def run(command: click.Command, prog_name: str) -> None:
+    """Run a click command as a program: Ctrl-C exits 130 (not click's 1), one line on stderr."""
+    try:
+        result = command.main(prog_name=prog_name, standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("titanic: interrupted", err=True)
+        sys.exit(int(Exit.INTERRUPTED))
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        sys.exit(int(Exit.ERROR))
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="titanic")
+    run(cli, "titanic")

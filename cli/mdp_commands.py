@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import click
@@ -10,7 +12,8 @@ import zmq
 from titanic._zmq import stop_on_signals
 from titanic.broker import Broker
 from titanic.client import Client
-from titanic.errors import TitanicError
+from titanic.errors import TitanicError, TitanicTimeoutError
+from titanic.protocol.failure import parse_failure
 from titanic.protocol.mdp import Dialect
 from titanic.protocol.mmi import SERVICE as MMI_SERVICE
 from titanic.settings import (
@@ -28,21 +31,29 @@ from titanic.settings import (
     BrokerSettings,
 )
 from titanic.worker import Worker, echo_handler
+from titanic.worker_group import TargetError, WorkerGroup, function_handler, load_function
 from titanic_cli.exitcodes import Exit
 from titanic_cli.options import (
     CurveOptions,
     CurveServerOptions,
     LogOptions,
+    UsageProblem,
     broker_option,
     client_options,
     client_session,
     curve_client_options,
     curve_server_options,
+    echo_json,
     fail,
+    frames_json,
     handle_errors,
+    json_option,
     log_options,
     metrics_option,
+    read_payload,
 )
+
+log = logging.getLogger("titanic.worker")
 
 DIALECTS = {"7": Dialect.MDP01, "18": Dialect.MDP02, "majortomo": Dialect.MAJORTOMO}
 
@@ -154,9 +165,57 @@ def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: flo
             metrics.stop()
 
 
+worker_heartbeat_option = click.option(
+    "--heartbeat", type=click.FloatRange(min=0.01), default=HEARTBEAT_INTERVAL_S,
+    show_default=True, envvar="TITANIC_HEARTBEAT",
+    help="Heartbeat interval, seconds: use the broker's.")
+
+
 @click.group()
 def worker() -> None:
-    """Run a demo worker."""
+    """Run a worker: your own function (`worker run`), or the demo echo service."""
+
+
+@worker.command("run")
+@broker_option
+@click.option("--service", required=True, envvar="TITANIC_SERVICE",
+              help="Service name to register [env TITANIC_SERVICE].")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True,
+              envvar="TITANIC_CONCURRENCY",
+              help="Requests served at once: one broker connection and thread each "
+              "[env TITANIC_CONCURRENCY].")
+@dialect_option
+@worker_heartbeat_option
+@curve_client_options
+@log_options
+@click.argument("target", metavar="PKG.MODULE:FUNCTION")
+@handle_errors
+def worker_run(broker: tuple[str, ...], service: str, concurrency: int, dialect_name: str,
+               heartbeat: float, target: str, curve: CurveOptions, logs: LogOptions) -> None:
+    """Serve SERVICE with your own function, called with the request frames as bytes arguments.
+
+    It returns the reply: bytes, str (sent as UTF-8), or a list of them for several frames. An
+    exception is reported to the dispatcher at once, which retries the request after a backoff;
+    raise titanic.PermanentError to fail it without retries. The current folder is searched for
+    PKG first, as `python -m` does.
+
+    \b
+    Example (shop/tasks.py: def resize(image: bytes, size: bytes) -> bytes: ...):
+      titanic worker run shop.tasks:resize --service resize --concurrency 4
+    """
+    logs.apply("worker")
+    sys.path.insert(0, os.getcwd())
+    try:
+        handler = function_handler(load_function(target))
+    except TargetError as exc:
+        raise UsageProblem(str(exc)) from exc
+    hook = curve.hook()
+    group = WorkerGroup(concurrency, lambda context: Worker(
+        broker, service, handler, dialect=DIALECTS[dialect_name], heartbeat_interval=heartbeat,
+        context=context, configure_socket=hook))
+    log.info("serving %r with %s, %d at a time", service, target, concurrency)
+    with stop_on_signals(group.stop):
+        group.run()
 
 
 @worker.command("echo")
@@ -164,9 +223,7 @@ def worker() -> None:
 @click.option("--service", default="echo", show_default=True, envvar="TITANIC_SERVICE",
               help="Service name to register.")
 @dialect_option
-@click.option("--heartbeat", type=click.FloatRange(min=0.01), default=HEARTBEAT_INTERVAL_S,
-              show_default=True, envvar="TITANIC_HEARTBEAT",
-              help="Heartbeat interval, seconds: use the broker's.")
+@worker_heartbeat_option
 @curve_client_options
 @log_options
 @handle_errors
@@ -190,24 +247,40 @@ def worker_echo(broker: tuple[str, ...], service: str, dialect_name: str, heartb
 @client_options
 @dialect_option
 @curve_client_options
+@json_option
 @click.argument("service")
 @click.argument("frames", nargs=-1)
 @handle_errors
 def call(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: str, service: str,
-         frames: tuple[str, ...], curve: CurveOptions) -> None:
+         frames: tuple[str, ...], as_json: bool, curve: CurveOptions) -> None:
     """Send one request to SERVICE and print each reply frame on its own line.
 
-    Exit status 6 if no reply came within the timeout and retries, 9 if the broker refused
-    the security handshake.
+    Each FRAME is text, `-` for stdin, `@FILE` for a file's bytes, or `@@text` for a literal
+    `@text`. Exit status 5 if the worker reported a failure, 6 if no reply came within the
+    timeout and retries, 9 if the broker refused the security handshake.
 
     \b
     Example:
       titanic call echo hello world
+      titanic call resize @photo.jpg 640x480
     """
+    body = [read_payload(frame) for frame in frames]
     with client_session(curve) as (context, hook), Client(
             broker, dialect=DIALECTS[dialect_name], timeout=timeout, retries=retries,
             context=context, configure_socket=hook) as client:
-        reply = client.request(service, *(f.encode() for f in frames))
+        try:
+            reply = client.request(service, *body)
+        except TitanicTimeoutError as exc:
+            raise TitanicTimeoutError(f"{exc}: {client.explain_timeout(service)}") from exc
+    report = parse_failure(reply)
+    if as_json:
+        echo_json({"service": service, "state": "failed", "error": report.error}
+                  if report is not None else {"service": service, **frames_json(reply)})
+        if report is not None:
+            sys.exit(int(Exit.FAILED))
+        return
+    if report is not None:
+        fail(f"failed: {report.error}", Exit.FAILED)
     out = sys.stdout.buffer
     for frame in reply:
         out.write(frame + b"\n")

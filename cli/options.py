@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +113,8 @@ class LogOptions:
             root.setLevel(level_number(self.level))
         else:
             root.setLevel(logging.DEBUG if verbose else min(root.level, logging.INFO))
+        if root.level > logging.DEBUG:  # alembic's set-up lines (plugins, context) only in debug
+            logging.getLogger("alembic").setLevel(logging.WARNING)
         for handler in root.handlers:
             handler.setFormatter(make_formatter(self.format, component))
 
@@ -190,11 +194,43 @@ def handle_errors(func: F) -> F:
         except TitanicError as exc:
             fail(str(exc), Exit.ERROR)
         except KeyboardInterrupt:
-            fail("interrupted", Exit.ERROR)
+            fail("interrupted", Exit.INTERRUPTED)
         except OSError as exc:
             fail(str(exc), Exit.ERROR)
 
     return wrapper  # type: ignore[return-value]
+
+
+def read_payload(value: str) -> bytes:
+    """`-` is stdin, `@path` a file's content, `@@text` the literal `@text`; else the text."""
+    if value == "-":
+        return sys.stdin.buffer.read()
+    if value.startswith("@@"):
+        return value[1:].encode()
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from exc
+    return value.encode()
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON object on stdout (see docs/cli.md).")
+
+
+def frames_json(frames: Sequence[bytes]) -> dict[str, Any]:
+    """Frames for JSON output: as text when every frame is UTF-8, else all as base64."""
+    try:
+        return {"frames": [frame.decode("utf-8") for frame in frames], "encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"frames": [base64.b64encode(frame).decode() for frame in frames],
+                "encoding": "base64"}
+
+
+def echo_json(value: object) -> None:
+    """One JSON object on a line of stdout."""
+    click.echo(json.dumps(value, ensure_ascii=False))
 
 
 def db_option(func: F) -> F:

@@ -14,7 +14,7 @@ import click
 from titanic.errors import ProtocolError
 from titanic.protocol.tsp import parse_uuid
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
-from titanic.store import RequestStatus, StoredRequest, open_store
+from titanic.store import RequestStatus, StoredRequest, open_existing_store
 from titanic.tsp_client import ReplyState, TitanicClient
 from titanic_cli.exitcodes import Exit
 from titanic_cli.mdp_commands import DIALECTS, dialect_option
@@ -26,8 +26,12 @@ from titanic_cli.options import (
     client_session,
     curve_client_options,
     db_option,
+    echo_json,
     fail,
+    frames_json,
     handle_errors,
+    json_option,
+    read_payload,
     store_key_option,
 )
 
@@ -38,20 +42,6 @@ _STATE_EXIT = {
     ReplyState.EXPIRED: Exit.FAILED,
     ReplyState.ERROR: Exit.ERROR,
 }
-
-
-def _read_payload(value: str) -> bytes:
-    """`-` is stdin, `@path` a file's content, `@@text` the literal `@text`; else the text."""
-    if value == "-":
-        return sys.stdin.buffer.read()
-    if value.startswith("@@"):
-        return value[1:].encode()
-    if value.startswith("@"):
-        try:
-            return Path(value[1:]).read_bytes()
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from exc
-    return value.encode()
 
 
 def _check_uuid(value: str) -> str:
@@ -81,12 +71,13 @@ def _client(broker: tuple[str, ...], dialect_name: str, timeout: float, retries:
               help="Idempotency key, 1 to 255 characters (an order number, say): a request "
               "with this key already stored is not stored again, and its UUID is printed "
               "[default: a random key, so this command's own retries are stored once].")
+@json_option
 @click.argument("service")
 @click.argument("payload", required=False)
 @handle_errors
 def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: str,
-           frames: tuple[str, ...], key: str | None, service: str, payload: str | None,
-           curve: CurveOptions) -> None:
+           frames: tuple[str, ...], key: str | None, as_json: bool, service: str,
+           payload: str | None, curve: CurveOptions) -> None:
     """Store a request for SERVICE and print its UUID.
 
     PAYLOAD is the first request frame: text, `-` for stdin, or `@FILE` for a file's bytes
@@ -100,10 +91,17 @@ def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: 
     """
     if key is not None and not 0 < len(key) <= 255:
         raise click.BadParameter("must be 1 to 255 characters", param_hint="--key")
-    first = [] if payload is None else [_read_payload(payload)]
-    body = first + [_read_payload(frame) for frame in frames]
+    first = [] if payload is None else [read_payload(payload)]
+    body = first + [read_payload(frame) for frame in frames]
     with _client(broker, dialect_name, timeout, retries, curve) as client:
-        click.echo(client.submit(service, *body, key=key))
+        request_id = client.submit(service, *body, key=key)
+        if client.has_workers(service) is False:
+            click.echo(f"titanic: warning: service {service!r} has no workers now; the request "
+                       "is stored and is sent when one registers", err=True)
+    if as_json:
+        echo_json({"uuid": request_id, "service": service})
+    else:
+        click.echo(request_id)
 
 
 @click.command()
@@ -117,11 +115,12 @@ def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: 
 @click.option("--retries", type=click.IntRange(min=0), default=CLIENT_RETRIES, show_default=True,
               envvar="TITANIC_RETRIES", help="Resends of each call after a timeout.")
 @click.option("--raw", is_flag=True, help="Write the reply frames back to back, no newlines.")
+@json_option
 @curve_client_options
 @click.argument("request_id", metavar="UUID")
 @handle_errors
 def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float | None,
-          retries: int, raw: bool, request_id: str, curve: CurveOptions) -> None:
+          retries: int, raw: bool, as_json: bool, request_id: str, curve: CurveOptions) -> None:
     """Print the reply to request UUID, one frame per line.
 
     \b
@@ -145,16 +144,25 @@ def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float
         if wait:
             fetched = client.wait(request_id, total, progress=progress if show else None)
         else:
-            fetched = client.fetch(request_id)
+            fetched = client.fetch(request_id, within=total)
     if show:
         click.echo("", err=True)
+    if as_json:
+        shown: dict[str, Any] = {"uuid": request_id, "state": fetched.state.value}
+        if fetched.state is ReplyState.DONE:
+            shown.update(frames_json(fetched.reply))
+        elif fetched.text and fetched.text != fetched.state.value:
+            shown["error"] = fetched.text
+        echo_json(shown)
+        if fetched.state is not ReplyState.DONE:
+            sys.exit(int(_STATE_EXIT[fetched.state]))
+        return
     if fetched.state is ReplyState.DONE:
         out = sys.stdout.buffer
         out.write(b"".join(fetched.reply) if raw else b"".join(f + b"\n" for f in fetched.reply))
         out.flush()
         return
-    detail = f": {fetched.text}" if fetched.text and fetched.state.value not in fetched.text else ""
-    fail(f"request {request_id} is {fetched.state.value}{detail}", _STATE_EXIT[fetched.state])
+    fail(f"request {request_id} is {fetched}", _STATE_EXIT[fetched.state])
 
 
 @click.command()
@@ -214,7 +222,7 @@ def status(db_url: str | None, store_key: Path | None, as_json: bool, request_id
       titanic status 0190c6f2a1b47c3e9d2f00112233aabb
     """
     request_id = _check_uuid(request_id)
-    store = open_store(db_url, store_key=store_key)
+    store = open_existing_store(db_url, store_key=store_key)
     try:
         found = store.get(request_id)
     finally:
@@ -239,7 +247,8 @@ def status(db_url: str | None, store_key: Path | None, as_json: bool, request_id
               help="Only requests in this state.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--after", metavar="UUID", help="Page on: requests after this UUID.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON, one object per request.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: one object per request, one per line.")
 @handle_errors
 def list_requests(db_url: str | None, store_key: Path | None, service: str | None,
                   state: str | None, limit: int, after: str | None, as_json: bool) -> None:
@@ -249,7 +258,7 @@ def list_requests(db_url: str | None, store_key: Path | None, service: str | Non
     Example:
       titanic list --state failed --service echo
     """
-    store = open_store(db_url, store_key=store_key)
+    store = open_existing_store(db_url, store_key=store_key)
     try:
         found = store.list(service=service, status=RequestStatus(state) if state else None,
                            limit=limit, after=_check_uuid(after) if after else None)
@@ -257,7 +266,8 @@ def list_requests(db_url: str | None, store_key: Path | None, service: str | Non
         store.close_store()
     rows = [_as_dict(request) for request in found]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        for row in rows:
+            echo_json(row)
         return
     click.echo(f"{'UUID':32}  {'SERVICE':20}  {'STATE':10}  {'TRIES':>5}  CREATED")
     for row in rows:
@@ -303,7 +313,7 @@ def retry(db_url: str | None, broker: tuple[str, ...], timeout: float, retries: 
         raise UsageProblem("--service and --dry-run go with --state")
     assert request_id is not None
     request_id = _check_uuid(request_id)
-    store = open_store(db_url, store_key=store_key)
+    store = open_existing_store(db_url, store_key=store_key)
     try:
         if store.requeue(request_id):
             click.echo(f"request {request_id} is pending again")

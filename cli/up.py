@@ -14,17 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+import zmq
 
 from titanic._zmq import stop_on_signals
+from titanic.errors import TitanicError
 from titanic.security import load_keypair, load_public_key, write_keypair
 from titanic.settings import DEFAULT_BROKER, default_database_url
-from titanic_cli.options import LogOptions, db_option, handle_errors, log_options
+from titanic_cli.exitcodes import Exit
+from titanic_cli.options import LogOptions, db_option, fail, handle_errors, log_options
 
 log = logging.getLogger("titanic.up")
 
 RESTART_DELAY_S = 1.0
 RESTART_DELAY_MAX_S = 30.0
 STOP_GRACE_S = 10.0
+#: A child exiting with one of these would fail the same way again: bad options, the database
+#: (a bad URL, a missing role, a newer schema), a key file.
+CONFIGURATION_EXITS = frozenset({Exit.USAGE, Exit.DATABASE, Exit.KEY})
 #: Variables the children must not inherit: `up` gives each child its CURVE options itself.
 _CURVE_VARIABLES = ("TITANIC_CURVE_SERVER_KEY", "TITANIC_CURVE_KEY", "TITANIC_CURVE_SECRET",
                     "TITANIC_CURVE_ALLOW", "TITANIC_CURVE_ALLOW_WORKERS")
@@ -59,9 +65,10 @@ class _Child:
             proc.wait()
 
 
-def _supervise(children: list[_Child], stopping: threading.Event) -> None:
-    """Restart any child that dies, with a growing delay, until asked to stop."""
-    while not stopping.wait(0.5):
+def _supervise(children: list[_Child], stopping: threading.Event) -> _Child | None:
+    """Restart any child that dies, with a growing delay, until asked to stop; a child that
+    exits on a configuration error is returned instead (restarting it would fail the same way)."""
+    while not stopping.wait(0.2):
         now = time.monotonic()
         for child in children:
             proc = child.process
@@ -69,6 +76,8 @@ def _supervise(children: list[_Child], stopping: threading.Event) -> None:
                 if now - child.started_at > 60:
                     child.delay = RESTART_DELAY_S  # it ran long enough to count as healthy
                 continue
+            if proc is not None and proc.returncode in CONFIGURATION_EXITS:
+                return child
             if proc is not None:
                 log.error("%s exited with status %s; restarting in %.0f s", child.name,
                           proc.returncode, child.delay)
@@ -77,6 +86,24 @@ def _supervise(children: list[_Child], stopping: threading.Event) -> None:
                 child.delay = min(RESTART_DELAY_MAX_S, child.delay * 2)
             if now >= child.restart_at:
                 child.start()
+    return None
+
+
+def _check_bindable(endpoint: str) -> None:
+    """TitanicError (one line, exit 1) if the broker's endpoint cannot be bound, say because the
+    port is in use: found before any child starts, not by a broker restarted for ever."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        sock = context.socket(zmq.ROUTER)
+        sock.linger = 0
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise TitanicError(f"cannot bind {endpoint}: {exc}") from exc
+        finally:
+            sock.close(0)
+    finally:
+        context.term()
 
 
 @dataclass(frozen=True)
@@ -153,6 +180,7 @@ def up(bind: str, db_url: str | None, demo: bool, dashboard_bind: str | None,
       titanic up --demo --dashboard          # and open http://127.0.0.1:8080/
     """
     logs.apply("up")
+    _check_bindable(bind)
     keys = prepare_keys(curve_dir) if curve_dir is not None else None
     broker_curve, peer_curve = (keys.broker, keys.peer) if keys else ([], [])
     env = {name: value for name, value in os.environ.items() if name not in _CURVE_VARIABLES}
@@ -183,11 +211,16 @@ def up(bind: str, db_url: str | None, demo: bool, dashboard_bind: str | None,
     stopping = threading.Event()
     for child in children:
         child.start()
+    failed: _Child | None = None
     try:
         with stop_on_signals(stopping.set):
-            _supervise(children, stopping)
+            failed = _supervise(children, stopping)
     finally:
         deadline = time.monotonic() + STOP_GRACE_S
         for child in reversed(children):  # the broker last: the dispatcher drains through it
             child.stop(deadline)
         click.echo("titanic up: stopped", err=True)
+    if failed is not None and failed.process is not None:
+        code = failed.process.returncode
+        fail(f"{failed.name} exited with status {code} (a configuration error, see its message "
+             "above): not restarted", Exit(code))

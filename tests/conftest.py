@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
-from titanic_support import Processes, running
+from titanic_support import Processes, start_broker
 
 from titanic.store import Store, open_store
 
@@ -84,11 +85,18 @@ def sqlite_store(sqlite_url: str) -> Iterator[Store]:
 @pytest.fixture
 def broker() -> Iterator[str]:
     """A broker on a free loopback port with quick heartbeats, in a thread; its endpoint."""
-    from titanic.broker import Broker
-    from titanic.settings import BrokerSettings
+    with ExitStack() as stack:
+        yield start_broker(stack)
 
-    server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
-                                                        heartbeat_liveness=5))
-    endpoint = server.bind()[0]
-    with running(server):
-        yield endpoint
+
+@pytest.fixture
+def store(sqlite_store: Store) -> Store:
+    """The store under test, for tests of the daemons: a SqlStore on a SQLite file."""
+    return sqlite_store
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    """An exit stack closed when the test ends: servers in threads, clients, stores."""
+    with ExitStack() as stack:
+        yield stack

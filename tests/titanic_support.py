@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +25,18 @@ CLI = [sys.executable, "-P", "-m", "titanic_cli"]
 #: Worker connections with quick heartbeats and reconnects, for daemons run by tests.
 FAST_CONNECTION = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
                                      reconnect_max=0.5)
+
+
+def start_broker(stack: ExitStack) -> str:
+    """A broker running in a thread until `stack` closes (quick heartbeats); its endpoint."""
+    from titanic.broker import Broker
+    from titanic.settings import BrokerSettings
+
+    server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
+                                                        heartbeat_liveness=5))
+    endpoint = server.bind()[0]
+    stack.enter_context(running(server))
+    return endpoint
 
 
 #: Ports tests hand to processes they start: below Linux's ephemeral range (32768-60999 by
@@ -117,12 +129,12 @@ class Processes:
         self._log_dir = log_dir
         self._all: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, argv: Sequence[str],
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
         """Start a process; its stdout and stderr go to <log_dir>/<name>.log."""
         log = open(self._log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+                                env={**os.environ, **(env or {})}, cwd=cwd)
         log.close()
         self._all.append(proc)
         return proc

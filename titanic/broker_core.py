@@ -44,7 +44,7 @@ from titanic.protocol.mdp import (
     parse_peer_message,
     worker_command_prefix,
 )
-from titanic.settings import BrokerSettings
+from titanic.settings import MAX_SERVICE_NAME_BYTES, BrokerSettings
 
 log = logging.getLogger("titanic.broker")
 
@@ -233,12 +233,12 @@ class BrokerCore:
                    body: Frames, user: bytes | None) -> None:
         limit = self._max_request_size
         # One frame is the common case: len() of it is a third of the cost of sum(map(len)).
-        if limit and (size := len(body[0]) if len(body) == 1 else sum(map(len, body))) > limit:
-            self._drops.refused("oversized_requests", client)
-            self._send_client(client, build_client_reply(
-                dialect, service_name,
-                [OVERSIZED + b" request of %d bytes exceeds the broker's limit of %d bytes"
-                 % (size, limit)]))
+        if limit and (len(service_name) + (len(body[0]) if len(body) == 1
+                                           else sum(map(len, body)))) > limit:
+            self._refuse_oversized(client, dialect, service_name, body, limit)
+            return
+        if len(service_name) > MAX_SERVICE_NAME_BYTES:
+            self._refuse_long_name(client, dialect, service_name)
             return
         if service_name.startswith(mmi.PREFIX):
             self.stats.mmi_requests += 1
@@ -256,6 +256,27 @@ class BrokerCore:
             self._place(worker)
             return
         self._enqueue(service, client, dialect, body, user)
+
+    def _refuse_oversized(self, client: bytes, dialect: Dialect, service_name: bytes,
+                          body: Frames, limit: int) -> None:
+        """413 for a request (service name and body) over --max-request-size."""
+        if len(service_name) > MAX_SERVICE_NAME_BYTES:
+            self._refuse_long_name(client, dialect, service_name)
+            return
+        size = len(service_name) + sum(map(len, body))
+        self._drops.refused("oversized_requests", client)
+        self._send_client(client, build_client_reply(
+            dialect, service_name,
+            [OVERSIZED + b" request of %d bytes exceeds the broker's limit of %d bytes"
+             % (size, limit)]))
+
+    def _refuse_long_name(self, client: bytes, dialect: Dialect, service_name: bytes) -> None:
+        """413 for a service name over MAX_SERVICE_NAME_BYTES. The answer names no service (an
+        empty service frame): echoing the name would make the broker hold it again."""
+        self._drops.refused("oversized_requests", client)
+        self._send_client(client, build_client_reply(
+            dialect, b"", [OVERSIZED + b" service name of %d bytes exceeds the limit of %d bytes"
+                           % (len(service_name), MAX_SERVICE_NAME_BYTES)]))
 
     def _enqueue(self, service: ServiceQueue, client: bytes, dialect: Dialect, body: Frames,
                  user: bytes | None) -> None:
@@ -379,7 +400,7 @@ class BrokerCore:
         if worker is not None:
             self._disconnect(worker, "second READY")
             return
-        if mmi.is_mmi(service_name):
+        if mmi.is_mmi(service_name) or len(service_name) > MAX_SERVICE_NAME_BYTES:
             self.stats.workers_disconnected += 1
             log.debug("worker %s tried to register %s: DISCONNECT", identity.hex(),
                       _show(service_name))
@@ -400,8 +421,11 @@ class BrokerCore:
         self._workers[identity] = worker
         service.workers += 1
         self.stats.workers_registered += 1
-        log.info("worker %s registered for %s (%s)", identity.hex(), _show(service_name),
-                 dialect.value, extra=about(service=service_name[:255]))
+        # One line when a service gains its first worker; a dispatcher alone opens ~20.
+        log.log(logging.INFO if service.workers == 1 else logging.DEBUG,
+                "worker %s registered for %s (%s), %d worker(s) now", identity.hex(),
+                _show(service_name), dialect.value, service.workers,
+                extra=about(service=service_name[:255]))
         self._feed(worker)
 
     def _on_reply(self, worker: RegisteredWorker, final: bool, body: Frames) -> None:

@@ -20,14 +20,28 @@ import zmq
 
 from titanic._zmq import SocketHook, SocketSet, new_socket, recv_frames, send_frames
 from titanic.errors import ClientClosedError, ProtocolError, TitanicTimeoutError
+from titanic.protocol import mmi
 from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, broker_list
 
+#: Longest an mmi.service question asked to explain a timeout may take, in seconds.
+DIAGNOSE_TIMEOUT_S = 1.0
 Brokers = str | Sequence[str]
 
 
 def _encode(service: str | bytes) -> bytes:
     return service.encode() if isinstance(service, str) else service
+
+
+def explain_timeout(service: str | bytes, broker: str, present: bool | None) -> str:
+    """Which piece is down after a request to `service` got no reply, given what the broker's
+    mmi.service said (`present`; None: the broker did not answer either)."""
+    name = _encode(service).decode(errors="replace")
+    if present is None:
+        return f"the broker at {broker} does not answer"
+    if present:
+        return f"the broker answers and {name!r} has workers, but none replied in time"
+    return f"the broker answers, but no worker serves {name!r}"
 
 
 class _Connection:
@@ -140,6 +154,20 @@ class Client:
             f"no reply from service {name.decode(errors='replace')!r} at {_where(self.brokers)} "
             f"after {attempts} attempt(s) of {wait:g} s"
         )
+
+    def has_workers(self, service: str | bytes, timeout: float = DIAGNOSE_TIMEOUT_S
+                    ) -> bool | None:
+        """Whether the broker has workers for `service` now (mmi.service); None if the broker
+        did not answer within `timeout` seconds."""
+        try:
+            answer = self.request(mmi.SERVICE, _encode(service), timeout=timeout, retries=0)
+        except TitanicTimeoutError:
+            return None
+        return answer[:1] == [mmi.FOUND]
+
+    def explain_timeout(self, service: str | bytes, timeout: float = DIAGNOSE_TIMEOUT_S) -> str:
+        """Which piece is down after a request to `service` got no reply, asked of the broker."""
+        return explain_timeout(service, self.broker, self.has_workers(service, timeout))
 
     def _collect(self, connection: _Connection, service: bytes, wait: float) -> list[Frames] | None:
         parts: list[Frames] = []

@@ -53,6 +53,10 @@ class InvalidRequestError(StoreError, ValueError):
     """The request is malformed (bad UUID, body too large, ...)."""
 
 
+class MissingDatabaseError(StoreError):
+    """The database does not exist: `titanic db upgrade` makes it."""
+
+
 class SchemaError(StoreError):
     """The database schema is not the one this version of titanic expects."""
 
@@ -70,3 +74,10 @@ class CurveKeyError(TitanicError):
 
 class StoreKeyError(TitanicError):
     """A store key file (encryption at rest) is missing or malformed."""
+
+
+class PermanentError(TitanicError):
+    """The request cannot succeed: raised by a worker's handler, it fails at once, untried again.
+
+    `raise PermanentError from exc` reports `exc` (its type and message) as the reason.
+    """

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from titanic.errors import SchemaError, StoreError
+from titanic.store.dialect import connect_error, describe
 from titanic.store.models import Base
 
 
@@ -51,7 +52,7 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the schema revision: {exc}") from exc
+        raise StoreError(connect_error(exc, engine.url)) from exc
 
 
 def _known_revisions() -> set[str]:
@@ -79,7 +80,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
                                    {"key": _MIGRATION_LOCK})
             command.upgrade(_config(location, connection), revision)
     except SQLAlchemyError as exc:
-        raise StoreError(f"migration failed: {exc}") from exc
+        raise StoreError(f"migration failed: {connect_error(exc, engine.url)}") from exc
 
 
 def ensure_schema(engine: Engine) -> None:
@@ -91,6 +92,19 @@ def ensure_schema(engine: Engine) -> None:
             f"(head {head_revision()}): upgrade titanic instead of using it on this database")
     if current != head_revision():
         upgrade(engine)
+
+
+def require_current(engine: Engine) -> None:
+    """StoreError (SchemaError) naming `titanic db upgrade` unless the database is at head;
+    never changes the database."""
+    current = current_revision(engine)
+    if current is None:
+        raise SchemaError(f"{describe(engine.url)} has no titanic tables: run `titanic db "
+                          "upgrade` to make them")
+    head = head_revision()
+    if current != head:
+        raise SchemaError(f"{describe(engine.url)} is at schema revision {current}, not {head}: "
+                          "run `titanic db upgrade`")
 
 
 def check(engine: Engine) -> None:

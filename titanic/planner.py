@@ -22,6 +22,7 @@ from titanic.client import Completion
 from titanic.errors import StoreError
 from titanic.logs import about
 from titanic.protocol import mmi, tsp
+from titanic.protocol.failure import FailureReport, parse_failure
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.services import (
@@ -149,8 +150,8 @@ class Planner:
         if new and plan and isinstance(result, Exchange):
             result = self._exchange([], [], plan)
         more = isinstance(result, Exchange) and self._send_claimed(result, plan)
-        for request_id, service in failed:
-            self.guarded(partial(self._retry, request_id, service))
+        for request_id, service, report in failed:
+            self.guarded(partial(self._retry, request_id, service, report))
         return more
 
     def _check(self, bodies: Sequence[Frames], callers: Sequence[Caller | None] | None
@@ -192,11 +193,12 @@ class Planner:
             if new or replies or plan:
                 self.observe_store(time.monotonic() - started)
 
-    def _sort(self, completions: Iterable[Completion],
-              now: float) -> tuple[list[tuple[str, Frames]], list[tuple[str, str]]]:
-        """Replies to store and requests that timed out; mmi.service answers taken note of."""
+    def _sort(self, completions: Iterable[Completion], now: float
+              ) -> tuple[list[tuple[str, Frames]], list[tuple[str, str, FailureReport | None]]]:
+        """Replies to store, and requests that failed: timed out (no report) or answered with a
+        failure report; mmi.service answers taken note of."""
         replies: list[tuple[str, Frames]] = []
-        failed: list[tuple[str, str]] = []
+        failed: list[tuple[str, str, FailureReport | None]] = []
         for completion in completions:
             tag = completion.tag
             if isinstance(tag, PresenceCheck):
@@ -207,13 +209,15 @@ class Planner:
                 log.error("completion with a foreign tag %r dropped", tag)
                 continue
             self.in_flight[tag.service] -= 1
-            if completion.reply is not None:
+            if completion.reply is None:
+                self.presence.forget(tag.service)
+                failed.append((tag.request_id, tag.service, None))
+            elif (report := parse_failure(completion.reply)) is not None:
+                failed.append((tag.request_id, tag.service, report))
+            else:
                 replies.append((tag.request_id, completion.reply))
                 log.debug("request %s answered", tag.request_id,
                           extra=about(tag.request_id, tag.service))
-            else:
-                self.presence.forget(tag.service)
-                failed.append((tag.request_id, tag.service))
         return replies, failed
 
     def _claim_plan(self, now: float) -> dict[str, int]:
@@ -256,11 +260,18 @@ class Planner:
         log.debug("request %s sent to %r (attempt %d)", delivery.id, delivery.service,
                   delivery.attempts, extra=about(delivery.id, delivery.service))
 
-    def _retry(self, request_id: str, service: str) -> None:
+    def _retry(self, request_id: str, service: str, report: FailureReport | None) -> None:
+        """After a timeout (no report) or a worker's failure report: retry later, or fail."""
         s = self.settings
-        error = f"no reply from {service!r} within {s.request_timeout:g} s"
-        status = self.store.retry_later(request_id, error, max_attempts=s.max_attempts,
-                                        backoff=s.backoff, backoff_max=s.backoff_max)
+        if report is None:
+            error = f"no reply from {service!r} within {s.request_timeout:g} s"
+        else:
+            error = report.error
+        if report is not None and report.permanent:
+            status = RequestStatus.FAILED if self.store.fail(request_id, error) else None
+        else:
+            status = self.store.retry_later(request_id, error, max_attempts=s.max_attempts,
+                                            backoff=s.backoff, backoff_max=s.backoff_max)
         if status is RequestStatus.FAILED:
             self.stats.failed += 1
             log.warning("request %s failed for good: %s", request_id, error,

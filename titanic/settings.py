@@ -23,6 +23,8 @@ MAX_MESSAGE_SIZE_BYTES = 64 * 1024 * 1024
 #: Largest request the broker answers with a refusal instead of serving; below the hard limit
 #: above (beyond which libzmq cuts the sender's connection without a word).
 BROKER_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+#: Longest service name the broker accepts, in bytes (the dispatcher stores at most 255 too).
+MAX_SERVICE_NAME_BYTES = 255
 #: Requests one client connection may have waiting in the broker's queues at once.
 MAX_QUEUED_PER_CLIENT = 1_000
 #: Largest request body titanic stores; below the broker's limit so the refusal can be answered.

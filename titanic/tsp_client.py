@@ -11,14 +11,14 @@ from __future__ import annotations
 import enum
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import zmq
 
 from titanic._zmq import SocketHook
-from titanic.client import Brokers, Client
-from titanic.errors import ProtocolError, TitanicServiceError
+from titanic.client import DIAGNOSE_TIMEOUT_S, Brokers, Client, explain_timeout
+from titanic.errors import ProtocolError, TitanicServiceError, TitanicTimeoutError
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER
@@ -43,8 +43,47 @@ class Fetched:
     reply: Frames
     text: str = ""
 
+    def __str__(self) -> str:
+        """The state, with the reason when there is one: `failed: ValueError: bad input`."""
+        if self.text and self.text != self.state.value:
+            return f"{self.state.value}: {self.text}"
+        return self.state.value
 
-def _parse_fetch(frames: Frames) -> Fetched:
+
+def request_body(service: str | bytes, frames: Sequence[bytes | str],
+                 key: str | None = None) -> Frames:
+    """A keyed titanic.request body for `service` and `frames` (`str` as UTF-8); without a key a
+    random one, so that resending this body after a lost answer stores it once."""
+    return tsp.build_request(service.encode() if isinstance(service, str) else service,
+                             [f.encode("utf-8") if isinstance(f, str) else f for f in frames],
+                             uuid.uuid4().hex if key is None else key)
+
+
+def uuid_frame(request_id: str) -> bytes:
+    """A request UUID, given in either form and case, as the frame TSP expects."""
+    return tsp.parse_uuid(request_id.encode("ascii", "replace")).encode()
+
+
+def parse_submitted(reply: Frames) -> str:
+    """The UUID from a titanic.request answer; TitanicServiceError if it was refused."""
+    if not reply:
+        raise ProtocolError("titanic.request answered with no status frame")
+    code = tsp.parse_status(reply[0])
+    if code != tsp.Status.OK or len(reply) < 2:
+        raise TitanicServiceError(
+            f"titanic.request refused the request: {reply[0].decode(errors='replace')}")
+    return tsp.parse_uuid(reply[1])
+
+
+def check_close(reply: Frames) -> None:
+    """TitanicServiceError unless a titanic.close answer is 200."""
+    if not reply or tsp.parse_status(reply[0]) != tsp.Status.OK:
+        status = reply[0].decode(errors="replace") if reply else "no status"
+        raise TitanicServiceError(f"titanic.close failed: {status}")
+
+
+def parse_fetch(frames: Frames) -> Fetched:
+    """A titanic.reply answer as a Fetched."""
     if not frames:
         raise ProtocolError("titanic.reply answered with no status frame")
     code = tsp.parse_status(frames[0])
@@ -62,6 +101,38 @@ def _parse_fetch(frames: Frames) -> Fetched:
     return Fetched(ReplyState.ERROR, [], text or f"status {code}")
 
 
+@dataclass(frozen=True)
+class CallBudget:
+    """How a TSP call spends its time: attempts of `timeout` seconds, then an mmi.service
+    question of `probe` seconds to explain a timeout."""
+
+    timeout: float
+    retries: int
+    probe: float
+
+    @classmethod
+    def of(cls, timeout: float, retries: int, within: float | None) -> CallBudget:
+        """The client's timeout and retries, cut down so that all fits in `within` seconds."""
+        probe = min(DIAGNOSE_TIMEOUT_S, timeout)
+        if within is None:
+            return cls(timeout, retries, probe)
+        probe = min(probe, within / 5)
+        budget = max(0.01, within - probe)
+        if (retries + 1) * timeout > budget:
+            retries = max(0, int(budget / timeout) - 1)
+            timeout = budget / (retries + 1)
+        return cls(timeout, retries, probe)
+
+
+def timeout_error(exc: TitanicTimeoutError, service: bytes, broker: str,
+                  present: bool | None) -> TitanicTimeoutError:
+    """The timeout of a TSP call, saying which piece is down."""
+    why = explain_timeout(service, broker, present)
+    if present is False:
+        why += " (is titanic-dispatcher running?)"
+    return TitanicTimeoutError(f"{exc}: {why}")
+
+
 class TitanicClient:
     """Submit requests to Titanic and collect their replies later."""
 
@@ -77,27 +148,34 @@ class TitanicClient:
         """The broker the next call goes to: the one that answered last."""
         return self._client.broker
 
-    def submit(self, service: str | bytes, *frames: bytes, key: str | None = None) -> str:
+    def submit(self, service: str | bytes, *frames: bytes | str, key: str | None = None) -> str:
         """Store a request for `service`; returns its UUID once it is durably stored.
 
-        `key` (1 to 255 characters) names the request for the store: a submit with a key
-        already stored returns that request's UUID and stores nothing. Without one, a random
-        key is made, so the retries of this call are stored once.
+        `str` frames are sent as UTF-8. `key` (1 to 255 characters) names the request for the
+        store: a submit with a key already stored returns that request's UUID and stores
+        nothing. Without one, a random key is made, so the retries of this call are stored once.
         """
-        name = service.encode() if isinstance(service, str) else service
-        body = tsp.build_request(name, frames, uuid.uuid4().hex if key is None else key)
-        reply = self._client.request(tsp.REQUEST_SERVICE, *body)
-        if not reply:
-            raise ProtocolError("titanic.request answered with no status frame")
-        code = tsp.parse_status(reply[0])
-        if code != tsp.Status.OK or len(reply) < 2:
-            raise TitanicServiceError(
-                f"titanic.request refused the request: {reply[0].decode(errors='replace')}")
-        return tsp.parse_uuid(reply[1])
+        return parse_submitted(self._call(tsp.REQUEST_SERVICE,
+                                          request_body(service, frames, key)))
 
-    def fetch(self, request_id: str) -> Fetched:
-        """Ask once for the reply to a request."""
-        return _parse_fetch(self._client.request(tsp.REPLY_SERVICE, request_id.encode()))
+    def fetch(self, request_id: str, *, within: float | None = None) -> Fetched:
+        """Ask once for the reply to a request (taking at most `within` seconds, if given)."""
+        return parse_fetch(self._call(tsp.REPLY_SERVICE, [uuid_frame(request_id)], within))
+
+    def has_workers(self, service: str | bytes) -> bool | None:
+        """Whether `service` has workers at the broker now; None if the broker did not say."""
+        return self._client.has_workers(service)
+
+    def _call(self, service: bytes, body: Frames, within: float | None = None) -> Frames:
+        """A request to a TSP service, in at most `within` seconds when given; a timeout says
+        which piece is down: the broker, or the dispatcher (asked of the broker's MMI)."""
+        budget = CallBudget.of(self._client.timeout, self._client.retries, within)
+        try:
+            return self._client.request(service, *body, timeout=budget.timeout,
+                                        retries=budget.retries)
+        except TitanicTimeoutError as exc:
+            present = self._client.has_workers(service, budget.probe)
+            raise timeout_error(exc, service, self._client.broker, present) from exc
 
     def wait(self, request_id: str, timeout: float, *, interval: float = 0.1,
              interval_max: float = 1.0,
@@ -106,7 +184,7 @@ class TitanicClient:
         deadline = time.monotonic() + timeout
         started = time.monotonic()
         while True:
-            fetched = self.fetch(request_id)
+            fetched = self.fetch(request_id, within=max(0.0, deadline - time.monotonic()))
             remaining = deadline - time.monotonic()
             if fetched.state is not ReplyState.PENDING or remaining <= 0:
                 return fetched
@@ -117,10 +195,7 @@ class TitanicClient:
 
     def close_request(self, request_id: str) -> None:
         """Delete a request and its reply (fine for an unknown UUID)."""
-        reply = self._client.request(tsp.CLOSE_SERVICE, request_id.encode())
-        if not reply or tsp.parse_status(reply[0]) != tsp.Status.OK:
-            status = reply[0].decode(errors="replace") if reply else "no status"
-            raise TitanicServiceError(f"titanic.close failed: {status}")
+        check_close(self._call(tsp.CLOSE_SERVICE, [uuid_frame(request_id)]))
 
     def close(self) -> None:
         """Close the connection to the broker."""

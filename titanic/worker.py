@@ -1,8 +1,10 @@
 """The worker API: READY, then REQUEST / REPLY with heartbeats, reconnecting when the broker goes.
 
-A handler takes the request body frames and returns the reply frames. In the 18/MDP dialects a
-handler may instead return an iterator of frame lists: every part but the last goes out as a
-PARTIAL, the last as the FINAL. Under 7/MDP the parts are joined into one REPLY.
+A handler takes the request body frames and returns the reply frames (`str` frames are sent as
+UTF-8). In the 18/MDP dialects a handler may instead return an iterator of frame lists: every part
+but the last goes out as a PARTIAL, the last as the FINAL. Under 7/MDP the parts are joined into
+one REPLY. A handler that raises is answered with a failure report (titanic.protocol.failure):
+the dispatcher retries the request after a backoff, or fails it at once for a PermanentError.
 
 Given several brokers, a worker registers with each on a connection of its own, which
 heartbeats and reconnects on its own; requests from all of them are served one at a time.
@@ -18,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import zmq
 
 from titanic._zmq import SocketHook, SocketSet, recv_frames
+from titanic.errors import PermanentError
+from titanic.protocol.failure import FailureKind, build_failure, describe_exception
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import (
     HEARTBEAT_INTERVAL_S,
@@ -33,7 +37,7 @@ log = logging.getLogger(__name__)
 #: Longest a worker waits in recv before it looks whether stop() was called, in seconds.
 STOP_CHECK_S = 0.1
 
-Reply = Sequence[bytes] | Iterator[Sequence[bytes]]
+Reply = Sequence[bytes | str] | Iterator[Sequence[bytes | str]]
 Handler = Callable[[Frames], Reply]
 
 
@@ -59,6 +63,7 @@ class Worker:
         self.handler = handler
         self.dialect = dialect
         self.requests_handled = 0
+        self.requests_failed = 0
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._stopped = threading.Event()
@@ -167,28 +172,63 @@ class Worker:
             if isinstance(reply, Iterator):
                 self._send_parts(connection, client, reply)
             else:
-                connection.reply(client, reply)
-        except Exception:
-            log.exception("handler for %r failed; re-registering so the client can retry",
-                          self.service)
-            connection.reset(now)
+                connection.reply(client, as_frames(reply))
+        except Exception as exc:
+            self._report_failure(connection, client, exc, now)
             return
         self.requests_handled += 1
 
+    def _report_failure(self, connection: WorkerConnection, client: bytes, exc: Exception,
+                        now: float) -> None:
+        """Answer with a failure report; if even that cannot be sent, register afresh."""
+        self.requests_failed += 1
+        permanent = isinstance(exc, PermanentError)
+        reason = exc.__cause__ if permanent and exc.__cause__ is not None else exc
+        error = describe_exception(reason)
+        log.error("handler for %r failed (%s): %s", self.service,
+                  "permanent" if permanent else "will be retried", error, exc_info=exc)
+        kind = FailureKind.PERMANENT if permanent else FailureKind.RETRY
+        try:
+            connection.reply(client, build_failure(kind, error))
+        except Exception:
+            log.exception("cannot report the failure; re-registering")
+            connection.reset(now)
+
     def _send_parts(self, connection: WorkerConnection, client: bytes,
-                    parts: Iterable[Sequence[bytes]]) -> None:
+                    parts: Iterable[Sequence[bytes | str]]) -> None:
         """PARTIAL for every part but the last (7/MDP: all parts joined), then FINAL."""
         joined: Frames = []
-        previous: Sequence[bytes] | None = None
+        previous: Frames | None = None
         for part in parts:
             if previous is not None:
                 if self.dialect is Dialect.MDP01:
                     joined.extend(previous)
                 else:
                     connection.reply(client, previous, final=False)
-            previous = part
+            previous = as_frames(part)
         joined.extend(previous or [])
         connection.reply(client, joined)
+
+
+def as_frames(value: object) -> Frames:
+    """A handler's answer as frames: bytes or str is one frame, a sequence of them several,
+    None none; str is sent as UTF-8. TypeError for anything else."""
+    if value is None:
+        return []
+    if isinstance(value, bytes | str):
+        value = [value]
+    if not isinstance(value, Sequence):
+        raise TypeError(f"a handler must return bytes, str or a list of them, not "
+                        f"{type(value).__name__}")
+    frames: Frames = []
+    for item in value:
+        if isinstance(item, str):
+            frames.append(item.encode("utf-8"))
+        elif isinstance(item, bytes | bytearray | memoryview):
+            frames.append(bytes(item))
+        else:
+            raise TypeError(f"a reply frame must be bytes or str, not {type(item).__name__}")
+    return frames
 
 
 def echo_handler(frames: Frames) -> Frames:

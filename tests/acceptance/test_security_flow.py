@@ -206,9 +206,9 @@ def test_broker_limits_answer_clearly(procs: Processes, keys: Path, tmp_path: Pa
     refused = run_cli("submit", "echo", f"@{big}", "--broker", broker, "--timeout", "5",
                       *as_peer(keys, "alice"))
     assert refused.returncode == 1
-    # titanic.request's body is the empty frame and the 32-digit idempotency key the command
-    # made, the service name, then the payload: 32 + 4 + 1001 bytes.
-    assert "413 request of 1037 bytes exceeds the broker's limit of 1000" in one_line(refused)
+    # The broker counts the service name too: titanic.request (15), then its body: the empty
+    # frame and the 32-digit idempotency key the command made, the service name, the payload.
+    assert "413 request of 1052 bytes exceeds the broker's limit of 1000" in one_line(refused)
     accepted = run_cli("submit", "echo", "small", "--broker", broker, "--timeout", "5",
                        *as_peer(keys, "alice"))
     assert accepted.returncode == 0, accepted.stderr

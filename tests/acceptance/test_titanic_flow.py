@@ -99,7 +99,11 @@ def test_errors_are_one_line_with_documented_exit_codes(tmp_path: Path) -> None:
     bad_uuid = run_cli("fetch", "xyz", "--broker", nobody)
     assert bad_uuid.returncode == 2
     assert b"Traceback" not in bad_uuid.stderr
-    unknown = run_cli("status", "0" * 32, "--db", f"sqlite:///{tmp_path / 'x.db'}")
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    missing = run_cli("status", "0" * 32, "--db", db)  # read-only: never makes the database
+    assert missing.returncode == 7 and b"titanic db upgrade" in missing.stderr
+    assert run_cli("db", "upgrade", "--db", db).returncode == 0
+    unknown = run_cli("status", "0" * 32, "--db", db)
     assert unknown.returncode == 4
     assert unknown.stderr.strip().endswith(b"unknown")
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from titanic_support import running
@@ -36,28 +34,6 @@ def fast_settings(broker: str) -> DispatcherSettings:
 def worker(broker: str, service: str, handler) -> Worker:  # type: ignore[no-untyped-def]
     return Worker(broker, service, handler, heartbeat_interval=0.1, liveness=5,
                   reconnect_initial=0.05)
-
-
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as stack:
-        yield stack
-
-
-@pytest.fixture
-def broker(stack: ExitStack) -> str:
-    server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
-                                                        heartbeat_liveness=5))
-    endpoint = server.bind()[0]
-    stack.enter_context(running(server))
-    return endpoint
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = open_store(f"sqlite:///{tmp_path / 'titanic.db'}")
-    yield store
-    store.close_store()
 
 
 @pytest.fixture

@@ -219,3 +219,36 @@ def test_stop_disconnects_workers(stack: ExitStack) -> None:
                 break
         assert frames == [b"", b"MDPW01", b"\x05"]
         assert nothing_within(worker)
+
+
+def test_service_name_counts_toward_the_request_size_limit(stack: ExitStack) -> None:
+    settings = BrokerSettings(heartbeat_interval=0.1, max_request_size=1000)
+    broker, endpoint = start_broker(stack, settings)
+    start_worker(stack, endpoint, "n" * 200, lambda f: f)
+    asker = client(stack, endpoint, retries=0)
+    assert asker.request("n" * 200, b"x" * 801) == [
+        b"413 request of 1001 bytes exceeds the broker's limit of 1000 bytes"]
+    assert asker.request("n" * 200, b"x" * 800) == [b"x" * 800]
+    assert broker.stats.oversized_requests == 1
+
+
+def test_overlong_service_names_are_refused_not_queued(stack: ExitStack) -> None:
+    broker, endpoint = start_broker(stack)
+    start_worker(stack, endpoint, "echo", lambda f: f)
+    asker = client(stack, endpoint, retries=0)
+    for _ in range(10):
+        assert asker.request("s" * (3 * 1024 * 1024), b"x") == [
+            b"413 service name of 3145728 bytes exceeds the limit of 255 bytes"]
+    assert asker.request("s" * 256, b"x") == [
+        b"413 service name of 256 bytes exceeds the limit of 255 bytes"]
+    assert asker.request("echo", b"still served") == [b"still served"]
+    assert broker.stats.oversized_requests == 11
+    assert broker.stats.queued == 0
+
+
+def test_worker_with_an_overlong_service_name_is_disconnected(stack: ExitStack) -> None:
+    broker, endpoint = start_broker(stack)
+    with raw_dealer(endpoint) as sock:
+        sock.send_multipart([b"", b"MDPW01", b"\x01", b"w" * 256])
+        assert recv_within(sock) == [b"", b"MDPW01", b"\x05"]
+    assert broker.stats.workers_registered == 0

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 import zmq
-from titanic_support import free_endpoint, raw_dealer, running, wait_until
+from titanic_support import free_endpoint, raw_dealer, running, start_broker, wait_until
 
-from titanic.broker import Broker
 from titanic.client import Client, PipelinedClient
 from titanic.dispatcher import Dispatcher, DispatcherSettings
 from titanic.errors import StoreMismatchError, TitanicTimeoutError
 from titanic.protocol import tsp
-from titanic.settings import BrokerSettings
 from titanic.store import Store, open_store
 from titanic.tsp_client import ReplyState, TitanicClient
 from titanic.worker import Worker, echo_handler
@@ -25,20 +23,6 @@ from titanic.worker_connection import ConnectionSettings
 
 FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
                           reconnect_max=0.5)
-
-
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as stack:
-        yield stack
-
-
-def start_broker(stack: ExitStack) -> str:
-    server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
-                                                        heartbeat_liveness=5))
-    endpoint = server.bind()[0]
-    stack.enter_context(running(server))
-    return endpoint
 
 
 def echo_worker(brokers: list[str]) -> Worker:

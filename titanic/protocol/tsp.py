@@ -21,7 +21,8 @@ UNKNOWN_TEXT = "unknown"
 FAILED_PREFIX = "failed: "
 EXPIRED_PREFIX = "expired: "
 
-_UUID_HEX = re.compile(rb"\A[0-9a-f]{32}\Z")
+#: 32 hex digits, or the canonical 8-4-4-4-12 form with hyphens; either case.
+_UUID_TEXT = re.compile(r"\A(?:[0-9a-f]{32}|[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12})\Z")
 
 
 class Status(enum.IntEnum):
@@ -52,12 +53,21 @@ def status_text(frame: bytes) -> str:
     return frame[4:].decode("utf-8", "replace")
 
 
+def canonical_uuid(text: str) -> str | None:
+    """A UUID as TSP writes it (32 lower-case hex digits), from that form or the hyphenated one,
+    in either case; None if `text` is neither."""
+    lowered = text.strip().lower()
+    if not _UUID_TEXT.match(lowered):
+        return None
+    return lowered.replace("-", "")
+
+
 def parse_uuid(frame: bytes) -> str:
-    """A UUID frame (32 hex digits, no dashes; upper case accepted) as lower-case text."""
-    lowered = frame.strip().lower()
-    if not _UUID_HEX.match(lowered):
-        raise ProtocolError(f"not a 32-digit hex UUID: {frame[:40]!r}")
-    return lowered.decode("ascii")
+    """A UUID frame (32 hex digits, or hyphenated 8-4-4-4-12; any case) as 32 lower-case digits."""
+    found = canonical_uuid(frame.decode("ascii", "replace"))
+    if found is None:
+        raise ProtocolError(f"not a UUID (32 hex digits, or 8-4-4-4-12): {frame[:40]!r}")
+    return found
 
 
 def build_request(service: bytes, frames: Sequence[bytes], key: str | None = None) -> list[bytes]:

@@ -41,17 +41,20 @@ def write_keypair(folder: Path, name: str) -> tuple[Path, Path]:
         raise CurveKeyError(f"bad key name {name!r}: use letters, digits, '_', '-' and '.', "
                             "not starting with '.' or '-'")
     public, secret = zmq.curve_keypair()
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CurveKeyError(f"cannot make the key folder {folder}: {exc.strerror}") from exc
     public_file, secret_file = folder / f"{name}.key", folder / f"{name}.key_secret"
     for path in (public_file, secret_file):
-        if path.exists():
+        if os.path.lexists(path):  # a symlink too, dangling or not: O_EXCL would refuse it
             raise CurveKeyError(f"{path} exists: not overwriting a key")
     banner = f"#   titanic CURVE key {name}, made {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n"
     _write(secret_file, banner + "#   SECRET: keep this file private\n" + _body(public, secret),
            0o600)
     try:
         _write(public_file, banner + _body(public, None), 0o644)
-    except OSError:
+    except BaseException:
         secret_file.unlink(missing_ok=True)  # half a pair is worse than none
         raise
     return public_file, secret_file
@@ -66,7 +69,12 @@ def _body(public: bytes, secret: bytes | None) -> str:
 
 def _write(path: Path, text: str, mode: int) -> None:
     # O_EXCL: never follow or replace an existing file; the mode is final before any byte lands.
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError as exc:  # made meanwhile by someone else
+        raise CurveKeyError(f"{path} exists: not overwriting a key") from exc
+    except OSError as exc:
+        raise CurveKeyError(f"cannot write {path}: {exc.strerror}") from exc
     with os.fdopen(descriptor, "w") as out:
         os.fchmod(out.fileno(), mode)  # whatever the umask said
         out.write(text)

@@ -7,6 +7,7 @@ titanic.testing.MemoryStore behaves the same in memory.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from titanic.settings import MAX_REQUEST_BYTES, default_database_url
 from titanic.store.types import (
@@ -36,16 +37,11 @@ def open_store(url: str | None = None, *, sqlite_synchronous: str = "FULL",
     database from a newer titanic is refused with SchemaError. With `store_key` (a key file,
     see titanic.store.crypto) request and reply bodies are encrypted at rest.
     """
-    from titanic.errors import StoreError
     from titanic.migrate import ensure_schema
     from titanic.store.crypto import bodies_for
-    from titanic.store.dialect import make_engine
 
     bodies = bodies_for(store_key)  # a bad key file fails before the database is touched
-    try:
-        engine = make_engine(url or default_database_url(), sqlite_synchronous=sqlite_synchronous)
-    except (ValueError, ImportError) as exc:
-        raise StoreError(f"cannot open database: {exc}") from exc
+    engine = _engine(url, sqlite_synchronous, create=True)
     if migrate:
         try:
             ensure_schema(engine)
@@ -55,7 +51,39 @@ def open_store(url: str | None = None, *, sqlite_synchronous: str = "FULL",
     return SqlStore(engine, max_request_bytes=max_request_bytes, bodies=bodies)
 
 
+def open_existing_store(url: str | None = None, *,
+                        store_key: str | Path | None = None) -> SqlStore:
+    """A SqlStore on a database that exists at the current schema, for commands that only look
+    or change rows: it never creates a folder, a file or tables and never migrates. StoreError
+    (one line, naming `titanic db upgrade`) for a missing or outdated database."""
+    from titanic.migrate import require_current
+    from titanic.store.crypto import bodies_for
+
+    bodies = bodies_for(store_key)
+    engine = _engine(url, "FULL", create=False)
+    try:
+        require_current(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return SqlStore(engine, bodies=bodies)
+
+
+def _engine(url: str | None, sqlite_synchronous: str, *, create: bool) -> Engine:
+    from titanic.errors import StoreError
+    from titanic.store.dialect import make_engine
+
+    try:
+        return make_engine(url or default_database_url(), sqlite_synchronous=sqlite_synchronous,
+                           create=create)
+    except (ValueError, ImportError) as exc:
+        raise StoreError(f"cannot open database: {exc}") from exc
+
+
 from titanic.store.sql import SqlStore  # noqa: E402  (needs the names above)
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = [
     "FINISHED",
@@ -73,5 +101,6 @@ __all__ = [
     "check_new_request",
     "check_request_id",
     "new_request_id",
+    "open_existing_store",
     "open_store",
 ]

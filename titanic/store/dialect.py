@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Select, create_engine, event
+from sqlalchemy import URL, Connection, Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
+
+from titanic.errors import MissingDatabaseError, StoreError
 
 #: Execution option telling the SQLite "begin" hook whether the transaction will write.
 SQLITE_WRITE_OPTION = "titanic_sqlite_write"
@@ -18,22 +21,88 @@ SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 S = TypeVar("S", bound=Select[Any])
 
 
-def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
-    """An engine set up for titanic's access pattern on SQLite or PostgreSQL."""
-    parsed = make_url(url)
+#: The URL schemes titanic knows, and the SQLAlchemy driver each means.
+_SCHEMES = {
+    "sqlite": "sqlite",
+    "postgres": "postgresql+psycopg",  # as Heroku and libpq-style tools write it
+    "postgresql": "postgresql+psycopg",  # SQLAlchemy would pick psycopg2, which is not installed
+}
+_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+
+
+def database_url(text: str) -> URL:
+    """What a user gave as a database: a URL (`postgres://` and `postgresql://` mean PostgreSQL
+    through psycopg), or a plain file path, taken as a SQLite file. StoreError if it is neither."""
+    if "://" not in text:
+        if not text.strip():
+            raise StoreError("the database URL is empty")
+        return URL.create("sqlite", database=str(Path(text).expanduser().absolute()))
+    scheme, _, rest = text.partition("://")
+    driver = _SCHEMES.get(scheme.lower(), scheme.lower())
+    if driver not in _DRIVERS:
+        raise StoreError(f"unknown database kind {scheme!r} in {_shown(text)}: use "
+                         "sqlite:///PATH, a file path, or postgresql://USER@HOST/DB")
+    try:
+        return make_url(f"{driver}://{rest}")
+    except ArgumentError as exc:
+        raise StoreError(f"malformed database URL {_shown(text)}: {exc}") from exc
+
+
+def _shown(text: str) -> str:
+    """A URL for a message, its password hidden."""
+    try:
+        return make_url(text).render_as_string(hide_password=True)
+    except ArgumentError:
+        return repr(text[:80])
+
+
+def describe(url: URL) -> str:
+    """A database for a message: the SQLite file, or the URL without its password."""
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return url.render_as_string(hide_password=True)
+
+
+def make_engine(url: str | URL, *, sqlite_synchronous: str = "FULL",
+                create: bool = True) -> Engine:
+    """An engine set up for titanic's access pattern on SQLite or PostgreSQL.
+
+    Without `create`, a SQLite file (and its folder) must exist: StoreError naming `titanic db
+    upgrade` if not. StoreError for a URL that is not a database titanic knows."""
+    parsed = database_url(url) if isinstance(url, str) else url
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, sqlite_synchronous)
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+        return _sqlite_engine(parsed, sqlite_synchronous, create)
+    return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10,
                          pool_recycle=3600)
 
 
-def _sqlite_engine(url: str, synchronous: str) -> Engine:
+def connect_error(exc: BaseException, url: URL) -> str:
+    """One line saying why a database could not be used, with what to do for the usual causes."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    line = line.removeprefix("connection failed: ")
+    if "role" in line and "does not exist" in line:
+        line += " (create it: createuser, see docs/operations.md)"
+    elif "database" in line and "does not exist" in line:
+        line += " (create it: createdb, see docs/operations.md)"
+    return f"{describe(url)}: {line}"
+
+
+def _sqlite_engine(url: URL, synchronous: str, create: bool) -> Engine:
     mode = synchronous.upper()
     if mode not in SYNCHRONOUS_MODES:
         raise ValueError(f"sqlite synchronous must be one of {SYNCHRONOUS_MODES}, not {mode!r}")
-    database = make_url(url).database
+    database = url.database
     if database and database != ":memory:":
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = Path(database).expanduser()
+        if create:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot make the folder {path.parent}: {exc.strerror}") from exc
+        elif not path.is_file():
+            raise MissingDatabaseError(f"no database at {path}: run `titanic db upgrade` to make "
+                                       "it (or give --db / TITANIC_DATABASE_URL)")
     # No pool: SqlStore keeps a connection per thread (two: one whose commits skip the fsync),
     # and a pool's size limit would only make many threads wait for one another.
     engine = create_engine(url, poolclass=NullPool,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 import threading
 import time
 import uuid
@@ -14,6 +13,7 @@ from datetime import datetime
 from typing import Protocol
 
 from titanic.errors import InvalidRequestError
+from titanic.protocol.tsp import canonical_uuid
 
 
 class RequestStatus(enum.StrEnum):
@@ -248,17 +248,16 @@ class Store(Protocol):
         ...
 
 
-_HEX32 = re.compile(r"\A[0-9a-f]{32}\Z")
-
-
 def check_request_id(request_id: str) -> str:
-    """The UUID as 32 lower-case hex digits; InvalidRequestError if it is not one."""
+    """The UUID as 32 lower-case hex digits (from that form or the hyphenated one, any case);
+    InvalidRequestError if it is not one."""
     if not isinstance(request_id, str):
         raise InvalidRequestError(f"a request UUID is text, not {type(request_id).__name__}")
-    lowered = request_id.strip().lower()
-    if not _HEX32.match(lowered):
-        raise InvalidRequestError(f"not a request UUID (32 hex digits): {request_id[:40]!r}")
-    return lowered
+    found = canonical_uuid(request_id)
+    if found is None:
+        raise InvalidRequestError(
+            f"not a request UUID (32 hex digits, or 8-4-4-4-12): {request_id[:40]!r}")
+    return found
 
 
 _id_lock = threading.Lock()

@@ -1,0 +1,122 @@
+"""A handler that raises is reported to the dispatcher at once, not left to time out."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import replace
+
+from titanic_support import running, wait_until
+
+from titanic import PermanentError, TitanicClient
+from titanic.client import Client
+from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.protocol.failure import MARKER
+from titanic.protocol.mdp import Frames
+from titanic.store import RequestStatus, Store
+from titanic.tsp_client import ReplyState
+from titanic.worker import Worker
+from titanic.worker_pool import ConnectionSettings
+
+FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
+                          reconnect_max=0.5)
+#: Far longer than any wait below: a request that ends within the test was not timed out.
+NEVER_S = 120.0
+
+
+def settings(broker: str) -> DispatcherSettings:
+    return DispatcherSettings(
+        broker=broker, request_timeout=NEVER_S, max_attempts=3, backoff=0.05, backoff_max=0.2,
+        presence_interval=0.05, presence_ttl=0.5, release_interval=0.1, connection=FAST,
+        drain_timeout=1.0)
+
+
+def serve(stack: ExitStack, broker: str, service: str, handler) -> Worker:  # type: ignore[no-untyped-def]
+    worker = Worker(broker, service, handler, heartbeat_interval=0.1, reconnect_initial=0.05)
+    stack.enter_context(running(worker))
+    return worker
+
+
+def test_raising_handler_is_retried_with_backoff_then_fails_with_its_error(
+        broker: str, store: Store, stack: ExitStack) -> None:
+    calls: list[Frames] = []
+
+    def bad(frames: Frames) -> Frames:
+        calls.append(frames)
+        raise ValueError("bad input")
+
+    serve(stack, broker, "parse", bad)
+    stack.enter_context(running(Dispatcher(store, settings(broker))))
+    with TitanicClient(broker, timeout=2.0, retries=3) as titanic:
+        request_id = titanic.submit("parse", b"x")
+        fetched = titanic.wait(request_id, timeout=30)
+    assert fetched.state is ReplyState.FAILED
+    assert str(fetched).startswith("failed: ValueError: bad input")
+    stored = store.get(request_id)
+    assert stored is not None and stored.status is RequestStatus.FAILED
+    assert stored.attempts == 3
+    assert stored.last_error == "ValueError: bad input (after 3 attempts)"
+    assert len(calls) == 3
+
+
+def test_permanent_error_fails_the_request_at_once(broker: str, store: Store,
+                                                   stack: ExitStack) -> None:
+    calls: list[Frames] = []
+
+    def refuse(frames: Frames) -> Frames:
+        calls.append(frames)
+        try:
+            int(frames[0])
+        except ValueError as exc:
+            raise PermanentError from exc
+        return frames
+
+    serve(stack, broker, "parse", refuse)
+    stack.enter_context(running(Dispatcher(store, settings(broker))))
+    with TitanicClient(broker, timeout=2.0, retries=3) as titanic:
+        request_id = titanic.submit("parse", "bad input")
+        fetched = titanic.wait(request_id, timeout=30)
+        good = titanic.wait(titanic.submit("parse", b"12"), timeout=30)
+    assert str(fetched) == "failed: ValueError: invalid literal for int() with base 10: " \
+        "b'bad input'"
+    stored = store.get(request_id)
+    assert stored is not None and stored.attempts == 1
+    assert len(calls) == 2
+    assert good.state is ReplyState.DONE and good.reply == [b"12"]
+
+
+def test_a_plain_mdp_client_reads_the_failure_and_the_worker_keeps_serving(
+        broker: str, stack: ExitStack) -> None:
+    def flaky(frames: Frames) -> list[str | bytes]:
+        if frames == [b"boom"]:
+            raise RuntimeError("no luck")
+        return ["über", frames[0]]
+
+    worker = serve(stack, broker, "flaky", flaky)
+    with Client(broker, timeout=NEVER_S / 4, retries=0) as client:
+        assert client.request("flaky", b"boom") == [MARKER, b"retry", b"RuntimeError: no luck"]
+        assert client.request("flaky", b"fine") == ["über".encode(), b"fine"]
+    # The counters move just after the reply is sent: the client may see it first.
+    wait_until(lambda: worker.requests_handled == 1, message="second request counted")
+    assert worker.requests_failed == 1
+    assert worker.reconnects == 0
+
+
+def test_handler_returning_something_not_frames_is_reported(broker: str,
+                                                            stack: ExitStack) -> None:
+    serve(stack, broker, "odd", lambda frames: [1, 2])
+    with Client(broker, timeout=NEVER_S / 4, retries=0) as client:
+        reply = client.request("odd", b"x")
+    assert reply[:2] == [MARKER, b"retry"]
+    assert reply[2].startswith(b"TypeError: a reply frame must be bytes or str")
+
+
+def test_a_reply_that_only_looks_like_a_report_is_stored_as_a_reply(
+        broker: str, store: Store, stack: ExitStack) -> None:
+    serve(stack, broker, "echo", lambda frames: frames)
+    stack.enter_context(running(Dispatcher(store, replace(settings(broker), max_attempts=1))))
+    with TitanicClient(broker, timeout=2.0, retries=3) as titanic:
+        four = [MARKER, b"retry", b"x", b"y"]
+        unknown_kind = [MARKER, b"maybe", b"x"]
+        answers = [titanic.wait(titanic.submit("echo", *body), timeout=30)
+                   for body in (four, unknown_kind)]
+    assert [answer.reply for answer in answers] == [four, unknown_kind]
