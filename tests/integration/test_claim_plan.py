@@ -3,14 +3,18 @@
 A claim runs every dispatcher turn. If its plan sorts the pending rows, each claim costs time in
 proportion to the backlog (20 ms per claim with 50,000 waiting, against 0.1 ms), so the plan is
 pinned here, on a table just filled (no statistics yet) and after ANALYZE, as a custom plan and
-as the generic plan a prepared statement may switch to.
+as the generic plan a prepared statement may switch to. On SQLite a claim of several services
+probes each service's part of the index too.
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,8 +24,6 @@ from psycopg import sql as pgsql
 from titanic.store import NewRequest, SqlStore, open_store
 from titanic.store.hot import HotStatements
 from titanic.store.models import requests_table
-
-pytestmark = pytest.mark.postgres
 
 TABLE = requests_table.name
 SERVICE_INDEX = "ix_titanic_requests_status_service_due"
@@ -101,6 +103,7 @@ def _reads_the_table(node: dict[str, Any]) -> bool:
     return node.get("Relation Name") == TABLE and node["Node Type"] != "ModifyTable"
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("analyzed", [False, True], ids=["fresh", "analyzed"])
 def test_claims_read_the_index_in_due_order_without_sorting_the_backlog(
         backlog: tuple[SqlStore, psycopg.Connection[Any]], analyzed: bool) -> None:
@@ -115,3 +118,20 @@ def test_claims_read_the_index_in_due_order_without_sorting_the_backlog(
     for services in SHAPES:
         for generic in (False, True):
             _check_claim_plan(_explain(conn, services, generic), services)
+
+
+def test_sqlite_claims_of_several_services_probe_each_service(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'titanic.db'}")
+    try:
+        store.submit_many([NewRequest("other", (b"x",))] * 2_000)
+        store.submit_many([NewRequest("echo", (b"x",))] * 10)
+    finally:
+        store.close_store()
+    now = datetime.now(UTC).replace(tzinfo=None)
+    statement, params = HotStatements("sqlite").claim_statement(
+        ["echo", "absent"], 32, now + timedelta(seconds=60), now)
+    with closing(sqlite3.connect(tmp_path / "titanic.db")) as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", params)]
+    reads = [step for step in plan if TABLE in step and ("SCAN" in step or "SEARCH" in step)]
+    assert reads and all(SERVICE_INDEX in step or "PRIMARY KEY" in step or "(id=?)" in step
+                         for step in reads), plan

@@ -207,6 +207,9 @@ class HotStatements:
         lease, moment = v.time(lease_until), v.time(now)
         sql = self._claim_sql(None if services is None else len(services), limit, returning)
         if not self.postgres:
+            if services is not None and len(services) > 1:  # one probe per service
+                probes = [value for service in services for value in (moment, service, limit)]
+                return sql, (lease, *probes, limit)
             return sql, (lease, moment, *(services or ()), limit)
         if services is None:
             return sql, (moment, lease)
@@ -317,10 +320,20 @@ def _postgres_due(services: int | None, limit: int) -> str:
 
 
 def _sqlite_due(services: int | None) -> str:
-    """SQLite: the ids of due pending requests to claim (the write lock is already held)."""
-    of_services = "" if services is None else f" AND service IN ({', '.join(['?'] * services)})"
-    return (f"SELECT id FROM {TABLE} WHERE status = '{PENDING}' AND due_at <= ?{of_services}"
-            f" ORDER BY due_at LIMIT ?")
+    """SQLite: the ids of due pending requests to claim (the write lock is already held).
+
+    Several services are one probe of the (status, service, due_at) index each, merged: with
+    `service IN (...)` SQLite reads the (status, due_at) index in due order and skips the other
+    services' rows, all of them when another service has a backlog.
+    """
+    if services is None or services < 2:
+        of_service = "" if services is None else " AND service IN (?)"
+        return (f"SELECT id FROM {TABLE} WHERE status = '{PENDING}' AND due_at <= ?{of_service}"
+                f" ORDER BY due_at LIMIT ?")
+    due = f"SELECT id, due_at FROM {TABLE} WHERE status = '{PENDING}' AND due_at <= ?"
+    probe = f"SELECT id, due_at FROM ({due} AND service = ? ORDER BY due_at LIMIT ?)"
+    merged = " UNION ALL ".join([probe] * services)
+    return f"SELECT id FROM ({merged}) ORDER BY due_at LIMIT ?"
 
 
 def utcnow() -> datetime:
