@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,9 +116,9 @@ def _sqlite_engine(url: URL, synchronous: str, create: bool) -> Engine:
         # pysqlite's own BEGIN handling is off: the "begin" hook below starts transactions.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={mode}")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _enter_wal(cursor)
+        cursor.execute(f"PRAGMA synchronous={mode}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -127,6 +129,26 @@ def _sqlite_engine(url: URL, synchronous: str, create: bool) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _enter_wal(cursor: Any) -> None:
+    """PRAGMA journal_mode=WAL, waiting like any other statement would.
+
+    On a database that is not yet in WAL mode the switch answers "database is locked" at once,
+    without the busy handler, while another connection is switching it or reading it (seen with
+    four stores opened together on a new file); it is tried again until the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def lock_row(statement: S, conn: Connection) -> S:
