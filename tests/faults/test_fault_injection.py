@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from ha_support import COUNTING_WORKER
 from titanic_support import Processes, free_endpoint, replayable_seed, wait_until
 
 from titanic.errors import TitanicError
@@ -31,20 +32,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 IN_FLIGHT_PER_SERVICE = 8
 LOAD_SECONDS_PER_FAULT = 2.5
-
-COUNTING_WORKER = """
-import os, sys
-from titanic.worker import Worker
-
-log = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-def handler(frames):
-    os.write(log, frames[0] + b"\\n")  # one whole line per execution, atomic with O_APPEND
-    return [b"done:" + frames[0]]
-
-Worker(sys.argv[1], "work", handler, heartbeat_interval=0.2, reconnect_initial=0.05,
-       reconnect_max=0.5).run()
-"""
 
 CLIENT = """
 import sys
