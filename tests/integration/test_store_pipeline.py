@@ -15,7 +15,8 @@ import pytest
 
 from titanic.store import NewRequest, RequestStatus, SqlStore, open_store
 from titanic.store import pipeline as store_pipeline
-from titanic.store.sql import NewBatch, utcnow
+from titanic.store.rows import utcnow
+from titanic.store.sql import NewBatch
 
 pytestmark = pytest.mark.postgres
 

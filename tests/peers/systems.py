@@ -30,7 +30,7 @@ from titanic.client import Client, PipelinedClient
 from titanic.protocol import tsp as tsp_protocol
 from titanic.store import NewRequest, new_request_id, open_store
 from titanic.store.hot import HotStatements
-from titanic.store.sql import utcnow
+from titanic.store.rows import new_row, utcnow
 
 HERE = Path(__file__).resolve().parent
 PG_SERVER = os.environ.get("PEERS_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -326,7 +326,8 @@ class Titanic(System):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             for _ in range(samples):
-                row = hot.new_row(new_request_id(), "floor", PAYLOAD, utcnow(), None, None)
+                row = new_row(hot.values, new_request_id(), "floor", PAYLOAD, utcnow(), None,
+                              None)
                 t0 = time.perf_counter()
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(hot.insert_sql, row)

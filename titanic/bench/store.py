@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, insert, text
 from titanic.store import NewRequest, SqlStore, open_store
 from titanic.store.frames import encode_frames
 from titanic.store.models import requests_table
-from titanic.store.sql import utcnow
+from titanic.store.rows import utcnow
 from titanic.store.types import new_request_id
 
 BODY = (b"x" * 100,)

@@ -4,102 +4,32 @@ Storing a request, claiming due ones, storing replies and reading one request ru
 request titanic carries. For these small statements SQLAlchemy's per-row work (bind and result
 processors, cache keys, Row objects) costs several times what the database does, so each is one
 SQL string per dialect, run with `Connection.exec_driver_sql` inside SqlStore's transactions
-(errors are still translated there), and values are converted by the dialect's codec below:
-the same representations SQLAlchemy's `Uuid` and `DateTime` types use, so both paths read and
-write the same rows. Column lists come from the model. Everything else stays on SQLAlchemy Core.
+(errors are still translated there), and values are converted by the dialect's codec in
+store.rows: the same representations SQLAlchemy's `Uuid` and `DateTime` types use, so both paths
+read and write the same rows. Everything else stays on SQLAlchemy Core.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
 from titanic.errors import StoreError
-from titanic.store.crypto import REPLY, REQUEST, PlainBodies
-from titanic.store.models import requests_table
+from titanic.store.crypto import REQUEST, PlainBodies
+from titanic.store.rows import COLUMNS, DELIVERY_COLUMNS, TABLE, Values, record, values_for
 from titanic.store.types import Delivery, RequestStatus, StoredRequest
 
 log = logging.getLogger(__name__)
 
-COLUMNS = tuple(column.name for column in requests_table.c)
-TABLE = requests_table.name
-(_ID, _SERVICE, _REQUEST, _REPLY, _STATUS, _ATTEMPTS, _CREATED_AT, _DUE_AT, _LEASE_UNTIL,
- _COMPLETED_AT, _LAST_ERROR, _DEADLINE, _IDEMPOTENCY_KEY, _OWNER) = (
-    COLUMNS.index(name) for name in (
-        "id", "service", "request", "reply", "status", "attempts", "created_at", "due_at",
-        "lease_until", "completed_at", "last_error", "deadline", "idempotency_key", "owner"))
-
-DELIVERY_COLUMNS = ("id", "service", "request", "attempts")
-_STATUSES = {status.value: status for status in RequestStatus}  # faster than RequestStatus(x)
 PENDING = RequestStatus.PENDING.value
 _CLAIM_TEXTS = 512  # claim statements kept, by shape and limit
 DISPATCHED = RequestStatus.DISPATCHED.value
 DONE = RequestStatus.DONE.value
 FAILED = RequestStatus.FAILED.value
-
-
-class SqliteValues:
-    """SQLite: UUIDs as 32 hex digits, times as text that sorts in time order."""
-
-    placeholder = "?"
-
-    @staticmethod
-    def key(request_id: str) -> Any:
-        """A checked request id as the id column holds it."""
-        return request_id
-
-    @staticmethod
-    def time(moment: datetime | None) -> Any:
-        """A naive UTC time as the datetime columns hold it (SQLAlchemy's SQLite format)."""
-        if moment is None:
-            return None
-        return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} "
-                f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
-                f"{moment.microsecond:06d}")
-
-    @staticmethod
-    def read_key(value: Any) -> str:
-        """The id column's value as 32 hex digits."""
-        return str(value)
-
-    @staticmethod
-    def read_time(value: Any) -> datetime | None:
-        """A datetime column's value as a naive UTC time."""
-        return None if value is None else datetime.fromisoformat(value)
-
-
-class PostgresValues:
-    """PostgreSQL: native uuid and timestamp columns."""
-
-    placeholder = "%s"
-
-    @staticmethod
-    def key(request_id: str) -> Any:
-        """A checked request id as a uuid."""
-        return uuid.UUID(hex=request_id)
-
-    @staticmethod
-    def time(moment: datetime | None) -> Any:
-        """Naive UTC, as the timestamp columns hold it."""
-        return moment
-
-    @staticmethod
-    def read_key(value: Any) -> str:
-        """A uuid as 32 hex digits."""
-        return value.hex if isinstance(value, uuid.UUID) else uuid.UUID(str(value)).hex
-
-    @staticmethod
-    def read_time(value: Any) -> datetime | None:
-        """Already a naive datetime."""
-        return value  # type: ignore[no-any-return]
-
-
-Values = type[SqliteValues] | type[PostgresValues]
 
 
 class HotStatements:
@@ -108,7 +38,7 @@ class HotStatements:
     def __init__(self, dialect_name: str, bodies: PlainBodies | None = None) -> None:
         self.bodies = bodies or PlainBodies()
         self.postgres = dialect_name == "postgresql"
-        self.values: Values = PostgresValues if self.postgres else SqliteValues
+        self.values: Values = values_for(dialect_name)
         self.table = TABLE
         p = self.values.placeholder
         columns = ", ".join(COLUMNS)
@@ -138,7 +68,7 @@ class HotStatements:
     def get(self, conn: Connection, request_id: str) -> StoredRequest | None:
         """One request by its checked id."""
         row = conn.exec_driver_sql(self.get_sql, (self.values.key(request_id),)).first()
-        return None if row is None else self.record(tuple(row))
+        return None if row is None else record(tuple(row), self.values, self.bodies)
 
     def complete(self, conn: Connection, replies: Sequence[tuple[str, bytes]],
                  now: datetime) -> int:
@@ -155,7 +85,8 @@ class HotStatements:
               lease_until: datetime, now: datetime) -> list[StoredRequest]:
         """Lease up to `limit` due pending requests, oldest due first."""
         rows = self._claim_rows(conn, services, limit, lease_until, now, COLUMNS)
-        claimed = [self.record(tuple(row)) for row in rows]
+        values, bodies = self.values, self.bodies
+        claimed = [record(tuple(row), values, bodies) for row in rows]
         claimed.sort(key=lambda r: (r.due_at, r.id))
         return claimed
 
@@ -260,47 +191,6 @@ class HotStatements:
         self._claims[key] = sql
         return sql
 
-    # -- rows -----------------------------------------------------------------------------------
-
-    def new_row(self, request_id: str, service: str, packed: bytes, now: datetime,
-                deadline: datetime | None, idempotency_key: str | None,
-                owner: str | None = None) -> tuple[Any, ...]:
-        """A fresh pending request in COLUMNS order."""
-        v = self.values
-        moment = v.time(now)
-        values = {"id": v.key(request_id), "service": service, "request": packed,
-                  "reply": None, "status": PENDING, "attempts": 0, "created_at": moment,
-                  "due_at": moment, "lease_until": None, "completed_at": None,
-                  "last_error": None, "deadline": v.time(deadline),
-                  "idempotency_key": idempotency_key, "owner": owner}
-        return tuple(values[name] for name in COLUMNS)
-
-    def record(self, row: tuple[Any, ...]) -> StoredRequest:
-        """A row in COLUMNS order as a StoredRequest (times aware UTC)."""
-        v = self.values
-        reply = row[_REPLY]
-        created = aware_utc(v.read_time(row[_CREATED_AT]))
-        due = aware_utc(v.read_time(row[_DUE_AT]))
-        assert created is not None and due is not None
-        request_id = v.read_key(row[_ID])
-        unpack = self.bodies.unpack
-        return StoredRequest(
-            id=request_id,
-            service=row[_SERVICE],
-            request=unpack(request_id, REQUEST, row[_REQUEST]),
-            reply=None if reply is None else unpack(request_id, REPLY, reply),
-            status=_STATUSES[row[_STATUS]],
-            attempts=row[_ATTEMPTS],
-            created_at=created,
-            due_at=due,
-            lease_until=aware_utc(v.read_time(row[_LEASE_UNTIL])),
-            completed_at=aware_utc(v.read_time(row[_COMPLETED_AT])),
-            last_error=row[_LAST_ERROR],
-            deadline=aware_utc(v.read_time(row[_DEADLINE])),
-            idempotency_key=row[_IDEMPOTENCY_KEY],
-            owner=row[_OWNER],
-        )
-
 
 def _postgres_due(services: int | None, limit: int) -> str:
     """PostgreSQL: the ids of due pending requests to claim, locked (see _claim_sql)."""
@@ -334,20 +224,3 @@ def _sqlite_due(services: int | None) -> str:
     probe = f"SELECT id, due_at FROM ({due} AND service = ? ORDER BY due_at LIMIT ?)"
     merged = " UNION ALL ".join([probe] * services)
     return f"SELECT id FROM ({merged}) ORDER BY due_at LIMIT ?"
-
-
-def utcnow() -> datetime:
-    """Now, as the naive UTC the database stores."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def naive_utc(moment: datetime | None) -> datetime | None:
-    """An aware time as naive UTC (naive times are taken to be UTC already)."""
-    if moment is None or moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def aware_utc(moment: datetime | None) -> datetime | None:
-    """A naive UTC time as read from the database, made aware."""
-    return None if moment is None else moment.replace(tzinfo=UTC)

@@ -9,10 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, delete, func, select, update
 
-from titanic.store.hot import aware_utc as _aware
-from titanic.store.hot import naive_utc as _naive
-from titanic.store.hot import utcnow
 from titanic.store.models import requests_table as t
+from titanic.store.rows import aware_utc, naive_utc, utcnow
 from titanic.store.types import (
     FINISHED,
     REQUEUABLE,
@@ -41,14 +39,14 @@ class SqlOverview:
                   .group_by(t.c.service))
         recent = (select(t.c.service, func.count())
                   .where(t.c.status == RequestStatus.DONE.value,
-                         t.c.completed_at >= _naive(since))
+                         t.c.completed_at >= naive_utc(since))
                   .group_by(t.c.service))
 
         def read(conn: Connection) -> list[ServiceSummary]:
             by_service: dict[str, dict[RequestStatus, int]] = {}
             for service, status, count in conn.execute(counts):
                 by_service.setdefault(service, {})[RequestStatus(status)] = count
-            first = {service: _aware(moment) for service, moment in conn.execute(oldest)}
+            first = {service: aware_utc(moment) for service, moment in conn.execute(oldest)}
             done = {service: count for service, count in conn.execute(recent)}
             return [ServiceSummary(service, by_service[service], first.get(service),
                                    done.get(service, 0)) for service in sorted(by_service)]
@@ -73,7 +71,7 @@ class SqlOverview:
         """Delete the requests in a finished `status` that finished more than `older_than`
         seconds ago, of one service or all; returns how many (with dry_run: would be)."""
         check_bulk_state(status, FINISHED, "purge")
-        cutoff = (_naive(now) or utcnow()) - timedelta(seconds=older_than)
+        cutoff = (naive_utc(now) or utcnow()) - timedelta(seconds=older_than)
         where = [t.c.status == status.value, t.c.completed_at < cutoff]
         where += [t.c.service == service] if service else []
         if dry_run:

@@ -24,7 +24,8 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from titanic.store.hot import DELIVERY_COLUMNS, HotStatements
+from titanic.store.hot import HotStatements
+from titanic.store.rows import DELIVERY_COLUMNS, record
 from titanic.store.types import Delivery, StoredRequest
 
 #: Only for this transaction (is_local): the commit returns before the WAL is flushed.
@@ -87,7 +88,7 @@ def get(raw: psycopg.Connection[Any], hot: HotStatements,
         request_id: str) -> StoredRequest | None:
     """One request by its checked id: one statement, one round trip (autocommit)."""
     row = raw.execute(hot.get_sql, (hot.values.key(request_id),)).fetchone()
-    return None if row is None else hot.record(tuple(row))
+    return None if row is None else record(tuple(row), hot.values, hot.bodies)
 
 
 def all_stored(raw: psycopg.Connection[Any], hot: HotStatements,

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, select, update
 from titanic.errors import StoreKeyError
 from titanic.store.crypto import REPLY, REQUEST, SealedBodies
 from titanic.store.models import requests_table as t
+from titanic.store.rows import CoreValues
 
 if TYPE_CHECKING:
     from titanic.store.sql import SqlStore
@@ -50,7 +51,7 @@ def _page(after: uuid.UUID | None, batch: int, conn: Connection) -> Sequence[Any
 
 def _changes(bodies: SealedBodies, row: Any) -> list[Change]:
     """The row's bodies that need sealing under the current key, sealed."""
-    request_id = row.id.hex
+    request_id = CoreValues.read_key(row.id)
     return [(row.id, column, old, bodies.pack(request_id, name,
                                               bodies.unpack(request_id, name, old)))
             for column, name, old in ((t.c.request, REQUEST, row.request),

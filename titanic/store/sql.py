@@ -21,7 +21,6 @@ import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
-    Row,
     delete,
     func,
     or_,
@@ -36,12 +35,18 @@ from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store import dialect, pipeline
 from titanic.store.crypto import REPLY, REQUEST, PlainBodies
 from titanic.store.hot import HotStatements
-from titanic.store.hot import aware_utc as _aware
-from titanic.store.hot import naive_utc as _naive
-from titanic.store.hot import utcnow as utcnow  # re-exported: benchmarks and tests use it
 from titanic.store.models import identity_table
 from titanic.store.models import requests_table as t
 from titanic.store.overview import SqlOverview
+from titanic.store.rows import (
+    CoreValues,
+    aware_utc,
+    naive_utc,
+    new_row,
+    record,
+    request_key,
+    utcnow,
+)
 from titanic.store.types import (
     FINISHED,
     Exchange,
@@ -68,33 +73,6 @@ RETRY_DELAY_MAX_S = 2.0
 PENDING = RequestStatus.PENDING.value
 DISPATCHED = RequestStatus.DISPATCHED.value
 _FINISHED = [status.value for status in FINISHED]
-
-
-def _record(row: Row[Any], bodies: PlainBodies) -> StoredRequest:
-    created = _aware(row.created_at)
-    due = _aware(row.due_at)
-    assert created is not None and due is not None
-    request_id = row.id.hex
-    return StoredRequest(
-        id=request_id,
-        service=row.service,
-        request=bodies.unpack(request_id, REQUEST, row.request),
-        reply=None if row.reply is None else bodies.unpack(request_id, REPLY, row.reply),
-        status=RequestStatus(row.status),
-        attempts=row.attempts,
-        created_at=created,
-        due_at=due,
-        lease_until=_aware(row.lease_until),
-        completed_at=_aware(row.completed_at),
-        last_error=row.last_error,
-        deadline=_aware(row.deadline),
-        idempotency_key=row.idempotency_key,
-        owner=row.owner,
-    )
-
-
-def _key(request_id: str) -> uuid.UUID:
-    return uuid.UUID(hex=check_request_id(request_id))
 
 
 class SqlStore(SqlOverview):
@@ -240,10 +218,9 @@ class SqlStore(SqlOverview):
             check_new_request(request, self.max_request_bytes)
         now = utcnow()
         ids = [new_request_id() for _ in requests]
-        new_row = self._hot.new_row
-        pack = self.bodies.pack
-        rows = [new_row(request_id, r.service, pack(request_id, REQUEST, r.frames), now,
-                        _naive(r.deadline), r.idempotency_key, r.owner)
+        values, pack = self._hot.values, self.bodies.pack
+        rows = [new_row(values, request_id, r.service, pack(request_id, REQUEST, r.frames), now,
+                        naive_utc(r.deadline), r.idempotency_key, r.owner)
                 for request_id, r in zip(ids, requests, strict=True)]
         return ids, rows
 
@@ -278,7 +255,7 @@ class SqlStore(SqlOverview):
         when a new request's idempotency key was stored already (to read its UUID).
         """
         ids, rows = self._new_rows(new) if new else ([], [])
-        moment = _naive(now) or utcnow()
+        moment = naive_utc(now) or utcnow()
         packed = self._pack_replies(replies)
         lease_until = moment + timedelta(seconds=lease)
         wanted = [(service, room) for service, room in claims.items() if room > 0]
@@ -325,12 +302,12 @@ class SqlStore(SqlOverview):
             return {}
         found = conn.execute(select(t.c.idempotency_key, t.c.id)
                              .where(t.c.idempotency_key.in_(keys)))
-        return {key: row_id.hex for key, row_id in found}
+        return {key: CoreValues.read_key(row_id) for key, row_id in found}
 
     @staticmethod
     def _all_stored(conn: Connection, request_ids: list[str]) -> bool:
         """After a retried commit whose first try did land, the rows are all there already."""
-        keys = [uuid.UUID(hex=request_id) for request_id in request_ids]
+        keys = [CoreValues.key(request_id) for request_id in request_ids]
         count = conn.execute(select(func.count()).where(t.c.id.in_(keys))).scalar_one()
         return bool(count == len(keys))
 
@@ -362,8 +339,8 @@ class SqlStore(SqlOverview):
 
         Returns the request's status afterwards, or None if it no longer exists.
         """
-        key = _key(request_id)
-        moment = _naive(now) or utcnow()
+        key = request_key(request_id)
+        moment = naive_utc(now) or utcnow()
 
         def work(conn: Connection) -> RequestStatus | None:
             row = conn.execute(dialect.lock_row(select(t.c.status, t.c.attempts)
@@ -386,7 +363,7 @@ class SqlStore(SqlOverview):
 
     def release(self, request_id: str) -> bool:
         """Hand a dispatched request back to pending now, the attempt not counted."""
-        key = _key(request_id)
+        key = request_key(request_id)
         statement = (update(t).where(t.c.id == key, t.c.status == DISPATCHED)
                      .values(status=PENDING, due_at=utcnow(), lease_until=None,
                              attempts=t.c.attempts - 1))
@@ -395,7 +372,7 @@ class SqlStore(SqlOverview):
 
     def fail(self, request_id: str, error: str) -> bool:
         """Mark a pending or dispatched request failed for good."""
-        statement = (update(t).where(t.c.id == _key(request_id),
+        statement = (update(t).where(t.c.id == request_key(request_id),
                                      t.c.status.in_([PENDING, DISPATCHED]))
                      .values(status=RequestStatus.FAILED.value, completed_at=utcnow(),
                              lease_until=None, last_error=error))
@@ -403,7 +380,7 @@ class SqlStore(SqlOverview):
 
     def requeue(self, request_id: str) -> bool:
         """A failed or expired request becomes pending again, attempts reset."""
-        statement = (update(t).where(t.c.id == _key(request_id),
+        statement = (update(t).where(t.c.id == request_key(request_id),
                                      t.c.status.in_([RequestStatus.FAILED.value,
                                                      RequestStatus.EXPIRED.value]))
                      .values(status=PENDING, due_at=utcnow(), attempts=0, completed_at=None,
@@ -413,7 +390,7 @@ class SqlStore(SqlOverview):
     def close(self, request_id: str, *, owners: Sequence[str | None] | None = None) -> None:
         """Delete the request and its reply; an unknown UUID is fine. With `owners`, only if its
         owner is one of them (None standing for a request without owner)."""
-        statement = delete(t).where(t.c.id == _key(request_id))
+        statement = delete(t).where(t.c.id == request_key(request_id))
         if owners is not None:
             keys = [owner for owner in owners if owner is not None]
             statement = statement.where(or_(t.c.owner.in_(keys), t.c.owner.is_(None))
@@ -427,7 +404,7 @@ class SqlStore(SqlOverview):
         """Lease up to `limit` due pending requests (oldest due first): they become dispatched."""
         if limit <= 0 or (services is not None and not services):
             return []
-        moment = _naive(now) or utcnow()
+        moment = naive_utc(now) or utcnow()
         lease_until = moment + timedelta(seconds=lease)
         return self._transaction(
             lambda conn: self._hot.claim(conn, services, limit, lease_until, moment),
@@ -435,14 +412,14 @@ class SqlStore(SqlOverview):
 
     def release_stale(self, *, now: datetime | None = None) -> int:
         """Dispatched requests whose lease ran out become pending (crash recovery)."""
-        moment = _naive(now) or utcnow()
+        moment = naive_utc(now) or utcnow()
         statement = (update(t).where(t.c.status == DISPATCHED, t.c.lease_until < moment)
                      .values(status=PENDING, due_at=moment, lease_until=None))
         return self._transaction(lambda conn: conn.execute(statement).rowcount, durable=False)
 
     def expire(self, *, pending_ttl: float, now: datetime | None = None) -> int:
         """Pending requests older than pending_ttl seconds or past their deadline: expired."""
-        moment = _naive(now) or utcnow()
+        moment = naive_utc(now) or utcnow()
         too_old = moment - timedelta(seconds=pending_ttl)
         by_age = (update(t).where(t.c.status == PENDING, t.c.created_at < too_old)
                   .values(status=RequestStatus.EXPIRED.value, completed_at=moment,
@@ -455,7 +432,7 @@ class SqlStore(SqlOverview):
 
     def purge(self, *, reply_ttl: float, now: datetime | None = None) -> int:
         """Delete finished requests that finished more than reply_ttl seconds ago."""
-        cutoff = (_naive(now) or utcnow()) - timedelta(seconds=reply_ttl)
+        cutoff = (naive_utc(now) or utcnow()) - timedelta(seconds=reply_ttl)
         statement = delete(t).where(t.c.status.in_(_FINISHED), t.c.completed_at < cutoff)
         return self._transaction(lambda conn: conn.execute(statement).rowcount)
 
@@ -473,13 +450,13 @@ class SqlStore(SqlOverview):
         statement = select(func.min(t.c.due_at)).where(t.c.status == PENDING)
         if services is not None:
             statement = statement.where(t.c.service.in_(list(services)))
-        return _aware(self._transaction(lambda conn: conn.execute(statement).scalar(),
+        return aware_utc(self._transaction(lambda conn: conn.execute(statement).scalar(),
                                         write=False))
 
     def due_services(self, *, now: datetime | None = None) -> dict[str, int]:
         """Services with pending requests due now, and how many."""
         statement = (select(t.c.service, func.count())
-                     .where(t.c.status == PENDING, t.c.due_at <= (_naive(now) or utcnow()))
+                     .where(t.c.status == PENDING, t.c.due_at <= (naive_utc(now) or utcnow()))
                      .group_by(t.c.service))
         return self._transaction(
             lambda conn: {service: count for service, count in conn.execute(statement)},
@@ -503,9 +480,9 @@ class SqlStore(SqlOverview):
         if status is not None:
             statement = statement.where(t.c.status == status.value)
         if after is not None:
-            statement = statement.where(t.c.id > _key(after))
+            statement = statement.where(t.c.id > request_key(after))
         return self._transaction(
-            lambda conn: [_record(row, self.bodies) for row in conn.execute(statement)],
+            lambda conn: [record(row, CoreValues, self.bodies) for row in conn.execute(statement)],
             write=False)
 
     def identity(self) -> StoreIdentity:
