@@ -66,6 +66,10 @@ _DEFAULTS = DispatcherSettings()
 @click.option("--heartbeat", type=click.FloatRange(min=0.01),
               default=BrokerSettings().heartbeat_interval, show_default=True,
               envvar="TITANIC_HEARTBEAT", help="MDP heartbeat interval, seconds.")
+@click.option("--store-wait", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              envvar="TITANIC_STORE_WAIT",
+              help="Seconds to keep trying a database server that cannot be reached at start-up "
+                   "(restarting, failing over) before giving up with exit 7.")
 @click.option("--sqlite-synchronous", type=click.Choice(["FULL", "NORMAL"]), default="FULL",
               show_default=True, envvar="TITANIC_SQLITE_SYNCHRONOUS",
               help="SQLite durability: FULL survives power loss; NORMAL may lose the last "
@@ -89,7 +93,7 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
                db_url: str | None, dialect_name: str, request_timeout: float,
                max_attempts: int, backoff: float, backoff_max: float, max_in_flight: int,
                max_in_flight_per_service: int, pending_ttl: float, reply_ttl: float,
-               heartbeat: float, sqlite_synchronous: str, max_request_size: int,
+               heartbeat: float, store_wait: float, sqlite_synchronous: str, max_request_size: int,
                store_key: Path | None, max_stored_per_key: int, curve: CurveOptions,
                metrics_bind: str | None, logs: LogOptions, verbose: int) -> None:
     """Serve titanic.request/reply/close and forward stored requests to their workers.
@@ -114,7 +118,7 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
         identities=hook is not None, max_stored_per_key=max_stored_per_key,
     )
     store = open_store(db_url, sqlite_synchronous=sqlite_synchronous,
-                       max_request_bytes=max_request_size, store_key=store_key)
+                       max_request_bytes=max_request_size, store_key=store_key, wait=store_wait)
     metrics = None
     try:
         server = Dispatcher(store, settings, configure_socket=hook)

@@ -6,6 +6,8 @@ titanic.testing.MemoryStore behaves the same in memory.
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,24 +29,41 @@ from titanic.store.types import (
     new_request_id,
 )
 
+log = logging.getLogger(__name__)
+
 
 def open_store(url: str | None = None, *, sqlite_synchronous: str = "FULL",
                max_request_bytes: int = MAX_REQUEST_BYTES, migrate: bool = True,
-               store_key: str | Path | None = None) -> SqlStore:
+               store_key: str | Path | None = None, wait: float = 0.0) -> SqlStore:
     """A SqlStore for `url` (default: TITANIC_DATABASE_URL, else the per-user SQLite file).
 
     With `migrate`, a fresh or older database is brought to the current schema first, and a
     database from a newer titanic is refused with SchemaError. With `store_key` (a key file,
-    see titanic.store.crypto) request and reply bodies are encrypted at rest.
+    see titanic.store.crypto) request and reply bodies are encrypted at rest. With `wait`, a
+    server that cannot be reached (down, restarting, failing over) is tried again for up to that
+    many seconds before StoreError; a wrong URL, role, database or password fails at once.
     """
+    from titanic.errors import StoreError
     from titanic.migrate import ensure_schema
     from titanic.store.crypto import bodies_for
+    from titanic.store.dialect import unreachable
 
     bodies = bodies_for(store_key)  # a bad key file fails before the database is touched
     engine = _engine(url, sqlite_synchronous, create=True)
-    if migrate:
+    deadline = time.monotonic() + wait
+    delay = 0.1
+    while migrate:
         try:
             ensure_schema(engine)
+            break
+        except StoreError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0 or not unreachable(exc):
+                engine.dispose()
+                raise
+            log.warning("%s; trying again for %.0f s more", exc, left)
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 2.0)
         except BaseException:
             engine.dispose()
             raise

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import URL, Connection, Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from titanic.errors import MissingDatabaseError, StoreError
@@ -88,6 +88,30 @@ def connect_error(exc: BaseException, url: URL) -> str:
     elif "database" in line and "does not exist" in line:
         line += " (create it: createdb, see docs/operations.md)"
     return f"{describe(url)}: {line}"
+
+
+#: Words of a connection failure that waiting cannot cure: the URL, role, database or
+#: credentials are wrong (PostgreSQL's and libpq's wording).
+_LASTING = ("does not exist", "authentication failed", "password", "permission denied",
+            "no pg_hba.conf entry", "could not translate host name", "invalid ")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) says the database server cannot be reached
+    now but may be soon: refused or cut connections, a server starting, stopping or in recovery
+    (a restart, a failover), SQLite's lock. False for mistakes that waiting cannot fix."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OperationalError):
+            text = str(cause.orig).lower()
+            if "database is locked" in text:
+                return True
+            if cause.connection_invalidated:
+                return True
+            return not any(word in text for word in _LASTING) and "sqlite" not in \
+                type(cause.orig).__module__
+        cause = cause.__cause__
+    return False
 
 
 def _sqlite_engine(url: URL, synchronous: str, create: bool) -> Engine:
