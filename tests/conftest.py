@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from pg_cluster import server_binaries
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -41,6 +42,19 @@ def postgres_server() -> str:
     finally:
         engine.dispose()
     return POSTGRES_SERVER
+
+
+@pytest.fixture
+def postgres_bindir() -> Path:
+    """PostgreSQL's server binaries, for tests that run servers of their own (restarted,
+    killed, failed over); skipped (failed under CI) where they are not installed."""
+    found = server_binaries()
+    if found is None:
+        reason = "PostgreSQL's server binaries (initdb, pg_ctl, pg_basebackup) are absent"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI requires the PostgreSQL tests)")
+        pytest.skip(reason)
+    return found
 
 
 @pytest.fixture

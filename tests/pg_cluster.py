@@ -1,6 +1,6 @@
-"""Throw-away PostgreSQL clusters for failover tests: a primary and a synchronous standby made
-with pg_basebackup, on free ports in a temporary folder, removed afterwards. The packaged server
-is never touched."""
+"""Throw-away PostgreSQL clusters for fault tests: one server to restart, or a primary and a
+synchronous standby made with pg_basebackup; on free ports in a temporary folder, removed
+afterwards. The packaged server, which other test runs may be using, is never touched."""
 
 from __future__ import annotations
 
@@ -39,28 +39,11 @@ def server_binaries() -> Path | None:
 
 
 @dataclass
-class Pair:
-    """A primary and its synchronous standby."""
+class Clusters:
+    """Server binaries and the folder that holds the clusters' data, logs and sockets."""
 
     bindir: Path
     folder: Path
-    primary_port: int
-    standby_port: int
-
-    @property
-    def primary(self) -> Path:
-        """The primary's data folder."""
-        return self.folder / "primary"
-
-    @property
-    def standby(self) -> Path:
-        """The standby's data folder."""
-        return self.folder / "standby"
-
-    def url(self, *, database: str = DATABASE) -> str:
-        """A multi-host URL that finds whichever server accepts writes."""
-        return (f"postgresql+psycopg://postgres@/{database}?host=127.0.0.1:{self.primary_port}"
-                f"&host=127.0.0.1:{self.standby_port}&target_session_attrs=read-write")
 
     def single_url(self, port: int, database: str = "postgres") -> str:
         """A URL of one server."""
@@ -80,6 +63,20 @@ class Pair:
         self.run("pg_ctl", "-D", str(data), "-o", options, "-l", str(data) + ".log", "-w",
                  "start")
 
+    def initdb(self, data: Path) -> None:
+        """A new cluster in `data`, trusting local connections."""
+        self.run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def stop_all(self, *folders: Path) -> None:
+        """Stop the servers of these data folders at once, whatever state they are in."""
+        for data in folders:
+            if (data / "postmaster.pid").exists():
+                try:
+                    self.run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop",
+                             timeout=60)
+                except subprocess.CalledProcessError:
+                    pass  # already dead (a killed server)
+
     def sql(self, port: int, statement: str,
             database: str = "postgres") -> list[tuple[object, ...]]:
         """Run one statement on a server (autocommit) and return its rows."""
@@ -92,6 +89,52 @@ class Pair:
         finally:
             engine.dispose()
 
+
+@dataclass
+class Server(Clusters):
+    """One server of our own, to restart without disturbing anyone else's."""
+
+    port: int
+
+    @property
+    def data(self) -> Path:
+        """The server's data folder."""
+        return self.folder / "data"
+
+    def url(self, *, database: str = DATABASE) -> str:
+        """The URL of the database made for titanic."""
+        return self.single_url(self.port, database)
+
+    def restart(self) -> None:
+        """Stop the server (its connections cut) and start it again; returns once it is up."""
+        # Not `pg_ctl restart`: without our -l the new server would keep the pipes that run()
+        # reads, and run() would wait for it to end.
+        self.run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self.start(self.data, self.port)
+
+
+@dataclass
+class Pair(Clusters):
+    """A primary and its synchronous standby."""
+
+    primary_port: int
+    standby_port: int
+
+    @property
+    def primary(self) -> Path:
+        """The primary's data folder."""
+        return self.folder / "primary"
+
+    @property
+    def standby(self) -> Path:
+        """The standby's data folder."""
+        return self.folder / "standby"
+
+    def url(self, *, database: str = DATABASE) -> str:
+        """A multi-host URL that finds whichever server accepts writes."""
+        return (f"postgresql+psycopg://postgres@/{database}?host=127.0.0.1:{self.primary_port}"
+                f"&host=127.0.0.1:{self.standby_port}&target_session_attrs=read-write")
+
     def kill_primary(self) -> None:
         """SIGKILL the primary's postmaster (its backends notice and exit)."""
         pid = int((self.primary / "postmaster.pid").read_text().splitlines()[0])
@@ -103,13 +146,7 @@ class Pair:
 
     def stop(self) -> None:
         """Stop both servers at once, whatever state they are in."""
-        for data in (self.standby, self.primary):
-            if (data / "postmaster.pid").exists():
-                try:
-                    self.run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop",
-                             timeout=60)
-                except subprocess.CalledProcessError:
-                    pass  # already dead (the killed primary)
+        self.stop_all(self.standby, self.primary)
 
 
 def _wait_sync(pair: Pair, timeout: float = 60) -> None:
@@ -128,17 +165,34 @@ def _wait_sync(pair: Pair, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-@contextmanager
-def primary_and_standby(bindir: Path) -> Iterator[Pair]:
-    """A primary with a synchronous standby, each on a free port, and a database `titanic`."""
+def _folder() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="titanic-pg-"))
     if os.geteuid() == 0:
         postgres = pwd.getpwnam("postgres")
         os.chown(folder, postgres.pw_uid, postgres.pw_gid)
-    pair = Pair(bindir, folder, free_port(), free_port())
+    return folder
+
+
+@contextmanager
+def single_server(bindir: Path) -> Iterator[Server]:
+    """A server of our own on a free port, with a database `titanic`."""
+    server = Server(bindir, _folder(), free_port())
     try:
-        pair.run("initdb", "-D", str(pair.primary), "-A", "trust", "-U", "postgres",
-                 "--no-sync")
+        server.initdb(server.data)
+        server.start(server.data, server.port)
+        server.sql(server.port, f"CREATE DATABASE {DATABASE}")
+        yield server
+    finally:
+        server.stop_all(server.data)
+        shutil.rmtree(server.folder, ignore_errors=True)
+
+
+@contextmanager
+def primary_and_standby(bindir: Path) -> Iterator[Pair]:
+    """A primary with a synchronous standby, each on a free port, and a database `titanic`."""
+    pair = Pair(bindir, _folder(), free_port(), free_port())
+    try:
+        pair.initdb(pair.primary)
         with open(pair.primary / "pg_hba.conf", "a") as hba:
             hba.write("host replication all 127.0.0.1/32 trust\n")
         pair.start(pair.primary, pair.primary_port,
@@ -152,4 +206,4 @@ def primary_and_standby(bindir: Path) -> Iterator[Pair]:
         yield pair
     finally:
         pair.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(pair.folder, ignore_errors=True)

@@ -1,27 +1,27 @@
 """Fault injection under load: every component killed at random moments while clients submit.
 
-Clients submit continuously through titanic.request; two workers serve. In turn, at random moments,
-a worker, the broker, the dispatcher and a client process are killed with SIGKILL (each restarted,
-the broker on the same port), and PostgreSQL is restarted. Afterwards: every acknowledged request
-must have its correct reply (lost = 0) and have run at least once; requests executed more than once
-are reported, not bounded: at least once allows a late reply's retry. The seed is printed;
-TITANIC_FAULT_SEED replays it.
+Clients submit continuously through titanic.request; two workers serve. In turn, at random
+moments, a worker, the broker, the dispatcher and a client process are killed with SIGKILL (each
+restarted, the broker on the same port), and the test's own PostgreSQL server is restarted.
+Afterwards: every acknowledged request must have its correct reply (lost = 0) and have run at
+least once; requests executed more than once are reported, not bounded: at least once allows a
+late reply's retry. The seed is printed; TITANIC_FAULT_SEED replays it.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ha_support import COUNTING_WORKER
+from pg_cluster import Server, single_server
 from titanic_support import Processes, free_endpoint, replayable_seed, wait_until
 
 from titanic.errors import TitanicError
@@ -85,16 +85,18 @@ class Load:
                     self.acknowledged[request_id] = body
 
 
-def _restart_postgres() -> None:
-    clusters = sorted(p.name for p in Path("/etc/postgresql").glob("*"))
-    if not clusters or shutil.which("pg_ctlcluster") is None or os.geteuid() != 0:
-        pytest.skip("restarting PostgreSQL needs pg_ctlcluster and root")
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", clusters[-1], "main",
-                    "restart"], check=True, timeout=60, capture_output=True)
+@pytest.fixture
+def own_postgres(postgres_bindir: Path) -> Iterator[Server]:
+    """A PostgreSQL server of the test's own: it is restarted, and others may be using the
+    packaged one."""
+    with single_server(postgres_bindir) as server:
+        yield server
 
 
+@pytest.mark.timeout(300)
 def test_nothing_acknowledged_is_lost_when_every_component_is_killed(
-        procs: Processes, tmp_path: Path, postgres_url: str) -> None:
+        procs: Processes, tmp_path: Path, own_postgres: Server) -> None:
+    postgres_url = own_postgres.url()
     rng = random.Random(replayable_seed("fault", "TITANIC_FAULT_SEED"))
     endpoint = free_endpoint()
     executions_dir = tmp_path / "executions"
@@ -147,7 +149,7 @@ def test_nothing_acknowledged_is_lost_when_every_component_is_killed(
             elif fault == "client":
                 Processes.kill(client)
             else:
-                _restart_postgres()
+                own_postgres.restart()
         time.sleep(LOAD_SECONDS_PER_FAULT)
     acknowledged = dict(load.acknowledged)
     for line in client_acks.read_text().splitlines():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from ha_support import COUNTING_WORKER, Load, lost_requests, wait_all_finished
-from pg_cluster import primary_and_standby, server_binaries
+from pg_cluster import primary_and_standby
 from titanic_support import Processes, free_endpoint, run_cli, wait_until
 
 from titanic.store import open_store
@@ -24,17 +24,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 LOAD_SECONDS = 3.0
 
 
-@pytest.fixture
-def bindir() -> Path:
-    found = server_binaries()
-    if found is None:
-        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl, pg_basebackup) are absent")
-    return found
-
-
 def test_acknowledged_requests_survive_a_primary_killed_and_a_standby_promoted(
-        procs: Processes, tmp_path: Path, bindir: Path) -> None:
-    with primary_and_standby(bindir) as pair:
+        procs: Processes, tmp_path: Path, postgres_bindir: Path) -> None:
+    with primary_and_standby(postgres_bindir) as pair:
         url = pair.url()
         broker = free_endpoint()
         procs.cli("broker", "broker", "--bind", broker, "--heartbeat", "0.2")
