@@ -8,6 +8,7 @@ server restart.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -27,12 +28,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from titanic.errors import StoreError
 from titanic.settings import MAX_REQUEST_BYTES
-from titanic.store import dialect, pipeline
+from titanic.store import dialect, pipeline, sqlite_turn
 from titanic.store.crypto import REPLY, REQUEST, PlainBodies
 from titanic.store.hot import HotStatements
 from titanic.store.models import identity_table
@@ -176,7 +177,7 @@ class SqlStore(SqlOverview):
             try:
                 with connect() as conn:
                     return work(conn)
-            except (DBAPIError, psycopg.Error) as exc:
+            except (DBAPIError, psycopg.Error, sqlite3.Error) as exc:
                 self._forget_thread_connections()
                 if attempt == RETRIES or not self._retryable(exc):
                     raise StoreError(f"database error: {_first_line(exc)}") from exc
@@ -189,10 +190,12 @@ class SqlStore(SqlOverview):
             delay = min(RETRY_DELAY_MAX_S, delay * 2)
         raise AssertionError("unreachable")
 
-    def _retryable(self, exc: DBAPIError | psycopg.Error) -> bool:
+    def _retryable(self, exc: DBAPIError | psycopg.Error | sqlite3.Error) -> bool:
         """Lock contention, and (PostgreSQL) a lost or refused connection: a server restart."""
         if isinstance(exc, psycopg.Error):
             return pipeline.is_retryable(exc)
+        if isinstance(exc, sqlite3.Error):
+            return sqlite_turn.is_retryable(exc)
         if exc.connection_invalidated:
             return True
         if not self._is_sqlite and isinstance(exc, OperationalError):
@@ -224,26 +227,6 @@ class SqlStore(SqlOverview):
                 for request_id, r in zip(ids, requests, strict=True)]
         return ids, rows
 
-    def _inserting(self, requests: Sequence[NewRequest], ids: list[str],
-                   rows: list[tuple[Any, ...]]) -> Callable[[Connection], list[str]]:
-        """A function inserting these rows inside a transaction and returning their UUIDs (an
-        existing one for a known idempotency key)."""
-        batch = NewBatch.of(requests, ids, rows)
-
-        def insert(conn: Connection) -> list[str]:
-            inserted = len(batch.rows)
-            if batch.rows:
-                try:
-                    inserted = self._hot.insert(conn, batch.rows, keyed=batch.keyed)
-                except IntegrityError:
-                    if not self._all_stored(conn, batch.row_ids):
-                        raise
-            found = (self._existing_keys(conn, requests)
-                     if batch.keyed and inserted != len(batch.rows) else {})
-            return batch.answer(found)
-
-        return insert
-
     def exchange(self, new: Sequence[NewRequest],
                  replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
                  lease: float, *, now: datetime | None = None) -> Exchange:
@@ -261,22 +244,37 @@ class SqlStore(SqlOverview):
         wanted = [(service, room) for service, room in claims.items() if room > 0]
         if not rows and not packed and not wanted:
             return Exchange([], 0, [])
+        batch = NewBatch.of(new, ids, rows)
+        turn = pipeline.Turn(batch.rows, packed, wanted, moment, lease_until, keyed=batch.keyed)
         if self._hot.postgres:
-            batch = NewBatch.of(new, ids, rows)
-            turn = pipeline.Turn(batch.rows, packed, wanted, moment, lease_until,
-                                 keyed=batch.keyed)
             return self._pipelined(lambda raw: self._run_turn(raw, batch, turn))
-        insert = self._inserting(new, ids, rows) if rows else None
+        return self._retrying(lambda: self._sqlite_turn_connection(durable=bool(batch.rows)),
+                              lambda raw: self._run_sqlite_turn(raw, batch, turn))
 
-        def work(conn: Connection) -> Exchange:
-            stored = insert(conn) if insert is not None else []
-            completed = self._hot.complete(conn, packed, moment) if packed else 0
-            claimed = [delivery for service, room in wanted
-                       for delivery in self._hot.deliveries(conn, [service], room, lease_until,
-                                                            moment)]
-            return Exchange(stored, completed, claimed)
+    @contextmanager
+    def _sqlite_turn_connection(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
+        """SQLite: this thread's driver connection in an immediate transaction (store.sqlite_turn),
+        behind the same lock as every write of this process."""
+        with self._write_lock:
+            raw = self._thread_connection(durable).connection.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
+            with sqlite_turn.immediate(raw):
+                yield raw
 
-        return self._transaction(work, durable=insert is not None)
+    def _run_sqlite_turn(self, raw: sqlite3.Connection, batch: NewBatch,
+                         turn: pipeline.Turn) -> Exchange:
+        try:
+            inserted, completed, claimed = sqlite_turn.run_turn(raw, self._hot, turn)
+        except sqlite3.IntegrityError:
+            # A retried turn whose first try did land: its requests are stored; the rest again.
+            if not (turn.rows and sqlite_turn.all_stored(raw, self._hot, batch.row_ids)):
+                raise
+            inserted, completed, claimed = sqlite_turn.run_turn(raw, self._hot,
+                                                                replace(turn, rows=()))
+            inserted = len(batch.rows)
+        found = (sqlite_turn.stored_keys(raw, self._hot, batch.keys)
+                 if batch.keyed and inserted != len(batch.rows) else {})
+        return Exchange(batch.answer(found), completed, claimed)
 
     def _run_turn(self, raw: psycopg.Connection[Any], batch: NewBatch,
                   turn: pipeline.Turn) -> Exchange:
@@ -294,22 +292,6 @@ class SqlStore(SqlOverview):
         found = (pipeline.stored_keys(raw, self._hot, batch.keys)
                  if batch.keyed and inserted != len(batch.rows) else {})
         return Exchange(batch.answer(found), completed, claimed)
-
-    @staticmethod
-    def _existing_keys(conn: Connection, requests: Sequence[NewRequest]) -> dict[str, str]:
-        keys = [r.idempotency_key for r in requests if r.idempotency_key]
-        if not keys:
-            return {}
-        found = conn.execute(select(t.c.idempotency_key, t.c.id)
-                             .where(t.c.idempotency_key.in_(keys)))
-        return {key: CoreValues.read_key(row_id) for key, row_id in found}
-
-    @staticmethod
-    def _all_stored(conn: Connection, request_ids: list[str]) -> bool:
-        """After a retried commit whose first try did land, the rows are all there already."""
-        keys = [CoreValues.key(request_id) for request_id in request_ids]
-        count = conn.execute(select(func.count()).where(t.c.id.in_(keys))).scalar_one()
-        return bool(count == len(keys))
 
     def _pack_replies(self, replies: Sequence[tuple[str, Sequence[bytes]]]
                       ) -> list[tuple[str, bytes]]:
