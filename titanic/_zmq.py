@@ -85,6 +85,10 @@ class SocketSet:
     signals that its state may have changed, and any send or receive on it may consume that
     signal, so a socket that was just used is looked at again at the next wait: call `touch()`
     after sending on a socket, and every socket `wait()` returns is looked at again next time.
+
+    A socket whose descriptor fired is returned without asking it (ZMQ_EVENTS costs two system
+    calls): nearly always a message woke it, and the receive that reads it does the asking. So
+    a returned socket may have nothing to read: receive with NOBLOCK.
     """
 
     def __init__(self) -> None:
@@ -123,7 +127,7 @@ class SocketSet:
         self._touched.add(sock)
 
     def wait(self, timeout: float | None) -> tuple[list[zmq.Socket[bytes]], bool]:
-        """Sockets with a message waiting, and whether a plain descriptor is readable.
+        """Sockets that may have a message waiting, and whether a plain descriptor is readable.
 
         Blocks up to `timeout` seconds (None: until something is ready); returns early with
         whatever is ready.
@@ -141,8 +145,8 @@ class SocketSet:
                 found = self._sockets.get(fd)
                 if found is None:
                     plain = plain or fd in self._plain
-                elif found not in ready and socket_events(found) & POLLIN:
-                    ready[found] = None
+                else:
+                    ready[found] = None  # its receive processes what fired (see above)
             if ready or plain:
                 break
             if deadline is not None:

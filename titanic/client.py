@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import zmq
 
-from titanic._zmq import SocketHook, SocketSet, new_socket, recv_frames, send_frames
+from titanic._zmq import NOBLOCK, SocketHook, SocketSet, new_socket, recv_frames, send_frames
 from titanic.errors import ClientClosedError, ProtocolError, TitanicTimeoutError
 from titanic.protocol import mmi
 from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
@@ -83,8 +83,12 @@ class _Connection:
         send_frames(self.socket, build_client_request(self.dialect, service, body))
 
     def read_part(self, service: bytes) -> tuple[bool, Frames] | None:
-        """Read one waiting message: (final, body), or None if it was not a reply for `service`."""
-        frames = recv_frames(self.socket)
+        """Read one waiting message: (final, body), or None if there was none or it was not a
+        reply for `service`."""
+        try:
+            frames = recv_frames(self.socket, NOBLOCK)
+        except zmq.Again:
+            return None
         try:
             reply = parse_client_reply(self.dialect, frames)
         except ProtocolError:

@@ -199,6 +199,7 @@ class Planner:
         failure report; mmi.service answers taken note of."""
         replies: list[tuple[str, Frames]] = []
         failed: list[tuple[str, str, FailureReport | None]] = []
+        debug = log.isEnabledFor(logging.DEBUG)  # per request below: asked once
         for completion in completions:
             tag = completion.tag
             if isinstance(tag, PresenceCheck):
@@ -216,8 +217,9 @@ class Planner:
                 failed.append((tag.request_id, tag.service, report))
             else:
                 replies.append((tag.request_id, completion.reply))
-                log.debug("request %s answered", tag.request_id,
-                          extra=about(tag.request_id, tag.service))
+                if debug:
+                    log.debug("request %s answered", tag.request_id,
+                              extra=about(tag.request_id, tag.service))
         return replies, failed
 
     def _claim_plan(self, now: float) -> dict[str, int]:
@@ -242,8 +244,9 @@ class Planner:
     def _send_claimed(self, result: Exchange, plan: dict[str, int]) -> bool:
         """Forward what was claimed; True if a service filled its room (more may be due)."""
         claimed = Counter(delivery.service for delivery in result.claimed)
+        debug = log.isEnabledFor(logging.DEBUG)
         for delivery in result.claimed:
-            self._send(delivery)
+            self._send(delivery, debug)
         more = False
         for service, room in plan.items():
             if claimed[service] < room:
@@ -252,13 +255,14 @@ class Planner:
                 more = True
         return more
 
-    def _send(self, delivery: Delivery) -> None:
+    def _send(self, delivery: Delivery, debug: bool) -> None:
         self.transport.send(delivery.service, delivery.request,
                             Forwarded(delivery.id, delivery.service))
         self.in_flight[delivery.service] += 1
         self.stats.dispatched += 1
-        log.debug("request %s sent to %r (attempt %d)", delivery.id, delivery.service,
-                  delivery.attempts, extra=about(delivery.id, delivery.service))
+        if debug:
+            log.debug("request %s sent to %r (attempt %d)", delivery.id, delivery.service,
+                      delivery.attempts, extra=about(delivery.id, delivery.service))
 
     def _retry(self, request_id: str, service: str, report: FailureReport | None) -> None:
         """After a timeout (no report) or a worker's failure report: retry later, or fail."""

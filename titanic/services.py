@@ -130,9 +130,11 @@ def refuse_over_owner_limit(answers: list[Frames | None],
 def acknowledge(answers: list[Frames | None], accepted: Sequence[tuple[int, NewRequest]],
                 ids: Sequence[str]) -> None:
     """Fill in `200 <uuid>` for the stored requests."""
+    debug = log.isEnabledFor(logging.DEBUG)  # per request below: asked once
     for (index, request), request_id in zip(accepted, ids, strict=True):
-        log.debug("request %s for %r stored", request_id, request.service,
-                  extra=about(request_id, request.service))
+        if debug:
+            log.debug("request %s for %r stored", request_id, request.service,
+                      extra=about(request_id, request.service))
         answers[index] = [_OK, request_id.encode()]
 
 
