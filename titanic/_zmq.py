@@ -86,9 +86,10 @@ class SocketSet:
     signal, so a socket that was just used is looked at again at the next wait: call `touch()`
     after sending on a socket, and every socket `wait()` returns is looked at again next time.
 
-    A socket whose descriptor fired is returned without asking it (ZMQ_EVENTS costs two system
-    calls): nearly always a message woke it, and the receive that reads it does the asking. So
-    a returned socket may have nothing to read: receive with NOBLOCK.
+    A socket whose descriptor fired is returned without asking it for ZMQ_EVENTS: nearly always
+    a message woke it, and the receive that reads it processes the socket's pending commands
+    itself (the same system calls), so one call into libzmq per message is saved. A returned
+    socket may have nothing to read: receive with NOBLOCK.
     """
 
     def __init__(self) -> None:
