@@ -70,6 +70,8 @@ C = TypeVar("C")
 RETRIES = 8
 RETRY_DELAY_S = 0.1
 RETRY_DELAY_MAX_S = 2.0
+#: How long close_store waits for other threads' transactions to end.
+CLOSE_WAIT_S = 10.0
 
 PENDING = RequestStatus.PENDING.value
 DISPATCHED = RequestStatus.DISPATCHED.value
@@ -92,6 +94,11 @@ class SqlStore(SqlOverview):
         self._local = threading.local()
         self._opened: list[Connection | PoolProxiedConnection] = []
         self._opened_lock = threading.Lock()
+        # Transactions under way, so that close_store waits for them instead of closing a
+        # connection under another thread's feet (SQLite's driver crashes the process then).
+        self._activity = threading.Condition()
+        self._active = 0
+        self._closed = False
         self._hot = HotStatements(engine.dialect.name, self.bodies)
 
     # -- the one boundary where database errors become StoreError ------------------------------
@@ -175,7 +182,7 @@ class SqlStore(SqlOverview):
         delay = RETRY_DELAY_S
         for attempt in range(RETRIES + 1):
             try:
-                with connect() as conn:
+                with self._in_use(), connect() as conn:
                     return work(conn)
             except (DBAPIError, psycopg.Error, sqlite3.Error) as exc:
                 self._forget_thread_connections()
@@ -189,6 +196,20 @@ class SqlStore(SqlOverview):
             time.sleep(delay)
             delay = min(RETRY_DELAY_MAX_S, delay * 2)
         raise AssertionError("unreachable")
+
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        with self._activity:
+            if self._closed:
+                raise StoreError("the store is closed")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._activity:
+                self._active -= 1
+                if self._closed and not self._active:
+                    self._activity.notify_all()
 
     def _retryable(self, exc: DBAPIError | psycopg.Error | sqlite3.Error) -> bool:
         """Lock contention, and (PostgreSQL) a lost or refused connection: a server restart."""
@@ -499,7 +520,15 @@ class SqlStore(SqlOverview):
         return reseal_bodies(self, self._transaction, batch=batch)
 
     def close_store(self) -> None:
-        """Release connections."""
+        """Release connections, once the transactions under way (other threads') have ended;
+        the store refuses new ones from now on (StoreError)."""
+        with self._activity:
+            self._closed = True
+            if not self._activity.wait_for(lambda: not self._active, CLOSE_WAIT_S):
+                log.warning("closing the store with %d transactions still running: their "
+                            "connections are left to end with them", self._active)
+                self.engine.dispose()
+                return
         with self._opened_lock:
             opened, self._opened = self._opened, []
         for conn in opened:
