@@ -123,8 +123,7 @@ class AsyncTitanicClient:
         for _ in range(retries + 1):
             index, sock = self._take()
             try:
-                await sock.send_multipart(build_client_request(self.dialect, service, body))
-                reply = await self._collect(sock, service, timeout)
+                reply = await self._send_and_collect(sock, service, body, timeout)
             except BaseException as exc:  # cancelled, or closed under us: the socket is spent
                 self._discard(sock)
                 if self._closed and isinstance(exc, zmq.ZMQError):
@@ -140,6 +139,23 @@ class AsyncTitanicClient:
         raise TitanicTimeoutError(
             f"no reply from service {service.decode(errors='replace')!r} at {where} "
             f"after {retries + 1} attempt(s) of {timeout:g} s")
+
+    async def _send_and_collect(self, sock: _Socket, service: bytes, body: Sequence[bytes],
+                                timeout: float) -> Frames | None:
+        """The reply, or None if there was none within `timeout` seconds; a socket that cannot
+        send (no connection to the broker, say after it refused our CURVE key) counts as no
+        reply instead of waiting for ever."""
+        began = time.monotonic()
+        frames = build_client_request(self.dialect, service, body)
+        for last_try in (False, True):
+            try:
+                await sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                if last_try or not await sock.poll(int(timeout * 1000) + 1,
+                                                    zmq.POLLOUT):  # type: ignore[call-arg]
+                    return None
+        return await self._collect(sock, service, timeout - (time.monotonic() - began))
 
     def _take(self) -> tuple[int, _Socket]:
         """An idle socket to the current broker, or a new one."""

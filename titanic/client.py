@@ -78,9 +78,20 @@ class _Connection:
         self.socket = self._open()
         return self.socket
 
-    def send(self, service: bytes, body: Sequence[bytes]) -> None:
-        """Send a REQUEST in this connection's dialect."""
-        send_frames(self.socket, build_client_request(self.dialect, service, body))
+    def send(self, service: bytes, body: Sequence[bytes], wait: float = 0.0) -> bool:
+        """Send a REQUEST in this connection's dialect, waiting up to `wait` seconds for the
+        socket to take it; False if it did not (no connection to the broker: a DEALER blocks
+        for ever then, for example after the broker refused our CURVE key)."""
+        frames = build_client_request(self.dialect, service, body)
+        for last_try in (False, True):
+            try:
+                send_frames(self.socket, frames, NOBLOCK)
+                return True
+            except zmq.Again:
+                if last_try or wait <= 0 or not self.socket.poll(int(wait * 1000) + 1,
+                                                                   zmq.POLLOUT):
+                    return False
+        return False
 
     def read_part(self, service: bytes) -> tuple[bool, Frames] | None:
         """Read one waiting message: (final, body), or None if there was none or it was not a
@@ -149,10 +160,11 @@ class Client:
         for attempt in range(attempts):
             if attempt:
                 connection.reopen()
-            connection.send(name, frames)
-            parts = self._collect(connection, name, wait)
-            if parts is not None:
-                return parts
+            began = time.monotonic()
+            if connection.send(name, frames, wait):
+                parts = self._collect(connection, name, wait - (time.monotonic() - began))
+                if parts is not None:
+                    return parts
         connection.reopen()  # a late reply to this request must not answer the next one
         raise TitanicTimeoutError(
             f"no reply from service {name.decode(errors='replace')!r} at {_where(self.brokers)} "
