@@ -136,10 +136,10 @@ class Planner:
         self.candidates.update(request.service for request in new)
         replies, failed = self._sort(completions, now)
         plan = self._claim_plan(now) if claim else {}
-        # With new requests to acknowledge, the claims wait for a second, fsync-free transaction
-        # after the acknowledgements: a client waiting for its UUID should not wait for them.
+        # One transaction: the claims run after the inserts, so a request stored now can be
+        # claimed and sent in the same turn, right after its acknowledgement.
         # A store error leaves the replies unstored: their leases send those requests again.
-        result = self._exchange(new, replies, {} if new else plan)
+        result = self._exchange(new, replies, plan)
         if isinstance(result, StoreError):
             refuse_for_store_error(answers, accepted, result)
         else:
@@ -147,8 +147,6 @@ class Planner:
             self.stats.completed += result.completed
         if submits:
             answer([reply or [tsp.Status.ERROR.frame()] for reply in answers])
-        if new and plan and isinstance(result, Exchange):
-            result = self._exchange([], [], plan)
         more = isinstance(result, Exchange) and self._send_claimed(result, plan)
         for request_id, service, report in failed:
             self.guarded(partial(self._retry, request_id, service, report))

@@ -89,6 +89,25 @@ def test_the_answer_goes_out_before_the_claims_are_sent() -> None:
     assert [tag.service for tag in t.forwarded()] == ["echo", "echo"]
 
 
+def test_a_request_is_stored_claimed_and_sent_in_one_transaction() -> None:
+    t = Turns()
+    t.submit(b"echo", b"first")
+    t.say_present("echo")
+    exchanges: list[tuple[int, int, dict[str, int]]] = []
+    exchange = t.store.exchange
+
+    def counted(new, replies, claims, lease, **kwargs):  # type: ignore[no-untyped-def]
+        exchanges.append((len(new), len(replies), dict(claims)))
+        return exchange(new, replies, claims, lease, **kwargs)
+
+    t.store.exchange = counted  # type: ignore[method-assign]
+    request_id = t.submit(b"echo", b"second")
+    assert exchanges == [(1, 0, {"echo": 1})]  # the insert and the claim, one commit
+    assert t.forwarded()[-1] == Forwarded(request_id, "echo")
+    stored = t.store.get(request_id)
+    assert stored is not None and stored.status is RequestStatus.DISPATCHED
+
+
 def test_a_reply_is_stored_and_frees_room_for_the_next() -> None:
     t = Turns()
     ids = [t.submit(b"echo", str(n).encode()) for n in range(3)]
