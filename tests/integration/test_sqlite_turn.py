@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from titanic.store import NewRequest, RequestStatus, open_store
+from titanic.store import NewRequest, RequestStatus, open_store, sqlite_turn
 from titanic.store.crypto import REQUEST
 from titanic.store.pipeline import Turn
 from titanic.store.rows import new_row, utcnow
@@ -59,9 +59,9 @@ def test_a_turn_run_again_after_its_commit_landed_answers_the_same_ids(
     batch, turn = _batch(sql_store, NewRequest("svc", (b"a",)))
     turn = Turn(turn.rows, [], [("svc", 5)], turn.now, turn.lease_until)
     with sql_store._sqlite_turn_connection(durable=True) as raw:
-        first = sql_store._run_sqlite_turn(raw, batch, turn)
+        first = sql_store._run_driver_turn(sqlite_turn, raw, batch, turn)
     with sql_store._sqlite_turn_connection(durable=True) as raw:
-        again = sql_store._run_sqlite_turn(raw, batch, turn)
+        again = sql_store._run_driver_turn(sqlite_turn, raw, batch, turn)
     assert first.ids == again.ids == batch.ids
     assert sorted(d.request for d in first.claimed) == [(b"a",), (b"due",)]
     assert again.claimed == []  # claimed by the first try, inserted once

@@ -116,9 +116,10 @@ def test_a_turn_retried_after_its_commit_landed_stores_nothing_twice(store: SqlS
     batch = NewBatch.of(new, ids, rows)
     turn = store_pipeline.Turn(batch.rows, [], [], utcnow(), utcnow(), keyed=True)
     with store._pipelined_connection() as raw:
-        assert store._run_turn(raw, batch, turn).ids == ids
+        assert store._run_driver_turn(store_pipeline, raw, batch, turn).ids == ids
         again = replace(turn, replies=[(first, b"\x00\x00\x00\x00")])
-        result = store._run_turn(raw, batch, again)  # as if the answer to the first was lost
+        # As if the answer to the first was lost:
+        result = store._run_driver_turn(store_pipeline, raw, batch, again)
     assert result.ids == ids and result.completed == 1
     assert store.stats().counts[("svc", RequestStatus.PENDING)] == 3
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from sqlalchemy import (
@@ -50,6 +50,7 @@ from titanic.store.rows import (
 )
 from titanic.store.types import (
     FINISHED,
+    Delivery,
     Exchange,
     NewRequest,
     RequestStatus,
@@ -63,6 +64,22 @@ from titanic.store.types import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class TurnDriver(Protocol):
+    """A dispatcher turn's statements on one driver's own connection: the modules
+    store.sqlite_turn (sqlite3) and store.pipeline (psycopg) both provide these."""
+
+    def run_turn(self, raw: Any, hot: HotStatements,
+                 turn: pipeline.Turn) -> tuple[int, int, list[Delivery]]: ...
+
+    def is_duplicate(self, exc: BaseException) -> bool: ...
+
+    def all_stored(self, raw: Any, hot: HotStatements, request_ids: Sequence[str]) -> bool: ...
+
+    def stored_keys(self, raw: Any, hot: HotStatements,
+                    keys: Sequence[str]) -> dict[str, str]: ...
+
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -268,9 +285,9 @@ class SqlStore(SqlOverview):
         batch = NewBatch.of(new, ids, rows)
         turn = pipeline.Turn(batch.rows, packed, wanted, moment, lease_until, keyed=batch.keyed)
         if self._hot.postgres:
-            return self._pipelined(lambda raw: self._run_turn(raw, batch, turn))
+            return self._pipelined(lambda raw: self._run_driver_turn(pipeline, raw, batch, turn))
         return self._retrying(lambda: self._sqlite_turn_connection(durable=bool(batch.rows)),
-                              lambda raw: self._run_sqlite_turn(raw, batch, turn))
+                              lambda raw: self._run_driver_turn(sqlite_turn, raw, batch, turn))
 
     @contextmanager
     def _sqlite_turn_connection(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
@@ -282,35 +299,21 @@ class SqlStore(SqlOverview):
             with sqlite_turn.immediate(raw):
                 yield raw
 
-    def _run_sqlite_turn(self, raw: sqlite3.Connection, batch: NewBatch,
+    def _run_driver_turn(self, driver: TurnDriver, raw: Any, batch: NewBatch,
                          turn: pipeline.Turn) -> Exchange:
+        """A turn through `driver` (store.sqlite_turn or store.pipeline) on its open connection."""
         try:
-            inserted, completed, claimed = sqlite_turn.run_turn(raw, self._hot, turn)
-        except sqlite3.IntegrityError:
+            inserted, completed, claimed = driver.run_turn(raw, self._hot, turn)
+        except Exception as exc:
             # A retried turn whose first try did land: its requests are stored; the rest again.
-            if not (turn.rows and sqlite_turn.all_stored(raw, self._hot, batch.row_ids)):
+            if not (turn.rows and driver.is_duplicate(exc)
+                    and driver.all_stored(raw, self._hot, batch.row_ids)):
                 raise
-            inserted, completed, claimed = sqlite_turn.run_turn(raw, self._hot,
-                                                                replace(turn, rows=()))
+            inserted, completed, claimed = driver.run_turn(raw, self._hot,
+                                                           replace(turn, rows=()))
             inserted = len(batch.rows)
-        found = (sqlite_turn.stored_keys(raw, self._hot, batch.keys)
-                 if batch.keyed and inserted != len(batch.rows) else {})
-        return Exchange(batch.answer(found), completed, claimed)
-
-    def _run_turn(self, raw: psycopg.Connection[Any], batch: NewBatch,
-                  turn: pipeline.Turn) -> Exchange:
-        try:
-            inserted, completed, claimed = pipeline.run_turn(raw, self._hot, turn)
-        except psycopg.Error as exc:
-            # A retried turn whose first try did land: its requests are stored; the rest again.
-            if not (turn.rows and pipeline.is_duplicate(exc)
-                    and pipeline.all_stored(raw, self._hot, batch.row_ids)):
-                raise
-            inserted, completed, claimed = pipeline.run_turn(raw, self._hot,
-                                                             replace(turn, rows=()))
-            inserted = len(batch.rows)
-        # A key stored already (a resent submit) was skipped: one more round trip for its id.
-        found = (pipeline.stored_keys(raw, self._hot, batch.keys)
+        # A key stored already (a resent submit) was skipped: one more statement for its id.
+        found = (driver.stored_keys(raw, self._hot, batch.keys)
                  if batch.keyed and inserted != len(batch.rows) else {})
         return Exchange(batch.answer(found), completed, claimed)
 

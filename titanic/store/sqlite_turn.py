@@ -84,6 +84,11 @@ def stored_keys(raw: sqlite3.Connection, hot: HotStatements,
     return {key: hot.values.read_key(row_id) for key, row_id in rows}
 
 
+def is_duplicate(exc: BaseException) -> bool:
+    """A unique key violated (a request id already stored)."""
+    return isinstance(exc, sqlite3.IntegrityError)
+
+
 def is_retryable(exc: sqlite3.Error) -> bool:
     """Lock contention that outlasted the busy timeout."""
     text = str(exc).lower()
