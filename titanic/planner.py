@@ -16,9 +16,10 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from titanic.client import Completion
+from titanic.dispatcher_settings import DispatcherSettings, DispatcherStats
 from titanic.errors import StoreError
 from titanic.logs import about
 from titanic.protocol import mmi, tsp
@@ -32,9 +33,6 @@ from titanic.services import (
     refuse_over_owner_limit,
 )
 from titanic.store import Delivery, Exchange, NewRequest, RequestStatus, Store
-
-if TYPE_CHECKING:  # the dispatcher imports this module
-    from titanic.dispatcher import DispatcherSettings, DispatcherStats
 
 log = logging.getLogger("titanic.dispatcher")
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from titanic.client import Completion
-from titanic.dispatcher import DispatcherSettings, DispatcherStats
+from titanic.dispatcher_settings import DispatcherSettings, DispatcherStats
 from titanic.errors import TitanicTimeoutError
 from titanic.planner import Planner
 from titanic.protocol.identity import Caller
