@@ -11,26 +11,23 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, select, update
 
 from titanic.errors import StoreKeyError
-from titanic.store.crypto import REPLY, REQUEST, SealedBodies
+from titanic.store.crypto import REPLY, REQUEST, PlainBodies, SealedBodies
 from titanic.store.models import requests_table as t
 from titanic.store.rows import CoreValues
-
-if TYPE_CHECKING:
-    from titanic.store.sql import SqlStore
 
 #: Runs a function in one transaction, as SqlStore._transaction does (retries, StoreError).
 Transaction = Callable[..., Any]
 Change = tuple[uuid.UUID, Any, bytes, bytes]  # id, column, body read, body to write
 
 
-def reseal_bodies(store: SqlStore, transaction: Transaction, *, batch: int = 500) -> int:
-    """Seal every body not sealed under the current key; how many were sealed anew."""
-    bodies = store.bodies
+def reseal_bodies(bodies: PlainBodies, transaction: Transaction, *, batch: int = 500) -> int:
+    """Seal every body not sealed under the current key of `bodies` (a store's), through the
+    store's `transaction`; how many were sealed anew."""
     if not isinstance(bodies, SealedBodies):
         raise StoreKeyError("re-sealing needs a store key")
     sealed, after = 0, None

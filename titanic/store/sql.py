@@ -39,6 +39,7 @@ from titanic.store.hot import HotStatements
 from titanic.store.models import identity_table
 from titanic.store.models import requests_table as t
 from titanic.store.overview import SqlOverview
+from titanic.store.reseal import reseal_bodies
 from titanic.store.rows import (
     CoreValues,
     aware_utc,
@@ -518,9 +519,7 @@ class SqlStore(SqlOverview):
     def rekey(self, *, batch: int = 500) -> int:
         """Seal every stored body not sealed under the store key's current key (plain ones
         too), safe beside running dispatchers; how many were sealed anew (see store.reseal)."""
-        from titanic.store.reseal import reseal_bodies
-
-        return reseal_bodies(self, self._transaction, batch=batch)
+        return reseal_bodies(self.bodies, self._transaction, batch=batch)
 
     def close_store(self) -> None:
         """Release connections, once the transactions under way (other threads') have ended;
