@@ -103,6 +103,25 @@ class Presence:
         self._known.pop(service, None)
 
 
+def _split_plan(plan: dict[str, int], new: Sequence[NewRequest], fresh: set[str]
+            ) -> tuple[dict[str, int], dict[str, int]]:
+    """The claim plan as claims of due requests, and new requests to store claimed: a fresh
+    service's room goes to its new requests (they are all that is due there), unless one
+    of them has an idempotency key (it may be stored already: claimed like the rest)."""
+    if not fresh:
+        return plan, {}
+    counts = Counter(request.service for request in new if request.service in fresh)
+    keyed = {request.service for request in new if request.idempotency_key is not None}
+    claims: dict[str, int] = {}
+    claim_new: dict[str, int] = {}
+    for service, room in plan.items():
+        if service in fresh and service not in keyed:
+            claim_new[service] = min(room, counts[service])
+        else:
+            claims[service] = room
+    return claims, claim_new
+
+
 class Planner:
     """What the dispatcher decides each turn; see the module docstring."""
 
@@ -131,13 +150,16 @@ class Planner:
         if a service may have more due than was claimed."""
         accepted, answers = self._check(submits, callers)
         new = [request for _, request in accepted]
+        # Services with nothing due before these requests came: they can be stored claimed.
+        fresh = {request.service for request in new} - self.candidates
         self.candidates.update(request.service for request in new)
         replies, failed = self._sort(completions, now)
         plan = self._claim_plan(now) if claim else {}
+        claims, claim_new = _split_plan(plan, new, fresh)
         # One transaction: the claims run after the inserts, so a request stored now can be
         # claimed and sent in the same turn, right after its acknowledgement.
         # A store error leaves the replies unstored: their leases send those requests again.
-        result = self._exchange(new, replies, plan)
+        result = self._exchange(new, replies, claims, claim_new)
         if isinstance(result, StoreError):
             refuse_for_store_error(answers, accepted, result)
         else:
@@ -175,18 +197,19 @@ class Planner:
         return kept, answers
 
     def _exchange(self, new: list[NewRequest], replies: list[tuple[str, Frames]],
-                  plan: dict[str, int]) -> Exchange | StoreError:
+                  claims: dict[str, int], claim_new: dict[str, int]) -> Exchange | StoreError:
         """Store.exchange, or the error (counted) if the store failed."""
         started = time.monotonic()
         try:
-            return self.store.exchange(new, replies, plan, self.settings.lease)
+            return self.store.exchange(new, replies, claims, self.settings.lease,
+                                       claim_new=claim_new)
         except StoreError as exc:
             self.stats.store_errors += 1
             if not new:  # with new requests the refusal's answer logs it
                 log.error("store error: %s", exc)
             return exc
         finally:
-            if new or replies or plan:
+            if new or replies or claims:
                 self.observe_store(time.monotonic() - started)
 
     def _sort(self, completions: Iterable[Completion], now: float

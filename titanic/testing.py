@@ -36,6 +36,7 @@ from titanic.store.types import (
     check_bulk_state,
     check_new_request,
     check_request_id,
+    fresh_claims,
     new_request_id,
 )
 
@@ -125,15 +126,24 @@ class MemoryStore:
 
     def exchange(self, new: Sequence[NewRequest],
                  replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
-                 lease: float, *, now: datetime | None = None) -> Exchange:
-        """Store new requests and replies, then claim per service (see Store.exchange)."""
+                 lease: float, *, now: datetime | None = None,
+                 claim_new: Mapping[str, int] | None = None) -> Exchange:
+        """Store new requests and replies, then claim per service; the new requests `claim_new`
+        names are stored claimed (see Store.exchange)."""
         for request in new:
             check_new_request(request, self.max_request_bytes)
         ids = self.submit_many(new) if new else []
+        lease_until = _now(now) + timedelta(seconds=lease)
+        fresh = [self._update(request_id, lambda row: replace(
+                     row, status=RequestStatus.DISPATCHED, attempts=1, lease_until=lease_until))
+                 for request_id, take in zip(ids, fresh_claims(new, claim_new), strict=True)
+                 if take]
         completed = self.complete_many(replies)
         claimed = [Delivery(row.id, row.service, row.request, row.attempts)
-                   for service, room in claims.items() if room > 0
-                   for row in self.claim_due([service], room, lease, now=now)]
+                   for row in fresh if row is not None]
+        claimed += [Delivery(row.id, row.service, row.request, row.attempts)
+                    for service, room in claims.items() if room > 0
+                    for row in self.claim_due([service], room, lease, now=now)]
         return Exchange(ids, completed, claimed)
 
     def complete(self, request_id: str, reply: Sequence[bytes]) -> bool:

@@ -261,6 +261,25 @@ def test_exchange_stores_completes_and_claims_in_one_call(store: Store) -> None:
     assert store.get(old).status is RequestStatus.DISPATCHED  # type: ignore[union-attr]
 
 
+def test_exchange_stores_new_requests_claimed_when_asked(store: Store) -> None:
+    before = datetime.now(UTC)
+    new = [NewRequest("svc", (b"a",)), NewRequest("svc", (b"b",), idempotency_key="k"),
+           NewRequest("svc", (b"c",)), NewRequest("svc", (b"d",)), NewRequest("other", (b"e",))]
+    result = store.exchange(new, [], {}, 60, claim_new={"svc": 2, "absent": 3})
+    # The first two of "svc" without a key, in order; the keyed one and the rest stay pending.
+    assert [(d.id, d.service, d.request, d.attempts) for d in result.claimed] == [
+        (result.ids[0], "svc", (b"a",), 1), (result.ids[2], "svc", (b"c",), 1)]
+    statuses = [store.get(i).status for i in result.ids]  # type: ignore[union-attr]
+    assert statuses == [RequestStatus.DISPATCHED, RequestStatus.PENDING,
+                        RequestStatus.DISPATCHED, RequestStatus.PENDING, RequestStatus.PENDING]
+    claimed = store.get(result.ids[0])
+    assert claimed is not None and claimed.attempts == 1 and claimed.lease_until is not None
+    assert claimed.lease_until >= before + timedelta(seconds=59)
+    # Stored claimed is claimed: a claim does not take it again; the pending ones it does.
+    again = store.exchange([], [], {"svc": 5}, 60)
+    assert sorted(d.id for d in again.claimed) == sorted([result.ids[1], result.ids[3]])
+
+
 def test_exchange_refuses_an_invalid_request_and_changes_nothing(store: Store) -> None:
     waiting = store.submit("svc", [b"w"])
     with pytest.raises(InvalidRequestError):

@@ -89,23 +89,54 @@ def test_the_answer_goes_out_before_the_claims_are_sent() -> None:
     assert [tag.service for tag in t.forwarded()] == ["echo", "echo"]
 
 
-def test_a_request_is_stored_claimed_and_sent_in_one_transaction() -> None:
-    t = Turns()
-    t.submit(b"echo", b"first")
-    t.say_present("echo")
-    exchanges: list[tuple[int, int, dict[str, int]]] = []
+def count_exchanges(t: Turns) -> list[tuple[int, dict[str, int], dict[str, int]]]:
+    """Each store exchange from now on: (new requests, claims, claim_new)."""
+    seen: list[tuple[int, dict[str, int], dict[str, int]]] = []
     exchange = t.store.exchange
 
     def counted(new, replies, claims, lease, **kwargs):  # type: ignore[no-untyped-def]
-        exchanges.append((len(new), len(replies), dict(claims)))
+        seen.append((len(new), dict(claims), dict(kwargs.get("claim_new") or {})))
         return exchange(new, replies, claims, lease, **kwargs)
 
     t.store.exchange = counted  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_request_is_stored_claimed_and_sent_in_one_transaction() -> None:
+    t = Turns()
+    t.submit(b"echo", b"first")
+    t.say_present("echo")  # claims "first": nothing else is due there now
+    exchanges = count_exchanges(t)
     request_id = t.submit(b"echo", b"second")
-    assert exchanges == [(1, 0, {"echo": 1})]  # the insert and the claim, one commit
+    # One commit, and no claim query: the new request is stored claimed.
+    assert exchanges == [(1, {}, {"echo": 1})]
     assert t.forwarded()[-1] == Forwarded(request_id, "echo")
     stored = t.store.get(request_id)
     assert stored is not None and stored.status is RequestStatus.DISPATCHED
+    assert stored.attempts == 1
+
+
+def test_new_requests_do_not_overtake_older_due_ones() -> None:
+    t = Turns()
+    ids = [t.submit(b"echo", str(n).encode()) for n in range(3)]
+    t.say_present("echo")  # two in flight per service: the third stays pending
+    exchanges = count_exchanges(t)
+    first = t.transport.complete(Forwarded(ids[0], "echo"), [b"reply 0"])
+    t.turn([[b"echo", b"new"]], [first])
+    assert exchanges == [(1, {"echo": 1}, {})]  # claimed from the store, oldest first
+    assert [tag.request_id for tag in t.forwarded()] == ids[1:]
+
+
+def test_a_request_with_an_idempotency_key_is_claimed_not_stored_claimed() -> None:
+    t = Turns()
+    t.submit(b"echo", b"first")
+    t.say_present("echo")
+    exchanges = count_exchanges(t)
+    t.turn([[b"", b"key-1", b"echo", b"keyed"]], [])
+    assert exchanges == [(1, {"echo": 1}, {})]  # claimed by the claim query, in the same commit
+    assert t.answers[-1][0] == b"200"
+    request_id = t.answers[-1][1].decode()
+    assert t.forwarded()[-1] == Forwarded(request_id, "echo")
 
 
 def test_a_reply_is_stored_and_frees_room_for_the_next() -> None:

@@ -31,6 +31,7 @@ DELIVERY_COLUMNS = ("id", "service", "request", "attempts")
 
 _STATUSES = {status.value: status for status in RequestStatus}  # faster than RequestStatus(x)
 _PENDING = RequestStatus.PENDING.value
+_DISPATCHED = RequestStatus.DISPATCHED.value
 
 
 # -- times ------------------------------------------------------------------------------------
@@ -136,13 +137,16 @@ def values_for(dialect_name: str) -> Values:
 
 def new_row(values: Values, request_id: str, service: str, packed: bytes, now: datetime,
             deadline: datetime | None, idempotency_key: str | None,
-            owner: str | None = None) -> tuple[Any, ...]:
-    """A fresh pending request in COLUMNS order, its values encoded (`now` and `deadline`
-    naive UTC, the body packed as stored)."""
+            owner: str | None = None, lease_until: datetime | None = None) -> tuple[Any, ...]:
+    """A fresh pending request in COLUMNS order, its values encoded (`now`, `deadline` and
+    `lease_until` naive UTC, the body packed as stored). With `lease_until` it is stored
+    claimed: dispatched, its first attempt leased until then."""
     moment = values.time(now)
+    claimed = lease_until is not None
     fields = {"id": values.key(request_id), "service": service, "request": packed,
-              "reply": None, "status": _PENDING, "attempts": 0, "created_at": moment,
-              "due_at": moment, "lease_until": None, "completed_at": None, "last_error": None,
+              "reply": None, "status": _DISPATCHED if claimed else _PENDING,
+              "attempts": 1 if claimed else 0, "created_at": moment, "due_at": moment,
+              "lease_until": values.time(lease_until), "completed_at": None, "last_error": None,
               "deadline": values.time(deadline), "idempotency_key": idempotency_key,
               "owner": owner}
     return tuple(fields[name] for name in COLUMNS)

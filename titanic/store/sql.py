@@ -61,6 +61,7 @@ from titanic.store.types import (
     backoff_delay,
     check_new_request,
     check_request_id,
+    fresh_claims,
     new_request_id,
 )
 
@@ -254,41 +255,56 @@ class SqlStore(SqlOverview):
         """Store a batch in one transaction (group commit); UUIDs in input order."""
         return self.exchange(requests, [], {}, 0.0).ids
 
-    def _new_rows(self, requests: Sequence[NewRequest]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Check the requests; their new UUIDs and their rows (COLUMNS order, converted)."""
+    def _new_rows(self, requests: Sequence[NewRequest], now: datetime,
+                  leased: Sequence[datetime | None] = ()
+                  ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Check the requests; their new UUIDs and their rows (COLUMNS order, converted), stored
+        at `now` (naive UTC), each claimed where `leased` gives it a lease."""
         for request in requests:
             check_new_request(request, self.max_request_bytes)
-        now = utcnow()
         ids = [new_request_id() for _ in requests]
         values, pack = self._hot.values, self.bodies.pack
+        leases = leased or [None] * len(requests)
         rows = [new_row(values, request_id, r.service, pack(request_id, REQUEST, r.frames), now,
-                        naive_utc(r.deadline), r.idempotency_key, r.owner)
-                for request_id, r in zip(ids, requests, strict=True)]
+                        naive_utc(r.deadline), r.idempotency_key, r.owner, lease_until)
+                for request_id, r, lease_until in zip(ids, requests, leases, strict=True)]
         return ids, rows
 
     def exchange(self, new: Sequence[NewRequest],
                  replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
-                 lease: float, *, now: datetime | None = None) -> Exchange:
-        """In one transaction: store new requests and replies, then claim per service.
+                 lease: float, *, now: datetime | None = None,
+                 claim_new: Mapping[str, int] | None = None) -> Exchange:
+        """In one transaction: store new requests and replies, then claim per service; the
+        new requests `claim_new` names are stored claimed (see Store.exchange).
 
         The dispatcher's turn: one commit instead of three, and durable (an fsync on SQLite,
         a synchronous commit on PostgreSQL) only when it stores new requests; the replies and
         leases ride along. On PostgreSQL one round trip (store.pipeline), and a second only
         when a new request's idempotency key was stored already (to read its UUID).
         """
-        ids, rows = self._new_rows(new) if new else ([], [])
-        moment = naive_utc(now) or utcnow()
-        packed = self._pack_replies(replies)
+        stamp = utcnow()  # the new requests' time: due at `moment` (unless `now` is earlier)
+        moment = naive_utc(now) or stamp
         lease_until = moment + timedelta(seconds=lease)
+        fresh = fresh_claims(new, claim_new)
+        leased = [lease_until if take else None for take in fresh] if any(fresh) else []
+        ids, rows = self._new_rows(new, stamp, leased) if new else ([], [])
+        packed = self._pack_replies(replies)
         wanted = [(service, room) for service, room in claims.items() if room > 0]
         if not rows and not packed and not wanted:
             return Exchange([], 0, [])
         batch = NewBatch.of(new, ids, rows)
         turn = pipeline.Turn(batch.rows, packed, wanted, moment, lease_until, keyed=batch.keyed)
         if self._hot.postgres:
-            return self._pipelined(lambda raw: self._run_driver_turn(pipeline, raw, batch, turn))
-        return self._retrying(lambda: self._sqlite_turn_connection(durable=bool(batch.rows)),
-                              lambda raw: self._run_driver_turn(sqlite_turn, raw, batch, turn))
+            result = self._pipelined(lambda raw: self._run_driver_turn(pipeline, raw, batch, turn))
+        else:
+            result = self._retrying(
+                lambda: self._sqlite_turn_connection(durable=bool(batch.rows)),
+                lambda raw: self._run_driver_turn(sqlite_turn, raw, batch, turn))
+        if not leased:
+            return result
+        claimed = [Delivery(request_id, r.service, tuple(r.frames), 1)
+                   for request_id, r, take in zip(ids, new, fresh, strict=True) if take]
+        return Exchange(result.ids, result.completed, claimed + result.claimed)
 
     @contextmanager
     def _sqlite_turn_connection(self, *, durable: bool) -> Iterator[sqlite3.Connection]:

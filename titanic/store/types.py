@@ -145,9 +145,15 @@ class Store(Protocol):
 
     def exchange(self, new: Sequence[NewRequest],
                  replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
-                 lease: float, *, now: datetime | None = None) -> Exchange:
+                 lease: float, *, now: datetime | None = None,
+                 claim_new: Mapping[str, int] | None = None) -> Exchange:
         """In one transaction: store new requests, store replies (as complete_many), then claim
         up to `claims[service]` due requests of each service (the new ones included).
+
+        `claim_new[service]` of the new requests of that service (the first ones without an
+        idempotency key, see `fresh_claims`) are stored claimed instead of pending, leased like
+        a claim; they come first in `Exchange.claimed`. For a caller that knows nothing older is
+        due there: the claim's query and update are saved.
 
         Durable when it stores new requests. The new requests must be valid (check_new_request):
         an invalid one raises InvalidRequestError and nothing is done.
@@ -288,6 +294,21 @@ def check_new_request(request: NewRequest, max_request_bytes: int) -> None:
             f"request body of {size} bytes exceeds the limit of {max_request_bytes} bytes")
     if request.idempotency_key is not None and not 0 < len(request.idempotency_key) <= 255:
         raise InvalidRequestError("an idempotency key must be 1 to 255 characters")
+
+
+def fresh_claims(new: Sequence[NewRequest], claim_new: Mapping[str, int] | None) -> list[bool]:
+    """Which of `new` Store.exchange stores claimed: per service the first `claim_new[service]`
+    without an idempotency key (a keyed one may be stored already, and is then not inserted)."""
+    if not claim_new:
+        return [False] * len(new)
+    left = dict(claim_new)
+    picked = []
+    for request in new:
+        take = request.idempotency_key is None and left.get(request.service, 0) > 0
+        if take:
+            left[request.service] -= 1
+        picked.append(take)
+    return picked
 
 
 def check_bulk_state(status: RequestStatus, allowed: Sequence[RequestStatus], action: str) -> None:
