@@ -99,7 +99,7 @@ def test_a_turn_with_new_requests_replies_and_claims_is_one_round_trip(
 def test_a_failing_statement_rolls_the_whole_turn_back(store: SqlStore) -> None:
     first = store.submit("svc", BODY)
     store.claim_due(None, 1, 60)
-    ids, rows = store._new_rows([NewRequest("svc", BODY)])
+    ids, rows = store._new_rows([NewRequest("svc", BODY)], utcnow())
     turn = store_pipeline.Turn(rows + rows, [(first, b"\x00\x00\x00\x00")], [], utcnow(), utcnow())
     with store._pipelined_connection() as raw, pytest.raises(Exception, match="duplicate"):
         store_pipeline.run_turn(raw, store._hot, turn)  # the same id twice
@@ -112,7 +112,7 @@ def test_a_turn_retried_after_its_commit_landed_stores_nothing_twice(store: SqlS
     first = store.submit("svc", BODY)
     store.claim_due(None, 1, 60)
     new = [NewRequest("svc", BODY)] * 2 + [NewRequest("svc", BODY, idempotency_key="k")]
-    ids, rows = store._new_rows(new)
+    ids, rows = store._new_rows(new, utcnow())
     batch = NewBatch.of(new, ids, rows)
     turn = store_pipeline.Turn(batch.rows, [], [], utcnow(), utcnow(), keyed=True)
     with store._pipelined_connection() as raw:
