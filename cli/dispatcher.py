@@ -63,6 +63,10 @@ _DEFAULTS = DispatcherSettings()
 @click.option("--reply-ttl", type=click.FloatRange(min=1), default=_DEFAULTS.reply_ttl,
               show_default=True, envvar="TITANIC_REPLY_TTL",
               help="Seconds a finished request and its reply are kept, fetched or not.")
+@click.option("--reply-linger", type=click.FloatRange(min=0, max=1),
+              default=_DEFAULTS.reply_linger, show_default=True, envvar="TITANIC_REPLY_LINGER",
+              help="Seconds a reply may wait to be stored in the next commit of new requests "
+              "or claims instead of a commit of its own (0: at once).")
 @click.option("--heartbeat", type=click.FloatRange(min=0.01),
               default=BrokerSettings().heartbeat_interval, show_default=True,
               envvar="TITANIC_HEARTBEAT", help="MDP heartbeat interval, seconds.")
@@ -93,7 +97,8 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
                db_url: str | None, dialect_name: str, request_timeout: float,
                max_attempts: int, backoff: float, backoff_max: float, max_in_flight: int,
                max_in_flight_per_service: int, pending_ttl: float, reply_ttl: float,
-               heartbeat: float, store_wait: float, sqlite_synchronous: str, max_request_size: int,
+               reply_linger: float, heartbeat: float, store_wait: float,
+               sqlite_synchronous: str, max_request_size: int,
                store_key: Path | None, max_stored_per_key: int, curve: CurveOptions,
                metrics_bind: str | None, logs: LogOptions, verbose: int) -> None:
     """Serve titanic.request/reply/close and forward stored requests to their workers.
@@ -113,7 +118,7 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
         request_timeout=request_timeout,
         max_attempts=max_attempts, backoff=backoff, backoff_max=backoff_max,
         max_in_flight=max_in_flight, max_in_flight_per_service=max_in_flight_per_service,
-        pending_ttl=pending_ttl, reply_ttl=reply_ttl,
+        pending_ttl=pending_ttl, reply_ttl=reply_ttl, reply_linger=reply_linger,
         connection=ConnectionSettings(heartbeat_interval=heartbeat),
         identities=hook is not None, max_stored_per_key=max_stored_per_key,
     )

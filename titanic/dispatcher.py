@@ -208,6 +208,8 @@ class Dispatcher:
                 next_survey = now + s.presence_interval
                 more = True
             wake = min(next_release, next_cleanup, next_survey, self.server.upkeep(now))
+            if planner.held_until is not None:
+                wake = min(wake, planner.held_until)
             deadline = client.next_deadline()
             if deadline is not None:
                 wake = min(wake, deadline)
@@ -236,6 +238,8 @@ class Dispatcher:
     def _drain(self, client: PipelinedClient, planner: Planner) -> None:
         """At shutdown: wait a while for replies in flight, then hand the rest back."""
         deadline = time.monotonic() + self.settings.drain_timeout
+        # Replies held back (reply_linger) are stored now, and each one as it comes from here on.
+        planner.turn([], [], time.monotonic(), answer=lambda _: None, claim=False)
         while client.in_flight and time.monotonic() < deadline:
             completions = client.poll(max(0.0, deadline - time.monotonic()))
             planner.turn([], completions, time.monotonic(), answer=lambda _: None, claim=False)

@@ -50,6 +50,10 @@ class DispatcherSettings:
     request_connections: int = 16
     reply_connections: int = 2
     close_connections: int = 1
+    #: How long a reply may wait to be stored with the next turn that commits anyway (new
+    #: requests or claims) instead of in a transaction of its own; 0: store every reply at once.
+    #: A synchronous submitter's next request then shares the commit of the reply before it.
+    reply_linger: float = 0.002
     #: On SIGTERM, how long to wait for replies to requests in flight before releasing them.
     drain_timeout: float = 5.0
     #: At start-up, how long to wait for each broker to say which store serves it.

@@ -36,6 +36,9 @@ from titanic.store import Delivery, Exchange, NewRequest, RequestStatus, Store
 
 log = logging.getLogger("titanic.dispatcher")
 
+#: Replies held back (reply_linger) at most: more are stored at once.
+_MAX_HELD = 256
+
 
 @dataclass(frozen=True, slots=True)
 class Forwarded:
@@ -137,6 +140,9 @@ class Planner:
         self.presence = Presence(settings)
         self.in_flight: Counter[str] = Counter()
         self.candidates: set[str] = set()  # services that may have due requests
+        self._held: list[tuple[str, Frames]] = []  # replies not stored yet (reply_linger)
+        #: When the replies held back must be stored, even alone (None: none held).
+        self.held_until: float | None = None
         self._warned_anonymous = False
 
     # -- one turn -------------------------------------------------------------------------------
@@ -156,6 +162,7 @@ class Planner:
         replies, failed = self._sort(completions, now)
         plan = self._claim_plan(now) if claim else {}
         claims, claim_new = _split_plan(plan, new, fresh)
+        replies = self._replies_to_store(replies, now, alone=claim and not new and not plan)
         # One transaction: the claims run after the inserts, so a request stored now can be
         # claimed and sent in the same turn, right after its acknowledgement.
         # A store error leaves the replies unstored: their leases send those requests again.
@@ -171,6 +178,22 @@ class Planner:
         for request_id, service, report in failed:
             self.guarded(partial(self._retry, request_id, service, report))
         return more
+
+    def _replies_to_store(self, replies: list[tuple[str, Frames]], now: float, *,
+                          alone: bool) -> list[tuple[str, Frames]]:
+        """The replies to store this turn, those held back before included; none when the turn
+        would commit only replies (`alone`) and reply_linger has not run out since the first
+        was held: a turn that commits anyway stores them, without a transaction of their own."""
+        held = self._held + replies if self._held else replies
+        linger = self.settings.reply_linger
+        if alone and held and linger > 0 and len(held) < _MAX_HELD:
+            if self.held_until is None:
+                self.held_until = now + linger
+            if now < self.held_until:
+                self._held = held
+                return []
+        self._held, self.held_until = [], None
+        return held
 
     def _check(self, bodies: Sequence[Frames], callers: Sequence[Caller | None] | None
                ) -> tuple[list[tuple[int, NewRequest]], list[Frames | None]]:
@@ -199,6 +222,8 @@ class Planner:
     def _exchange(self, new: list[NewRequest], replies: list[tuple[str, Frames]],
                   claims: dict[str, int], claim_new: dict[str, int]) -> Exchange | StoreError:
         """Store.exchange, or the error (counted) if the store failed."""
+        if not (new or replies or claims):
+            return Exchange([], 0, [])  # nothing to store or claim: no call
         started = time.monotonic()
         try:
             return self.store.exchange(new, replies, claims, self.settings.lease,
@@ -209,8 +234,7 @@ class Planner:
                 log.error("store error: %s", exc)
             return exc
         finally:
-            if new or replies or claims:
-                self.observe_store(time.monotonic() - started)
+            self.observe_store(time.monotonic() - started)
 
     def _sort(self, completions: Iterable[Completion], now: float
               ) -> tuple[list[tuple[str, Frames]], list[tuple[str, str, FailureReport | None]]]:

@@ -153,6 +153,52 @@ def test_a_reply_is_stored_and_frees_room_for_the_next() -> None:
     assert (t.stats.completed, t.stats.dispatched) == (1, 3)
 
 
+def test_a_reply_alone_waits_to_share_the_next_commit() -> None:
+    t = Turns()
+    t.submit(b"echo", b"first")
+    t.say_present("echo")
+    (sent,) = t.forwarded()
+    exchanges = count_exchanges(t)
+    t.planner.turn([], [t.transport.complete(sent, [b"reply"])], t.now,
+                   answer=t.answers.extend)
+    assert exchanges == [] and t.planner.held_until == t.now + SETTINGS.reply_linger
+    stored = t.store.get(sent.request_id)
+    assert stored is not None and stored.status is RequestStatus.DISPATCHED
+    second = t.submit(b"echo", b"second")  # the next submit's commit stores the reply too
+    assert exchanges == [(1, {}, {"echo": 1})] and t.planner.held_until is None
+    done = t.store.get(sent.request_id)
+    assert done is not None and done.status is RequestStatus.DONE and done.reply == (b"reply",)
+    assert t.forwarded() == [Forwarded(second, "echo")] and t.stats.completed == 1
+
+
+def test_a_held_reply_is_stored_alone_once_the_linger_ran_out() -> None:
+    t = Turns()
+    t.submit(b"echo", b"only")
+    t.say_present("echo")
+    (sent,) = t.forwarded()
+    t.planner.turn([], [t.transport.complete(sent, [b"reply"])], t.now,
+                   answer=t.answers.extend)
+    assert t.planner.held_until is not None
+    t.planner.turn([], [], t.planner.held_until - 1e-6, answer=t.answers.extend)
+    still = t.store.get(sent.request_id)
+    assert still is not None and still.status is RequestStatus.DISPATCHED
+    t.planner.turn([], [], t.planner.held_until, answer=t.answers.extend)
+    done = t.store.get(sent.request_id)
+    assert done is not None and done.status is RequestStatus.DONE
+    assert t.planner.held_until is None
+
+
+def test_without_a_linger_a_reply_is_stored_at_once() -> None:
+    t = Turns(replace(SETTINGS, reply_linger=0.0))
+    t.submit(b"echo", b"only")
+    t.say_present("echo")
+    (sent,) = t.forwarded()
+    t.planner.turn([], [t.transport.complete(sent, [b"reply"])], t.now,
+                   answer=t.answers.extend)
+    done = t.store.get(sent.request_id)
+    assert done is not None and done.status is RequestStatus.DONE
+
+
 def test_more_is_reported_while_a_service_fills_its_room() -> None:
     t = Turns()
     for n in range(2):
