@@ -89,13 +89,13 @@ def test_the_answer_goes_out_before_the_claims_are_sent() -> None:
     assert [tag.service for tag in t.forwarded()] == ["echo", "echo"]
 
 
-def count_exchanges(t: Turns) -> list[tuple[int, dict[str, int], dict[str, int]]]:
-    """Each store exchange from now on: (new requests, claims, claim_new)."""
-    seen: list[tuple[int, dict[str, int], dict[str, int]]] = []
+def count_exchanges(t: Turns) -> list[tuple[int, int, dict[str, int], dict[str, int]]]:
+    """Each store exchange from now on: (new requests, replies, claims, claim_new)."""
+    seen: list[tuple[int, int, dict[str, int], dict[str, int]]] = []
     exchange = t.store.exchange
 
     def counted(new, replies, claims, lease, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append((len(new), dict(claims), dict(kwargs.get("claim_new") or {})))
+        seen.append((len(new), len(replies), dict(claims), dict(kwargs.get("claim_new") or {})))
         return exchange(new, replies, claims, lease, **kwargs)
 
     t.store.exchange = counted  # type: ignore[method-assign]
@@ -109,7 +109,7 @@ def test_a_request_is_stored_claimed_and_sent_in_one_transaction() -> None:
     exchanges = count_exchanges(t)
     request_id = t.submit(b"echo", b"second")
     # One commit, and no claim query: the new request is stored claimed.
-    assert exchanges == [(1, {}, {"echo": 1})]
+    assert exchanges == [(1, 0, {}, {"echo": 1})]
     assert t.forwarded()[-1] == Forwarded(request_id, "echo")
     stored = t.store.get(request_id)
     assert stored is not None and stored.status is RequestStatus.DISPATCHED
@@ -123,8 +123,21 @@ def test_new_requests_do_not_overtake_older_due_ones() -> None:
     exchanges = count_exchanges(t)
     first = t.transport.complete(Forwarded(ids[0], "echo"), [b"reply 0"])
     t.turn([[b"echo", b"new"]], [first])
-    assert exchanges == [(1, {"echo": 1}, {})]  # claimed from the store, oldest first
+    # A lone request's commit first; then the reply, and the claim of the oldest due.
+    assert exchanges == [(1, 0, {}, {}), (0, 1, {"echo": 1}, {})]
     assert [tag.request_id for tag in t.forwarded()] == ids[1:]
+
+
+def test_several_new_requests_share_one_commit_with_replies_and_claims() -> None:
+    t = Turns()
+    ids = [t.submit(b"echo", str(n).encode()) for n in range(3)]
+    t.say_present("echo")  # two in flight per service: the third stays pending
+    exchanges = count_exchanges(t)
+    first = t.transport.complete(Forwarded(ids[0], "echo"), [b"reply 0"])
+    t.turn([[b"echo", b"new 1"], [b"echo", b"new 2"]], [first])
+    assert exchanges == [(2, 1, {"echo": 1}, {})]  # one commit; the oldest due is claimed
+    assert [tag.request_id for tag in t.forwarded()] == ids[1:]
+    assert [answer[0] for answer in t.answers[-2:]] == [b"200", b"200"]
 
 
 def test_a_request_with_an_idempotency_key_is_claimed_not_stored_claimed() -> None:
@@ -133,7 +146,7 @@ def test_a_request_with_an_idempotency_key_is_claimed_not_stored_claimed() -> No
     t.say_present("echo")
     exchanges = count_exchanges(t)
     t.turn([[b"", b"key-1", b"echo", b"keyed"]], [])
-    assert exchanges == [(1, {"echo": 1}, {})]  # claimed by the claim query, in the same commit
+    assert exchanges == [(1, 0, {}, {}), (0, 0, {"echo": 1}, {})]  # stored, then claimed
     assert t.answers[-1][0] == b"200"
     request_id = t.answers[-1][1].decode()
     assert t.forwarded()[-1] == Forwarded(request_id, "echo")
@@ -153,7 +166,7 @@ def test_a_reply_is_stored_and_frees_room_for_the_next() -> None:
     assert (t.stats.completed, t.stats.dispatched) == (1, 3)
 
 
-def test_a_reply_alone_waits_to_share_the_next_commit() -> None:
+def test_a_reply_alone_waits_for_the_next_turn_that_commits() -> None:
     t = Turns()
     t.submit(b"echo", b"first")
     t.say_present("echo")
@@ -164,8 +177,9 @@ def test_a_reply_alone_waits_to_share_the_next_commit() -> None:
     assert exchanges == [] and t.planner.held_until == t.now + SETTINGS.reply_linger
     stored = t.store.get(sent.request_id)
     assert stored is not None and stored.status is RequestStatus.DISPATCHED
-    second = t.submit(b"echo", b"second")  # the next submit's commit stores the reply too
-    assert exchanges == [(1, {}, {"echo": 1})] and t.planner.held_until is None
+    second = t.submit(b"echo", b"second")  # stored with the commit after the answer
+    assert exchanges == [(1, 0, {}, {"echo": 1}), (0, 1, {}, {})]
+    assert t.planner.held_until is None
     done = t.store.get(sent.request_id)
     assert done is not None and done.status is RequestStatus.DONE and done.reply == (b"reply",)
     assert t.forwarded() == [Forwarded(second, "echo")] and t.stats.completed == 1
