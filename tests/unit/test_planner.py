@@ -116,12 +116,17 @@ def test_a_request_is_stored_claimed_and_sent_in_one_transaction() -> None:
     assert stored.attempts == 1
 
 
+def with_one_due(t: Turns) -> tuple[list[str], Completion]:
+    """Three requests for "echo": two in flight (its room), one due; and the first's reply."""
+    ids = [t.submit(b"echo", str(n).encode()) for n in range(3)]
+    t.say_present("echo")
+    return ids, t.transport.complete(Forwarded(ids[0], "echo"), [b"reply 0"])
+
+
 def test_new_requests_do_not_overtake_older_due_ones() -> None:
     t = Turns()
-    ids = [t.submit(b"echo", str(n).encode()) for n in range(3)]
-    t.say_present("echo")  # two in flight per service: the third stays pending
+    ids, first = with_one_due(t)
     exchanges = count_exchanges(t)
-    first = t.transport.complete(Forwarded(ids[0], "echo"), [b"reply 0"])
     t.turn([[b"echo", b"new"]], [first])
     # A lone request's commit first; then the reply, and the claim of the oldest due.
     assert exchanges == [(1, 0, {}, {}), (0, 1, {"echo": 1}, {})]
@@ -130,10 +135,8 @@ def test_new_requests_do_not_overtake_older_due_ones() -> None:
 
 def test_several_new_requests_share_one_commit_with_replies_and_claims() -> None:
     t = Turns()
-    ids = [t.submit(b"echo", str(n).encode()) for n in range(3)]
-    t.say_present("echo")  # two in flight per service: the third stays pending
+    ids, first = with_one_due(t)
     exchanges = count_exchanges(t)
-    first = t.transport.complete(Forwarded(ids[0], "echo"), [b"reply 0"])
     t.turn([[b"echo", b"new 1"], [b"echo", b"new 2"]], [first])
     assert exchanges == [(2, 1, {"echo": 1}, {})]  # one commit; the oldest due is claimed
     assert [tag.request_id for tag in t.forwarded()] == ids[1:]
