@@ -4,9 +4,9 @@ A turn takes the titanic.request bodies that arrived, the completions of forward
 the time. It stores the new requests and the replies (and claims due requests) in one store
 transaction (a lone new request in a commit of its own, answered before the rest), answers the
 submitters, sends what it claimed through the transport, and reschedules what timed out. A
-reply that arrives alone waits briefly for a turn that commits anyway (reply_linger). It never waits and owns no socket: `titanic.dispatcher.Dispatcher`
-drives it with a PipelinedClient as the transport; tests drive it with `MemoryStore` and
-`titanic.testing.MemoryTransport`.
+reply that arrives alone waits briefly for a turn that commits anyway (reply_linger). It never
+waits and owns no socket: `titanic.dispatcher.Dispatcher` drives it with a PipelinedClient as
+the transport; tests drive it with `MemoryStore` and `titanic.testing.MemoryTransport`.
 """
 
 from __future__ import annotations
