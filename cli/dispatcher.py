@@ -52,11 +52,14 @@ _DEFAULTS = DispatcherSettings()
               show_default=True, envvar="TITANIC_BACKOFF_MAX", help="Longest wait between tries.")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=_DEFAULTS.max_in_flight,
               show_default=True, envvar="TITANIC_MAX_IN_FLIGHT",
-              help="Requests forwarded at once, all services together.")
+              help="Requests forwarded at once, all services together (one socket to the "
+                   "broker each, opened when first needed).")
 @click.option("--max-in-flight-per-service", type=click.IntRange(min=1),
               default=_DEFAULTS.max_in_flight_per_service, show_default=True,
               envvar="TITANIC_MAX_IN_FLIGHT_PER_SERVICE",
-              help="Requests forwarded at once to one service.")
+              help="Most requests forwarded at once to one service: its window starts at 32 "
+                   "and widens while replies come back within a quarter of --request-timeout, "
+                   "halving when one does not.")
 @click.option("--pending-ttl", type=click.FloatRange(min=1), default=_DEFAULTS.pending_ttl,
               show_default=True, envvar="TITANIC_PENDING_TTL",
               help="Seconds after submission when an undelivered request expires.")

@@ -247,7 +247,9 @@ class _Slot:
 
 
 class PipelinedClient:
-    """Many requests in flight: a pool of `depth` sockets, one outstanding request on each.
+    """Many requests in flight: a pool of up to `depth` sockets, one outstanding request on each,
+    each opened when first needed (a dispatcher allowed hundreds in flight opens only as many as
+    its load keeps busy).
 
     With several brokers the sockets are spread over them, and a socket whose request timed out
     is replaced by one to the next broker.
@@ -284,13 +286,24 @@ class PipelinedClient:
         # (deadline, sequence, generation, slot): a heap, as timeouts may differ per request.
         self._deadlines: list[tuple[float, int, int, _Slot]] = []
         self._sequence = 0
-        for index in range(depth):
-            # Spread over the brokers; a slot whose request times out moves to the next one.
-            slot = _Slot(_Connection(self.brokers, dialect, self._context, configure_socket,
-                                     first=index))
-            self._track(slot)
-            self._free.append(slot)
+        self._depth = depth
+        self._opened = 0
+        self._dialect = dialect
+        self._configure = configure_socket
         self._closed = False
+
+    def _take_slot(self) -> _Slot:
+        """A free slot, the most recently used first, or a new one while fewer than `depth`."""
+        if self._free:
+            return self._free.pop()
+        if self._opened >= self._depth:
+            raise RuntimeError("no free slot: poll() for completions first")
+        # Spread over the brokers; a slot whose request times out moves to the next one.
+        slot = _Slot(_Connection(self.brokers, self._dialect, self._context, self._configure,
+                                 first=self._opened))
+        self._opened += 1
+        self._track(slot)
+        return slot
 
     def _track(self, slot: _Slot) -> None:
         sock = slot.connection.socket
@@ -300,12 +313,17 @@ class PipelinedClient:
     @property
     def free_slots(self) -> int:
         """How many more requests can be sent before one completes."""
-        return len(self._free)
+        return len(self._free) + self._depth - self._opened
 
     @property
     def in_flight(self) -> int:
         """How many requests await their reply."""
         return len(self._busy)
+
+    @property
+    def sockets_opened(self) -> int:
+        """How many of its `depth` sockets it has opened so far (each when first needed)."""
+        return self._opened
 
     def send(self, service: str | bytes, body: Sequence[bytes], tag: Hashable = None, *,
              timeout: float | None = None, retries: int | None = None) -> None:
@@ -315,9 +333,7 @@ class PipelinedClient:
         """
         if self._closed:
             raise ClientClosedError()
-        if not self._free:
-            raise RuntimeError("no free slot: poll() for completions first")
-        slot = self._free.pop()
+        slot = self._take_slot()
         slot.tag, slot.service, slot.body = tag, _encode(service), body
         slot.attempts_left = self.retries if retries is None else retries
         slot.attempts = slot.attempts_left + 1
@@ -433,7 +449,7 @@ class PipelinedClient:
         pending = enumerate(requests)
         exhausted = False
         while True:
-            while self._free and not exhausted:
+            while self.free_slots and not exhausted:
                 item = next(pending, None)
                 if item is None:
                     exhausted = True

@@ -31,8 +31,12 @@ class DispatcherSettings:
     max_attempts: int = 5
     backoff: float = 1.0
     backoff_max: float = 60.0
-    max_in_flight: int = 64
-    max_in_flight_per_service: int = 32
+    #: Forwarded requests in flight at once, all services together (one socket each, opened
+    #: when first needed).
+    max_in_flight: int = 256
+    #: The most one service may have in flight: its window (titanic.in_flight) starts at 32 and
+    #: adapts to how quickly it answers, within this cap.
+    max_in_flight_per_service: int = 128
     #: Extra lease time beyond request_timeout, so a live dispatcher's lease never runs out first.
     lease_margin: float = 5.0
     #: How often to ask mmi.service again about a service that had no workers.

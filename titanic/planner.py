@@ -15,13 +15,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
 from titanic.client import Completion
 from titanic.dispatcher_settings import DispatcherSettings, DispatcherStats
 from titanic.errors import StoreError
+from titanic.in_flight import Windows
 from titanic.logs import about
 from titanic.protocol import mmi, tsp
 from titanic.protocol.failure import FailureReport, parse_failure
@@ -50,6 +51,8 @@ class Forwarded:
 
     request_id: str
     service: str
+    #: When it was sent (monotonic seconds): its round trip adapts the service's window.
+    sent: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,7 @@ class Planner:
         self.stats = stats
         self.presence = Presence(settings)
         self.in_flight: Counter[str] = Counter()
+        self.windows = Windows(settings.max_in_flight_per_service, settings.request_timeout)
         self.candidates: set[str] = set()  # services that may have due requests
         self._held: list[tuple[str, Frames]] = []  # replies not stored yet (reply_linger)
         #: When the replies held back must be stored, even alone (None: none held).
@@ -187,7 +191,7 @@ class Planner:
             if isinstance(rest, Exchange):
                 self.stats.completed += rest.completed
                 result = Exchange(result.ids, result.completed, result.claimed + rest.claimed)
-        more = isinstance(result, Exchange) and self._send_claimed(result, plan)
+        more = isinstance(result, Exchange) and self._send_claimed(result, plan, now)
         for request_id, service, report in failed:
             self.guarded(partial(self._retry, request_id, service, report))
         return more
@@ -268,8 +272,11 @@ class Planner:
             self.in_flight[tag.service] -= 1
             if completion.reply is None:
                 self.presence.forget(tag.service)
+                self.windows.failed(tag.service, tag.sent, now)
                 failed.append((tag.request_id, tag.service, None))
-            elif (report := parse_failure(completion.reply)) is not None:
+                continue
+            self.windows.answered(tag.service, tag.sent, now)
+            if (report := parse_failure(completion.reply)) is not None:
                 failed.append((tag.request_id, tag.service, report))
             else:
                 replies.append((tag.request_id, completion.reply))
@@ -279,30 +286,30 @@ class Planner:
         return replies, failed
 
     def _claim_plan(self, now: float) -> dict[str, int]:
-        """How many due requests to claim per service: what in-flight room allows, for the
-        services that may have due requests and have workers (asking mmi.service if stale)."""
-        s = self.settings
+        """How many due requests to claim per service: what in-flight room allows (the
+        service's window, titanic.in_flight), for the services that may have due requests and
+        have workers (asking mmi.service if stale)."""
         plan: dict[str, int] = {}
         planned = 0
         for service in list(self.candidates):
-            if self.in_flight[service] >= s.max_in_flight_per_service:
+            window = self.windows.limit(service)
+            if self.in_flight[service] >= window:
                 continue
             if not self.presence.has_workers(service, now, self.transport):
                 continue  # looked at again when mmi answers, or at the next survey
             # Asked after has_workers(), which may have taken a slot for an mmi question.
-            room = min(self.transport.free_slots - planned,
-                       s.max_in_flight_per_service - self.in_flight[service])
+            room = min(self.transport.free_slots - planned, window - self.in_flight[service])
             if room > 0:
                 plan[service] = room
                 planned += room
         return plan
 
-    def _send_claimed(self, result: Exchange, plan: dict[str, int]) -> bool:
+    def _send_claimed(self, result: Exchange, plan: dict[str, int], now: float) -> bool:
         """Forward what was claimed; True if a service filled its room (more may be due)."""
         claimed = Counter(delivery.service for delivery in result.claimed)
         debug = log.isEnabledFor(logging.DEBUG)
         for delivery in result.claimed:
-            self._send(delivery, debug)
+            self._send(delivery, now, debug)
         more = False
         for service, room in plan.items():
             if claimed[service] < room:
@@ -311,9 +318,9 @@ class Planner:
                 more = True
         return more
 
-    def _send(self, delivery: Delivery, debug: bool) -> None:
+    def _send(self, delivery: Delivery, now: float, debug: bool) -> None:
         self.transport.send(delivery.service, delivery.request,
-                            Forwarded(delivery.id, delivery.service))
+                            Forwarded(delivery.id, delivery.service, now))
         self.in_flight[delivery.service] += 1
         self.stats.dispatched += 1
         if debug:

@@ -395,14 +395,17 @@ class MemoryTransport:
         self._in_flight.append(tag)
 
     def complete(self, tag: Hashable, reply: Sequence[bytes]) -> Completion:
-        """The completion of a request in flight, answered with `reply`."""
-        self._in_flight.remove(tag)
-        return Completion(tag, list(reply), None)
+        """The completion of a request in flight, answered with `reply` (its tag as sent)."""
+        return Completion(self._take(tag), list(reply), None)
 
     def time_out(self, tag: Hashable) -> Completion:
         """The completion of a request in flight that got no reply in time."""
-        self._in_flight.remove(tag)
-        return Completion(tag, None, TitanicTimeoutError())
+        return Completion(self._take(tag), None, TitanicTimeoutError())
+
+    def _take(self, tag: Hashable) -> Hashable:
+        """The tag in flight equal to `tag` (as sent: it may carry more than equality looks
+        at), no longer in flight."""
+        return self._in_flight.pop(self._in_flight.index(tag))
 
 
 def answer_requests(store: MemoryStore, bodies: Sequence[Frames],

@@ -187,6 +187,20 @@ def test_pipelined_replies_out_of_order_are_matched(stack: ExitStack) -> None:
     assert order != list(range(len(delays))), "replies came in order: the test proved nothing"
 
 
+def test_pipelined_client_opens_only_the_sockets_its_load_keeps_busy(stack: ExitStack) -> None:
+    _, endpoint = start_broker(stack)
+    start_worker(stack, endpoint, "echo", lambda f: f)
+    with PipelinedClient(endpoint, depth=64, timeout=5, retries=0) as pipe:
+        assert pipe.sockets_opened == 0 and pipe.free_slots == 64
+        for n in range(5):  # one at a time: the same socket each time
+            pipe.send("echo", [str(n).encode()], n)
+            assert [c.reply for c in pipe.poll(5)] == [[str(n).encode()]]
+        assert pipe.sockets_opened == 1
+        replies = [c.reply for c in pipe.run(("echo", [b"x"]) for _ in range(100))]
+        assert replies == [[b"x"]] * 100
+        assert pipe.sockets_opened == 64 and pipe.free_slots == 64
+
+
 def test_pipelined_timeout_retries_on_new_sockets_then_fails(stack: ExitStack) -> None:
     _, endpoint = start_broker(stack)
     started = time.monotonic()

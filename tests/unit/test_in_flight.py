@@ -1,0 +1,86 @@
+"""Each service's in-flight window: widened by timely replies, halved by late ones."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from titanic.client import Completion
+from titanic.dispatcher import DispatcherSettings, DispatcherStats
+from titanic.in_flight import LATE_SHARE, START, Windows
+from titanic.planner import Forwarded, Planner, PresenceCheck
+from titanic.testing import MemoryStore, MemoryTransport
+
+TIMEOUT = 10.0
+LATE = TIMEOUT * LATE_SHARE
+
+
+def test_a_window_starts_at_start_or_the_cap_if_lower() -> None:
+    assert Windows(128, TIMEOUT).limit("echo") == START
+    assert Windows(4, TIMEOUT).limit("echo") == 4
+
+
+def test_timely_replies_widen_the_window_one_each_up_to_the_cap() -> None:
+    windows = Windows(START + 3, TIMEOUT)
+    for n in range(5):
+        windows.answered("echo", sent=100.0, now=100.0 + LATE / 2)
+        assert windows.limit("echo") == min(START + n + 1, START + 3)
+    assert windows.limit("other") == START  # each service has its own
+
+
+def test_a_late_reply_halves_the_window_once_per_round_trip() -> None:
+    windows = Windows(128, TIMEOUT)
+    windows.answered("slow", sent=0.0, now=LATE + 1.0)
+    assert windows.limit("slow") == START // 2
+    # Sent before that cut: the same congestion, no second cut.
+    windows.answered("slow", sent=0.5, now=LATE + 2.0)
+    assert windows.limit("slow") == START // 2
+    # Sent after it and late again: halved again.
+    windows.answered("slow", sent=LATE + 1.5, now=2 * LATE + 3.0)
+    assert windows.limit("slow") == START // 4
+
+
+def test_timeouts_halve_the_window_down_to_one_request() -> None:
+    windows = Windows(128, TIMEOUT)
+    for n in range(10):
+        windows.failed("dead", sent=float(n * 100), now=float(n * 100 + 10))
+    assert windows.limit("dead") == 1
+    windows.answered("dead", sent=2000.0, now=2000.1)
+    assert windows.limit("dead") == 2  # and it grows back with timely replies
+
+
+def _planner(cap: int) -> tuple[Planner, MemoryStore, MemoryTransport]:
+    store, transport = MemoryStore(), MemoryTransport(slots=4 * cap)
+    settings = replace(DispatcherSettings(), max_in_flight_per_service=cap,
+                       request_timeout=TIMEOUT)
+    return Planner(store, transport, settings, DispatcherStats()), store, transport
+
+
+def _sent_by(planner: Planner, transport: MemoryTransport, completions: list[Completion],
+             now: float) -> list[Forwarded]:
+    """What a turn bringing these completions forwarded."""
+    before = len(transport.sent)
+    planner.turn([], completions, now, answer=lambda _: None)
+    return [tag for _, _, tag in transport.sent[before:] if isinstance(tag, Forwarded)]
+
+
+def _forwarded(transport: MemoryTransport) -> list[Forwarded]:
+    return [tag for tag in transport.in_flight if isinstance(tag, Forwarded)]
+
+
+def test_the_planner_forwards_more_to_a_service_that_keeps_up_less_after_timeouts() -> None:
+    planner, store, transport = _planner(cap=64)
+    for n in range(300):
+        store.submit("echo", [str(n).encode()])
+    planner.survey()
+    planner.turn([], [], 1.0, answer=lambda _: None)
+    present = [transport.complete(PresenceCheck("echo"), [b"200"])]
+    assert len(_sent_by(planner, transport, present, 1.1)) == START
+    # 32 timely replies: the window doubles, to the cap.
+    replies = [transport.complete(tag, [b"ok"]) for tag in _forwarded(transport)]
+    assert len(_sent_by(planner, transport, replies, 1.2)) == 64
+    # All 64 time out: retried later, and the window is halved (once: one round trip).
+    timeouts = [transport.time_out(tag) for tag in _forwarded(transport)]
+    _sent_by(planner, transport, timeouts, 20.0)
+    assert planner.windows.limit("echo") == 32
+    present = [transport.complete(PresenceCheck("echo"), [b"200"])]  # asked again after them
+    assert len(_sent_by(planner, transport, present, 20.1)) == 32

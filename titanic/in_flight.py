@@ -1,0 +1,66 @@
+"""How many forwarded requests each service may have in flight at once: a window per service.
+
+A deep window keeps a fast service's workers busy while the dispatcher waits on its store (the
+replies of one round trip are stored and the next requests claimed in one turn, with more in
+the broker's queue meanwhile). For a slow service the same depth would only queue requests in
+the broker, where their request timeout already runs, and they would be sent twice. So each
+service's window starts at `START` (or the cap, if lower) and adapts, the way TCP's congestion
+window does: every reply that came back within a quarter of the request timeout widens it by
+one, up to the cap (`max_in_flight_per_service`), which doubles it per round trip while the
+service keeps up; a reply that took longer, or a request that timed out, halves it (down to
+one), once per round trip: requests sent before the last cut do not cut again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: A service's window before anything came back from it.
+START = 32
+#: A reply slower than this share of the request timeout narrows the window.
+LATE_SHARE = 0.25
+
+
+@dataclass(slots=True)
+class _Window:
+    limit: float
+    cut_at: float = float("-inf")  # when it was last halved
+
+
+class Windows:
+    """Each service's window: how many of its requests may be in flight now."""
+
+    def __init__(self, cap: int, request_timeout: float) -> None:
+        self.cap = cap
+        self.late = request_timeout * LATE_SHARE
+        self._start = float(min(START, cap))
+        self._windows: dict[str, _Window] = {}
+
+    def limit(self, service: str) -> int:
+        """How many requests `service` may have in flight."""
+        window = self._windows.get(service)
+        return int(self._start if window is None else window.limit)
+
+    def answered(self, service: str, sent: float, now: float) -> None:
+        """A reply to a request sent at `sent` came back at `now` (monotonic seconds)."""
+        if now - sent > self.late:
+            self.failed(service, sent, now)
+            return
+        window = self._window(service)
+        if window.limit < self.cap:
+            window.limit = min(float(self.cap), window.limit + 1.0)
+
+    def failed(self, service: str, sent: float, now: float) -> None:
+        """A request sent at `sent` timed out (or came back late): halve the window, unless it
+        was sent before the last cut, which already answered the same congestion."""
+        window = self._window(service)
+        if sent < window.cut_at:
+            return
+        window.limit = max(1.0, window.limit / 2)
+        window.cut_at = now
+
+    def _window(self, service: str) -> _Window:
+        window = self._windows.get(service)
+        if window is None:
+            window = self._windows[service] = _Window(self._start)
+        return window
