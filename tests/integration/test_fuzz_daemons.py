@@ -7,6 +7,7 @@ The seed is printed; set TITANIC_FUZZ_SEED to replay a failure.
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import zmq
@@ -44,6 +45,21 @@ def random_message(rng: random.Random) -> list[bytes]:
         else:
             frames.append(rng.randbytes(rng.choice([0, 1, 5, 32, 300])))
     return frames
+
+
+def wait_read_through(sock: zmq.Socket[bytes], service: bytes, timeout: float = 30) -> None:
+    """Until the broker has read everything sent on `sock` so far: it reads a connection's
+    messages in order, so once a request sent after them is answered, it has read them all.
+    What else arrives meanwhile is dropped; a request whose answer the full receive queue lost
+    is sent again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.send_multipart([b"", b"MDPC01", service, b"read through"])
+        resend_at = min(deadline, time.monotonic() + 0.5)
+        while (left := resend_at - time.monotonic()) > 0:
+            if sock.poll(left * 1000) and sock.recv_multipart()[-1] == b"read through":
+                return
+    raise AssertionError(f"the broker did not read through in {timeout} s")
 
 
 def test_daemons_survive_100k_malformed_messages(procs: Processes, tmp_path: Path) -> None:
@@ -84,6 +100,7 @@ def test_daemons_survive_100k_malformed_messages(procs: Processes, tmp_path: Pat
                 oversize.send_multipart([b"", b"MDPC01", b"echo", b"x" * (MAX_MESSAGE + 1)])
             if n % 10_000 == 0:  # valid traffic alongside
                 assert echo.request("valid-echo", str(n).encode()) == [str(n).encode()]
+        wait_read_through(fuzzer, b"valid-echo")  # the count below includes every message
         assert broker.poll() is None, "broker died"
         assert dispatcher.poll() is None, "dispatcher died"
         assert echo.request("valid-echo", b"after") == [b"after"]
