@@ -1,0 +1,110 @@
+"""What the dispatcher's store exchanges look like under the "32 at once" load.
+
+A broker and two echo workers run as processes; the dispatcher runs here, on a thread, with its
+store's `exchange` wrapped to record each call: how many new requests, replies and claims it
+carried and how long it took. 3,000 titanic.requests are then submitted 32 at once (after 2,000
+to warm up), for `--service` (default echo; a service without workers measures
+acknowledgements alone). Prints the rate, the exchanges' sizes and durations, and the share of
+the time the dispatcher spent in them.
+
+    python tests/peers/turns.py [--db sqlite|postgres] [--service echo]
+
+PostgreSQL: a new database on PEERS_PG (as compare.py), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from systems import fresh_database  # noqa: E402
+
+from titanic.bench.common import free_port, spawn, stop_all, titanic_command  # noqa: E402
+from titanic.bench.tsp import wait_for_titanic  # noqa: E402
+from titanic.client import PipelinedClient  # noqa: E402
+from titanic.dispatcher import Dispatcher, DispatcherSettings  # noqa: E402
+from titanic.protocol import tsp  # noqa: E402
+from titanic.store import Exchange, NewRequest, open_store  # noqa: E402
+
+
+def submit(endpoint: str, service: bytes, jobs: int) -> float:
+    """Submit `jobs` titanic.requests 32 at once; the seconds it took."""
+    started = time.perf_counter()
+    with PipelinedClient(endpoint, depth=32, timeout=30, retries=0) as client:
+        for completion in client.run((tsp.REQUEST_SERVICE, [service, b"x" * 100])
+                                     for _ in range(jobs)):
+            if completion.error is not None:
+                raise completion.error
+    return time.perf_counter() - started
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="postgres")
+    parser.add_argument("--service", default="echo")
+    parser.add_argument("--jobs", type=int, default=3_000)
+    args = parser.parse_args(argv)
+    with ExitStack() as stack:
+        if args.db == "postgres":
+            dsn = stack.enter_context(fresh_database("turns"))
+            url = dsn.replace("postgresql://", "postgresql+psycopg://")
+        else:
+            url = f"sqlite:///{stack.enter_context(tempfile.TemporaryDirectory())}/turns.db"
+        store = open_store(url)
+        stack.callback(store.close_store)
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        processes = [spawn(titanic_command("broker", "--bind", endpoint))]
+        processes += [spawn(titanic_command("worker", "echo", "--broker", endpoint))
+                      for _ in range(2)]
+        stack.callback(stop_all, processes)
+        calls: list[tuple[int, int, int, float]] = []  # new, replies, claimed, seconds
+        exchange = store.exchange
+
+        def recorded(new: Sequence[NewRequest], replies: Sequence[tuple[str, Sequence[bytes]]],
+                     claims: Mapping[str, int], lease: float, **options: Any) -> Exchange:
+            started = time.perf_counter()
+            result = exchange(new, replies, claims, lease, **options)
+            calls.append((len(new), len(replies), len(result.claimed),
+                          time.perf_counter() - started))
+            return result
+
+        store.exchange = recorded  # type: ignore[method-assign]
+        dispatcher = Dispatcher(store, DispatcherSettings(broker=endpoint))
+        thread = threading.Thread(target=dispatcher.run, daemon=True)
+        thread.start()
+        stack.callback(thread.join, 10)
+        stack.callback(dispatcher.stop)
+        wait_for_titanic(endpoint)
+        service = args.service.encode()
+        submit(endpoint, service, 2_000)
+        calls.clear()
+        seconds = submit(endpoint, service, args.jobs)
+        acks = [call for call in calls if call[0]]
+        print(f"{args.db}, {args.service}: {args.jobs / seconds:,.0f} titanic.requests/s, "
+              f"{len(calls)} exchanges, {sum(call[3] for call in calls) / seconds:.0%} of "
+              "the time in them")
+        if acks:
+            print(f"  with new requests: {len(acks)}, new per exchange "
+                  f"{statistics.mean(call[0] for call in acks):.1f} (mean), replies "
+                  f"{statistics.mean(call[1] for call in acks):.1f}, claimed "
+                  f"{statistics.mean(call[2] for call in acks):.1f}; took "
+                  f"{statistics.median(call[3] for call in acks) * 1e3:.2f} ms (p50)")
+            sizes = sorted(Counter(call[0] for call in acks).items())
+            print("  new requests per exchange: " + ", ".join(f"{n}: {count}"
+                                                             for n, count in sizes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
