@@ -17,12 +17,6 @@ from titanic.store import open_store
 from titanic.store.dialect import make_engine
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite"
-                                       else "postgres_url"))
-
-
 def test_fresh_database_is_brought_to_head_and_matches_the_models(db_url: str) -> None:
     engine = make_engine(db_url)
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from sqlalchemy import event, text
 
 from titanic.store import NewRequest, open_store
@@ -12,12 +11,6 @@ from titanic.store.models import requests_table
 
 INDEX = "ix_titanic_requests_owner_status"
 OWNER = "k" * 40
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite"
-                                       else "postgres_url"))
 
 
 def test_unfinished_by_owner_reads_the_partial_owner_index(db_url: str) -> None:

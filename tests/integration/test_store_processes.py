@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from titanic_support import wait_until
 
 from titanic.store import NewRequest, RequestStatus, open_store
@@ -48,12 +47,6 @@ while True:
     print(request_id, n, flush=True)   # printed only after the commit
     n += 1
 """
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite"
-                                       else "postgres_url"))
 
 
 def test_concurrent_claimers_never_get_the_same_request(db_url: str, tmp_path: Path) -> None:
