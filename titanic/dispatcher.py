@@ -75,6 +75,7 @@ class Dispatcher:
         self._sockets = SocketSet()  # every socket of the loop: TSP connections and the client
         self._identity: StoreIdentity | None = None  # read at start-up, served as titanic.store
         self._running = False
+        self._planner: Planner | None = None  # while run() runs
         #: When the dispatcher was made (seconds since the epoch), for its uptime, and an id
         #: telling it from others on the same host and process.
         self.started = time.time()
@@ -138,8 +139,9 @@ class Dispatcher:
                                      timeout=s.request_timeout, retries=0,
                                      context=self._context, configure_socket=self._configure,
                                      sockets=self._sockets)
-            planner = Planner(self.store, client, s, self.stats,
-                              observe_store=lambda seconds: self.observe_store(seconds))
+            planner = self._planner = Planner(
+                self.store, client, s, self.stats,
+                observe_store=lambda seconds: self.observe_store(seconds))
             self._sockets.add_fd(self._waker.fileno())
             self.server.open(time.monotonic())
             log.info("dispatcher serving titanic.request/reply/close/manage on %s, forwarding "
@@ -168,9 +170,18 @@ class Dispatcher:
             log.info("dispatcher stopped: %s", self.stats)
 
     def describe(self) -> dict[str, Any]:
-        """Which dispatcher this is (version, host, pid, uptime) and its counters."""
+        """Which dispatcher this is (version, host, pid, uptime), its counters, and per service
+        its requests in flight and its window."""
         return {**process_facts(self.instance, __version__, self.started),
-                "stats": asdict(self.stats)}
+                "stats": asdict(self.stats),
+                "forwarding": {service: {"in_flight": in_flight, "window": window}
+                               for service, (in_flight, window) in self.forwarding().items()}}
+
+    def forwarding(self) -> dict[str, tuple[int, int]]:
+        """Per service: requests forwarded and awaiting their reply, and its window
+        (titanic.in_flight); empty before run(). Safe to call from another thread."""
+        planner = self._planner
+        return {} if planner is None else planner.forwarding()
 
     def health(self) -> tuple[bool, str]:
         """Serving, and why not: running, every TSP service registered with a broker that

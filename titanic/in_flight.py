@@ -59,6 +59,10 @@ class Windows:
         window.limit = max(1.0, window.limit / 2)
         window.cut_at = now
 
+    def limits(self) -> dict[str, int]:
+        """Each service's window, for the services heard from so far."""
+        return {service: int(window.limit) for service, window in list(self._windows.items())}
+
     def _window(self, service: str) -> _Window:
         window = self._windows.get(service)
         if window is None:

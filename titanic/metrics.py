@@ -92,6 +92,17 @@ class DispatcherCollector(Collector):
         yield GaugeMetricFamily("titanic_dispatcher_uptime_seconds",
                                 "seconds since the dispatcher started",
                                 value=time.time() - dispatcher.started)
+        in_flight = GaugeMetricFamily("titanic_dispatcher_in_flight",
+                                      "requests forwarded and awaiting their reply, per service",
+                                      labels=["service"])
+        window = GaugeMetricFamily("titanic_dispatcher_window",
+                                   "requests a service may have in flight now (its adaptive "
+                                   "window)", labels=["service"])
+        for service, (count, limit) in dispatcher.forwarding().items():
+            in_flight.add_metric([service], count)
+            window.add_metric([service], limit)
+        yield in_flight
+        yield window
         now = datetime.now(UTC)
         try:
             summaries = dispatcher.store.summary(since=now)

@@ -14,6 +14,7 @@ from titanic_support import FAST_CONNECTION, running, wait_until
 from titanic.broker import Broker
 from titanic.client import Client
 from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.in_flight import START
 from titanic.metrics import MetricsServer, broker_registry, dispatcher_registry
 from titanic.settings import BrokerSettings
 from titanic.store import Store
@@ -96,6 +97,17 @@ def test_dispatcher_metrics_show_requests_by_state_and_latency_histograms(
     assert samples[("titanic_oldest_pending_age_seconds", (("service", "nobody"),))] >= 0
     assert samples[("titanic_dispatcher_store_seconds_count", ())] >= 1
     assert samples[("titanic_dispatcher_store_errors_total", ())] == 0
+    # Forwarding, per service: nothing in flight once the reply is stored, and a window one
+    # wider than it started (a reply came back in time).
+    broker_thread.enter_context(running(Worker(endpoint, "echo", echo_handler,
+                                               heartbeat_interval=0.1)))
+    with TitanicClient(endpoint, timeout=2.0, retries=3) as client:
+        assert client.wait(client.submit("echo", b"z"), timeout=10).reply == [b"z"]
+    wait_until(lambda: scrape(metrics.port).get(
+        ("titanic_dispatcher_window", (("service", "echo"),))) == START + 1,
+        message="the window widened by the reply")
+    assert scrape(metrics.port)[("titanic_dispatcher_in_flight", (("service", "echo"),))] == 0
+    assert dispatcher.describe()["forwarding"]["echo"] == {"in_flight": 0, "window": START + 1}
     broker_thread.close()  # the broker stops: the dispatcher's connections fall silent
     wait_until(lambda: health(metrics.port)[0] == 503, timeout=10,
                message="dispatcher unhealthy without a broker")
