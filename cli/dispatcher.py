@@ -57,7 +57,7 @@ _DEFAULTS = DispatcherSettings()
 @click.option("--max-in-flight-per-service", type=click.IntRange(min=1),
               default=_DEFAULTS.max_in_flight_per_service, show_default=True,
               envvar="TITANIC_MAX_IN_FLIGHT_PER_SERVICE",
-              help="Most requests forwarded at once to one service: its window starts at 32 "
+              help="Most requests forwarded at once to one service: its window starts at 8 "
                    "and widens while replies come back within a quarter of --request-timeout, "
                    "halving when one does not.")
 @click.option("--pending-ttl", type=click.FloatRange(min=1), default=_DEFAULTS.pending_ttl,

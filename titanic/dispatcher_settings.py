@@ -34,7 +34,7 @@ class DispatcherSettings:
     #: Forwarded requests in flight at once, all services together (one socket each, opened
     #: when first needed).
     max_in_flight: int = 256
-    #: The most one service may have in flight: its window (titanic.in_flight) starts at 32 and
+    #: The most one service may have in flight: its window (titanic.in_flight) starts at 8 and
     #: adapts to how quickly it answers, within this cap.
     max_in_flight_per_service: int = 128
     #: Extra lease time beyond request_timeout, so a live dispatcher's lease never runs out first.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import replace
@@ -12,6 +13,7 @@ from titanic_support import running
 
 from titanic.broker import Broker
 from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.in_flight import START
 from titanic.protocol.mdp import Frames
 from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store, open_store
@@ -186,3 +188,24 @@ def test_dispatcher_on_a_broker_with_a_separate_worker_endpoint(store: Store) ->
         # The TSP services registered on the worker endpoint, none on the client one.
         assert server.stats.workers_on_client_endpoint == 0
         assert server.stats.clients_on_worker_endpoint == 0
+
+
+def test_a_slow_service_gets_few_requests_at_once_so_none_time_out_in_the_queue(
+        broker: str, store: Store, titanic: TitanicClient, stack: ExitStack) -> None:
+    # One worker taking 40 ms a request, a 1 s request timeout: 32 requests forwarded at once
+    # would keep the last ones 1.3 s in the broker's queue, past their timeout. The window
+    # starts small and narrows as replies come back late (after a quarter of the timeout).
+    def slow(frames: Frames) -> Frames:
+        time.sleep(0.04)
+        return frames
+
+    stack.enter_context(running(worker(broker, "slow", slow)))
+    dispatcher = Dispatcher(store, fast_settings(broker))
+    stack.enter_context(running(dispatcher))
+    ids = [titanic.submit("slow", str(n).encode()) for n in range(40)]
+    for n, request_id in enumerate(ids):
+        fetched = titanic.wait(request_id, timeout=30)
+        assert fetched.state is ReplyState.DONE and fetched.reply == [str(n).encode()]
+    assert dispatcher.stats.retried == 0 and dispatcher.stats.completed == 40
+    in_flight, window = dispatcher.forwarding()["slow"]
+    assert in_flight == 0 and window < START

@@ -16,7 +16,7 @@ LATE = TIMEOUT * LATE_SHARE
 
 def test_a_window_starts_at_start_or_the_cap_if_lower() -> None:
     assert Windows(128, TIMEOUT).limit("echo") == START
-    assert Windows(4, TIMEOUT).limit("echo") == 4
+    assert Windows(START - 1, TIMEOUT).limit("echo") == START - 1
 
 
 def test_timely_replies_widen_the_window_one_each_up_to_the_cap() -> None:
@@ -29,14 +29,16 @@ def test_timely_replies_widen_the_window_one_each_up_to_the_cap() -> None:
 
 def test_a_late_reply_halves_the_window_once_per_round_trip() -> None:
     windows = Windows(128, TIMEOUT)
+    for _ in range(32 - START):  # widened to 32 first
+        windows.answered("slow", sent=0.0, now=0.1)
     windows.answered("slow", sent=0.0, now=LATE + 1.0)
-    assert windows.limit("slow") == START // 2
+    assert windows.limit("slow") == 16
     # Sent before that cut: the same congestion, no second cut.
     windows.answered("slow", sent=0.5, now=LATE + 2.0)
-    assert windows.limit("slow") == START // 2
+    assert windows.limit("slow") == 16
     # Sent after it and late again: halved again.
     windows.answered("slow", sent=LATE + 1.5, now=2 * LATE + 3.0)
-    assert windows.limit("slow") == START // 4
+    assert windows.limit("slow") == 8
 
 
 def test_timeouts_halve_the_window_down_to_one_request() -> None:
@@ -68,19 +70,22 @@ def _forwarded(transport: MemoryTransport) -> list[Forwarded]:
 
 
 def test_the_planner_forwards_more_to_a_service_that_keeps_up_less_after_timeouts() -> None:
-    planner, store, transport = _planner(cap=64)
+    planner, store, transport = _planner(cap=4 * START)
     for n in range(300):
         store.submit("echo", [str(n).encode()])
     planner.survey()
     planner.turn([], [], 1.0, answer=lambda _: None)
     present = [transport.complete(PresenceCheck("echo"), [b"200"])]
     assert len(_sent_by(planner, transport, present, 1.1)) == START
-    # 32 timely replies: the window doubles, to the cap.
+    # START timely replies: the window doubles.
     replies = [transport.complete(tag, [b"ok"]) for tag in _forwarded(transport)]
-    assert len(_sent_by(planner, transport, replies, 1.2)) == 64
-    # All 64 time out: retried later, and the window is halved (once: one round trip).
+    assert len(_sent_by(planner, transport, replies, 1.2)) == 2 * START
+    # Then up to the cap.
+    replies = [transport.complete(tag, [b"ok"]) for tag in _forwarded(transport)]
+    assert len(_sent_by(planner, transport, replies, 1.3)) == 4 * START
+    # All of those time out: retried later, and the window is halved (once: one round trip).
     timeouts = [transport.time_out(tag) for tag in _forwarded(transport)]
     _sent_by(planner, transport, timeouts, 20.0)
-    assert planner.windows.limit("echo") == 32
+    assert planner.windows.limit("echo") == 2 * START
     present = [transport.complete(PresenceCheck("echo"), [b"200"])]  # asked again after them
-    assert len(_sent_by(planner, transport, present, 20.1)) == 32
+    assert len(_sent_by(planner, transport, present, 20.1)) == 2 * START
