@@ -50,8 +50,7 @@ class Windows:
             self.failed(service, sent, now)
             return
         window = self._window(service)
-        if window.limit < self.cap:
-            window.limit = min(float(self.cap), window.limit + 1.0)
+        window.limit = min(float(self.cap), window.limit + 1.0)
 
     def failed(self, service: str, sent: float, now: float) -> None:
         """A request sent at `sent` timed out (or came back late): halve the window, unless it
@@ -62,9 +61,9 @@ class Windows:
         window.limit = max(1.0, window.limit / 2)
         window.cut_at = now
 
-    def limits(self) -> dict[str, int]:
-        """Each service's window, for the services heard from so far."""
-        return {service: int(window.limit) for service, window in list(self._windows.items())}
+    def services(self) -> list[str]:
+        """The services heard from so far."""
+        return list(self._windows)
 
     def _window(self, service: str) -> _Window:
         window = self._windows.get(service)

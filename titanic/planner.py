@@ -199,10 +199,9 @@ class Planner:
     def forwarding(self) -> dict[str, tuple[int, int]]:
         """Per service: its requests in flight now and its window (titanic.in_flight), for the
         services forwarded to so far. Safe to call from another thread."""
-        in_flight, limits = dict(self.in_flight), self.windows.limits()
-        return {service: (in_flight.get(service, 0),
-                          limits.get(service) or self.windows.limit(service))
-                for service in sorted(set(in_flight) | set(limits))}
+        in_flight = dict(self.in_flight)
+        return {service: (in_flight.get(service, 0), self.windows.limit(service))
+                for service in sorted(set(in_flight) | set(self.windows.services()))}
 
     def _replies_to_store(self, replies: list[tuple[str, Frames]], now: float, *,
                           alone: bool) -> list[tuple[str, Frames]]:

@@ -31,22 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from systems import fresh_database  # noqa: E402
 
 from titanic.bench.common import free_port, spawn, stop_all, titanic_command  # noqa: E402
-from titanic.bench.tsp import wait_for_titanic  # noqa: E402
-from titanic.client import PipelinedClient  # noqa: E402
+from titanic.bench.tsp import measure_acks_pipelined, wait_for_titanic  # noqa: E402
 from titanic.dispatcher import Dispatcher, DispatcherSettings  # noqa: E402
-from titanic.protocol import tsp  # noqa: E402
 from titanic.store import Exchange, NewRequest, open_store  # noqa: E402
 
-
-def submit(endpoint: str, service: bytes, jobs: int) -> float:
-    """Submit `jobs` titanic.requests 32 at once; the seconds it took."""
-    started = time.perf_counter()
-    with PipelinedClient(endpoint, depth=32, timeout=30, retries=0) as client:
-        for completion in client.run((tsp.REQUEST_SERVICE, [service, b"x" * 100])
-                                     for _ in range(jobs)):
-            if completion.error is not None:
-                raise completion.error
-    return time.perf_counter() - started
+BODY = b"x" * 100
+DEPTH = 32
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,9 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.callback(dispatcher.stop)
         wait_for_titanic(endpoint)
         service = args.service.encode()
-        submit(endpoint, service, 2_000)
+        measure_acks_pipelined(endpoint, 2_000, BODY, DEPTH, service)
         calls.clear()
-        seconds = submit(endpoint, service, args.jobs)
+        seconds = measure_acks_pipelined(endpoint, args.jobs, BODY, DEPTH, service)[0].seconds
         acks = [call for call in calls if call[0]]
         print(f"{args.db}, {args.service}: {args.jobs / seconds:,.0f} titanic.requests/s, "
               f"{len(calls)} exchanges, {sum(call[3] for call in calls) / seconds:.0%} of "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from titanic.client import Completion
 from titanic.dispatcher import DispatcherSettings, DispatcherStats
 from titanic.in_flight import LATE_SHARE, START, Windows
@@ -52,8 +50,7 @@ def test_timeouts_halve_the_window_down_to_one_request() -> None:
 
 def _planner(cap: int) -> tuple[Planner, MemoryStore, MemoryTransport]:
     store, transport = MemoryStore(), MemoryTransport(slots=4 * cap)
-    settings = replace(DispatcherSettings(), max_in_flight_per_service=cap,
-                       request_timeout=TIMEOUT)
+    settings = DispatcherSettings(max_in_flight_per_service=cap, request_timeout=TIMEOUT)
     return Planner(store, transport, settings, DispatcherStats()), store, transport
 
 
