@@ -50,6 +50,9 @@ LOADS = ["one producer, submits/s", "one producer, p50 ms", "32 at once, submits
          "drain 50,000, after ANALYZE, jobs/s"]
 
 CPU_PART = "  of which"
+#: One producer's time inside titanic's dispatcher, per request (from its metrics).
+INSIDE = ("one producer, dispatcher: read to answer, mean ms",
+          "one producer, dispatcher: in the store, per request, ms")
 FLOOR_PARTS = ("broker round trip", "fsync'd commit")
 WAITING_FRESH = " (50,000 waiting, fresh)"
 WAITING_ANALYZED = " (50,000 waiting, after ANALYZE)"
@@ -103,6 +106,7 @@ def measure_running(system: System, options: Options, figures: Figures,
                     suffix: str = "") -> None:
     """Loads with the workers running: one producer, 32 at once, end to end with CPU."""
     latencies = []
+    inside = system.timings()
     started = time.perf_counter()
     for _ in range(options.sync_jobs):
         t0 = time.perf_counter()
@@ -111,6 +115,14 @@ def measure_running(system: System, options: Options, figures: Figures,
     elapsed = time.perf_counter() - started
     figures.add(system.name, LOADS[0] + suffix, options.sync_jobs / elapsed)
     figures.add(system.name, LOADS[1] + suffix, statistics.median(latencies) * 1000)
+    if inside and not suffix:
+        after = system.timings()
+        acks = after["read to answer"][1] - inside["read to answer"][1]
+        if acks:
+            figures.add(system.name, INSIDE[0], (after["read to answer"][0]
+                                                 - inside["read to answer"][0]) / acks * 1000)
+        figures.add(system.name, INSIDE[1], (after["store"][0] - inside["store"][0])
+                    / options.sync_jobs * 1000)
     wait_until_done(system, options.timeout_s)
     started = time.perf_counter()
     system.submit_concurrently(options.concurrent_jobs, options.depth)
@@ -234,7 +246,7 @@ def table(figures: Figures, names: Sequence[str]) -> str:
              "|---|" + "---:|" * len(systems)]
     floors = [f"floor: {part}, p50 ms" for part in FLOOR_PARTS]
     parts = list(dict.fromkeys(load for _, load in figures.values if load.startswith(CPU_PART)))
-    for load in LOADS[:5] + parts + LOADS[5:] + floors + [
+    for load in LOADS[:2] + list(INSIDE) + LOADS[2:5] + parts + LOADS[5:] + floors + [
             load + suffix for suffix in (WAITING_FRESH, WAITING_ANALYZED) for load in LOADS[:5]]:
         cells = []
         for system in systems:
@@ -312,6 +324,16 @@ def ratios(figures: Figures) -> str:
     return "\n".join(lines)
 
 
+def python_loop_seconds() -> float:
+    """How fast this machine runs Python now: seconds for 10 million additions in a loop
+    (the CPU figures in µs scale with it)."""
+    started = time.process_time()
+    total = 0
+    for number in range(10_000_000):
+        total += number
+    return time.process_time() - started
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -327,14 +349,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.only or list(all_systems())
     figures = Figures()
     started = datetime.now(UTC)
+    speeds = [python_loop_seconds()]
     for number in range(args.rounds):
         print(f"round {number + 1} of {args.rounds}", file=sys.stderr, flush=True)
         order = names if number % 2 == 0 else list(reversed(names))
         run_round(order, options, figures)
+        speeds.append(python_loop_seconds())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=Path(__file__).parent).stdout.strip()
     print(f"{started:%Y-%m-%d %H:%M} UTC, commit {commit}, {args.rounds} rounds, "
-          f"load average {os.getloadavg()[0]:.1f} at the end")
+          f"load average {os.getloadavg()[0]:.1f} at the end; 10 million additions in a "
+          f"Python loop took {min(speeds):.2f}–{max(speeds):.2f} s of CPU before and after "
+          "each round")
     print(table(figures, names))
     print()
     print(ratios(figures))

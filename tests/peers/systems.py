@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
@@ -183,6 +184,11 @@ class System:
         """The processes of pids() by what they do, where it is worth telling apart."""
         return {}
 
+    def timings(self) -> dict[str, tuple[float, int]]:
+        """Time spent so far inside the system, where it reports it: (seconds, count) per
+        phase; {} if it does not."""
+        return {}
+
 
 def _shares(jobs: int, depth: int) -> list[int]:
     """`jobs` split among `depth` submitters."""
@@ -230,6 +236,7 @@ class Titanic(System):
         self._workers: list[subprocess.Popen[bytes]] = []
         self._client: Client | None = None
         self._sqlite: sqlite3.Connection | None = None
+        self._metrics = ""
 
     def start(self) -> None:
         if self.database == "sqlite":
@@ -245,8 +252,10 @@ class Titanic(System):
     def start_workers(self) -> None:
         self._workers = [spawn(titanic_command("worker", "echo", "--broker", self.endpoint))
                          for _ in range(WORKERS)]
+        metrics = f"127.0.0.1:{free_port()}"
+        self._metrics = f"http://{metrics}/metrics"
         self._workers.append(spawn(titanic_command("dispatcher", "--broker", self.endpoint,
-                                                   "--db", self.url)))
+                                                   "--db", self.url, "--metrics-bind", metrics)))
         tsp.wait_for_titanic(self.endpoint)
         self._client = Client(self.endpoint, timeout=10, retries=0)
 
@@ -306,6 +315,20 @@ class Titanic(System):
         if self.dsn:
             found["PostgreSQL"] = postgres_pids(self.dsn)
         return found
+
+    def timings(self) -> dict[str, tuple[float, int]]:
+        """From the dispatcher's metrics: its time from reading a titanic.request to sending
+        the answer, and in store exchanges (both kinds of commit)."""
+        with urllib.request.urlopen(self._metrics, timeout=5) as response:
+            text = response.read().decode()
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name.endswith(("_seconds_sum", "_seconds_count")):
+                found[name] = float(value)
+        return {phase: (found[f"titanic_dispatcher_{metric}_seconds_sum"],
+                        int(found[f"titanic_dispatcher_{metric}_seconds_count"]))
+                for phase, metric in (("read to answer", "ack"), ("store", "store"))}
 
     def floor(self, samples: int) -> dict[str, float]:
         """SQLite: one round trip through the broker to an echo worker, and one fsync'd commit
