@@ -1,0 +1,190 @@
+"""Where a lone titanic.request's time goes, on SQLite: one producer, one request at a time.
+
+A broker (and, with --workers, echo workers) run as processes; the dispatcher runs here, on a
+thread, with a few of its functions wrapped to note the time: its socket wait returning, the
+planner's store exchange starting and ending, BEGIN IMMEDIATE and COMMIT, and the answer
+sent. A client process submits --requests titanic.requests one at a time (after 300 to warm
+up) and notes when each was sent and answered; with workers it then times as many round trips
+to an echo worker, the floor's first half. Both processes read the same monotonic clock, so
+each request's time splits into the hop to the dispatcher, the dispatcher's own steps, and the
+hop back. Prints the median and mean of each step.
+
+    python tests/peers/lone_request.py [--requests 2000] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import titanic.dispatcher as dispatcher_module
+from titanic import _zmq
+from titanic.bench import tsp
+from titanic.bench.common import free_port, spawn, stop_all, titanic_command
+from titanic.planner import Planner
+from titanic.store import open_store, sqlite_turn
+
+CLIENT = """
+import json, sys, time
+from titanic.client import Client
+endpoint, requests, echo = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+payload = b"x" * 100
+client = Client(endpoint, timeout=10, retries=0)
+for _ in range(300):
+    client.request(b"titanic.request", b"echo", payload)
+trips = []
+for _ in range(requests):
+    sent = time.monotonic()
+    client.request(b"titanic.request", b"echo", payload)
+    trips.append((sent, time.monotonic()))
+echoes = []
+for _ in range(requests if echo else 0):
+    sent = time.monotonic()
+    client.request(b"echo", payload)
+    echoes.append(time.monotonic() - sent)
+client.close()
+print(json.dumps({"trips": trips, "echoes": echoes}))
+"""
+
+STEPS = ("to the dispatcher (client sent, dispatcher's wait returned)",
+         "dispatcher: read and planned, up to its store exchange",
+         "store: before BEGIN IMMEDIATE (rows, connection)",
+         "store: BEGIN IMMEDIATE",
+         "store: the statements",
+         "store: COMMIT (the fsync)",
+         "store: after COMMIT",
+         "dispatcher: exchange done to answer sent",
+         "back to the client (answer sent, client has it)",
+         "total")
+
+
+class Marks:
+    """Times noted on the dispatcher's thread, by what happened."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, float]] = []
+
+    def note(self, what: str) -> None:
+        self.events.append((what, time.monotonic()))
+
+    def wrap(self, owner: Any, name: str, before: str | None, after: str | None) -> None:
+        """Note `before` and `after` around every call of owner.name."""
+        original = getattr(owner, name)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if before:
+                self.note(before)
+            result = original(*args, **kwargs)
+            if after:
+                self.note(after)
+            return result
+
+        setattr(owner, name, wrapped)
+
+    def timed_transactions(self) -> Callable[[Any], Any]:
+        """sqlite_turn.immediate, noting BEGIN and COMMIT."""
+        note = self.note
+
+        @contextmanager
+        def immediate(raw: Any) -> Iterator[Any]:
+            note("begin")
+            raw.execute("BEGIN IMMEDIATE")
+            note("begun")
+            try:
+                yield raw
+            except BaseException:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+                raise
+            note("commit")
+            raw.execute("COMMIT")
+            note("committed")
+
+        return immediate
+
+
+def split(events: Sequence[tuple[str, float]], sent: float, answered: float
+          ) -> list[float] | None:
+    """One request's steps (seconds, STEPS order) from the events between its sending and its
+    answer; None unless they show one wait, one exchange with one transaction, one answer."""
+    inside = [(what, at) for what, at in events if sent < at < answered]
+    answers = [i for i, (what, _) in enumerate(inside) if what == "answered"]
+    if len(answers) != 1:
+        return None
+    before_answer = inside[:answers[0] + 1]
+    starts = [i for i, (what, _) in enumerate(before_answer) if what == "exchange"]
+    if not starts:
+        return None
+    turn = before_answer[starts[-1]:]
+    woke = [at for what, at in before_answer[:starts[-1]] if what == "woke"]
+    at = {what: when for what, when in turn}
+    if not woke or len(turn) != 7 or set(at) != {"exchange", "begin", "begun", "commit",
+                                                  "committed", "exchanged", "answered"}:
+        return None
+    marks = [sent, woke[-1], at["exchange"], at["begin"], at["begun"], at["commit"],
+             at["committed"], at["exchanged"], at["answered"], answered]
+    return [later - earlier for earlier, later in pairwise(marks)] + [answered - sent]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    marks = Marks()
+    marks.wrap(_zmq.SocketSet, "wait", None, "woke")
+    marks.wrap(Planner, "_exchange", "exchange", "exchanged")
+    marks.wrap(dispatcher_module.Dispatcher, "_answer", None, "answered")
+    sqlite_turn.immediate = marks.timed_transactions()  # type: ignore[assignment]
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    processes = [spawn(titanic_command("broker", "--bind", endpoint))]
+    processes += [spawn(titanic_command("worker", "echo", "--broker", endpoint))
+                  for _ in range(args.workers)]
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            store = open_store(f"sqlite:///{Path(folder) / 'titanic.db'}")
+            dispatcher = dispatcher_module.Dispatcher(
+                store, dispatcher_module.DispatcherSettings(broker=endpoint))
+            thread = threading.Thread(target=dispatcher.run)
+            thread.start()
+            try:
+                tsp.wait_for_titanic(endpoint)
+                client = subprocess.run(
+                    [sys.executable, "-c", CLIENT, endpoint, str(args.requests),
+                     "1" if args.workers else "0"],
+                    capture_output=True, text=True, check=True, timeout=600)
+            finally:
+                dispatcher.stop()
+                thread.join(30)
+                store.close_store()
+    finally:
+        stop_all(processes)
+    measured = json.loads(client.stdout)
+    events = list(marks.events)
+    requests = [steps for sent, answered in measured["trips"]
+                if (steps := split(events, sent, answered)) is not None]
+    print(f"{len(requests)} of {len(measured['trips'])} requests split into steps "
+          f"({args.workers} echo workers running)")
+    for index, step in enumerate(STEPS):
+        values = [steps[index] * 1e6 for steps in requests]
+        print(f"  {step:62} p50 {statistics.median(values):7.0f} µs  "
+              f"mean {statistics.mean(values):7.0f} µs")
+    if measured["echoes"]:
+        print(f"  {'floor: a round trip to an echo worker':62} p50 "
+              f"{statistics.median(measured['echoes']) * 1e6:7.0f} µs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
