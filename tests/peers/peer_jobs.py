@@ -32,7 +32,7 @@ async def pgqueuer_factory() -> AsyncIterator[Any]:
         connection: Any = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
         pgq = PgQueuer(PsycopgDriver(connection))
     else:
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped]
         from pgqueuer import AsyncpgDriver
 
         connection = await asyncpg.connect(dsn)
@@ -50,13 +50,13 @@ async def pgqueuer_factory() -> AsyncIterator[Any]:
 
 def celery_app() -> Any:
     """Celery on RabbitMQ with publisher confirms, its defaults otherwise."""
-    from celery import Celery
+    from celery import Celery  # type: ignore[import-untyped]
 
     app = Celery("peers", broker=os.environ.get("PEERS_AMQP", "amqp://guest@127.0.0.1//"))
     app.conf.broker_transport_options = {"confirm_publish": True}
     app.conf.task_default_queue = os.environ.get("PEERS_QUEUE", "celery")
 
-    @app.task(name="noop")
+    @app.task(name="noop")  # type: ignore[untyped-decorator]
     def celery_noop(body: str = "") -> None:
         pass
 

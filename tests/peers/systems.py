@@ -393,7 +393,7 @@ class Pgqueuer(System):
             self._queries = Queries(PsycopgDriver(connection))
             self._close = connection.close
         else:
-            import asyncpg
+            import asyncpg  # type: ignore[import-untyped]
             from pgqueuer import AsyncpgPoolDriver
 
             pool = await asyncpg.create_pool(self.dsn)
