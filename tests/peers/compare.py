@@ -13,7 +13,8 @@ on a free port, keeping nothing on disk, stopped afterwards) and RabbitMQ on 127
 (started with `service rabbitmq-server start` if it is not running, and then stopped again).
 
 Loads, each system in turn, in alternating rounds (medians and ranges over the rounds):
-- one producer, one job at a time, workers running: submits/s and p50;
+- one producer, one job at a time, workers running: submits/s and p50 (for titanic also the
+  dispatcher's own time per request, from its metrics);
 - 32 submissions at once: submits/s;
 - end to end: 5,000 jobs submitted 32 at once, until the last is done: jobs/s, and the CPU of
   every process involved (workers, broker or dispatcher, the database or message server's
