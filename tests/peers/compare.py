@@ -107,7 +107,7 @@ def measure_running(system: System, options: Options, figures: Figures,
                     suffix: str = "") -> None:
     """Loads with the workers running: one producer, 32 at once, end to end with CPU."""
     latencies = []
-    inside = system.timings()
+    inside = {} if suffix else system.timings()
     started = time.perf_counter()
     for _ in range(options.sync_jobs):
         t0 = time.perf_counter()
@@ -116,7 +116,7 @@ def measure_running(system: System, options: Options, figures: Figures,
     elapsed = time.perf_counter() - started
     figures.add(system.name, LOADS[0] + suffix, options.sync_jobs / elapsed)
     figures.add(system.name, LOADS[1] + suffix, statistics.median(latencies) * 1000)
-    if inside and not suffix:
+    if inside:
         after = system.timings()
         acks = after["read to answer"][1] - inside["read to answer"][1]
         if acks:

@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,12 +27,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import titanic.dispatcher as dispatcher_module
-from titanic import _zmq
-from titanic.bench import tsp
-from titanic.bench.common import free_port, spawn, stop_all, titanic_command
-from titanic.planner import Planner
-from titanic.store import open_store, sqlite_turn
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from systems import dispatcher_on_thread  # noqa: E402
+
+from titanic import _zmq  # noqa: E402
+from titanic.dispatcher import Dispatcher  # noqa: E402
+from titanic.planner import Planner  # noqa: E402
+from titanic.store import open_store, sqlite_turn  # noqa: E402
 
 CLIENT = """
 import json, sys, time
@@ -145,31 +146,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     marks = Marks()
     marks.wrap(_zmq.SocketSet, "wait", None, "woke")
     marks.wrap(Planner, "_exchange", "exchange", "exchanged")
-    marks.wrap(dispatcher_module.Dispatcher, "_answer", None, "answered")
+    marks.wrap(Dispatcher, "_answer", None, "answered")
     sqlite_turn.immediate = marks.timed_transactions()  # type: ignore[assignment]
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    processes = [spawn(titanic_command("broker", "--bind", endpoint))]
-    processes += [spawn(titanic_command("worker", "echo", "--broker", endpoint))
-                  for _ in range(args.workers)]
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            store = open_store(f"sqlite:///{Path(folder) / 'titanic.db'}")
-            dispatcher = dispatcher_module.Dispatcher(
-                store, dispatcher_module.DispatcherSettings(broker=endpoint))
-            thread = threading.Thread(target=dispatcher.run)
-            thread.start()
-            try:
-                tsp.wait_for_titanic(endpoint)
+    with tempfile.TemporaryDirectory() as folder:
+        store = open_store(f"sqlite:///{Path(folder) / 'titanic.db'}")
+        try:
+            with dispatcher_on_thread(store, args.workers) as endpoint:
                 client = subprocess.run(
                     [sys.executable, "-c", CLIENT, endpoint, str(args.requests),
                      "1" if args.workers else "0"],
                     capture_output=True, text=True, check=True, timeout=600)
-            finally:
-                dispatcher.stop()
-                thread.join(30)
-                store.close_store()
-    finally:
-        stop_all(processes)
+        finally:
+            store.close_store()
     measured = json.loads(client.stdout)
     events = list(marks.events)
     requests = [steps for sent, answered in measured["trips"]

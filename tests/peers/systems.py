@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,8 +29,9 @@ import psycopg
 from titanic.bench import tsp
 from titanic.bench.common import free_port, spawn, stop_all, titanic_command
 from titanic.client import Client, PipelinedClient
+from titanic.dispatcher import Dispatcher, DispatcherSettings
 from titanic.protocol import tsp as tsp_protocol
-from titanic.store import NewRequest, new_request_id, open_store
+from titanic.store import NewRequest, Store, new_request_id, open_store
 from titanic.store.hot import HotStatements
 from titanic.store.rows import new_row, utcnow
 
@@ -73,6 +75,29 @@ def fresh_database(prefix: str) -> Iterator[str]:
     finally:
         forget_poller(f"{PG_SERVER}/{name}")
         _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def dispatcher_on_thread(store: Store, workers: int = WORKERS) -> Iterator[str]:
+    """A broker and `workers` echo workers as processes, and a dispatcher over `store` on a
+    thread of this process (for tools that look inside it); yields the broker's endpoint once
+    titanic.request is served, and stops them all afterwards."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    processes = [spawn(titanic_command("broker", "--bind", endpoint))]
+    processes += [spawn(titanic_command("worker", "echo", "--broker", endpoint))
+                  for _ in range(workers)]
+    try:
+        dispatcher = Dispatcher(store, DispatcherSettings(broker=endpoint))
+        thread = threading.Thread(target=dispatcher.run, daemon=True)
+        thread.start()
+        try:
+            tsp.wait_for_titanic(endpoint)
+            yield endpoint
+        finally:
+            dispatcher.stop()
+            thread.join(30)
+    finally:
+        stop_all(processes)
 
 
 def _admin(sql: str, tries: int = 30) -> None:

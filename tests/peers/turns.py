@@ -18,7 +18,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -28,11 +27,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from systems import fresh_database  # noqa: E402
+from systems import dispatcher_on_thread, fresh_database  # noqa: E402
 
-from titanic.bench.common import free_port, spawn, stop_all, titanic_command  # noqa: E402
-from titanic.bench.tsp import measure_acks_pipelined, wait_for_titanic  # noqa: E402
-from titanic.dispatcher import Dispatcher, DispatcherSettings  # noqa: E402
+from titanic.bench.tsp import measure_acks_pipelined  # noqa: E402
 from titanic.store import Exchange, NewRequest, open_store  # noqa: E402
 
 BODY = b"x" * 100
@@ -53,11 +50,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             url = f"sqlite:///{stack.enter_context(tempfile.TemporaryDirectory())}/turns.db"
         store = open_store(url)
         stack.callback(store.close_store)
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
-        processes = [spawn(titanic_command("broker", "--bind", endpoint))]
-        processes += [spawn(titanic_command("worker", "echo", "--broker", endpoint))
-                      for _ in range(2)]
-        stack.callback(stop_all, processes)
         calls: list[tuple[int, int, int, float]] = []  # new, replies, claimed, seconds
         exchange = store.exchange
 
@@ -70,12 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return result
 
         store.exchange = recorded  # type: ignore[method-assign]
-        dispatcher = Dispatcher(store, DispatcherSettings(broker=endpoint))
-        thread = threading.Thread(target=dispatcher.run, daemon=True)
-        thread.start()
-        stack.callback(thread.join, 10)
-        stack.callback(dispatcher.stop)
-        wait_for_titanic(endpoint)
+        endpoint = stack.enter_context(dispatcher_on_thread(store))
         service = args.service.encode()
         measure_acks_pipelined(endpoint, 2_000, BODY, DEPTH, service)
         calls.clear()
