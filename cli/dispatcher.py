@@ -70,6 +70,13 @@ _DEFAULTS = DispatcherSettings()
               default=_DEFAULTS.reply_linger, show_default=True, envvar="TITANIC_REPLY_LINGER",
               help="Seconds a reply may wait to be stored in the next commit of new requests "
               "or claims instead of a commit of its own (0: at once).")
+@click.option("--forward-linger", type=click.FloatRange(min=0, max=1),
+              default=_DEFAULTS.forward_linger, show_default=True,
+              envvar="TITANIC_FORWARD_LINGER",
+              help="Requests arriving one at a time, each within this many seconds of the one "
+              "before: each is forwarded when the next one comes (it crosses the broker "
+              "during that one's commit), or after twice the time between the two "
+              "(0: at once).")
 @click.option("--heartbeat", type=click.FloatRange(min=0.01),
               default=BrokerSettings().heartbeat_interval, show_default=True,
               envvar="TITANIC_HEARTBEAT", help="MDP heartbeat interval, seconds.")
@@ -100,7 +107,7 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
                db_url: str | None, dialect_name: str, request_timeout: float,
                max_attempts: int, backoff: float, backoff_max: float, max_in_flight: int,
                max_in_flight_per_service: int, pending_ttl: float, reply_ttl: float,
-               reply_linger: float, heartbeat: float, store_wait: float,
+               reply_linger: float, forward_linger: float, heartbeat: float, store_wait: float,
                sqlite_synchronous: str, max_request_size: int,
                store_key: Path | None, max_stored_per_key: int, curve: CurveOptions,
                metrics_bind: str | None, logs: LogOptions, verbose: int) -> None:
@@ -122,6 +129,7 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
         max_attempts=max_attempts, backoff=backoff, backoff_max=backoff_max,
         max_in_flight=max_in_flight, max_in_flight_per_service=max_in_flight_per_service,
         pending_ttl=pending_ttl, reply_ttl=reply_ttl, reply_linger=reply_linger,
+        forward_linger=forward_linger,
         connection=ConnectionSettings(heartbeat_interval=heartbeat),
         identities=hook is not None, max_stored_per_key=max_stored_per_key,
     )

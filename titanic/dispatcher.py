@@ -219,8 +219,9 @@ class Dispatcher:
                 next_survey = now + s.presence_interval
                 more = True
             wake = min(next_release, next_cleanup, next_survey, self.server.upkeep(now))
-            if planner.held_until is not None:
-                wake = min(wake, planner.held_until)
+            for until in (planner.held_until, planner.forward_until):
+                if until is not None:
+                    wake = min(wake, until)
             deadline = client.next_deadline()
             if deadline is not None:
                 wake = min(wake, deadline)

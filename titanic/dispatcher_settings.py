@@ -58,6 +58,13 @@ class DispatcherSettings:
     #: requests or claims) instead of in a transaction of its own; 0: store every reply at once.
     #: A synchronous submitter's next request then shares the commit of the reply before it.
     reply_linger: float = 0.002
+    #: Requests arriving one at a time, back to back (each within this time of the one before:
+    #: a synchronous submitter): what such a request's turn claimed is sent at the start of the
+    #: next turn that stores a submission, so that it crosses the broker while that commit waits
+    #: for its fsync rather than beside the answer on its way back, or once twice the time
+    #: since the one before has passed; and its turn leaves the replies held back
+    #: (reply_linger) for a commit off the submitter's path. 0: everything sent at once.
+    forward_linger: float = 0.005
     #: On SIGTERM, how long to wait for replies to requests in flight before releasing them.
     drain_timeout: float = 5.0
     #: At start-up, how long to wait for each broker to say which store serves it.

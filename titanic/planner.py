@@ -151,6 +151,12 @@ class Planner:
         self._held: list[tuple[str, Frames]] = []  # replies not stored yet (reply_linger)
         #: When the replies held back must be stored, even alone (None: none held).
         self.held_until: float | None = None
+        #: Claimed in a turn of a request arriving back to back (forward_linger), not sent yet;
+        #: the next turn that stores a submission sends them before its commit.
+        self._unsent: list[Delivery] = []
+        #: When those must be sent even if no submission comes (None: none waiting).
+        self.forward_until: float | None = None
+        self._last_submit = float("-inf")  # when the last turn with a titanic.request began
         self._warned_anonymous = False
 
     # -- one turn -------------------------------------------------------------------------------
@@ -162,15 +168,24 @@ class Planner:
         replies, and claim due requests, in one transaction; then `answer` the submits (one
         reply body each, in order), send what was claimed, and reschedule what timed out. True
         if a service may have more due than was claimed."""
+        if self._unsent and (submits or not claim or now >= (self.forward_until or now)):
+            self._send_unsent(now)
         accepted, answers = self._check(submits, callers)
         new = [request for _, request in accepted]
+        gap = now - self._last_submit
+        back_to_back = len(new) == 1 and gap <= self.settings.forward_linger
+        if submits:
+            self._last_submit = now
         # Services with nothing due before these requests came: they can be stored claimed.
         fresh = {request.service for request in new} - self.candidates
         self.candidates.update(request.service for request in new)
         replies, failed = self._sort(completions, now)
         plan = self._claim_plan(now) if claim else {}
         claims, claim_new = _split_plan(plan, new, fresh)
-        replies = self._replies_to_store(replies, now, alone=claim and not new and not plan)
+        # Back to back, the replies wait too: for a turn without a submitter waiting, or
+        # reply_linger.
+        replies = self._replies_to_store(replies, now,
+                                         alone=claim and (back_to_back or not (new or plan)))
         # A lone new request is answered first: its commit holds only itself, and the replies
         # and claims follow in a second commit, off its submitter's path. With more at once
         # the dispatcher is busy, and one commit for everything costs less: the claims run
@@ -191,7 +206,10 @@ class Planner:
             if isinstance(rest, Exchange):
                 self.stats.completed += rest.completed
                 result = Exchange(result.ids, result.completed, result.claimed + rest.claimed)
-        more = isinstance(result, Exchange) and self._send_claimed(result, plan, now)
+        # Back to back, what was claimed waits for the next submission: expected about `gap`
+        # from now, waited for twice that at most.
+        more = isinstance(result, Exchange) and self._send_claimed(
+            result, plan, now, hold_until=now + 2 * gap if back_to_back else None)
         for request_id, service, report in failed:
             self.guarded(partial(self._retry, request_id, service, report))
         return more
@@ -311,12 +329,22 @@ class Planner:
                 planned += room
         return plan
 
-    def _send_claimed(self, result: Exchange, plan: dict[str, int], now: float) -> bool:
-        """Forward what was claimed; True if a service filled its room (more may be due)."""
+    def _send_claimed(self, result: Exchange, plan: dict[str, int], now: float, *,
+                      hold_until: float | None = None) -> bool:
+        """Forward what was claimed, or keep it for the next turn that stores a submission,
+        until `hold_until` at the latest (forward_linger); True if a service filled its room
+        (more may be due)."""
         claimed = Counter(delivery.service for delivery in result.claimed)
-        debug = log.isEnabledFor(logging.DEBUG)
-        for delivery in result.claimed:
-            self._send(delivery, now, debug)
+        if hold_until is not None and result.claimed:
+            self._unsent.extend(result.claimed)
+            self.in_flight.update(claimed)  # their room is taken from now on
+            if self.forward_until is None:
+                self.forward_until = hold_until
+        else:
+            debug = log.isEnabledFor(logging.DEBUG)
+            for delivery in result.claimed:
+                self._send(delivery, now, debug)
+                self.in_flight[delivery.service] += 1
         more = False
         for service, room in plan.items():
             if claimed[service] < room:
@@ -325,10 +353,16 @@ class Planner:
                 more = True
         return more
 
+    def _send_unsent(self, now: float) -> None:
+        """Send what turns of requests arriving back to back claimed (in flight already)."""
+        unsent, self._unsent, self.forward_until = self._unsent, [], None
+        debug = log.isEnabledFor(logging.DEBUG)
+        for delivery in unsent:
+            self._send(delivery, now, debug)
+
     def _send(self, delivery: Delivery, now: float, debug: bool) -> None:
         self.transport.send(delivery.service, delivery.request,
                             Forwarded(delivery.id, delivery.service, now))
-        self.in_flight[delivery.service] += 1
         self.stats.dispatched += 1
         if debug:
             log.debug("request %s sent to %r (attempt %d)", delivery.id, delivery.service,

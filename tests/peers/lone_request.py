@@ -9,7 +9,11 @@ to an echo worker, the floor's first half. Both processes read the same monotoni
 each request's time splits into the hop to the dispatcher, the dispatcher's own steps, and the
 hop back. Prints the median and mean of each step.
 
-    python tests/peers/lone_request.py [--requests 2000] [--workers 2]
+With several `--forward-linger` values the dispatcher takes them in turn, each for a block of
+100 requests, and each value gets its own column: an A/B comparison within one run, so that
+the machine's changes of speed fall on both alike.
+
+    python tests/peers/lone_request.py [--requests 2000] [--workers 2] [--forward-linger S ...]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -32,9 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from systems import dispatcher_on_thread  # noqa: E402
 
 from titanic import _zmq  # noqa: E402
-from titanic.dispatcher import Dispatcher  # noqa: E402
+from titanic.dispatcher import Dispatcher, DispatcherSettings  # noqa: E402
 from titanic.planner import Planner  # noqa: E402
 from titanic.store import open_store, sqlite_turn  # noqa: E402
+
+#: Requests the client sends before those it times.
+WARM_UP = 300
+#: With several --forward-linger values: requests in a row under each.
+BLOCK = 100
 
 CLIENT = """
 import json, sys, time
@@ -42,7 +52,7 @@ from titanic.client import Client
 endpoint, requests, echo = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 payload = b"x" * 100
 client = Client(endpoint, timeout=10, retries=0)
-for _ in range(300):
+for _ in range(int(sys.argv[4])):
     client.request(b"titanic.request", b"echo", payload)
 trips = []
 for _ in range(requests):
@@ -138,11 +148,33 @@ def split(events: Sequence[tuple[str, float]], sent: float, answered: float
     return [later - earlier for earlier, later in pairwise(marks)] + [answered - sent]
 
 
+def take_turns(values: Sequence[float]) -> None:
+    """The planner's forward_linger switched among `values`, BLOCK submissions each."""
+    original = Planner.turn
+    submitted = 0
+
+    def turn(planner: Planner, submits: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal submitted
+        if submits:
+            value = values[submitted // BLOCK % len(values)]
+            if planner.settings.forward_linger != value:
+                planner.settings = replace(planner.settings, forward_linger=value)
+            submitted += len(submits)
+        return original(planner, submits, *args, **kwargs)
+
+    Planner.turn = turn  # type: ignore[method-assign,assignment]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--forward-linger", type=float, nargs="+", metavar="S",
+                        help="the dispatcher's forward_linger (default: its default); several "
+                             f"values: taken in turn, {BLOCK} requests each")
     args = parser.parse_args(argv)
+    values: list[float] = args.forward_linger or [DispatcherSettings().forward_linger]
+    take_turns(values)
     marks = Marks()
     marks.wrap(_zmq.SocketSet, "wait", None, "woke")
     marks.wrap(Planner, "_exchange", "exchange", "exchanged")
@@ -154,23 +186,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             with dispatcher_on_thread(store, args.workers) as endpoint:
                 client = subprocess.run(
                     [sys.executable, "-c", CLIENT, endpoint, str(args.requests),
-                     "1" if args.workers else "0"],
+                     "1" if args.workers else "0", str(WARM_UP)],
                     capture_output=True, text=True, check=True, timeout=600)
         finally:
             store.close_store()
     measured = json.loads(client.stdout)
     events = list(marks.events)
-    requests = [steps for sent, answered in measured["trips"]
-                if (steps := split(events, sent, answered)) is not None]
-    print(f"{len(requests)} of {len(measured['trips'])} requests split into steps "
-          f"({args.workers} echo workers running)")
+    columns: list[list[list[float]]] = [[] for _ in values]
+    for number, (sent, answered) in enumerate(measured["trips"], start=WARM_UP):
+        # The first few of a block may still carry the previous value's forwarding.
+        if len(values) > 1 and number % BLOCK < 5:
+            continue
+        if (steps := split(events, sent, answered)) is not None:
+            columns[number // BLOCK % len(values)].append(steps)
+    print(f"{sum(map(len, columns))} of {len(measured['trips'])} requests split into steps "
+          f"({args.workers} echo workers running), p50 and mean in µs")
+    print(f"  {'forward_linger':58}" + "".join(f"{value:>19g}" for value in values))
     for index, step in enumerate(STEPS):
-        values = [steps[index] * 1e6 for steps in requests]
-        print(f"  {step:62} p50 {statistics.median(values):7.0f} µs  "
-              f"mean {statistics.mean(values):7.0f} µs")
+        cells = []
+        for requests in columns:
+            taken = [steps[index] * 1e6 for steps in requests]
+            cells.append(f"{statistics.median(taken):9.0f}{statistics.mean(taken):10.0f}")
+        print(f"  {step:58}" + "".join(cells))
     if measured["echoes"]:
-        print(f"  {'floor: a round trip to an echo worker':62} p50 "
-              f"{statistics.median(measured['echoes']) * 1e6:7.0f} µs")
+        print(f"  {'floor: a round trip to an echo worker, p50':58}"
+              f"{statistics.median(measured['echoes']) * 1e6:9.0f}")
     return 0
 
 

@@ -21,7 +21,9 @@ SETTINGS = DispatcherSettings(max_in_flight_per_service=2, max_attempts=2, backo
 class Turns:
     """A planner over a MemoryStore and a MemoryTransport, and what its turns answered."""
 
-    def __init__(self, settings: DispatcherSettings = SETTINGS, slots: int = 8) -> None:
+    def __init__(self, settings: DispatcherSettings = SETTINGS, slots: int = 8, *,
+                 step: float = 0.1) -> None:
+        self.step = step  # between turns: beyond forward_linger unless a test says otherwise
         self.store = MemoryStore()
         self.transport = MemoryTransport(slots)
         self.stats = DispatcherStats()
@@ -31,7 +33,7 @@ class Turns:
 
     def turn(self, submits: list[Frames] | None = None,
              completions: list[Completion] | None = None, *, claim: bool = True) -> bool:
-        self.now += 0.1
+        self.now += self.step
         return self.planner.turn(submits or [], completions or [], self.now,
                                  answer=self.answers.extend, claim=claim)
 
@@ -214,6 +216,81 @@ def test_without_a_linger_a_reply_is_stored_at_once() -> None:
                    answer=t.answers.extend)
     done = t.store.get(sent.request_id)
     assert done is not None and done.status is RequestStatus.DONE
+
+
+def back_to_back() -> tuple[Turns, str]:
+    """Requests for "echo" one at a time, 1 ms apart (forward_linger is 5 ms), the presence
+    answer between them: the first forwarded at once, the second's forwarding kept; its id."""
+    t = Turns(step=0.0005)
+    first = t.submit(b"echo", b"first")
+    t.say_present("echo")
+    assert t.forwarded() == [Forwarded(first, "echo")]
+    return t, t.submit(b"echo", b"second")
+
+
+def test_a_request_back_to_back_is_forwarded_before_the_next_ones_commit() -> None:
+    t, second = back_to_back()
+    assert len(t.forwarded()) == 1
+    # Kept until the next submission, or twice the time since the one before at most.
+    assert t.planner.forward_until == pytest.approx(t.now + 2 * 0.001)
+    assert t.planner.forwarding()["echo"] == (2, 2)  # its room is taken while it waits
+    stored = t.store.get(second)
+    assert stored is not None and stored.status is RequestStatus.DISPATCHED
+    sent_at_commit: list[int] = []
+    exchange = t.store.exchange
+
+    def noted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sent_at_commit.append(len(t.transport.sent))
+        return exchange(*args, **kwargs)
+
+    t.store.exchange = noted  # type: ignore[method-assign]
+    sent_before = len(t.transport.sent)
+    t.submit(b"echo", b"third")
+    assert sent_at_commit == [sent_before + 1]  # the second went out before the third's commit
+    assert t.forwarded()[-1] == Forwarded(second, "echo")
+    assert t.stats.dispatched == 2
+
+
+def test_a_kept_forward_goes_out_when_forward_linger_runs_out() -> None:
+    t, second = back_to_back()
+    until = t.planner.forward_until
+    assert until is not None
+    t.planner.turn([], [], until - 1e-6, answer=t.answers.extend)
+    assert Forwarded(second, "echo") not in t.forwarded()
+    t.planner.turn([], [], until, answer=t.answers.extend)
+    assert t.forwarded()[-1] == Forwarded(second, "echo") and t.planner.forward_until is None
+
+
+def test_a_kept_forward_goes_out_at_shutdown() -> None:
+    t, second = back_to_back()
+    t.turn(claim=False)
+    assert t.forwarded()[-1] == Forwarded(second, "echo")
+    t.planner.release_unanswered(t.transport.in_flight)  # and is released with the rest
+    stored = t.store.get(second)
+    assert stored is not None and stored.status is RequestStatus.PENDING
+
+
+def test_back_to_back_the_replies_wait_for_a_turn_without_a_submitter() -> None:
+    t = Turns(step=0.0005)
+    t.submit(b"echo", b"first")
+    t.say_present("echo")
+    (sent,) = t.forwarded()
+    exchanges = count_exchanges(t)
+    t.planner.turn([[b"echo", b"second"]], [t.transport.complete(sent, [b"reply"])],
+                   t.now + 0.0005, answer=t.answers.extend)
+    assert exchanges == [(1, 0, {}, {"echo": 1})]  # its own commit only: the reply is held
+    assert t.planner.held_until is not None
+    t.planner.turn([], [], t.planner.held_until, answer=t.answers.extend)
+    done = t.store.get(sent.request_id)
+    assert done is not None and done.status is RequestStatus.DONE
+
+
+def test_without_a_forward_linger_a_request_back_to_back_is_forwarded_at_once() -> None:
+    t = Turns(replace(SETTINGS, forward_linger=0.0), step=0.0005)
+    t.submit(b"echo", b"first")
+    t.say_present("echo")
+    second = t.submit(b"echo", b"second")
+    assert t.forwarded()[-1] == Forwarded(second, "echo") and t.planner.forward_until is None
 
 
 def test_more_is_reported_while_a_service_fills_its_room() -> None:
