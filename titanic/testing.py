@@ -265,15 +265,12 @@ class MemoryStore:
                    and (services is None or row.service in services)]
         return min(due, default=None)
 
-    def due_services(self, *, now: datetime | None = None) -> dict[str, int]:
-        """Services with pending requests due now, and how many."""
+    def due_services(self, *, now: datetime | None = None) -> set[str]:
+        """Services with pending requests due now."""
         moment = _now(now)
-        counts: dict[str, int] = {}
         with self._lock:
-            for row in self._rows.values():
-                if row.status is RequestStatus.PENDING and row.due_at <= moment:
-                    counts[row.service] = counts.get(row.service, 0) + 1
-        return counts
+            return {row.service for row in self._rows.values()
+                    if row.status is RequestStatus.PENDING and row.due_at <= moment}
 
     def stats(self) -> StoreStats:
         """Counts by service and status."""

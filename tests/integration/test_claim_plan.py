@@ -4,7 +4,9 @@ A claim runs every dispatcher turn. If its plan sorts the pending rows, each cla
 proportion to the backlog (20 ms per claim with 50,000 waiting, against 0.1 ms), so the plan is
 pinned here, on a table just filled (no statistics yet) and after ANALYZE, as a custom plan and
 as the generic plan a prepared statement may switch to. On SQLite a claim of several services
-probes each service's part of the index too.
+probes each service's part of the index too. The dispatcher's survey of which services have
+requests due (every second) probes the same index once or twice per service, on both
+databases, rather than reading every waiting row.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql as pgsql
+from sqlalchemy.dialects import postgresql, sqlite
 
 from titanic.store import NewRequest, SqlStore, open_store
 from titanic.store.hot import HotStatements
 from titanic.store.models import requests_table
+from titanic.store.sql import due_services_statement
 
 TABLE = requests_table.name
 SERVICE_INDEX = "ix_titanic_requests_status_service_due"
@@ -135,3 +139,56 @@ def test_sqlite_claims_of_several_services_probe_each_service(tmp_path: Path) ->
     reads = [step for step in plan if TABLE in step and ("SCAN" in step or "SEARCH" in step)]
     assert reads and all(SERVICE_INDEX in step or "PRIMARY KEY" in step or "(id=?)" in step
                          for step in reads), plan
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("analyzed", [False, True], ids=["fresh", "analyzed"])
+def test_the_survey_of_due_services_probes_the_index_per_service(
+        backlog: tuple[SqlStore, psycopg.Connection[Any]], analyzed: bool) -> None:
+    store, conn = backlog
+    if analyzed:
+        conn.execute(f"ANALYZE {TABLE}")
+    assert store.due_services() == {"echo", "other"}
+    compiled = due_services_statement(datetime.now(UTC).replace(tzinfo=None)).compile(
+        dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
+    row = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}", compiled.params).fetchone()
+    assert row is not None
+    plan = row[0][0]["Plan"]
+    reads = [node for node, _ in _nodes(plan) if _reads_the_table(node)]
+    assert reads and all(node["Node Type"] in ("Index Scan", "Index Only Scan")
+                         and node["Index Name"] == SERVICE_INDEX for node in reads), plan
+    # A few index entries in all, of the 23,000 waiting.
+    assert sum(node["Actual Rows"] * node["Actual Loops"] for node in reads) <= 10, plan
+
+
+def _survey_steps(path: Path) -> int:
+    """How many SQLite virtual machine instructions the survey of due services runs."""
+    compiled = due_services_statement(datetime.now(UTC).replace(tzinfo=None)).compile(
+        dialect=sqlite.dialect())  # type: ignore[no-untyped-call]
+    params = [compiled.params[name] for name in compiled.positiontup or ()]
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    with closing(sqlite3.connect(path)) as conn:
+        conn.set_progress_handler(count, 1)
+        rows = conn.execute(str(compiled), [str(value) for value in params]).fetchall()
+    assert {service for (service,) in rows} == {"echo", "other"}
+    return steps
+
+
+def test_sqlite_survey_of_due_services_does_not_grow_with_the_backlog(tmp_path: Path) -> None:
+    path = tmp_path / "titanic.db"
+    store = open_store(f"sqlite:///{path}")
+    try:
+        store.submit_many([NewRequest(service, (b"x",)) for service in ("echo", "other")] * 10)
+        few = _survey_steps(path)
+        store.submit_many([NewRequest("other", (b"x",))] * 5_000)
+        assert store.due_services() == {"echo", "other"}
+        # Reading every waiting row would take hundreds of times more.
+        assert _survey_steps(path) <= 2 * few
+    finally:
+        store.close_store()

@@ -41,7 +41,20 @@ def test_new_requests_are_pending_and_due(store: Store) -> None:
     assert stored is not None
     assert (stored.status, stored.attempts, stored.reply) == (RequestStatus.PENDING, 0, None)
     assert stored.created_at.tzinfo is not None
-    assert store.due_services() == {"svc": 1}
+    assert store.due_services() == {"svc"}
+
+
+def test_due_services_names_each_service_with_a_request_due_now(store: Store) -> None:
+    assert store.due_services() == set()
+    store.submit_many([NewRequest(service, (b"x",)) for service in ("a", "a", "b", "c", "d")])
+    store.claim_due(["c"], 1, 60)
+    (claimed_b,) = store.claim_due(["b"], 1, 60)
+    # "b" pending again, but due only after its backoff; "c" dispatched.
+    store.retry_later(claimed_b.id, "boom", max_attempts=5, backoff=60, backoff_max=60)
+    assert store.due_services() == {"a", "d"}
+    assert store.due_services(now=datetime.now(UTC) + timedelta(minutes=5)) == {"a", "b", "d"}
+    store.claim_due(["a"], 2, 60)
+    assert store.due_services() == {"d"}
 
 
 def test_ids_are_32_hex_and_time_ordered(store: Store) -> None:

@@ -22,6 +22,7 @@ import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
     delete,
     func,
     or_,
@@ -97,6 +98,25 @@ DISPATCHED = RequestStatus.DISPATCHED.value
 _FINISHED = [status.value for status in FINISHED]
 _SQLITE_NORMAL = 1  # PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
 
+
+
+def due_services_statement(moment: datetime) -> Select[Any]:
+    """The services with pending requests due at `moment` (naive UTC), by a skip scan of the
+    (status, service, due_at) index: one probe for the next service with pending requests and
+    one for its earliest due time, so the cost grows with the number of services, not of
+    waiting requests (with 50,000 waiting for one service and 50 for five others: 2.5 ms on
+    PostgreSQL and 1.3 ms on SQLite, where counting them by service took 39 and 12 ms)."""
+    pending = t.c.status == PENDING
+    first = select(t.c.service).where(pending).order_by(t.c.service).limit(1)
+    found = select(first.scalar_subquery().label("service")).cte("found", recursive=True)
+    previous = found.alias("previous")
+    following = (select(t.c.service).where(pending, t.c.service > previous.c.service)
+                 .order_by(t.c.service).limit(1).scalar_subquery())
+    found = found.union_all(select(following).where(previous.c.service.is_not(None)))
+    # A scalar subquery, not EXISTS: PostgreSQL turns that into a join with every due row.
+    earliest = (select(t.c.due_at).where(pending, t.c.service == found.c.service)
+                .order_by(t.c.due_at).limit(1).scalar_subquery())
+    return select(found.c.service).where(found.c.service.is_not(None), earliest <= moment)
 
 class SqlStore(SqlOverview):
     """The request store on a SQLAlchemy engine (see titanic.store.open_store); `bodies` seals
@@ -493,14 +513,11 @@ class SqlStore(SqlOverview):
         return aware_utc(self._transaction(lambda conn: conn.execute(statement).scalar(),
                                         write=False))
 
-    def due_services(self, *, now: datetime | None = None) -> dict[str, int]:
-        """Services with pending requests due now, and how many."""
-        statement = (select(t.c.service, func.count())
-                     .where(t.c.status == PENDING, t.c.due_at <= (naive_utc(now) or utcnow()))
-                     .group_by(t.c.service))
+    def due_services(self, *, now: datetime | None = None) -> set[str]:
+        """Services with pending requests due now (see due_services_statement)."""
+        statement = due_services_statement(naive_utc(now) or utcnow())
         return self._transaction(
-            lambda conn: {service: count for service, count in conn.execute(statement)},
-            write=False)
+            lambda conn: set(conn.execute(statement).scalars()), write=False)
 
     def stats(self) -> StoreStats:
         """Counts by service and status."""

@@ -209,8 +209,9 @@ class Store(Protocol):
         """When the earliest pending request is due."""
         ...
 
-    def due_services(self, *, now: datetime | None = None) -> dict[str, int]:
-        """Services with pending requests due now, and how many."""
+    def due_services(self, *, now: datetime | None = None) -> set[str]:
+        """Services with pending requests due now (at a cost that does not grow with how many
+        requests wait)."""
         ...
 
     def stats(self) -> StoreStats:
