@@ -88,12 +88,15 @@ class Presence:
         self._known: dict[str, tuple[bool, float]] = {}
         self._asking: set[str] = set()
 
-    def has_workers(self, service: str, now: float, transport: Transport) -> bool:
-        """The last answer while it is fresh; else ask again (the answer comes as a completion)
-        and go on with the last answer meanwhile (none yet: no workers)."""
+    def has_workers(self, service: str, now: float, transport: Transport, *,
+                    reserved: int = 0) -> bool:
+        """The last answer while it is fresh; else ask again (the answer comes as a completion;
+        only if the transport has a free slot beyond `reserved`) and go on with the last answer
+        meanwhile (none yet: no workers)."""
         present, checked = self._known.get(service, (False, -1e9))
         ttl = self._settings.presence_ttl if present else self._settings.presence_interval
-        if now - checked >= ttl and service not in self._asking and transport.free_slots:
+        if (now - checked >= ttl and service not in self._asking
+                and transport.free_slots > reserved):
             transport.send(mmi.SERVICE, [service.encode()], PresenceCheck(service), timeout=1.0,
                            retries=0)
             self._asking.add(service)
@@ -315,12 +318,12 @@ class Planner:
         service's window, titanic.in_flight), for the services that may have due requests and
         have workers (asking mmi.service if stale)."""
         plan: dict[str, int] = {}
-        planned = 0
+        planned = len(self._unsent)  # kept for the next submission: their slots are taken
         for service in list(self.candidates):
             window = self.windows.limit(service)
             if self.in_flight[service] >= window:
                 continue
-            if not self.presence.has_workers(service, now, self.transport):
+            if not self.presence.has_workers(service, now, self.transport, reserved=planned):
                 continue  # looked at again when mmi answers, or at the next survey
             # Asked after has_workers(), which may have taken a slot for an mmi question.
             room = min(self.transport.free_slots - planned, window - self.in_flight[service])

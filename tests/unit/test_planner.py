@@ -363,3 +363,20 @@ def test_never_more_in_flight_than_the_transport_has_slots(slots: int) -> None:
         t.submit(b"echo", str(n).encode())
     t.say_present("echo")
     assert len(t.transport.in_flight) == slots
+
+
+def test_kept_forwards_keep_their_transport_slots() -> None:
+    t = Turns(replace(SETTINGS, max_in_flight_per_service=8), slots=2, step=0.0005)
+    first = t.submit(b"echo", b"first")
+    t.say_present("echo")
+    second = t.submit(b"echo", b"second")  # back to back: kept, one slot free
+    assert t.forwarded() == [Forwarded(first, "echo")] and t.transport.free_slots == 1
+    # Another process stored requests for a service not asked about yet, and one more for echo.
+    t.store.submit("other", [b"x"])
+    t.store.submit("echo", [b"due"])
+    t.planner.survey()
+    t.turn()  # no submission: the kept forward's slot is not given to a claim or a question
+    assert t.transport.free_slots == 1
+    t.submit(b"echo", b"third")  # sends the second; nothing more fits
+    assert t.forwarded() == [Forwarded(first, "echo"), Forwarded(second, "echo")]
+    assert t.transport.free_slots == 0
