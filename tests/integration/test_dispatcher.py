@@ -112,6 +112,21 @@ def test_a_request_that_never_gets_a_reply_fails_after_max_attempts(
     assert len(calls) == 2
 
 
+def test_an_undelivered_request_expires_while_the_dispatcher_goes_on_serving(
+        broker: str, store: Store, titanic: TitanicClient) -> None:
+    settings = replace(fast_settings(broker), pending_ttl=1.0, cleanup_interval=0.1)
+    dispatcher = Dispatcher(store, settings)
+    with ExitStack() as stack:
+        stack.enter_context(running(dispatcher))
+        request_id = titanic.submit("nobody", b"x")
+        fetched = titanic.wait(request_id, timeout=15)
+        assert fetched.state is ReplyState.EXPIRED and "not delivered within 1 s" in fetched.text
+        assert dispatcher.stats.expired == 1
+        assert len(titanic.submit("nobody", b"y")) == 32  # still acknowledging
+    # The clean-up runs on a thread of its own, which ends with the dispatcher.
+    assert not [thread for thread in threading.enumerate() if thread.name == "titanic-cleanup"]
+
+
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres",
                                                            marks=pytest.mark.postgres)])
 def test_two_dispatchers_on_one_database_never_send_a_request_twice(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import psycopg
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Select,
+    Update,
     delete,
     func,
     or_,
@@ -98,6 +100,17 @@ DISPATCHED = RequestStatus.DISPATCHED.value
 _FINISHED = [status.value for status in FINISHED]
 _SQLITE_NORMAL = 1  # PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
 
+
+
+def _column(conn: Connection, statement: Select[Any]) -> list[Any]:
+    return list(conn.execute(statement).scalars())
+
+
+def _rowcount(conn: Connection, statement: Update) -> int:
+    return conn.execute(statement).rowcount
+
+#: Requests expired per write transaction (Store.expire).
+_EXPIRE_BATCH = 500
 
 
 def due_services_statement(moment: datetime) -> Select[Any]:
@@ -481,14 +494,23 @@ class SqlStore(SqlOverview):
         """Pending requests older than pending_ttl seconds or past their deadline: expired."""
         moment = naive_utc(now) or utcnow()
         too_old = moment - timedelta(seconds=pending_ttl)
-        by_age = (update(t).where(t.c.status == PENDING, t.c.created_at < too_old)
-                  .values(status=RequestStatus.EXPIRED.value, completed_at=moment,
-                          last_error=f"not delivered within {pending_ttl:g} s"))
-        by_deadline = (update(t).where(t.c.status == PENDING, t.c.deadline < moment)
-                       .values(status=RequestStatus.EXPIRED.value, completed_at=moment,
-                               last_error="not delivered before its deadline"))
-        return self._transaction(lambda conn: conn.execute(by_age).rowcount
-                                 + conn.execute(by_deadline).rowcount)
+        reasons = ((t.c.created_at < too_old, f"not delivered within {pending_ttl:g} s"),
+                   (t.c.deadline < moment, "not delivered before its deadline"))
+        expired = 0
+        for condition, why in reasons:
+            # Found by a read, which holds no lock while it goes through every waiting request
+            # (no index leads with their age or deadline): SQLite's write lock, and on
+            # PostgreSQL the rows' locks, are taken only to expire what it found, a batch at
+            # a time, checked again.
+            found = select(t.c.id).where(t.c.status == PENDING, condition)
+            keys = self._transaction(partial(_column, statement=found), write=False)
+            for start in range(0, len(keys), _EXPIRE_BATCH):
+                batch = keys[start:start + _EXPIRE_BATCH]
+                statement = (update(t).where(t.c.id.in_(batch), t.c.status == PENDING, condition)
+                             .values(status=RequestStatus.EXPIRED.value, completed_at=moment,
+                                     last_error=why))
+                expired += self._transaction(partial(_rowcount, statement=statement))
+        return expired
 
     def purge(self, *, reply_ttl: float, now: datetime | None = None) -> int:
         """Delete finished requests that finished more than reply_ttl seconds ago."""
