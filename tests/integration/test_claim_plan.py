@@ -107,18 +107,26 @@ def _reads_the_table(node: dict[str, Any]) -> bool:
     return node.get("Relation Name") == TABLE and node["Node Type"] != "ModifyTable"
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("analyzed", [False, True], ids=["fresh", "analyzed"])
-def test_claims_read_the_index_in_due_order_without_sorting_the_backlog(
-        backlog: tuple[SqlStore, psycopg.Connection[Any]], analyzed: bool) -> None:
+@pytest.fixture(params=[False, True], ids=["fresh", "analyzed"])
+def table(request: pytest.FixtureRequest, backlog: tuple[SqlStore, psycopg.Connection[Any]]
+          ) -> tuple[SqlStore, psycopg.Connection[Any]]:
+    """The backlog on a table never analyzed (skipped if autovacuum got there first), then
+    after ANALYZE."""
     _, conn = backlog
-    if analyzed:
+    if request.param:
         conn.execute(f"ANALYZE {TABLE}")
     else:
         stats = conn.execute("SELECT last_analyze, last_autoanalyze FROM pg_stat_user_tables "
                              "WHERE relname = %s", (TABLE,)).fetchone()
         if stats is not None and any(stats):
             pytest.skip("autovacuum analyzed the table already")
+    return backlog
+
+
+@pytest.mark.postgres
+def test_claims_read_the_index_in_due_order_without_sorting_the_backlog(
+        table: tuple[SqlStore, psycopg.Connection[Any]]) -> None:
+    _, conn = table
     for services in SHAPES:
         for generic in (False, True):
             _check_claim_plan(_explain(conn, services, generic), services)
@@ -142,12 +150,9 @@ def test_sqlite_claims_of_several_services_probe_each_service(tmp_path: Path) ->
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("analyzed", [False, True], ids=["fresh", "analyzed"])
 def test_the_survey_of_due_services_probes_the_index_per_service(
-        backlog: tuple[SqlStore, psycopg.Connection[Any]], analyzed: bool) -> None:
-    store, conn = backlog
-    if analyzed:
-        conn.execute(f"ANALYZE {TABLE}")
+        table: tuple[SqlStore, psycopg.Connection[Any]]) -> None:
+    store, conn = table
     assert store.due_services() == {"echo", "other"}
     compiled = due_services_statement(datetime.now(UTC).replace(tzinfo=None)).compile(
         dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
