@@ -75,8 +75,8 @@ _DEFAULTS = DispatcherSettings()
               envvar="TITANIC_FORWARD_LINGER",
               help="Requests arriving one at a time, each within this many seconds of the one "
               "before: each is forwarded when the next one comes (it crosses the broker "
-              "during that one's commit), or after twice the time between the two "
-              "(0: at once).")
+              "during that one's commit), at a titanic.reply or titanic.close, or after "
+              "twice the time between the two (0: at once).")
 @click.option("--heartbeat", type=click.FloatRange(min=0.01),
               default=BrokerSettings().heartbeat_interval, show_default=True,
               envvar="TITANIC_HEARTBEAT", help="MDP heartbeat interval, seconds.")

@@ -62,8 +62,10 @@ class DispatcherSettings:
     #: a synchronous submitter): what such a request's turn claimed is sent at the start of the
     #: next turn that stores a submission, so that it crosses the broker while that commit waits
     #: for its fsync rather than beside the answer on its way back, or once twice the time
-    #: since the one before has passed; and its turn leaves the replies held back
-    #: (reply_linger) for a commit off the submitter's path. 0: everything sent at once.
+    #: since the one before has passed, or a titanic.reply or titanic.close comes (a client
+    #: waiting for a result: the next request then does not count as back to back); and its
+    #: turn leaves the replies held back (reply_linger) for a commit off the submitter's path.
+    #: 0: everything sent at once.
     forward_linger: float = 0.005
     #: On SIGTERM, how long to wait for replies to requests in flight before releasing them.
     drain_timeout: float = 5.0

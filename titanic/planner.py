@@ -217,6 +217,14 @@ class Planner:
             self.guarded(partial(self._retry, request_id, service, report))
         return more
 
+    def someone_waits(self, now: float) -> None:
+        """A titanic.reply or titanic.close came: a client may be waiting for a result, not
+        sending its next request. What is kept for the next submission goes now, and that
+        submission will not count as back to back (forward_linger)."""
+        self._last_submit = float("-inf")
+        if self._unsent:
+            self._send_unsent(now)
+
     def forwarding(self) -> dict[str, tuple[int, int]]:
         """Per service: its requests in flight now and its window (titanic.in_flight), for the
         services forwarded to so far. Safe to call from another thread."""

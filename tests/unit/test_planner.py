@@ -218,10 +218,10 @@ def test_without_a_linger_a_reply_is_stored_at_once() -> None:
     assert done is not None and done.status is RequestStatus.DONE
 
 
-def back_to_back() -> tuple[Turns, str]:
+def back_to_back(settings: DispatcherSettings = SETTINGS) -> tuple[Turns, str]:
     """Requests for "echo" one at a time, 1 ms apart (forward_linger is 5 ms), the presence
     answer between them: the first forwarded at once, the second's forwarding kept; its id."""
-    t = Turns(step=0.0005)
+    t = Turns(settings, step=0.0005)
     first = t.submit(b"echo", b"first")
     t.say_present("echo")
     assert t.forwarded() == [Forwarded(first, "echo")]
@@ -283,6 +283,15 @@ def test_back_to_back_the_replies_wait_for_a_turn_without_a_submitter() -> None:
     t.planner.turn([], [], t.planner.held_until, answer=t.answers.extend)
     done = t.store.get(sent.request_id)
     assert done is not None and done.status is RequestStatus.DONE
+
+
+def test_a_fetch_sends_what_was_kept_and_ends_the_run_of_requests() -> None:
+    t, second = back_to_back(replace(SETTINGS, max_in_flight_per_service=8))
+    t.now += 0.0005
+    t.planner.someone_waits(t.now)  # a titanic.reply: its client waits for a result
+    assert t.forwarded()[-1] == Forwarded(second, "echo") and t.planner.forward_until is None
+    third = t.submit(b"echo", b"third")  # 1 ms after the second, but after a fetch
+    assert t.forwarded()[-1] == Forwarded(third, "echo") and t.planner.forward_until is None
 
 
 def test_without_a_forward_linger_a_request_back_to_back_is_forwarded_at_once() -> None:
