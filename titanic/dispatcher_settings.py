@@ -99,3 +99,5 @@ class DispatcherStats:
     store_errors: int = 0
     #: titanic.requests refused with 503 for their key's max_stored_per_key.
     over_key_limit: int = 0
+    #: Requests whose forwarding waited for the next submission (forward_linger).
+    forwards_kept: int = 0

@@ -349,6 +349,7 @@ class Planner:
         if hold_until is not None and result.claimed:
             self._unsent.extend(result.claimed)
             self.in_flight.update(claimed)  # their room is taken from now on
+            self.stats.forwards_kept += len(result.claimed)
             if self.forward_until is None:
                 self.forward_until = hold_until
         else:
