@@ -69,7 +69,8 @@ _DEFAULTS = DispatcherSettings()
 @click.option("--reply-linger", type=click.FloatRange(min=0, max=1),
               default=_DEFAULTS.reply_linger, show_default=True, envvar="TITANIC_REPLY_LINGER",
               help="Seconds a reply may wait to be stored in the next commit of new requests "
-              "or claims instead of a commit of its own (0: at once).")
+              "or claims instead of a commit of its own; a titanic.reply stores what waits "
+              "first (0: at once).")
 @click.option("--forward-linger", type=click.FloatRange(min=0, max=1),
               default=_DEFAULTS.forward_linger, show_default=True,
               envvar="TITANIC_FORWARD_LINGER",

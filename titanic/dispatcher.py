@@ -239,8 +239,8 @@ class Dispatcher:
             for request in self.server.read(ready, now):
                 (submits if request[0].service == tsp.REQUEST_SERVICE else others).append(request)
             if others:
-                self.server.serve(others, now)
                 planner.someone_waits(now)
+                self.server.serve(others, now)
             completions = client.collect(ready) + client.expire(now)
             more = planner.turn([body for _, _, body, _ in submits], completions, now,
                                 callers=[caller for _, _, _, caller in submits],

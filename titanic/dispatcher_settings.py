@@ -56,7 +56,8 @@ class DispatcherSettings:
     close_connections: int = 1
     #: How long a reply may wait to be stored with the next turn that commits anyway (new
     #: requests or claims) instead of in a transaction of its own; 0: store every reply at once.
-    #: A synchronous submitter's next request then shares the commit of the reply before it.
+    #: A titanic.reply or titanic.close stores the replies held before it is served, so a
+    #: client asking for a result never waits for this.
     reply_linger: float = 0.002
     #: Requests arriving one at a time, back to back (each within this time of the one before:
     #: a synchronous submitter): what such a request's turn claimed is sent at the start of the

@@ -218,10 +218,17 @@ class Planner:
         return more
 
     def someone_waits(self, now: float) -> None:
-        """A titanic.reply or titanic.close came: a client may be waiting for a result, not
-        sending its next request. What is kept for the next submission goes now, and that
-        submission will not count as back to back (forward_linger)."""
+        """A titanic.reply or titanic.close came (called before it is served): a client may be
+        waiting for a result, not sending its next request. The replies held back
+        (reply_linger) are stored now, so that it finds them; what is kept for the next
+        submission goes now, and that submission will not count as back to back
+        (forward_linger)."""
         self._last_submit = float("-inf")
+        if self._held:
+            held, self._held, self.held_until = self._held, [], None
+            result = self._exchange([], held, {}, {})
+            if isinstance(result, Exchange):
+                self.stats.completed += result.completed
         if self._unsent:
             self._send_unsent(now)
 

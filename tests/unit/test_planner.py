@@ -207,6 +207,20 @@ def test_a_held_reply_is_stored_alone_once_the_linger_ran_out() -> None:
     assert t.planner.held_until is None
 
 
+def test_a_fetch_stores_the_replies_held_back_first() -> None:
+    t = Turns()
+    t.submit(b"echo", b"only")
+    t.say_present("echo")
+    (sent,) = t.forwarded()
+    t.planner.turn([], [t.transport.complete(sent, [b"reply"])], t.now,
+                   answer=t.answers.extend)
+    assert t.planner.held_until is not None
+    t.planner.someone_waits(t.now)  # a titanic.reply, about to be served
+    done = t.store.get(sent.request_id)
+    assert done is not None and done.status is RequestStatus.DONE
+    assert t.planner.held_until is None and t.stats.completed == 1
+
+
 def test_without_a_linger_a_reply_is_stored_at_once() -> None:
     t = Turns(replace(SETTINGS, reply_linger=0.0))
     t.submit(b"echo", b"only")
