@@ -190,13 +190,19 @@ def test_a_reply_alone_waits_for_the_next_turn_that_commits() -> None:
     assert t.forwarded() == [Forwarded(second, "echo")] and t.stats.completed == 1
 
 
-def test_a_held_reply_is_stored_alone_once_the_linger_ran_out() -> None:
-    t = Turns()
+def reply_alone(settings: DispatcherSettings = SETTINGS) -> tuple[Turns, Forwarded]:
+    """One request for "echo" forwarded, and its reply back in a turn of its own."""
+    t = Turns(settings)
     t.submit(b"echo", b"only")
     t.say_present("echo")
     (sent,) = t.forwarded()
     t.planner.turn([], [t.transport.complete(sent, [b"reply"])], t.now,
                    answer=t.answers.extend)
+    return t, sent
+
+
+def test_a_held_reply_is_stored_alone_once_the_linger_ran_out() -> None:
+    t, sent = reply_alone()
     assert t.planner.held_until is not None
     t.planner.turn([], [], t.planner.held_until - 1e-6, answer=t.answers.extend)
     still = t.store.get(sent.request_id)
@@ -208,12 +214,7 @@ def test_a_held_reply_is_stored_alone_once_the_linger_ran_out() -> None:
 
 
 def test_a_fetch_stores_the_replies_held_back_first() -> None:
-    t = Turns()
-    t.submit(b"echo", b"only")
-    t.say_present("echo")
-    (sent,) = t.forwarded()
-    t.planner.turn([], [t.transport.complete(sent, [b"reply"])], t.now,
-                   answer=t.answers.extend)
+    t, sent = reply_alone()
     assert t.planner.held_until is not None
     t.planner.someone_waits(t.now)  # a titanic.reply, about to be served
     done = t.store.get(sent.request_id)
@@ -222,12 +223,7 @@ def test_a_fetch_stores_the_replies_held_back_first() -> None:
 
 
 def test_without_a_linger_a_reply_is_stored_at_once() -> None:
-    t = Turns(replace(SETTINGS, reply_linger=0.0))
-    t.submit(b"echo", b"only")
-    t.say_present("echo")
-    (sent,) = t.forwarded()
-    t.planner.turn([], [t.transport.complete(sent, [b"reply"])], t.now,
-                   answer=t.answers.extend)
+    t, sent = reply_alone(replace(SETTINGS, reply_linger=0.0))
     done = t.store.get(sent.request_id)
     assert done is not None and done.status is RequestStatus.DONE
 
