@@ -99,18 +99,18 @@ PENDING = RequestStatus.PENDING.value
 DISPATCHED = RequestStatus.DISPATCHED.value
 _FINISHED = [status.value for status in FINISHED]
 _SQLITE_NORMAL = 1  # PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
-
+#: Requests expired per write transaction (Store.expire).
+_EXPIRE_BATCH = 500
 
 
 def _column(conn: Connection, statement: Select[Any]) -> list[Any]:
+    """The first column of every row."""
     return list(conn.execute(statement).scalars())
 
 
 def _rowcount(conn: Connection, statement: Update) -> int:
+    """How many rows an UPDATE changed."""
     return conn.execute(statement).rowcount
-
-#: Requests expired per write transaction (Store.expire).
-_EXPIRE_BATCH = 500
 
 
 def due_services_statement(moment: datetime) -> Select[Any]:
@@ -130,6 +130,7 @@ def due_services_statement(moment: datetime) -> Select[Any]:
     earliest = (select(t.c.due_at).where(pending, t.c.service == found.c.service)
                 .order_by(t.c.due_at).limit(1).scalar_subquery())
     return select(found.c.service).where(found.c.service.is_not(None), earliest <= moment)
+
 
 class SqlStore(SqlOverview):
     """The request store on a SQLAlchemy engine (see titanic.store.open_store); `bodies` seals
