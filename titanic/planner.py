@@ -224,11 +224,9 @@ class Planner:
         submission goes now, and that submission will not count as back to back
         (forward_linger)."""
         self._last_submit = float("-inf")
-        if self._held:
-            held, self._held, self.held_until = self._held, [], None
-            result = self._exchange([], held, {}, {})
-            if isinstance(result, Exchange):
-                self.stats.completed += result.completed
+        held = self._replies_to_store([], now, alone=False)  # all of them, none held after
+        if held and isinstance(result := self._exchange([], held, {}, {}), Exchange):
+            self.stats.completed += result.completed
         if self._unsent:
             self._send_unsent(now)
 
@@ -353,17 +351,14 @@ class Planner:
         until `hold_until` at the latest (forward_linger); True if a service filled its room
         (more may be due)."""
         claimed = Counter(delivery.service for delivery in result.claimed)
+        self.in_flight.update(claimed)  # kept or sent, their room is taken from now on
         if hold_until is not None and result.claimed:
             self._unsent.extend(result.claimed)
-            self.in_flight.update(claimed)  # their room is taken from now on
             self.stats.forwards_kept += len(result.claimed)
             if self.forward_until is None:
                 self.forward_until = hold_until
         else:
-            debug = log.isEnabledFor(logging.DEBUG)
-            for delivery in result.claimed:
-                self._send(delivery, now, debug)
-                self.in_flight[delivery.service] += 1
+            self._send(result.claimed, now)
         more = False
         for service, room in plan.items():
             if claimed[service] < room:
@@ -375,17 +370,17 @@ class Planner:
     def _send_unsent(self, now: float) -> None:
         """Send what turns of requests arriving back to back claimed (in flight already)."""
         unsent, self._unsent, self.forward_until = self._unsent, [], None
-        debug = log.isEnabledFor(logging.DEBUG)
-        for delivery in unsent:
-            self._send(delivery, now, debug)
+        self._send(unsent, now)
 
-    def _send(self, delivery: Delivery, now: float, debug: bool) -> None:
-        self.transport.send(delivery.service, delivery.request,
-                            Forwarded(delivery.id, delivery.service, now))
-        self.stats.dispatched += 1
-        if debug:
-            log.debug("request %s sent to %r (attempt %d)", delivery.id, delivery.service,
-                      delivery.attempts, extra=about(delivery.id, delivery.service))
+    def _send(self, deliveries: Sequence[Delivery], now: float) -> None:
+        debug = log.isEnabledFor(logging.DEBUG)
+        for delivery in deliveries:
+            self.transport.send(delivery.service, delivery.request,
+                                Forwarded(delivery.id, delivery.service, now))
+            if debug:
+                log.debug("request %s sent to %r (attempt %d)", delivery.id, delivery.service,
+                          delivery.attempts, extra=about(delivery.id, delivery.service))
+        self.stats.dispatched += len(deliveries)
 
     def _retry(self, request_id: str, service: str, report: FailureReport | None) -> None:
         """After a timeout (no report) or a worker's failure report: retry later, or fail."""
