@@ -12,7 +12,7 @@ what the relay itself costs.
 
 Needs root (ip netns). Run by hand, not collected by pytest:
 
-    python tests/peers/remote.py [--rounds 3] [--delay-ms 0.5] [--requests 10000]
+    python tests/peers/remote.py [--rounds 3] [--delay-ms 0.5] [--requests 10000] [--depth 32]
 """
 
 from __future__ import annotations
@@ -91,11 +91,13 @@ def relay(port: int, delay_ms: float) -> list[str]:
                                f"{FAR_IP}:{BROKER_PORT}", str(delay_ms)])
 
 
-def bench(endpoint: str, requests: int, sync_requests: int) -> dict[str, tuple[float, float]]:
+def bench(endpoint: str, requests: int, sync_requests: int, depth: int
+          ) -> dict[str, tuple[float, float]]:
     """`titanic bench --broker` from the near namespace: (rate, p50 ms) by load."""
     out = subprocess.run(in_namespace(NEAR, titanic_command(
         "bench", "--broker", endpoint, "--requests", str(requests),
-        "--sync-requests", str(sync_requests))), check=True, capture_output=True, text=True)
+        "--sync-requests", str(sync_requests), "--depth", str(depth))),
+        check=True, capture_output=True, text=True)
     figures: dict[str, tuple[float, float]] = {}
     for line in out.stdout.splitlines():
         # The table of titanic.bench.suite.format_rows: section, target, load, rate, p50, p99
@@ -117,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=0.5)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--sync-requests", type=int, default=1_000)
+    parser.add_argument("--depth", type=int, default=32,
+                        help="requests in flight for the pipelined MDP load")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("remote.py needs root (ip netns)", file=sys.stderr)
@@ -134,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for round_ in range(args.rounds):
             for name, endpoint in paths.items():
                 print(f"round {round_ + 1}: {name}", file=sys.stderr, flush=True)
-                for load, figure in bench(endpoint, args.requests, args.sync_requests).items():
+                figures = bench(endpoint, args.requests, args.sync_requests, args.depth)
+                for load, figure in figures.items():
                     values[(name, load)].append(figure)
     loads = list(dict.fromkeys(load for _, load in values))  # in the order measured
     names = list(paths)
