@@ -12,6 +12,7 @@ the transport; tests drive it with `MemoryStore` and `titanic.testing.MemoryTran
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -161,6 +162,9 @@ class Planner:
         self.forward_until: float | None = None
         self._last_submit = float("-inf")  # when the last turn with a titanic.request began
         self._warned_anonymous = False
+        # The clean-up runs on a thread of its own (Dispatcher), and counts its store errors
+        # in the same field as the loop: both under this lock, so that none is lost.
+        self._errors_lock = threading.Lock()
 
     # -- one turn -------------------------------------------------------------------------------
 
@@ -270,7 +274,7 @@ class Planner:
         try:
             stored = self.store.unfinished_by_owner(owners)
         except StoreError as exc:
-            self.stats.store_errors += 1
+            self._count_store_error()
             refuse_for_store_error(answers, accepted, exc)
             return [], answers
         kept = refuse_over_owner_limit(answers, accepted, stored, limit)
@@ -287,7 +291,7 @@ class Planner:
             return self.store.exchange(new, replies, claims, self.settings.lease,
                                        claim_new=claim_new)
         except StoreError as exc:
-            self.stats.store_errors += 1
+            self._count_store_error()
             if not new:  # with new requests the refusal's answer logs it
                 log.error("store error: %s", exc)
             return exc
@@ -410,8 +414,12 @@ class Planner:
         try:
             action()
         except StoreError as exc:
-            self.stats.store_errors += 1
+            self._count_store_error()
             log.error("store error: %s", exc)
+
+    def _count_store_error(self) -> None:
+        with self._errors_lock:
+            self.stats.store_errors += 1
 
     def survey(self) -> None:
         """Look at the store itself for services with due requests (retries that came due,
