@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from titanic import migrate
 from titanic.errors import SchemaError
@@ -79,5 +80,50 @@ def test_stores_opened_together_on_a_fresh_database_all_migrate(db_url: str) -> 
     engine = make_engine(db_url)
     try:
         migrate.check(engine)
+    finally:
+        engine.dispose()
+
+
+def test_the_partial_indexes_migration_keeps_every_row_and_the_keys_unique(db_url: str) -> None:
+    # 0016 rebuilds the SQLite table to drop the UNIQUE constraint of idempotency keys: a store
+    # in use (requests with and without keys, owned, finished) must come through it whole.
+    engine = make_engine(db_url)
+    try:
+        migrate.upgrade(engine, "0015_owner_index_partial")
+        rows = [("a" * 32, "echo", "pending", None, None, None),
+                ("b" * 32, "echo", "pending", "key-1", None, None),
+                ("c" * 32, "other", "done", None, "owner-1", "2026-12-01 10:00:00"),
+                ("d" * 32, "other", "dispatched", "key-2", "owner-1", None)]
+        with engine.begin() as conn:
+            for request_id, service, status, key, owner, completed in rows:
+                conn.execute(text(
+                    "INSERT INTO titanic_requests (id, service, request, status, attempts, "
+                    "created_at, due_at, completed_at, idempotency_key, owner) VALUES (:id, "
+                    ":service, :request, :status, 1, '2026-12-01 09:00:00', "
+                    "'2026-12-01 09:00:00', :completed, :key, :owner)"),
+                    {"id": request_id, "service": service, "request": b"body", "status": status,
+                     "completed": completed, "key": key, "owner": owner})
+        migrate.ensure_schema(engine)
+        assert migrate.current_revision(engine) == migrate.head_revision()
+        migrate.check(engine)
+        with engine.begin() as conn:
+            kept = conn.execute(text(
+                "SELECT id, service, status, idempotency_key, owner, request "
+                "FROM titanic_requests ORDER BY id")).all()
+            # (PostgreSQL's ids are of its uuid type.)
+            assert [(str(row[0]).replace("-", ""), *row[1:5]) for row in kept] == [
+                row[:5] for row in rows]
+            assert {bytes(row[5]) for row in kept} == {b"body"}
+            conn.execute(text(
+                "INSERT INTO titanic_requests (id, service, request, status, attempts, "
+                "created_at, due_at) VALUES (:id, 'echo', :body, 'pending', 0, "
+                "'2026-12-01 09:00:00', '2026-12-01 09:00:00')"),
+                {"id": "e" * 32, "body": b"x"})  # a second request without a key is fine
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO titanic_requests (id, service, request, status, attempts, "
+                "created_at, due_at, idempotency_key) VALUES (:id, 'echo', :body, 'pending', 0, "
+                "'2026-12-01 09:00:00', '2026-12-01 09:00:00', 'key-1')"),
+                {"id": "f" * 32, "body": b"x"})
     finally:
         engine.dispose()

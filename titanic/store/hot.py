@@ -46,7 +46,9 @@ class HotStatements:
         self.insert_sql = f"INSERT INTO {TABLE} ({columns}) VALUES ({marks})"
         # A keyed request that another dispatcher stores at the same moment: the second insert
         # waits for the first to commit, then does nothing (the caller reads the winner's id).
-        self.insert_keyed_sql = f"{self.insert_sql} ON CONFLICT (idempotency_key) DO NOTHING"
+        # The conflict target names the partial unique index by its column and predicate.
+        self.insert_keyed_sql = (f"{self.insert_sql} ON CONFLICT (idempotency_key)"
+                                 " WHERE idempotency_key IS NOT NULL DO NOTHING")
         self.get_sql = f"SELECT {columns} FROM {TABLE} WHERE id = {p}"
         # OR rather than IN keeps SQLite's planner on the primary key.
         self.complete_sql = (f"UPDATE {TABLE} SET reply = {p}, status = '{DONE}',"

@@ -52,7 +52,8 @@ class RequestRow(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
     deadline: Mapped[datetime | None] = mapped_column(DateTime())
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    #: Unique among the requests that have one (ix_titanic_requests_idempotency_key).
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     #: The CURVE public key (Z85) that submitted it, as the broker authenticated it; None
     #: without CURVE (then anyone may fetch and close it).
     owner: Mapped[str | None] = mapped_column(String(40))
@@ -62,8 +63,16 @@ class RequestRow(Base):
         Index("ix_titanic_requests_status_service_due", "status", "service", "due_at"),
         # Next due of any service, leases running out: WHERE status = ? AND due_at/lease_until < ?
         Index("ix_titanic_requests_status_due", "status", "due_at"),
-        # Purging finished requests: WHERE status = ? AND completed_at < ?
-        Index("ix_titanic_requests_status_completed", "status", "completed_at"),
+        # Purging finished requests: WHERE status IN (...) AND completed_at < ?. Only finished
+        # requests (they have completed_at) are in it: storing a request does not touch it.
+        Index("ix_titanic_requests_finished", "status", "completed_at",
+              sqlite_where=text("completed_at IS NOT NULL"),
+              postgresql_where=text("completed_at IS NOT NULL")),
+        # A resent submit finds its request (ON CONFLICT); requests without a key are not in
+        # it (a UNIQUE constraint would hold a NULL entry for each, written at every insert).
+        Index("ix_titanic_requests_idempotency_key", "idempotency_key", unique=True,
+              sqlite_where=text("idempotency_key IS NOT NULL"),
+              postgresql_where=text("idempotency_key IS NOT NULL")),
         # Unfinished requests of one key (--max-stored-per-key): WHERE owner IN (?) AND status
         # IN. Only requests with an owner (CURVE) are in it: without one, storing a request
         # and changing its status touch one index less.
