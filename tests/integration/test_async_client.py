@@ -14,6 +14,7 @@ import pytest
 from titanic_support import free_endpoint, running
 
 from titanic import AsyncTitanicClient, ClientClosedError, PermanentError, TitanicTimeoutError
+from titanic.bench.tsp import wait_for_titanic
 from titanic.dispatcher import Dispatcher, DispatcherSettings
 from titanic.protocol.mdp import Frames
 from titanic.store import Store
@@ -74,6 +75,9 @@ def test_calls_run_concurrently(broker: str, store: Store, stack: ExitStack) -> 
 
 def test_fails_over_to_the_next_broker(broker: str, store: Store, stack: ExitStack) -> None:
     start_titanic(stack, broker, store)
+    # Serving before the client starts: it gives the live broker one attempt of 0.5 s between
+    # two on the dead one, less than a dispatcher may take to start on a busy machine.
+    wait_for_titanic(broker)
     dead = free_endpoint()
 
     async def submit() -> tuple[str, str]:
