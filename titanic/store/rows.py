@@ -21,11 +21,12 @@ from titanic.store.types import RequestStatus, StoredRequest, check_request_id
 #: A request row's columns, in the model's (and the table's) order.
 COLUMNS = tuple(column.name for column in requests_table.c)
 TABLE = requests_table.name
+_ORDER = ("id", "service", "request", "reply", "status", "attempts", "created_at", "due_at",
+          "lease_until", "completed_at", "last_error", "deadline", "idempotency_key", "owner")
+if COLUMNS != _ORDER:  # new_row and record read and write rows in this order
+    raise RuntimeError(f"the requests table's columns are not in the order expected: {COLUMNS}")
 (_ID, _SERVICE, _REQUEST, _REPLY, _STATUS, _ATTEMPTS, _CREATED_AT, _DUE_AT, _LEASE_UNTIL,
- _COMPLETED_AT, _LAST_ERROR, _DEADLINE, _IDEMPOTENCY_KEY, _OWNER) = (
-    COLUMNS.index(name) for name in (
-        "id", "service", "request", "reply", "status", "attempts", "created_at", "due_at",
-        "lease_until", "completed_at", "last_error", "deadline", "idempotency_key", "owner"))
+ _COMPLETED_AT, _LAST_ERROR, _DEADLINE, _IDEMPOTENCY_KEY, _OWNER) = range(len(_ORDER))
 #: The columns a claim for sending returns (store.hot's deliveries).
 DELIVERY_COLUMNS = ("id", "service", "request", "attempts")
 
@@ -77,11 +78,8 @@ class SqliteValues:
     @staticmethod
     def time(moment: datetime | None) -> Any:
         """A naive UTC time as the datetime columns hold it (SQLAlchemy's SQLite format)."""
-        if moment is None:
-            return None
-        return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} "
-                f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
-                f"{moment.microsecond:06d}")
+        # isoformat with the microseconds always written is that format, made in C.
+        return None if moment is None else moment.isoformat(" ", "microseconds")
 
     @staticmethod
     def read_key(value: Any) -> str:
@@ -142,14 +140,13 @@ def new_row(values: Values, request_id: str, service: str, packed: bytes, now: d
     `lease_until` naive UTC, the body packed as stored). With `lease_until` it is stored
     claimed: dispatched, its first attempt leased until then."""
     moment = values.time(now)
-    claimed = lease_until is not None
-    fields = {"id": values.key(request_id), "service": service, "request": packed,
-              "reply": None, "status": _DISPATCHED if claimed else _PENDING,
-              "attempts": 1 if claimed else 0, "created_at": moment, "due_at": moment,
-              "lease_until": values.time(lease_until), "completed_at": None, "last_error": None,
-              "deadline": values.time(deadline), "idempotency_key": idempotency_key,
-              "owner": owner}
-    return tuple(fields[name] for name in COLUMNS)
+    if lease_until is None:
+        status, attempts, lease = _PENDING, 0, None
+    else:
+        status, attempts, lease = _DISPATCHED, 1, values.time(lease_until)
+    # In COLUMNS order (_ORDER).
+    return (values.key(request_id), service, packed, None, status, attempts, moment, moment,
+            lease, None, None, values.time(deadline), idempotency_key, owner)
 
 
 def record(row: Any, values: Values, bodies: PlainBodies) -> StoredRequest:
