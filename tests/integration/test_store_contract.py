@@ -114,6 +114,30 @@ def test_claim_of_several_services_takes_the_oldest_due_across_them(store: Store
     assert [r.id for r in rest] == [ids[4], ids[6], ids[7]]
 
 
+def test_claim_of_any_service_takes_the_oldest_due_of_all(store: Store) -> None:
+    # Every service but the first has one request due before the next one's; "a" has three
+    # more, due last: the claims take them in due order across services, `limit` at a time.
+    ids = {service: store.submit(service, [b"x"]) for service in ["b", "c", "d", "e", "a"]}
+    later = [store.submit("a", [b"x"]) for _ in range(3)]
+    assert [r.id for r in store.claim_due(None, 2, 30)] == [ids["b"], ids["c"]]
+    assert [r.id for r in store.claim_due(None, 4, 30)] == [
+        ids["d"], ids["e"], ids["a"], later[0]]
+    assert [r.id for r in store.claim_due(None, 10, 30)] == later[1:]
+    assert store.claim_due(None, 10, 30) == []
+
+
+def test_next_due_at_is_the_earliest_due_of_any_service(store: Store) -> None:
+    assert store.next_due_at() is None
+    first = store.submit("b", [b"x"])
+    store.submit("a", [b"x"])
+    stored = store.get(first)
+    assert stored is not None
+    assert store.next_due_at() == stored.due_at
+    assert store.next_due_at(["a"]) is not None and store.next_due_at(["a"]) >= stored.due_at
+    store.claim_due(None, 10, 30)
+    assert store.next_due_at() is None
+
+
 def test_complete_stores_the_reply_once(store: Store) -> None:
     request_id = store.submit("svc", [b"a"])
     store.claim_due(None, 1, 30)

@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 
 from titanic.errors import StoreError
 from titanic.store.crypto import REQUEST, PlainBodies
-from titanic.store.rows import COLUMNS, DELIVERY_COLUMNS, TABLE, Values, record, values_for
+from titanic.store.rows import COLUMNS, TABLE, Values, record, values_for
 from titanic.store.types import Delivery, RequestStatus, StoredRequest
 
 log = logging.getLogger(__name__)
@@ -83,22 +83,14 @@ class HotStatements:
             return sum(conn.exec_driver_sql(sql, param).rowcount for param in params)
         return conn.exec_driver_sql(sql, params).rowcount
 
-    def claim(self, conn: Connection, services: Sequence[str] | None, limit: int,
+    def claim(self, conn: Connection, services: Sequence[str], limit: int,
               lease_until: datetime, now: datetime) -> list[StoredRequest]:
-        """Lease up to `limit` due pending requests, oldest due first."""
-        rows = self._claim_rows(conn, services, limit, lease_until, now, COLUMNS)
+        """Lease up to `limit` due pending requests of these services, oldest due first."""
+        sql, params = self.claim_statement(services, limit, lease_until, now, COLUMNS)
+        rows = conn.exec_driver_sql(sql, params).all()
         values, bodies = self.values, self.bodies
         claimed = [record(tuple(row), values, bodies) for row in rows]
         claimed.sort(key=lambda r: (r.due_at, r.id))
-        return claimed
-
-    def deliveries(self, conn: Connection, services: Sequence[str] | None, limit: int,
-                   lease_until: datetime, now: datetime) -> list[Delivery]:
-        """claim(), returning only what sending needs (a quarter of the work per row)."""
-        rows = self._claim_rows(conn, services, limit, lease_until, now, DELIVERY_COLUMNS)
-        claimed, unopenable = self.open_deliveries(rows)
-        for request_id, error in unopenable:
-            conn.exec_driver_sql(self.fail_sql, self.fail_params(request_id, error, now))
         return claimed
 
     def open_deliveries(self, rows: Sequence[Any]
@@ -126,32 +118,26 @@ class HotStatements:
         v = self.values
         return v.time(now), error, v.key(request_id)
 
-    def _claim_rows(self, conn: Connection, services: Sequence[str] | None, limit: int,
-                    lease_until: datetime, now: datetime,
-                    returning: tuple[str, ...]) -> Sequence[Any]:
-        sql, params = self.claim_statement(services, limit, lease_until, now, returning)
-        return conn.exec_driver_sql(sql, params).all()
-
-    def claim_statement(self, services: Sequence[str] | None, limit: int, lease_until: datetime,
+    def claim_statement(self, services: Sequence[str], limit: int, lease_until: datetime,
                         now: datetime, returning: tuple[str, ...] = COLUMNS
                         ) -> tuple[str, tuple[Any, ...]]:
-        """The claim's SQL and its parameters (also for looking at its plan)."""
+        """The claim's SQL for these services (one or more) and its parameters (also for
+        looking at its plan)."""
         v = self.values
         lease, moment = v.time(lease_until), v.time(now)
-        sql = self._claim_sql(None if services is None else len(services), limit, returning)
+        sql = self._claim_sql(len(services), limit, returning)
         if not self.postgres:
-            if services is not None and len(services) > 1:  # one probe per service
+            if len(services) > 1:  # one probe per service
                 probes = [value for service in services for value in (moment, service, limit)]
                 return sql, (lease, *probes, limit)
-            return sql, (lease, moment, *(services or ()), limit)
-        if services is None:
-            return sql, (moment, lease)
+            return sql, (lease, moment, services[0], limit)
         if len(services) == 1:
             return sql, (moment, services[0], lease)
         return sql, (list(services), moment, lease)
 
-    def _claim_sql(self, services: int | None, limit: int, returning: tuple[str, ...]) -> str:
-        """The claim for any service (None) or for this many services.
+    def _claim_sql(self, services: int, limit: int, returning: tuple[str, ...]) -> str:
+        """The claim for this many services (a claim of any service names the services with
+        requests due: SqlStore.claim_due).
 
         PostgreSQL: the ids are locked in a materialized CTE with FOR UPDATE SKIP LOCKED, so they
         are chosen once and rows another claimer holds are skipped (an IN (subquery) may be
@@ -172,7 +158,7 @@ class HotStatements:
         row.)
         """
         if self.postgres:
-            key = (None if services is None else min(services, 2), limit, returning)
+            key = (min(services, 2), limit, returning)
         else:
             key = (services, 0, returning)
         sql = self._claims.get(key)
@@ -194,16 +180,10 @@ class HotStatements:
         return sql
 
 
-def _postgres_due(services: int | None, limit: int) -> str:
+def _postgres_due(services: int, limit: int) -> str:
     """PostgreSQL: the ids of due pending requests to claim, locked (see _claim_sql)."""
     due = f"SELECT id, due_at FROM {TABLE} WHERE status = '{PENDING}' AND due_at <= %s"
     lock = f"ORDER BY due_at LIMIT {int(limit):d} FOR UPDATE SKIP LOCKED"
-    if services is None:
-        # The lower bound changes no result. On a table not analyzed yet the planner guesses a
-        # third of the rows for `due_at <= x` alone, enough to prefer reading them all and
-        # sorting them; for a bounded range it guesses few and reads the index in order. (Not
-        # with a service: the service's index then looks no better than the status one.)
-        return f"{due} AND due_at >= '-infinity' {lock}"
     if services == 1:
         return f"{due} AND service = %s {lock}"
     due = due.replace(f"FROM {TABLE} WHERE", f"FROM {TABLE} WHERE service = listed.name AND")
@@ -211,17 +191,16 @@ def _postgres_due(services: int | None, limit: int) -> str:
             f"({due} {lock}) AS probe ORDER BY probe.due_at LIMIT {int(limit):d}")
 
 
-def _sqlite_due(services: int | None) -> str:
+def _sqlite_due(services: int) -> str:
     """SQLite: the ids of due pending requests to claim (the write lock is already held).
 
-    Several services are one probe of the (status, service, due_at) index each, merged: with
-    `service IN (...)` SQLite reads the (status, due_at) index in due order and skips the other
-    services' rows, all of them when another service has a backlog.
+    Several services are one probe of the (status, service, due_at) index each, merged, so
+    that no service's backlog is read for another's claim. One SELECT of a UNION takes at most
+    500 terms in SQLite: SqlStore.claim_due names at most 200 services at once.
     """
-    if services is None or services < 2:
-        of_service = "" if services is None else " AND service IN (?)"
-        return (f"SELECT id FROM {TABLE} WHERE status = '{PENDING}' AND due_at <= ?{of_service}"
-                f" ORDER BY due_at LIMIT ?")
+    if services < 2:
+        return (f"SELECT id FROM {TABLE} WHERE status = '{PENDING}' AND due_at <= ?"
+                f" AND service IN (?) ORDER BY due_at LIMIT ?")
     due = f"SELECT id, due_at FROM {TABLE} WHERE status = '{PENDING}' AND due_at <= ?"
     probe = f"SELECT id, due_at FROM ({due} AND service = ? ORDER BY due_at LIMIT ?)"
     merged = " UNION ALL ".join([probe] * services)

@@ -59,10 +59,11 @@ class RequestRow(Base):
     owner: Mapped[str | None] = mapped_column(String(40))
 
     __table_args__ = (
-        # Next due requests of a service: WHERE status = 'pending' AND service = ? ORDER BY due_at.
+        # Next due requests of a service: WHERE status = 'pending' AND service = ? ORDER BY
+        # due_at; the services with requests due, by a skip scan (SqlStore.due_services); leases
+        # running out: WHERE status = 'dispatched' AND lease_until < ?. The only index of every
+        # request besides the primary key (0017_drop_status_due_index).
         Index("ix_titanic_requests_status_service_due", "status", "service", "due_at"),
-        # Next due of any service, leases running out: WHERE status = ? AND due_at/lease_until < ?
-        Index("ix_titanic_requests_status_due", "status", "due_at"),
         # Purging finished requests: WHERE status IN (...) AND completed_at < ?. Only finished
         # requests (they have completed_at) are in it: storing a request does not touch it.
         Index("ix_titanic_requests_finished", "status", "completed_at",
