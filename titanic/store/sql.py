@@ -551,7 +551,8 @@ class SqlStore(SqlOverview):
     def next_due_at(self, services: Sequence[str] | None = None) -> datetime | None:
         """When the earliest pending request is due."""
         if services is None:  # the earliest of each service's earliest (the survey's scan)
-            statement = select(func.min(due_services_statement(None).subquery().c.earliest))
+            scan = due_services_statement(None).order_by(None).subquery()  # no sort for a min
+            statement = select(func.min(scan.c.earliest))
         else:
             statement = select(func.min(t.c.due_at)).where(t.c.status == PENDING,
                                                            t.c.service.in_(list(services)))
