@@ -156,6 +156,14 @@ def test_complete_many_in_one_call(store: Store) -> None:
     assert all(store.get(i).reply == (i.encode(),) for i in ids)  # type: ignore[union-attr]
 
 
+def test_an_exchange_keeps_the_first_of_two_replies_to_one_request(store: Store) -> None:
+    request_id = store.submit("svc", [b"a"])
+    store.claim_due(None, 1, 30)
+    result = store.exchange([], [(request_id, [b"first"]), (request_id, [b"second"])], {}, 30)
+    assert result.completed == 1
+    assert store.get(request_id).reply == (b"first",)  # type: ignore[union-attr]
+
+
 def test_retry_later_backs_off_then_fails(store: Store) -> None:
     request_id = store.submit("svc", [b"a"])
     now = datetime.now(UTC)

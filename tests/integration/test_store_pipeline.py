@@ -96,6 +96,23 @@ def test_a_turn_with_new_requests_replies_and_claims_is_one_round_trip(
     assert result.completed == 1 and [d.id for d in result.claimed] == result.ids
 
 
+def test_more_rows_than_one_statement_takes_are_still_one_round_trip(
+        store: SqlStore, tmp_path: Path) -> None:
+    many = store_pipeline._ROWS_PER_STATEMENT * 2 + 3
+    store.submit("svc", BODY)
+    with traced(store, tmp_path) as trace:
+        ids = store.exchange([NewRequest("svc", BODY)] * many, [], {}, 60).ids
+    assert trace.round_trips == 1 and not trace.sent("synchronous_commit")
+    assert len(set(ids)) == many
+    assert store.stats().counts[("svc", RequestStatus.PENDING)] == many + 1
+    claimed = store.claim_due(["svc"], many + 1, 60)
+    replies = [(request.id, [request.id.encode()]) for request in claimed]
+    with traced(store, tmp_path) as trace:
+        result = store.exchange([], replies, {}, 60)
+    assert trace.round_trips == 1 and result.completed == many + 1
+    assert all(store.get(i).reply == (i.encode(),) for i in ids)  # type: ignore[union-attr]
+
+
 def test_a_failing_statement_rolls_the_whole_turn_back(store: SqlStore) -> None:
     first = store.submit("svc", BODY)
     store.claim_due(None, 1, 60)
