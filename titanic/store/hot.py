@@ -51,7 +51,6 @@ class HotStatements:
                                  " WHERE idempotency_key IS NOT NULL DO NOTHING")
         self._row_marks = f"({marks})"
         self._inserts: dict[tuple[int, bool], str] = {}
-        self._completes: dict[int, str] = {}
         self.get_sql = f"SELECT {columns} FROM {TABLE} WHERE id = {p}"
         # OR rather than IN keeps SQLite's planner on the primary key.
         self.complete_sql = (f"UPDATE {TABLE} SET reply = {p}, status = '{DONE}',"
@@ -78,20 +77,6 @@ class HotStatements:
             head, _, tail = sql.partition(self._row_marks)
             sql = head + rows + tail
             self._inserts[(count, keyed)] = sql
-        return sql
-
-    def complete_rows_sql(self, count: int) -> str:
-        """PostgreSQL: complete_sql for `count` replies in one statement, with numbered
-        placeholders (as insert_rows_sql): the time, then each reply's request id and packed
-        reply. The ids must differ (a row matched twice would take either reply)."""
-        sql = self._completes.get(count)
-        if sql is None:
-            rows = ", ".join(f"(${2 * row + 2}::uuid, ${2 * row + 3}::bytea)"
-                             for row in range(count))
-            sql = (f"UPDATE {TABLE} AS t SET reply = v.reply, status = '{DONE}',"
-                   f" completed_at = $1, lease_until = NULL FROM (VALUES {rows}) AS v(id, reply)"
-                   f" WHERE t.id = v.id AND (t.status = '{PENDING}' OR t.status = '{DISPATCHED}')")
-            self._completes[count] = sql
         return sql
 
     # -- statements ---------------------------------------------------------------------------

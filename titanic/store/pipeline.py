@@ -6,12 +6,13 @@ round trips. Here they are queued on the connection and sent together, ending wi
 at which PostgreSQL commits them as one implicit transaction (the connection is in autocommit
 mode, so no BEGIN or COMMIT is sent). A statement that fails rolls the whole turn back, as
 before. Statements are prepared by psycopg after a few runs, so a turn sends only their
-parameters. The new requests are one multi-row INSERT and the replies one UPDATE over a VALUES
-list (per 64 rows), not a statement per row: psycopg's pipeline sends each statement as a
-message of its own, and the client's CPU per turn went with their number. A turn that only
-stores new requests (up to 64) is a single statement, sent without pipeline mode: the same one
-round trip and one transaction, at about half the client's CPU (measured 2026-12-02: a 1-row
-turn 0.36–0.50 → 0.25–0.39 ms, an 8-row turn 0.79–0.86 → 0.44–0.48 ms, on a slow day).
+parameters. The new requests are one multi-row INSERT (per 64 rows), not a statement per
+row: psycopg's pipeline sends each statement as a message of its own, and the client's CPU per
+turn went with their number. The replies stay one primary-key UPDATE each (see run_turn). A
+turn that only stores new requests (up to 64) is a single statement, sent without pipeline
+mode: the same one round trip and one transaction, at about half the client's CPU (measured
+2026-12-02 on a slow machine: a 1-row turn 0.36–0.50 → 0.25–0.39 ms, an 8-row turn 0.79–0.86
+→ 0.44–0.48 ms).
 
 A turn that stores no new request only moves leases and stores replies that their leases
 would resend if lost, so its commit does not wait for the WAL to reach the disk
@@ -35,9 +36,8 @@ from titanic.store.types import Delivery, StoredRequest
 
 #: Only for this transaction (is_local): the commit returns before the WAL is flushed.
 _ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
-#: Rows per INSERT or UPDATE statement at most (HotStatements.insert_rows_sql,
-#: complete_rows_sql): a statement text for each count up to this, each prepared by psycopg
-#: once it has run a few times.
+#: Rows per INSERT statement at most (HotStatements.insert_rows_sql): a statement text for
+#: each count up to this, each prepared by psycopg once it has run a few times.
 _ROWS_PER_STATEMENT = 64
 
 
@@ -75,28 +75,6 @@ def _insert(raw: psycopg.Connection[Any], hot: HotStatements,
     return cursors
 
 
-def _complete(raw: psycopg.Connection[Any], hot: HotStatements,
-              turn: Turn) -> list[psycopg.Cursor[Any]]:
-    """Queue the turn's replies as multi-row UPDATEs (as _insert); a request answered twice
-    keeps its first reply, as one UPDATE per reply would."""
-    key = hot.values.key
-    first: dict[str, bytes] = {}
-    for request_id, reply in turn.replies:
-        first.setdefault(request_id, reply)
-    replies = list(first.items())
-    moment = hot.values.time(turn.now)
-    cursors: list[psycopg.Cursor[Any]] = []
-    for start in range(0, len(replies), _ROWS_PER_STATEMENT):
-        chunk = replies[start:start + _ROWS_PER_STATEMENT]
-        params: list[Any] = [moment]
-        for request_id, reply in chunk:
-            params += (key(request_id), reply)
-        cursor = psycopg.RawCursor(raw)
-        cursor.execute(hot.complete_rows_sql(len(chunk)), params)
-        cursors.append(cursor)
-    return cursors
-
-
 def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
              turn: Turn) -> tuple[int, int, list[Delivery]]:
     """Run a turn in one round trip and one transaction; how many rows it inserted, how many
@@ -107,12 +85,20 @@ def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
         # One statement: autocommit makes it its own durable transaction, and without
         # pipeline mode (entered, synced, flushed, left) it costs the client half the CPU.
         return sum(cursor.rowcount for cursor in _insert(raw, hot, turn)), 0, []
+    v = hot.values
+    moment = v.time(turn.now)
+    completes = raw.cursor()
     claims: list[psycopg.Cursor[Any]] = []
     with raw.pipeline():
         if not turn.durable:
             raw.cursor().execute(_ASYNC_COMMIT)
         inserts = _insert(raw, hot, turn)
-        completes = _complete(raw, hot, turn)
+        if turn.replies:
+            # One primary-key update each. A single UPDATE ... FROM (VALUES ...) would cost
+            # the client less, but on a table without statistics PostgreSQL may join it to a
+            # scan of every pending and dispatched row (seen with 64 replies and 24,000 rows).
+            completes.executemany(hot.complete_sql, [(reply, moment, v.key(request_id))
+                                                     for request_id, reply in turn.replies])
         for service, room in turn.claims:
             sql, params = hot.claim_statement([service], room, turn.lease_until, turn.now,
                                               DELIVERY_COLUMNS)
@@ -124,7 +110,7 @@ def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
     for request_id, error in unopenable:  # committed by now: each fails in its own statement
         raw.execute(hot.fail_sql, hot.fail_params(request_id, error, turn.now))
     return (sum(cursor.rowcount for cursor in inserts),
-            sum(cursor.rowcount for cursor in completes), claimed)
+            (completes.rowcount if turn.replies else 0), claimed)
 
 
 def get(raw: psycopg.Connection[Any], hot: HotStatements,
