@@ -95,8 +95,10 @@ def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
         inserts = _insert(raw, hot, turn)
         if turn.replies:
             # One primary-key update each. A single UPDATE ... FROM (VALUES ...) would cost
-            # the client less, but on a table without statistics PostgreSQL may join it to a
-            # scan of every pending and dispatched row (seen with 64 replies and 24,000 rows).
+            # the client less, but its plan depends on the table: without statistics
+            # PostgreSQL joined 64 replies to a scan of every pending and dispatched row, and
+            # once prepared it kept a plan made while the table was small (performance.md,
+            # "Tried and not kept").
             completes.executemany(hot.complete_sql, [(reply, moment, v.key(request_id))
                                                      for request_id, reply in turn.replies])
         for service, room in turn.claims:
