@@ -125,6 +125,16 @@ def test_a_failing_statement_rolls_the_whole_turn_back(store: SqlStore) -> None:
     assert store.exchange([], [(first, [b"r"])], {}, 60).completed == 1  # connection usable
 
 
+def test_a_failing_insert_alone_stores_none_of_its_rows(store: SqlStore) -> None:
+    ids, rows = store._new_rows([NewRequest("svc", BODY)] * 3, utcnow())
+    turn = store_pipeline.Turn(rows + rows[:1], [], [], utcnow(), utcnow())  # one id twice
+    with store._pipelined_connection() as raw, pytest.raises(Exception, match="duplicate"):
+        store_pipeline.run_turn(raw, store._hot, turn)  # one statement, outside a pipeline
+    assert all(store.get(i) is None for i in ids)
+    again = store.exchange([NewRequest("svc", BODY)], [], {}, 60).ids  # connection usable
+    assert store.get(again[0]).status is RequestStatus.PENDING  # type: ignore[union-attr]
+
+
 def test_a_turn_retried_after_its_commit_landed_stores_nothing_twice(store: SqlStore) -> None:
     first = store.submit("svc", BODY)
     store.claim_due(None, 1, 60)
