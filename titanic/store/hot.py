@@ -29,6 +29,11 @@ PENDING = RequestStatus.PENDING.value
 _CLAIM_TEXTS = 512  # claim statements kept, by shape and limit
 DISPATCHED = RequestStatus.DISPATCHED.value
 DONE = RequestStatus.DONE.value
+#: A keyed request that another dispatcher stores at the same moment: the second insert waits
+#: for the first to commit, then does nothing (the caller reads the winner's id). The conflict
+#: target names the partial unique index by its column and predicate.
+_SKIP_STORED_KEYS = (" ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL"
+                     " DO NOTHING")
 FAILED = RequestStatus.FAILED.value
 
 
@@ -44,12 +49,8 @@ class HotStatements:
         columns = ", ".join(COLUMNS)
         marks = ", ".join([p] * len(COLUMNS))
         self.insert_sql = f"INSERT INTO {TABLE} ({columns}) VALUES ({marks})"
-        # A keyed request that another dispatcher stores at the same moment: the second insert
-        # waits for the first to commit, then does nothing (the caller reads the winner's id).
-        # The conflict target names the partial unique index by its column and predicate.
-        self.insert_keyed_sql = (f"{self.insert_sql} ON CONFLICT (idempotency_key)"
-                                 " WHERE idempotency_key IS NOT NULL DO NOTHING")
-        self._row_marks = f"({marks})"
+        self.insert_keyed_sql = self.insert_sql + _SKIP_STORED_KEYS
+        self._columns = columns
         self._inserts: dict[tuple[int, bool], str] = {}
         self.get_sql = f"SELECT {columns} FROM {TABLE} WHERE id = {p}"
         # OR rather than IN keeps SQLite's planner on the primary key.
@@ -73,9 +74,8 @@ class HotStatements:
             rows = ", ".join("(" + ", ".join(f"${row * width + column + 1}"
                                              for column in range(width)) + ")"
                              for row in range(count))
-            sql = self.insert_keyed_sql if keyed else self.insert_sql
-            head, _, tail = sql.partition(self._row_marks)
-            sql = head + rows + tail
+            sql = (f"INSERT INTO {TABLE} ({self._columns}) VALUES {rows}"
+                   + (_SKIP_STORED_KEYS if keyed else ""))
             self._inserts[(count, keyed)] = sql
         return sql
 
