@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 import zmq
@@ -33,6 +34,7 @@ from titanic.settings import (
 from titanic.worker import Worker, echo_handler
 from titanic.worker_group import TargetError, WorkerGroup, function_handler, load_function
 from titanic_cli.exitcodes import Exit
+from titanic_cli.forwarding import ForwardingOptions, forwarding_options
 from titanic_cli.options import (
     CurveOptions,
     CurveServerOptions,
@@ -43,6 +45,7 @@ from titanic_cli.options import (
     client_session,
     curve_client_options,
     curve_server_options,
+    db_option,
     echo_json,
     fail,
     frames_json,
@@ -52,6 +55,9 @@ from titanic_cli.options import (
     metrics_option,
     read_payload,
 )
+
+if TYPE_CHECKING:
+    from titanic.hosted import HostedDispatcher
 
 log = logging.getLogger("titanic.worker")
 
@@ -117,6 +123,12 @@ dialect_option = click.option(
               "only as many requests as it answers in this time, judged by its recent pace, so "
               "slow work goes one at a time to the first idle worker [env TITANIC_PREFETCH_WAIT].")
 @curve_server_options
+@click.option("--titanic", "hosted", is_flag=True, envvar="TITANIC_HOSTED",
+              help="Also be the Titanic dispatcher: serve titanic.request/reply/close/manage "
+              "in this process, storing in --db, and forward stored requests to this broker's "
+              "workers; takes the dispatcher's options below [env TITANIC_HOSTED].")
+@db_option
+@forwarding_options
 @metrics_option
 @log_options
 @click.option("-v", "--verbose", count=True, help="-v logs every message.")
@@ -124,16 +136,19 @@ dialect_option = click.option(
 def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: float,
            liveness: int, busy_timeout: float, request_ttl: float, queue_limit: int,
            max_message_size: int, max_request_size: int, max_queued_per_client: int,
-           prefetch: int, prefetch_wait: float, curve: CurveServerOptions,
-           metrics_bind: str | None, logs: LogOptions, verbose: int) -> None:
+           prefetch: int, prefetch_wait: float, curve: CurveServerOptions, hosted: bool,
+           db_url: str | None, forwarding: ForwardingOptions, metrics_bind: str | None,
+           logs: LogOptions, verbose: int) -> None:
     """Run the Majordomo broker (7/MDP and 18/MDP on one endpoint, with mmi.*).
 
     With --curve-secret and --curve-allow it speaks CURVE only and admits only the keys in the
-    folder (see docs/security.md).
+    folder (see docs/security.md). With --titanic it serves Titanic itself: no separate
+    titanic-dispatcher is needed (see docs/operations.md).
 
     \b
     Example:
       titanic broker --bind tcp://127.0.0.1:5555
+      titanic broker --bind tcp://127.0.0.1:5555 --titanic --db sqlite:////var/lib/titanic/t.db
       titanic broker --bind tcp://*:5555 --worker-bind tcp://10.0.0.1:5556 \\
         --curve-secret broker.key_secret --curve-allow clients/ --curve-allow-workers workers/
     """
@@ -144,9 +159,27 @@ def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: flo
         max_message_size=max_message_size, worker_prefetch=prefetch, prefetch_wait=prefetch_wait,
         max_request_size=max_request_size, max_queued_per_client=max_queued_per_client,
     )
-    server = Broker(list(binds) or [DEFAULT_BROKER], settings, trace=verbose > 0,
-                    curve=curve.server(separate_workers=bool(worker_binds)),
-                    worker_endpoints=list(worker_binds))
+    if db_url is not None and not hosted:
+        raise UsageProblem("--db needs --titanic: a plain broker stores nothing")
+    server_curve = curve.server(separate_workers=bool(worker_binds))
+    store = forwarding.open_store(db_url) if hosted else None
+    try:
+        host = None
+        if store is not None:
+            from titanic.hosted import HostedDispatcher
+
+            host = HostedDispatcher(store, forwarding.settings(
+                identities=server_curve is not None))
+        server = Broker(list(binds) or [DEFAULT_BROKER], settings, trace=verbose > 0,
+                        curve=server_curve, worker_endpoints=list(worker_binds), host=host)
+        _serve_broker(server, host, binds, worker_binds, metrics_bind)
+    finally:
+        if store is not None:
+            store.close_store()
+
+
+def _serve_broker(server: Broker, host: HostedDispatcher | None, binds: tuple[str, ...],
+                  worker_binds: tuple[str, ...], metrics_bind: str | None) -> None:
     try:
         server.bind()
     except zmq.ZMQError as exc:
@@ -156,7 +189,7 @@ def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: flo
     if metrics_bind is not None:
         from titanic.metrics import serve_broker_metrics
 
-        metrics = serve_broker_metrics(metrics_bind, server)
+        metrics = serve_broker_metrics(metrics_bind, server, host)
     try:
         with stop_on_signals(server.stop):
             server.run()

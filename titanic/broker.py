@@ -8,6 +8,10 @@ returns. A REQUEST it cannot deliver to a worker goes back to the core, which ro
 Optionally workers get an endpoint (a ROUTER socket) of their own, so CURVE can admit them with
 other keys than clients; each peer is then answered on the socket it came in on. With CURVE the
 driver also tells the core which keys are admin keys (read again every heartbeat interval).
+
+A `BrokerHost` (titanic.hosted.HostedDispatcher: Titanic inside the broker) runs in the same
+loop: the core keeps the requests for the host's services aside, and after each batch of
+messages the host takes them, with the replies to its own requests, and answers them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -42,7 +46,7 @@ from titanic.protocol.mdp import Frames
 from titanic.security import CurveServer, describe_handshake_failure
 from titanic.settings import SHUTDOWN_LINGER_MS, BrokerSettings
 
-__all__ = ["OVER_CLIENT_LIMIT", "OVERSIZED", "QUEUE_FULL", "Broker", "Endpoint"]
+__all__ = ["OVER_CLIENT_LIMIT", "OVERSIZED", "QUEUE_FULL", "Broker", "BrokerHost", "Endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,38 @@ _RECV_BATCH = 512
 _HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 _SHARED = Endpoint.SHARED
+
+
+class BrokerHost(Protocol):
+    """What runs in the broker's loop beside its routing, serving `services` itself."""
+
+    @property
+    def services(self) -> frozenset[bytes]:
+        """The services the host answers: the broker never routes their requests."""
+        ...
+
+    def start(self, broker: Broker, now: float) -> None:
+        """The loop begins (the broker is bound): start serving."""
+        ...
+
+    def turn(self, now: float) -> float:
+        """Take what the core kept for the host and act on it; when to be called again at the
+        latest (monotonic seconds; `now` or earlier: at once)."""
+        ...
+
+    def finish(self, now: float) -> float | None:
+        """The broker is stopping: until when the loop may go on routing the replies to the
+        host's requests in flight (None: stop now)."""
+        ...
+
+    @property
+    def busy(self) -> bool:
+        """Requests of the host's own still await their replies."""
+        ...
+
+    def close(self) -> None:
+        """The loop is over: hand back what is still in flight, stop the host's threads."""
+        ...
 
 
 class Broker:
@@ -69,8 +105,11 @@ class Broker:
         trace: bool = False,
         curve: CurveServer | None = None,
         worker_endpoints: str | Sequence[str] = (),
+        host: BrokerHost | None = None,
     ) -> None:
-        self._core = BrokerCore(settings, trace=trace, facts=self.facts)
+        self._host = host
+        self._core = BrokerCore(settings, trace=trace, facts=self.facts,
+                                local_services=host.services if host else frozenset())
         self.settings = self._core.settings
         self.stats = self._core.stats
         self._endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
@@ -87,6 +126,7 @@ class Broker:
         self._opened: list[zmq.Socket[bytes]] = []  # every ROUTER socket, to close at the end
         self._handshake_log = LogBudget()
         self._now = time.monotonic()
+        self._next_tick = self._now
         self._running = False
         #: When the broker was made (seconds since the epoch), for its uptime.
         self.started = time.time()
@@ -144,6 +184,16 @@ class Broker:
         """Ask `run()` to return; safe from other threads and signal handlers."""
         self._waker.wake()
 
+    @property
+    def core(self) -> BrokerCore:
+        """The routing the driver drives (a host calls it from the loop's thread only)."""
+        return self._core
+
+    @property
+    def context(self) -> zmq.Context[zmq.Socket[bytes]]:
+        """The ZeroMQ context of the broker's sockets."""
+        return self._context
+
     def run(self) -> None:
         """Serve until `stop()`; then DISCONNECT every worker and close."""
         if self._socket is None:
@@ -152,36 +202,66 @@ class Broker:
         assert sock is not None and worker_sock is not None
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        separate = worker_sock is not sock
-        if separate:
+        if worker_sock is not sock:
             poller.register(worker_sock, zmq.POLLIN)
         poller.register(self._waker.fileno(), zmq.POLLIN)
         for monitor in self._monitors:
             poller.register(monitor, zmq.POLLIN)
-        client_role = Endpoint.CLIENTS if separate else Endpoint.SHARED
-        interval = self.settings.heartbeat_interval
-        next_tick = time.monotonic() + interval
+        host = self._host
+        self._next_tick = time.monotonic() + self.settings.heartbeat_interval
         self._running = True
         try:
+            if host is not None:
+                host.start(self, time.monotonic())
+            wake = self._next_tick
             while not self._waker.stopped.is_set():
-                timeout_ms = int(max(0.0, (next_tick - time.monotonic()) * 1000)) + 1
-                ready = dict(poller.poll(timeout_ms))
-                self._now = time.monotonic()
-                if sock in ready:
-                    self._drain(sock, client_role)
-                if separate and worker_sock in ready:
-                    self._drain(worker_sock, Endpoint.WORKERS)
-                for monitor, role in self._monitors.items():
-                    if monitor in ready:
-                        self._count_handshake_failures(monitor, role)
-                if self._now >= next_tick:
-                    if self.curve is not None:
-                        self._core.admins = self.curve.admin_keys()
-                    self._flush(self._core.tick(self._now))
-                    next_tick = self._now + interval
+                wake = self._serve_once(poller, wake)
+            if host is not None:
+                self._finish_host(poller, host)
         finally:
             self._running = False
-            self._shutdown()
+            try:
+                if host is not None:
+                    host.close()
+            finally:
+                self._shutdown()
+
+    def _serve_once(self, poller: zmq.Poller, wake: float) -> float:
+        """Wait until a message comes or `wake`, handle what came, let the host take its turn
+        and tick when it is time; when to wake next at the latest."""
+        sock, worker_sock = self._socket, self._worker_socket
+        delay = min(wake, self._next_tick) - time.monotonic()
+        ready = dict(poller.poll(int(delay * 1000) + 1 if delay > 0 else 0))
+        self._now = time.monotonic()
+        if ready:
+            if sock in ready:
+                assert sock is not None
+                self._drain(sock, Endpoint.CLIENTS if worker_sock is not sock else _SHARED)
+            if worker_sock is not sock and worker_sock in ready:
+                assert worker_sock is not None
+                self._drain(worker_sock, Endpoint.WORKERS)
+            for monitor, role in self._monitors.items():
+                if monitor in ready:
+                    self._count_handshake_failures(monitor, role)
+        host_wake = self._next_tick
+        if self._host is not None:
+            host_wake = self._host.turn(self._now)
+        if self._now >= self._next_tick:
+            if self.curve is not None:
+                self._core.admins = self.curve.admin_keys()
+            self._flush(self._core.tick(self._now))
+            self._next_tick = self._now + self.settings.heartbeat_interval
+        return host_wake
+
+    def _finish_host(self, poller: zmq.Poller, host: BrokerHost) -> None:
+        """After stop(): go on routing while the host waits for replies in flight."""
+        deadline = host.finish(time.monotonic())
+        if deadline is None:
+            return
+        poller.unregister(self._waker.fileno())  # it stays readable once woken
+        wake = time.monotonic()
+        while host.busy and time.monotonic() < deadline:
+            wake = self._serve_once(poller, min(wake, deadline))
 
     def _drain(self, sock: zmq.Socket[bytes], role: Endpoint) -> None:
         """Handle the messages waiting now, in a bounded batch."""
@@ -280,6 +360,10 @@ class Broker:
         return True, f"broker serving {self._core.worker_count} worker(s)"
 
     # -- output ---------------------------------------------------------------------------------
+
+    def send(self, out: list[Outgoing]) -> None:
+        """Send what the core returned to a host's call (from the loop's thread only)."""
+        self._flush(out)
 
     def _flush(self, out: list[Outgoing]) -> None:
         """Send what the core returned; REQUESTs that fail go back to it until none does."""

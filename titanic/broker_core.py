@@ -15,14 +15,21 @@ service's queue is full. With CURVE a client is its authenticated public key (ZA
 its connections share one per-client limit, and a worker whose own key is in the admin folder
 may ask, in its READY, to be told each request's caller (titanic.protocol.identity): how the
 dispatcher learns who owns a request.
+
+A broker may host services itself (`local_services`: the TSP services when the dispatcher runs
+inside the broker, titanic.hosted): their requests are not routed but kept for the host
+(`take_local()`), which answers them through `answer_local()`. The host also sends requests of
+its own as a client without a socket (`request_local()`); their replies, and the refusals of
+the broker's limits, come back through `take_local()` too.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from titanic.broker_queues import Assignment, QueuedRequest, RegisteredWorker, ServiceQueue
 from titanic.broker_stats import BrokerStats, DropReport
@@ -74,6 +81,22 @@ _FINAL_01 = worker_command_prefix(Dialect.MDP01, Command.FINAL)[-1]
 _REQUEST_PREFIX = {dialect: worker_command_prefix(dialect, Command.REQUEST) for dialect in Dialect}
 
 
+class LocalRequest(NamedTuple):
+    """A client's request for a service the broker's host answers itself."""
+
+    client: bytes
+    dialect: Dialect
+    service: bytes
+    body: Frames
+    #: The client's CURVE key (Z85), None without CURVE.
+    user: bytes | None
+
+
+#: A reply to one of the host's own requests: (its address, the reply body, or None when the
+#: broker refused the request: a full queue, a request over a limit).
+LocalReply = tuple[bytes, "Frames | None"]
+
+
 def _show(name: bytes) -> str:
     """A peer-supplied name, short enough for a log line."""
     return repr(name[:40]) + ("..." if len(name) > 40 else "")
@@ -88,7 +111,8 @@ class BrokerCore:
     """
 
     def __init__(self, settings: BrokerSettings | None = None, *, trace: bool = False,
-                 facts: Callable[[], dict[str, Any]] | None = None) -> None:
+                 facts: Callable[[], dict[str, Any]] | None = None,
+                 local_services: frozenset[bytes] = frozenset()) -> None:
         self.settings = settings or BrokerSettings()
         # What mmi.broker answers: the driver adds what only it knows (version, uptime).
         self._facts = facts or self.facts
@@ -105,6 +129,13 @@ class BrokerCore:
         self._trace = trace
         self._now = 0.0
         self._out: list[Outgoing] = []
+        self._local_services = local_services
+        self._local_requests: list[LocalRequest] = []
+        self._local_replies: list[LocalReply] = []
+        # The host's own requests come from addresses no peer has: libzmq's own start with a
+        # zero byte and are five bytes long; these are longer and start with a random prefix.
+        self._local_prefix = b"\x00" + os.urandom(8)
+        self._local_count = 0
 
     # -- what the driver calls ------------------------------------------------------------------
 
@@ -174,6 +205,50 @@ class BrokerCore:
         self._route_again(retry)
         return out
 
+    def take_local(self) -> tuple[list[LocalRequest], list[LocalReply]]:
+        """The requests for local services and the replies to the host's own requests that
+        came since the last call, oldest first."""
+        requests, replies = self._local_requests, self._local_replies
+        if requests:
+            self._local_requests = []
+        if replies:
+            self._local_replies = []
+        return requests, replies
+
+    def answer_local(self, request: LocalRequest, body: Frames) -> list[Outgoing]:
+        """The reply to a request for a local service, in the dialect its client spoke."""
+        out: list[Outgoing] = []
+        self._out = out
+        self._send_client(request.client,
+                          build_client_reply(request.dialect, request.service, body))
+        return out
+
+    def request_local(self, service: bytes, body: Frames, now: float
+                      ) -> tuple[bytes, list[Outgoing]]:
+        """Route a request of the host's own, as a 7/MDP client without a socket: its address
+        (its reply comes back under it through `take_local()`) and the messages to send."""
+        self._now = now
+        out: list[Outgoing] = []
+        self._out = out
+        self._local_count += 1
+        client = self._local_prefix + self._local_count.to_bytes(8, "big")
+        self._on_client(client, _MDP01, service, body, None)
+        return client, out
+
+    def cancel_local(self, client: bytes, service: bytes) -> bool:
+        """Take one of the host's requests out of its service's queue, if it still waits there
+        (it timed out before any worker took it); True if it did."""
+        queue = self._services.get(service)
+        if queue is None:
+            return False
+        for queued in queue.requests:
+            if queued.client == client:
+                queue.requests.remove(queued)
+                self._queued_total -= 1
+                self._unqueued(queued.counted)
+                return True
+        return False
+
     def disconnect_all(self) -> list[Outgoing]:
         """DISCONNECT for every registered worker, when the broker stops."""
         out: list[Outgoing] = []
@@ -183,7 +258,10 @@ class BrokerCore:
         return out
 
     def has_workers(self, service_name: bytes) -> bool:
-        """True if at least one live worker is registered for the service now."""
+        """True if at least one live worker is registered for the service now (the host's
+        own services always have one)."""
+        if service_name in self._local_services:
+            return True
         service = self._services.get(service_name)
         return service is not None and service.workers > 0
 
@@ -240,6 +318,10 @@ class BrokerCore:
         if len(service_name) > MAX_SERVICE_NAME_BYTES:
             self._refuse_long_name(client, dialect, service_name)
             return
+        if service_name in self._local_services:
+            self.stats.requests += 1
+            self._local_requests.append(LocalRequest(client, dialect, service_name, body, user))
+            return
         if service_name.startswith(mmi.PREFIX):
             self.stats.mmi_requests += 1
             answer = (mmi.facts_reply(self._facts()) if service_name == mmi.BROKER
@@ -268,7 +350,7 @@ class BrokerCore:
         self._send_client(client, build_client_reply(
             dialect, service_name,
             [OVERSIZED + b" request of %d bytes exceeds the broker's limit of %d bytes"
-             % (size, limit)]))
+             % (size, limit)]), refusal=True)
 
     def _refuse_long_name(self, client: bytes, dialect: Dialect, service_name: bytes) -> None:
         """413 for a service name over MAX_SERVICE_NAME_BYTES. The answer names no service (an
@@ -276,7 +358,7 @@ class BrokerCore:
         self._drops.refused("oversized_requests", client)
         self._send_client(client, build_client_reply(
             dialect, b"", [OVERSIZED + b" service name of %d bytes exceeds the limit of %d bytes"
-                           % (len(service_name), MAX_SERVICE_NAME_BYTES)]))
+                           % (len(service_name), MAX_SERVICE_NAME_BYTES)]), refusal=True)
 
     def _enqueue(self, service: ServiceQueue, client: bytes, dialect: Dialect, body: Frames,
                  user: bytes | None) -> None:
@@ -298,7 +380,7 @@ class BrokerCore:
                 dialect, service.name,
                 [OVER_CLIENT_LIMIT + b" too many queued requests from this %s (limit %d): "
                  b"retry later" % (b"key" if user else b"client",
-                                   self.settings.max_queued_per_client)]))
+                                   self.settings.max_queued_per_client)]), refusal=True)
             return
         self._queued_by_client[counted] = waiting + 1
         expires_at = self._now + self.settings.request_ttl
@@ -313,7 +395,7 @@ class BrokerCore:
         log.debug("%s: request from client %s for %s refused", why.decode(), client.hex(),
                   _show(service_name))
         self._send_client(client, build_client_reply(
-            dialect, service_name, [QUEUE_FULL + b" " + why + b": retry later"]))
+            dialect, service_name, [QUEUE_FULL + b" " + why + b": retry later"]), refusal=True)
 
     def _unqueued(self, counted: bytes) -> None:
         """A request counted against this client (key or connection) left the queue."""
@@ -443,8 +525,12 @@ class BrokerCore:
         self.stats.replies += 1
         worker.outstanding.popleft()
         worker.measure(sent_at, self._now, self.settings)
-        self._out.append((False, [client, EMPTY, CLIENT_01, service, *body] if dialect is _MDP01
-                          else [client, *build_client_reply(dialect, service, body)], None))
+        if client.startswith(self._local_prefix):
+            self._local_replies.append((client, body))
+        else:
+            self._out.append((False, [client, EMPTY, CLIENT_01, service, *body]
+                              if dialect is _MDP01
+                              else [client, *build_client_reply(dialect, service, body)], None))
         self._feed(worker)
 
     def _feed(self, worker: RegisteredWorker) -> None:
@@ -525,7 +611,10 @@ class BrokerCore:
 
     # -- output ---------------------------------------------------------------------------------
 
-    def _send_client(self, identity: bytes, frames: Frames) -> None:
+    def _send_client(self, identity: bytes, frames: Frames, *, refusal: bool = False) -> None:
+        if identity.startswith(self._local_prefix):  # 7/MDP: "", MDPC01, service, body...
+            self._local_replies.append((identity, None if refusal else frames[3:]))
+            return
         frames.insert(0, identity)  # the callers build a fresh list for every send
         self._out.append((False, frames, None))
 

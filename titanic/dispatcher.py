@@ -46,7 +46,7 @@ from titanic.dispatcher_settings import DispatcherSettings as DispatcherSettings
 from titanic.dispatcher_settings import DispatcherStats as DispatcherStats
 from titanic.errors import StoreError
 from titanic.management import ManagementService, process_facts
-from titanic.planner import Planner
+from titanic.planner import Planner, Transport
 from titanic.protocol import manage, tsp
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
@@ -62,23 +62,16 @@ def _ignore(seconds: float) -> None:
     """A latency observer that keeps nothing (metrics not served)."""
 
 
-class Dispatcher:
-    """Serves TSP and forwards stored requests until stop(); see the module docstring."""
+class DispatcherBase:
+    """What a dispatcher is wherever its loop runs (its own, or the broker's: titanic.hosted):
+    the store, the settings and counters, titanic.manage, the clean-up thread, describe()."""
 
-    def __init__(self, store: Store, settings: DispatcherSettings | None = None, *,
-                 context: zmq.Context[zmq.Socket[bytes]] | None = None,
-                 configure_socket: SocketHook | None = None) -> None:
+    def __init__(self, store: Store, settings: DispatcherSettings | None = None) -> None:
         self.store = store
         self.settings = settings or DispatcherSettings()
         self.stats = DispatcherStats()
-        self._own_context = context is None
-        self._context = context or zmq.Context()
-        self._configure = configure_socket
-        self._waker = Waker()
-        self._sockets = SocketSet()  # every socket of the loop: TSP connections and the client
-        self._identity: StoreIdentity | None = None  # read at start-up, served as titanic.store
         self._running = False
-        self._planner: Planner | None = None  # while run() runs
+        self._planner: Planner | None = None  # while serving
         #: When the dispatcher was made (seconds since the epoch), for its uptime, and an id
         #: telling it from others on the same host and process.
         self.started = time.time()
@@ -89,6 +82,69 @@ class Dispatcher:
         self.observe_ack: Callable[[float], None] = _ignore
         self.management = ManagementService(store, self.describe,
                                             admin_only=self.settings.identities)
+
+    def _new_planner(self, transport: Transport) -> Planner:
+        self._planner = Planner(self.store, transport, self.settings, self.stats,
+                                observe_store=lambda seconds: self.observe_store(seconds))
+        return self._planner
+
+    def describe(self) -> dict[str, Any]:
+        """Which dispatcher this is (version, host, pid, uptime), its counters, and per service
+        its requests in flight and its window."""
+        return {**process_facts(self.instance, __version__, self.started),
+                "stats": asdict(self.stats),
+                "forwarding": {service: {"in_flight": in_flight, "window": window}
+                               for service, (in_flight, window) in self.forwarding().items()}}
+
+    def forwarding(self) -> dict[str, tuple[int, int]]:
+        """Per service: requests forwarded and awaiting their reply, and its window
+        (titanic.in_flight); empty before it serves. Safe to call from another thread."""
+        planner = self._planner
+        return {} if planner is None else planner.forwarding()
+
+    def health(self) -> tuple[bool, str]:
+        """Serving, and why not: running, the store reachable. Safe from another thread."""
+        return self._store_health() or (True, "dispatcher serving")
+
+    def _store_health(self) -> tuple[bool, str] | None:
+        """Why the dispatcher does not serve, if it does not (not running, store unreachable)."""
+        if not self._running:
+            return False, "dispatcher not running"
+        try:
+            self.store.next_due_at()
+        except StoreError as exc:
+            return False, f"store unreachable: {exc}"
+        return None
+
+    def _start_clean_up(self, planner: Planner, stopped: threading.Event) -> threading.Thread:
+        """Expire and purge at start-up and every cleanup_interval, on a thread of its own
+        until `stopped`: with a large backlog, finding the requests to expire reads every
+        waiting one (200,000: about 150 ms on either database), which would hold up
+        acknowledgements on the loop's thread."""
+        def clean_up() -> None:
+            while True:
+                planner.clean_up()
+                if stopped.wait(self.settings.cleanup_interval):
+                    return
+
+        thread = threading.Thread(target=clean_up, name="titanic-cleanup", daemon=True)
+        thread.start()
+        return thread
+
+
+class Dispatcher(DispatcherBase):
+    """Serves TSP and forwards stored requests until stop(); see the module docstring."""
+
+    def __init__(self, store: Store, settings: DispatcherSettings | None = None, *,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None,
+                 configure_socket: SocketHook | None = None) -> None:
+        super().__init__(store, settings)
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._configure = configure_socket
+        self._waker = Waker()
+        self._sockets = SocketSet()  # every socket of the loop: TSP connections and the client
+        self._identity: StoreIdentity | None = None  # read at start-up, served as titanic.store
         self.server = self._make_server()
         # titanic.manage on a thread and connection of its own: a dashboard's refresh or a
         # bulk purge scans the table, and must not hold up acknowledgements meanwhile.
@@ -143,9 +199,7 @@ class Dispatcher:
                                      timeout=s.request_timeout, retries=0,
                                      context=self._context, configure_socket=self._configure,
                                      sockets=self._sockets)
-            planner = self._planner = Planner(
-                self.store, client, s, self.stats,
-                observe_store=lambda seconds: self.observe_store(seconds))
+            planner = self._new_planner(client)
             self._sockets.add_fd(self._waker.fileno())
             self.server.open(time.monotonic())
             log.info("dispatcher serving titanic.request/reply/close/manage on %s, forwarding "
@@ -154,9 +208,7 @@ class Dispatcher:
             managing = threading.Thread(target=self._manage_pool.run, name="titanic-manage",
                                         daemon=True)
             managing.start()
-            cleaning = threading.Thread(target=self._clean_up, args=(planner,),
-                                        name="titanic-cleanup", daemon=True)
-            cleaning.start()
+            cleaning = self._start_clean_up(planner, self._waker.stopped)
             self._running = True
             self._loop(client, planner)
             self._sockets.remove_fd(self._waker.fileno())
@@ -179,35 +231,15 @@ class Dispatcher:
                 self._context.term()
             log.info("dispatcher stopped: %s", self.stats)
 
-    def describe(self) -> dict[str, Any]:
-        """Which dispatcher this is (version, host, pid, uptime), its counters, and per service
-        its requests in flight and its window."""
-        return {**process_facts(self.instance, __version__, self.started),
-                "stats": asdict(self.stats),
-                "forwarding": {service: {"in_flight": in_flight, "window": window}
-                               for service, (in_flight, window) in self.forwarding().items()}}
-
-    def forwarding(self) -> dict[str, tuple[int, int]]:
-        """Per service: requests forwarded and awaiting their reply, and its window
-        (titanic.in_flight); empty before run(). Safe to call from another thread."""
-        planner = self._planner
-        return {} if planner is None else planner.forwarding()
-
     def health(self) -> tuple[bool, str]:
         """Serving, and why not: running, every TSP service registered with a broker that
         answers, and the store reachable. Safe to call from another thread."""
-        if not self._running:
-            return False, "dispatcher not running"
         now = time.monotonic()
         down = self.server.services_down(now) + self._manage_pool.services_down(now)
-        if down:
+        if self._running and down:
             names = ", ".join(service.decode() for service in down)
             return False, f"no live broker connection for {names}"
-        try:
-            self.store.next_due_at()
-        except StoreError as exc:
-            return False, f"store unreachable: {exc}"
-        return True, "dispatcher serving"
+        return self._store_health() or (True, "dispatcher serving")
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -245,15 +277,6 @@ class Dispatcher:
             more = planner.turn([body for _, _, body, _ in submits], completions, now,
                                 callers=[caller for _, _, _, caller in submits],
                                 answer=partial(self._answer, submits, now=now))
-
-    def _clean_up(self, planner: Planner) -> None:
-        """Expire and purge at start-up and every cleanup_interval, on a thread of its own: with
-        a large backlog, finding the requests to expire reads every waiting one (200,000: about
-        150 ms on either database), which would hold up acknowledgements on the loop's thread."""
-        while True:
-            planner.clean_up()
-            if self._waker.stopped.wait(self.settings.cleanup_interval):
-                return
 
     def _answer(self, submits: Sequence[PoolRequest], answers: Sequence[Frames], *,
                 now: float) -> None:

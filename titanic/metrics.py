@@ -27,7 +27,7 @@ from titanic.errors import StoreError
 
 if TYPE_CHECKING:
     from titanic.broker import Broker
-    from titanic.dispatcher import Dispatcher
+    from titanic.dispatcher import DispatcherBase
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class BrokerCollector(Collector):
 class DispatcherCollector(Collector):
     """The dispatcher's counters, and the stored requests by service and state."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: DispatcherBase) -> None:
         self._dispatcher = dispatcher
 
     def collect(self) -> Iterable[Metric]:
@@ -131,9 +131,11 @@ def broker_registry(broker: Broker) -> CollectorRegistry:
     return registry
 
 
-def dispatcher_registry(dispatcher: Dispatcher) -> CollectorRegistry:
-    """A registry of the dispatcher's metrics; its latency histograms are fed from now on."""
-    registry = CollectorRegistry(auto_describe=True)
+def dispatcher_registry(dispatcher: DispatcherBase,
+                        registry: CollectorRegistry | None = None) -> CollectorRegistry:
+    """A registry of the dispatcher's metrics (or `registry` with them added); its latency
+    histograms are fed from now on."""
+    registry = registry or CollectorRegistry(auto_describe=True)
     registry.register(DispatcherCollector(dispatcher))
     store = Histogram("titanic_dispatcher_store_seconds",
                       "time of each store exchange (new requests, replies and claims in one "
@@ -191,11 +193,21 @@ class MetricsServer:
         self._server.server_close()
 
 
-def serve_broker_metrics(bind: str, broker: Broker) -> MetricsServer:
-    """Serve the broker's metrics and health on HOST:PORT, from now until `stop()`."""
-    return MetricsServer(bind, broker_registry(broker), broker.health).start()
+def serve_broker_metrics(bind: str, broker: Broker,
+                         host: DispatcherBase | None = None) -> MetricsServer:
+    """Serve the broker's metrics and health on HOST:PORT, from now until `stop()`; with the
+    dispatcher it hosts (`host`), its metrics too, and healthy only while both serve."""
+    if host is None:
+        return MetricsServer(bind, broker_registry(broker), broker.health).start()
+
+    def health() -> tuple[bool, str]:
+        checks = (broker.health(), host.health())
+        return all(ok for ok, _ in checks), "; ".join(why for _, why in checks)
+
+    return MetricsServer(bind, dispatcher_registry(host, broker_registry(broker)),
+                         health).start()
 
 
-def serve_dispatcher_metrics(bind: str, dispatcher: Dispatcher) -> MetricsServer:
+def serve_dispatcher_metrics(bind: str, dispatcher: DispatcherBase) -> MetricsServer:
     """Serve the dispatcher's metrics and health on HOST:PORT, from now until `stop()`."""
     return MetricsServer(bind, dispatcher_registry(dispatcher), dispatcher.health).start()

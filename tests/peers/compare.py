@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from systems import System, all_systems, analyze  # noqa: E402
+from systems import HOSTED, System, all_systems, analyze  # noqa: E402
 
 from titanic.bench.common import cpu_seconds  # noqa: E402
 
@@ -269,12 +269,23 @@ def table(figures: Figures, names: Sequence[str]) -> str:
 
 
 def ratios(figures: Figures) -> str:
-    """The issue's targets, as ratios of medians measured in this run."""
+    """The issue's targets, as ratios of medians measured in this run, for titanic with a
+    dispatcher of its own and with the dispatcher in the broker, where measured."""
+    systems = {s for s, _ in figures.values}
+    parts = []
+    for suffix, heading in (("", "titanic, a dispatcher of its own:"),
+                            (HOSTED, "titanic, the dispatcher in the broker:")):
+        pg, lite = "titanic PostgreSQL" + suffix, "titanic SQLite FULL" + suffix
+        if pg in systems or lite in systems:
+            parts.append(heading + "\n" + _ratios(figures, lite, pg))
+    return "\n\n".join(parts)
+
+
+def _ratios(figures: Figures, lite: str, pg: str) -> str:
     def median(system: str, load: str) -> float | None:
         values = figures.values.get((system, load))
         return statistics.median(values) if values else None
 
-    pg, lite = "titanic PostgreSQL", "titanic SQLite FULL"
     peers = [s for s in dict.fromkeys(s for s, _ in figures.values) if not s.startswith("titanic")]
     pg_peers = [s for s in peers if "pgqueuer" in s or "procrastinate" in s]
     lines = []

@@ -247,12 +247,19 @@ def _gathered(loop: asyncio.AbstractEventLoop, jobs: int, depth: int,
 # -- titanic ----------------------------------------------------------------------------------
 
 
-class Titanic(System):
-    """titanic: broker, dispatcher, two echo workers; SQLite FULL or PostgreSQL."""
+#: What the name of titanic with its dispatcher in the broker ends with.
+HOSTED = ", in the broker"
 
-    def __init__(self, database: str) -> None:
+
+class Titanic(System):
+    """titanic: broker, dispatcher, two echo workers; SQLite FULL or PostgreSQL. `hosted`: the
+    dispatcher runs in the broker (`titanic broker --titanic`), else in a process of its own."""
+
+    def __init__(self, database: str, *, hosted: bool = False) -> None:
         self.database = database
-        self.name = f"titanic {'SQLite FULL' if database == 'sqlite' else 'PostgreSQL'}"
+        self.hosted = hosted
+        self.name = (f"titanic {'SQLite FULL' if database == 'sqlite' else 'PostgreSQL'}"
+                     + (HOSTED if hosted else ""))
         self.durability = ("fsync'd commit (synchronous=FULL)" if database == "sqlite"
                            else "synchronous commit")
         self.postgres_table = None if database == "sqlite" else "titanic_requests"
@@ -272,15 +279,18 @@ class Titanic(System):
             self.url = self.dsn.replace("postgresql://", "postgresql+psycopg://")
         open_store(self.url).close_store()  # the schema
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        self._processes = [spawn(titanic_command("broker", "--bind", self.endpoint))]
+        metrics = f"127.0.0.1:{free_port()}"
+        self._metrics = f"http://{metrics}/metrics"
+        hosting = ["--titanic", "--db", self.url, "--metrics-bind", metrics] if self.hosted else []
+        self._processes = [spawn(titanic_command("broker", "--bind", self.endpoint, *hosting))]
 
     def start_workers(self) -> None:
         self._workers = [spawn(titanic_command("worker", "echo", "--broker", self.endpoint))
                          for _ in range(WORKERS)]
-        metrics = f"127.0.0.1:{free_port()}"
-        self._metrics = f"http://{metrics}/metrics"
-        self._workers.append(spawn(titanic_command("dispatcher", "--broker", self.endpoint,
-                                                   "--db", self.url, "--metrics-bind", metrics)))
+        if not self.hosted:
+            self._workers.append(spawn(titanic_command(
+                "dispatcher", "--broker", self.endpoint, "--db", self.url, "--metrics-bind",
+                self._metrics.removeprefix("http://").removesuffix("/metrics"))))
         tsp.wait_for_titanic(self.endpoint)
         self._client = Client(self.endpoint, timeout=10, retries=0)
 
@@ -335,8 +345,9 @@ class Titanic(System):
 
     def roles(self) -> dict[str, list[int]]:
         found = {"broker": [self._processes[0].pid],
-                 "workers": [p.pid for p in self._workers[:WORKERS]],
-                 "dispatcher": [self._workers[WORKERS].pid]}
+                 "workers": [p.pid for p in self._workers[:WORKERS]]}
+        if not self.hosted:
+            found["dispatcher"] = [self._workers[WORKERS].pid]
         if self.dsn:
             found["PostgreSQL"] = postgres_pids(self.dsn)
         return found
@@ -745,6 +756,8 @@ def all_systems() -> dict[str, Callable[[], System]]:
     return {
         "titanic-sqlite": lambda: Titanic("sqlite"),
         "titanic-postgres": lambda: Titanic("postgres"),
+        "titanic-sqlite-hosted": lambda: Titanic("sqlite", hosted=True),
+        "titanic-postgres-hosted": lambda: Titanic("postgres", hosted=True),
         "pgqueuer-asyncpg": lambda: Pgqueuer("asyncpg"),
         "pgqueuer-psycopg": lambda: Pgqueuer("psycopg"),
         "celery": Celery,
