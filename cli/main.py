@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "retry": ("titanic_cli.tsp_commands:retry", "Send a failed or expired request again."),
     "status": ("titanic_cli.tsp_commands:status", "Show request UUID's state and last error."),
     "submit": ("titanic_cli.tsp_commands:submit", "Store a request for SERVICE, print its UUID."),
-    "up": ("titanic_cli.up:up", "Run the broker and the dispatcher together."),
+    "up": ("titanic_cli.up:up", "Run the broker with the dispatcher in it (and a demo worker)."),
     "worker": ("titanic_cli.mdp_commands:worker", "Run a worker: your own function, or echo."),
 }
 

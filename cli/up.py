@@ -1,4 +1,5 @@
-"""`titanic up`: broker and dispatcher (and a demo echo worker) as one supervised command."""
+"""`titanic up`: the broker serving Titanic itself (and a demo echo worker, a dashboard) as one
+supervised command."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def _check_bindable(endpoint: str) -> None:
 
 @dataclass(frozen=True)
 class UpKeys:
-    """The CURVE options `up` gives its broker and its own clients (dispatcher, demo worker)."""
+    """The CURVE options `up` gives its broker and its own clients (demo worker, dashboard)."""
 
     folder: Path
 
@@ -121,17 +122,17 @@ class UpKeys:
 
     @property
     def peer(self) -> list[str]:
-        """The dispatcher's and the demo worker's options."""
+        """The demo worker's and the dashboard's options."""
         return ["--curve-server-key", str(self.folder / "broker.key"),
                 "--curve-key", str(self.folder / "titanic.key_secret")]
 
 
 def prepare_keys(folder: Path) -> UpKeys:
-    """Keys in `folder`, each made if missing: `broker`, `titanic` (the dispatcher and the demo
-    worker) and `client` (for users' commands); a new pair's public key is also put in
-    `allowed/`, and `titanic`'s in `admin/` when that folder is made (the dispatcher learns who
-    owns each request). Existing keys are kept and checked, and a key removed from `allowed/` or
-    `admin/` stays out."""
+    """Keys in `folder`, each made if missing: `broker`, `titanic` (the demo worker and the
+    dashboard) and `client` (for users' commands); a new pair's public key is also put in
+    `allowed/`, and `titanic`'s in `admin/` when that folder is made (the dashboard may then
+    see and manage every request). Existing keys are kept and checked, and a key removed from
+    `allowed/` or `admin/` stays out."""
     allowed = folder / "allowed"
     allowed.mkdir(mode=0o700, parents=True, exist_ok=True)
     admin = folder / "admin"
@@ -167,7 +168,8 @@ def prepare_keys(folder: Path) -> UpKeys:
 @handle_errors
 def up(bind: str, db_url: str | None, demo: bool, dashboard_bind: str | None,
        curve_dir: Path | None, logs: LogOptions) -> None:
-    """Run the broker and the dispatcher together, restarting either if it dies.
+    """Run the broker with the dispatcher in it (`titanic broker --titanic`), restarting it if it
+    dies, and the demo worker and the dashboard when asked.
 
     Uses the embedded SQLite database unless --db says otherwise. Stop with Ctrl-C.
 
@@ -188,11 +190,8 @@ def up(bind: str, db_url: str | None, demo: bool, dashboard_bind: str | None,
     cli = [sys.executable, "-P", "-m", "titanic_cli"]
     log_argv = logs.argv()
     db = ["--db", db_url] if db_url else []
-    children = [
-        _Child("broker", [*cli, "broker", "--bind", bind, *broker_curve, *log_argv], env),
-        _Child("dispatcher", [*cli, "dispatcher", "--broker", bind, *db, *peer_curve,
-                              *log_argv], env),
-    ]
+    children = [_Child("broker", [*cli, "broker", "--bind", bind, "--titanic", *db,
+                                  *broker_curve, *log_argv], env)]
     if demo:
         children.append(_Child("echo worker",
                                [*cli, "worker", "echo", "--broker", bind, *peer_curve,
@@ -217,7 +216,7 @@ def up(bind: str, db_url: str | None, demo: bool, dashboard_bind: str | None,
             failed = _supervise(children, stopping)
     finally:
         deadline = time.monotonic() + STOP_GRACE_S
-        for child in reversed(children):  # the broker last: the dispatcher drains through it
+        for child in reversed(children):  # the broker last: its dispatcher drains through it
             child.stop(deadline)
         click.echo("titanic up: stopped", err=True)
     if failed is not None and failed.process is not None:

@@ -271,9 +271,14 @@ class BrokerCore:
         return len(self._workers)
 
     def service_counts(self) -> dict[str, tuple[int, int]]:
-        """Live workers and queued requests per service; safe to call from another thread."""
-        return {service.name.decode("utf-8", "replace"): (service.workers, len(service.requests))
-                for service in list(self._services.values())}
+        """Live workers and queued requests per service (the host's own services: one worker,
+        the host, and none queued); safe to call from another thread."""
+        counts = {service.name.decode("utf-8", "replace"): (service.workers,
+                                                            len(service.requests))
+                  for service in list(self._services.values())}
+        for name in self._local_services:
+            counts[name.decode()] = (1, 0)
+        return counts
 
     def facts(self) -> dict[str, Any]:
         """The routing's part of what mmi.broker tells: workers, and per service its live

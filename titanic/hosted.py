@@ -60,9 +60,11 @@ class CoreTransport:
     broker's refusal (a full queue: no reply, as after a timeout) or by its timeout."""
 
     def __init__(self, core: BrokerCore, send: Callable[[list[Outgoing]], None], *,
-                 depth: int, timeout: float) -> None:
+                 depth: int, timeout: float, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         self._core = core
         self._send = send
+        self._clock = clock
         self._depth = depth
         self._timeout = timeout
         #: Requests awaiting their reply, by address: (tag, service, deadline).
@@ -89,7 +91,7 @@ class CoreTransport:
         if len(self._pending) >= self._depth:
             raise TitanicError("no free slot: wait for a request to complete")
         name = service.encode() if isinstance(service, str) else service
-        now = time.monotonic()
+        now = self._clock()
         address, out = self._core.request_local(name, list(body), now)
         timeout = self._timeout if timeout is None else timeout
         deadline = now + timeout
@@ -164,6 +166,7 @@ class HostedDispatcher(DispatcherBase):
         self._finishing = False
         self._more = True  # the first turn claims whatever is due
         self._next_release = self._next_survey = 0.0
+        self._now = 0.0  # the time of the turn running: what the transport's sends are timed by
 
     @property
     def services(self) -> frozenset[bytes]:
@@ -181,9 +184,10 @@ class HostedDispatcher(DispatcherBase):
         """Read the store's identity, start the titanic.manage and clean-up threads."""
         self._identity = self.store.identity()
         self._broker = broker
+        self._now = now
         transport = self._transport = CoreTransport(
             broker.core, broker.send, depth=self.settings.max_in_flight,
-            timeout=self.settings.request_timeout)
+            timeout=self.settings.request_timeout, clock=lambda: self._now)
         planner = self._new_planner(transport)
         manager = threading.Thread(target=self._manage, name="titanic-manage", daemon=True)
         manager.start()
@@ -198,6 +202,7 @@ class HostedDispatcher(DispatcherBase):
         broker, transport, planner = self._broker, self._transport, self._planner
         assert broker is not None and transport is not None and planner is not None
         s = self.settings
+        self._now = now
         if now >= self._next_release:
             planner.release_stale()
             self._next_release = now + s.release_interval
@@ -230,6 +235,7 @@ class HostedDispatcher(DispatcherBase):
         if planner is None:
             return None
         self._finishing = True
+        self._now = now
         planner.turn([], [], now, answer=lambda _: None, claim=False)
         return now + self.settings.drain_timeout
 

@@ -98,8 +98,8 @@ def test_up_stops_when_a_child_exits_on_a_configuration_error(procs: Processes) 
     assert up.wait(60) == 7
     output = procs.log("up")
     assert "unknown database kind 'nosuchdb'" in output
-    assert "titanic: dispatcher exited with status 7" in output
-    assert output.count("started dispatcher") == 1  # not restarted
+    assert "titanic: broker exited with status 7" in output
+    assert output.count("started broker") == 1  # not restarted
 
 
 def test_registrations_are_one_line_per_service(caplog: pytest.LogCaptureFixture,
