@@ -2,7 +2,9 @@
 
 Clients submit continuously through titanic.request; two workers serve. In turn, at random
 moments, a worker, the broker, the dispatcher and a client process are killed with SIGKILL (each
-restarted, the broker on the same port), and the test's own PostgreSQL server is restarted.
+restarted, the broker on the same port), and the test's own PostgreSQL server is restarted. The
+same again with the dispatcher in the broker (`titanic broker --titanic`): killing the broker
+kills its dispatcher too.
 Afterwards: every acknowledged request must have its correct reply (lost = 0) and have run at
 least once; requests executed more than once are reported, not bounded: at least once allows a
 late reply's retry. The seed is printed; TITANIC_FAULT_SEED replays it.
@@ -94,8 +96,9 @@ def own_postgres(postgres_bindir: Path) -> Iterator[Server]:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("hosted", [False, True], ids=["own dispatcher", "in the broker"])
 def test_nothing_acknowledged_is_lost_when_every_component_is_killed(
-        procs: Processes, tmp_path: Path, own_postgres: Server) -> None:
+        procs: Processes, tmp_path: Path, own_postgres: Server, hosted: bool) -> None:
     postgres_url = own_postgres.url()
     rng = random.Random(replayable_seed("fault", "TITANIC_FAULT_SEED"))
     endpoint = free_endpoint()
@@ -105,10 +108,9 @@ def test_nothing_acknowledged_is_lost_when_every_component_is_killed(
     worker_script.write_text(COUNTING_WORKER)
     client_script = tmp_path / "client.py"
     client_script.write_text(CLIENT)
-    dispatcher_args = ["dispatcher", "--broker", endpoint, "--db", postgres_url,
-                       "--heartbeat", "0.2", "--request-timeout", "3", "--backoff", "0.2",
-                       "--backoff-max", "1", "--max-attempts", "20",
-                       "--max-in-flight-per-service", str(IN_FLIGHT_PER_SERVICE)]
+    forwarding = ["--db", postgres_url, "--heartbeat", "0.2", "--request-timeout", "3",
+                  "--backoff", "0.2", "--backoff-max", "1", "--max-attempts", "20",
+                  "--max-in-flight-per-service", str(IN_FLIGHT_PER_SERVICE)]
     counter = iter(range(1000))
 
     def start_worker() -> subprocess.Popen[bytes]:
@@ -117,18 +119,24 @@ def test_nothing_acknowledged_is_lost_when_every_component_is_killed(
                                           str(executions_dir / f"w{n}.log")])
 
     def start_broker() -> subprocess.Popen[bytes]:
+        if hosted:
+            return procs.cli(f"broker{next(counter)}", "broker", "--bind", endpoint,
+                             "--titanic", *forwarding)
         return procs.cli(f"broker{next(counter)}", "broker", "--bind", endpoint,
                          "--heartbeat", "0.2")
 
     def start_dispatcher() -> subprocess.Popen[bytes]:
-        return procs.cli(f"dispatcher{next(counter)}", *dispatcher_args)
+        return procs.cli(f"dispatcher{next(counter)}", "dispatcher", "--broker", endpoint,
+                         *forwarding)
 
-    broker, dispatcher = start_broker(), start_dispatcher()
+    broker = start_broker()
+    dispatcher = None if hosted else start_dispatcher()
     workers = [start_worker(), start_worker()]
     client_acks = tmp_path / "client-acks.txt"
     client = procs.start("client", [sys.executable, str(client_script), endpoint,
                                     str(client_acks), "c"])
-    faults = ["worker", "broker", "dispatcher", "client", "postgres"]
+    faults = ["worker", "broker", "client", "postgres"] if hosted else [
+        "worker", "broker", "dispatcher", "client", "postgres"]
     kills = 0
     with Load(endpoint, threads=3) as load:
         wait_until(lambda: len(load.acknowledged) > 50, timeout=60, message="load running")
@@ -144,6 +152,7 @@ def test_nothing_acknowledged_is_lost_when_every_component_is_killed(
                 Processes.kill(broker)
                 broker = start_broker()
             elif fault == "dispatcher":
+                assert dispatcher is not None
                 Processes.kill(dispatcher)
                 dispatcher = start_dispatcher()
             elif fault == "client":
