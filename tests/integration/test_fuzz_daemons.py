@@ -1,4 +1,5 @@
-"""100,000 random and malformed messages against a running broker and dispatcher.
+"""100,000 random and malformed messages against a running broker and dispatcher (apart, and
+the dispatcher in the broker).
 
 Neither may crash, their memory must stay bounded, and valid traffic alongside must succeed.
 The seed is printed; set TITANIC_FUZZ_SEED to replay a failure.
@@ -10,6 +11,7 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 import zmq
 from titanic_support import Processes, free_endpoint, replayable_seed, wait_until
 
@@ -62,13 +64,19 @@ def wait_read_through(sock: zmq.Socket[bytes], service: bytes, timeout: float = 
     raise AssertionError(f"the broker did not read through in {timeout} s")
 
 
-def test_daemons_survive_100k_malformed_messages(procs: Processes, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hosted", [False, True], ids=["own dispatcher", "in the broker"])
+def test_daemons_survive_100k_malformed_messages(procs: Processes, tmp_path: Path,
+                                                 hosted: bool) -> None:
     rng = random.Random(replayable_seed("fuzz", "TITANIC_FUZZ_SEED"))
     endpoint = free_endpoint()
+    db = ["--db", f"sqlite:///{tmp_path / 'fuzz.db'}"]
     broker = procs.cli("broker", "broker", "--bind", endpoint, "--heartbeat", "0.2",
-                       "--max-message-size", str(MAX_MESSAGE), "--request-ttl", "2")
-    dispatcher = procs.cli("dispatcher", "dispatcher", "--broker", endpoint, "--heartbeat", "0.2",
-                           "--db", f"sqlite:///{tmp_path / 'fuzz.db'}")
+                       "--max-message-size", str(MAX_MESSAGE), "--request-ttl", "2",
+                       *(["--titanic", *db] if hosted else []))
+    daemons = {"broker": broker}
+    if not hosted:
+        daemons["dispatcher"] = procs.cli("dispatcher", "dispatcher", "--broker", endpoint,
+                                          "--heartbeat", "0.2", *db)
     procs.cli("worker", "worker", "echo", "--broker", endpoint, "--heartbeat", "0.2",
               "--service", "valid-echo")
     titanic = TitanicClient(endpoint, timeout=2, retries=10)
@@ -92,8 +100,7 @@ def test_daemons_survive_100k_malformed_messages(procs: Processes, tmp_path: Pat
                 return False
         wait_until(ready, timeout=30, message="echo served")
         first_id = titanic.submit("valid-echo", b"before")
-        before = {name: rss_kib(proc.pid) for name, proc in (("broker", broker),
-                                                             ("dispatcher", dispatcher))}
+        before = {name: rss_kib(proc.pid) for name, proc in daemons.items()}
         for n in range(MESSAGES):
             fuzzer.send_multipart(random_message(rng), copy=False)
             if n % 1_000 == 0:
@@ -101,14 +108,14 @@ def test_daemons_survive_100k_malformed_messages(procs: Processes, tmp_path: Pat
             if n % 10_000 == 0:  # valid traffic alongside
                 assert echo.request("valid-echo", str(n).encode()) == [str(n).encode()]
         wait_read_through(fuzzer, b"valid-echo")  # the count below includes every message
-        assert broker.poll() is None, "broker died"
-        assert dispatcher.poll() is None, "dispatcher died"
+        for name, proc in daemons.items():
+            assert proc.poll() is None, f"{name} died"
         assert echo.request("valid-echo", b"after") == [b"after"]
         last_id = titanic.submit("valid-echo", b"after")
         for request_id, body in ((first_id, b"before"), (last_id, b"after")):
             fetched = titanic.wait(request_id, timeout=30)
             assert fetched.state is ReplyState.DONE and fetched.reply == [body]
-        for name, proc in (("broker", broker), ("dispatcher", dispatcher)):
+        for name, proc in daemons.items():
             grown = rss_kib(proc.pid) - before[name]
             assert grown < 64 * 1024, f"{name} grew by {grown} KiB"
     finally:
@@ -117,12 +124,14 @@ def test_daemons_survive_100k_malformed_messages(procs: Processes, tmp_path: Pat
         context.term()
         titanic.close()
         echo.close()
-    assert Processes.terminate(broker) == 0
-    assert Processes.terminate(dispatcher) == 0
+    for proc in reversed(daemons.values()):
+        assert Processes.terminate(proc) == 0
     stats = procs.log("broker").rsplit("broker stopped: ", 1)[1]
     handled = int(stats.split("'messages': ", 1)[1].split(",", 1)[0])
     malformed = int(stats.split("'malformed': ", 1)[1].split(",", 1)[0])
     assert handled >= MESSAGES, stats
     assert malformed >= MESSAGES // 2, stats
     assert "Traceback" not in procs.log("broker") + procs.log("dispatcher")
+    if hosted:  # its dispatcher stopped with it, and stored what the fuzzer asked it to
+        assert "hosted dispatcher stopped" in procs.log("broker")
 
