@@ -34,14 +34,8 @@ from titanic._zmq import (
     recv_frames_from,
     send_frames,
 )
-from titanic.broker_core import (
-    OVER_CLIENT_LIMIT,
-    OVERSIZED,
-    QUEUE_FULL,
-    BrokerCore,
-    Endpoint,
-    Outgoing,
-)
+from titanic.broker_core import BrokerCore, Endpoint, Outgoing
+from titanic.broker_refusals import OVER_CLIENT_LIMIT, OVERSIZED, QUEUE_FULL
 from titanic.protocol.mdp import Frames
 from titanic.security import CurveServer, describe_handshake_failure
 from titanic.settings import SHUTDOWN_LINGER_MS, BrokerSettings

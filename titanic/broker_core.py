@@ -8,29 +8,26 @@ worker and routes the request again. `titanic.broker.Broker` is the driver aroun
 
 Clients and workers are answered in the dialect they spoke, and a request may cross versions: a
 7/MDP client served by an 18/MDP worker gets one REPLY holding every PARTIAL and FINAL body frame.
-Nothing a peer sends can raise: malformed messages are dropped and counted. Limits per client
-(request size, requests queued) are refused with a status reply, like `mmi.*` answers: "413 ..."
-for a request over the size limit, "503 ..." when the client has too many queued or the
-service's queue is full. With CURVE a client is its authenticated public key (ZAP's User-Id):
+Nothing a peer sends can raise: malformed messages are dropped and counted. A request over a
+limit is refused at once with a status reply (titanic.broker_refusals). With CURVE a client is its authenticated public key (ZAP's User-Id):
 its connections share one per-client limit, and a worker whose own key is in the admin folder
 may ask, in its READY, to be told each request's caller (titanic.protocol.identity): how the
 dispatcher learns who owns a request.
 
-A broker may host services itself (`local_services`: the TSP services when the dispatcher runs
-inside the broker, titanic.hosted): their requests are not routed but kept for the host
-(`take_local()`), which answers them through `answer_local()`. The host also sends requests of
-its own as a client without a socket (`request_local()`); their replies, and the refusals of
-the broker's limits, come back through `take_local()` too.
+A broker may host services itself (`local_services`, titanic.broker_local): their requests
+are kept for the host (`take_local()`), which answers them through `answer_local()`, and the
+host's own requests (`request_local()`) are routed as a client's without a socket.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-import os
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
+from titanic import broker_refusals as refusals
+from titanic.broker_local import LocalDesk, LocalReply, LocalRequest
 from titanic.broker_queues import Assignment, QueuedRequest, RegisteredWorker, ServiceQueue
 from titanic.broker_stats import BrokerStats, DropReport
 from titanic.errors import ProtocolError
@@ -55,12 +52,6 @@ from titanic.settings import MAX_SERVICE_NAME_BYTES, BrokerSettings
 
 log = logging.getLogger("titanic.broker")
 
-#: Status replies to requests refused by a per-client limit (three digits, as TSP and MMI use).
-OVERSIZED = b"413"
-OVER_CLIENT_LIMIT = b"503"
-QUEUE_FULL = b"503"
-
-
 class Endpoint(enum.Enum):
     """Which peers a broker socket serves."""
 
@@ -79,22 +70,6 @@ _MDP01 = Dialect.MDP01
 #: 7/MDP's REPLY (FINAL) command, and every dialect's REQUEST prefix, built once.
 _FINAL_01 = worker_command_prefix(Dialect.MDP01, Command.FINAL)[-1]
 _REQUEST_PREFIX = {dialect: worker_command_prefix(dialect, Command.REQUEST) for dialect in Dialect}
-
-
-class LocalRequest(NamedTuple):
-    """A client's request for a service the broker's host answers itself."""
-
-    client: bytes
-    dialect: Dialect
-    service: bytes
-    body: Frames
-    #: The client's CURVE key (Z85), None without CURVE.
-    user: bytes | None
-
-
-#: A reply to one of the host's own requests: (its address, the reply body, or None when the
-#: broker refused the request: a full queue, a request over a limit).
-LocalReply = tuple[bytes, "Frames | None"]
 
 
 def _show(name: bytes) -> str:
@@ -130,12 +105,8 @@ class BrokerCore:
         self._now = 0.0
         self._out: list[Outgoing] = []
         self._local_services = local_services
-        self._local_requests: list[LocalRequest] = []
-        self._local_replies: list[LocalReply] = []
-        # The host's own requests come from addresses no peer has: libzmq's own start with a
-        # zero byte and are five bytes long; these are longer and start with a random prefix.
-        self._local_prefix = b"\x00" + os.urandom(8)
-        self._local_count = 0
+        self._local = LocalDesk(local_services)
+        self._local_prefix = self._local.prefix
 
     # -- what the driver calls ------------------------------------------------------------------
 
@@ -208,12 +179,7 @@ class BrokerCore:
     def take_local(self) -> tuple[list[LocalRequest], list[LocalReply]]:
         """The requests for local services and the replies to the host's own requests that
         came since the last call, oldest first."""
-        requests, replies = self._local_requests, self._local_replies
-        if requests:
-            self._local_requests = []
-        if replies:
-            self._local_replies = []
-        return requests, replies
+        return self._local.take()
 
     def answer_local(self, request: LocalRequest, body: Frames) -> list[Outgoing]:
         """The reply to a request for a local service, in the dialect its client spoke."""
@@ -230,8 +196,7 @@ class BrokerCore:
         self._now = now
         out: list[Outgoing] = []
         self._out = out
-        self._local_count += 1
-        client = self._local_prefix + self._local_count.to_bytes(8, "big")
+        client = self._local.new_address()
         self._on_client(client, _MDP01, service, body, None)
         return client, out
 
@@ -325,7 +290,7 @@ class BrokerCore:
             return
         if service_name in self._local_services:
             self.stats.requests += 1
-            self._local_requests.append(LocalRequest(client, dialect, service_name, body, user))
+            self._local.requests.append(LocalRequest(client, dialect, service_name, body, user))
             return
         if service_name.startswith(mmi.PREFIX):
             self.stats.mmi_requests += 1
@@ -352,18 +317,13 @@ class BrokerCore:
             return
         size = len(service_name) + sum(map(len, body))
         self._drops.refused("oversized_requests", client)
-        self._send_client(client, build_client_reply(
-            dialect, service_name,
-            [OVERSIZED + b" request of %d bytes exceeds the broker's limit of %d bytes"
-             % (size, limit)]), refusal=True)
+        self._send_client(client, refusals.oversized(dialect, service_name, size, limit),
+                          refusal=True)
 
     def _refuse_long_name(self, client: bytes, dialect: Dialect, service_name: bytes) -> None:
-        """413 for a service name over MAX_SERVICE_NAME_BYTES. The answer names no service (an
-        empty service frame): echoing the name would make the broker hold it again."""
+        """413 for a service name over MAX_SERVICE_NAME_BYTES."""
         self._drops.refused("oversized_requests", client)
-        self._send_client(client, build_client_reply(
-            dialect, b"", [OVERSIZED + b" service name of %d bytes exceeds the limit of %d bytes"
-                           % (len(service_name), MAX_SERVICE_NAME_BYTES)]), refusal=True)
+        self._send_client(client, refusals.long_name(dialect, service_name), refusal=True)
 
     def _enqueue(self, service: ServiceQueue, client: bytes, dialect: Dialect, body: Frames,
                  user: bytes | None) -> None:
@@ -381,11 +341,9 @@ class BrokerCore:
         waiting = self._queued_by_client.get(counted, 0)
         if waiting >= self._max_queued_per_client:
             self._drops.refused("over_client_limit", client)
-            self._send_client(client, build_client_reply(
-                dialect, service.name,
-                [OVER_CLIENT_LIMIT + b" too many queued requests from this %s (limit %d): "
-                 b"retry later" % (b"key" if user else b"client",
-                                   self.settings.max_queued_per_client)]), refusal=True)
+            self._send_client(client, refusals.over_client_limit(
+                dialect, service.name, bool(user), self._max_queued_per_client),
+                refusal=True)
             return
         self._queued_by_client[counted] = waiting + 1
         expires_at = self._now + self.settings.request_ttl
@@ -399,8 +357,7 @@ class BrokerCore:
         self.stats.rejected_requests += 1
         log.debug("%s: request from client %s for %s refused", why.decode(), client.hex(),
                   _show(service_name))
-        self._send_client(client, build_client_reply(
-            dialect, service_name, [QUEUE_FULL + b" " + why + b": retry later"]), refusal=True)
+        self._send_client(client, refusals.queue_full(dialect, service_name, why), refusal=True)
 
     def _unqueued(self, counted: bytes) -> None:
         """A request counted against this client (key or connection) left the queue."""
@@ -531,7 +488,7 @@ class BrokerCore:
         worker.outstanding.popleft()
         worker.measure(sent_at, self._now, self.settings)
         if client.startswith(self._local_prefix):
-            self._local_replies.append((client, body))
+            self._local.replies.append((client, body))
         else:
             self._out.append((False, [client, EMPTY, CLIENT_01, service, *body]
                               if dialect is _MDP01
@@ -618,7 +575,7 @@ class BrokerCore:
 
     def _send_client(self, identity: bytes, frames: Frames, *, refusal: bool = False) -> None:
         if identity.startswith(self._local_prefix):  # 7/MDP: "", MDPC01, service, body...
-            self._local_replies.append((identity, None if refusal else frames[3:]))
+            self._local.replies.append((identity, None if refusal else frames[3:]))
             return
         frames.insert(0, identity)  # the callers build a fresh list for every send
         self._out.append((False, frames, None))

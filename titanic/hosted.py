@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING
 
-from titanic.broker_core import BrokerCore, LocalReply, LocalRequest, Outgoing
+from titanic.broker_core import BrokerCore, Outgoing
+from titanic.broker_local import LocalReply, LocalRequest
 from titanic.client import Completion
 from titanic.dispatcher import DispatcherBase
 from titanic.dispatcher_settings import DispatcherSettings
