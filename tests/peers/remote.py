@@ -1,8 +1,8 @@
 """titanic across a link with latency: client and broker in two network namespaces.
 
 Two namespaces, "near" (the client) and "far" (broker, dispatcher on a new SQLite file, two echo
-workers), joined by a veth pair. `titanic bench --broker` runs in the near one against three
-paths to the same broker, in alternating rounds:
+workers; with --hosted the dispatcher runs in the broker), joined by a veth pair. `titanic bench
+--broker` runs in the near one against three paths to the same broker, in alternating rounds:
 - the veth pair alone;
 - through a relay in the near namespace (tests/peers/delay_relay.py) that adds nothing;
 - through the same relay adding DELAY ms each way (default 0.5), the link's latency.
@@ -13,6 +13,7 @@ what the relay itself costs.
 Needs root (ip netns). Run by hand, not collected by pytest:
 
     python tests/peers/remote.py [--rounds 3] [--delay-ms 0.5] [--requests 10000] [--depth 32]
+                                 [--hosted]
 """
 
 from __future__ import annotations
@@ -67,13 +68,17 @@ def namespaces() -> Iterator[None]:
 
 
 @contextmanager
-def far_side(folder: str) -> Iterator[str]:
-    """Broker, dispatcher and two echo workers in the far namespace; the broker's endpoint."""
+def far_side(folder: str, hosted: bool) -> Iterator[str]:
+    """Broker, dispatcher and two echo workers in the far namespace; the broker's endpoint.
+    `hosted`: the dispatcher runs in the broker (`titanic broker --titanic`)."""
     endpoint = f"tcp://{FAR_IP}:{BROKER_PORT}"
-    processes = [spawn(in_namespace(FAR, titanic_command("broker", "--bind", endpoint)))]
+    database = ["--db", f"sqlite:///{folder}/remote.db"]
+    processes = [spawn(in_namespace(FAR, titanic_command(
+        "broker", "--bind", endpoint, *(["--titanic", *database] if hosted else []))))]
     try:
-        processes.append(spawn(in_namespace(FAR, titanic_command(
-            "dispatcher", "--broker", endpoint, "--db", f"sqlite:///{folder}/remote.db"))))
+        if not hosted:
+            processes.append(spawn(in_namespace(FAR, titanic_command(
+                "dispatcher", "--broker", endpoint, *database))))
         processes += [spawn(in_namespace(FAR, titanic_command("worker", "echo", "--broker",
                                                               endpoint))) for _ in range(2)]
         near = subprocess.run(in_namespace(NEAR, [sys.executable, "-c", (
@@ -121,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sync-requests", type=int, default=1_000)
     parser.add_argument("--depth", type=int, default=32,
                         help="requests in flight for the pipelined MDP load")
+    parser.add_argument("--hosted", action="store_true",
+                        help="the dispatcher in the broker (titanic broker --titanic)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("remote.py needs root (ip netns)", file=sys.stderr)
@@ -131,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     values: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     with ExitStack() as stack, tempfile.TemporaryDirectory() as folder:
         stack.enter_context(namespaces())
-        stack.enter_context(far_side(folder))
+        stack.enter_context(far_side(folder, args.hosted))
         relays = [spawn(relay(RELAY_PORT, 0.0)), spawn(relay(DELAY_PORT, args.delay_ms))]
         stack.callback(stop_all, relays)
         time.sleep(0.5)  # the relays' listening sockets
