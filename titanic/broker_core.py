@@ -8,11 +8,11 @@ worker and routes the request again. `titanic.broker.Broker` is the driver aroun
 
 Clients and workers are answered in the dialect they spoke, and a request may cross versions: a
 7/MDP client served by an 18/MDP worker gets one REPLY holding every PARTIAL and FINAL body frame.
-Nothing a peer sends can raise: malformed messages are dropped and counted. A request over a
-limit is refused at once with a status reply (titanic.broker_refusals). With CURVE a client is its authenticated public key (ZAP's User-Id):
-its connections share one per-client limit, and a worker whose own key is in the admin folder
-may ask, in its READY, to be told each request's caller (titanic.protocol.identity): how the
-dispatcher learns who owns a request.
+Nothing a peer sends can raise: malformed messages are dropped and counted. A request over a limit
+is refused at once with a status reply (titanic.broker_refusals). With CURVE a client is its
+authenticated public key (ZAP's User-Id): its connections share one per-client limit, and a worker
+whose own key is in the admin folder may ask, in its READY, to be told each request's caller
+(titanic.protocol.identity): how the dispatcher learns who owns a request.
 
 A broker may host services itself (`local_services`, titanic.broker_local): their requests
 are kept for the host (`take_local()`), which answers them through `answer_local()`, and the
