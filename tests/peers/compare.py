@@ -367,12 +367,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         order = names if number % 2 == 0 else list(reversed(names))
         run_round(order, options, figures)
         speeds.append(python_loop_seconds())
+        print(f"round {number + 1} done; 10 million additions took {speeds[-1]:.2f} s of CPU",
+              file=sys.stderr, flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=Path(__file__).parent).stdout.strip()
     print(f"{started:%Y-%m-%d %H:%M} UTC, commit {commit}, {args.rounds} rounds, "
           f"load average {os.getloadavg()[0]:.1f} at the end; 10 million additions in a "
-          f"Python loop took {min(speeds):.2f}–{max(speeds):.2f} s of CPU before and after "
-          "each round")
+          f"Python loop took {', '.join(f'{s:.2f}' for s in speeds)} s of CPU before the "
+          "first round and after each")
     print(table(figures, names))
     print()
     print(ratios(figures))
