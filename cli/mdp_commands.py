@@ -24,7 +24,7 @@ from titanic.settings import (
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_LIVENESS,
     MAX_MESSAGE_SIZE_BYTES,
-    MAX_QUEUED_PER_CLIENT,
+    MAX_QUEUED_BYTES_PER_CLIENT,
     PREFETCH_WAIT_S,
     QUEUED_REQUEST_TTL_S,
     SERVICE_QUEUE_LIMIT,
@@ -106,12 +106,13 @@ dialect_option = click.option(
               help="Bytes of request body above which the client is answered '413 ...' instead "
               "of served; keep it below --max-message-size (0: no limit) "
               "[env TITANIC_BROKER_MAX_REQUEST_SIZE].")
-@click.option("--max-queued-per-client", type=click.IntRange(min=1),
-              default=MAX_QUEUED_PER_CLIENT, show_default=True,
-              envvar="TITANIC_MAX_QUEUED_PER_CLIENT",
-              help="Requests one client may have waiting for a worker (with CURVE: one key, all "
-              "its connections together; else one connection); beyond, it is answered "
-              "'503 ...' [env TITANIC_MAX_QUEUED_PER_CLIENT].")
+@click.option("--max-queued-bytes-per-client", type=click.IntRange(min=1),
+              default=MAX_QUEUED_BYTES_PER_CLIENT, show_default=True,
+              envvar="TITANIC_MAX_QUEUED_BYTES_PER_CLIENT",
+              help="Bytes of requests one client may have waiting for a worker (with CURVE: one "
+              "key, all its connections together; else one connection), each counted as its "
+              "service name and body plus 256; beyond, it is answered '503 ...' "
+              "[env TITANIC_MAX_QUEUED_BYTES_PER_CLIENT].")
 @click.option("--prefetch", type=click.IntRange(min=1), default=WORKER_PREFETCH,
               show_default=True, envvar="TITANIC_PREFETCH",
               help="Most requests a worker may hold at once: 1 is strict one-at-a-time; more keep "
@@ -135,7 +136,7 @@ dialect_option = click.option(
 @handle_errors
 def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: float,
            liveness: int, busy_timeout: float, request_ttl: float, queue_limit: int,
-           max_message_size: int, max_request_size: int, max_queued_per_client: int,
+           max_message_size: int, max_request_size: int, max_queued_bytes_per_client: int,
            prefetch: int, prefetch_wait: float, curve: CurveServerOptions, hosted: bool,
            db_url: str | None, forwarding: ForwardingOptions, metrics_bind: str | None,
            logs: LogOptions, verbose: int) -> None:
@@ -157,7 +158,8 @@ def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: flo
         heartbeat_interval=heartbeat, heartbeat_liveness=liveness,
         busy_worker_timeout=busy_timeout, request_ttl=request_ttl, queue_limit=queue_limit,
         max_message_size=max_message_size, worker_prefetch=prefetch, prefetch_wait=prefetch_wait,
-        max_request_size=max_request_size, max_queued_per_client=max_queued_per_client,
+        max_request_size=max_request_size,
+        max_queued_bytes_per_client=max_queued_bytes_per_client,
     )
     if db_url is not None and not hosted:
         raise UsageProblem("--db needs --titanic: a plain broker stores nothing")

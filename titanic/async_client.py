@@ -1,11 +1,10 @@
 """The Titanic API for asyncio: submit, fetch, wait and close as coroutines, on zmq.asyncio.
 
-It behaves as TitanicClient does: the same answers and errors (TitanicTimeoutError saying which
-piece is down, TitanicServiceError, ProtocolError), Lazy Pirate retries on a fresh socket, given
-several brokers failover to the next broker when one does not answer in time, and an idempotency
-key on every submit, so a submit resent after a lost answer is stored once. Calls may
-run concurrently: each call in flight has a DEALER socket of its own (MDP replies carry no request
-id, so one socket carries one request at a time), and sockets are reused between calls.
+It holds the same conversations as TitanicClient (titanic.tsp_session): the same answers and
+errors, retries on a fresh socket, failover to the next broker when one does not answer in
+time, an idempotency key on every submit to titanic's own server. Calls may run concurrently:
+each call in flight has a DEALER socket of its own (MDP replies carry no request id, so one
+socket carries one request at a time), and sockets are reused between calls.
 """
 
 from __future__ import annotations
@@ -13,30 +12,33 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any, TypeVar, cast
 
 import zmq
 import zmq.asyncio
 
-from titanic.client import DIAGNOSE_TIMEOUT_S, Brokers
-from titanic.errors import ClientClosedError, ProtocolError, TitanicTimeoutError
-from titanic.protocol import mmi, tsp
+from titanic.client import Brokers
+from titanic.errors import BrokerRefusedError, ClientClosedError, ProtocolError
+from titanic.protocol import tsp
 from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
+from titanic.protocol.refusal import marked_routing_id, parse_refusal
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER, broker_list
-from titanic.tsp_client import (
-    CallBudget,
+from titanic.tsp_answers import (
+    DIAGNOSE_TIMEOUT_S,
     Fetched,
-    ReplyState,
     check_close,
-    parse_fetch,
-    parse_submitted,
-    request_body,
-    timeout_error,
+    encode_frames,
     uuid_frame,
 )
+from titanic.tsp_session import Ask, Conversation, Op, Pause, Survey, TspSession
 
 SocketHook = Callable[[zmq.Socket[bytes]], None]
 _Socket = zmq.asyncio.Socket
+T = TypeVar("T")
+
+
+def _name(service: str | bytes) -> bytes:
+    return service.encode() if isinstance(service, str) else service
 
 
 class AsyncTitanicClient:
@@ -49,22 +51,24 @@ class AsyncTitanicClient:
                  dialect: Dialect = Dialect.MDP01, timeout: float = CLIENT_TIMEOUT_S,
                  retries: int = CLIENT_RETRIES, context: zmq.asyncio.Context | None = None,
                  configure_socket: SocketHook | None = None) -> None:
-        self.brokers = broker_list(broker)
+        self._session = TspSession(broker_list(broker), timeout=timeout, retries=retries)
         self.dialect = dialect
-        self.timeout = timeout
-        self.retries = retries
         self._own_context = context is None
         self._context = context or zmq.asyncio.Context()
         self._configure = configure_socket
-        self._current = 0  # index of the broker new sockets connect to
-        self._idle: list[tuple[int, _Socket]] = []  # sockets free for the next call
+        self._idle: dict[int, list[_Socket]] = {}  # per broker, sockets free for the next call
         self._sockets: set[_Socket] = set()  # every open socket, idle or in a call
         self._closed = False
 
     @property
+    def brokers(self) -> list[str]:
+        """The brokers, in the order they are tried."""
+        return self._session.brokers
+
+    @property
     def broker(self) -> str:
         """The broker the next call goes to: the one that answered last."""
-        return self.brokers[self._current]
+        return self._session.broker
 
     async def submit(self, service: str | bytes, *frames: bytes | str,
                      key: str | None = None) -> str:
@@ -73,72 +77,87 @@ class AsyncTitanicClient:
         `str` frames are sent as UTF-8. `key` is the idempotency key, as TitanicClient.submit
         takes it: without one a random key is made, so this call's retries, to this broker or
         another, are stored once."""
-        return parse_submitted(await self._call(tsp.REQUEST_SERVICE,
-                                                request_body(service, frames, key)))
+        return await self._run(self._session.submit(_name(service), encode_frames(frames),
+                                                    key))
 
     async def fetch(self, request_id: str, *, within: float | None = None) -> Fetched:
         """Ask once for the reply to a request (taking at most `within` seconds, if given)."""
-        return parse_fetch(await self._call(tsp.REPLY_SERVICE, [uuid_frame(request_id)],
-                                            within))
+        return await self._run(self._session.fetch(uuid_frame(request_id), within))
 
     async def wait(self, request_id: str, timeout: float, *, interval: float = 0.1,
-                   interval_max: float = 1.0) -> Fetched:
+                   interval_max: float = 1.0,
+                   progress: Callable[[float], None] | None = None) -> Fetched:
         """Fetch until the request is no longer pending or `timeout` seconds pass."""
-        deadline = time.monotonic() + timeout
-        while True:
-            fetched = await self.fetch(request_id, within=max(0.0, deadline - time.monotonic()))
-            remaining = deadline - time.monotonic()
-            if fetched.state is not ReplyState.PENDING or remaining <= 0:
-                return fetched
-            await asyncio.sleep(min(interval, remaining))
-            interval = min(interval_max, interval * 1.5)
+        return await self._run(self._session.wait(
+            uuid_frame(request_id), timeout, interval=interval, interval_max=interval_max,
+            progress=progress))
 
     async def close_request(self, request_id: str) -> None:
         """Delete a request and its reply (fine for an unknown UUID)."""
-        check_close(await self._call(tsp.CLOSE_SERVICE, [uuid_frame(request_id)]))
+        check_close(await self._run(self._session.call(tsp.CLOSE_SERVICE,
+                                                       [uuid_frame(request_id)])))
 
     async def has_workers(self, service: str | bytes,
                           timeout: float = DIAGNOSE_TIMEOUT_S) -> bool | None:
         """Whether `service` has workers at the broker now; None if the broker did not say."""
-        name = service.encode() if isinstance(service, str) else service
-        try:
-            answer = await self.request(mmi.SERVICE, [name], timeout=timeout, retries=0)
-        except TitanicTimeoutError:
-            return None
-        return answer[:1] == [mmi.FOUND]
+        return await self._run(self._session.has_workers(_name(service), timeout))
 
-    async def _call(self, service: bytes, body: Frames, within: float | None = None) -> Frames:
-        budget = CallBudget.of(self.timeout, self.retries, within)
-        try:
-            return await self.request(service, body, timeout=budget.timeout,
-                                      retries=budget.retries)
-        except TitanicTimeoutError as exc:
-            present = await self.has_workers(service, budget.probe)
-            raise timeout_error(exc, service, self.broker, present) from exc
+    # -- the adapter: each Op on asyncio sockets ------------------------------------------------
 
-    async def request(self, service: bytes, body: Sequence[bytes], *, timeout: float,
-                      retries: int) -> Frames:
-        """One MDP request: the reply body (parts joined); each timeout moves to a new socket
-        on the next broker; TitanicTimeoutError when the attempts are spent."""
-        for _ in range(retries + 1):
-            index, sock = self._take()
+    async def _run(self, conversation: Conversation[T]) -> T:
+        result: Any = None
+        while True:
             try:
-                reply = await self._send_and_collect(sock, service, body, timeout)
-            except BaseException as exc:  # cancelled, or closed under us: the socket is spent
-                self._discard(sock)
-                if self._closed and isinstance(exc, zmq.ZMQError):
-                    raise ClientClosedError() from exc
-                raise
-            if reply is not None:
-                self._idle.append((index, sock))
-                return reply
+                op = conversation.send(result)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            result = await self._perform(op)
+
+    async def _perform(self, op: Op) -> Any:
+        if isinstance(op, Ask):
+            return await self._ask(op.broker, op.service, op.body, op.timeout)
+        if isinstance(op, Survey):
+            return await self._survey(op)
+        assert isinstance(op, Pause)
+        await asyncio.sleep(op.seconds)
+        return None
+
+    async def _ask(self, index: int, service: bytes, body: Sequence[bytes], timeout: float
+                   ) -> Frames | None:
+        """One request to one broker: the reply (parts joined), or None after `timeout`."""
+        sock = self._take(index)
+        try:
+            reply = await self._send_and_collect(sock, service, body, timeout)
+        except BaseException as exc:  # cancelled, or closed under us: the socket is spent
+            self._discard(sock)
+            if self._closed and isinstance(exc, zmq.ZMQError):
+                raise ClientClosedError() from exc
+            raise
+        if reply is None:
             self._discard(sock)  # a late reply must not answer another call
-            if self._current == index:  # not moved on by a concurrent call already
-                self._current = (index + 1) % len(self.brokers)
-        where = self.brokers[0] if len(self.brokers) == 1 else ", ".join(self.brokers)
-        raise TitanicTimeoutError(
-            f"no reply from service {service.decode(errors='replace')!r} at {where} "
-            f"after {retries + 1} attempt(s) of {timeout:g} s")
+        else:
+            self._idle.setdefault(index, []).append(sock)
+        return reply
+
+    async def _survey(self, survey: Survey) -> dict[int, Frames | None]:
+        """The same kind of question to several brokers at once (see Survey)."""
+        tasks = {asyncio.ensure_future(self._ask(index, service, body, survey.timeout)): index
+                 for index, service, body in survey.asks}
+        answers: dict[int, Frames | None] = {index: None for index in tasks.values()}
+        waiting = set(tasks)
+        deadline = time.monotonic() + survey.timeout
+        while waiting and (remaining := deadline - time.monotonic()) > 0:
+            done, waiting = await asyncio.wait(waiting, timeout=remaining,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is None and task.result() is not None:
+                    answers[tasks[task]] = task.result()
+                    deadline = min(deadline, time.monotonic() + survey.grace)
+        for task in waiting:
+            task.cancel()
+        if waiting:
+            await asyncio.wait(waiting)
+        return answers
 
     async def _send_and_collect(self, sock: _Socket, service: bytes, body: Sequence[bytes],
                                 timeout: float) -> Frames | None:
@@ -157,29 +176,29 @@ class AsyncTitanicClient:
                     return None
         return await self._collect(sock, service, timeout - (time.monotonic() - began))
 
-    def _take(self) -> tuple[int, _Socket]:
-        """An idle socket to the current broker, or a new one."""
+    def _take(self, index: int) -> _Socket:
+        """An idle socket to broker `index`, or a new one."""
         if self._closed:
             raise ClientClosedError()
-        while self._idle:
-            index, sock = self._idle.pop()
-            if index == self._current:
-                return index, sock
-            self._discard(sock)  # connected to a broker we failed over from
+        idle = self._idle.get(index)
+        if idle:
+            return idle.pop()
         sock = self._context.socket(zmq.DEALER)
         self._sockets.add(sock)
         sock.linger = 0
+        sock.setsockopt(zmq.ROUTING_ID, marked_routing_id())
         if self._configure is not None:
             self._configure(cast("zmq.Socket[bytes]", sock))  # options only: any socket does
-        sock.connect(self.brokers[self._current])
-        return self._current, sock
+        sock.connect(self._session.brokers[index])
+        return sock
 
     def _discard(self, sock: _Socket) -> None:
         self._sockets.discard(sock)
         sock.close(linger=0)
 
     async def _collect(self, sock: _Socket, service: bytes, wait: float) -> Frames | None:
-        """The reply's frames, all parts joined, or None if none came in time."""
+        """The reply's frames, all parts joined, or None if none came in time;
+        BrokerRefusedError if the broker refused the request."""
         body: Frames = []
         deadline = time.monotonic() + wait
         while True:
@@ -190,8 +209,13 @@ class AsyncTitanicClient:
                 reply = parse_client_reply(self.dialect, await sock.recv_multipart())
             except ProtocolError:
                 continue
-            if reply.service and reply.service != service:
-                continue  # a late reply to an earlier request
+            if reply.service != service:
+                if not reply.service and self.dialect is not Dialect.MAJORTOMO:
+                    refusal = parse_refusal(reply.body)  # no worker replies without a name
+                    raise BrokerRefusedError(refusal.code, refusal.reason,
+                                             service.decode(errors="replace"))
+                if reply.service:
+                    continue  # a late reply to an earlier request
             body.extend(reply.body)
             if reply.final:
                 return body

@@ -35,12 +35,11 @@ from titanic._zmq import (
     send_frames,
 )
 from titanic.broker_core import BrokerCore, Endpoint, Outgoing
-from titanic.broker_refusals import OVER_CLIENT_LIMIT, OVERSIZED, QUEUE_FULL
 from titanic.protocol.mdp import Frames
 from titanic.security import CurveServer, describe_handshake_failure
 from titanic.settings import SHUTDOWN_LINGER_MS, BrokerSettings
 
-__all__ = ["OVER_CLIENT_LIMIT", "OVERSIZED", "QUEUE_FULL", "Broker", "BrokerHost", "Endpoint"]
+__all__ = ["Broker", "BrokerHost", "Endpoint"]
 
 log = logging.getLogger(__name__)
 

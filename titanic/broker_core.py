@@ -28,12 +28,18 @@ from typing import Any
 
 from titanic import broker_refusals as refusals
 from titanic.broker_local import LocalDesk, LocalReply, LocalRequest
-from titanic.broker_queues import Assignment, QueuedRequest, RegisteredWorker, ServiceQueue
+from titanic.broker_queues import (
+    Assignment,
+    QueuedRequest,
+    RegisteredWorker,
+    ServiceQueue,
+    queued_cost,
+)
 from titanic.broker_stats import BrokerStats, DropReport
 from titanic.errors import ProtocolError
 from titanic.logs import about
 from titanic.protocol import mmi
-from titanic.protocol.identity import IDENTITY_OPTION, caller_frame
+from titanic.protocol.identity import IDENTITY_OPTION, IDENTITY_REFUSED, caller_frame
 from titanic.protocol.mdp import (
     CLIENT_01,
     EMPTY,
@@ -48,6 +54,8 @@ from titanic.protocol.mdp import (
     parse_peer_message,
     worker_command_prefix,
 )
+from titanic.protocol.refusal import MARK as MARKED_CLIENT
+from titanic.protocol.refusal import parse_refusal
 from titanic.settings import MAX_SERVICE_NAME_BYTES, BrokerSettings
 
 log = logging.getLogger("titanic.broker")
@@ -92,11 +100,12 @@ class BrokerCore:
         # What mmi.broker answers: the driver adds what only it knows (version, uptime).
         self._facts = facts or self.facts
         self._max_request_size = self.settings.max_request_size
-        self._max_queued_per_client = self.settings.max_queued_per_client
+        self._max_queued_bytes = self.settings.max_queued_bytes_per_client
         self.stats = BrokerStats()
         self._services: dict[bytes, ServiceQueue] = {}
         self._workers: dict[bytes, RegisteredWorker] = {}
         self._queued_total = 0
+        #: Bytes queued per client (its CURVE key, else its connection): `queued_cost`s.
         self._queued_by_client: dict[bytes, int] = {}
         self._drops = DropReport(self.stats)
         #: Z85 keys of the admin folder: their workers may be told each request's caller.
@@ -168,9 +177,9 @@ class BrokerCore:
             client, dialect, _, counted, user = assignment
             caller = 1 if worker.identities and user is not None else 0
             body = frames[len(_REQUEST_PREFIX[worker.dialect]) + 3 + caller:]
-            retry.append((worker.service, QueuedRequest(client, dialect, body,
-                                                  now + self.settings.request_ttl, counted,
-                                                  user)))
+            retry.append((worker.service, QueuedRequest(
+                client, dialect, body, now + self.settings.request_ttl, counted, user,
+                queued_cost(worker.service.name, body))))
         for worker in unreachable.values():
             self._remove_worker(worker, "unreachable")
         self._route_again(retry)
@@ -210,7 +219,7 @@ class BrokerCore:
             if queued.client == client:
                 queue.requests.remove(queued)
                 self._queued_total -= 1
-                self._unqueued(queued.counted)
+                self._unqueued(queued)
                 return True
         return False
 
@@ -288,6 +297,10 @@ class BrokerCore:
         if len(service_name) > MAX_SERVICE_NAME_BYTES:
             self._refuse_long_name(client, dialect, service_name)
             return
+        if not service_name:
+            self._drops.refused("malformed", client)
+            self._refuse(client, dialect, service_name, refusals.no_service())
+            return
         if service_name in self._local_services:
             self.stats.requests += 1
             self._local.requests.append(LocalRequest(client, dialect, service_name, body, user))
@@ -317,13 +330,13 @@ class BrokerCore:
             return
         size = len(service_name) + sum(map(len, body))
         self._drops.refused("oversized_requests", client)
-        self._send_client(client, refusals.oversized(dialect, service_name, size, limit),
-                          refusal=True)
+        self._refuse(client, dialect, service_name, refusals.oversized(size, limit))
 
     def _refuse_long_name(self, client: bytes, dialect: Dialect, service_name: bytes) -> None:
-        """413 for a service name over MAX_SERVICE_NAME_BYTES."""
+        """413 for a service name over MAX_SERVICE_NAME_BYTES. It names no service (an empty
+        service frame): echoing the name would make the broker hold it again."""
         self._drops.refused("oversized_requests", client)
-        self._send_client(client, refusals.long_name(dialect, service_name), refusal=True)
+        self._refuse(client, dialect, b"", refusals.long_name(service_name))
 
     def _enqueue(self, service: ServiceQueue, client: bytes, dialect: Dialect, body: Frames,
                  user: bytes | None) -> None:
@@ -339,15 +352,16 @@ class BrokerCore:
             return
         counted = user or client
         waiting = self._queued_by_client.get(counted, 0)
-        if waiting >= self._max_queued_per_client:
+        cost = queued_cost(service.name, body)
+        if waiting and waiting + cost > self._max_queued_bytes:
             self._drops.refused("over_client_limit", client)
-            self._send_client(client, refusals.over_client_limit(
-                dialect, service.name, bool(user), self._max_queued_per_client),
-                refusal=True)
+            self._refuse(client, dialect, service.name, refusals.over_client_limit(
+                bool(user), self._max_queued_bytes))
             return
-        self._queued_by_client[counted] = waiting + 1
+        self._queued_by_client[counted] = waiting + cost
         expires_at = self._now + self.settings.request_ttl
-        service.requests.append(QueuedRequest(client, dialect, body, expires_at, counted, user))
+        service.requests.append(QueuedRequest(client, dialect, body, expires_at, counted, user,
+                                              cost))
         self._queued_total += 1
         self.stats.queued += 1
 
@@ -357,15 +371,15 @@ class BrokerCore:
         self.stats.rejected_requests += 1
         log.debug("%s: request from client %s for %s refused", why.decode(), client.hex(),
                   _show(service_name))
-        self._send_client(client, refusals.queue_full(dialect, service_name, why), refusal=True)
+        self._refuse(client, dialect, service_name, refusals.queue_full(why))
 
-    def _unqueued(self, counted: bytes) -> None:
-        """A request counted against this client (key or connection) left the queue."""
-        left = self._queued_by_client[counted] - 1
+    def _unqueued(self, queued: QueuedRequest) -> None:
+        """A request counted against its client (key or connection) left the queue."""
+        left = self._queued_by_client[queued.counted] - queued.cost
         if left:
-            self._queued_by_client[counted] = left
+            self._queued_by_client[queued.counted] = left
         else:
-            del self._queued_by_client[counted]
+            del self._queued_by_client[queued.counted]
 
     def _assign(self, worker: RegisteredWorker, client: bytes, dialect: Dialect, body: Frames,
                 counted: bytes, user: bytes | None) -> None:
@@ -398,7 +412,7 @@ class BrokerCore:
             service.requests.appendleft(queued)
             self._queued_total += 1
             self._queued_by_client[queued.counted] = (
-                self._queued_by_client.get(queued.counted, 0) + 1)
+                self._queued_by_client.get(queued.counted, 0) + queued.cost)
 
     def _place(self, worker: RegisteredWorker) -> None:
         """File the worker under idle, spare (credit left) or neither (full), by its load."""
@@ -456,7 +470,8 @@ class BrokerCore:
             self._drops.refused("identities_refused", identity)
             log.debug("worker %s (key %s) asked for identities, not an admin key: DISCONNECT",
                       identity.hex(), user.decode(errors="replace"))
-            self._send_worker(identity, build_worker(dialect, Command.DISCONNECT))
+            self._send_worker(identity, build_worker(dialect, Command.DISCONNECT,
+                                                     IDENTITY_REFUSED))
             return
         service = self._services.get(service_name)
         if service is None:
@@ -505,7 +520,7 @@ class BrokerCore:
         while requests and len(worker.outstanding) < credit:
             queued = requests.popleft()
             self._queued_total -= 1
-            left = by_client[queued.counted] - 1  # inline _unqueued(): this loop is hot
+            left = by_client[queued.counted] - queued.cost  # inline _unqueued(): this is hot
             if left:
                 by_client[queued.counted] = left
             else:
@@ -561,7 +576,7 @@ class BrokerCore:
             while requests and requests[0].expires_at < self._now:
                 queued = requests.popleft()
                 self._count_expired(service, queued)
-                self._unqueued(queued.counted)
+                self._unqueued(queued)
                 self._queued_total -= 1
             if not requests and service.workers == 0:
                 del self._services[name]
@@ -573,9 +588,21 @@ class BrokerCore:
 
     # -- output ---------------------------------------------------------------------------------
 
-    def _send_client(self, identity: bytes, frames: Frames, *, refusal: bool = False) -> None:
+    def _refuse(self, client: bytes, dialect: Dialect, service_name: bytes, body: Frames
+                ) -> None:
+        """Answer a refusal: to the host, as a Refusal; to a client that marked its connection,
+        under an empty service name (no worker's reply has one); to others, under the
+        request's service name, like a reply."""
+        if client.startswith(self._local_prefix):
+            self._local.replies.append((client, parse_refusal(body)))
+            return
+        marked = client.startswith(MARKED_CLIENT)
+        self._send_client(client, build_client_reply(dialect, b"" if marked else service_name,
+                                                     body))
+
+    def _send_client(self, identity: bytes, frames: Frames) -> None:
         if identity.startswith(self._local_prefix):  # 7/MDP: "", MDPC01, service, body...
-            self._local.replies.append((identity, None if refusal else frames[3:]))
+            self._local.replies.append((identity, frames[3:]))
             return
         frames.insert(0, identity)  # the callers build a fresh list for every send
         self._out.append((False, frames, None))

@@ -12,6 +12,7 @@ import os
 from typing import NamedTuple
 
 from titanic.protocol.mdp import Dialect, Frames
+from titanic.protocol.refusal import Refusal
 
 
 class LocalRequest(NamedTuple):
@@ -25,9 +26,9 @@ class LocalRequest(NamedTuple):
     user: bytes | None
 
 
-#: A reply to one of the host's own requests: (its address, the reply body, or None when the
-#: broker refused the request: a full queue, a request over a limit).
-LocalReply = tuple[bytes, "Frames | None"]
+#: A reply to one of the host's own requests: (its address, the reply body, or the broker's
+#: Refusal when it refused the request: a full queue, a request over a limit).
+LocalReply = tuple[bytes, "Frames | Refusal"]
 
 
 class LocalDesk:

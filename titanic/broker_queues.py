@@ -7,7 +7,7 @@ from collections import deque
 from typing import NamedTuple
 
 from titanic.protocol.mdp import Dialect, Frames
-from titanic.settings import BrokerSettings
+from titanic.settings import QUEUED_REQUEST_COST, BrokerSettings
 
 #: A request in a worker's hands: (client identity, client dialect, when it was sent, whom the
 #: per-client limit counts it against, the client's CURVE key or None).
@@ -25,6 +25,14 @@ class QueuedRequest(NamedTuple):
     counted: bytes
     #: The client's CURVE key (Z85), None without CURVE.
     user: bytes | None
+    #: What it counts against its client's limit, in bytes (`queued_cost`).
+    cost: int
+
+
+def queued_cost(service: bytes, body: Frames) -> int:
+    """What a queued request counts against its client's limit: its service name and body,
+    and QUEUED_REQUEST_COST for its place in the queue."""
+    return QUEUED_REQUEST_COST + len(service) + sum(map(len, body))
 
 
 class ServiceQueue:

@@ -19,13 +19,21 @@ from typing import NamedTuple
 import zmq
 
 from titanic._zmq import NOBLOCK, SocketHook, SocketSet, new_socket, recv_frames, send_frames
-from titanic.errors import ClientClosedError, ProtocolError, TitanicTimeoutError
+from titanic.errors import (
+    BrokerRefusedError,
+    ClientClosedError,
+    ProtocolError,
+    TitanicTimeoutError,
+)
 from titanic.protocol import mmi
 from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
+from titanic.protocol.refusal import marked_routing_id, parse_refusal
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, broker_list
+from titanic.tsp_answers import DIAGNOSE_TIMEOUT_S, explain_timeout
 
-#: Longest an mmi.service question asked to explain a timeout may take, in seconds.
-DIAGNOSE_TIMEOUT_S = 1.0
+__all__ = ["DIAGNOSE_TIMEOUT_S", "Brokers", "Client", "Completion", "Connection",
+           "PipelinedClient", "collect_parts", "explain_timeout"]
+
 Brokers = str | Sequence[str]
 
 
@@ -33,18 +41,7 @@ def _encode(service: str | bytes) -> bytes:
     return service.encode() if isinstance(service, str) else service
 
 
-def explain_timeout(service: str | bytes, broker: str, present: bool | None) -> str:
-    """Which piece is down after a request to `service` got no reply, given what the broker's
-    mmi.service said (`present`; None: the broker did not answer either)."""
-    name = _encode(service).decode(errors="replace")
-    if present is None:
-        return f"the broker at {broker} does not answer"
-    if present:
-        return f"the broker answers and {name!r} has workers, but none replied in time"
-    return f"the broker answers, but no worker serves {name!r}"
-
-
-class _Connection:
+class Connection:
     """One DEALER socket to one of the brokers, replaced after a timeout (Lazy Pirate) by one to
     the next broker."""
 
@@ -65,6 +62,8 @@ class _Connection:
 
     def _open(self) -> zmq.Socket[bytes]:
         sock = new_socket(self._context, zmq.DEALER)
+        # Marked: titanic's broker then answers its refusals under an empty service name.
+        sock.setsockopt(zmq.ROUTING_ID, marked_routing_id())
         if self._configure is not None:
             self._configure(sock)
         sock.connect(self.broker)
@@ -93,9 +92,9 @@ class _Connection:
                     return False
         return False
 
-    def read_part(self, service: bytes) -> tuple[bool, Frames] | None:
-        """Read one waiting message: (final, body), or None if there was none or it was not a
-        reply for `service`."""
+    def read_part(self, service: bytes) -> tuple[bool, Frames] | BrokerRefusedError | None:
+        """Read one waiting message: (final, body), the broker's refusal of the request, or
+        None if there was none or it was not a reply for `service`."""
         try:
             frames = recv_frames(self.socket, NOBLOCK)
         except zmq.Again:
@@ -104,13 +103,48 @@ class _Connection:
             reply = parse_client_reply(self.dialect, frames)
         except ProtocolError:
             return None
-        if reply.service and reply.service != service:
-            return None  # a late reply to an earlier request
+        if reply.service != service:
+            if not reply.service and self.dialect is not Dialect.MAJORTOMO:
+                return _refused(service, reply.body)  # no worker replies without a name
+            if reply.service:
+                return None  # a late reply to an earlier request
         return reply.final, reply.body
 
     def close(self) -> None:
         """Close the socket at once."""
         self.socket.close(linger=0)
+
+
+def collect_parts(connection: Connection, service: bytes, wait: float) -> list[Frames] | None:
+    """The reply parts to the request just sent on `connection`, or None if none came within
+    `wait` seconds (each part restarts the clock); BrokerRefusedError if the broker refused
+    the request."""
+    parts: list[Frames] = []
+    deadline = time.monotonic() + wait
+    sock = connection.socket
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+            return None
+        result = connection.read_part(service)
+        if result is None:
+            continue
+        if isinstance(result, BrokerRefusedError):
+            raise result
+        final, body = result
+        parts.append(body)
+        if final:
+            return parts
+        deadline = time.monotonic() + wait
+
+
+def _refused(service: bytes, body: Frames) -> BrokerRefusedError | None:
+    """The broker's refusal of a request for `service`; None if the body is not one."""
+    try:
+        refusal = parse_refusal(body)
+    except ProtocolError:
+        return None
+    return BrokerRefusedError(refusal.code, refusal.reason, service.decode(errors="replace"))
 
 
 def _where(brokers: Sequence[str]) -> str:
@@ -136,7 +170,7 @@ class Client:
         self.retries = retries
         self._own_context = context is None
         self._context = context or zmq.Context()
-        self._connection: _Connection | None = _Connection(self.brokers, dialect, self._context,
+        self._connection: Connection | None = Connection(self.brokers, dialect, self._context,
                                                            configure_socket)
 
     @property
@@ -162,7 +196,7 @@ class Client:
                 connection.reopen()
             began = time.monotonic()
             if connection.send(name, frames, wait):
-                parts = self._collect(connection, name, wait - (time.monotonic() - began))
+                parts = collect_parts(connection, name, wait - (time.monotonic() - began))
                 if parts is not None:
                     return parts
         connection.reopen()  # a late reply to this request must not answer the next one
@@ -185,24 +219,7 @@ class Client:
         """Which piece is down after a request to `service` got no reply, asked of the broker."""
         return explain_timeout(service, self.broker, self.has_workers(service, timeout))
 
-    def _collect(self, connection: _Connection, service: bytes, wait: float) -> list[Frames] | None:
-        parts: list[Frames] = []
-        deadline = time.monotonic() + wait
-        sock = connection.socket
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
-                return None
-            result = connection.read_part(service)
-            if result is None:
-                continue
-            final, body = result
-            parts.append(body)
-            if final:
-                return parts
-            deadline = time.monotonic() + wait  # each part restarts the clock
-
-    def _require_connection(self) -> _Connection:
+    def _require_connection(self) -> Connection:
         if self._connection is None:
             raise ClientClosedError()
         return self._connection
@@ -234,7 +251,7 @@ class _Slot:
     __slots__ = ("connection", "tag", "service", "body", "generation", "attempts_left", "parts",
                  "timeout", "attempts")
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.tag: Hashable = None
         self.service = b""
@@ -299,7 +316,7 @@ class PipelinedClient:
         if self._opened >= self._depth:
             raise RuntimeError("no free slot: poll() for completions first")
         # Spread over the brokers; a slot whose request times out moves to the next one.
-        slot = _Slot(_Connection(self.brokers, self._dialect, self._context, self._configure,
+        slot = _Slot(Connection(self.brokers, self._dialect, self._context, self._configure,
                                  first=self._opened))
         self._opened += 1
         self._track(slot)
@@ -401,6 +418,9 @@ class PipelinedClient:
         """Read one message from a readable socket (more parts show up in the next wait)."""
         result = slot.connection.read_part(slot.service)
         if result is None or slot not in self._busy:
+            return
+        if isinstance(result, BrokerRefusedError):
+            self._finish(slot, done, None, result)
             return
         final, body = result
         slot.parts.extend(body)

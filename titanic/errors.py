@@ -29,8 +29,28 @@ class TitanicServiceError(TitanicError):
     """The Titanic service answered with an error status."""
 
 
+class BrokerRefusedError(TitanicError):
+    """The broker refused to route the request (a full queue, a request over a limit)."""
+
+    def __init__(self, code: int, reason: str, service: str = "") -> None:
+        self.code = code
+        self.reason = reason
+        where = f" for {service!r}" if service else ""
+        super().__init__(f"the broker refused the request{where}: {code} {reason}")
+
+    @property
+    def retryable(self) -> bool:
+        """True when the same request may succeed later (503: a full queue)."""
+        return self.code == 503
+
+
 class HandshakeRefusedError(TitanicError):
     """The broker refused the security handshake: the key, the server key or the mechanism."""
+
+
+class IdentityRefusedError(HandshakeRefusedError):
+    """The broker will not tell this dispatcher who sends each request: its CURVE key is not in
+    the broker's admin folder (--curve-admin)."""
 
 
 # -- our own caller misused the API ---------------------------------------------------------------

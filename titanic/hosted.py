@@ -35,11 +35,12 @@ from titanic.broker_local import LocalReply, LocalRequest
 from titanic.client import Completion
 from titanic.dispatcher import DispatcherBase
 from titanic.dispatcher_settings import DispatcherSettings
-from titanic.errors import StoreError, TitanicError, TitanicTimeoutError
+from titanic.errors import BrokerRefusedError, StoreError, TitanicError, TitanicTimeoutError
 from titanic.planner import Planner
 from titanic.protocol import manage, tsp
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
+from titanic.protocol.refusal import Refusal
 from titanic.services import handle_close, handle_reply
 from titanic.store import Store, StoreIdentity
 from titanic.store_identity import store_reply
@@ -111,9 +112,9 @@ class CoreTransport:
                 continue
             tag, service, deadline = entry
             self._forget(address, deadline)
-            if reply is None:
-                done.append(Completion(tag, None, TitanicError(
-                    f"the broker refused the request for {service!r}: its queue is full")))
+            if isinstance(reply, Refusal):
+                done.append(Completion(tag, None, BrokerRefusedError(
+                    reply.code, reply.reason, service.decode(errors="replace"))))
             else:
                 done.append(Completion(tag, reply, None))
         return done
@@ -324,7 +325,7 @@ class HostedDispatcher(DispatcherBase):
             try:
                 answer = self.management.handle(request.body, caller)
             except StoreError as exc:  # handle() answers these itself; a last guard
-                answer = [tsp.Status.ERROR.frame(f"store error: {exc}")]
+                answer = tsp.Status.ERROR.answer(f"store error: {exc}")
             self._manage_out.put((request, answer))
 
     def _send_managed(self) -> None:

@@ -22,11 +22,11 @@ from typing import Protocol
 
 from titanic.client import Completion
 from titanic.dispatcher_settings import DispatcherSettings, DispatcherStats
-from titanic.errors import StoreError
+from titanic.errors import BrokerRefusedError, StoreError
 from titanic.in_flight import Windows
 from titanic.logs import about
 from titanic.protocol import mmi, tsp
-from titanic.protocol.failure import FailureReport, parse_failure
+from titanic.protocol.failure import FailureKind, FailureReport, parse_failure
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.services import (
@@ -134,6 +134,15 @@ def _split_plan(plan: dict[str, int], new: Sequence[NewRequest], fresh: set[str]
         else:
             claims[service] = room
     return claims, claim_new
+
+
+def _refusal(error: Exception | None) -> FailureReport | None:
+    """The broker's refusal of a forward as a failure report (a 503 is tried again after the
+    backoff, a 400 or 413 would be refused again: failed at once); None after a timeout."""
+    if not isinstance(error, BrokerRefusedError):
+        return None
+    kind = FailureKind.RETRY if error.retryable else FailureKind.PERMANENT
+    return FailureReport(kind, str(error))
 
 
 class Planner:
@@ -318,7 +327,7 @@ class Planner:
             if completion.reply is None:
                 self.presence.forget(tag.service)
                 self.windows.failed(tag.service, tag.sent, now)
-                failed.append((tag.request_id, tag.service, None))
+                failed.append((tag.request_id, tag.service, _refusal(completion.error)))
                 continue
             self.windows.answered(tag.service, tag.sent, now)
             if (report := parse_failure(completion.reply)) is not None:

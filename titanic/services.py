@@ -5,13 +5,16 @@ answers written here (`check_requests`, `acknowledge`, `refuse_for_store_error`,
 `refuse_over_owner_limit`), but stored by the dispatcher's planner (`titanic.planner`), in the
 same transaction as the turn's replies and claims.
 
-Status frames are three digits and an optional text; clients look only at the digits, and
-titanic's own client reads the text to tell apart the ways a request can end:
+Status frames are the three digits alone; an answer other than 200 carries its text in the
+frame after the status (clients that compare whole status frames, as the guide's ticlient does,
+see the code alone), and titanic's own client reads that text to tell apart the ways a request
+can end:
 
-    titanic.request  200 <uuid> | 400 <why the request is refused> | 500 <store error>
-    titanic.reply    200 <reply frames...> | 300 pending | 400 unknown | 400 failed: <error>
-                     | 400 expired: <why> | 500 <store error>
-    titanic.close    200 (unknown and malformed UUIDs too) | 500 <store error>
+    titanic.request  200, <uuid> | 400, <why the request is refused> | 503, <a key's limit>
+                     | 500, <store error>
+    titanic.reply    200, <reply frames...> | 300, pending | 400, unknown | 400, failed: <error>
+                     | 400, expired: <why> | 500, <store error>
+    titanic.close    200 (unknown and malformed UUIDs too) | 500, <store error>
 
 A titanic.request may carry an idempotency key in front, `"", key, service, body...` (see
 titanic.protocol.tsp.split_request): a key already stored answers the stored request's UUID.
@@ -35,23 +38,27 @@ from titanic.errors import InvalidRequestError, ProtocolError, StoreError
 from titanic.logs import about
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
-from titanic.protocol.tsp import Status, parse_uuid, split_request
+from titanic.protocol.tsp import (
+    EXPIRED_PREFIX,
+    FAILED_PREFIX,
+    PENDING_TEXT,
+    UNKNOWN_TEXT,
+    Status,
+    parse_uuid,
+    split_request,
+)
 from titanic.store import NewRequest, RequestStatus, Store, check_new_request
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_TEXT = "unknown"
-FAILED_PREFIX = "failed: "
-EXPIRED_PREFIX = "expired: "
-
-_PENDING = Status.PENDING.frame("pending")
-_UNKNOWN = Status.UNKNOWN.frame(UNKNOWN_TEXT)
+_PENDING = Status.PENDING.answer(PENDING_TEXT)
+_UNKNOWN = Status.UNKNOWN.answer(UNKNOWN_TEXT)
 _OK = Status.OK.frame()
 
 
 def _store_error(exc: StoreError) -> Frames:
     log.error("store error: %s", exc)
-    return [Status.ERROR.frame(f"store error: {exc}")]
+    return Status.ERROR.answer(f"store error: {exc}")
 
 
 def _parse_new_request(body: Frames) -> NewRequest:
@@ -87,7 +94,7 @@ def check_requests(bodies: Sequence[Frames], max_request_bytes: int,
             request = _parse_new_request(body)
             check_new_request(request, max_request_bytes)
         except (ProtocolError, InvalidRequestError) as exc:
-            answers[index] = [Status.UNKNOWN.frame(f"bad request: {exc}")]
+            answers[index] = Status.UNKNOWN.answer(f"bad request: {exc}")
             continue
         caller = callers[index] if callers is not None else None
         if caller is not None:
@@ -119,8 +126,8 @@ def refuse_over_owner_limit(answers: list[Frames | None],
         owner = request.owner
         if owner is not None:
             if counts.get(owner, 0) >= limit:
-                answers[index] = [Status.OVER_LIMIT.frame(
-                    f"too many stored requests for this key (limit {limit}): retry later")]
+                answers[index] = Status.OVER_LIMIT.answer(
+                    f"too many stored requests for this key (limit {limit}): retry later")
                 continue
             counts[owner] = counts.get(owner, 0) + 1
         kept.append((index, request))
@@ -153,22 +160,22 @@ def handle_reply(store: Store, body: Frames, caller: Caller | None = None) -> Fr
     except ProtocolError:
         request_id = ""
     if not request_id:
-        return [_UNKNOWN]
+        return list(_UNKNOWN)
     try:
         stored = store.get(request_id)
     except InvalidRequestError:
-        return [_UNKNOWN]
+        return list(_UNKNOWN)
     except StoreError as exc:
         return _store_error(exc)
     if stored is None or not may_see(stored.owner, caller):
-        return [_UNKNOWN]
+        return list(_UNKNOWN)
     if stored.status is RequestStatus.DONE:
         return [_OK, *(stored.reply or ())]
     if stored.status is RequestStatus.FAILED:
-        return [Status.UNKNOWN.frame(FAILED_PREFIX + (stored.last_error or "no reason given"))]
+        return Status.UNKNOWN.answer(FAILED_PREFIX + (stored.last_error or "no reason given"))
     if stored.status is RequestStatus.EXPIRED:
-        return [Status.UNKNOWN.frame(EXPIRED_PREFIX + (stored.last_error or "not delivered"))]
-    return [_PENDING]
+        return Status.UNKNOWN.answer(EXPIRED_PREFIX + (stored.last_error or "not delivered"))
+    return list(_PENDING)
 
 
 def handle_close(store: Store, body: Frames, caller: Caller | None = None) -> Frames:

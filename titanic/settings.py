@@ -25,8 +25,11 @@ MAX_MESSAGE_SIZE_BYTES = 64 * 1024 * 1024
 BROKER_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 #: Longest service name the broker accepts, in bytes (the dispatcher stores at most 255 too).
 MAX_SERVICE_NAME_BYTES = 255
-#: Requests one client connection may have waiting in the broker's queues at once.
-MAX_QUEUED_PER_CLIENT = 1_000
+#: Bytes of requests one client (a connection, or a CURVE key) may have waiting in the broker's
+#: queues at once, each request counted as its service name and body plus QUEUED_REQUEST_COST.
+MAX_QUEUED_BYTES_PER_CLIENT = 64 * 1024 * 1024
+#: What a queued request costs the broker beyond its bytes (its place in the queue), in bytes.
+QUEUED_REQUEST_COST = 256
 #: Largest request body titanic stores; below the broker's limit so the refusal can be answered.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 CLIENT_TIMEOUT_S = 2.5
@@ -81,8 +84,8 @@ class BrokerSettings:
     prefetch_wait: float = PREFETCH_WAIT_S
     #: Bytes of request body above which a client gets "413 ..." back (0: no soft limit).
     max_request_size: int = BROKER_MAX_REQUEST_BYTES
-    #: Queued requests per client connection above which it gets "503 ..." back.
-    max_queued_per_client: int = MAX_QUEUED_PER_CLIENT
+    #: Bytes of queued requests per client above which it gets "503 ..." back.
+    max_queued_bytes_per_client: int = MAX_QUEUED_BYTES_PER_CLIENT
 
     @property
     def worker_expiry(self) -> float:

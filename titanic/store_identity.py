@@ -27,15 +27,12 @@ log = logging.getLogger(__name__)
 
 def store_reply(identity: StoreIdentity) -> Frames:
     """titanic.store's answer: `200`, the identity, the location."""
-    return [tsp.Status.OK.frame(), identity.id.encode(), identity.location.encode()]
+    return tsp.store_answer(tsp.ServingStore(identity.id, identity.location))
 
 
 def parse_store_reply(frames: Frames) -> StoreIdentity:
     """The identity a titanic.store answer names; ProtocolError if it names none."""
-    if len(frames) < 3 or tsp.parse_status(frames[0]) != tsp.Status.OK:
-        raise ProtocolError(f"titanic.store answered {frames[:1]!r}")
-    return StoreIdentity(frames[1].decode("ascii", "replace"),
-                         frames[2].decode("utf-8", "replace"))
+    return StoreIdentity(*tsp.parse_store_answer(frames))
 
 
 def serving_store(broker: str, *, dialect: Dialect, timeout: float,

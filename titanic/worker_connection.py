@@ -25,8 +25,8 @@ from titanic._zmq import (
     send_frames,
     socket_events,
 )
-from titanic.errors import ProtocolError
-from titanic.protocol.identity import Caller, parse_caller_frame
+from titanic.errors import IdentityRefusedError, ProtocolError
+from titanic.protocol.identity import IDENTITY_REFUSED, Caller, parse_caller_frame
 from titanic.protocol.mdp import (
     Command,
     Dialect,
@@ -174,6 +174,12 @@ class WorkerConnection:
         if message.command is Command.REQUEST:
             return message.address, message.body, None
         if message.command is Command.DISCONNECT:
+            if self.identities and message.body == [IDENTITY_REFUSED]:
+                self._drop(now)
+                raise IdentityRefusedError(
+                    f"the broker at {self.broker} will not tell the {self.service.decode()!r} "
+                    "worker who sends each request: this key is not in its admin folder "
+                    "(--curve-admin)")
             if self.identities:
                 log.warning("broker sent DISCONNECT to %r worker, which asks who sends each "
                             "request: a CURVE broker tells only keys in its admin folder "

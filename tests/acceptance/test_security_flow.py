@@ -198,7 +198,7 @@ def test_separate_worker_endpoint_with_its_own_keys(procs: Processes, keys: Path
 
 def test_broker_limits_answer_clearly(procs: Processes, keys: Path, tmp_path: Path) -> None:
     broker = start_broker(procs, keys, "--max-request-size", "1000",
-                          "--max-queued-per-client", "5")
+                          "--max-queued-bytes-per-client", "5000")
     procs.cli("dispatcher", "dispatcher", "--broker", broker, "--db",
               f"sqlite:///{tmp_path / 't.db'}", *FAST_DISPATCHER, *as_peer(keys, "dispatcher"))
     big = tmp_path / "big.bin"

@@ -20,7 +20,7 @@ from titanic_support import (
 
 from titanic.broker import Broker
 from titanic.client import Client, PipelinedClient
-from titanic.errors import TitanicTimeoutError
+from titanic.errors import BrokerRefusedError, TitanicTimeoutError
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import BrokerSettings
 from titanic.worker import Worker
@@ -114,8 +114,8 @@ def test_total_queue_bound_answers_503(stack: ExitStack) -> None:
         first.send_multipart([b"", b"MDPC01", b"one", b"x"])
         wait_until(lambda: broker.stats.queued == 1, message="one request queued")
         second.send_multipart([b"", b"MDPC01", b"two", b"y"])
-        assert recv_within(second) == [b"", b"MDPC01", b"two",
-                                        b"503 the broker's queues are full (limit 1 in all): "
+        assert recv_within(second) == [b"", b"MDPC01", b"two", b"503",
+                                        b"the broker's queues are full (limit 1 in all): "
                                         b"retry later"]
         assert nothing_within(first, 0.1)
     assert broker.stats.rejected_requests == 1
@@ -240,8 +240,10 @@ def test_service_name_counts_toward_the_request_size_limit(stack: ExitStack) -> 
     broker, endpoint = start_broker(stack, settings)
     start_worker(stack, endpoint, "n" * 200, lambda f: f)
     asker = client(stack, endpoint, retries=0)
-    assert asker.request("n" * 200, b"x" * 801) == [
-        b"413 request of 1001 bytes exceeds the broker's limit of 1000 bytes"]
+    with pytest.raises(BrokerRefusedError) as refused:
+        asker.request("n" * 200, b"x" * 801)
+    assert (refused.value.code, refused.value.reason) == (
+        413, "request of 1001 bytes exceeds the broker's limit of 1000 bytes")
     assert asker.request("n" * 200, b"x" * 800) == [b"x" * 800]
     assert broker.stats.oversized_requests == 1
 
@@ -251,10 +253,12 @@ def test_overlong_service_names_are_refused_not_queued(stack: ExitStack) -> None
     start_worker(stack, endpoint, "echo", lambda f: f)
     asker = client(stack, endpoint, retries=0)
     for _ in range(10):
-        assert asker.request("s" * (3 * 1024 * 1024), b"x") == [
-            b"413 service name of 3145728 bytes exceeds the limit of 255 bytes"]
-    assert asker.request("s" * 256, b"x") == [
-        b"413 service name of 256 bytes exceeds the limit of 255 bytes"]
+        with pytest.raises(BrokerRefusedError,
+                           match="413 service name of 3145728 bytes exceeds the limit of 255"):
+            asker.request("s" * (3 * 1024 * 1024), b"x")
+    with pytest.raises(BrokerRefusedError,
+                       match="413 service name of 256 bytes exceeds the limit of 255 bytes"):
+        asker.request("s" * 256, b"x")
     assert asker.request("echo", b"still served") == [b"still served"]
     assert broker.stats.oversized_requests == 11
     assert broker.stats.queued == 0

@@ -4,19 +4,20 @@ dispatcher, worker and clients on loopback, each client with its own key."""
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import zmq
-from titanic_support import nothing_within, recv_within, running, wait_until
+from titanic_support import nothing_within, recv_within, running
 
 from titanic._zmq import SocketHook
 from titanic.broker import Broker
 from titanic.client import Client
 from titanic.dispatcher import Dispatcher, DispatcherSettings
-from titanic.errors import TitanicTimeoutError
+from titanic.errors import IdentityRefusedError, TitanicTimeoutError
 from titanic.protocol import manage
 from titanic.protocol.identity import IDENTITY_OPTION
 from titanic.security import CurveServer, client_hook, load_keypair, write_keypair
@@ -168,8 +169,8 @@ def test_a_forged_identity_frame_gets_nothing(keys: Keys, stack: ExitStack,
         raise AssertionError(f"no answer to {frames[0]!r} in five tries")
 
     # Bob's frames that look like the broker's caller frame and envelope are only his body.
-    assert as_bob(b"titanic.reply", forged, b"", alices.encode()) == [b"400 unknown"]
-    assert as_bob(b"titanic.reply", alices.encode(), forged) == [b"400 unknown"]
+    assert as_bob(b"titanic.reply", forged, b"", alices.encode()) == [b"400", b"unknown"]
+    assert as_bob(b"titanic.reply", alices.encode(), forged) == [b"400", b"unknown"]
     assert as_bob(b"titanic.close", forged, b"", alices.encode()) == [b"200"]
     status, bobs = as_bob(b"titanic.request", b"later", forged)
     assert status == b"200"
@@ -184,7 +185,8 @@ def test_a_forged_identity_frame_gets_nothing(keys: Keys, stack: ExitStack,
     keys.hook("worker")(impostor)
     impostor.connect(endpoint)
     impostor.send_multipart([b"", b"MDPW01", b"\x01", b"later", IDENTITY_OPTION])
-    assert recv_within(impostor) == [b"", b"MDPW01", b"\x05"]  # DISCONNECT
+    assert recv_within(impostor) == [b"", b"MDPW01", b"\x05",  # DISCONNECT, saying why
+                                     b"titanic:identity/1 refused"]
     assert broker.stats.identities_refused == 1
     assert not has_worker(endpoint, keys.hook("alice"), b"later")
     assert nothing_within(impostor, 0.1)
@@ -196,9 +198,32 @@ def test_a_dispatcher_without_an_admin_key_is_not_told_identities(
     shutil.copyfile(keys.folder / "dispatcher.key", keys.allowed / "dispatcher.key")
     broker = start_broker(stack, keys.server())
     endpoint = broker.bound[0]
-    start_dispatcher(stack, endpoint, keys.hook("dispatcher"), tmp_path)
-    wait_until(lambda: broker.stats.identities_refused >= 3, message="identities refused")
+    store = open_store(f"sqlite:///{tmp_path / 'titanic.db'}")
+    stack.callback(store.close_store)
+    dispatcher = Dispatcher(store, DispatcherSettings(
+        broker=endpoint, presence_interval=0.05, identities=True,
+        connection=ConnectionSettings(heartbeat_interval=0.1, reconnect_initial=0.05)),
+        configure_socket=keys.hook("dispatcher"))
+    outcome: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            dispatcher.run()
+        except BaseException as exc:  # noqa: BLE001 - what run() ended with is the result
+            outcome.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():
+        dispatcher.stop()
+        thread.join(10)
+        raise AssertionError("a refused dispatcher kept trying instead of stopping")
+    assert len(outcome) == 1 and isinstance(outcome[0], IdentityRefusedError), outcome
+    assert "admin folder" in str(outcome[0])
+    refused = broker.stats.identities_refused
     assert not has_worker(endpoint, keys.hook("alice"), b"titanic.request")
+    assert broker.stats.identities_refused == refused  # stopped: no connection tries again
     with TitanicClient(endpoint, timeout=0.3, retries=0,
                        configure_socket=keys.hook("alice")) as alice:
         with pytest.raises(TitanicTimeoutError):

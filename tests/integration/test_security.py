@@ -18,9 +18,10 @@ from titanic_support import nothing_within, recv_within, running, wait_until
 
 from titanic._zmq import SocketHook
 from titanic.broker import Broker
+from titanic.broker_queues import queued_cost
 from titanic.client import Client
 from titanic.dispatcher import Dispatcher, DispatcherSettings
-from titanic.errors import CurveKeyError, TitanicTimeoutError
+from titanic.errors import BrokerRefusedError, CurveKeyError, TitanicTimeoutError
 from titanic.protocol.mdp import Frames
 from titanic.security import (
     AllowedKeys,
@@ -393,8 +394,9 @@ def test_oversized_request_is_refused_with_413_and_others_are_served(keys: Keys,
     endpoint = broker.bound[0]
     start_worker(stack, endpoint, keys.hook("worker"))
     alice = keys.hook("alice")
-    answer = call(endpoint, alice, "echo", b"x" * 600, b"y" * 397)
-    assert answer == [b"413 request of 1001 bytes exceeds the broker's limit of 1000 bytes"]
+    with pytest.raises(BrokerRefusedError,
+                       match="413 request of 1001 bytes exceeds the broker's limit of 1000"):
+        call(endpoint, alice, "echo", b"x" * 600, b"y" * 397)
     assert call(endpoint, alice, "echo", b"x" * 996) == [b"x" * 996]  # the name counts: 1000
     with dealer(endpoint, alice) as huge:  # beyond the hard limit: libzmq cuts the connection
         huge.send_multipart([b"", b"MDPC01", b"echo", b"h" * 4001])
@@ -405,7 +407,8 @@ def test_oversized_request_is_refused_with_413_and_others_are_served(keys: Keys,
 
 def test_client_over_its_queue_limit_gets_503_and_others_are_served(keys: Keys,
                                                                     stack: ExitStack) -> None:
-    settings = BrokerSettings(heartbeat_interval=0.1, max_queued_per_client=2, request_ttl=30)
+    settings = BrokerSettings(heartbeat_interval=0.1, request_ttl=30,
+                              max_queued_bytes_per_client=2 * queued_cost(b"later", [b"greedy-0"]))
     broker = start_broker(stack, keys.server(), settings)
     endpoint = broker.bound[0]
     keys.allow("bob")
@@ -415,8 +418,8 @@ def test_client_over_its_queue_limit_gets_503_and_others_are_served(keys: Keys,
             greedy.send_multipart([b"", b"MDPC01", b"later", b"greedy-%d" % n])
         answer = recv_within(greedy)
         assert answer[:3] == [b"", b"MDPC01", b"later"]
-        assert answer[3] == (b"503 too many queued requests from this key (limit 2): "
-                             b"retry later")
+        assert answer[3] == b"503"
+        assert answer[4].startswith(b"this key has ")
         modest.send_multipart([b"", b"MDPC01", b"later", b"modest"])
         wait_until(lambda: broker.stats.queued == 3, message="three requests queued")
         start_worker(stack, endpoint, keys.hook("worker"), service="later")
@@ -428,7 +431,8 @@ def test_client_over_its_queue_limit_gets_503_and_others_are_served(keys: Keys,
 
 
 def test_connections_of_one_key_share_its_queue_limit(keys: Keys, stack: ExitStack) -> None:
-    settings = BrokerSettings(heartbeat_interval=0.1, max_queued_per_client=2, request_ttl=30)
+    settings = BrokerSettings(heartbeat_interval=0.1, request_ttl=30,
+                              max_queued_bytes_per_client=2 * queued_cost(b"later", [b"one"]))
     broker = start_broker(stack, keys.server(), settings)
     endpoint = broker.bound[0]
     with dealer(endpoint, keys.hook("alice")) as first, \
@@ -438,8 +442,9 @@ def test_connections_of_one_key_share_its_queue_limit(keys: Keys, stack: ExitSta
         second.send_multipart([b"", b"MDPC01", b"later", b"two"])
         wait_until(lambda: broker.stats.queued == 2, message="two requests queued")
         third.send_multipart([b"", b"MDPC01", b"later", b"three"])
-        assert recv_within(third)[3] == (b"503 too many queued requests from this key "
-                                         b"(limit 2): retry later")
+        assert recv_within(third)[3:5] == [b"503", b"this key has %d bytes of requests "
+                                           b"queued, its limit: retry later"
+                                           % (2 * queued_cost(b"later", [b"one"]))]
         start_worker(stack, endpoint, keys.hook("worker"), service="later")
         assert recv_within(first)[3] == b"one"
         assert recv_within(second)[3] == b"two"

@@ -7,6 +7,8 @@ import json
 import pytest
 
 from titanic.broker_core import BrokerCore, Endpoint, Outgoing
+from titanic.broker_queues import queued_cost
+from titanic.protocol.refusal import marked_routing_id
 from titanic.settings import BrokerSettings
 
 SHARED = Endpoint.SHARED
@@ -154,8 +156,9 @@ def test_busy_worker_is_given_the_busy_timeout_before_it_expires() -> None:
 def test_full_service_queue_answers_503_and_counts() -> None:
     core = BrokerCore(BrokerSettings(queue_limit=2))
     assert request(core, b"C") == request(core, b"C") == []
-    assert sent(request(core, b"C")) == [to_client(
-        b"C", b"503 the broker's queue for this service is full (limit 2): retry later")]
+    assert sent(request(core, b"C")) == [[
+        b"C", b"", b"MDPC01", b"echo", b"503",
+        b"the broker's queue for this service is full (limit 2): retry later"]]
     assert (core.stats.queued, core.stats.rejected_requests) == (2, 1)
 
 
@@ -164,29 +167,62 @@ def test_full_broker_queue_answers_503_across_services() -> None:
     request(core, b"C", b"a")
     request(core, b"C", b"b")
     [(_, frames, _)] = request(core, b"C", b"c")
-    assert frames[4] == b"503 the broker's queues are full (limit 2 in all): retry later"
+    assert frames[4:] == [b"503", b"the broker's queues are full (limit 2 in all): retry later"]
     assert (core.stats.queued, core.stats.rejected_requests) == (2, 1)
 
 
-def test_client_with_too_many_queued_requests_gets_503() -> None:
-    core = BrokerCore(BrokerSettings(max_queued_per_client=2))
+#: What two queued requests of `request()`'s default body cost a client (titanic.broker_queues).
+TWO_QUEUED = 2 * queued_cost(b"echo", [b"hi"])
+
+
+def test_client_with_too_many_bytes_queued_gets_503() -> None:
+    core = BrokerCore(BrokerSettings(max_queued_bytes_per_client=TWO_QUEUED))
     request(core, b"C")
     request(core, b"C")
     [(_, frames, _)] = request(core, b"C")
-    assert frames[:4] == [b"C", b"", b"MDPC01", b"echo"]
-    assert frames[4].startswith(b"503 ")
+    assert frames[:5] == [b"C", b"", b"MDPC01", b"echo", b"503"]
+    assert frames[5].startswith(b"this client has")
     assert request(core, b"other") == []  # the limit is per client
     assert core.stats.over_client_limit == 1
 
 
+def test_the_client_limit_counts_bytes_so_many_small_requests_queue() -> None:
+    core = BrokerCore()
+    assert all(request(core, b"C") == [] for _ in range(10_000))
+    assert core.stats.queued == 10_000 and core.stats.over_client_limit == 0
+    big = b"x" * (8 * 1024 * 1024)
+    refused = [out for out in (request(core, b"D", body=big) for _ in range(10)) if out]
+    assert len(refused) == 3  # 7 requests of 8 MiB fit in 64 MiB, with their costs
+    assert core.stats.over_client_limit == 3
+
+
+def test_one_request_is_queued_whatever_its_size() -> None:
+    core = BrokerCore(BrokerSettings(max_queued_bytes_per_client=10))
+    assert request(core, b"C", body=b"x" * 100) == []
+    assert sent(request(core, b"C"))[0][4] == b"503"
+
+
+def test_the_client_limit_is_given_back_as_requests_leave_the_queue() -> None:
+    core = BrokerCore(BrokerSettings(max_queued_bytes_per_client=TWO_QUEUED, request_ttl=5))
+    request(core, b"C")
+    request(core, b"C", now=1.0)
+    core.tick(5.5)  # the first expired
+    assert request(core, b"C", now=5.5) == []
+    ready(core, b"W", now=5.6)  # takes one: room for one again
+    assert request(core, b"C", now=5.7) == []
+    assert sent(request(core, b"C", now=5.8))[0][4] == b"503"
+
+
 def test_connections_of_one_curve_key_share_its_queue_limit() -> None:
-    core = BrokerCore(BrokerSettings(max_queued_per_client=2))
+    core = BrokerCore(BrokerSettings(max_queued_bytes_per_client=2 * queued_cost(b"echo",
+                                                                                [b"x"])))
     for connection in (b"C1", b"C2"):
         assert core.receive([connection, b"", b"MDPC01", b"echo", b"x"], SHARED, 0.0,
                             b"alice-key") == []
     [(_, frames, _)] = core.receive([b"C3", b"", b"MDPC01", b"echo", b"x"], SHARED, 0.0,
                                     b"alice-key")
-    assert frames[4] == b"503 too many queued requests from this key (limit 2): retry later"
+    assert frames[4] == b"503"
+    assert frames[5].startswith(b"this key has ")
     assert core.receive([b"C4", b"", b"MDPC01", b"echo", b"x"], SHARED, 0.0, b"bob-key") == []
     ready(core, b"W")  # one leaves the queue: alice has room for one again
     assert core.receive([b"C3", b"", b"MDPC01", b"echo", b"x"], SHARED, 0.0, b"alice-key") == []
@@ -197,9 +233,40 @@ def test_oversized_request_gets_413_in_the_client_dialect() -> None:
     ready(core, b"W")
     [(_, frames, _)] = core.receive([b"C", b"MDPC02", b"\x01", b"echo", b"x" * 6, b"y" * 6],
                                     SHARED, 0.0)
-    assert frames[:4] == [b"C", b"MDPC02", b"\x03", b"echo"]
-    assert frames[4].startswith(b"413 ")
+    assert frames[:5] == [b"C", b"MDPC02", b"\x03", b"echo", b"413"]
+    assert frames[5].startswith(b"request of 16 bytes exceeds")
     assert core.stats.oversized_requests == 1
+
+
+@pytest.mark.parametrize("dialect", ["7/MDP", "18/MDP"])
+def test_a_titanic_client_gets_its_refusals_under_an_empty_service_name(dialect: str) -> None:
+    core = BrokerCore(BrokerSettings(queue_limit=0))
+    client = marked_routing_id()
+    message = ([client, b"", b"MDPC01", b"echo", b"x"] if dialect == "7/MDP"
+               else [client, b"MDPC02", b"\x01", b"echo", b"x"])
+    [(_, frames, _)] = core.receive(message, SHARED, 0.0)
+    assert frames[3] == b""  # no worker's reply is ever under an empty name
+    assert frames[4] == b"503"
+
+
+def test_a_marked_client_gets_worker_replies_under_the_service_name() -> None:
+    core = BrokerCore()
+    ready(core, b"W")
+    client = marked_routing_id()
+    request(core, client)
+    assert sent(reply(core, b"W", client)) == [to_client(client)]
+
+
+@pytest.mark.parametrize("message", [
+    [b"C", b"", b"MDPC01", b"", b"body"],
+    [b"C", b"", b"MDPC01", b""],
+    [b"C", b"MDPC02", b"\x01", b""],
+])
+def test_a_request_without_a_service_name_is_answered_400(message: list[bytes]) -> None:
+    core = BrokerCore()
+    [(_, frames, _)] = core.receive(message, SHARED, 0.0)
+    assert frames[0] == b"C" and frames[-2:] == [b"400", b"the request names no service"]
+    assert core.stats.malformed == 1
 
 
 @pytest.mark.parametrize(("service", "body", "code"), [
@@ -251,7 +318,7 @@ def test_violation_gets_disconnect_in_the_peer_dialect() -> None:
 
 
 @pytest.mark.parametrize("frames", [
-    [], [b""], [b"", b"MDPC01"], [b"", b"MDPC01", b""], [b"junk"], [b"", b"MDPW01", b"\x09"],
+    [], [b""], [b"", b"MDPC01"], [b"junk"], [b"", b"MDPW01", b"\x09"],
     [b"MDPC02", b"\x02", b"svc"], [b"", b"MDPW01", b"\x01"],
 ])
 def test_malformed_messages_are_dropped_and_counted(frames: list[bytes]) -> None:
@@ -330,5 +397,5 @@ def test_a_worker_without_an_admin_key_asking_for_identities_is_disconnected() -
     core = BrokerCore()
     out = core.receive([b"W", *READY_01, b"echo", b"titanic:identity/1"], SHARED, 0.0,
                        b"K" * 40)
-    assert sent(out) == [[b"W", *DISCONNECT_01]]
+    assert sent(out) == [[b"W", *DISCONNECT_01, b"titanic:identity/1 refused"]]
     assert core.stats.identities_refused == 1 and not core.has_workers(b"echo")

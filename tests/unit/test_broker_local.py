@@ -4,6 +4,7 @@ own requests routed like a client's without a socket."""
 from __future__ import annotations
 
 from titanic.broker_core import BrokerCore, Endpoint, Outgoing
+from titanic.protocol.refusal import Refusal
 from titanic.settings import BrokerSettings
 
 SHARED = Endpoint.SHARED
@@ -74,12 +75,13 @@ def test_the_host_asks_mmi_and_gets_the_answer_as_a_reply() -> None:
     assert core.take_local() == ([], [(address, [b"404"])])
 
 
-def test_a_request_of_the_host_refused_by_a_full_queue_comes_back_without_a_reply() -> None:
+def test_a_request_of_the_host_refused_by_a_full_queue_comes_back_as_a_refusal() -> None:
     core = BrokerCore(BrokerSettings(queue_limit=1))
     first, _ = core.request_local(b"echo", [b"1"], 0.0)  # queued: no worker yet
     second, out = core.request_local(b"echo", [b"2"], 0.0)
     assert out == []
-    assert core.take_local() == ([], [(second, None)])
+    assert core.take_local() == ([], [(second, Refusal(
+        503, "the broker's queue for this service is full (limit 1): retry later"))])
     assert core.stats.rejected_requests == 1
 
 

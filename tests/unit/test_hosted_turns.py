@@ -117,7 +117,7 @@ def test_without_workers_nothing_is_forwarded_and_the_request_waits(loop: Loop) 
     for _ in range(3):
         loop.turn()
     assert loop.forwards() == []
-    assert loop.client(b"titanic.reply", request_id.encode()) == [b"300 pending"]
+    assert loop.client(b"titanic.reply", request_id.encode()) == [b"300", b"pending"]
 
 
 def test_a_forward_without_a_reply_times_out_and_is_sent_again(loop: Loop) -> None:
@@ -177,9 +177,9 @@ def test_with_curve_a_request_belongs_to_the_key_that_sent_it() -> None:
         assert stored is not None and stored.owner == KEY.decode()
         # Another key is told what an unknown request would be; the owner is told it waits.
         assert loop.client(b"titanic.reply", request_id.encode(), client=b"D",
-                           user=b"x" * 40) == [b"400 unknown"]
+                           user=b"x" * 40) == [b"400", b"unknown"]
         assert loop.client(b"titanic.reply", request_id.encode(), user=KEY) == [
-            b"300 pending"]
+            b"300", b"pending"]
     finally:
         loop.close()
 

@@ -91,7 +91,6 @@ def test_worker_commands_round_trip(dialect: Dialect, client: bytes, body: list[
     ([b"", b"MDPX01"], "unknown protocol header"),
     ([b"HELLO"], "unknown protocol header"),
     ([b"", b"MDPC01"], "no service frame"),
-    ([b"", b"MDPC01", b""], "service name is empty"),
     ([b"MDPC02", b"\x01"], "truncated"),
     ([b"MDPC02", b"\x07", b"svc"], "client sent command"),
     ([b"", b"MDPW01"], "no command"),
@@ -100,7 +99,7 @@ def test_worker_commands_round_trip(dialect: Dialect, client: bytes, body: list[
     ([b"", b"MDPW01", b"\x01", b"a", b"b"], "unknown READY option"),
     ([b"", b"MDPW01", b"\x01", b"a", b"titanic:identity/1", b"c"], "READY must carry exactly one"),
     ([b"", b"MDPW01", b"\x04", b"extra"], "unexpected frames"),
-    ([b"MDPW02", b"\x06", b"extra"], "unexpected frames"),
+    ([b"MDPW02", b"\x06", b"why", b"extra"], "unexpected frames"),
     ([b"", b"MDPW01", b"\x03", b"client"], "missing the client address or delimiter"),
     ([b"", b"MDPW01", b"\x03", b"client", b"x", b"body"], "no empty delimiter"),
     ([b"", b"MDPW01", b"\x03", b"", b"", b"body"], "empty client address"),
@@ -157,6 +156,10 @@ def test_tsp_status_and_uuid_frames() -> None:
     assert tsp.parse_status(b"300 pending") == 300
     assert tsp.parse_status(b"200") == 200
     assert tsp.status_text(b"400 failed: boom") == "failed: boom"
+    assert tsp.Status.UNKNOWN.answer("failed: boom") == [b"400", b"failed: boom"]
+    assert tsp.answer_text([b"400", b"failed: boom"]) == "failed: boom"
+    assert tsp.answer_text([b"400 failed: boom"]) == "failed: boom"
+    assert tsp.answer_text([b"300"]) == ""
     for bad in [b"", b"20", b"2000", b"abc", b"200x"]:
         with pytest.raises(ProtocolError):
             tsp.parse_status(bad)

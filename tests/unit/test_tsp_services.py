@@ -58,25 +58,25 @@ def test_reply_is_pending_then_the_stored_frames(store: MemoryStore) -> None:
 
 
 def test_unknown_and_malformed_uuids_answer_400(store: MemoryStore) -> None:
-    assert handle_reply(store, [b"0" * 32]) == [b"400 unknown"]
-    assert handle_reply(store, [b"not-a-uuid"]) == [b"400 unknown"]
-    assert handle_reply(store, []) == [b"400 unknown"]
+    assert handle_reply(store, [b"0" * 32]) == [b"400", b"unknown"]
+    assert handle_reply(store, [b"not-a-uuid"]) == [b"400", b"unknown"]
+    assert handle_reply(store, []) == [b"400", b"unknown"]
 
 
 def test_a_failed_request_says_why(store: MemoryStore) -> None:
     request_id = submit(store, b"echo", b"hi")
     store.claim_due(None, 10, 30)
     store.fail(request_id, "worker exploded")
-    [status] = handle_reply(store, [request_id.encode()])
+    status, text = handle_reply(store, [request_id.encode()])
     assert parse_status(status) == 400
-    assert status == b"400 failed: worker exploded"
+    assert (status, text) == (b"400", b"failed: worker exploded")
 
 
 def test_close_deletes_and_is_idempotent(store: MemoryStore) -> None:
     request_id = submit(store, b"echo", b"hi")
     assert handle_close(store, [request_id.encode()]) == [b"200"]
     assert store.get(request_id) is None
-    assert handle_reply(store, [request_id.encode()]) == [b"400 unknown"]
+    assert handle_reply(store, [request_id.encode()]) == [b"400", b"unknown"]
     assert handle_close(store, [request_id.encode()]) == [b"200"]
     assert handle_close(store, [b"rubbish"]) == [b"200"]
 
@@ -96,7 +96,7 @@ def test_another_key_is_answered_as_for_an_unknown_uuid(store: MemoryStore) -> N
     uuid = [request_id.encode()]
     assert store.get(request_id).owner == ALICE.key  # type: ignore[union-attr]
     assert handle_reply(store, uuid, BOB) == handle_reply(store, [b"0" * 32], BOB)
-    assert handle_reply(store, uuid, None) == [b"400 unknown"]  # no identity owns nothing
+    assert handle_reply(store, uuid, None) == [b"400", b"unknown"]  # no identity owns nothing
     assert handle_close(store, uuid, BOB) == [b"200"]  # as for an unknown UUID...
     assert handle_close(store, uuid, None) == [b"200"]
     assert handle_reply(store, uuid, ALICE) == [b"200", b"answer"]  # ...and nothing was closed
@@ -110,7 +110,7 @@ def test_admin_closes_any_request_and_unowned_ones_are_anyones(store: MemoryStor
     assert handle_close(store, [alices.encode()], ROOT) == [b"200"]
     assert store.get(alices) is None
     unowned = submit_as(store, None, b"echo", b"b")  # stored without CURVE
-    assert handle_reply(store, [unowned.encode()], BOB) == [b"300 pending"]
+    assert handle_reply(store, [unowned.encode()], BOB) == [b"300", b"pending"]
     assert handle_close(store, [unowned.encode()], BOB) == [b"200"]
     assert store.get(unowned) is None
 
@@ -122,7 +122,7 @@ def test_requests_beyond_a_keys_stored_limit_get_503() -> None:
     kept = refuse_over_owner_limit(answers, accepted, {ALICE.key: 1, BOB.key: 5}, limit=2)
     assert [index for index, _ in kept] == [0, 3]  # alice's second goes over; bob is over
     assert answers[1] == answers[2] == [
-        b"503 too many stored requests for this key (limit 2): retry later"]
+        b"503", b"too many stored requests for this key (limit 2): retry later"]
 
 
 def test_idempotency_keys_of_different_owners_never_meet(store: MemoryStore) -> None:

@@ -10,6 +10,10 @@ The caller frame is `client <Z85 key>` or `admin <Z85 key>`. It sits before the 
 where only the broker writes: a client's own frames all come after it, so no client can set or
 change it. Workers that did not ask never see the frame, and a REQUEST without it (a broker
 without CURVE, or one that does not know the option) means "caller unknown".
+
+A worker that asks without an admin key is refused: the broker answers its READY with a
+DISCONNECT carrying one frame, `IDENTITY_REFUSED`, so that it stops and says why instead of
+registering again and again.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from titanic.errors import ProtocolError
 
 #: The frame a worker adds after the service name in READY to be told who sends each request.
 IDENTITY_OPTION = b"titanic:identity/1"
+#: The frame of the DISCONNECT that refuses IDENTITY_OPTION to a key not in the admin folder.
+IDENTITY_REFUSED = b"titanic:identity/1 refused"
 
 _CLIENT = b"client "
 _ADMIN = b"admin "

@@ -146,10 +146,8 @@ def parse_peer_message(frames: Sequence[bytes]) -> ClientRequest | WorkerMessage
 def _parse_client_01(frames: Sequence[bytes]) -> ClientRequest:
     if len(frames) < 3:
         raise ProtocolError("7/MDP client request has no service frame")
-    service = frames[2]
-    if not service:
-        raise ProtocolError("service name is empty")
-    return ClientRequest(Dialect.MDP01, service, list(frames[3:]))
+    # An empty service name is the broker's to refuse with an answer, not a malformed frame.
+    return ClientRequest(Dialect.MDP01, frames[2], list(frames[3:]))
 
 
 def _parse_client_02(
@@ -160,10 +158,7 @@ def _parse_client_02(
     command = commands.get(frames[at])
     if command is not Command.REQUEST:
         raise ProtocolError(f"{dialect.value} client sent command {_describe(frames[at])}")
-    service = frames[at + 1]
-    if not service:
-        raise ProtocolError("service name is empty")
-    return ClientRequest(dialect, service, list(frames[at + 2 :]))
+    return ClientRequest(dialect, frames[at + 1], list(frames[at + 2 :]))
 
 
 def _parse_worker(
@@ -181,10 +176,12 @@ def _parse_worker(
         if len(rest) == 2 and rest[1] != IDENTITY_OPTION:
             raise ProtocolError(f"unknown READY option {_describe(rest[1])}")
         return WorkerMessage(dialect, command, rest[0], list(rest[1:]))
-    if command in (Command.HEARTBEAT, Command.DISCONNECT):
+    if command is Command.HEARTBEAT or (command is Command.DISCONNECT and len(rest) > 1):
         if rest:
             raise ProtocolError(f"{command.value} carries {len(rest)} unexpected frames")
-        return WorkerMessage(dialect, command, EMPTY, [])
+    if command in (Command.HEARTBEAT, Command.DISCONNECT):
+        # A DISCONNECT may carry one frame saying why (titanic.protocol.identity).
+        return WorkerMessage(dialect, command, EMPTY, list(rest))
     return WorkerMessage(dialect, command, *_parse_addressed(rest, command))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from titanic.errors import ProtocolError
 
@@ -36,8 +37,26 @@ class Status(enum.IntEnum):
     OVER_LIMIT = 503
 
     def frame(self, text: str = "") -> bytes:
-        """The status frame, e.g. b"300 pending"."""
+        """A status frame with its text, e.g. b"300 pending" (titanic.manage answers so)."""
         return f"{self.value} {text}".encode() if text else str(self.value).encode()
+
+    def answer(self, text: str = "") -> list[bytes]:
+        """A TSP answer without a body: the three digits alone in the status frame, then the
+        text in a frame of its own, so that a client comparing whole status frames (the
+        guide's ticlient compares with b"400") understands it."""
+        code = str(self.value).encode()
+        return [code, text.encode()] if text else [code]
+
+
+def answer_text(frames: Sequence[bytes]) -> str:
+    """The text of a TSP answer that is not a 200: after the digits in the status frame, or
+    the frame after it (see Status.answer)."""
+    if not frames:
+        return ""
+    text = status_text(frames[0])
+    if not text and len(frames) > 1:
+        text = frames[1].decode("utf-8", "replace")
+    return text
 
 
 def parse_status(frame: bytes) -> int:
@@ -94,3 +113,22 @@ def split_request(body: Sequence[bytes]) -> tuple[str | None, list[bytes]]:
     except UnicodeDecodeError as exc:
         raise ProtocolError("the idempotency key is not UTF-8") from exc
     return key, list(body[2:])
+
+
+class ServingStore(NamedTuple):
+    """A store as `titanic.store` names it: its identity and its location."""
+
+    id: str
+    location: str
+
+
+def store_answer(store: ServingStore) -> list[bytes]:
+    """titanic.store's answer: `200`, the store's identity, its location."""
+    return [str(Status.OK.value).encode(), store.id.encode(), store.location.encode()]
+
+
+def parse_store_answer(frames: Sequence[bytes]) -> ServingStore:
+    """The store a `titanic.store` answer names; ProtocolError if it names none."""
+    if len(frames) < 3 or parse_status(frames[0]) != Status.OK:
+        raise ProtocolError(f"titanic.store answered {frames[:1]!r}")
+    return ServingStore(frames[1].decode("ascii", "replace"), frames[2].decode("utf-8", "replace"))

@@ -1,0 +1,123 @@
+"""What the Titanic services' answers mean to a client, and how a call spends its time: pure
+functions that the blocking and asyncio clients share."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from titanic.errors import ProtocolError, TitanicServiceError
+from titanic.protocol import tsp
+from titanic.protocol.mdp import Frames
+
+#: Longest an mmi.service question asked to explain a timeout may take, in seconds.
+DIAGNOSE_TIMEOUT_S = 1.0
+
+
+class ReplyState(enum.Enum):
+    """Where a request stands, as titanic.reply tells it."""
+
+    DONE = "done"
+    PENDING = "pending"
+    UNKNOWN = "unknown"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A titanic.reply answer: the state, the reply frames when done, and the server's text."""
+
+    state: ReplyState
+    reply: Frames
+    text: str = ""
+
+    def __str__(self) -> str:
+        """The state, with the reason when there is one: `failed: ValueError: bad input`."""
+        if self.text and self.text != self.state.value:
+            return f"{self.state.value}: {self.text}"
+        return self.state.value
+
+
+def encode_frames(frames: Sequence[bytes | str]) -> Frames:
+    """Request frames with `str` ones as UTF-8."""
+    return [f.encode("utf-8") if isinstance(f, str) else f for f in frames]
+
+
+def uuid_frame(request_id: str) -> bytes:
+    """A request UUID, given in either form and case, as the frame TSP expects."""
+    return tsp.parse_uuid(request_id.encode("ascii", "replace")).encode()
+
+
+def parse_submitted(reply: Frames) -> str:
+    """The UUID from a titanic.request answer; TitanicServiceError if it was refused."""
+    if not reply:
+        raise ProtocolError("titanic.request answered with no status frame")
+    code = tsp.parse_status(reply[0])
+    if code != tsp.Status.OK or len(reply) < 2:
+        text = tsp.answer_text(reply) or "no reason given"
+        raise TitanicServiceError(f"titanic.request refused the request: {code} {text}")
+    return tsp.parse_uuid(reply[1])
+
+
+def check_close(reply: Frames) -> None:
+    """TitanicServiceError unless a titanic.close answer is 200."""
+    if not reply or tsp.parse_status(reply[0]) != tsp.Status.OK:
+        status = (f"{reply[0][:3].decode(errors='replace')} {tsp.answer_text(reply)}".strip()
+                  if reply else "no status")
+        raise TitanicServiceError(f"titanic.close failed: {status}")
+
+
+def parse_fetch(frames: Frames) -> Fetched:
+    """A titanic.reply answer as a Fetched (the text in the status frame or after it)."""
+    if not frames:
+        raise ProtocolError("titanic.reply answered with no status frame")
+    code = tsp.parse_status(frames[0])
+    if code == tsp.Status.OK:
+        return Fetched(ReplyState.DONE, frames[1:], tsp.status_text(frames[0]))
+    text = tsp.answer_text(frames)
+    if code == tsp.Status.PENDING:
+        return Fetched(ReplyState.PENDING, [], text)
+    if code == tsp.Status.UNKNOWN:
+        if text.startswith(tsp.FAILED_PREFIX):
+            return Fetched(ReplyState.FAILED, [], text[len(tsp.FAILED_PREFIX):])
+        if text.startswith(tsp.EXPIRED_PREFIX):
+            return Fetched(ReplyState.EXPIRED, [], text[len(tsp.EXPIRED_PREFIX):])
+        return Fetched(ReplyState.UNKNOWN, [], text)
+    return Fetched(ReplyState.ERROR, [], text or f"status {code}")
+
+
+def explain_timeout(service: str | bytes, broker: str, present: bool | None) -> str:
+    """Which piece is down after a request to `service` got no reply, given what the broker's
+    mmi.service said (`present`; None: the broker did not answer either)."""
+    name = (service.encode() if isinstance(service, str) else service).decode(errors="replace")
+    if present is None:
+        return f"the broker at {broker} does not answer"
+    if present:
+        return f"the broker answers and {name!r} has workers, but none replied in time"
+    return f"the broker answers, but no worker serves {name!r}"
+
+
+@dataclass(frozen=True)
+class CallBudget:
+    """How a TSP call spends its time: attempts of `timeout` seconds, then an mmi.service
+    question of `probe` seconds to explain a timeout."""
+
+    timeout: float
+    retries: int
+    probe: float
+
+    @classmethod
+    def of(cls, timeout: float, retries: int, within: float | None) -> CallBudget:
+        """The client's timeout and retries, cut down so that all fits in `within` seconds."""
+        probe = min(DIAGNOSE_TIMEOUT_S, timeout)
+        if within is None:
+            return cls(timeout, retries, probe)
+        probe = min(probe, within / 5)
+        budget = max(0.01, within - probe)
+        if (retries + 1) * timeout > budget:
+            retries = max(0, int(budget / timeout) - 1)
+            timeout = budget / (retries + 1)
+        return cls(timeout, retries, probe)

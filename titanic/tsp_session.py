@@ -1,0 +1,282 @@
+"""The Titanic client's conversations without I/O: what to ask which broker, and what it means.
+
+`TitanicClient` (blocking) and `AsyncTitanicClient` (asyncio) drive the same conversations. Each
+call is a generator that yields what to do next (`Ask` one broker, `Survey` several at once,
+`Pause`) and is sent back what came of it: the answer's frames, or None when none came in time
+(the adapter has then dropped that socket, so a late answer cannot meet a later question). An
+error the adapter meets (the broker's refusal) is thrown into the generator. Retries, failover
+between brokers, deadlines, and what each broker's Titanic server understands are decided here.
+
+What serves Titanic at a broker is asked once (8/MMI), before the first submit sent there:
+titanic's own server answers `titanic.store`, takes the keyed `titanic.request` (idempotent
+submits) and names its store; a standard 9/TSP server (the guide's) is sent the plain form,
+which it stores as given. Brokers whose servers name different stores stop a submit before it
+stores anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from titanic.errors import ProtocolError, StoreMismatchError, TitanicTimeoutError
+from titanic.protocol import mmi, tsp
+from titanic.protocol.mdp import Frames
+from titanic.protocol.tsp import ServingStore, parse_store_answer
+from titanic.tsp_answers import (
+    CallBudget,
+    Fetched,
+    ReplyState,
+    explain_timeout,
+    parse_fetch,
+    parse_submitted,
+)
+
+log = logging.getLogger("titanic.client")
+
+T = TypeVar("T")
+
+#: Once one broker has answered a survey, how much longer the others are waited for, in seconds.
+SURVEY_GRACE_S = 0.1
+#: How often the presence of a Titanic server is asked again while there is none, in seconds.
+PRESENCE_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Ask:
+    """Send one request to broker `broker` (an index into the brokers) and wait up to
+    `timeout` seconds for its answer: the frames, or None."""
+
+    broker: int
+    service: bytes
+    body: Frames
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Ask several brokers at once: {broker: frames, or None}. The adapter waits until every
+    one has answered or `timeout` passes, and no longer than `grace` after the first answer."""
+
+    asks: tuple[tuple[int, bytes, Frames], ...]
+    timeout: float
+    grace: float
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Wait `seconds` before going on."""
+
+    seconds: float
+
+
+Op = Ask | Survey | Pause
+#: A conversation: yields Ops, is sent their results, returns its own.
+Conversation = Generator[Op, Any, T]
+
+
+@dataclass(frozen=True)
+class Server:
+    """What serves Titanic at a broker."""
+
+    #: It takes the keyed titanic.request (titanic's own server), so submits are idempotent.
+    keyed: bool
+    #: The store it names (titanic's server), None for a standard server.
+    store: ServingStore | None
+
+
+def timeout_error(exc: TitanicTimeoutError, service: bytes, broker: str,
+                  present: bool | None) -> TitanicTimeoutError:
+    """The timeout of a TSP call, saying which piece is down."""
+    why = explain_timeout(service, broker, present)
+    if present is False:
+        why += " (is titanic-dispatcher running?)"
+    return TitanicTimeoutError(f"{exc}: {why}")
+
+
+def _where(brokers: Sequence[str]) -> str:
+    return brokers[0] if len(brokers) == 1 else f"any of {', '.join(brokers)}"
+
+
+class TspSession:
+    """A client's state across calls (the broker it uses, what serves at each) and its
+    conversations; `clock` is only read, never waited on."""
+
+    def __init__(self, brokers: Sequence[str], *, timeout: float, retries: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.brokers = list(brokers)
+        self.timeout = timeout
+        self.retries = retries
+        self._clock = clock
+        #: The broker the next call goes to: the one that answered last.
+        self.current = 0
+        self._servers: dict[int, Server] = {}
+        self._surveyed = len(self.brokers) < 2
+        self._warned: set[int] = set()
+
+    @property
+    def broker(self) -> str:
+        """The endpoint the next call goes to."""
+        return self.brokers[self.current]
+
+    def server(self, broker: int) -> Server | None:
+        """What serves Titanic at a broker, if known."""
+        return self._servers.get(broker)
+
+    # -- the conversations ----------------------------------------------------------------------
+
+    def call(self, service: bytes, body: Frames, within: float | None = None
+             ) -> Conversation[Frames]:
+        """One TSP request with the client's retries and failover, in at most `within` seconds
+        when given; a timeout says which piece is down."""
+        budget = CallBudget.of(self.timeout, self.retries, within)
+        for _ in range(budget.retries + 1):
+            index = self.current
+            reply: Frames | None = yield Ask(index, service, body, budget.timeout)
+            if reply is not None:
+                return reply
+            self._no_answer(index)
+        raise (yield from self._timeout(service, budget))
+
+    def submit(self, service: bytes, frames: Frames, key: str | None) -> Conversation[str]:
+        """Store a request: its UUID. The key (a random one if None) goes on the wire only to a
+        server that takes it, the same key on every resend."""
+        key = uuid.uuid4().hex if key is None else key
+        budget = CallBudget.of(self.timeout, self.retries, None)
+        if not self._surveyed:
+            yield from self._survey(budget.timeout)
+        for _ in range(budget.retries + 1):
+            index = self.current
+            server = self._servers.get(index)
+            if server is None:
+                server = yield from self._vet(index, budget.timeout)
+            if server is not None:
+                body = tsp.build_request(service, frames, key if server.keyed else None)
+                reply = yield Ask(index, tsp.REQUEST_SERVICE, body, budget.timeout)
+                if reply is not None:
+                    return parse_submitted(reply)
+            self._no_answer(index)
+        raise (yield from self._timeout(tsp.REQUEST_SERVICE, budget))
+
+    def fetch(self, request_id: bytes, within: float | None = None) -> Conversation[Fetched]:
+        """Ask once for a request's reply (with retries)."""
+        return parse_fetch((yield from self.call(tsp.REPLY_SERVICE, [request_id], within)))
+
+    def wait(self, request_id: bytes, timeout: float, *, interval: float = 0.1,
+             interval_max: float = 1.0, progress: Callable[[float], None] | None = None
+             ) -> Conversation[Fetched]:
+        """Fetch until the request is no longer pending or `timeout` seconds pass."""
+        started = self._clock()
+        deadline = started + timeout
+        while True:
+            fetched = yield from self.fetch(request_id, max(0.0, deadline - self._clock()))
+            remaining = deadline - self._clock()
+            if fetched.state is not ReplyState.PENDING or remaining <= 0:
+                return fetched
+            if progress is not None:
+                progress(self._clock() - started)
+            yield Pause(min(interval, remaining))
+            interval = min(interval_max, interval * 1.5)
+
+    def has_workers(self, service: bytes, timeout: float) -> Conversation[bool | None]:
+        """Whether the current broker has workers for `service` now (8/MMI); None if it did
+        not answer in time."""
+        index = self.current
+        answer: Frames | None = yield Ask(index, mmi.SERVICE, [service], timeout)
+        if answer is None:
+            self._no_answer(index)
+            return None
+        return answer[:1] == [mmi.FOUND]
+
+    # -- what serves at each broker -------------------------------------------------------------
+
+    def _survey(self, timeout: float) -> Conversation[None]:
+        """Before the first submit, ask every broker at once which store serves there, so that
+        brokers on different stores are found before anything is stored."""
+        self._surveyed = True
+        everyone = range(len(self.brokers))
+        present = yield Survey(tuple((i, mmi.SERVICE, [tsp.STORE_SERVICE]) for i in everyone),
+                               timeout, SURVEY_GRACE_S)
+        titanic = [i for i in everyone if (present.get(i) or [])[:1] == [mmi.FOUND]]
+        if not titanic:
+            return
+        stores = yield Survey(tuple((i, tsp.STORE_SERVICE, []) for i in titanic), timeout,
+                              SURVEY_GRACE_S)
+        for index in titanic:
+            answer = stores.get(index)
+            if answer is not None:
+                self._learn(index, Server(True, _store_or_none(answer)))
+
+    def _vet(self, index: int, timeout: float) -> Conversation[Server | None]:
+        """Ask broker `index` what serves Titanic there; None if it does not answer, or no
+        server appears there within `timeout`."""
+        deadline = self._clock() + timeout
+        while True:
+            remaining = max(0.001, deadline - self._clock())
+            answer = yield Ask(index, mmi.SERVICE, [tsp.STORE_SERVICE], remaining)
+            if answer is None:
+                return None
+            if answer[:1] == [mmi.FOUND]:
+                store = yield Ask(index, tsp.STORE_SERVICE, [], remaining)
+                if store is None:
+                    return None
+                return self._learn(index, Server(True, _store_or_none(store)))
+            plain = yield Ask(index, mmi.SERVICE, [tsp.REQUEST_SERVICE], remaining)
+            if plain is None:
+                return None
+            if plain[:1] == [mmi.FOUND]:
+                # titanic.request without titanic.store: a standard server, unless titanic's
+                # was registering its services one by one just then; asked once more.
+                again = yield Ask(index, mmi.SERVICE, [tsp.STORE_SERVICE], remaining)
+                if again is not None and again[:1] != [mmi.FOUND]:
+                    return self._learn(index, Server(False, None))
+                continue
+            if self._clock() >= deadline:
+                return None
+            yield Pause(min(PRESENCE_POLL_S, deadline - self._clock()))
+
+    def _learn(self, index: int, server: Server) -> Server:
+        """Keep what serves at a broker; StoreMismatchError if its store is not the one that
+        serves at another of the client's brokers."""
+        if server.store is not None:
+            for other, known in self._servers.items():
+                if known.store is not None and known.store.id != server.store.id:
+                    raise StoreMismatchError(
+                        f"brokers {self.brokers[other]} and {self.brokers[index]} serve "
+                        f"different stores ({known.store.location} and "
+                        f"{server.store.location}): a client's brokers must share one store")
+        if not server.keyed and index not in self._warned:
+            self._warned.add(index)
+            log.warning("the Titanic server at %s takes no idempotency keys (a standard 9/TSP "
+                        "server): a submit resent after a lost answer may be stored twice",
+                        self.brokers[index])
+        self._servers[index] = server
+        return server
+
+    def _no_answer(self, index: int) -> None:
+        """Broker `index` did not answer in time: forget what served there, and move to the
+        next broker."""
+        self._servers.pop(index, None)
+        if self.current == index:
+            self.current = (index + 1) % len(self.brokers)
+
+    def _timeout(self, service: bytes, budget: CallBudget
+                 ) -> Conversation[TitanicTimeoutError]:
+        """The error for a call whose attempts all timed out, saying which piece is down."""
+        attempts = budget.retries + 1
+        error = TitanicTimeoutError(
+            f"no reply from service {service.decode(errors='replace')!r} at "
+            f"{_where(self.brokers)} after {attempts} attempt(s) of {budget.timeout:g} s")
+        present = yield from self.has_workers(service, budget.probe)
+        return timeout_error(error, service, self.broker, present)
+
+
+def _store_or_none(answer: Frames) -> ServingStore | None:
+    try:
+        return parse_store_answer(answer)
+    except ProtocolError:
+        return None
