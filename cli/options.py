@@ -19,6 +19,7 @@ import zmq
 from titanic._zmq import SocketHook
 from titanic.errors import (
     CurveKeyError,
+    EndpointError,
     HandshakeRefusedError,
     StoreError,
     StoreKeyError,
@@ -28,7 +29,6 @@ from titanic.errors import (
 from titanic.logs import FORMATS, LEVELS, level_number, make_formatter
 from titanic.security import (
     CurveServer,
-    HandshakeWatch,
     load_client_hook,
     load_keypair,
 )
@@ -181,7 +181,7 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except UsageProblem as exc:
+        except (UsageProblem, EndpointError) as exc:
             fail(str(exc), Exit.USAGE)
         except (CurveKeyError, StoreKeyError) as exc:
             fail(str(exc), Exit.KEY)
@@ -385,19 +385,11 @@ def curve_server_options(func: F) -> F:
 
 @contextmanager
 def client_session(curve: CurveOptions) -> Iterator[tuple[zmq.Context[zmq.Socket[bytes]],
-                                                          SocketHook]]:
-    """A context and socket hook for one command's clients; a timeout whose handshakes all
-    failed becomes HandshakeRefusedError saying why (exit 9), not a plain timeout (exit 6)."""
-    watch = HandshakeWatch(curve.hook())
+                                                          SocketHook | None]]:
+    """A context and socket hook (CURVE, or None) for one command's clients. A refused
+    handshake is told by the clients themselves (HandshakeRefusedError, exit 9)."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        try:
-            yield context, watch
-        except TitanicTimeoutError as exc:
-            reason = watch.failure()
-            if reason is None:
-                raise
-            raise HandshakeRefusedError(f"{exc}: {reason}") from exc
+        yield context, curve.hook()
     finally:
-        watch.close()
         context.term()

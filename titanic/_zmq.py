@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
 import signal
 import socket
@@ -220,13 +222,28 @@ class LogBudget:
 
 @contextmanager
 def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """Call `stop` on SIGINT/SIGTERM while the block runs (main thread only; else a no-op)."""
+    """Call `stop` on SIGINT/SIGTERM while the block runs (main thread only; else a no-op).
+
+    `stop` runs on a thread of its own, woken through a pipe: the handler itself only writes a
+    byte. A handler that called `stop` directly could deadlock: it runs in the main thread
+    between two bytecodes, perhaps while that thread holds the very lock `stop` takes (an
+    Event's, in the middle of its wait()).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    read_end, write_end = os.pipe()
+
+    def _relay() -> None:
+        while os.read(read_end, 1):
+            stop()
+
+    relay = threading.Thread(target=_relay, name="titanic-signals", daemon=True)
+    relay.start()
 
     def _handler(signum: int, frame: FrameType | None) -> None:
-        stop()
+        with contextlib.suppress(OSError):
+            os.write(write_end, b"s")
 
     previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -234,3 +251,6 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        os.close(write_end)  # the relay reads the end of the pipe and returns
+        relay.join(5.0)
+        os.close(read_end)

@@ -18,7 +18,8 @@ import zmq
 import zmq.asyncio
 
 from titanic.client import Brokers
-from titanic.errors import BrokerRefusedError, ClientClosedError, ProtocolError
+from titanic.connect_watch import ConnectWatch
+from titanic.errors import BrokerRefusedError, ClientClosedError, EndpointError, ProtocolError
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
 from titanic.protocol.refusal import marked_routing_id, parse_refusal
@@ -26,6 +27,7 @@ from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER, b
 from titanic.tsp_answers import (
     DIAGNOSE_TIMEOUT_S,
     Fetched,
+    Unreachable,
     check_close,
     encode_frames,
     uuid_frame,
@@ -35,6 +37,8 @@ from titanic.tsp_session import Ask, Conversation, Op, Pause, Survey, TspSession
 SocketHook = Callable[[zmq.Socket[bytes]], None]
 _Socket = zmq.asyncio.Socket
 T = TypeVar("T")
+#: How often a call waiting for its answer reads its socket's monitor, in seconds.
+_WATCH_SLICE_S = 0.05
 
 
 def _name(service: str | bytes) -> bytes:
@@ -57,7 +61,9 @@ class AsyncTitanicClient:
         self._context = context or zmq.asyncio.Context()
         self._configure = configure_socket
         self._idle: dict[int, list[_Socket]] = {}  # per broker, sockets free for the next call
-        self._sockets: set[_Socket] = set()  # every open socket, idle or in a call
+        #: Every open socket, idle or in a call, with its connection's watch and its broker.
+        self._sockets: dict[_Socket, tuple[ConnectWatch, int]] = {}
+        self._reached: set[int] = set()  # brokers a socket has been connected to
         self._closed = False
 
     @property
@@ -123,8 +129,9 @@ class AsyncTitanicClient:
         return None
 
     async def _ask(self, index: int, service: bytes, body: Sequence[bytes], timeout: float
-                   ) -> Frames | None:
-        """One request to one broker: the reply (parts joined), or None after `timeout`."""
+                   ) -> Frames | Unreachable | None:
+        """One request to one broker: the reply (parts joined), None after `timeout`, or
+        Unreachable as soon as the socket tells that the broker cannot answer."""
         sock = self._take(index)
         try:
             reply = await self._send_and_collect(sock, service, body, timeout)
@@ -133,10 +140,10 @@ class AsyncTitanicClient:
             if self._closed and isinstance(exc, zmq.ZMQError):
                 raise ClientClosedError() from exc
             raise
-        if reply is None:
-            self._discard(sock)  # a late reply must not answer another call
-        else:
+        if isinstance(reply, list):
             self._idle.setdefault(index, []).append(sock)
+        else:
+            self._discard(sock)  # a late reply must not answer another call
         return reply
 
     async def _survey(self, survey: Survey) -> dict[int, Frames | None]:
@@ -150,8 +157,9 @@ class AsyncTitanicClient:
             done, waiting = await asyncio.wait(waiting, timeout=remaining,
                                                return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task.exception() is None and task.result() is not None:
-                    answers[tasks[task]] = task.result()
+                result = task.result() if task.exception() is None else None
+                if isinstance(result, list):
+                    answers[tasks[task]] = result
                     deadline = min(deadline, time.monotonic() + survey.grace)
         for task in waiting:
             task.cancel()
@@ -160,7 +168,7 @@ class AsyncTitanicClient:
         return answers
 
     async def _send_and_collect(self, sock: _Socket, service: bytes, body: Sequence[bytes],
-                                timeout: float) -> Frames | None:
+                                timeout: float) -> Frames | Unreachable | None:
         """The reply, or None if there was none within `timeout` seconds; a socket that cannot
         send (no connection to the broker, say after it refused our CURVE key) counts as no
         reply instead of waiting for ever."""
@@ -184,27 +192,57 @@ class AsyncTitanicClient:
         if idle:
             return idle.pop()
         sock = self._context.socket(zmq.DEALER)
-        self._sockets.add(sock)
         sock.linger = 0
         sock.setsockopt(zmq.ROUTING_ID, marked_routing_id())
         if self._configure is not None:
             self._configure(cast("zmq.Socket[bytes]", sock))  # options only: any socket does
-        sock.connect(self._session.brokers[index])
+        endpoint = self._session.brokers[index]
+        self._sockets[sock] = (ConnectWatch(sock, endpoint), index)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:  # a socket left open would hang the context's term()
+            self._discard(sock)
+            raise EndpointError(f"cannot connect to {endpoint!r}: {exc.strerror}") from None
         return sock
 
     def _discard(self, sock: _Socket) -> None:
-        self._sockets.discard(sock)
+        watched = self._sockets.pop(sock, None)
+        if watched is not None:
+            self._unreachable(*watched)  # notes whether the broker was reached
+            watched[0].close()
         sock.close(linger=0)
 
-    async def _collect(self, sock: _Socket, service: bytes, wait: float) -> Frames | None:
-        """The reply's frames, all parts joined, or None if none came in time;
-        BrokerRefusedError if the broker refused the request."""
+    def _unreachable(self, watch: ConnectWatch, index: int, final: bool = False
+                     ) -> Unreachable | None:
+        """Why broker `index` cannot answer, as the socket's monitor tells at once: a refused
+        handshake, or nothing listening where no socket ever reached it (a broker that was
+        reached is restarting: it is waited for, as a silent one is). `final`: the wait is
+        over (see ConnectWatch.verdict)."""
+        verdict = watch.verdict(final=final)
+        if watch.connected:
+            self._reached.add(index)
+        if verdict is None or (not verdict.handshake and index in self._reached):
+            return None
+        return verdict
+
+    async def _collect(self, sock: _Socket, service: bytes, wait: float
+                       ) -> Frames | Unreachable | None:
+        """The reply's frames, all parts joined, None if none came in time, or Unreachable as
+        soon as the socket's monitor tells that the broker cannot answer; BrokerRefusedError if
+        the broker refused the request."""
         body: Frames = []
         deadline = time.monotonic() + wait
+        watched = self._sockets.get(sock)
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not await sock.poll(int(remaining * 1000) + 1):
+            if watched is not None and (verdict := self._unreachable(
+                    *watched, final=remaining <= 0)) is not None:
+                return verdict
+            if remaining <= 0:
                 return None
+            # In slices, so that the monitor is read while the broker stays silent.
+            if not await sock.poll(int(min(remaining, _WATCH_SLICE_S) * 1000) + 1):
+                continue
             try:
                 reply = parse_client_reply(self.dialect, await sock.recv_multipart())
             except ProtocolError:

@@ -19,9 +19,11 @@ from typing import NamedTuple
 import zmq
 
 from titanic._zmq import NOBLOCK, SocketHook, SocketSet, new_socket, recv_frames, send_frames
+from titanic.connect_watch import ConnectWatch
 from titanic.errors import (
     BrokerRefusedError,
     ClientClosedError,
+    EndpointError,
     ProtocolError,
     TitanicTimeoutError,
 )
@@ -29,7 +31,12 @@ from titanic.protocol import mmi
 from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
 from titanic.protocol.refusal import marked_routing_id, parse_refusal
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, broker_list
-from titanic.tsp_answers import DIAGNOSE_TIMEOUT_S, explain_timeout
+from titanic.tsp_answers import (
+    DIAGNOSE_TIMEOUT_S,
+    Unreachable,
+    explain_timeout,
+    unreachable_error,
+)
 
 __all__ = ["DIAGNOSE_TIMEOUT_S", "Brokers", "Client", "Completion", "Connection",
            "PipelinedClient", "collect_parts", "explain_timeout"]
@@ -47,12 +54,17 @@ class Connection:
 
     def __init__(self, brokers: Sequence[str], dialect: Dialect,
                  context: zmq.Context[zmq.Socket[bytes]], configure: SocketHook | None,
-                 first: int = 0) -> None:
+                 first: int = 0, *, watch: bool = False) -> None:
         self.brokers = brokers
         self.dialect = dialect
         self._index = first % len(brokers)
         self._context = context
         self._configure = configure
+        self._watching = watch
+        #: With `watch`, the socket's connection events: a broker that cannot answer is told
+        #: at once (titanic.connect_watch) instead of after the timeout.
+        self.watch: ConnectWatch | None = None
+        self._reached: set[str] = set()  # brokers this connection has been connected to
         self.socket = self._open()
 
     @property
@@ -66,16 +78,44 @@ class Connection:
         sock.setsockopt(zmq.ROUTING_ID, marked_routing_id())
         if self._configure is not None:
             self._configure(sock)
-        sock.connect(self.broker)
+        if self._watching:
+            self.watch = ConnectWatch(sock, self.broker)
+        try:
+            sock.connect(self.broker)
+        except zmq.ZMQError as exc:  # a socket left open would hang the context's term()
+            self._close_socket(sock)
+            raise EndpointError(f"cannot connect to {self.broker!r}: {exc.strerror}") from None
         return sock
 
     def reopen(self) -> zmq.Socket[bytes]:
         """Drop the socket and whatever is queued on it; connect a fresh one to the next
         broker (the same one when there is only one)."""
-        self.socket.close(linger=0)
+        self._close_socket(self.socket)
         self._index = (self._index + 1) % len(self.brokers)
         self.socket = self._open()
         return self.socket
+
+    def _close_socket(self, sock: zmq.Socket[bytes]) -> None:
+        if self.watch is not None:
+            self.unreachable()  # notes whether the broker was reached
+            self.watch.close()
+            self.watch = None
+        sock.close(linger=0)
+
+    def unreachable(self, *, final: bool = False) -> Unreachable | None:
+        """Why the broker cannot answer, as the socket's monitor tells at once: a refused
+        handshake, or nothing listening where no broker was ever reached (one that was is
+        restarting: it is waited for, as a silent one is). None without a watch. `final`:
+        the wait is over (see ConnectWatch.verdict)."""
+        watch = self.watch
+        if watch is None:
+            return None
+        verdict = watch.verdict(final=final)
+        if watch.connected:
+            self._reached.add(self.broker)
+        if verdict is None or (not verdict.handshake and self.broker in self._reached):
+            return None
+        return verdict
 
     def send(self, service: bytes, body: Sequence[bytes], wait: float = 0.0) -> bool:
         """Send a REQUEST in this connection's dialect, waiting up to `wait` seconds for the
@@ -112,20 +152,45 @@ class Connection:
 
     def close(self) -> None:
         """Close the socket at once."""
-        self.socket.close(linger=0)
+        self._close_socket(self.socket)
 
 
-def collect_parts(connection: Connection, service: bytes, wait: float) -> list[Frames] | None:
+def _wait_readable(connection: Connection, timeout: float) -> bool | Unreachable:
+    """Wait up to `timeout` seconds for the connection's socket to be readable: True, False
+    after the timeout, or why the broker cannot answer, as soon as its monitor tells."""
+    sock = connection.socket
+    watch = connection.watch
+    if watch is None:
+        return bool(sock.poll(int(timeout * 1000) + 1, zmq.POLLIN))
+    deadline = time.monotonic() + timeout
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(watch.monitor, zmq.POLLIN)
+    while True:
+        verdict = connection.unreachable()
+        if verdict is not None:
+            return verdict
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return connection.unreachable(final=True) or False
+        if sock in dict(poller.poll(int(remaining * 1000) + 1)):
+            return True
+
+
+def collect_parts(connection: Connection, service: bytes, wait: float
+                  ) -> list[Frames] | Unreachable | None:
     """The reply parts to the request just sent on `connection`, or None if none came within
-    `wait` seconds (each part restarts the clock); BrokerRefusedError if the broker refused
-    the request."""
+    `wait` seconds (each part restarts the clock), or why the broker cannot answer (a
+    watched connection); BrokerRefusedError if the broker refused the request."""
     parts: list[Frames] = []
     deadline = time.monotonic() + wait
-    sock = connection.socket
     while True:
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+        ready = _wait_readable(connection, remaining) if remaining > 0 else False
+        if ready is False:
             return None
+        if isinstance(ready, Unreachable):
+            return ready
         result = connection.read_part(service)
         if result is None:
             continue
@@ -171,7 +236,7 @@ class Client:
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._connection: Connection | None = Connection(self.brokers, dialect, self._context,
-                                                           configure_socket)
+                                                          configure_socket, watch=True)
 
     @property
     def broker(self) -> str:
@@ -191,18 +256,27 @@ class Client:
         name = _encode(service)
         wait = self.timeout if timeout is None else timeout
         attempts = 1 + (self.retries if retries is None else retries)
+        unreachable: dict[str, Unreachable] = {}
         for attempt in range(attempts):
             if attempt:
                 connection.reopen()
             began = time.monotonic()
             if connection.send(name, frames, wait):
                 parts = collect_parts(connection, name, wait - (time.monotonic() - began))
+                if isinstance(parts, Unreachable):
+                    unreachable[connection.broker] = parts
+                    continue
                 if parts is not None:
                     return parts
+            unreachable.pop(connection.broker, None)
+        explanation = connection.watch.explanation() if connection.watch else None
         connection.reopen()  # a late reply to this request must not answer the next one
+        if unreachable and len(unreachable) == len(set(self.brokers)):
+            raise unreachable_error(unreachable.values())
         raise TitanicTimeoutError(
             f"no reply from service {name.decode(errors='replace')!r} at {_where(self.brokers)} "
             f"after {attempts} attempt(s) of {wait:g} s"
+            + (f": {explanation}" if explanation else "")
         )
 
     def has_workers(self, service: str | bytes, timeout: float = DIAGNOSE_TIMEOUT_S

@@ -25,6 +25,10 @@ class TitanicTimeoutError(TitanicError, TimeoutError):
     """No reply arrived in time."""
 
 
+class UnreachableError(TitanicTimeoutError):
+    """No broker can answer: nothing listens at its endpoint."""
+
+
 class TitanicServiceError(TitanicError):
     """The Titanic service answered with an error status."""
 
@@ -57,6 +61,10 @@ class IdentityRefusedError(HandshakeRefusedError):
 
 class UsageError(TitanicError, ValueError):
     """The API was asked for something the protocol or the object's state does not allow."""
+
+
+class EndpointError(UsageError):
+    """An endpoint is not one ZeroMQ can connect to or bind."""
 
 
 class ClientClosedError(UsageError):

@@ -52,7 +52,7 @@ class ManagementClient:
         found: list[dict[str, Any]] = []
         for endpoint, client in zip(self.brokers, self._each, strict=True):
             try:
-                facts = mmi.parse_facts(client.request(mmi.BROKER))
+                facts = mmi.parse_facts(client.request(mmi.BROKER, b""))
             except TitanicTimeoutError as exc:
                 found.append({"endpoint": endpoint, "version": None, "error": str(exc)})
                 continue

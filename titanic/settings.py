@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from titanic.errors import EndpointError
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 HEARTBEAT_INTERVAL_S = 2.5
@@ -39,13 +42,42 @@ RECONNECT_MAX_S = 8.0
 SHUTDOWN_LINGER_MS = 200
 
 
+#: The endpoint forms titanic takes, for error messages.
+ENDPOINT_FORMS = ("tcp://HOST:PORT, HOST:PORT (taken as tcp://), PORT (tcp://127.0.0.1:PORT), "
+                  "ipc://PATH or inproc://NAME")
+_TCP = re.compile(r"\A(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>[0-9]+|\*)\Z")
+
+
+def check_endpoint(text: str, *, bind: bool = False) -> str:
+    """An endpoint in ZeroMQ's form: `HOST:PORT` is taken as tcp://HOST:PORT and a port alone
+    as tcp://127.0.0.1:PORT; EndpointError (one line, naming the accepted forms) for anything
+    else ZeroMQ could not use. Port `*` or 0 and host `*` are for binding only."""
+    endpoint = text.strip()
+    if endpoint.isdigit():
+        endpoint = f"tcp://127.0.0.1:{endpoint}"
+    elif "://" not in endpoint and _TCP.match(endpoint):
+        endpoint = f"tcp://{endpoint}"
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc") and rest:
+        return endpoint
+    if scheme == "tcp" and (found := _TCP.match(rest)) is not None:
+        host, port = found["host"], found["port"]
+        wildcard = host == "*" or port in ("*", "0")
+        if (port == "*" or 0 <= int(port) <= 65535) and (bind or not wildcard):
+            return endpoint
+    raise EndpointError(f"{text!r} is not an endpoint to {'bind' if bind else 'connect to'}: "
+                        f"use {ENDPOINT_FORMS}")
+
+
 def broker_list(brokers: str | Sequence[str]) -> list[str]:
-    """Broker endpoints from one endpoint, a comma-separated list, or a sequence of either;
-    ValueError if none is left."""
+    """Broker endpoints from one endpoint, a comma-separated list, or a sequence of either,
+    each checked and completed by check_endpoint; EndpointError if one is not an endpoint or
+    none is given."""
     items = [brokers] if isinstance(brokers, str) else list(brokers)
-    endpoints = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    endpoints = [check_endpoint(part) for item in items for part in item.split(",")
+                 if part.strip()]
     if not endpoints:
-        raise ValueError("no broker endpoint given")
+        raise EndpointError("no broker endpoint given")
     return endpoints
 
 

@@ -17,7 +17,12 @@ import zmq
 
 from titanic._zmq import SocketHook
 from titanic.client import Client
-from titanic.errors import ProtocolError, StoreMismatchError, TitanicTimeoutError
+from titanic.errors import (
+    HandshakeRefusedError,
+    ProtocolError,
+    StoreMismatchError,
+    TitanicTimeoutError,
+)
 from titanic.protocol import mmi, tsp
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.store import StoreIdentity
@@ -45,9 +50,12 @@ def serving_store(broker: str, *, dialect: Dialect, timeout: float,
         try:
             if client.request(mmi.SERVICE, tsp.STORE_SERVICE)[:1] != [mmi.FOUND]:
                 return None
-            return parse_store_reply(client.request(tsp.STORE_SERVICE))
-        except TitanicTimeoutError:
-            log.warning("broker %s did not say which store serves it: not checked", broker)
+            # An empty body frame: the guide's broker asserts that every request has one.
+            return parse_store_reply(client.request(tsp.STORE_SERVICE, b""))
+        except (TitanicTimeoutError, HandshakeRefusedError) as exc:
+            # A daemon keeps trying its brokers (a key allowed later lets it in): not checked.
+            log.warning("broker %s did not say which store serves it (%s): not checked",
+                        broker, exc)
         except ProtocolError as exc:
             log.warning("broker %s: %s: not checked", broker, exc)
         return None

@@ -1,13 +1,19 @@
-"""What the Titanic services' answers mean to a client, and how a call spends its time: pure
-functions that the blocking and asyncio clients share."""
+"""What the Titanic services' answers (and a broker's silence) mean to a client, and how a call
+spends its time: pure functions that the blocking and asyncio clients share."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from titanic.errors import ProtocolError, TitanicServiceError
+from titanic.errors import (
+    HandshakeRefusedError,
+    ProtocolError,
+    TitanicError,
+    TitanicServiceError,
+    UnreachableError,
+)
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Frames
 
@@ -121,3 +127,22 @@ class CallBudget:
             retries = max(0, int(budget / timeout) - 1)
             timeout = budget / (retries + 1)
         return cls(timeout, retries, probe)
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """Why a broker cannot answer: nothing listens at its endpoint, or it refused the
+    security handshake (`handshake`)."""
+
+    reason: str
+    handshake: bool = False
+
+
+def unreachable_error(verdicts: Iterable[Unreachable]) -> TitanicError:
+    """The error when no broker can answer: HandshakeRefusedError if one refused the security
+    handshake, else UnreachableError; each broker's reason told once."""
+    found = list(verdicts)
+    reasons = "; ".join(dict.fromkeys(verdict.reason for verdict in found))
+    if any(verdict.handshake for verdict in found):
+        return HandshakeRefusedError(reasons)
+    return UnreachableError(reasons)

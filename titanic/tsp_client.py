@@ -27,6 +27,7 @@ from titanic.tsp_answers import (
     CallBudget,
     Fetched,
     ReplyState,
+    Unreachable,
     check_close,
     encode_frames,
     parse_fetch,
@@ -121,19 +122,23 @@ class TitanicClient:
         connection = self._connections.get(index)
         if connection is None:
             connection = self._connections[index] = Connection(
-                [self._session.brokers[index]], self._dialect, self._context, self._configure)
+                [self._session.brokers[index]], self._dialect, self._context, self._configure,
+                watch=True)
         return connection
 
-    def _ask(self, index: int, service: bytes, body: Frames, timeout: float) -> Frames | None:
-        """One request to one broker: the reply (parts joined), or None after `timeout`."""
+    def _ask(self, index: int, service: bytes, body: Frames, timeout: float
+             ) -> Frames | Unreachable | None:
+        """One request to one broker: the reply (parts joined), None after `timeout`, or
+        Unreachable as soon as the socket tells that the broker cannot answer."""
         connection = self._connection(index)
         began = time.monotonic()
+        parts: list[Frames] | Unreachable | None = None
         if connection.send(service, body, timeout):
             parts = collect_parts(connection, service, timeout - (time.monotonic() - began))
-            if parts is not None:
+            if isinstance(parts, list):
                 return [frame for part in parts for frame in part]
         connection.reopen()  # a late answer must not meet the next question
-        return None
+        return parts if isinstance(parts, Unreachable) else None
 
     def _survey(self, survey: Survey) -> dict[int, Frames | None]:
         """The same kind of question to several brokers at once (see Survey)."""
@@ -145,21 +150,27 @@ class TitanicClient:
             if connection.send(service, body):
                 waiting[connection.socket] = (index, service, connection, [])
                 poller.register(connection.socket, zmq.POLLIN)
+                if connection.watch is not None:
+                    poller.register(connection.watch.monitor, zmq.POLLIN)
+        unanswered = [connection for _, _, connection, _ in waiting.values()]
         deadline = time.monotonic() + survey.timeout
         while waiting and (remaining := deadline - time.monotonic()) > 0:
-            for sock, _ in poller.poll(int(remaining * 1000) + 1):
-                index, service, connection, parts = waiting[sock]
-                result = connection.read_part(service)
+            ready = dict(poller.poll(int(remaining * 1000) + 1))
+            for sock, (index, service, connection, parts) in list(waiting.items()):
+                if connection.unreachable() is not None:
+                    del waiting[sock]  # unreachable: no answer will come
+                    continue
+                result = connection.read_part(service) if sock in ready else None
                 if result is None or isinstance(result, BrokerRefusedError):
                     continue
                 parts.extend(result[1])
                 if result[0]:
                     answers[index] = parts
-                    poller.unregister(sock)
+                    unanswered.remove(connection)
                     del waiting[sock]
                     deadline = min(deadline, time.monotonic() + survey.grace)
-        for _, _, connection, _ in waiting.values():
-            connection.reopen()
+        for connection in unanswered:
+            connection.reopen()  # a late answer must not meet the next question
         return answers
 
     def close(self) -> None:

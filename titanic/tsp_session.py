@@ -3,8 +3,10 @@
 `TitanicClient` (blocking) and `AsyncTitanicClient` (asyncio) drive the same conversations. Each
 call is a generator that yields what to do next (`Ask` one broker, `Survey` several at once,
 `Pause`) and is sent back what came of it: the answer's frames, or None when none came in time
-(the adapter has then dropped that socket, so a late answer cannot meet a later question). An
-error the adapter meets (the broker's refusal) is thrown into the generator. Retries, failover
+(the adapter has then dropped that socket, so a late answer cannot meet a later question), or
+an `Unreachable` as soon as the socket's monitor tells that the broker cannot answer (nothing
+listens there, or it refused our CURVE key). An error the adapter meets (the broker's refusal
+of a request) propagates to the caller. Retries, failover
 between brokers, deadlines, and what each broker's Titanic server understands are decided here.
 
 What serves Titanic at a broker is asked once (8/MMI), before the first submit sent there:
@@ -23,7 +25,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from titanic.errors import ProtocolError, StoreMismatchError, TitanicTimeoutError
+from titanic.errors import ProtocolError, StoreMismatchError, TitanicError, TitanicTimeoutError
 from titanic.protocol import mmi, tsp
 from titanic.protocol.mdp import Frames
 from titanic.protocol.tsp import ServingStore, parse_store_answer
@@ -31,9 +33,11 @@ from titanic.tsp_answers import (
     CallBudget,
     Fetched,
     ReplyState,
+    Unreachable,
     explain_timeout,
     parse_fetch,
     parse_submitted,
+    unreachable_error,
 )
 
 log = logging.getLogger("titanic.client")
@@ -44,12 +48,16 @@ T = TypeVar("T")
 SURVEY_GRACE_S = 0.1
 #: How often the presence of a Titanic server is asked again while there is none, in seconds.
 PRESENCE_POLL_S = 0.1
+#: How long a broker must serve titanic.request without titanic.store before its server is
+#: taken for a standard one, in seconds: titanic's dispatcher registers its services one
+#: connection at a time, so a client may ask between two of them.
+STANDARD_SERVER_S = 0.3
 
 
 @dataclass(frozen=True)
 class Ask:
     """Send one request to broker `broker` (an index into the brokers) and wait up to
-    `timeout` seconds for its answer: the frames, or None."""
+    `timeout` seconds for its answer: the frames, None, or Unreachable."""
 
     broker: int
     service: bytes
@@ -60,7 +68,8 @@ class Ask:
 @dataclass(frozen=True)
 class Survey:
     """Ask several brokers at once: {broker: frames, or None}. The adapter waits until every
-    one has answered or `timeout` passes, and no longer than `grace` after the first answer."""
+    one has answered (or is unreachable) or `timeout` passes, and no longer than `grace` after
+    the first answer."""
 
     asks: tuple[tuple[int, bytes, Frames], ...]
     timeout: float
@@ -114,7 +123,8 @@ class TspSession:
         self._clock = clock
         #: The broker the next call goes to: the one that answered last.
         self.current = 0
-        self._servers: dict[int, Server] = {}
+        self._servers: dict[int, Server] = {}  # forgotten when a broker does not answer
+        self._stores: dict[int, ServingStore] = {}  # the last store each broker named
         self._surveyed = len(self.brokers) < 2
         self._warned: set[int] = set()
 
@@ -134,13 +144,14 @@ class TspSession:
         """One TSP request with the client's retries and failover, in at most `within` seconds
         when given; a timeout says which piece is down."""
         budget = CallBudget.of(self.timeout, self.retries, within)
+        unreachable: dict[int, Unreachable] = {}
         for _ in range(budget.retries + 1):
             index = self.current
-            reply: Frames | None = yield Ask(index, service, body, budget.timeout)
-            if reply is not None:
+            reply: Frames | Unreachable | None = yield Ask(index, service, body, budget.timeout)
+            if isinstance(reply, list):
                 return reply
-            self._no_answer(index)
-        raise (yield from self._timeout(service, budget))
+            self._no_answer(index, reply, unreachable)
+        raise (yield from self._timeout(service, budget, unreachable))
 
     def submit(self, service: bytes, frames: Frames, key: str | None) -> Conversation[str]:
         """Store a request: its UUID. The key (a random one if None) goes on the wire only to a
@@ -149,18 +160,20 @@ class TspSession:
         budget = CallBudget.of(self.timeout, self.retries, None)
         if not self._surveyed:
             yield from self._survey(budget.timeout)
+        unreachable: dict[int, Unreachable] = {}
         for _ in range(budget.retries + 1):
             index = self.current
-            server = self._servers.get(index)
+            server: Server | Unreachable | None = self._servers.get(index)
             if server is None:
                 server = yield from self._vet(index, budget.timeout)
-            if server is not None:
+            reply: Frames | Unreachable | None = server if not isinstance(server, Server) else None
+            if isinstance(server, Server):
                 body = tsp.build_request(service, frames, key if server.keyed else None)
                 reply = yield Ask(index, tsp.REQUEST_SERVICE, body, budget.timeout)
-                if reply is not None:
+                if isinstance(reply, list):
                     return parse_submitted(reply)
-            self._no_answer(index)
-        raise (yield from self._timeout(tsp.REQUEST_SERVICE, budget))
+            self._no_answer(index, reply, unreachable)
+        raise (yield from self._timeout(tsp.REQUEST_SERVICE, budget, unreachable))
 
     def fetch(self, request_id: bytes, within: float | None = None) -> Conversation[Fetched]:
         """Ask once for a request's reply (with retries)."""
@@ -186,8 +199,8 @@ class TspSession:
         """Whether the current broker has workers for `service` now (8/MMI); None if it did
         not answer in time."""
         index = self.current
-        answer: Frames | None = yield Ask(index, mmi.SERVICE, [service], timeout)
-        if answer is None:
+        answer: Frames | Unreachable | None = yield Ask(index, mmi.SERVICE, [service], timeout)
+        if not isinstance(answer, list):
             self._no_answer(index)
             return None
         return answer[:1] == [mmi.FOUND]
@@ -201,54 +214,73 @@ class TspSession:
         everyone = range(len(self.brokers))
         present = yield Survey(tuple((i, mmi.SERVICE, [tsp.STORE_SERVICE]) for i in everyone),
                                timeout, SURVEY_GRACE_S)
-        titanic = [i for i in everyone if (present.get(i) or [])[:1] == [mmi.FOUND]]
+        titanic = [i for i in everyone if _found(present.get(i))]
         if not titanic:
             return
-        stores = yield Survey(tuple((i, tsp.STORE_SERVICE, []) for i in titanic), timeout,
+        stores = yield Survey(tuple((i, tsp.STORE_SERVICE, [b""]) for i in titanic), timeout,
                               SURVEY_GRACE_S)
         for index in titanic:
             answer = stores.get(index)
-            if answer is not None:
+            if isinstance(answer, list):
                 self._learn(index, Server(True, _store_or_none(answer)))
 
-    def _vet(self, index: int, timeout: float) -> Conversation[Server | None]:
-        """Ask broker `index` what serves Titanic there; None if it does not answer, or no
-        server appears there within `timeout`."""
+    def _vet(self, index: int, timeout: float) -> Conversation[Server | Unreachable | None]:
+        """Ask broker `index` what serves Titanic there; None (or Unreachable) if it does not
+        answer, or no server appears there within `timeout`."""
         deadline = self._clock() + timeout
         while True:
             remaining = max(0.001, deadline - self._clock())
-            answer = yield Ask(index, mmi.SERVICE, [tsp.STORE_SERVICE], remaining)
-            if answer is None:
-                return None
-            if answer[:1] == [mmi.FOUND]:
-                store = yield Ask(index, tsp.STORE_SERVICE, [], remaining)
-                if store is None:
-                    return None
+            answer: Frames | Unreachable | None = yield Ask(index, mmi.SERVICE,
+                                                            [tsp.STORE_SERVICE], remaining)
+            if not isinstance(answer, list):
+                return answer
+            if _found(answer):
+                store: Frames | Unreachable | None = yield Ask(index, tsp.STORE_SERVICE, [b""],
+                                                               remaining)
+                if not isinstance(store, list):
+                    return store
                 return self._learn(index, Server(True, _store_or_none(store)))
-            plain = yield Ask(index, mmi.SERVICE, [tsp.REQUEST_SERVICE], remaining)
-            if plain is None:
-                return None
-            if plain[:1] == [mmi.FOUND]:
+            plain: Frames | Unreachable | None = yield Ask(index, mmi.SERVICE,
+                                                           [tsp.REQUEST_SERVICE], remaining)
+            if not isinstance(plain, list):
+                return plain
+            if _found(plain):
                 # titanic.request without titanic.store: a standard server, unless titanic's
-                # was registering its services one by one just then; asked once more.
-                again = yield Ask(index, mmi.SERVICE, [tsp.STORE_SERVICE], remaining)
-                if again is not None and again[:1] != [mmi.FOUND]:
-                    return self._learn(index, Server(False, None))
-                continue
+                # is registering its services one by one just now: asked again for a while.
+                standard = yield from self._still_without_store(index, remaining)
+                if standard is None:
+                    continue
+                if not standard:
+                    return None
+                return self._learn(index, Server(False, None))
             if self._clock() >= deadline:
                 return None
             yield Pause(min(PRESENCE_POLL_S, deadline - self._clock()))
+
+    def _still_without_store(self, index: int, timeout: float) -> Conversation[bool | None]:
+        """Whether `titanic.store` stays unserved at broker `index` for STANDARD_SERVER_S
+        (True), appears (None), or the broker stops answering (False)."""
+        for _ in range(round(STANDARD_SERVER_S / PRESENCE_POLL_S)):
+            yield Pause(PRESENCE_POLL_S)
+            again: Frames | Unreachable | None = yield Ask(index, mmi.SERVICE,
+                                                           [tsp.STORE_SERVICE], timeout)
+            if not isinstance(again, list):
+                return False
+            if _found(again):
+                return None
+        return True
 
     def _learn(self, index: int, server: Server) -> Server:
         """Keep what serves at a broker; StoreMismatchError if its store is not the one that
         serves at another of the client's brokers."""
         if server.store is not None:
-            for other, known in self._servers.items():
-                if known.store is not None and known.store.id != server.store.id:
+            self._stores[index] = server.store
+            for other, known in self._stores.items():
+                if known.id != server.store.id:
                     raise StoreMismatchError(
                         f"brokers {self.brokers[other]} and {self.brokers[index]} serve "
-                        f"different stores ({known.store.location} and "
-                        f"{server.store.location}): a client's brokers must share one store")
+                        f"different stores ({known.location} and {server.store.location}): "
+                        "a client's brokers must share one store")
         if not server.keyed and index not in self._warned:
             self._warned.add(index)
             log.warning("the Titanic server at %s takes no idempotency keys (a standard 9/TSP "
@@ -257,22 +289,36 @@ class TspSession:
         self._servers[index] = server
         return server
 
-    def _no_answer(self, index: int) -> None:
-        """Broker `index` did not answer in time: forget what served there, and move to the
-        next broker."""
+    def _no_answer(self, index: int, why: object = None,
+                   unreachable: dict[int, Unreachable] | None = None) -> None:
+        """Broker `index` did not answer (`why` is an Unreachable when its socket told why):
+        forget what served there, note why in `unreachable`, move to the next broker."""
         self._servers.pop(index, None)
+        if unreachable is not None:
+            if isinstance(why, Unreachable):
+                unreachable[index] = why
+            else:
+                unreachable.pop(index, None)
         if self.current == index:
             self.current = (index + 1) % len(self.brokers)
 
-    def _timeout(self, service: bytes, budget: CallBudget
-                 ) -> Conversation[TitanicTimeoutError]:
-        """The error for a call whose attempts all timed out, saying which piece is down."""
+    def _timeout(self, service: bytes, budget: CallBudget,
+                 unreachable: dict[int, Unreachable]) -> Conversation[TitanicError]:
+        """The error for a call whose attempts all failed, saying which piece is down: no
+        broker reachable, or a timeout with what the broker says of the service."""
+        if len(unreachable) == len(self.brokers):
+            return unreachable_error(unreachable.values())
         attempts = budget.retries + 1
         error = TitanicTimeoutError(
             f"no reply from service {service.decode(errors='replace')!r} at "
             f"{_where(self.brokers)} after {attempts} attempt(s) of {budget.timeout:g} s")
         present = yield from self.has_workers(service, budget.probe)
         return timeout_error(error, service, self.broker, present)
+
+
+def _found(answer: Frames | Unreachable | None) -> bool:
+    """Whether an mmi.service answer says the service is there."""
+    return isinstance(answer, list) and answer[:1] == [mmi.FOUND]
 
 
 def _store_or_none(answer: Frames) -> ServingStore | None:

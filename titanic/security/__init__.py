@@ -3,7 +3,7 @@ ZAP gatekeeper over folders of allowed keys (`zap`)."""
 
 from __future__ import annotations
 
-from titanic.security.handshake import HandshakeWatch, describe_handshake_failure
+from titanic.security.handshake import describe_handshake_failure
 from titanic.security.keys import (
     KEY_NAME,
     KeyPair,
@@ -17,7 +17,7 @@ from titanic.security.keys import (
 from titanic.security.zap import WORKER_ZAP_DOMAIN, ZAP_DOMAIN, AllowedKeys, CurveServer
 
 __all__ = [
-    "KEY_NAME", "WORKER_ZAP_DOMAIN", "ZAP_DOMAIN", "AllowedKeys", "CurveServer", "HandshakeWatch",
+    "KEY_NAME", "WORKER_ZAP_DOMAIN", "ZAP_DOMAIN", "AllowedKeys", "CurveServer",
     "KeyPair", "client_hook", "describe_handshake_failure", "load_client_hook", "load_keypair",
     "load_public_key", "warn_if_readable_by_others", "write_keypair",
 ]

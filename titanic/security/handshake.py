@@ -5,13 +5,6 @@ from __future__ import annotations
 import os
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
-
-from titanic._zmq import SocketHook
-
-#: Handshake events a client-side watch listens for.
-_CLIENT_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-                  | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 def describe_handshake_failure(event: int, value: int, *, server: bool = False,
@@ -52,51 +45,3 @@ def _errno(value: int) -> str:
         return os.strerror(value)
     except ValueError:
         return f"error {value}"
-
-
-class HandshakeWatch:
-    """A socket hook that also monitors each socket's handshakes, to explain a silent broker.
-
-    Use it as `configure_socket` on clients that share a context you own; `failure()` says why
-    no handshake succeeded, and `close()` must run before that context is terminated.
-    """
-
-    def __init__(self, inner: SocketHook | None = None) -> None:
-        self._inner = inner
-        self._monitors: list[zmq.Socket[bytes]] = []
-        self._succeeded = False
-        self._failure: tuple[int, str] | None = None  # (how specific, description)
-
-    def __call__(self, sock: zmq.Socket[bytes]) -> None:
-        if self._inner is not None:
-            self._inner(sock)
-        # pyzmq's default address is named after the socket's descriptor, which a socket opened
-        # after a close may reuse while the old monitor endpoint is still bound: name our own.
-        address = f"inproc://titanic-handshake-watch-{id(self):x}-{len(self._monitors)}"
-        self._monitors.append(sock.get_monitor_socket(_CLIENT_EVENTS, addr=address))
-
-    def failure(self) -> str | None:
-        """Why the handshakes failed, if some failed and none succeeded; else None."""
-        for monitor in self._monitors:
-            while monitor.poll(0):
-                event = parse_monitor_message(monitor.recv_multipart())
-                kind, value = int(event["event"]), int(event["value"])
-                if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    self._succeeded = True
-                    continue
-                # A refused key says most; a mechanism mismatch next; a reconnection cut short
-                # (NO_DETAIL) least: keep the most telling failure seen.
-                rank = (2 if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH else
-                        1 if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH else 0)
-                if self._failure is None or rank > self._failure[0]:
-                    self._failure = (rank, describe_handshake_failure(
-                        kind, value, curve=self._inner is not None))
-        if self._succeeded or self._failure is None:
-            return None
-        return self._failure[1]
-
-    def close(self) -> None:
-        """Close the monitor sockets."""
-        for monitor in self._monitors:
-            monitor.close(linger=0)
-        self._monitors.clear()
