@@ -93,7 +93,7 @@ def dashboard(broker: tuple[str, ...], bind: str, refresh: float, allow_hosts: t
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--bind") from exc
     try:
-        token, shown = _token(token_file)
+        token = _token(token_file)
         allowed_hosts(host, port, allow_hosts, machine=())  # a malformed name, before binding
     except (TokenError, ValueError) as exc:
         raise UsageProblem(str(exc)) from exc
@@ -115,7 +115,8 @@ def dashboard(broker: tuple[str, ...], bind: str, refresh: float, allow_hosts: t
                threading.Thread(target=server.serve_forever, daemon=True, name="dashboard-http")]
     for thread in threads:
         thread.start()
-    click.echo(_start_line(access, shown_host(host, allow_hosts), shown, brokers), err=True)
+    click.echo(_start_line(access, shown_host(host, allow_hosts), token_file, brokers),
+               err=True)
     stopping = threading.Event()
     try:
         with stop_on_signals(stopping.set):
@@ -129,28 +130,29 @@ def dashboard(broker: tuple[str, ...], bind: str, refresh: float, allow_hosts: t
         server.server_close()
 
 
-def _token(token_file: Path | None) -> tuple[str, str]:
-    """The token, and how the start line shows it: itself, unless it came from the user's
-    file (then the file is named instead)."""
+def _token(token_file: Path | None) -> str:
+    """The token: the user's file's, else TITANIC_DASHBOARD_TOKEN's, else a new one."""
     from titanic.dashboard.access import check_token, make_token, read_token_file
 
     if token_file is not None:
-        return read_token_file(token_file), f"<the token in {token_file}>"
+        return read_token_file(token_file)
     given = os.environ.get(TOKEN_VARIABLE)
-    token = check_token(given, TOKEN_VARIABLE) if given is not None else make_token()
-    return token, quote(token, safe="")
+    return check_token(given, TOKEN_VARIABLE) if given is not None else make_token()
 
 
-def _start_line(access: Access, host: str, shown: str, brokers: str) -> str:
-    """The one line that says where the page is and what opening it needs."""
+def _start_line(access: Access, host: str, token_file: Path | None, brokers: str) -> str:
+    """The one line that says where the page is and what opening it needs; the token shown
+    unless it came from the user's file (then the file is named instead)."""
     from titanic.dashboard.access import TOKEN_HEADER, TOKEN_PARAMETER
 
     base = f"http://{host}:{access.port}/"
+    named = f"<the token in {token_file}>" if token_file is not None else None
     if access.reading_needs_token:
+        shown = named or quote(access.token, safe="")
         return (f"titanic dashboard: open {base}?{TOKEN_PARAMETER}={shown} (broker {brokers}; "
                 f"scripts send the header {TOKEN_HEADER}: the token)")
     return (f"titanic dashboard: {base} (broker {brokers}; scripts' actions send the header "
-            f"{TOKEN_HEADER}: {shown})")
+            f"{TOKEN_HEADER}: {named or access.token})")
 
 
 def _server(host: str, port: int) -> ThreadingServer:
