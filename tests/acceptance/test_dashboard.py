@@ -234,7 +234,16 @@ def test_up_dashboard_refuses_foreign_hosts_cross_origin_and_tokenless_actions(
         procs: Processes, tmp_path: Path) -> None:
     broker, port = free_endpoint(), free_port()
     db = str(tmp_path / "titanic.db")
-    procs.cli("up", "up", "--bind", broker, "--db", db, "--dashboard", f"127.0.0.1:{port}")
+    up = procs.cli("up", "up", "--bind", broker, "--db", db, "--dashboard", f"127.0.0.1:{port}")
+    try:
+        check_up_dashboard(procs, broker, port, db)
+        assert Processes.terminate(up, timeout=30) == 0
+    finally:
+        Processes.terminate(up, timeout=30)  # SIGKILL would leave its children running
+
+
+def check_up_dashboard(procs: Processes, broker: str, port: int, db: str) -> None:
+    """What the up test checks while `titanic up` runs."""
     url, token = printed(procs, "up", LOOPBACK_LINE).groups()
     assert url == f"http://127.0.0.1:{port}/"
     serving(port)
