@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -197,11 +198,16 @@ def up(bind: str, db_url: str | None, demo: bool, dashboard_bind: str | None,
                                [*cli, "worker", "echo", "--broker", bind, *peer_curve,
                                 *log_argv], env))
     if dashboard_bind is not None:
+        # One token for all the dashboard's restarts, so that its open pages keep working.
+        token = {} if {"TITANIC_DASHBOARD_TOKEN", "TITANIC_DASHBOARD_TOKEN_FILE"} & env.keys() \
+            else {"TITANIC_DASHBOARD_TOKEN": secrets.token_urlsafe(32)}
         children.append(_Child("dashboard", [*cli, "dashboard", "--broker", bind, "--bind",
-                                             dashboard_bind, *peer_curve, *log_argv], env))
+                                             dashboard_bind, *peer_curve, *log_argv],
+                               {**env, **token}))
     click.echo(f"titanic up: broker on {bind}, database {db_url or default_database_url()}"
                + (", echo worker for 'echo'" if demo else "")
-               + (f", dashboard on http://{dashboard_bind}/" if dashboard_bind else ""), err=True)
+               + (f", dashboard on {dashboard_bind} (it prints the address to open)"
+                  if dashboard_bind else ""), err=True)
     if keys is not None:
         click.echo(f"titanic up: CURVE on; clients need TITANIC_CURVE_SERVER_KEY="
                    f"{keys.folder / 'broker.key'} and TITANIC_CURVE_KEY="

@@ -4,12 +4,15 @@ with buttons to retry or close each.
 It reads what `titanic info` reads (mmi.broker and titanic.manage, through the broker) and acts
 through the same services (titanic.manage's retry, 9/TSP's titanic.close), so it runs anywhere
 a client can. Flask serves it; plotly.js, from the plotly package, draws the chart, so nothing is
-fetched from the network at run time.
+fetched from the network at run time. Every request passes the checks of
+titanic.dashboard.access first: a Host of its own, and for actions a token and a same-origin
+Origin (docs/security.md, "The dashboard").
 """
 
 from __future__ import annotations
 
+from titanic.dashboard.access import Access, allowed_hosts
 from titanic.dashboard.app import create_app
 from titanic.dashboard.state import DashboardState
 
-__all__ = ["DashboardState", "create_app"]
+__all__ = ["Access", "DashboardState", "allowed_hosts", "create_app"]

@@ -1,16 +1,24 @@
-"""The dashboard's Flask application: one page, its data as JSON, two actions."""
+"""The dashboard's Flask application: one page, its data as JSON, two actions, every request
+checked by the rules of titanic.dashboard.access before it is answered."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import resources
 
-from flask import Flask, Response, jsonify, render_template
+from flask import Flask, Response, jsonify, make_response, render_template, request
 
 from titanic import __version__
+from titanic.dashboard.access import TOKEN_HEADER, TOKEN_PARAMETER, Access, Asked
 from titanic.dashboard.state import DashboardState
 from titanic.errors import ProtocolError, TitanicError
 from titanic.protocol.tsp import parse_uuid
+
+#: Headers on every answer: no page elsewhere may frame this one (a framed page's buttons could
+#: be clicked through a decoy), the token in an address is never sent on as a Referer, and
+#: nothing is taken for another type than the one given.
+_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
+            "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
 
 
 def _plotly_js() -> bytes:
@@ -18,15 +26,52 @@ def _plotly_js() -> bytes:
     return (resources.files("plotly") / "package_data" / "plotly.min.js").read_bytes()
 
 
-def create_app(state: DashboardState, *, broker: str) -> Flask:
-    """The Flask app serving `state`; `broker` is shown on the page."""
+def _asked(access: Access) -> Asked:
+    """The current request as the access checks see it."""
+    headers = request.headers
+    return Asked(method=request.method, path=request.path, host=headers.get("Host"),
+                 origin=headers.get("Origin"), fetch_site=headers.get("Sec-Fetch-Site"),
+                 header_token=headers.get(TOKEN_HEADER),
+                 query_token=request.args.get(TOKEN_PARAMETER),
+                 cookie=request.cookies.get(access.cookie_name))
+
+
+def _plain(text: str, status: int) -> Response:
+    return Response(text + "\n", status=status, mimetype="text/plain")
+
+
+def create_app(state: DashboardState, *, broker: str, access: Access) -> Flask:
+    """The Flask app serving `state` under the rules of `access`; `broker` is shown on the
+    page."""
     app = Flask(__name__)
     plotly_js: list[bytes] = []  # read on first use: 4.6 MB
 
+    @app.before_request
+    def guard() -> Response | None:
+        refusal = access.check(_asked(access))
+        return None if refusal is None else _plain(refusal.reason, refusal.status)
+
+    @app.after_request
+    def protect(response: Response) -> Response:
+        response.headers.update(_HEADERS)
+        if request.path == "/" or request.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"  # the page may hold the token
+        return response
+
     @app.get("/")
-    def index() -> str:
-        return render_template("index.html", broker=broker, version=__version__,
-                               refresh_ms=int(state.refresh * 1000))
+    def index() -> Response:
+        asked = _asked(access)
+        if asked.query_token is not None and not access.is_token(asked.query_token):
+            return _plain("forbidden: wrong token", 403)
+        token = access.token if access.gives_token(asked) else ""
+        response = make_response(render_template(
+            "index.html", broker=broker, version=__version__, token=token,
+            token_header=TOKEN_HEADER, refresh_ms=int(state.refresh * 1000)))
+        if asked.query_token is not None:
+            # The page's later loads and its data show this instead of the token.
+            response.set_cookie(access.cookie_name, access.cookie_value, path="/",
+                                httponly=True, samesite="Strict")
+        return response
 
     @app.get("/api/state")
     def snapshot() -> Response:

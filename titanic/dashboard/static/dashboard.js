@@ -4,6 +4,19 @@
 const refreshMs = Number(document.body.dataset.refreshMs) || 2000;
 const FIELDS = ["pending", "dispatched", "done", "failed", "expired"];
 
+// The token the actions send as a header. The page holds it when it was opened with it
+// (/?token=...) or needs none to be read; this tab keeps it in sessionStorage (this origin
+// only) for later loads, and the address loses it at once (history, screenshots).
+const tokenMeta = document.querySelector('meta[name="titanic-token"]');
+const TOKEN_HEADER = tokenMeta.dataset.header;
+if (tokenMeta.content) sessionStorage.setItem("titanic-token", tokenMeta.content);
+const token = tokenMeta.content || sessionStorage.getItem("titanic-token") || "";
+if (new URLSearchParams(location.search).has("token")) {
+  history.replaceState(null, "", location.pathname);
+}
+const tokenHeaders = token ? { [TOKEN_HEADER]: token } : {};
+const NO_TOKEN = "actions need the token: open the address the dashboard printed at start";
+
 function age(seconds) {
   if (seconds === null || seconds === undefined) return "-";
   for (const [unit, size] of [["d", 86400], ["h", 3600], ["m", 60]]) {
@@ -69,10 +82,26 @@ function showServices(view) {
     });
 }
 
+// An answer as {ok, result, error}: JSON from the actions, plain text from a refusal.
+async function answerOf(response) {
+  const text = await response.text();
+  try {
+    return JSON.parse(text);
+  } catch {
+    return { ok: false, error: `${response.status}: ${text.trim()}` };
+  }
+}
+
 async function act(uuid, action, button) {
   button.disabled = true;
-  const response = await fetch(`/api/requests/${uuid}/${action}`, { method: "POST" });
-  const answer = await response.json();
+  let answer;
+  try {
+    const response = await fetch(`/api/requests/${uuid}/${action}`,
+                                 { method: "POST", headers: tokenHeaders });
+    answer = await answerOf(response);
+  } catch (error) {
+    answer = { ok: false, error: `dashboard unreachable: ${error}` };
+  }
   setStatus(answer.ok ? `${uuid} ${answer.result}` : answer.error, !answer.ok);
   button.disabled = false;
   await refresh();
@@ -94,7 +123,8 @@ function showFailed(failed, view) {
         const button = document.createElement("button");
         button.textContent = label;
         button.className = action;
-        button.addEventListener("click", () => act(r.uuid, action, button));
+        if (token) button.addEventListener("click", () => act(r.uuid, action, button));
+        else { button.disabled = true; button.title = NO_TOKEN; }
         buttons.appendChild(button);
       }
     },
@@ -134,7 +164,11 @@ function setStatus(text, isError) {
 async function refresh() {
   let state;
   try {
-    const response = await fetch("/api/state");
+    const response = await fetch("/api/state", { headers: tokenHeaders });
+    if (!response.ok) {
+      setStatus((await answerOf(response)).error, true);
+      return;
+    }
     state = await response.json();
   } catch (error) {
     setStatus(`dashboard unreachable: ${error}`, true);
