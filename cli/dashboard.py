@@ -49,7 +49,7 @@ def dashboard(broker: tuple[str, ...], bind: str, refresh: float, curve: CurveOp
                                f" ({exc})") from exc
     from wsgiref.simple_server import make_server
 
-    from titanic._http import QuietHandler, ThreadingServer
+    from titanic._http import QuietHandler, ThreadingServer, bind_error
     from titanic._zmq import stop_on_signals
     from titanic.manage_client import ManagementClient
     from titanic.metrics import parse_bind
@@ -69,8 +69,11 @@ def dashboard(broker: tuple[str, ...], bind: str, refresh: float, curve: CurveOp
 
     state = DashboardState(clients, refresh=refresh)
     brokers = ", ".join(broker)
-    server = make_server(host, port, create_app(state, broker=brokers), ThreadingServer,
-                         handler_class=QuietHandler)
+    try:
+        server = make_server(host, port, create_app(state, broker=brokers), ThreadingServer,
+                             handler_class=QuietHandler)
+    except OSError as exc:  # exit 10: `titanic up` does not restart a dashboard for this
+        raise bind_error(bind, "the dashboard", exc) from exc
     threads = [threading.Thread(target=state.run, daemon=True, name="dashboard-refresh"),
                threading.Thread(target=server.serve_forever, daemon=True, name="dashboard-http")]
     for thread in threads:
