@@ -81,6 +81,7 @@ def dashboard(broker: tuple[str, ...], bind: str, refresh: float, allow_hosts: t
     except ImportError as exc:
         raise click.UsageError(f"the dashboard needs its extra: pip install 'titanic[dashboard]'"
                                f" ({exc})") from exc
+    from titanic._http import bind_error
     from titanic._zmq import stop_on_signals
     from titanic.dashboard.access import TokenError, is_loopback, shown_host
     from titanic.manage_client import ManagementClient
@@ -104,7 +105,10 @@ def dashboard(broker: tuple[str, ...], bind: str, refresh: float, allow_hosts: t
                 TitanicClient(broker, timeout=CLIENT_TIMEOUT_S, retries=CLIENT_RETRIES,
                               configure_socket=hook))
 
-    server = _server(host, port)
+    try:
+        server = _server(host, port)
+    except OSError as exc:  # exit 10: `titanic up` does not restart a dashboard for this
+        raise bind_error(bind, "the dashboard", exc) from exc
     port = server.server_port  # the one bound, for --bind HOST:0
     access = Access(allowed_hosts(host, port, allow_hosts), token, port,
                     read_needs_token or not is_loopback(host))

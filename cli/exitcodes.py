@@ -19,4 +19,5 @@ class Exit(enum.IntEnum):
     KEY = 8  # a CURVE key file or allowed-keys folder is missing, unreadable or malformed
     REFUSED = 9  # the broker refused the security handshake (key not allowed, wrong server key,
     #              or CURVE on one side only)
+    ADDRESS = 10  # an address to listen on cannot be bound (in use, or not this host's)
     INTERRUPTED = 130  # Ctrl-C (SIGINT) ended the command (128 + SIGINT, as shells report it)

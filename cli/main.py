@@ -10,6 +10,7 @@ import click
 
 from titanic import __version__
 from titanic_cli.exitcodes import Exit
+from titanic_cli.lifeline import follow_parent
 
 #: Every sub-command: where it lives and its one-line help (for `titanic --help` without
 #: importing it; tests/unit/test_cli_startup.py checks these against the commands).
@@ -78,7 +79,9 @@ def cli(verbose: int) -> None:
 
 
 def run(command: click.Command, prog_name: str) -> None:
-    """Run a click command as a program: Ctrl-C exits 130 (not click's 1), one line on stderr."""
+    """Run a click command as a program: Ctrl-C exits 130 (not click's 1), one line on stderr.
+    A child of `titanic up` first starts watching for `up`'s death (lifeline.py)."""
+    follow_parent()
     try:
         result = command.main(prog_name=prog_name, standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):

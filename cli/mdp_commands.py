@@ -13,7 +13,7 @@ import zmq
 from titanic._zmq import stop_on_signals
 from titanic.broker import Broker
 from titanic.client import Client
-from titanic.errors import TitanicError, TitanicTimeoutError
+from titanic.errors import TitanicTimeoutError
 from titanic.protocol.failure import parse_failure
 from titanic.protocol.mdp import Dialect
 from titanic.protocol.mmi import SERVICE as MMI_SERVICE
@@ -47,8 +47,10 @@ from titanic_cli.options import (
     curve_server_options,
     db_option,
     echo_json,
+    endpoint_error,
     fail,
     frames_json,
+    given_on_command_line,
     handle_errors,
     json_option,
     log_options,
@@ -162,7 +164,9 @@ def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: flo
         max_queued_bytes_per_client=max_queued_bytes_per_client,
     )
     if db_url is not None and not hosted:
-        raise UsageProblem("--db needs --titanic: a plain broker stores nothing")
+        if given_on_command_line("db_url"):
+            raise UsageProblem("--db needs --titanic: a plain broker stores nothing")
+        db_url = None  # TITANIC_DATABASE_URL, there for the commands that store: not ours
     server_curve = curve.server(separate_workers=bool(worker_binds))
     store = forwarding.open_store(db_url) if hosted else None
     try:
@@ -182,17 +186,19 @@ def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: flo
 
 def _serve_broker(server: Broker, host: HostedDispatcher | None, binds: tuple[str, ...],
                   worker_binds: tuple[str, ...], metrics_bind: str | None) -> None:
-    try:
-        server.bind()
-    except zmq.ZMQError as exc:
-        raise TitanicError(f"cannot bind {', '.join([*binds, *worker_binds]) or DEFAULT_BROKER}:"
-                           f" {exc}") from exc
     metrics = None
-    if metrics_bind is not None:
-        from titanic.metrics import serve_broker_metrics
+    if metrics_bind is not None:  # bound before the broker says it listens, started after
+        from titanic.metrics import broker_metrics
 
-        metrics = serve_broker_metrics(metrics_bind, server, host)
+        metrics = broker_metrics(metrics_bind, server, host)
     try:
+        try:
+            server.bind()
+        except zmq.ZMQError as exc:
+            raise endpoint_error(", ".join([*binds, *worker_binds]) or DEFAULT_BROKER,
+                                 exc) from exc
+        if metrics is not None:
+            metrics.start()
         with stop_on_signals(server.stop):
             server.run()
     finally:

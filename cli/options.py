@@ -15,9 +15,11 @@ from typing import Any, TypeVar
 
 import click
 import zmq
+from click.core import ParameterSource
 
 from titanic._zmq import SocketHook
 from titanic.errors import (
+    BindError,
     CurveKeyError,
     EndpointError,
     HandshakeRefusedError,
@@ -168,6 +170,13 @@ def metrics_option(func: F) -> F:
     )(func)
 
 
+def endpoint_error(endpoints: str, exc: zmq.ZMQError) -> BindError:
+    """The one-line error for ZeroMQ endpoints that cannot be bound (exit 10): the endpoints and
+    the system's reason, without pyzmq's repetition of the address."""
+    reason = zmq.strerror(exc.errno) if exc.errno is not None else str(exc)
+    return BindError(f"cannot bind {endpoints}: {reason}")
+
+
 def fail(message: str, code: Exit) -> None:
     """Print one line on stderr and exit with a documented code."""
     click.echo(f"titanic: {message}", err=True)
@@ -187,6 +196,8 @@ def handle_errors(func: F) -> F:
             fail(str(exc), Exit.KEY)
         except HandshakeRefusedError as exc:
             fail(str(exc), Exit.REFUSED)
+        except BindError as exc:
+            fail(str(exc), Exit.ADDRESS)
         except TitanicTimeoutError as exc:
             fail(str(exc), Exit.UNREACHABLE)
         except StoreError as exc:
@@ -231,6 +242,14 @@ def frames_json(frames: Sequence[bytes]) -> dict[str, Any]:
 def echo_json(value: object) -> None:
     """One JSON object on a line of stdout."""
     click.echo(json.dumps(value, ensure_ascii=False))
+
+
+def given_on_command_line(name: str) -> bool:
+    """Whether the running command's parameter `name` came from its command line, not from its
+    environment variable or its default: a variable shared by several commands (one systemd
+    EnvironmentFile, one shell) must not stop a command that has no use for it."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source is ParameterSource.COMMANDLINE
 
 
 def db_option(func: F) -> F:
@@ -327,9 +346,9 @@ class CurveServerOptions:
     def server(self, separate_workers: bool) -> CurveServer | None:
         """The CurveServer, or None when CURVE is off; secret and folder both or neither."""
         if self.secret is None and self.allow is None:
-            for given, name in ((self.allow_workers, "--curve-allow-workers"),
-                                (self.admin, "--curve-admin")):
-                if given is not None:
+            for folder, name in ((self.allow_workers, "--curve-allow-workers"),
+                                 (self.admin, "--curve-admin")):
+                if folder is not None:
                     raise UsageProblem(f"{name} needs --curve-secret and --curve-allow")
             return None
         if self.secret is None or self.allow is None:

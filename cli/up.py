@@ -19,23 +19,32 @@ import click
 import zmq
 
 from titanic._zmq import stop_on_signals
-from titanic.errors import TitanicError
 from titanic.security import load_keypair, load_public_key, write_keypair
 from titanic.settings import DEFAULT_BROKER, default_database_url
 from titanic_cli.exitcodes import Exit
-from titanic_cli.options import LogOptions, db_option, fail, handle_errors, log_options
+from titanic_cli.lifeline import STOP_GRACE_S, Lifeline
+from titanic_cli.options import (
+    LogOptions,
+    UsageProblem,
+    db_option,
+    endpoint_error,
+    fail,
+    handle_errors,
+    log_options,
+)
 
 log = logging.getLogger("titanic.up")
 
 RESTART_DELAY_S = 1.0
 RESTART_DELAY_MAX_S = 30.0
-STOP_GRACE_S = 10.0
 #: A child exiting with one of these would fail the same way again: bad options, the database
-#: (a bad URL, a missing role, a newer schema), a key file.
-CONFIGURATION_EXITS = frozenset({Exit.USAGE, Exit.DATABASE, Exit.KEY})
-#: Variables the children must not inherit: `up` gives each child its CURVE options itself.
-_CURVE_VARIABLES = ("TITANIC_CURVE_SERVER_KEY", "TITANIC_CURVE_KEY", "TITANIC_CURVE_SECRET",
-                    "TITANIC_CURVE_ALLOW", "TITANIC_CURVE_ALLOW_WORKERS")
+#: (a bad URL, a missing role, a newer schema), a key file, an address it cannot listen on.
+CONFIGURATION_EXITS = frozenset({Exit.USAGE, Exit.DATABASE, Exit.KEY, Exit.ADDRESS})
+#: Variables the children must not inherit: `up` gives each child its CURVE options and its
+#: endpoints itself (a worker endpoint of the broker's own would leave the demo worker out).
+_UP_DECIDES = ("TITANIC_CURVE_SERVER_KEY", "TITANIC_CURVE_KEY", "TITANIC_CURVE_SECRET",
+               "TITANIC_CURVE_ALLOW", "TITANIC_CURVE_ALLOW_WORKERS", "TITANIC_CURVE_ADMIN",
+               "TITANIC_WORKER_BIND")
 
 
 @dataclass
@@ -43,6 +52,7 @@ class _Child:
     name: str
     argv: list[str]
     env: dict[str, str]
+    lifeline: Lifeline
     process: subprocess.Popen[bytes] | None = None
     delay: float = RESTART_DELAY_S
     restart_at: float = 0.0
@@ -50,7 +60,10 @@ class _Child:
 
     def start(self) -> None:
         # A session of its own: Ctrl-C reaches only `titanic up`, which stops children in order.
-        self.process = subprocess.Popen(self.argv, start_new_session=True, env=self.env)
+        # The lifeline's read end: the child stops by itself if `up` dies without stopping it.
+        self.process = subprocess.Popen(self.argv, start_new_session=True,
+                                        env=self.lifeline.env(self.env),
+                                        pass_fds=self.lifeline.fds)
         self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
@@ -92,8 +105,8 @@ def _supervise(children: list[_Child], stopping: threading.Event) -> _Child | No
 
 
 def _check_bindable(endpoint: str) -> None:
-    """TitanicError (one line, exit 1) if the broker's endpoint cannot be bound, say because the
-    port is in use: found before any child starts, not by a broker restarted for ever."""
+    """BindError (one line, exit 10) if the broker's endpoint cannot be bound, say because the
+    port is in use: found before any child starts."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         sock = context.socket(zmq.ROUTER)
@@ -101,11 +114,27 @@ def _check_bindable(endpoint: str) -> None:
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
-            raise TitanicError(f"cannot bind {endpoint}: {exc}") from exc
+            raise endpoint_error(endpoint, exc) from exc
         finally:
             sock.close(0)
     finally:
         context.term()
+
+
+def _check_dashboard_bindable(address: str) -> None:
+    """UsageProblem (exit 2) if the dashboard's address is not HOST:PORT, BindError (exit 10) if
+    it cannot be listened on now: found before any child starts."""
+    from titanic._http import bind_error, check_bindable
+    from titanic.metrics import parse_bind
+
+    try:
+        host, port = parse_bind(address)
+    except ValueError as exc:
+        raise UsageProblem(f"--dashboard: {exc}") from exc
+    try:
+        check_bindable(host, port)
+    except OSError as exc:
+        raise bind_error(address, "the dashboard", exc) from exc
 
 
 @dataclass(frozen=True)
@@ -172,7 +201,8 @@ def up(bind: str, db_url: str | None, demo: bool, dashboard_bind: str | None,
     """Run the broker with the dispatcher in it (`titanic broker --titanic`), restarting it if it
     dies, and the demo worker and the dashboard when asked.
 
-    Uses the embedded SQLite database unless --db says otherwise. Stop with Ctrl-C.
+    Uses the embedded SQLite database unless --db says otherwise. Stop with Ctrl-C. The children
+    stop by themselves if `up` dies (even by kill -9).
 
     \b
     Example:
@@ -184,26 +214,29 @@ def up(bind: str, db_url: str | None, demo: bool, dashboard_bind: str | None,
     """
     logs.apply("up")
     _check_bindable(bind)
+    if dashboard_bind is not None:
+        _check_dashboard_bindable(dashboard_bind)
     keys = prepare_keys(curve_dir) if curve_dir is not None else None
     broker_curve, peer_curve = (keys.broker, keys.peer) if keys else ([], [])
-    env = {name: value for name, value in os.environ.items() if name not in _CURVE_VARIABLES}
+    env = {name: value for name, value in os.environ.items() if name not in _UP_DECIDES}
+    lifeline = Lifeline()
     # -P: the children import the installed titanic even when started from a source checkout.
     cli = [sys.executable, "-P", "-m", "titanic_cli"]
     log_argv = logs.argv()
     db = ["--db", db_url] if db_url else []
     children = [_Child("broker", [*cli, "broker", "--bind", bind, "--titanic", *db,
-                                  *broker_curve, *log_argv], env)]
+                                  *broker_curve, *log_argv], env, lifeline)]
     if demo:
         children.append(_Child("echo worker",
-                               [*cli, "worker", "echo", "--broker", bind, *peer_curve,
-                                *log_argv], env))
+                               [*cli, "worker", "echo", "--broker", bind, "--service", "echo",
+                                *peer_curve, *log_argv], env, lifeline))
     if dashboard_bind is not None:
         # One token for all the dashboard's restarts, so that its open pages keep working.
         token = {} if {"TITANIC_DASHBOARD_TOKEN", "TITANIC_DASHBOARD_TOKEN_FILE"} & env.keys() \
             else {"TITANIC_DASHBOARD_TOKEN": secrets.token_urlsafe(32)}
         children.append(_Child("dashboard", [*cli, "dashboard", "--broker", bind, "--bind",
                                              dashboard_bind, *peer_curve, *log_argv],
-                               {**env, **token}))
+                               {**env, **token}, lifeline))
     click.echo(f"titanic up: broker on {bind}, database {db_url or default_database_url()}"
                + (", echo worker for 'echo'" if demo else "")
                + (f", dashboard on {dashboard_bind} (it prints the address to open)"
@@ -224,6 +257,7 @@ def up(bind: str, db_url: str | None, demo: bool, dashboard_bind: str | None,
         deadline = time.monotonic() + STOP_GRACE_S
         for child in reversed(children):  # the broker last: its dispatcher drains through it
             child.stop(deadline)
+        lifeline.close()
         click.echo("titanic up: stopped", err=True)
     if failed is not None and failed.process is not None:
         code = failed.process.returncode

@@ -145,7 +145,7 @@ class Broker:
                 self._worker_socket = self._open(self._worker_endpoints, self.worker_bound,
                                                  Endpoint.WORKERS)
         except BaseException:
-            self._shutdown()  # an endpoint in use: release what was opened, then say so
+            self._shutdown(served=False)  # an endpoint in use: release what was opened
             raise
         if separate:
             log.info("broker listening for clients on %s, for workers on %s",
@@ -299,7 +299,7 @@ class Broker:
                             event["endpoint"].decode(errors="replace"),
                             describe_handshake_failure(kind, value, server=True))
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, served: bool = True) -> None:
         for _, frames, _ in self._core.disconnect_all():
             self._send(self._worker_socket, frames)
         for sock in self._opened:
@@ -316,7 +316,8 @@ class Broker:
         if self._own_context:
             self._context.term()
         self._waker.close()
-        log.info("broker stopped: %s", self.stats.as_dict())
+        if served:  # a broker that never bound says nothing more than its caller's error
+            log.info("broker stopped: %s", self.stats.as_dict())
 
     # -- messages -------------------------------------------------------------------------------
 

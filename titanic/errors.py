@@ -104,6 +104,10 @@ class StoreKeyError(TitanicError):
     """A store key file (encryption at rest) is missing or malformed."""
 
 
+class BindError(TitanicError):
+    """An address to listen on cannot be bound: in use by another process, or not this host's."""
+
+
 class PermanentError(TitanicError):
     """The request cannot succeed: raised by a worker's handler, it fails at once, untried again.
 

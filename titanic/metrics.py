@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from titanic._http import QuietHandler
+from titanic._http import QuietHandler, bind_error
 from titanic.errors import StoreError
 
 if TYPE_CHECKING:
@@ -159,8 +159,11 @@ class MetricsServer:
         self._health = health
         host, port = parse_bind(bind)
         self._host = host
-        self._server: WSGIServer = make_server(host, port, self._app, WSGIServer,
-                                               handler_class=QuietHandler)
+        try:
+            self._server: WSGIServer = make_server(host, port, self._app, WSGIServer,
+                                                   handler_class=QuietHandler)
+        except OSError as exc:
+            raise bind_error(bind, "metrics", exc) from exc
         self.port = int(self._server.server_port)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="titanic-metrics")
@@ -193,19 +196,25 @@ class MetricsServer:
         self._server.server_close()
 
 
-def serve_broker_metrics(bind: str, broker: Broker,
-                         host: DispatcherBase | None = None) -> MetricsServer:
-    """Serve the broker's metrics and health on HOST:PORT, from now until `stop()`; with the
-    dispatcher it hosts (`host`), its metrics too, and healthy only while both serve."""
+def broker_metrics(bind: str, broker: Broker,
+                   host: DispatcherBase | None = None) -> MetricsServer:
+    """The broker's metrics and health on HOST:PORT, bound (BindError if it cannot be) and
+    served once started; with the dispatcher it hosts (`host`), its metrics too, and healthy
+    only while both serve."""
     if host is None:
-        return MetricsServer(bind, broker_registry(broker), broker.health).start()
+        return MetricsServer(bind, broker_registry(broker), broker.health)
 
     def health() -> tuple[bool, str]:
         checks = (broker.health(), host.health())
         return all(ok for ok, _ in checks), "; ".join(why for _, why in checks)
 
-    return MetricsServer(bind, dispatcher_registry(host, broker_registry(broker)),
-                         health).start()
+    return MetricsServer(bind, dispatcher_registry(host, broker_registry(broker)), health)
+
+
+def serve_broker_metrics(bind: str, broker: Broker,
+                         host: DispatcherBase | None = None) -> MetricsServer:
+    """Serve `broker_metrics` from now until `stop()`."""
+    return broker_metrics(bind, broker, host).start()
 
 
 def serve_dispatcher_metrics(bind: str, dispatcher: DispatcherBase) -> MetricsServer:

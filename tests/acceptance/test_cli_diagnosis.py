@@ -95,7 +95,7 @@ def test_up_on_a_port_in_use_exits_at_once(tmp_path: Path) -> None:
         done = run_cli("up", "--bind", endpoint, "--db", str(tmp_path / "t.db"), timeout=60)
     finally:
         taken.close(0)
-    assert done.returncode == 1
+    assert done.returncode == 10
     assert f"cannot bind {endpoint}: Address already in use" in one_line(done.stderr)
     assert not (tmp_path / "t.db").exists()
 
