@@ -42,6 +42,7 @@ class ConnectWatch:
         # Named by us: pyzmq's default name reuses the socket's descriptor number. The monitor
         # is a blocking socket even for an asyncio one: it is only ever read without waiting.
         address = f"inproc://titanic-connect-{id(self):x}-{next(_names)}"
+        self._sock = sock
         sock.monitor(address, _EVENTS)
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(sock.context.underlying)
         self.monitor = context.socket(zmq.PAIR)
@@ -95,5 +96,9 @@ class ConnectWatch:
                                           handshake=True)
 
     def close(self) -> None:
-        """Close the monitor socket (before its socket closes)."""
+        """Stop the monitor, then close its socket; call it before the socket closes. A
+        monitor socket closed while libzmq still reports to it can stall libzmq's I/O thread,
+        and with it every socket of the context."""
+        if not self._sock.closed:
+            self._sock.disable_monitor()
         self.monitor.close(linger=0)

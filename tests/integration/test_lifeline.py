@@ -16,6 +16,7 @@ import pytest
 from titanic_support import CLI, free_endpoint, start_broker, wait_until
 
 from titanic.client import Client
+from titanic.errors import UnreachableError
 from titanic_cli.lifeline import VARIABLE, Lifeline, _inherited_read_end, follow_parent
 
 
@@ -46,8 +47,12 @@ def start_child(children: list[subprocess.Popen[bytes]], lifeline: Lifeline, arg
 
 
 def has_workers(broker: str, service: str) -> bool:
-    with Client(broker, timeout=1, retries=0) as client:
-        return client.request("mmi.service", service.encode()) == [b"200"]
+    """Whether the broker has workers for `service`; False while nothing listens there yet."""
+    try:
+        with Client(broker, timeout=1, retries=0) as client:
+            return client.request("mmi.service", service.encode()) == [b"200"]
+    except UnreachableError:
+        return False
 
 
 def test_a_worker_stops_cleanly_when_its_parent_is_gone(
