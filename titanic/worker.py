@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 #: Longest a worker waits in recv before it looks whether stop() was called, in seconds.
 STOP_CHECK_S = 0.1
 
+#: Modules whose calls lead to a handler's: left out of the tracebacks sent to clients.
+_OWN_CALLS = frozenset({__name__, "titanic.worker_group", "titanic.task_worker"})
+
 Reply = Sequence[bytes | str] | Iterator[Sequence[bytes | str]]
 Handler = Callable[[Frames], Reply]
 
@@ -195,7 +198,8 @@ class Worker:
                   "permanent" if permanent else "will be retried", error, exc_info=exc)
         kind = FailureKind.PERMANENT if permanent else FailureKind.RETRY
         try:
-            connection.reply(client, build_failure(kind, error, format_traceback(reason)))
+            connection.reply(client, build_failure(kind, error,
+                                                   format_traceback(reason, skip=_OWN_CALLS)))
         except Exception:
             log.exception("cannot report the failure; re-registering")
             connection.reset(now)

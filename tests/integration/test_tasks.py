@@ -99,6 +99,8 @@ def test_a_raising_task_fails_with_its_type_message_and_traceback(endpoint: str)
     assert failure.traceback.startswith("Traceback (most recent call last):")
     assert "in _check" in failure.traceback and "raise ValueError(message)" in failure.traceback
     assert failure.traceback.endswith("ValueError: bad: input")
+    first_call = failure.traceback.splitlines()[1]  # the worker's own calls are left out
+    assert "example_tasks.py" in first_call and "in explode" in first_call, failure.traceback
     assert str(failure) == f"request {handle.id} failed: ValueError: bad: input (after 3 " \
                            "attempts)"
     assert example_tasks.runs["explode"] - before == 3

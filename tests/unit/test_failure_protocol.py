@@ -79,11 +79,18 @@ def test_format_traceback_names_the_raising_line_and_the_cause() -> None:
         except KeyError as exc:
             raise ValueError("bad input") from exc
     except ValueError as exc:
-        text = format_traceback(exc)
+        raised = exc
+    text = format_traceback(raised)
     assert text.startswith("Traceback (most recent call last):")
     assert 'raise KeyError("missing")' in text and "in inner" in text
     assert text.endswith("ValueError: bad input")
     assert "direct cause" in text
+    assert "in test_format_traceback" in text
+    # The calls of the modules skipped are left out of the exception's own traceback (a
+    # cause's spans only the calls between its raise and its catch: kept whole).
+    cause, reported = format_traceback(raised, skip={__name__}).split("direct cause")
+    assert "in inner" in cause
+    assert "File" not in reported and reported.endswith("ValueError: bad input")
 
 
 def test_last_error_keeps_the_error_and_the_attempts_on_its_first_line() -> None:

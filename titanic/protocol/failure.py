@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import traceback as tb
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 #: The first frame of every failure report.
@@ -70,10 +70,15 @@ def describe_exception(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def format_traceback(exc: BaseException) -> str:
+def format_traceback(exc: BaseException, skip: Collection[str] = ()) -> str:
     """The exception's traceback as Python prints it (its causes included), cut to
-    MAX_TRACEBACK_BYTES by leaving out its first lines."""
-    return _keep_end("".join(tb.format_exception(exc)).rstrip("\n"))
+    MAX_TRACEBACK_BYTES by leaving out its first lines. Its outermost calls made in the modules
+    named in `skip` (the worker's own, above the user's function) are left out."""
+    trace = exc.__traceback__
+    while trace is not None and trace.tb_frame.f_globals.get("__name__") in skip:
+        trace = trace.tb_next
+    lines = tb.format_exception(type(exc), exc, trace)
+    return _keep_end("".join(lines).rstrip("\n"))
 
 
 def build_failure(kind: FailureKind, error: str, traceback: str = "") -> list[bytes]:
