@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
+from pathlib import Path
 
 import example_tasks
 import msgpack
@@ -27,6 +29,13 @@ from titanic.broker import Broker
 from titanic.dispatcher_settings import DispatcherSettings
 from titanic.errors import UnknownRequestError
 from titanic.hosted import HostedDispatcher
+from titanic.security import (
+    CurveServer,
+    client_hook,
+    load_keypair,
+    load_public_key,
+    write_keypair,
+)
 from titanic.settings import BrokerSettings
 from titanic.store import Store
 from titanic.task_clients import close_default_clients
@@ -158,6 +167,26 @@ def test_a_fresh_client_reads_the_result_and_close_forgets_it(endpoint: str) -> 
     with pytest.raises(UnknownRequestError):
         handle.result(timeout=5)
     handle.close()  # closing again is fine
+
+
+def test_a_request_that_is_not_a_task_call_fails_at_once(endpoint: str) -> None:
+    with TitanicClient(endpoint, timeout=2.0, retries=3) as client:
+        request_id = client.submit("resize", b"plain", b"frames")
+        fetched = client.wait(request_id, timeout=30)
+    assert fetched.state is ReplyState.FAILED
+    assert fetched.text.startswith("TaskRequestError: a task request is two frames, "
+                                   "'titanic.task/1' and the msgpack arguments")
+    assert " (after " not in fetched.text.splitlines()[0]  # permanent: no retries
+
+
+def test_a_handle_on_a_plain_request_says_its_reply_is_no_task_result(
+        endpoint: str, stack: ExitStack) -> None:
+    stack.enter_context(running(Worker(endpoint, "plain.echo", lambda frames: frames,
+                                       heartbeat_interval=0.1)))
+    with TitanicClient(endpoint, timeout=2.0, retries=3) as client:
+        request_id = client.submit("plain.echo", b"hello")
+    with pytest.raises(titanic.ProtocolError, match="the reply is not a task's result"):
+        Handle(request_id).result(timeout=30)
 
 
 def test_an_idempotency_key_stores_one_request(endpoint: str) -> None:
@@ -375,3 +404,33 @@ def test_bad_task_args_are_one_line_and_exit_2(task_args: str, extra: list[str],
                    free_endpoint())
     assert done.returncode == 2
     assert done.stderr.decode().count("\n") == 1 and says in done.stderr.decode(), done.stderr
+
+
+def test_default_clients_speak_curve_from_the_environment(
+        store: Store, stack: ExitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    for name in ("broker", "client", "worker"):
+        write_keypair(keys, name)
+    allowed.mkdir()
+    for name in ("client", "worker"):
+        shutil.copyfile(keys / f"{name}.key", allowed / f"{name}.key")
+    broker = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
+                                                        heartbeat_liveness=5),
+                    curve=CurveServer(load_keypair(keys / "broker.key_secret"), allowed),
+                    host=HostedDispatcher(store, SETTINGS))
+    address = broker.bind()[0]
+    stack.enter_context(running(broker))
+    worker_hook = client_hook(load_public_key(keys / "broker.key"),
+                              load_keypair(keys / "worker.key_secret"))
+    stack.enter_context(running(Worker(address, "resize", task_handler(example_tasks.resize),
+                                       heartbeat_interval=0.1, configure_socket=worker_hook)))
+    stack.callback(titanic.configure)
+    stack.callback(close_default_clients)
+    titanic.configure(address, timeout=0.5, retries=0)  # no keys: the broker admits nobody
+    with pytest.raises(TitanicTimeoutError):
+        example_tasks.resize.submit(b"plain", 1)
+    monkeypatch.setenv("TITANIC_BROKER", address)
+    monkeypatch.setenv("TITANIC_CURVE_SERVER_KEY", str(keys / "broker.key"))
+    monkeypatch.setenv("TITANIC_CURVE_KEY", str(keys / "client.key_secret"))
+    titanic.configure()
+    assert example_tasks.resize.submit(b"curve", 2).result(timeout=30)["size"] == 5
