@@ -184,8 +184,7 @@ def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float
         out.write(b"".join(fetched.reply) if raw else b"".join(f + b"\n" for f in fetched.reply))
         out.flush()
         return
-    fail(f"request {request_id} is {split_last_error(str(fetched))[0]}",
-         _STATE_EXIT[fetched.state])
+    fail(f"request {request_id} is {fetched}", _STATE_EXIT[fetched.state])
 
 
 #: What _task_result returns for a reply that is not a task's result.

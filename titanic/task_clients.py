@@ -64,11 +64,19 @@ class ClientSettings:
 
 def settings_from_environment() -> ClientSettings:
     """ClientSettings from TITANIC_BROKER and the CURVE variables (unset or empty: defaults)."""
+    server_key, key = _keys_from_environment()
+    return ClientSettings(brokers=_brokers_from_environment(), curve_server_key=server_key,
+                          curve_key=key)
+
+
+def _brokers_from_environment() -> tuple[str, ...]:
+    return _brokers(os.environ.get(ENV_BROKER) or DEFAULT_BROKER)
+
+
+def _keys_from_environment() -> tuple[Path | None, Path | None]:
     server_key = os.environ.get(ENV_CURVE_SERVER_KEY) or None
     key = os.environ.get(ENV_CURVE_KEY) or None
-    return ClientSettings(brokers=_brokers(os.environ.get(ENV_BROKER) or DEFAULT_BROKER),
-                          curve_server_key=Path(server_key) if server_key else None,
-                          curve_key=Path(key) if key else None)
+    return (Path(server_key) if server_key else None), (Path(key) if key else None)
 
 
 def _brokers(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -207,17 +215,16 @@ def configure(broker: str | Sequence[str] | None = None, *,
     now: a missing or malformed one raises CurveKeyError here. Clients made before are replaced
     on their next use.
     """
-    environment = settings_from_environment()
     if timeout <= 0 or retries < 0:
         raise UsageError("timeout must be above 0 and retries 0 or more")
-    keys_given = curve_server_key is not None or curve_key is not None
+    if curve_server_key is None and curve_key is None:
+        server_key, key = _keys_from_environment()
+    else:
+        server_key = Path(curve_server_key) if curve_server_key is not None else None
+        key = Path(curve_key) if curve_key is not None else None
     _registry.configure(ClientSettings(
-        brokers=_brokers(broker) if broker is not None else environment.brokers,
-        curve_server_key=(Path(curve_server_key) if curve_server_key is not None else None)
-        if keys_given else environment.curve_server_key,
-        curve_key=(Path(curve_key) if curve_key is not None else None)
-        if keys_given else environment.curve_key,
-        timeout=timeout, retries=retries))
+        brokers=_brokers(broker) if broker is not None else _brokers_from_environment(),
+        curve_server_key=server_key, curve_key=key, timeout=timeout, retries=retries))
 
 
 def default_client() -> TitanicClient:
