@@ -31,8 +31,8 @@ from titanic.settings import (
     WORKER_PREFETCH,
     BrokerSettings,
 )
-from titanic.worker import Worker, echo_handler
-from titanic.worker_group import TargetError, WorkerGroup, function_handler, load_function
+from titanic.worker import Handler, Worker, echo_handler
+from titanic.worker_group import TargetError, WorkerGroup, function_handler, load_target
 from titanic_cli.exitcodes import Exit
 from titanic_cli.forwarding import ForwardingOptions, forwarding_options
 from titanic_cli.options import (
@@ -219,44 +219,69 @@ def worker() -> None:
 
 @worker.command("run")
 @broker_option
-@click.option("--service", required=True, envvar="TITANIC_SERVICE",
-              help="Service name to register [env TITANIC_SERVICE].")
+@click.option("--service", default=None, envvar="TITANIC_SERVICE",
+              help="Service name to register, for a plain function (PKG.MODULE:FUNCTION); "
+              "tasks register under their own names [env TITANIC_SERVICE].")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True,
               envvar="TITANIC_CONCURRENCY",
-              help="Requests served at once: one broker connection and thread each "
-              "[env TITANIC_CONCURRENCY].")
+              help="Requests of each service served at once: one broker connection and thread "
+              "each, so N per task for a module of tasks [env TITANIC_CONCURRENCY].")
 @dialect_option
 @worker_heartbeat_option
 @curve_client_options
 @log_options
-@click.argument("target", metavar="PKG.MODULE:FUNCTION")
+@click.argument("target", metavar="PKG.MODULE[:FUNCTION]")
 @handle_errors
-def worker_run(broker: tuple[str, ...], service: str, concurrency: int, dialect_name: str,
-               heartbeat: float, target: str, curve: CurveOptions, logs: LogOptions) -> None:
-    """Serve SERVICE with your own function, called with the request frames as bytes arguments.
+def worker_run(broker: tuple[str, ...], service: str | None, concurrency: int,
+               dialect_name: str, heartbeat: float, target: str, curve: CurveOptions,
+               logs: LogOptions) -> None:
+    """Serve the tasks of PKG.MODULE, or SERVICE with your own function PKG.MODULE:FUNCTION.
 
-    It returns the reply: bytes, str (sent as UTF-8), or a list of them for several frames. An
-    exception is reported to the dispatcher at once, which retries the request after a backoff;
-    raise titanic.PermanentError to fail it without retries. The current folder is searched for
-    PKG first, as `python -m` does.
+    PKG.MODULE: every function the module decorates with @titanic.task is served as the
+    service of its name, its arguments and result in msgpack (submit with
+    `resize.submit(...)`; see docs/concepts.md, "Tasks"); PKG.MODULE:TASK serves that task
+    alone. PKG.MODULE:FUNCTION --service SERVICE: a plain function, called with the request
+    frames as bytes arguments, returns the reply: bytes, str (sent as UTF-8), or a list of them
+    for several frames. Either way an exception is reported to the dispatcher at once, with its
+    traceback, and the request is retried after a backoff; raise titanic.PermanentError to fail
+    it without retries. The current folder is searched for PKG first, as `python -m` does.
 
     \b
-    Example (shop/tasks.py: def resize(image: bytes, size: bytes) -> bytes: ...):
-      titanic worker run shop.tasks:resize --service resize --concurrency 4
+    Example (shop/tasks.py: @titanic.task def resize(image: bytes, width: int) -> dict: ...):
+      titanic worker run shop.tasks --concurrency 4
+      titanic worker run shop.raw:resize --service resize
     """
     logs.apply("worker")
     sys.path.insert(0, os.getcwd())
-    try:
-        handler = function_handler(load_function(target))
-    except TargetError as exc:
-        raise UsageProblem(str(exc)) from exc
+    handlers = _worker_handlers(target, service)
     hook = curve.hook()
-    group = WorkerGroup(concurrency, lambda context: Worker(
-        broker, service, handler, dialect=DIALECTS[dialect_name], heartbeat_interval=heartbeat,
+    group = WorkerGroup(handlers, concurrency, lambda context, name, handler: Worker(
+        broker, name, handler, dialect=DIALECTS[dialect_name], heartbeat_interval=heartbeat,
         context=context, configure_socket=hook))
-    log.info("serving %r with %s, %d at a time", service, target, concurrency)
+    log.info("serving %s with %s, %d at a time each", ", ".join(map(repr, handlers)), target,
+             concurrency)
     with stop_on_signals(group.stop):
         group.run()
+
+
+def _worker_handlers(target: str, service: str | None) -> dict[str, Handler]:
+    """The handler of each service `worker run` serves, by service name."""
+    try:
+        loaded = load_target(target)
+    except TargetError as exc:
+        raise UsageProblem(str(exc)) from exc
+    if loaded.function is not None:
+        if service is None:
+            raise UsageProblem(f"{target} is a plain function: --service (TITANIC_SERVICE) "
+                               "names the service it serves")
+        return {service: function_handler(loaded.function)}
+    if service is not None:
+        raise UsageProblem(f"--service (TITANIC_SERVICE) goes with a plain function: the tasks "
+                           f"of {target} register under their own names "
+                           f"({', '.join(task.name for task in loaded.tasks)})")
+    from titanic.task_worker import task_handler
+
+    return {task.name: task_handler(task) for task in loaded.tasks}
 
 
 @worker.command("echo")
@@ -315,7 +340,8 @@ def call(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: st
             raise TitanicTimeoutError(f"{exc}: {client.explain_timeout(service)}") from exc
     report = parse_failure(reply)
     if as_json:
-        echo_json({"service": service, "state": "failed", "error": report.error}
+        echo_json({"service": service, "state": "failed", "error": report.error,
+                   **({"traceback": report.traceback} if report.traceback else {})}
                   if report is not None else {"service": service, **frames_json(reply)})
         if report is not None:
             sys.exit(int(Exit.FAILED))

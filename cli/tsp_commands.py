@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from titanic.errors import ProtocolError
+from titanic.protocol.failure import split_last_error
 from titanic.protocol.tsp import parse_uuid
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
 from titanic.store import RequestStatus, StoredRequest, open_existing_store
@@ -71,28 +72,41 @@ def _client(broker: tuple[str, ...], dialect_name: str, timeout: float, retries:
               help="Idempotency key, 1 to 255 characters (an order number, say): a request "
               "with this key already stored is not stored again, and its UUID is printed "
               "[default: a random key, so this command's own retries are stored once].")
+@click.option("--task-args", metavar="JSON", default=None,
+              help='Call the task SERVICE with these arguments: a JSON object {"args": [...], '
+              '"kwargs": {...}} (or - for stdin, @FILE for a file), bytes written '
+              '{"$bytes": "<base64>"}; sent as msgpack, instead of PAYLOAD and --frame.')
 @json_option
 @click.argument("service")
 @click.argument("payload", required=False)
 @handle_errors
 def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: str,
-           frames: tuple[str, ...], key: str | None, as_json: bool, service: str,
-           payload: str | None, curve: CurveOptions) -> None:
+           frames: tuple[str, ...], key: str | None, task_args: str | None, as_json: bool,
+           service: str, payload: str | None, curve: CurveOptions) -> None:
     """Store a request for SERVICE and print its UUID.
 
     PAYLOAD is the first request frame: text, `-` for stdin, or `@FILE` for a file's bytes
-    (`@@text` for a literal leading @). The UUID is printed only once the request is stored.
+    (`@@text` for a literal leading @). With --task-args the request is a call of the task
+    SERVICE instead (docs/concepts.md, "Tasks"). The UUID is printed only once the request is
+    stored.
 
     \b
     Example:
       titanic submit echo 'hello'
       titanic submit resize @photo.jpg --frame 640x480
       titanic submit --key order-1234 billing @order.json
+      titanic submit resize --task-args '{"args": [{"$bytes": "aGk="}], "kwargs": {"width": 9}}'
     """
     if key is not None and not 0 < len(key) <= 255:
         raise click.BadParameter("must be 1 to 255 characters", param_hint="--key")
-    first = [] if payload is None else [read_payload(payload)]
-    body = first + [read_payload(frame) for frame in frames]
+    if task_args is not None:
+        if payload is not None or frames:
+            raise UsageProblem("--task-args is the whole request: give no PAYLOAD or --frame "
+                               "with it")
+        body = _task_call(service, read_payload(task_args))
+    else:
+        first = [] if payload is None else [read_payload(payload)]
+        body = first + [read_payload(frame) for frame in frames]
     with _client(broker, dialect_name, timeout, retries, curve) as client:
         request_id = client.submit(service, *body, key=key)
         if client.has_workers(service) is False:
@@ -147,15 +161,23 @@ def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float
             fetched = client.fetch(request_id, within=total)
     if show:
         click.echo("", err=True)
+    result = _task_result(fetched.reply) if fetched.state is ReplyState.DONE and not raw \
+        else _NOT_A_TASK
     if as_json:
         shown: dict[str, Any] = {"uuid": request_id, "state": fetched.state.value}
-        if fetched.state is ReplyState.DONE:
+        if result is not _NOT_A_TASK:
+            shown["result"] = result
+        elif fetched.state is ReplyState.DONE:
             shown.update(frames_json(fetched.reply))
         elif fetched.text and fetched.text != fetched.state.value:
-            shown["error"] = fetched.text
+            error, traceback = split_last_error(fetched.text)
+            shown.update({"error": error, **({"traceback": traceback} if traceback else {})})
         echo_json(shown)
         if fetched.state is not ReplyState.DONE:
             sys.exit(int(_STATE_EXIT[fetched.state]))
+        return
+    if result is not _NOT_A_TASK:
+        echo_json(result)
         return
     if fetched.state is ReplyState.DONE:
         out = sys.stdout.buffer
@@ -163,6 +185,46 @@ def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float
         out.flush()
         return
     fail(f"request {request_id} is {fetched}", _STATE_EXIT[fetched.state])
+
+
+#: What _task_result returns for a reply that is not a task's result.
+_NOT_A_TASK = object()
+
+
+def _task_result(reply: list[bytes]) -> object:
+    """A task's return value as JSON can hold it (docs/concepts.md, "Tasks"), or _NOT_A_TASK
+    when the reply is not a task's result (its frames are then shown as they are)."""
+    if len(reply) != 2:  # the shape of a task's result; msgpack is not imported for others
+        return _NOT_A_TASK
+    from titanic.task_codec import decode_result, is_task_frames, to_json
+
+    if not is_task_frames(reply):
+        return _NOT_A_TASK
+    try:
+        return to_json(decode_result(reply))
+    except ProtocolError:
+        return _NOT_A_TASK
+
+
+def _task_call(service: str, text: bytes) -> list[bytes]:
+    """The request frames of a task call from --task-args' JSON; UsageProblem saying what is
+    wrong with it."""
+    from titanic.task_codec import encode_call, from_json
+
+    try:
+        call = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageProblem(f"--task-args is not JSON: {exc}") from None
+    if not isinstance(call, dict) or not set(call) <= {"args", "kwargs"}:
+        raise UsageProblem('--task-args must be a JSON object of "args" (an array) and '
+                           '"kwargs" (an object), both optional')
+    args, kwargs = call.get("args", []), call.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise UsageProblem('--task-args: "args" must be an array and "kwargs" an object')
+    try:
+        return encode_call(from_json(args, "args"), from_json(kwargs, "kwargs"), service)
+    except (TypeError, ValueError) as exc:
+        raise UsageProblem(f"--task-args: {exc}") from None
 
 
 @click.command()
@@ -234,6 +296,8 @@ def status(db_url: str | None, store_key: Path | None, as_json: bool, request_id
     if as_json:
         click.echo(json.dumps(fields, indent=2))
         return
+    if fields["last_error"]:  # its first line: a traceback may follow it
+        fields["last_error"] = split_last_error(str(fields["last_error"]))[0]
     width = max(len(name) for name in fields)
     for name, value in fields.items():
         click.echo(f"{name:<{width}}  {'-' if value is None else value}")

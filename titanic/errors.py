@@ -57,6 +57,41 @@ class IdentityRefusedError(HandshakeRefusedError):
     the broker's admin folder (--curve-admin)."""
 
 
+class UnknownRequestError(TitanicError, LookupError):
+    """Titanic knows no such request: never stored, closed, purged after its reply's time to
+    live, or (with CURVE) another key's."""
+
+
+class TaskFailed(TitanicError):
+    """A task's request ended without a result: every attempt failed, or it expired.
+
+    `type_name`, `message` and `traceback` are the remote exception's ("" where there was none:
+    an attempt that timed out, an expired request); `attempts` is how many were made when the
+    dispatcher said so, else None; `state` is "failed" or "expired". str() is one line.
+    """
+
+    def __init__(self, request_id: str, state: str, reason: str, *, type_name: str = "",
+                 message: str = "", traceback: str = "", attempts: int | None = None) -> None:
+        self.request_id = request_id
+        self.state = state
+        self.reason = reason
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+        self.attempts = attempts
+        super().__init__(f"request {request_id} {state}: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_task_failed, (self.request_id, self.state, self.reason, self.type_name,
+                                       self.message, self.traceback, self.attempts))
+
+
+def _rebuild_task_failed(request_id: str, state: str, reason: str, type_name: str,
+                         message: str, traceback: str, attempts: int | None) -> TaskFailed:
+    return TaskFailed(request_id, state, reason, type_name=type_name, message=message,
+                      traceback=traceback, attempts=attempts)
+
+
 # -- our own caller misused the API ---------------------------------------------------------------
 
 class UsageError(TitanicError, ValueError):

@@ -399,9 +399,9 @@ class Planner:
         """After a timeout (no report) or a worker's failure report: retry later, or fail."""
         s = self.settings
         if report is None:
-            error = f"no reply from {service!r} within {s.request_timeout:g} s"
-        else:
-            error = report.error
+            error = shown = f"no reply from {service!r} within {s.request_timeout:g} s"
+        else:  # stored with the traceback after its first line, logged as that line
+            error, shown = report.last_error, report.error
         if report is not None and report.permanent:
             status = RequestStatus.FAILED if self.store.fail(request_id, error) else None
         else:
@@ -409,11 +409,11 @@ class Planner:
                                             backoff=s.backoff, backoff_max=s.backoff_max)
         if status is RequestStatus.FAILED:
             self.stats.failed += 1
-            log.warning("request %s failed for good: %s", request_id, error,
+            log.warning("request %s failed for good: %s", request_id, shown,
                         extra=about(request_id, service))
         elif status is RequestStatus.PENDING:
             self.stats.retried += 1
-            log.info("request %s will be retried: %s", request_id, error,
+            log.info("request %s will be retried: %s", request_id, shown,
                      extra=about(request_id, service))
 
     # -- between turns --------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from titanic.store.types import (
     check_bulk_state,
     check_new_request,
     check_request_id,
+    failed_after,
     fresh_claims,
     new_request_id,
 )
@@ -169,7 +170,7 @@ class MemoryStore:
             if row.attempts >= max_attempts:
                 return replace(row, status=RequestStatus.FAILED, completed_at=moment,
                                lease_until=None,
-                               last_error=f"{error} (after {row.attempts} attempts)")
+                               last_error=failed_after(error, row.attempts))
             delay = backoff_delay(row.attempts, backoff, backoff_max)
             return replace(row, status=RequestStatus.PENDING, lease_until=None,
                            due_at=moment + timedelta(seconds=delay), last_error=error)

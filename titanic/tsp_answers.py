@@ -41,9 +41,11 @@ class Fetched:
     text: str = ""
 
     def __str__(self) -> str:
-        """The state, with the reason when there is one: `failed: ValueError: bad input`."""
-        if self.text and self.text != self.state.value:
-            return f"{self.state.value}: {self.text}"
+        """The state, with the reason when there is one, on one line: `failed: ValueError: bad
+        input` (a traceback on the lines after the reason is in `text` only)."""
+        reason = self.text.partition("\n")[0]
+        if reason and reason != self.state.value:
+            return f"{self.state.value}: {reason}"
         return self.state.value
 
 

@@ -3,8 +3,9 @@
 A handler takes the request body frames and returns the reply frames (`str` frames are sent as
 UTF-8). In the 18/MDP dialects a handler may instead return an iterator of frame lists: every part
 but the last goes out as a PARTIAL, the last as the FINAL. Under 7/MDP the parts are joined into
-one REPLY. A handler that raises is answered with a failure report (titanic.protocol.failure):
-the dispatcher retries the request after a backoff, or fails it at once for a PermanentError.
+one REPLY. A handler that raises is answered with a failure report (titanic.protocol.failure)
+carrying the exception and its traceback: the dispatcher retries the request after a backoff, or
+fails it at once for a PermanentError.
 
 Given several brokers, a worker registers with each on a connection of its own, which
 heartbeats and reconnects on its own; requests from all of them are served one at a time.
@@ -21,7 +22,12 @@ import zmq
 
 from titanic._zmq import SocketHook, SocketSet, recv_frames
 from titanic.errors import PermanentError
-from titanic.protocol.failure import FailureKind, build_failure, describe_exception
+from titanic.protocol.failure import (
+    FailureKind,
+    build_failure,
+    describe_exception,
+    format_traceback,
+)
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import (
     HEARTBEAT_INTERVAL_S,
@@ -36,6 +42,9 @@ log = logging.getLogger(__name__)
 
 #: Longest a worker waits in recv before it looks whether stop() was called, in seconds.
 STOP_CHECK_S = 0.1
+
+#: Modules whose calls lead to a handler's: left out of the tracebacks sent to clients.
+_OWN_CALLS = frozenset({__name__, "titanic.worker_group", "titanic.task_worker"})
 
 Reply = Sequence[bytes | str] | Iterator[Sequence[bytes | str]]
 Handler = Callable[[Frames], Reply]
@@ -189,7 +198,8 @@ class Worker:
                   "permanent" if permanent else "will be retried", error, exc_info=exc)
         kind = FailureKind.PERMANENT if permanent else FailureKind.RETRY
         try:
-            connection.reply(client, build_failure(kind, error))
+            connection.reply(client, build_failure(kind, error,
+                                                   format_traceback(reason, skip=_OWN_CALLS)))
         except Exception:
             log.exception("cannot report the failure; re-registering")
             connection.reset(now)

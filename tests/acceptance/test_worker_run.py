@@ -36,6 +36,20 @@ def meet(text: bytes) -> list[bytes]:
     return [b"met", text]
 '''
 
+JOBS = '''
+import titanic
+
+
+@titanic.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@titanic.task(name="shop.mul")
+def mul(a: int, b: int) -> int:
+    return a * b
+'''
+
 
 @pytest.fixture
 def tasks(tmp_path: Path) -> Path:
@@ -81,8 +95,10 @@ def test_failures_of_a_users_function_are_shown_by_fetch(procs: Processes, tasks
     permanent = run_cli("fetch", "--wait", "--timeout", "60", "--json", hyphenated,
                         "--broker", broker)
     assert permanent.returncode == 5
-    assert json.loads(permanent.stdout) == {"uuid": never, "state": "failed",
-                                            "error": "PermanentError: not ever"}
+    shown = json.loads(permanent.stdout)
+    assert {key: shown[key] for key in ("uuid", "state", "error")} == {
+        "uuid": never, "state": "failed", "error": "PermanentError: not ever"}
+    assert 'raise PermanentError("not ever")' in shown["traceback"]
     stored = store.get(never)
     assert stored is not None and stored.attempts == 1
 
@@ -104,7 +120,8 @@ def test_concurrency_serves_requests_at_once(procs: Processes, tasks: Path,
 
 
 @pytest.mark.parametrize(("target", "says"), [
-    ("shop.tasks", "is not of the form pkg.module:function"),
+    ("shop.tasks", "'shop.tasks' defines no tasks (functions decorated with @titanic.task)"),
+    ("shop.tasks:", "is not of the form pkg.module:function or pkg.module"),
     ("shop.nothing:shout", "cannot import 'shop.nothing': ModuleNotFoundError"),
     ("shop.tasks:whisper", "'shop.tasks' has no 'whisper'"),
     ("shop.tasks:both_in", "is a Barrier, not a function"),
@@ -112,6 +129,24 @@ def test_concurrency_serves_requests_at_once(procs: Processes, tasks: Path,
 def test_a_bad_target_is_one_line_and_exit_2(procs: Processes, tasks: Path, broker: str,
                                              target: str, says: str) -> None:
     worker = run_worker(procs, tasks, broker, target, "--service", "x")
+    assert worker.wait(30) == 2
+    output = procs.log("worker")
+    assert output.count("\n") == 1 and says in output, output
+
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["shop.jobs", "--service", "x"], "--service (TITANIC_SERVICE) goes with a plain function: "
+     "the tasks of shop.jobs register under their own names (add, shop.mul)"),
+    (["shop.jobs:add", "--service", "add"], "the tasks of shop.jobs:add register under"),
+    (["shop.tasks:shout"], "shop.tasks:shout is a plain function: --service (TITANIC_SERVICE) "
+     "names the service it serves"),
+])
+def test_service_names_a_plain_functions_service_only(procs: Processes, tasks: Path,
+                                                      broker: str, args: list[str],
+                                                      says: str) -> None:
+    (tasks / "shop" / "jobs.py").write_text(textwrap.dedent(JOBS))
+    worker = run_worker(procs, tasks, broker, *args)
     assert worker.wait(30) == 2
     output = procs.log("worker")
     assert output.count("\n") == 1 and says in output, output

@@ -10,7 +10,7 @@ from titanic_support import running, wait_until
 from titanic import PermanentError, TitanicClient
 from titanic.client import Client
 from titanic.dispatcher import Dispatcher, DispatcherSettings
-from titanic.protocol.failure import MARKER
+from titanic.protocol.failure import MARKER, split_last_error
 from titanic.protocol.mdp import Frames
 from titanic.store import RequestStatus, Store
 from titanic.tsp_client import ReplyState
@@ -54,7 +54,11 @@ def test_raising_handler_is_retried_with_backoff_then_fails_with_its_error(
     stored = store.get(request_id)
     assert stored is not None and stored.status is RequestStatus.FAILED
     assert stored.attempts == 3
-    assert stored.last_error == "ValueError: bad input (after 3 attempts)"
+    error, traceback = split_last_error(stored.last_error or "")
+    assert error == "ValueError: bad input (after 3 attempts)"
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert 'raise ValueError("bad input")' in traceback
+    assert fetched.text == stored.last_error  # titanic.reply hands the traceback to clients
     assert len(calls) == 3
 
 
@@ -77,7 +81,8 @@ def test_permanent_error_fails_the_request_at_once(broker: str, store: Store,
         fetched = titanic.wait(request_id, timeout=30)
         good = titanic.wait(titanic.submit("parse", b"12"), timeout=30)
     assert str(fetched) == "failed: ValueError: invalid literal for int() with base 10: " \
-        "b'bad input'"
+        "b'bad input'"  # one line: the traceback is in fetched.text
+    assert "int(frames[0])" in split_last_error(fetched.text)[1]  # the cause's traceback
     stored = store.get(request_id)
     assert stored is not None and stored.attempts == 1
     assert len(calls) == 2
@@ -93,7 +98,9 @@ def test_a_plain_mdp_client_reads_the_failure_and_the_worker_keeps_serving(
 
     worker = serve(stack, broker, "flaky", flaky)
     with Client(broker, timeout=NEVER_S / 4, retries=0) as client:
-        assert client.request("flaky", b"boom") == [MARKER, b"retry", b"RuntimeError: no luck"]
+        report = client.request("flaky", b"boom")
+        assert report[:3] == [MARKER, b"retry", b"RuntimeError: no luck"]
+        assert len(report) == 4 and b'raise RuntimeError("no luck")' in report[3]
         assert client.request("flaky", b"fine") == ["über".encode(), b"fine"]
     # The counters move just after the reply is sent: the client may see it first.
     wait_until(lambda: worker.requests_handled == 1, message="second request counted")
@@ -115,8 +122,8 @@ def test_a_reply_that_only_looks_like_a_report_is_stored_as_a_reply(
     serve(stack, broker, "echo", lambda frames: frames)
     stack.enter_context(running(Dispatcher(store, replace(settings(broker), max_attempts=1))))
     with TitanicClient(broker, timeout=2.0, retries=3) as titanic:
-        four = [MARKER, b"retry", b"x", b"y"]
+        five = [MARKER, b"retry", b"x", b"y", b"z"]
         unknown_kind = [MARKER, b"maybe", b"x"]
         answers = [titanic.wait(titanic.submit("echo", *body), timeout=30)
-                   for body in (four, unknown_kind)]
-    assert [answer.reply for answer in answers] == [four, unknown_kind]
+                   for body in (five, unknown_kind)]
+    assert [answer.reply for answer in answers] == [five, unknown_kind]

@@ -64,6 +64,7 @@ from titanic.store.types import (
     backoff_delay,
     check_new_request,
     check_request_id,
+    failed_after,
     fresh_claims,
     new_request_id,
 )
@@ -434,7 +435,7 @@ class SqlStore(SqlOverview):
             if row.attempts >= max_attempts:
                 conn.execute(update(t).where(t.c.id == key).values(
                     status=RequestStatus.FAILED.value, completed_at=moment, lease_until=None,
-                    last_error=f"{error} (after {row.attempts} attempts)"))
+                    last_error=failed_after(error, row.attempts)))
                 return RequestStatus.FAILED
             due = moment + timedelta(seconds=backoff_delay(row.attempts, backoff, backoff_max))
             conn.execute(update(t).where(t.c.id == key).values(

@@ -322,3 +322,10 @@ def check_bulk_state(status: RequestStatus, allowed: Sequence[RequestStatus], ac
 def backoff_delay(attempts: int, backoff: float, backoff_max: float) -> float:
     """Seconds to wait after the attempts-th failed attempt: doubling, capped."""
     return float(min(backoff_max, backoff * 2 ** max(0, attempts - 1)))
+
+
+def failed_after(error: str, attempts: int) -> str:
+    """The last_error of a request whose attempts are spent: the count on the error's first
+    line, which is the line shown wherever one line is (a traceback may follow it)."""
+    first, newline, rest = error.partition("\n")
+    return f"{first} (after {attempts} attempts){newline}{rest}"
