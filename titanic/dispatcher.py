@@ -172,7 +172,7 @@ class Dispatcher(DispatcherBase):
     def _serve_identity(self, bodies: Sequence[Frames],
                         callers: Sequence[Caller | None]) -> list[Frames]:
         assert self._identity is not None  # read before the server registers
-        return [store_reply(self._identity) for _ in bodies]
+        return [store_reply(self._identity, self.store.max_request_bytes) for _ in bodies]
 
     def _check_store(self) -> None:
         """Read the store's identity; StoreMismatchError if another store serves the brokers."""

@@ -102,6 +102,10 @@ class EndpointError(UsageError):
     """An endpoint is not one ZeroMQ can connect to or bind."""
 
 
+class RequestTooLargeError(UsageError):
+    """The request is larger than the server takes: it was not sent."""
+
+
 class ClientClosedError(UsageError):
     """The client was used after close()."""
 

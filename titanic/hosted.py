@@ -279,7 +279,7 @@ class HostedDispatcher(DispatcherBase):
                 answer = handle_close(self.store, request.body, caller)
             else:
                 assert self._identity is not None
-                answer = store_reply(self._identity)
+                answer = store_reply(self._identity, self.store.max_request_bytes)
             out += core.answer_local(request, answer)
         self._broker.send(out)
         return submits

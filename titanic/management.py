@@ -91,10 +91,14 @@ def summary_row(summary: ServiceSummary, now: datetime, window: float) -> dict[s
 
 
 def request_row(request: StoredRequest) -> dict[str, Any]:
-    """A stored request as `failed` lists it (no bodies)."""
+    """A stored request as `failed` lists it (no bodies): its last error's first line, and
+    the traceback its worker sent (None without one)."""
+    error, _, traceback = (request.last_error or "").partition("\n")
     return {"uuid": request.id, "service": request.service, "state": request.status.value,
             "attempts": request.attempts, "created_at": _when(request.created_at),
-            "completed_at": _when(request.completed_at), "last_error": request.last_error}
+            "completed_at": _when(request.completed_at),
+            "last_error": error if request.last_error is not None else None,
+            "traceback": traceback or None}
 
 
 def process_facts(instance: str, version: str, started: float) -> dict[str, Any]:

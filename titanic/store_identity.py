@@ -30,14 +30,16 @@ from titanic.store import StoreIdentity
 log = logging.getLogger(__name__)
 
 
-def store_reply(identity: StoreIdentity) -> Frames:
-    """titanic.store's answer: `200`, the identity, the location."""
-    return tsp.store_answer(tsp.ServingStore(identity.id, identity.location))
+def store_reply(identity: StoreIdentity, max_request_bytes: int) -> Frames:
+    """titanic.store's answer: `200`, the identity, the location, the largest request body
+    the store takes."""
+    return tsp.store_answer(tsp.ServingStore(identity.id, identity.location, max_request_bytes))
 
 
 def parse_store_reply(frames: Frames) -> StoreIdentity:
     """The identity a titanic.store answer names; ProtocolError if it names none."""
-    return StoreIdentity(*tsp.parse_store_answer(frames))
+    found = tsp.parse_store_answer(frames)
+    return StoreIdentity(found.id, found.location)
 
 
 def serving_store(broker: str, *, dialect: Dialect, timeout: float,

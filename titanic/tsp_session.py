@@ -25,7 +25,13 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from titanic.errors import ProtocolError, StoreMismatchError, TitanicError, TitanicTimeoutError
+from titanic.errors import (
+    ProtocolError,
+    RequestTooLargeError,
+    StoreMismatchError,
+    TitanicError,
+    TitanicTimeoutError,
+)
 from titanic.protocol import mmi, tsp
 from titanic.protocol.mdp import Frames
 from titanic.protocol.tsp import ServingStore, parse_store_answer
@@ -168,6 +174,7 @@ class TspSession:
                 server = yield from self._vet(index, budget.timeout)
             reply: Frames | Unreachable | None = server if not isinstance(server, Server) else None
             if isinstance(server, Server):
+                _check_size(frames, server, self.brokers[index])
                 body = tsp.build_request(service, frames, key if server.keyed else None)
                 reply = yield Ask(index, tsp.REQUEST_SERVICE, body, budget.timeout)
                 if isinstance(reply, list):
@@ -314,6 +321,17 @@ class TspSession:
             f"{_where(self.brokers)} after {attempts} attempt(s) of {budget.timeout:g} s")
         present = yield from self.has_workers(service, budget.probe)
         return timeout_error(error, service, self.broker, present)
+
+
+def _check_size(frames: Frames, server: Server, broker: str) -> None:
+    """RequestTooLargeError, before anything is sent, for a request body over the largest
+    the server at `broker` says it stores."""
+    limit = server.store.max_request_bytes if server.store is not None else None
+    size = sum(map(len, frames))
+    if limit is not None and size > limit:
+        raise RequestTooLargeError(
+            f"the request body is {size:,} bytes, over the {limit:,} bytes that the Titanic "
+            f"server at {broker} stores (its --max-request-size)")
 
 
 def _found(answer: Frames | Unreachable | None) -> bool:

@@ -177,6 +177,22 @@ def test_refused_peers_of_every_role(procs: Processes, keys: Path, tmp_path: Pat
     assert Processes.terminate(dispatcher, timeout=10) == 0
 
 
+def test_a_dispatcher_whose_key_is_not_an_admin_stops_with_exit_9(procs: Processes, keys: Path,
+                                                                  tmp_path: Path) -> None:
+    # alice's key is allowed but not in the admin folder: the broker will not tell it who
+    # sends each request, and a dispatcher needs that to keep each request's owner.
+    broker = start_broker(procs, keys)
+    alice = load_client_hook(keys / "broker.key", keys / "alice.key_secret")
+    wait_until(lambda: not has_worker(broker, alice, "echo"), message="broker up")
+    refused = run_cli("dispatcher", "--broker", broker, "--db", f"sqlite:///{tmp_path / 't.db'}",
+                      *FAST_DISPATCHER, *as_peer(keys, "alice"), timeout=60)
+    assert refused.returncode == 9, refused.stderr
+    last = refused.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("titanic-dispatcher: ") or last.startswith("titanic: "), last
+    assert "not in its admin folder (--curve-admin)" in last and "Traceback" not in last
+    assert not has_worker(broker, alice, "titanic.request")
+
+
 def test_separate_worker_endpoint_with_its_own_keys(procs: Processes, keys: Path,
                                                     tmp_path: Path) -> None:
     workers_allowed = tmp_path / "workers-allowed"

@@ -27,7 +27,7 @@ import titanic
 from titanic import AsyncHandle, Handle, TaskFailed, TitanicClient, TitanicTimeoutError
 from titanic.broker import Broker
 from titanic.dispatcher_settings import DispatcherSettings
-from titanic.errors import UnknownRequestError
+from titanic.errors import HandshakeRefusedError, UnknownRequestError
 from titanic.hosted import HostedDispatcher
 from titanic.security import (
     CurveServer,
@@ -427,7 +427,7 @@ def test_default_clients_speak_curve_from_the_environment(
     stack.callback(titanic.configure)
     stack.callback(close_default_clients)
     titanic.configure(address, timeout=0.5, retries=0)  # no keys: the broker admits nobody
-    with pytest.raises(TitanicTimeoutError):
+    with pytest.raises(HandshakeRefusedError, match="requires CURVE"):
         example_tasks.resize.submit(b"plain", 1)
     monkeypatch.setenv("TITANIC_BROKER", address)
     monkeypatch.setenv("TITANIC_CURVE_SERVER_KEY", str(keys / "broker.key"))

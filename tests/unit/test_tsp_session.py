@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from titanic.errors import StoreMismatchError, TitanicTimeoutError, UnreachableError
+from titanic.errors import (
+    RequestTooLargeError,
+    StoreMismatchError,
+    TitanicTimeoutError,
+    UnreachableError,
+)
 from titanic.protocol.mdp import Frames
 from titanic.tsp_answers import ReplyState, Unreachable
 from titanic.tsp_session import Ask, Conversation, Pause, Survey, TspSession
@@ -185,3 +190,18 @@ def test_wait_polls_until_the_reply_is_there() -> None:
     fetched = run(tsp.wait(UUID, 10.0), [lambda service, body: next(polls)], clock, log)
     assert (fetched.state, fetched.reply) == (ReplyState.DONE, [b"done"])
     assert len(log) == 3
+
+
+def test_a_body_over_the_servers_limit_is_refused_before_it_is_sent() -> None:
+    clock, log = Clock(), []
+    tsp = session(clock=clock)
+
+    def small(service: bytes, body: Frames) -> Answer:
+        if service == b"titanic.store":
+            return [b"200", b"store-a", b"sqlite:///a.db", b"1000"]
+        return titanic_server()(service, body)
+
+    with pytest.raises(RequestTooLargeError, match="1,001 bytes, over the 1,000 bytes"):
+        run(tsp.submit(b"echo", [b"x" * 1001], None), [small], clock, log)
+    assert all(service != b"titanic.request" for _, service, _ in log)
+    assert run(tsp.submit(b"echo", [b"x" * 1000], None), [small], clock, log) == UUID.decode()

@@ -116,19 +116,27 @@ def split_request(body: Sequence[bytes]) -> tuple[str | None, list[bytes]]:
 
 
 class ServingStore(NamedTuple):
-    """A store as `titanic.store` names it: its identity and its location."""
+    """A store as `titanic.store` names it: its identity, its location, and the largest
+    request body it stores in bytes (None from a server that does not say)."""
 
     id: str
     location: str
+    max_request_bytes: int | None = None
 
 
 def store_answer(store: ServingStore) -> list[bytes]:
-    """titanic.store's answer: `200`, the store's identity, its location."""
-    return [str(Status.OK.value).encode(), store.id.encode(), store.location.encode()]
+    """titanic.store's answer: `200`, the store's identity, its location, and (when known)
+    the largest request body it stores, in decimal bytes."""
+    frames = [str(Status.OK.value).encode(), store.id.encode(), store.location.encode()]
+    if store.max_request_bytes is not None:
+        frames.append(b"%d" % store.max_request_bytes)
+    return frames
 
 
 def parse_store_answer(frames: Sequence[bytes]) -> ServingStore:
     """The store a `titanic.store` answer names; ProtocolError if it names none."""
     if len(frames) < 3 or parse_status(frames[0]) != Status.OK:
         raise ProtocolError(f"titanic.store answered {frames[:1]!r}")
-    return ServingStore(frames[1].decode("ascii", "replace"), frames[2].decode("utf-8", "replace"))
+    limit = int(frames[3]) if len(frames) > 3 and frames[3].isdigit() else None
+    return ServingStore(frames[1].decode("ascii", "replace"), frames[2].decode("utf-8", "replace"),
+                        limit)

@@ -134,6 +134,7 @@ function showFailed(failed, view) {
       setCell(row, "attempts", String(r.attempts));
       setCell(row, "completed_at", r.completed_at ? r.completed_at.replace("T", " ").slice(0, 19) : "-");
       setCell(row, "last_error", r.last_error || "");
+      row.querySelector(".error-text").title = r.traceback || "";  // the worker's traceback
     });
 }
 
