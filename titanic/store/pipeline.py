@@ -97,7 +97,7 @@ def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
             # One primary-key update each. A single UPDATE ... FROM (VALUES ...) would cost
             # the client less, but its plan depends on the table: without statistics
             # PostgreSQL joined 64 replies to a scan of every pending and dispatched row, and
-            # once prepared it kept a plan made while the table was small (performance.md,
+            # once prepared it kept a plan made while the table was small (design-notes.md,
             # "Tried and not kept").
             completes.executemany(hot.complete_sql, [(reply, moment, v.key(request_id))
                                                      for request_id, reply in turn.replies])
