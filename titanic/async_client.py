@@ -54,8 +54,9 @@ class AsyncTitanicClient:
     def __init__(self, broker: Brokers = DEFAULT_BROKER, *,
                  dialect: Dialect = Dialect.MDP01, timeout: float = CLIENT_TIMEOUT_S,
                  retries: int = CLIENT_RETRIES, context: zmq.asyncio.Context | None = None,
-                 configure_socket: SocketHook | None = None) -> None:
-        self._session = TspSession(broker_list(broker), timeout=timeout, retries=retries)
+                 configure_socket: SocketHook | None = None, held_waits: bool = True) -> None:
+        self._session = TspSession(broker_list(broker), timeout=timeout, retries=retries,
+                                   held_waits=held_waits)
         self.dialect = dialect
         self._own_context = context is None
         self._context = context or zmq.asyncio.Context()

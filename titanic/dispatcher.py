@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict
 from functools import partial
 from typing import Any
@@ -45,6 +45,7 @@ from titanic.client import PipelinedClient
 from titanic.dispatcher_settings import DispatcherSettings as DispatcherSettings
 from titanic.dispatcher_settings import DispatcherStats as DispatcherStats
 from titanic.errors import StoreError
+from titanic.held_waits import WaitDesk
 from titanic.management import ManagementService, process_facts
 from titanic.planner import Planner, Transport
 from titanic.protocol import manage, tsp
@@ -54,6 +55,7 @@ from titanic.services import batch_of, handle_close, handle_reply
 from titanic.settings import broker_list
 from titanic.store import Store, StoreIdentity
 from titanic.store_identity import check_store_identity, store_reply
+from titanic.worker_connection import WorkerConnection
 from titanic.worker_pool import PoolRequest, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,10 @@ class Dispatcher(DispatcherBase):
         self._sockets = SocketSet()  # every socket of the loop: TSP connections and the client
         self._identity: StoreIdentity | None = None  # read at start-up, served as titanic.store
         self.server = self._make_server()
+        #: titanic.wait requests held until their request finishes; a connection holds one at
+        #: a time, as the broker expects a worker's answers in the order of its requests.
+        self._waits = WaitDesk(store, self._answer_wait)
+        self._held_on: dict[WorkerConnection, tuple[int, bytes]] = {}
         # titanic.manage on a thread and connection of its own: a dashboard's refresh or a
         # bulk purge scans the table, and must not hold up acknowledgements meanwhile.
         self._manage_pool = WorkerPool(
@@ -163,6 +169,8 @@ class Dispatcher(DispatcherBase):
                 tsp.REQUEST_SERVICE: (s.request_connections, None),
                 tsp.REPLY_SERVICE: (s.reply_connections, batch_of(handle_reply, self.store)),
                 tsp.CLOSE_SERVICE: (s.close_connections, batch_of(handle_close, self.store)),
+                # titanic.wait is held by the loop itself until its request finishes.
+                tsp.WAIT_SERVICE: (s.wait_connections, None),
                 tsp.STORE_SERVICE: (1, self._serve_identity),
             },
             dialect=s.dialect, settings=s.connection, context=self._context,
@@ -211,6 +219,7 @@ class Dispatcher(DispatcherBase):
             cleaning = self._start_clean_up(planner, self._waker.stopped)
             self._running = True
             self._loop(client, planner)
+            self._waits.answer_all()
             self._sockets.remove_fd(self._waker.fileno())
             self.server.close()  # no more TSP requests: the broker hands them to others
             self._drain(client, planner)
@@ -257,7 +266,8 @@ class Dispatcher(DispatcherBase):
                 planner.survey()
                 next_survey = now + s.presence_interval
                 more = True
-            wake = min(next_release, next_survey, self.server.upkeep(now))
+            wake = min(next_release, next_survey, self.server.upkeep(now),
+                       self._waits.next_wake() or float("inf"))
             for until in (planner.held_until, planner.forward_until):
                 if until is not None:
                     wake = min(wake, until)
@@ -272,11 +282,39 @@ class Dispatcher(DispatcherBase):
                 (submits if request[0].service == tsp.REQUEST_SERVICE else others).append(request)
             if others:
                 planner.someone_waits(now)
-                self.server.serve(others, now)
+                self.server.serve(self._take_waits(others, now), now)
             completions = client.collect(ready) + client.expire(now)
             more = planner.turn([body for _, _, body, _ in submits], completions, now,
                                 callers=[caller for _, _, _, caller in submits],
                                 answer=partial(self._answer, submits, now=now))
+            self._waits.settle(planner.take_finished(), now)
+
+    def _take_waits(self, requests: list[PoolRequest], now: float) -> list[PoolRequest]:
+        """Take the titanic.wait requests (answered, or held by the WaitDesk); the others."""
+        others: list[PoolRequest] = []
+        for request in requests:
+            connection, address, body, caller = request
+            if connection.service != tsp.WAIT_SERVICE:
+                others.append(request)
+                continue
+            earlier = self._held_on.get(connection)
+            if earlier is not None:  # its answer must go first: with the request's state now
+                self._waits.release([(connection, *earlier)])
+            self._held_on[connection] = (connection.connects, address)
+            self._waits.take((connection, connection.connects, address), body, caller, now)
+        return others
+
+    def _answer_wait(self, key: Hashable, answer: Frames) -> None:
+        """A titanic.wait's answer, on the connection it came in on, unless that connection
+        registered again since (the broker forgot the request then)."""
+        assert isinstance(key, tuple)
+        connection: WorkerConnection = key[0]
+        connects: int = key[1]
+        address: bytes = key[2]
+        if self._held_on.get(connection) == (connects, address):
+            del self._held_on[connection]
+        if connection.connects == connects:
+            connection.reply(address, answer)
 
     def _answer(self, submits: Sequence[PoolRequest], answers: Sequence[Frames], *,
                 now: float) -> None:

@@ -54,6 +54,8 @@ class DispatcherSettings:
     request_connections: int = 16
     reply_connections: int = 2
     close_connections: int = 1
+    #: titanic.wait connections: each holds one wait at a time (titanic.held_waits).
+    wait_connections: int = 16
     #: How long a reply may wait to be stored with the next turn that commits anyway (new
     #: requests or claims) instead of in a transaction of its own; 0: store every reply at once.
     #: A titanic.reply or titanic.close stores the replies held before it is served, so a

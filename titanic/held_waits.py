@@ -17,8 +17,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import NamedTuple
+
+from titanic.errors import ProtocolError
+from titanic.protocol.identity import Caller
+from titanic.protocol.mdp import Frames
+from titanic.protocol.tsp import Status, parse_uuid
+from titanic.services import handle_reply
+from titanic.store import Store
 
 #: The longest a wait is held, in seconds, whatever the client asks.
 MAX_HOLD_S = 10.0
@@ -127,3 +134,71 @@ class HeldWaits:
             waiting.pop(key, None)
             if not waiting:
                 del self._by_request[request_id]
+
+
+#: How a dispatcher's loop sends an answer to a waiting client: (who, the answer's frames).
+Answer = Callable[[Hashable, Frames], None]
+_PENDING = str(Status.PENDING.value).encode()
+
+
+class WaitDesk:
+    """titanic.wait served from a store: answered at once unless the request is pending, else
+    held until it finishes (`settle()` with what a turn finished) or its time is up."""
+
+    def __init__(self, store: Store, answer: Answer) -> None:
+        self.store = store
+        self._answer = answer
+        self.waits = HeldWaits()
+        self._callers: dict[Hashable, Caller | None] = {}
+
+    def take(self, key: Hashable, body: Frames, caller: Caller | None, now: float) -> None:
+        """A titanic.wait request from `key`: answered now, or held."""
+        parsed = parse_hold(body)
+        if parsed is None:
+            self._answer(key, Status.UNKNOWN.answer(
+                "bad request: titanic.wait takes a UUID and a number of milliseconds"))
+            return
+        uuid_frame, seconds = parsed
+        current = handle_reply(self.store, [uuid_frame], caller)
+        if current[0] != _PENDING or seconds <= 0:
+            self._answer(key, current)
+            return
+        try:
+            request_id = parse_uuid(uuid_frame)
+        except ProtocolError:  # handle_reply would not have said pending
+            self._answer(key, current)
+            return
+        self._callers[key] = caller
+        self.waits.hold(key, request_id, now, seconds)
+
+    def settle(self, finished: Iterable[str], now: float) -> None:
+        """Answer the waits whose requests finished in this turn, and those due now."""
+        for held in self.waits.finished(finished):
+            self._send(held)
+        for held in self.waits.due(now):
+            current = self._current(held)
+            if held.last or current[0] != _PENDING:
+                self.waits.answered(held)
+                self._send(held, current)
+            else:
+                self.waits.keep(held, now)
+
+    def release(self, keys: Iterable[Hashable]) -> None:
+        """Answer these keys' held waits now, with their requests' state."""
+        for held in self.waits.drop(keys):
+            self._send(held)
+
+    def answer_all(self) -> None:
+        """Answer every held wait with its request's state now (the dispatcher stops)."""
+        self.release(list(self._callers))
+
+    def next_wake(self) -> float | None:
+        """When `settle()` has something to do without a finished request."""
+        return self.waits.next_wake()
+
+    def _current(self, held: Held) -> Frames:
+        return handle_reply(self.store, [held.request_id.encode()], self._callers.get(held.key))
+
+    def _send(self, held: Held, answer: Frames | None = None) -> None:
+        self._answer(held.key, answer if answer is not None else self._current(held))
+        self._callers.pop(held.key, None)

@@ -23,6 +23,7 @@ that submitted it without the identity extension.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -36,6 +37,7 @@ from titanic.client import Completion
 from titanic.dispatcher import DispatcherBase
 from titanic.dispatcher_settings import DispatcherSettings
 from titanic.errors import BrokerRefusedError, StoreError, TitanicError, TitanicTimeoutError
+from titanic.held_waits import WaitDesk
 from titanic.planner import Planner
 from titanic.protocol import manage, tsp
 from titanic.protocol.identity import Caller
@@ -53,7 +55,7 @@ log = logging.getLogger("titanic.dispatcher")
 #: How often the loop looks for titanic.manage answers while one is being worked on, seconds.
 _MANAGE_POLL_S = 0.005
 _SERVICES = frozenset({tsp.REQUEST_SERVICE, tsp.REPLY_SERVICE, tsp.CLOSE_SERVICE,
-                       tsp.STORE_SERVICE, manage.SERVICE})
+                       tsp.WAIT_SERVICE, tsp.STORE_SERVICE, manage.SERVICE})
 
 
 class CoreTransport:
@@ -169,6 +171,10 @@ class HostedDispatcher(DispatcherBase):
         self._more = True  # the first turn claims whatever is due
         self._next_release = self._next_survey = 0.0
         self._now = 0.0  # the time of the turn running: what the transport's sends are timed by
+        #: titanic.wait requests held until their request finishes, by a key of their own.
+        self._waits = WaitDesk(store, self._answer_wait)
+        self._waiting: dict[int, LocalRequest] = {}
+        self._wait_keys = itertools.count()
 
     @property
     def services(self) -> frozenset[bytes]:
@@ -228,6 +234,7 @@ class HostedDispatcher(DispatcherBase):
                 claim=not self._finishing) and not self._finishing
         if self._manage_waiting:
             self._send_managed()
+        self._waits.settle(planner.take_finished(), now)
         return self._wake(now, planner, transport)
 
     def finish(self, now: float) -> float | None:
@@ -239,6 +246,7 @@ class HostedDispatcher(DispatcherBase):
         self._finishing = True
         self._now = now
         planner.turn([], [], now, answer=lambda _: None, claim=False)
+        self._waits.answer_all()
         return now + self.settings.drain_timeout
 
     def close(self) -> None:
@@ -273,6 +281,11 @@ class HostedDispatcher(DispatcherBase):
                 self._manage_waiting += 1
                 self._manage_in.put((request, caller))
                 continue
+            if request.service == tsp.WAIT_SERVICE:
+                key = next(self._wait_keys)
+                self._waiting[key] = request
+                self._waits.take(key, request.body, caller, now)
+                continue
             if request.service == tsp.REPLY_SERVICE:
                 answer = handle_reply(self.store, request.body, caller)
             elif request.service == tsp.CLOSE_SERVICE:
@@ -304,11 +317,18 @@ class HostedDispatcher(DispatcherBase):
         for _ in submits:
             self.observe_ack(waited)
 
+    def _answer_wait(self, key: Hashable, answer: Frames) -> None:
+        """A titanic.wait's answer, to its client."""
+        assert self._broker is not None and isinstance(key, int)
+        request = self._waiting.pop(key)
+        self._broker.send(self._broker.core.answer_local(request, answer))
+
     def _wake(self, now: float, planner: Planner, transport: CoreTransport) -> float:
         if self._more:
             return now
         wake = min(self._next_release, self._next_survey)
-        for until in (planner.held_until, planner.forward_until, transport.next_deadline()):
+        for until in (planner.held_until, planner.forward_until, transport.next_deadline(),
+                      self._waits.next_wake()):
             if until is not None:
                 wake = min(wake, until)
         if self._manage_waiting:

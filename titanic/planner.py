@@ -162,6 +162,9 @@ class Planner:
         self.windows = Windows(settings.max_in_flight_per_service, settings.request_timeout)
         self.candidates: set[str] = set()  # services that may have due requests
         self._held: list[tuple[str, Frames]] = []  # replies not stored yet (reply_linger)
+        #: Requests whose reply was stored, or that failed for good, since the loop last took
+        #: them (`take_finished()`): the waits held for them are answered then.
+        self._finished: list[str] = []
         #: When the replies held back must be stored, even alone (None: none held).
         self.held_until: float | None = None
         #: Claimed in a turn of a request arriving back to back (forward_linger), not sent yet;
@@ -215,12 +218,15 @@ class Planner:
         else:
             acknowledge(answers, accepted, result.ids)
             self.stats.completed += result.completed
+            if not split:
+                self._finished.extend(request_id for request_id, _ in replies)
         if submits:
             answer([reply or [tsp.Status.ERROR.frame()] for reply in answers])
         if split and isinstance(result, Exchange):
             rest = self._exchange([], replies, claims, {})
             if isinstance(rest, Exchange):
                 self.stats.completed += rest.completed
+                self._finished.extend(request_id for request_id, _ in replies)
                 result = Exchange(result.ids, result.completed, result.claimed + rest.claimed)
         # Back to back, what was claimed waits for the next submission: expected about `gap`
         # from now, waited for twice that at most.
@@ -240,8 +246,14 @@ class Planner:
         held = self._replies_to_store([], now, alone=False)  # all of them, none held after
         if held and isinstance(result := self._exchange([], held, {}, {}), Exchange):
             self.stats.completed += result.completed
+            self._finished.extend(request_id for request_id, _ in held)
         if self._unsent:
             self._send_unsent(now)
+
+    def take_finished(self) -> list[str]:
+        """The requests whose reply was stored, or that failed for good, since the last call."""
+        finished, self._finished = self._finished, []
+        return finished
 
     def forwarding(self) -> dict[str, tuple[int, int]]:
         """Per service: its requests in flight now and its window (titanic.in_flight), for the
@@ -408,6 +420,7 @@ class Planner:
             status = self.store.retry_later(request_id, error, max_attempts=s.max_attempts,
                                             backoff=s.backoff, backoff_max=s.backoff_max)
         if status is RequestStatus.FAILED:
+            self._finished.append(request_id)
             self.stats.failed += 1
             log.warning("request %s failed for good: %s", request_id, shown,
                         extra=about(request_id, service))

@@ -54,6 +54,8 @@ T = TypeVar("T")
 SURVEY_GRACE_S = 0.1
 #: How often the presence of a Titanic server is asked again while there is none, in seconds.
 PRESENCE_POLL_S = 0.1
+#: The longest titanic.wait a client asks the server to hold, in seconds.
+HOLD_S = 5.0
 #: How long a broker must serve titanic.request without titanic.store before its server is
 #: taken for a standard one, in seconds: titanic's dispatcher registers its services one
 #: connection at a time, so a client may ask between two of them.
@@ -122,11 +124,13 @@ class TspSession:
     conversations; `clock` is only read, never waited on."""
 
     def __init__(self, brokers: Sequence[str], *, timeout: float, retries: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 held_waits: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.brokers = list(brokers)
         self.timeout = timeout
         self.retries = retries
         self._clock = clock
+        #: Whether wait() asks titanic.wait where the server has it (else it polls).
+        self.held_waits = held_waits
         #: The broker the next call goes to: the one that answered last.
         self.current = 0
         self._servers: dict[int, Server] = {}  # forgotten when a broker does not answer
@@ -189,18 +193,50 @@ class TspSession:
     def wait(self, request_id: bytes, timeout: float, *, interval: float = 0.1,
              interval_max: float = 1.0, progress: Callable[[float], None] | None = None
              ) -> Conversation[Fetched]:
-        """Fetch until the request is no longer pending or `timeout` seconds pass."""
+        """The request's answer once it is no longer pending, or after `timeout` seconds.
+        A server with `titanic.wait` holds the question until then (in turns of at most
+        HOLD_S), and the answer comes as soon as the reply is stored; another is asked
+        `titanic.reply` again after `interval` seconds, growing to `interval_max`."""
         started = self._clock()
         deadline = started + timeout
         while True:
-            fetched = yield from self.fetch(request_id, max(0.0, deadline - self._clock()))
+            remaining = max(0.0, deadline - self._clock())
+            fetched = yield from self._held_fetch(request_id, remaining)
+            if fetched is None:
+                fetched = yield from self.fetch(request_id, remaining)
+                held = False
+            else:
+                held = True
             remaining = deadline - self._clock()
             if fetched.state is not ReplyState.PENDING or remaining <= 0:
                 return fetched
             if progress is not None:
                 progress(self._clock() - started)
-            yield Pause(min(interval, remaining))
-            interval = min(interval_max, interval * 1.5)
+            if not held:
+                yield Pause(min(interval, remaining))
+                interval = min(interval_max, interval * 1.5)
+
+    def _held_fetch(self, request_id: bytes, remaining: float) -> Conversation[Fetched | None]:
+        """titanic.wait, held up to `remaining` seconds (HOLD_S at most), where the current
+        broker's server has it; None where it does not, or did not answer."""
+        index = self.current
+        server = self._servers.get(index)
+        if not self.held_waits:
+            return None
+        if server is None:
+            vetted = yield from self._vet(index, self.timeout, wait_for_server=False)
+            server = vetted if isinstance(vetted, Server) else None
+        if server is None or server.store is None or tsp.WAIT_SERVICE not in \
+                server.store.extensions:
+            return None
+        hold = min(HOLD_S, remaining)
+        body = [request_id, b"%d" % int(hold * 1000)]
+        reply: Frames | Unreachable | None = yield Ask(index, tsp.WAIT_SERVICE, body,
+                                                       hold + self.timeout)
+        if not isinstance(reply, list):
+            self._no_answer(index, reply)
+            return None
+        return parse_fetch(reply)
 
     def has_workers(self, service: bytes, timeout: float) -> Conversation[bool | None]:
         """Whether the current broker has workers for `service` now (8/MMI); None if it did
@@ -231,9 +267,11 @@ class TspSession:
             if isinstance(answer, list):
                 self._learn(index, Server(True, _store_or_none(answer)))
 
-    def _vet(self, index: int, timeout: float) -> Conversation[Server | Unreachable | None]:
+    def _vet(self, index: int, timeout: float, *, wait_for_server: bool = True
+             ) -> Conversation[Server | Unreachable | None]:
         """Ask broker `index` what serves Titanic there; None (or Unreachable) if it does not
-        answer, or no server appears there within `timeout`."""
+        answer, or no server appears there within `timeout` (or at once, without
+        `wait_for_server`)."""
         deadline = self._clock() + timeout
         while True:
             remaining = max(0.001, deadline - self._clock())
@@ -260,7 +298,7 @@ class TspSession:
                 if not standard:
                     return None
                 return self._learn(index, Server(False, None))
-            if self._clock() >= deadline:
+            if not wait_for_server or self._clock() >= deadline:
                 return None
             yield Pause(min(PRESENCE_POLL_S, deadline - self._clock()))
 

@@ -146,11 +146,12 @@ def test_a_forward_without_a_reply_times_out_and_is_sent_again(loop: Loop) -> No
 
 
 def test_titanic_store_names_the_store(loop: Loop) -> None:
-    status, identity, location, limit = loop.client(b"titanic.store")
+    status, identity, location, limit, extensions = loop.client(b"titanic.store")
     assert status == b"200"
     assert identity.decode() == loop.store.identity().id
     assert location.decode().startswith("memory:")
     assert int(limit) == loop.store.max_request_bytes  # what a client may send
+    assert extensions.split() == [b"titanic.wait"]
 
 
 def test_titanic_manage_is_answered_from_a_thread_of_its_own(loop: Loop) -> None:

@@ -14,6 +14,9 @@ REPLY_SERVICE = b"titanic.reply"
 CLOSE_SERVICE = b"titanic.close"
 #: titanic's extension: every dispatcher answers `200`, its store's identity and location.
 STORE_SERVICE = b"titanic.store"
+#: titanic's extension: titanic.reply held until the request is no longer pending, or a time
+#: in milliseconds given after the UUID has passed (titanic.held_waits).
+WAIT_SERVICE = b"titanic.wait"
 
 #: Texts after a status code that titanic's server writes and its client reads: how a request
 #: ended when titanic.reply answers 400 (the digits alone are all the protocol requires).
@@ -116,21 +119,22 @@ def split_request(body: Sequence[bytes]) -> tuple[str | None, list[bytes]]:
 
 
 class ServingStore(NamedTuple):
-    """A store as `titanic.store` names it: its identity, its location, and the largest
-    request body it stores in bytes (None from a server that does not say)."""
+    """A store as `titanic.store` names it: its identity, its location, the largest request
+    body it stores in bytes, and the extension services its server answers (None and empty
+    from a server that does not say)."""
 
     id: str
     location: str
     max_request_bytes: int | None = None
+    extensions: frozenset[bytes] = frozenset()
 
 
 def store_answer(store: ServingStore) -> list[bytes]:
-    """titanic.store's answer: `200`, the store's identity, its location, and (when known)
-    the largest request body it stores, in decimal bytes."""
-    frames = [str(Status.OK.value).encode(), store.id.encode(), store.location.encode()]
-    if store.max_request_bytes is not None:
-        frames.append(b"%d" % store.max_request_bytes)
-    return frames
+    """titanic.store's answer: `200`, the store's identity, its location, the largest request
+    body it stores (decimal bytes), the extension services its server answers (names separated
+    by spaces)."""
+    return [str(Status.OK.value).encode(), store.id.encode(), store.location.encode(),
+            b"%d" % (store.max_request_bytes or 0), b" ".join(sorted(store.extensions))]
 
 
 def parse_store_answer(frames: Sequence[bytes]) -> ServingStore:
@@ -138,5 +142,6 @@ def parse_store_answer(frames: Sequence[bytes]) -> ServingStore:
     if len(frames) < 3 or parse_status(frames[0]) != Status.OK:
         raise ProtocolError(f"titanic.store answered {frames[:1]!r}")
     limit = int(frames[3]) if len(frames) > 3 and frames[3].isdigit() else None
+    extensions = frozenset(frames[4].split()) if len(frames) > 4 else frozenset()
     return ServingStore(frames[1].decode("ascii", "replace"), frames[2].decode("utf-8", "replace"),
-                        limit)
+                        limit or None, extensions)

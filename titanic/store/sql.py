@@ -478,7 +478,9 @@ class SqlStore(SqlOverview):
             keys = [owner for owner in owners if owner is not None]
             statement = statement.where(or_(t.c.owner.in_(keys), t.c.owner.is_(None))
                                         if None in owners else t.c.owner.in_(keys))
-        self._transaction(lambda conn: conn.execute(statement))
+        # Not durable on its own (SQLite: no fsync): a close lost in a power cut leaves the
+        # request as it was, which a client may close again; the next durable commit covers it.
+        self._transaction(lambda conn: conn.execute(statement), durable=False)
 
     # -- dispatching ----------------------------------------------------------------------------
 
