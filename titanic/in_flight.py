@@ -9,6 +9,13 @@ window does: every reply that came back within a quarter of the request timeout 
 one, up to the cap (`max_in_flight_per_service`), which doubles it per round trip while the
 service keeps up; a reply that took longer, or a request that timed out, halves it (down to
 one), once per round trip: requests sent before the last cut do not cut again.
+
+After an outage a window restarts at `RESTART`, as TCP's does after a retransmission timeout:
+when the dispatcher lost its broker (it had to register with it again), and when a service
+that had no workers has some again. What was stored meanwhile then goes out as the workers
+answer, not in one burst: requests forwarded and not yet answered are the ones a dispatcher
+dying now would leave to run again once their lease runs out (their replies would find no one
+to take them), so after an outage, when another is likeliest, there are few of them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from dataclasses import dataclass
 #: request and a 1 s timeout: 32 at once had 15 of 40 requests sent twice, 8 none); a fast one
 #: reaches 128 after about 120 replies.
 START = 8
+#: A window after an outage: one request in flight until one is answered, then widened again.
+RESTART = 1
 #: A reply slower than this share of the request timeout narrows the window.
 LATE_SHARE = 0.25
 
@@ -59,6 +68,13 @@ class Windows:
         if sent < window.cut_at:
             return
         window.limit = max(1.0, window.limit / 2)
+        window.cut_at = now
+
+    def restart(self, service: str, now: float) -> None:
+        """After an outage: the window is RESTART (if it was wider); requests sent before now
+        that time out or come back late do not cut it further."""
+        window = self._window(service)
+        window.limit = min(window.limit, float(RESTART))
         window.cut_at = now
 
     def services(self) -> list[str]:

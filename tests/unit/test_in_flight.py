@@ -1,10 +1,11 @@
-"""Each service's in-flight window: widened by timely replies, halved by late ones."""
+"""Each service's in-flight window: widened by timely replies, halved by late ones, restarted
+small after an outage."""
 
 from __future__ import annotations
 
 from titanic.client import Completion
 from titanic.dispatcher import DispatcherSettings, DispatcherStats
-from titanic.in_flight import LATE_SHARE, START, Windows
+from titanic.in_flight import LATE_SHARE, RESTART, START, Windows
 from titanic.planner import Forwarded, Planner, PresenceCheck
 from titanic.testing import MemoryStore, MemoryTransport
 
@@ -48,6 +49,19 @@ def test_timeouts_halve_the_window_down_to_one_request() -> None:
     assert windows.limit("dead") == 2  # and it grows back with timely replies
 
 
+def test_a_restart_narrows_the_window_and_what_was_sent_before_does_not_cut_it_again() -> None:
+    windows = Windows(128, TIMEOUT)
+    for _ in range(20):
+        windows.answered("echo", sent=0.0, now=0.1)
+    windows.restart("echo", now=5.0)
+    assert windows.limit("echo") == RESTART
+    windows.failed("echo", sent=4.0, now=14.0)  # sent before the restart
+    windows.answered("echo", sent=5.5, now=5.6)
+    assert windows.limit("echo") == RESTART + 1  # grows back with timely replies
+    windows.restart("new", now=5.0)
+    assert windows.limit("new") == RESTART
+
+
 def _planner(cap: int) -> tuple[Planner, MemoryStore, MemoryTransport]:
     store, transport = MemoryStore(), MemoryTransport(slots=4 * cap)
     settings = DispatcherSettings(max_in_flight_per_service=cap, request_timeout=TIMEOUT)
@@ -86,3 +100,54 @@ def test_the_planner_forwards_more_to_a_service_that_keeps_up_less_after_timeout
     assert planner.windows.limit("echo") == 2 * START
     present = [transport.complete(PresenceCheck("echo"), [b"200"])]  # asked again after them
     assert len(_sent_by(planner, transport, present, 20.1)) == 2 * START
+
+
+def _reply_to_all(planner: Planner, transport: MemoryTransport, now: float) -> list[Forwarded]:
+    replies = [transport.complete(tag, [b"ok"]) for tag in _forwarded(transport)]
+    return _sent_by(planner, transport, replies, now)
+
+
+def _widened(cap: int, due: int) -> tuple[Planner, MemoryStore, MemoryTransport]:
+    """A planner forwarding to "echo" at its cap, with `due` requests stored for it."""
+    planner, store, transport = _planner(cap)
+    for n in range(due):
+        store.submit("echo", [str(n).encode()])
+    planner.survey()
+    planner.turn([], [], 1.0, answer=lambda _: None)
+    _sent_by(planner, transport, [transport.complete(PresenceCheck("echo"), [b"200"])], 1.1)
+    for step in range(10):  # the window doubles with each round of timely replies
+        if len(_forwarded(transport)) == cap:
+            return planner, store, transport
+        _reply_to_all(planner, transport, 1.2 + step / 10)
+    raise AssertionError(f"not widened to {cap}: {len(_forwarded(transport))} in flight")
+
+
+def test_after_losing_its_broker_the_planner_asks_mmi_again_and_forwards_one_at_first() -> None:
+    planner, store, transport = _widened(cap=4 * START, due=200)
+    replies = [transport.complete(tag, [b"ok"]) for tag in _forwarded(transport)]
+    planner.broker_lost(2.0)
+    # The replies that come now are stored, but nothing more goes to "echo" before the
+    # restarted broker says it has workers: until they register, it would wait there.
+    assert _sent_by(planner, transport, replies, 2.1) == []
+    assert transport.in_flight == [PresenceCheck("echo")]
+    absent = [transport.complete(PresenceCheck("echo"), [b"404"])]
+    assert _sent_by(planner, transport, absent, 2.2) == []
+    planner.turn([], [], 2.2 + planner.settings.presence_interval, answer=lambda _: None)
+    present = [transport.complete(PresenceCheck("echo"), [b"200"])]
+    assert len(_sent_by(planner, transport, present, 3.5)) == RESTART
+    # Then as the workers answer: one more for each timely reply.
+    assert len(_reply_to_all(planner, transport, 3.6)) == RESTART + 1
+    assert len(_reply_to_all(planner, transport, 3.7)) == RESTART + 3
+
+
+def test_a_service_with_workers_again_after_none_gets_what_waited_one_at_first() -> None:
+    planner, store, transport = _widened(cap=4 * START, due=200)
+    _reply_to_all(planner, transport, 2.0)
+    assert planner.windows.limit("echo") == 4 * START
+    timeouts = [transport.time_out(tag) for tag in _forwarded(transport)]  # the workers died
+    _sent_by(planner, transport, timeouts, 15.0)
+    assert transport.in_flight == [PresenceCheck("echo")]
+    _sent_by(planner, transport, [transport.complete(PresenceCheck("echo"), [b"404"])], 15.1)
+    planner.turn([], [], 15.1 + planner.settings.presence_interval, answer=lambda _: None)
+    present = [transport.complete(PresenceCheck("echo"), [b"200"])]
+    assert len(_sent_by(planner, transport, present, 16.5)) == RESTART
