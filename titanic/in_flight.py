@@ -10,12 +10,14 @@ one, up to the cap (`max_in_flight_per_service`), which doubles it per round tri
 service keeps up; a reply that took longer, or a request that timed out, halves it (down to
 one), once per round trip: requests sent before the last cut do not cut again.
 
-After an outage a window restarts at `RESTART`, as TCP's does after a retransmission timeout:
-when the dispatcher lost its broker (it had to register with it again), and when a service
-that had no workers has some again. What was stored meanwhile then goes out as the workers
-answer, not in one burst: requests forwarded and not yet answered are the ones a dispatcher
-dying now would leave to run again once their lease runs out (their replies would find no one
-to take them), so after an outage, when another is likeliest, there are few of them.
+After an outage a window restarts small, as TCP's does after a retransmission timeout: when the
+dispatcher lost its broker (it had to register with it again), and when a service that had no
+workers has some again. It then allows `RESTART` request beyond those still in flight from
+before (each takes its room with it when it completes), and only replies to requests sent since
+widen it. What was stored meanwhile goes out as the workers answer, not in one burst: requests
+forwarded and not yet answered are the ones a dispatcher dying now would leave to run again
+once their lease runs out (their replies would find no one to take them), so after an outage,
+when another is likeliest, there are few of them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 #: request and a 1 s timeout: 32 at once had 15 of 40 requests sent twice, 8 none); a fast one
 #: reaches 128 after about 120 replies.
 START = 8
-#: A window after an outage: one request in flight until one is answered, then widened again.
+#: After an outage: requests a window allows beyond those still in flight from before.
 RESTART = 1
 #: A reply slower than this share of the request timeout narrows the window.
 LATE_SHARE = 0.25
@@ -37,6 +39,7 @@ LATE_SHARE = 0.25
 class _Window:
     limit: float
     cut_at: float = float("-inf")  # when it was last halved
+    restarted_at: float = float("-inf")  # when it last restarted (restart())
 
 
 class Windows:
@@ -59,23 +62,30 @@ class Windows:
             self.failed(service, sent, now)
             return
         window = self._window(service)
-        window.limit = min(float(self.cap), window.limit + 1.0)
+        if sent < window.restarted_at:
+            _release(window)
+        else:
+            window.limit = min(float(self.cap), window.limit + 1.0)
 
     def failed(self, service: str, sent: float, now: float) -> None:
         """A request sent at `sent` timed out (or came back late): halve the window, unless it
         was sent before the last cut, which already answered the same congestion."""
         window = self._window(service)
+        if sent < window.restarted_at:
+            _release(window)
+            return
         if sent < window.cut_at:
             return
         window.limit = max(1.0, window.limit / 2)
         window.cut_at = now
 
-    def restart(self, service: str, now: float) -> None:
-        """After an outage: the window is RESTART (if it was wider); requests sent before now
-        that time out or come back late do not cut it further."""
+    def restart(self, service: str, now: float, in_flight: int = 0) -> None:
+        """After an outage: RESTART more than the `in_flight` requests sent before it (if the
+        window was wider). Each of those takes its room with it when it completes, and neither
+        widens nor cuts the window: only replies to requests sent from now on do."""
         window = self._window(service)
-        window.limit = min(window.limit, float(RESTART))
-        window.cut_at = now
+        window.limit = min(window.limit, float(in_flight + RESTART))
+        window.cut_at = window.restarted_at = now
 
     def services(self) -> list[str]:
         """The services heard from so far."""
@@ -86,3 +96,8 @@ class Windows:
         if window is None:
             window = self._windows[service] = _Window(self._start)
         return window
+
+
+def _release(window: _Window) -> None:
+    """A request sent before the window's last restart completed: its room goes with it."""
+    window.limit = max(float(RESTART), window.limit - 1.0)

@@ -49,15 +49,23 @@ def test_timeouts_halve_the_window_down_to_one_request() -> None:
     assert windows.limit("dead") == 2  # and it grows back with timely replies
 
 
-def test_a_restart_narrows_the_window_and_what_was_sent_before_does_not_cut_it_again() -> None:
+def test_a_restart_narrows_the_window_and_what_was_sent_before_neither_widens_nor_cuts_it(
+        ) -> None:
     windows = Windows(128, TIMEOUT)
     for _ in range(20):
         windows.answered("echo", sent=0.0, now=0.1)
-    windows.restart("echo", now=5.0)
+    windows.restart("echo", now=5.0, in_flight=3)  # three sent before it, still unanswered
+    assert windows.limit("echo") == 3 + RESTART
+    windows.answered("echo", sent=4.0, now=5.1)  # one of them: its room goes with it
+    windows.failed("echo", sent=4.0, now=14.0)  # another, timed out: the same, no cut
+    assert windows.limit("echo") == 1 + RESTART
+    windows.answered("echo", sent=5.5, now=5.6)  # sent after the restart: widens it
+    assert windows.limit("echo") == 2 + RESTART
+    windows.answered("echo", sent=4.0, now=5.7)  # the last of the three
+    assert windows.limit("echo") == 1 + RESTART
+    windows.answered("echo", sent=4.0, now=5.8)
+    windows.answered("echo", sent=4.0, now=5.9)  # more than there were: never below RESTART
     assert windows.limit("echo") == RESTART
-    windows.failed("echo", sent=4.0, now=14.0)  # sent before the restart
-    windows.answered("echo", sent=5.5, now=5.6)
-    assert windows.limit("echo") == RESTART + 1  # grows back with timely replies
     windows.restart("new", now=5.0)
     assert windows.limit("new") == RESTART
 
@@ -123,21 +131,27 @@ def _widened(cap: int, due: int) -> tuple[Planner, MemoryStore, MemoryTransport]
 
 
 def test_after_losing_its_broker_the_planner_asks_mmi_again_and_forwards_one_at_first() -> None:
-    planner, store, transport = _widened(cap=4 * START, due=200)
-    replies = [transport.complete(tag, [b"ok"]) for tag in _forwarded(transport)]
-    planner.broker_lost(2.0)
-    # The replies that come now are stored, but nothing more goes to "echo" before the
-    # restarted broker says it has workers: until they register, it would wait there.
-    assert _sent_by(planner, transport, replies, 2.1) == []
-    assert transport.in_flight == [PresenceCheck("echo")]
-    absent = [transport.complete(PresenceCheck("echo"), [b"404"])]
-    assert _sent_by(planner, transport, absent, 2.2) == []
-    planner.turn([], [], 2.2 + planner.settings.presence_interval, answer=lambda _: None)
+    # Widened to 32 (8, 16 and 32 sent in turn), then 5 more sent: all that was due.
+    planner, store, transport = _widened(cap=4 * START, due=8 + 16 + 32 + 5)
+    _reply_to_all(planner, transport, 2.0)
+    before = _forwarded(transport)
+    assert len(before) == 5 and planner.windows.limit("echo") == 4 * START
+    for n in range(100):
+        store.submit("echo", [f"later {n}".encode()])
+    planner.survey()
+    planner.broker_lost(2.1)
+    # Nothing more goes to "echo" before the broker says it has workers now: until they
+    # register again, what it got would wait in its queue.
+    assert _sent_by(planner, transport, [], 2.2) == []
+    assert PresenceCheck("echo") in transport.in_flight
     present = [transport.complete(PresenceCheck("echo"), [b"200"])]
-    assert len(_sent_by(planner, transport, present, 3.5)) == RESTART
-    # Then as the workers answer: one more for each timely reply.
-    assert len(_reply_to_all(planner, transport, 3.6)) == RESTART + 1
-    assert len(_reply_to_all(planner, transport, 3.7)) == RESTART + 3
+    assert len(_sent_by(planner, transport, present, 2.3)) == RESTART  # beside the 5 before
+    # The replies to those sent before the loss widen nothing; their room goes with them.
+    old = [transport.complete(tag, [b"ok"]) for tag in before]
+    assert _sent_by(planner, transport, old, 2.4) == []
+    # Then one more for each timely reply to what was sent since.
+    assert len(_reply_to_all(planner, transport, 2.5)) == RESTART + 1
+    assert len(_reply_to_all(planner, transport, 2.6)) == RESTART + 3
 
 
 def test_a_service_with_workers_again_after_none_gets_what_waited_one_at_first() -> None:
