@@ -19,9 +19,9 @@ Given several brokers, the TSP connections register with every one of them, and 
 sockets are spread over them: a socket whose request timed out (its broker may be dead) moves to
 the next broker, and the request goes back to the store to be sent again (at least once). Before
 it registers, the dispatcher checks that no dispatcher on another store serves these brokers
-(titanic.store_identity). When a TSP connection loses its broker (a DISCONNECT, or silence: the
-broker restarted or dropped it), the planner forgets what mmi.service said and restarts its
-windows (`Planner.broker_lost`): a restarted broker has no workers until they register again, and
+(titanic.store_identity). When a TSP connection loses a broker it had heard from (a DISCONNECT,
+or silence: the broker restarted or dropped it), the planner forgets what mmi.service said and
+restarts its windows (`Planner.broker_lost`): a restarted broker has no workers until they register again, and
 what was forwarded to it before would wait there, to run twice if this dispatcher died meanwhile.
 
 With `identities` (CURVE), the TSP connections ask the broker who sends each request: a stored
