@@ -21,8 +21,9 @@ the next broker, and the request goes back to the store to be sent again (at lea
 it registers, the dispatcher checks that no dispatcher on another store serves these brokers
 (titanic.store_identity). When a TSP connection loses a broker it had heard from (a DISCONNECT,
 or silence: the broker restarted or dropped it), the planner forgets what mmi.service said and
-restarts its windows (`Planner.broker_lost`): a restarted broker has no workers until they register again, and
-what was forwarded to it before would wait there, to run twice if this dispatcher died meanwhile.
+restarts its windows (`Planner.broker_lost`): a restarted broker has no workers until they
+register again, and what was forwarded to it before would wait there, to run twice if this
+dispatcher died meanwhile.
 
 With `identities` (CURVE), the TSP connections ask the broker who sends each request: a stored
 request belongs to the key that submitted it (see titanic.services), and `max_stored_per_key`
