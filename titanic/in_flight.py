@@ -10,14 +10,15 @@ one, up to the cap (`max_in_flight_per_service`), which doubles it per round tri
 service keeps up; a reply that took longer, or a request that timed out, halves it (down to
 one), once per round trip: requests sent before the last cut do not cut again.
 
-After an outage a window restarts small, as TCP's does after a retransmission timeout: when the
-dispatcher lost its broker (it had to register with it again), and when a service that had no
-workers has some again. It then allows `RESTART` request beyond those still in flight from
-before (each takes its room with it when it completes), and only replies to requests sent since
-widen it. What was stored meanwhile goes out as the workers answer, not in one burst: requests
-forwarded and not yet answered are the ones a dispatcher dying now would leave to run again
-once their lease runs out (their replies would find no one to take them), so after an outage,
-when another is likeliest, there are few of them.
+After an outage a window restarts small, as TCP's does: when the dispatcher lost its broker (it
+had to register with it again), to `RESTART` request beyond those still in flight from before,
+as after a retransmission timeout; when a service that had no workers has some again, to at
+most `START` beyond them, as after an idle spell. Those from before take their room with them
+when they complete, and only replies to requests sent since widen it. What was stored meanwhile
+goes out as the workers answer, not in one burst: requests forwarded and not yet answered are
+the ones a dispatcher dying now would leave to run again once their lease runs out (their
+replies would find no one to take them), so after an outage, when another is likeliest, there
+are few of them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 #: request and a 1 s timeout: 32 at once had 15 of 40 requests sent twice, 8 none); a fast one
 #: reaches 128 after about 120 replies.
 START = 8
-#: After an outage: requests a window allows beyond those still in flight from before.
+#: After the dispatcher lost its broker: requests a window allows beyond those still in flight.
 RESTART = 1
 #: A reply slower than this share of the request timeout narrows the window.
 LATE_SHARE = 0.25
@@ -79,12 +80,13 @@ class Windows:
         window.limit = max(1.0, window.limit / 2)
         window.cut_at = now
 
-    def restart(self, service: str, now: float, in_flight: int = 0) -> None:
-        """After an outage: RESTART more than the `in_flight` requests sent before it (if the
+    def restart(self, service: str, now: float, *, in_flight: int = 0,
+                room: int = RESTART) -> None:
+        """After an outage: `room` more than the `in_flight` requests sent before it (if the
         window was wider). Each of those takes its room with it when it completes, and neither
         widens nor cuts the window: only replies to requests sent from now on do."""
         window = self._window(service)
-        window.limit = min(window.limit, float(in_flight + RESTART))
+        window.limit = min(window.limit, float(in_flight + room))
         window.cut_at = window.restarted_at = now
 
     def services(self) -> list[str]:
@@ -100,4 +102,4 @@ class Windows:
 
 def _release(window: _Window) -> None:
     """A request sent before the window's last restart completed: its room goes with it."""
-    window.limit = max(float(RESTART), window.limit - 1.0)
+    window.limit = max(1.0, window.limit - 1.0)

@@ -23,7 +23,7 @@ from typing import Protocol
 from titanic.client import Completion
 from titanic.dispatcher_settings import DispatcherSettings, DispatcherStats
 from titanic.errors import StoreError
-from titanic.in_flight import Windows
+from titanic.in_flight import START, Windows
 from titanic.logs import about
 from titanic.protocol import mmi, tsp
 from titanic.protocol.failure import FailureReport, parse_failure
@@ -252,7 +252,7 @@ class Planner:
         its reply lost), and every window restarts small (titanic.in_flight)."""
         self.presence.forget_all()
         for service in {*self.windows.services(), *self.in_flight}:
-            self.windows.restart(service, now, self.in_flight[service])
+            self.windows.restart(service, now, in_flight=self.in_flight[service])
 
     def forwarding(self) -> dict[str, tuple[int, int]]:
         """Per service: its requests in flight now and its window (titanic.in_flight), for the
@@ -332,7 +332,8 @@ class Planner:
                 if self.presence.answer(tag.service, completion.reply, now):
                     self.candidates.add(tag.service)
                     if absent:  # workers again after none: what waited goes out as they answer
-                        self.windows.restart(tag.service, now, self.in_flight[tag.service])
+                        self.windows.restart(tag.service, now, room=START,
+                                             in_flight=self.in_flight[tag.service])
                 continue
             if not isinstance(tag, Forwarded):
                 log.error("completion with a foreign tag %r dropped", tag)

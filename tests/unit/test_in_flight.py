@@ -64,10 +64,12 @@ def test_a_restart_narrows_the_window_and_what_was_sent_before_neither_widens_no
     windows.answered("echo", sent=4.0, now=5.7)  # the last of the three
     assert windows.limit("echo") == 1 + RESTART
     windows.answered("echo", sent=4.0, now=5.8)
-    windows.answered("echo", sent=4.0, now=5.9)  # more than there were: never below RESTART
-    assert windows.limit("echo") == RESTART
+    windows.answered("echo", sent=4.0, now=5.9)  # more than there were: never below one
+    assert windows.limit("echo") == 1
     windows.restart("new", now=5.0)
     assert windows.limit("new") == RESTART
+    windows.restart("idle", now=5.0, in_flight=2, room=START)  # never wider than it was
+    assert windows.limit("idle") == START
 
 
 def _planner(cap: int) -> tuple[Planner, MemoryStore, MemoryTransport]:
@@ -154,14 +156,16 @@ def test_after_losing_its_broker_the_planner_asks_mmi_again_and_forwards_one_at_
     assert len(_reply_to_all(planner, transport, 2.6)) == RESTART + 3
 
 
-def test_a_service_with_workers_again_after_none_gets_what_waited_one_at_first() -> None:
+def test_a_service_with_workers_again_after_none_gets_what_waited_start_at_first() -> None:
     planner, store, transport = _widened(cap=4 * START, due=200)
     _reply_to_all(planner, transport, 2.0)
     assert planner.windows.limit("echo") == 4 * START
-    timeouts = [transport.time_out(tag) for tag in _forwarded(transport)]  # the workers died
+    # No reply in time from any of them (the workers died): timed out, the window halved once.
+    timeouts = [transport.time_out(tag) for tag in _forwarded(transport)]
     _sent_by(planner, transport, timeouts, 15.0)
+    assert planner.windows.limit("echo") == 2 * START
     assert transport.in_flight == [PresenceCheck("echo")]
     _sent_by(planner, transport, [transport.complete(PresenceCheck("echo"), [b"404"])], 15.1)
     planner.turn([], [], 15.1 + planner.settings.presence_interval, answer=lambda _: None)
     present = [transport.complete(PresenceCheck("echo"), [b"200"])]
-    assert len(_sent_by(planner, transport, present, 16.5)) == RESTART
+    assert len(_sent_by(planner, transport, present, 16.5)) == START
