@@ -44,7 +44,7 @@ _FORWARDING_OPTIONS = [
                  envvar="TITANIC_MAX_IN_FLIGHT_PER_SERVICE",
                  help="Most requests forwarded at once to one service: its window starts at 8 "
                       "and widens while replies come back within a quarter of --request-timeout, "
-                      "halving when one does not."),
+                      "halving when one does not, back to 1 after a broker restart."),
     click.option("--pending-ttl", type=click.FloatRange(min=1), default=_DEFAULTS.pending_ttl,
                  show_default=True, envvar="TITANIC_PENDING_TTL",
                  help="Seconds after submission when an undelivered request expires."),

@@ -12,19 +12,21 @@ from titanic.errors import TitanicError
 from titanic.store import RequestStatus, Store
 from titanic.tsp_client import TitanicClient
 
-#: A worker registered with every broker given (comma-separated), logging each execution.
+#: A worker registered with every broker given (comma-separated), logging each execution; an
+#: optional third argument is its reconnect delay after losing the broker, in seconds (0.05).
 COUNTING_WORKER = """
 import os, sys
 from titanic.worker import Worker
 
 log = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+reconnect = float(sys.argv[3]) if len(sys.argv) > 3 else 0.05
 
 def handler(frames):
     os.write(log, frames[0] + b"\\n")  # one whole line per execution, atomic with O_APPEND
     return [b"done:" + frames[0]]
 
-Worker(sys.argv[1], "work", handler, heartbeat_interval=0.2, reconnect_initial=0.05,
-       reconnect_max=0.5).run()
+Worker(sys.argv[1], "work", handler, heartbeat_interval=0.2, reconnect_initial=reconnect,
+       reconnect_max=max(0.5, reconnect)).run()
 """
 
 
@@ -110,6 +112,17 @@ def stored_bodies(store: Store) -> Counter[bytes]:
         bodies.update(request.request[0] for request in page)
         after = page[-1].id
     return bodies
+
+
+def wrong_replies(store: Store) -> list[str]:
+    """Stored requests whose stored reply is not the counting worker's for their body."""
+    wrong = []
+    after = None
+    while page := store.list(limit=1000, after=after):
+        wrong += [request.id for request in page if request.reply is not None
+                  and request.reply != (b"done:" + request.request[0],)]
+        after = page[-1].id
+    return wrong
 
 
 def executions(folder: Path) -> Counter[bytes]:

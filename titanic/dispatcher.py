@@ -19,7 +19,11 @@ Given several brokers, the TSP connections register with every one of them, and 
 sockets are spread over them: a socket whose request timed out (its broker may be dead) moves to
 the next broker, and the request goes back to the store to be sent again (at least once). Before
 it registers, the dispatcher checks that no dispatcher on another store serves these brokers
-(titanic.store_identity).
+(titanic.store_identity). When a TSP connection loses a broker it had heard from (a DISCONNECT,
+or silence: the broker restarted or dropped it), the planner forgets what mmi.service said and
+restarts its windows (`Planner.broker_lost`): a restarted broker has no workers until they
+register again, and what was forwarded to it before would wait there, to run twice if this
+dispatcher died meanwhile.
 
 With `identities` (CURVE), the TSP connections ask the broker who sends each request: a stored
 request belongs to the key that submitted it (see titanic.services), and `max_stored_per_key`
@@ -257,6 +261,7 @@ class Dispatcher(DispatcherBase):
         s = self.settings
         next_release = next_survey = 0.0
         more = True  # the first turn claims whatever is due
+        losses = self.server.broker_losses
         while not self._waker.stopped.is_set():
             now = time.monotonic()
             if now >= next_release:
@@ -280,6 +285,9 @@ class Dispatcher(DispatcherBase):
             others: list[PoolRequest] = []
             for request in self.server.read(ready, now):
                 (submits if request[0].service == tsp.REQUEST_SERVICE else others).append(request)
+            if self.server.broker_losses != losses:  # a broker restarted, or dropped us
+                losses = self.server.broker_losses
+                planner.broker_lost(now)
             if others:
                 planner.someone_waits(now)
                 self.server.serve(self._take_waits(others, now), now)

@@ -23,7 +23,7 @@ from typing import Protocol
 from titanic.client import Completion
 from titanic.dispatcher_settings import DispatcherSettings, DispatcherStats
 from titanic.errors import BrokerRefusedError, StoreError
-from titanic.in_flight import Windows
+from titanic.in_flight import START, Windows
 from titanic.logs import about
 from titanic.protocol import mmi, tsp
 from titanic.protocol.failure import FailureKind, FailureReport, parse_failure
@@ -112,9 +112,19 @@ class Presence:
         self._known[service] = (present, now)
         return present
 
+    def absent(self, service: str) -> bool:
+        """The last answer about `service` said it had no workers (or none came)."""
+        known = self._known.get(service)
+        return known is not None and not known[0]
+
     def forget(self, service: str) -> None:
         """Ask again next time (a request to it timed out)."""
         self._known.pop(service, None)
+
+    def forget_all(self) -> None:
+        """Ask about every service again before forwarding to it (the broker restarted: its
+        workers have yet to register with it again)."""
+        self._known.clear()
 
 
 def _split_plan(plan: dict[str, int], new: Sequence[NewRequest], fresh: set[str]
@@ -255,6 +265,16 @@ class Planner:
         finished, self._finished = self._finished, []
         return finished
 
+    def broker_lost(self, now: float) -> None:
+        """The dispatcher had to register with a broker again (the broker restarted, or lost
+        it): no mmi.service answer from before is trusted, so nothing more goes to a service
+        before the broker says it has workers now (until they register again, a request sent
+        would wait in the broker's queue, and run after all if this dispatcher died meanwhile,
+        its reply lost), and every window restarts small (titanic.in_flight)."""
+        self.presence.forget_all()
+        for service in {*self.windows.services(), *self.in_flight}:
+            self.windows.restart(service, now, in_flight=self.in_flight[service])
+
     def forwarding(self) -> dict[str, tuple[int, int]]:
         """Per service: its requests in flight now and its window (titanic.in_flight), for the
         services forwarded to so far. Safe to call from another thread."""
@@ -329,8 +349,12 @@ class Planner:
         for completion in completions:
             tag = completion.tag
             if isinstance(tag, PresenceCheck):
+                absent = self.presence.absent(tag.service)
                 if self.presence.answer(tag.service, completion.reply, now):
                     self.candidates.add(tag.service)
+                    if absent:  # workers again after none: what waited goes out as they answer
+                        self.windows.restart(tag.service, now, room=START,
+                                             in_flight=self.in_flight[tag.service])
                 continue
             if not isinstance(tag, Forwarded):
                 log.error("completion with a foreign tag %r dropped", tag)

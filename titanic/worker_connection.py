@@ -211,6 +211,11 @@ class WorkerConnection:
             self._next_heartbeat = now + self.settings.heartbeat_interval
             self._send(self._heartbeat, now)
 
+    @property
+    def heard(self) -> bool:
+        """Heard from the broker since it last connected (registered with a live broker)."""
+        return self._heard
+
     def alive(self, now: float) -> bool:
         """Registered and heard from the broker within its liveness; safe from other threads."""
         limit = self.settings.heartbeat_interval * self.settings.liveness

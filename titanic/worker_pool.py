@@ -63,6 +63,10 @@ class WorkerPool:
         self._next_upkeep = 0.0
         self.batches = 0
         self.requests_handled = 0
+        #: Times one of its connections lost a broker it had heard from (DISCONNECT, or
+        #: silence), to register again: the broker restarted or dropped it. Tries to reach a
+        #: broker that never answered do not count.
+        self.broker_losses = 0
 
     def stop(self) -> None:
         """Ask run() to return; safe from other threads and signal handlers."""
@@ -96,9 +100,12 @@ class WorkerPool:
         readable = set(ready)
         for connection in self.connections:
             if connection.socket is not None and connection.socket in readable:
+                heard = connection.heard
                 requests.extend((connection, client, body, caller)
                                 for client, body, caller in connection.read(now))
                 if connection.socket is None:
+                    if heard:
+                        self.broker_losses += 1
                     self._next_upkeep = now  # DISCONNECT: reconnect on time
         return requests
 
@@ -132,7 +139,10 @@ class WorkerPool:
             # Deadlines only move later between upkeeps (a reply heard), so an early upkeep is
             # a cheap no-op and none is ever late.
             for connection in self.connections:
+                heard = connection.socket is not None and connection.heard
                 connection.maintain(now)
+                if heard and connection.socket is None:
+                    self.broker_losses += 1  # the broker fell silent
             self._next_upkeep = min(c.next_deadline() for c in self.connections)
         return self._next_upkeep
 

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 
 import pytest
-from titanic_support import running
+from titanic_support import free_endpoint, running, wait_until
 
 from titanic.broker import Broker
 from titanic.dispatcher import Dispatcher, DispatcherSettings
@@ -224,3 +224,41 @@ def test_a_slow_service_gets_few_requests_at_once_so_none_time_out_in_the_queue(
     assert dispatcher.stats.retried == 0 and dispatcher.stats.completed == 40
     in_flight, window = dispatcher.forwarding()["slow"]
     assert in_flight == 0 and window < START
+
+
+def test_after_a_broker_restart_nothing_is_forwarded_before_the_service_has_workers_there(
+        store: Store, stack: ExitStack) -> None:
+    # A forward sent to the restarted broker before the service's workers register there
+    # waits in its queue; were the dispatcher to die meanwhile, it would run when they come and
+    # its reply would find no one: the request would run twice. So the dispatcher trusts no
+    # mmi.service answer from before the restart, however fresh (presence_ttl: 60 s here).
+    endpoint = free_endpoint()
+    broker_settings = BrokerSettings(heartbeat_interval=0.1, heartbeat_liveness=5)
+    ran: Counter[bytes] = Counter()
+
+    def echo(frames: Frames) -> Frames:
+        ran[frames[0]] += 1
+        return frames
+
+    dispatcher = Dispatcher(store, replace(fast_settings(endpoint), presence_ttl=60.0))
+    titanic = TitanicClient(endpoint, timeout=1.0, retries=5)
+    stack.callback(titanic.close)
+    with ExitStack() as first:
+        first.enter_context(running(Broker(endpoint, broker_settings)))
+        stack.enter_context(running(dispatcher))
+        with running(worker(endpoint, "echo", echo)):
+            before = titanic.submit("echo", b"before")
+            assert titanic.wait(before, timeout=10).state is ReplyState.DONE
+    restarted = Broker(endpoint, broker_settings)
+    stack.enter_context(running(restarted))
+    after = titanic.submit("echo", b"after")  # through the restarted broker
+    asked = restarted.stats.mmi_requests
+    wait_until(lambda: restarted.stats.mmi_requests > asked + 1, timeout=10,
+               message="the dispatcher asking the restarted broker about echo again")
+    stored = store.get(after)
+    assert stored is not None and stored.status is RequestStatus.PENDING
+    assert restarted.service_counts().get("echo", (0, 0)) == (0, 0)  # nothing queued there
+    stack.enter_context(running(worker(endpoint, "echo", echo)))
+    fetched = titanic.wait(after, timeout=10)
+    assert fetched.state is ReplyState.DONE and fetched.reply == [b"after"]
+    assert ran == {b"before": 1, b"after": 1}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
-from titanic_support import running, wait_until
+from titanic_support import free_endpoint, running, wait_until
 
 from titanic.broker import Broker
 from titanic.client import PipelinedClient
@@ -84,3 +84,32 @@ def test_requests_waiting_on_several_connections_reach_the_handler_as_one_batch(
             done += [int(str(c.tag)) for c in client.poll(0.05) if c.error is None]
     assert sorted(done) == [0, 1, 2, 3, 4]
     assert sorted(body for batch in batches for body in batch) == [b"w%d" % n for n in range(5)]
+
+
+def _drive(pool: WorkerPool, until: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Run the pool's reads and upkeep, as the dispatcher does, until `until()` holds."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "condition not met in time"
+        ready, _ = pool.sockets.wait(0.02)
+        pool.read(ready, time.monotonic())
+        pool.upkeep(time.monotonic())
+
+
+def test_a_pool_counts_losing_a_broker_it_had_heard_from_not_tries_at_a_silent_one() -> None:
+    endpoint = free_endpoint()
+    settings = BrokerSettings(heartbeat_interval=0.1)
+    with ExitStack() as stack:
+        pool = WorkerPool(endpoint, {b"svc": (2, None)}, settings=FAST)
+        stack.callback(pool.close)
+        pool.open(time.monotonic())
+        # Nothing listens yet: the connections fall silent and try again, and that is no loss.
+        _drive(pool, lambda: sum(c.connects for c in pool.connections) >= 6)
+        assert pool.broker_losses == 0
+        with running(Broker(endpoint, settings)):
+            _drive(pool, lambda: all(c.heard for c in pool.connections))
+        # That broker stopped (it said DISCONNECT): each connection lost it once.
+        restarted = Broker(endpoint, settings)
+        with running(restarted):
+            _drive(pool, lambda: restarted.stats.workers_registered == 2)
+        assert pool.broker_losses == 2
