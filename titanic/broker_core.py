@@ -30,6 +30,7 @@ from titanic import broker_refusals as refusals
 from titanic.broker_local import LocalDesk, LocalReply, LocalRequest
 from titanic.broker_queues import (
     Assignment,
+    QueueBook,
     QueuedRequest,
     RegisteredWorker,
     ServiceQueue,
@@ -104,9 +105,8 @@ class BrokerCore:
         self.stats = BrokerStats()
         self._services: dict[bytes, ServiceQueue] = {}
         self._workers: dict[bytes, RegisteredWorker] = {}
-        self._queued_total = 0
-        #: Bytes queued per client (its CURVE key, else its connection): `queued_cost`s.
-        self._queued_by_client: dict[bytes, int] = {}
+        #: Every queued request's place in the counts (titanic.broker_queues.QueueBook).
+        self.book = QueueBook()
         self._drops = DropReport(self.stats)
         #: Z85 keys of the admin folder: their workers may be told each request's caller.
         self.admins: frozenset[bytes] = frozenset()
@@ -217,9 +217,7 @@ class BrokerCore:
             return False
         for queued in queue.requests:
             if queued.client == client:
-                queue.requests.remove(queued)
-                self._queued_total -= 1
-                self._unqueued(queued)
+                self.book.remove(queue, queued)
                 return True
         return False
 
@@ -238,6 +236,10 @@ class BrokerCore:
             return True
         service = self._services.get(service_name)
         return service is not None and service.workers > 0
+
+    def audit(self) -> None:
+        """AssertionError unless the queue counts are those of the queues (for tests)."""
+        self.book.audit(self._services.values())
 
     @property
     def worker_count(self) -> int:
@@ -345,24 +347,22 @@ class BrokerCore:
                              b"the broker's queue for this service is full (limit %d)"
                              % self.settings.queue_limit)
             return
-        if self._queued_total >= self.settings.total_queue_limit:
+        if self.book.total >= self.settings.total_queue_limit:
             self._queue_full(client, dialect, service.name,
                              b"the broker's queues are full (limit %d in all)"
                              % self.settings.total_queue_limit)
             return
         counted = user or client
-        waiting = self._queued_by_client.get(counted, 0)
+        waiting = self.book.waiting(counted)
         cost = queued_cost(service.name, body)
         if waiting and waiting + cost > self._max_queued_bytes:
             self._drops.refused("over_client_limit", client)
             self._refuse(client, dialect, service.name, refusals.over_client_limit(
                 bool(user), self._max_queued_bytes))
             return
-        self._queued_by_client[counted] = waiting + cost
         expires_at = self._now + self.settings.request_ttl
-        service.requests.append(QueuedRequest(client, dialect, body, expires_at, counted, user,
+        self.book.push(service, QueuedRequest(client, dialect, body, expires_at, counted, user,
                                               cost))
-        self._queued_total += 1
         self.stats.queued += 1
 
     def _queue_full(self, client: bytes, dialect: Dialect, service_name: bytes,
@@ -372,14 +372,6 @@ class BrokerCore:
         log.debug("%s: request from client %s for %s refused", why.decode(), client.hex(),
                   _show(service_name))
         self._refuse(client, dialect, service_name, refusals.queue_full(why))
-
-    def _unqueued(self, queued: QueuedRequest) -> None:
-        """A request counted against its client (key or connection) left the queue."""
-        left = self._queued_by_client[queued.counted] - queued.cost
-        if left:
-            self._queued_by_client[queued.counted] = left
-        else:
-            del self._queued_by_client[queued.counted]
 
     def _assign(self, worker: RegisteredWorker, client: bytes, dialect: Dialect, body: Frames,
                 counted: bytes, user: bytes | None) -> None:
@@ -409,10 +401,7 @@ class BrokerCore:
                          queued.user)
             self._place(worker)
         for service, queued in reversed(front):
-            service.requests.appendleft(queued)
-            self._queued_total += 1
-            self._queued_by_client[queued.counted] = (
-                self._queued_by_client.get(queued.counted, 0) + queued.cost)
+            self.book.push(service, queued, front=True)
 
     def _place(self, worker: RegisteredWorker) -> None:
         """File the worker under idle, spare (credit left) or neither (full), by its load."""
@@ -515,16 +504,10 @@ class BrokerCore:
         service = worker.service
         requests = service.requests
         credit = worker.credit
-        by_client = self._queued_by_client
+        pop = self.book.pop
         now = self._now
         while requests and len(worker.outstanding) < credit:
-            queued = requests.popleft()
-            self._queued_total -= 1
-            left = by_client[queued.counted] - queued.cost  # inline _unqueued(): this is hot
-            if left:
-                by_client[queued.counted] = left
-            else:
-                del by_client[queued.counted]
+            queued = pop(service)
             if queued.expires_at < now:
                 self._count_expired(service, queued)
                 continue
@@ -574,10 +557,7 @@ class BrokerCore:
         for name, service in list(self._services.items()):
             requests = service.requests
             while requests and requests[0].expires_at < self._now:
-                queued = requests.popleft()
-                self._count_expired(service, queued)
-                self._unqueued(queued)
-                self._queued_total -= 1
+                self._count_expired(service, self.book.pop(service))
             if not requests and service.workers == 0:
                 del self._services[name]
 

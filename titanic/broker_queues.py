@@ -3,7 +3,8 @@ and each worker's credit (how many requests it may hold at once, from how quick 
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from titanic.protocol.mdp import Dialect, Frames
@@ -33,6 +34,63 @@ def queued_cost(service: bytes, body: Frames) -> int:
     """What a queued request counts against its client's limit: its service name and body,
     and QUEUED_REQUEST_COST for its place in the queue."""
     return QUEUED_REQUEST_COST + len(service) + sum(map(len, body))
+
+
+class QueueBook:
+    """The broker's queued requests and their counts: how many wait in all, and how many
+    bytes each client (its CURVE key, else its connection) has waiting. Every request enters
+    and leaves a service's queue through here, and `audit()` checks the counts against the
+    queues."""
+
+    __slots__ = ("total", "by_client")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_client: dict[bytes, int] = {}
+
+    def waiting(self, counted: bytes) -> int:
+        """Bytes the client has waiting (queued_cost of each request)."""
+        return self.by_client.get(counted, 0)
+
+    def push(self, service: ServiceQueue, queued: QueuedRequest, *, front: bool = False
+             ) -> None:
+        """Queue a request at the back (or, sent back undelivered, the front) of its queue."""
+        if front:
+            service.requests.appendleft(queued)
+        else:
+            service.requests.append(queued)
+        self.total += 1
+        self.by_client[queued.counted] = self.by_client.get(queued.counted, 0) + queued.cost
+
+    def pop(self, service: ServiceQueue) -> QueuedRequest:
+        """Take the request at the front of a service's queue."""
+        queued = service.requests.popleft()
+        self._forget(queued)
+        return queued
+
+    def remove(self, service: ServiceQueue, queued: QueuedRequest) -> None:
+        """Take a request out of the middle of its queue."""
+        service.requests.remove(queued)
+        self._forget(queued)
+
+    def _forget(self, queued: QueuedRequest) -> None:
+        self.total -= 1
+        left = self.by_client[queued.counted] - queued.cost
+        if left:
+            self.by_client[queued.counted] = left
+        else:
+            del self.by_client[queued.counted]
+
+    def audit(self, services: Iterable[ServiceQueue]) -> None:
+        """AssertionError unless the counts are those of the queues."""
+        total, by_client = 0, Counter[bytes]()
+        for service in services:
+            for queued in service.requests:
+                total += 1
+                by_client[queued.counted] += queued.cost
+        if (total, dict(by_client)) != (self.total, self.by_client):
+            raise AssertionError(f"queue counts {self.total}, {self.by_client} are not those of "
+                                 f"the queues: {total}, {dict(by_client)}")
 
 
 class ServiceQueue:

@@ -211,6 +211,8 @@ def test_the_client_limit_is_given_back_as_requests_leave_the_queue() -> None:
     ready(core, b"W", now=5.6)  # takes one: room for one again
     assert request(core, b"C", now=5.7) == []
     assert sent(request(core, b"C", now=5.8))[0][4] == b"503"
+    core.audit()
+    assert core.book.total == 2 and core.book.waiting(b"C") == TWO_QUEUED
 
 
 def test_connections_of_one_curve_key_share_its_queue_limit() -> None:
