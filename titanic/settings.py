@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,15 +65,35 @@ def check_endpoint(text: str, *, bind: bool = False) -> str:
         wildcard = host == "*" or port in ("*", "0")
         if (port == "*" or 0 <= int(port) <= 65535) and (bind or not wildcard):
             return endpoint
-    raise EndpointError(f"{text!r} is not an endpoint to {'bind' if bind else 'connect to'}: "
-                        f"use {ENDPOINT_FORMS}")
+    raise EndpointError(f"{quoted(text)} is not an endpoint to "
+                        f"{'bind' if bind else 'connect to'}: use {ENDPOINT_FORMS}")
+
+
+def quoted(text: str, limit: int = 80) -> str:
+    """`text` in quotes for a message, cut at `limit` characters: bytes that were not UTF-8 on
+    a command line (kept by Python as lone surrogates) as \\xNN escapes, never a Python repr."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    shown = raw.decode("utf-8", "backslashreplace")
+    return "'" + (shown if len(shown) <= limit else shown[:limit - 3] + "...") + "'"
 
 
 def broker_list(brokers: str | Sequence[str]) -> list[str]:
     """Broker endpoints from one endpoint, a comma-separated list, or a sequence of either,
     each checked and completed by check_endpoint; EndpointError if one is not an endpoint or
-    none is given."""
-    items = [brokers] if isinstance(brokers, str) else list(brokers)
+    none is given; TypeError if they are not text."""
+    items: list[object] = (list(brokers) if isinstance(brokers, Iterable)
+                           and not isinstance(brokers, str | bytes | bytearray) else [brokers])
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"the broker endpoint must be a str (or a sequence of str), not "
+                            f"{type(item).__name__}")
+    return _endpoints([item for item in items if isinstance(item, str)])
+
+
+def _endpoints(items: list[str]) -> list[str]:
     endpoints = [check_endpoint(part) for item in items for part in item.split(",")
                  if part.strip()]
     if not endpoints:

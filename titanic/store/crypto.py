@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from titanic.errors import StoreError, StoreKeyError
-from titanic.security import warn_if_readable_by_others
 from titanic.store.frames import decode_frames, encode_frames
 
 if TYPE_CHECKING:
@@ -153,6 +152,8 @@ def load_store_keys(path: str | Path) -> list[bytes]:
         keys.append(key)
     if not keys:
         raise StoreKeyError(f"store key file {path} holds no key")
+    from titanic.security.keys import warn_if_readable_by_others  # zmq: only with a key file
+
     warn_if_readable_by_others(path, "store key file")
     return keys
 
