@@ -9,6 +9,7 @@ import sys
 import click
 
 from titanic._zmq import stop_on_signals
+from titanic.logs import quoted_name
 from titanic.settings import HEARTBEAT_INTERVAL_S
 from titanic.worker import Handler, Worker, echo_handler
 from titanic.worker_group import TargetError, WorkerGroup, function_handler, load_target
@@ -79,7 +80,7 @@ def worker_run(broker: tuple[str, ...], service: str | None, concurrency: int,
     group = WorkerGroup(handlers, concurrency, lambda context, name, handler: Worker(
         broker, name, handler, dialect=DIALECTS[dialect_name], heartbeat_interval=heartbeat,
         context=context, configure_socket=hook))
-    log.info("serving %s with %s, %d at a time each", ", ".join(map(repr, handlers)), target,
+    log.info("serving %s with %s, %d at a time each", ", ".join(map(quoted_name, handlers)), target,
              concurrency)
     with stop_on_signals(group.stop):
         group.run()

@@ -78,7 +78,7 @@ class SealedBodies(PlainBodies):
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         except ImportError as exc:
             raise StoreKeyError("encryption at rest needs the 'cryptography' package: "
-                                "pip install 'titanic[encryption]'") from exc
+                                "pip install 'titanic-zmq[encryption]'") from exc
         if not keys:
             raise StoreKeyError("no store key given")
         self._ciphers: dict[bytes, AESGCM] = {key_id(key): AESGCM(key) for key in keys}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sqlite3
 import time
 from pathlib import Path
@@ -74,8 +75,27 @@ def make_engine(url: str | URL, *, sqlite_synchronous: str = "FULL",
     parsed = database_url(url) if isinstance(url, str) else url
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, sqlite_synchronous, create)
+    _require_psycopg()
     return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10,
                          pool_recycle=3600)
+
+
+#: What to install for PostgreSQL, in the messages that ask for it.
+POSTGRES_EXTRA = "pip install 'titanic-zmq[postgres]'"
+
+
+def _require_psycopg() -> None:
+    """StoreError (one line naming the extra to install) unless psycopg, the PostgreSQL
+    driver, can be imported: it is an extra, not installed with titanic itself."""
+    if importlib.util.find_spec("psycopg") is None:
+        raise StoreError(f"PostgreSQL needs the psycopg driver, which is not installed: "
+                         f"{POSTGRES_EXTRA}")
+    try:
+        import psycopg  # noqa: F401  (SQLAlchemy imports it again, from sys.modules)
+    except ImportError as exc:  # installed without its C library (libpq) or binary build
+        raise StoreError(f"PostgreSQL needs the psycopg driver, which cannot be loaded "
+                         f"({str(exc).splitlines()[0]}): {POSTGRES_EXTRA} brings its "
+                         "binary build") from exc
 
 
 def connect_error(exc: BaseException, url: URL) -> str:
@@ -84,9 +104,9 @@ def connect_error(exc: BaseException, url: URL) -> str:
     line = text.splitlines()[0] if text else type(exc).__name__
     line = line.removeprefix("connection failed: ")
     if "role" in line and "does not exist" in line:
-        line += " (create it: createuser, see docs/operations.md)"
+        line += " (create it: createuser NAME, as PostgreSQL's superuser)"
     elif "database" in line and "does not exist" in line:
-        line += " (create it: createdb, see docs/operations.md)"
+        line += " (create it: createdb --owner ROLE NAME, as PostgreSQL's superuser)"
     return f"{describe(url)}: {line}"
 
 
