@@ -114,7 +114,7 @@ def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: flo
     \b
     Example:
       titanic broker --bind tcp://127.0.0.1:5555
-      titanic broker --bind tcp://127.0.0.1:5555 --titanic --db sqlite:////var/lib/titanic/t.db
+      titanic broker --bind tcp://127.0.0.1:5555 --titanic --db /var/lib/titanic/t.db
       titanic broker --bind tcp://*:5555 --worker-bind tcp://10.0.0.1:5556 \\
         --curve-secret broker.key_secret --curve-allow clients/ --curve-allow-workers workers/
     """

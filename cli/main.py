@@ -95,9 +95,9 @@ def run(command: click.Command, prog_name: str) -> None:
             raise
         # An argument whose bytes are not UTF-8 (Python keeps them as lone surrogates) reached
         # a place that needs text; the commands check theirs by name, this is the backstop.
-        raw = exc.object.encode("utf-8", "surrogateescape")[:80]
-        click.echo(f"titanic: an argument is not UTF-8 text: "
-                   f"'{raw.decode('utf-8', 'backslashreplace')}'", err=True)
+        from titanic.settings import quoted
+
+        click.echo(f"titanic: an argument is not UTF-8 text: {quoted(exc.object)}", err=True)
         sys.exit(int(Exit.USAGE))
     except BrokenPipeError:
         sys.exit(int(Exit.ERROR))

@@ -8,7 +8,7 @@ import sys
 import click
 
 from titanic.client import Client
-from titanic.errors import TitanicTimeoutError
+from titanic.errors import TitanicTimeoutError, UnreachableError
 from titanic.protocol.failure import parse_failure
 from titanic.protocol.mmi import SERVICE as MMI_SERVICE
 from titanic_cli.exitcodes import Exit
@@ -60,6 +60,8 @@ def call(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: st
             context=context, configure_socket=hook) as client:
         try:
             reply = client.request(service, *body)
+        except UnreachableError:
+            raise  # its line says already what is down
         except TitanicTimeoutError as exc:
             raise TitanicTimeoutError(f"{exc}: {client.explain_timeout(service)}") from exc
     report = parse_failure(reply)

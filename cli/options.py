@@ -312,9 +312,10 @@ def db_option(func: F) -> F:
         "db_url",
         envvar="TITANIC_DATABASE_URL",
         default=None,
-        help="Database URL, e.g. sqlite:////path/titanic.db or "
-        "postgresql+psycopg://user@host/db [env TITANIC_DATABASE_URL; "
-        "default: $XDG_DATA_HOME/titanic/titanic.db].",
+        help="The database: a SQLite file's path (./data/titanic.db, /var/lib/titanic/t.db; "
+        "its folder must exist), a SQLite URL as SQLAlchemy reads it (sqlite:///relative.db, "
+        "sqlite:////absolute.db), or postgresql://user@host/db (the postgres extra) "
+        "[env TITANIC_DATABASE_URL; default: $XDG_DATA_HOME/titanic/titanic.db].",
     )(func)
 
 

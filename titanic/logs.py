@@ -13,6 +13,8 @@ from dataclasses import fields, is_dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from titanic.settings import quoted
+
 FORMATS = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -22,10 +24,9 @@ CONTEXT_FIELDS = ("request", "service")
 
 def quoted_name(name: str | bytes, limit: int = 40) -> str:
     """A service (or another peer-given) name for a log line: its text in quotes, cut at `limit`
-    characters, bytes that are not UTF-8 as \\xNN escapes; never a Python repr like b'echo'."""
-    text = (name.decode("utf-8", "backslashreplace") if isinstance(name, bytes)
-            else name.encode("utf-8", "backslashreplace").decode("utf-8"))
-    return f"'{text[:limit]}{'...' if len(text) > limit else ''}'"
+    characters, bytes that are not UTF-8 and characters that are not printable escaped (a name
+    cannot start a line of its own); never a Python repr like b'echo'."""
+    return quoted(name, limit)
 
 
 def counters_text(stats: object) -> str:

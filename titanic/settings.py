@@ -53,6 +53,11 @@ def check_endpoint(text: str, *, bind: bool = False) -> str:
     as tcp://127.0.0.1:PORT; EndpointError (one line, naming the accepted forms) for anything
     else ZeroMQ could not use. Port `*` or 0 and host `*` are for binding only."""
     endpoint = text.strip()
+    try:  # a command line's bytes that are not UTF-8: a socket given them could not be
+        endpoint.encode("utf-8")  # closed (its context's term() would wait for ever)
+    except UnicodeEncodeError:
+        raise EndpointError(f"{quoted(text)} is not an endpoint to "
+                            f"{'bind' if bind else 'connect to'}: it is not UTF-8 text") from None
     if endpoint.isdigit():
         endpoint = f"tcp://127.0.0.1:{endpoint}"
     elif "://" not in endpoint and _TCP.match(endpoint):
@@ -69,15 +74,23 @@ def check_endpoint(text: str, *, bind: bool = False) -> str:
                         f"{'bind' if bind else 'connect to'}: use {ENDPOINT_FORMS}")
 
 
-def quoted(text: str, limit: int = 80) -> str:
-    """`text` in quotes for a message, cut at `limit` characters: bytes that were not UTF-8 on
-    a command line (kept by Python as lone surrogates) as \\xNN escapes, never a Python repr."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raw = text.encode("utf-8", "backslashreplace")
-    shown = raw.decode("utf-8", "backslashreplace")
+def quoted(text: str | bytes, limit: int = 80) -> str:
+    """`text` in quotes for a one-line message, cut at `limit` characters: bytes that are not
+    UTF-8 (a command line's are kept by Python as lone surrogates) as \\xNN escapes, and
+    characters that are not printable (a newline, say) escaped, never a Python repr."""
+    raw = text if isinstance(text, bytes) else _encoded(text)
+    shown = "".join(char if char.isprintable() else char.encode("unicode_escape").decode()
+                    for char in raw.decode("utf-8", "backslashreplace"))
     return "'" + (shown if len(shown) <= limit else shown[:limit - 3] + "...") + "'"
+
+
+def _encoded(text: str) -> bytes:
+    """A str as UTF-8, its lone surrogates (a command line's bytes that are not UTF-8) as the
+    bytes they stand for, or escaped where they stand for none."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
 
 
 def broker_list(brokers: str | Sequence[str]) -> list[str]:
@@ -114,11 +127,12 @@ def default_data_dir() -> Path:
 
 
 def default_database_url() -> str:
-    """TITANIC_DATABASE_URL, else a SQLite file in the per-user data folder."""
+    """TITANIC_DATABASE_URL, else the path of a SQLite file in the per-user data folder (a
+    plain path is a SQLite file wherever a database is given)."""
     url = os.environ.get("TITANIC_DATABASE_URL")
     if url:
         return url
-    return f"sqlite:///{default_data_dir() / 'titanic.db'}"
+    return str(default_data_dir() / "titanic.db")
 
 
 @dataclass(frozen=True, slots=True)
