@@ -1,10 +1,12 @@
-"""Client commands load neither SQLAlchemy nor psycopg: each runs, against a real `titanic up`,
-to its end in a subprocess, which then writes down the heavy modules it imported."""
+"""The first hour with `titanic up`: client commands load neither SQLAlchemy nor psycopg (each
+runs to its end in a subprocess, which then writes down the heavy modules it imported), and the
+daemons' log lines say what happened in words."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -88,3 +90,21 @@ def test_a_command_reading_sqlite_imports_sqlalchemy_but_not_psycopg(up: dict[st
         assert "sqlalchemy" in modules and "titanic.store" in modules  # the probe sees imports
         assert "psycopg" not in modules and "alembic" not in modules
         assert "titanic.broker" not in modules
+
+
+def test_up_logs_what_happened_in_words(procs: Processes, tmp_path: Path) -> None:
+    endpoint, database = free_endpoint(), tmp_path / "t.db"
+    env = {"TITANIC_BROKER": endpoint, "TITANIC_DATABASE_URL": str(database)}
+    up = procs.cli("up", "up", "--demo", "--bind", endpoint, env=env)
+    wait_until(lambda: run_cli("mmi", "echo", "--timeout", "1", env=env).returncode == 0,
+               timeout=60, message="titanic up serving echo")
+    request_id = run_cli("submit", "echo", "hi", env=env).stdout.decode().strip()
+    assert run_cli("fetch", "--wait", "--timeout", "30", request_id, env=env).returncode == 0
+    assert Processes.terminate(up, timeout=30) == 0
+    log = procs.log("up")
+    for python in ("StoreIdentity(", "DispatcherStats(", "{'", "b'"):
+        assert python not in log, log
+    assert re.search(rf"store [0-9a-f]{{32}} at sqlite:///{re.escape(str(database))}\n", log), log
+    assert "registered for 'echo' (7/MDP)" in log
+    assert "hosted dispatcher stopped: dispatched 1, completed 1" in log
+    assert re.search(r"broker stopped: messages \d+, requests \d+", log), log
