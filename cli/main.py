@@ -88,7 +88,10 @@ def run(command: click.Command, prog_name: str) -> None:
         click.echo("titanic: interrupted", err=True)
         sys.exit(int(Exit.INTERRUPTED))
     except click.ClickException as exc:
-        click.echo(f"titanic: {_one_line(exc)}", err=True)
+        if isinstance(exc, _HELP_ASKED):  # a group without its command: its help, as it is
+            exc.show()
+        else:
+            click.echo(f"titanic: {_one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except UnicodeEncodeError as exc:
         if exc.reason != "surrogates not allowed":  # not an argument's bytes: a bug, shown whole
@@ -102,6 +105,14 @@ def run(command: click.Command, prog_name: str) -> None:
     except BrokenPipeError:
         sys.exit(int(Exit.ERROR))
     sys.exit(result if isinstance(result, int) else 0)
+
+
+class _NotRaised(Exception):
+    """Stands for an exception this click version never raises."""
+
+
+#: What click raises for a group given no command (click 8.2 on; before, it printed the help).
+_HELP_ASKED: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", _NotRaised)
 
 
 def _one_line(exc: click.ClickException) -> str:

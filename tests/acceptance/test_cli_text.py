@@ -84,3 +84,11 @@ def test_an_unknown_command_names_the_help() -> None:
     done = subprocess.run([*CLI, "sumbit"], capture_output=True, timeout=60)
     assert done.returncode == 2
     assert one_line(done) == "titanic: no such command 'sumbit'; see 'titanic --help'"
+
+
+@pytest.mark.parametrize("group", [[], ["db"], ["worker"]])
+def test_a_group_without_its_command_shows_its_help(group: list[str]) -> None:
+    done = subprocess.run([*CLI, *group], capture_output=True, timeout=60)
+    shown = (done.stdout + done.stderr).decode()
+    assert shown.startswith(f"Usage: {' '.join(['titanic', *group])} [OPTIONS] COMMAND"), shown
+    assert "Commands:" in shown and "Traceback" not in shown
