@@ -68,7 +68,7 @@ def dashboard(broker: tuple[str, ...], bind: str, refresh: float, allow_hosts: t
     it needs no database access. It answers only to its own Host names; its actions need the
     token printed at start (or the one in --token-file), and bound beyond loopback so does
     reading: open the address it prints. Needs the `dashboard` extra:
-    pip install 'titanic[dashboard]'.
+    pip install 'titanic-zmq[dashboard]'.
 
     \b
     Example:
@@ -79,8 +79,8 @@ def dashboard(broker: tuple[str, ...], bind: str, refresh: float, allow_hosts: t
     try:
         from titanic.dashboard import Access, DashboardState, allowed_hosts, create_app
     except ImportError as exc:
-        raise click.UsageError(f"the dashboard needs its extra: pip install 'titanic[dashboard]'"
-                               f" ({exc})") from exc
+        raise click.UsageError("the dashboard needs its extra: pip install "
+                               f"'titanic-zmq[dashboard]' ({exc})") from exc
     from titanic._http import bind_error
     from titanic._zmq import stop_on_signals
     from titanic.dashboard.access import TokenError, is_loopback, shown_host

@@ -10,7 +10,7 @@ from titanic import migrate
 from titanic.errors import MissingDatabaseError
 from titanic.settings import default_database_url
 from titanic.store import open_store
-from titanic.store.dialect import make_engine
+from titanic.store.dialect import describe, make_engine
 from titanic_cli.options import db_option, handle_errors
 
 
@@ -25,14 +25,18 @@ def db() -> None:
 def upgrade(db_url: str | None) -> None:
     """Bring the database to the current schema (creating it when new).
 
+    A SQLite file's folder must exist (titanic's default folder is made when missing).
+
     \b
     Example:
-      titanic db upgrade --db postgresql+psycopg://titanic@localhost/titanic
+      titanic db upgrade --db ./data/titanic.db
+      titanic db upgrade --db postgresql://titanic@localhost/titanic
     """
     engine = make_engine(db_url or default_database_url())
     try:
         migrate.ensure_schema(engine)
-        click.echo(f"schema at {migrate.current_revision(engine)}")
+        click.echo(f"schema at {migrate.current_revision(engine) or 'none'} in "
+                   f"{describe(engine.url)}")
     finally:
         engine.dispose()
 

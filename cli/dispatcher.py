@@ -9,14 +9,15 @@ from titanic.dispatcher import Dispatcher
 from titanic.settings import MAX_REQUEST_BYTES, BrokerSettings
 from titanic.worker_connection import ConnectionSettings
 from titanic_cli.forwarding import ForwardingOptions, forwarding_options
-from titanic_cli.mdp_commands import DIALECTS, dialect_option
 from titanic_cli.options import (
+    DIALECTS,
     CurveOptions,
     LogOptions,
     broker_option,
     configure_logging,
     curve_client_options,
     db_option,
+    dialect_option,
     handle_errors,
     log_options,
     metrics_option,

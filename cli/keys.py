@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from titanic.security import KEY_NAME, load_public_key, write_keypair
-from titanic_cli.options import UsageProblem, handle_errors
+from titanic_cli.options import UsageProblem, handle_errors, shown
 
 
 @click.command()
@@ -28,7 +28,7 @@ def keygen(name: str, folder: Path) -> None:
       titanic keygen alice && cp alice.key /etc/titanic/allowed/
     """
     if not KEY_NAME.match(name):
-        raise UsageProblem(f"bad key name {name!r}: use letters, digits, '_', '-' and '.', "
+        raise UsageProblem(f"bad key name {shown(name)}: use letters, digits, '_', '-' and '.', "
                            "not starting with '.' or '-'")
     public_file, secret_file = write_keypair(folder, name)
     click.echo(f"public key:  {public_file}")

@@ -16,7 +16,7 @@ from titanic_cli.lifeline import follow_parent
 #: importing it; tests/unit/test_cli_startup.py checks these against the commands).
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("titanic_cli.bench:bench", "Measure round trips, acknowledgements and completions."),
-    "broker": ("titanic_cli.mdp_commands:broker", "Run the Majordomo broker."),
+    "broker": ("titanic_cli.broker_command:broker", "Run the Majordomo broker."),
     "call": ("titanic_cli.mdp_commands:call", "Send one request to SERVICE and print the reply."),
     "close": ("titanic_cli.tsp_commands:close", "Delete request UUID and its reply."),
     "dashboard": ("titanic_cli.dashboard:dashboard",
@@ -28,14 +28,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("titanic_cli.manage_commands:info",
              "Show the queue per service, and the broker and dispatcher that answer."),
     "keygen": ("titanic_cli.keys:keygen", "Write a CURVE key pair."),
-    "list": ("titanic_cli.tsp_commands:list_requests", "List stored requests, oldest first."),
+    "list": ("titanic_cli.store_commands:list_requests", "List stored requests, oldest first."),
     "mmi": ("titanic_cli.mdp_commands:mmi", "Ask the broker whether SERVICE has live workers."),
     "purge": ("titanic_cli.manage_commands:purge", "Delete finished requests in bulk."),
-    "retry": ("titanic_cli.tsp_commands:retry", "Send a failed or expired request again."),
-    "status": ("titanic_cli.tsp_commands:status", "Show request UUID's state and last error."),
+    "retry": ("titanic_cli.store_commands:retry", "Send a failed or expired request again."),
+    "status": ("titanic_cli.store_commands:status", "Show request UUID's state and last error."),
     "submit": ("titanic_cli.tsp_commands:submit", "Store a request for SERVICE, print its UUID."),
     "up": ("titanic_cli.up:up", "Run the broker with the dispatcher in it (and a demo worker)."),
-    "worker": ("titanic_cli.mdp_commands:worker", "Run a worker: your own function, or echo."),
+    "worker": ("titanic_cli.worker_commands:worker", "Run a worker: your own function, or echo."),
 }
 
 
@@ -88,11 +88,42 @@ def run(command: click.Command, prog_name: str) -> None:
         click.echo("titanic: interrupted", err=True)
         sys.exit(int(Exit.INTERRUPTED))
     except click.ClickException as exc:
-        exc.show()
+        if isinstance(exc, _HELP_ASKED):  # a group without its command: its help, as it is
+            exc.show()
+        else:
+            click.echo(f"titanic: {_one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
+    except UnicodeEncodeError as exc:
+        if exc.reason != "surrogates not allowed":  # not an argument's bytes: a bug, shown whole
+            raise
+        # An argument whose bytes are not UTF-8 (Python keeps them as lone surrogates) reached
+        # a place that needs text; the commands check theirs by name, this is the backstop.
+        from titanic.settings import quoted
+
+        click.echo(f"titanic: an argument is not UTF-8 text: {quoted(exc.object)}", err=True)
+        sys.exit(int(Exit.USAGE))
     except BrokenPipeError:
         sys.exit(int(Exit.ERROR))
     sys.exit(result if isinstance(result, int) else 0)
+
+
+class _NotRaised(Exception):
+    """Stands for an exception this click version never raises."""
+
+
+#: What click raises for a group given no command (click 8.2 on; before, it printed the help).
+_HELP_ASKED: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", _NotRaised)
+
+
+def _one_line(exc: click.ClickException) -> str:
+    """click's error as one line; a usage error ends pointing to the command's --help."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if message[:2].istitle():  # "Missing argument" -> "missing argument", not "UUID ..."
+        message = message[0].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        message += f"; see '{ctx.command_path} --help'"
+    return message
 
 
 def main() -> None:

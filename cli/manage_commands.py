@@ -19,6 +19,7 @@ from titanic_cli.options import (
     client_session,
     curve_client_options,
     handle_errors,
+    shown,
 )
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def parse_duration(value: str) -> float:
     """`90`, `90s`, `15m`, `12h`, `1d`, `2w` as seconds; ValueError otherwise."""
     match = _DURATION.match(value.strip().lower())
     if match is None:
-        raise ValueError(f"not a duration: {value!r} (e.g. 90s, 15m, 12h, 1d, 2w)")
+        raise ValueError(f"not a duration: {shown(value)} (e.g. 90s, 15m, 12h, 1d, 2w)")
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
@@ -137,7 +138,7 @@ def bulk_retry(broker: tuple[str, ...], timeout: float, retries: int, curve: Cur
     """`titanic retry --state ...`: every failed (or expired) request pending again."""
     with management(broker, timeout, retries, curve) as client:
         count = client.retry(state=state, service=service, dry_run=dry_run)
-    scope = f" of {service!r}" if service else ""
+    scope = f" of {shown(service)}" if service else ""
     click.echo(f"{'would retry' if dry_run else 'retried'} {count} {state} request(s){scope}")
 
 
@@ -165,7 +166,7 @@ def purge(broker: tuple[str, ...], timeout: float, retries: int, curve: CurveOpt
     with management(broker, timeout, retries, curve) as client:
         count = client.purge(state=state, older_than=older_than, service=service,
                              dry_run=dry_run)
-    scope = f" of {service!r}" if service else ""
+    scope = f" of {shown(service)}" if service else ""
     click.echo(f"{'would purge' if dry_run else 'purged'} {count} {state} request(s){scope}")
 
 

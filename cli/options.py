@@ -1,4 +1,8 @@
-"""Options shared by several commands, each with its TITANIC_* environment variable."""
+"""Options shared by several commands, each with its TITANIC_* environment variable.
+
+Imported by every command, the client-only ones included: it imports neither ZeroMQ nor the
+security package at module level (each is imported where it is used), and never the store.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import zmq
 from click.core import ParameterSource
 
-from titanic._zmq import SocketHook
 from titanic.errors import (
     BindError,
     CurveKeyError,
@@ -29,13 +31,16 @@ from titanic.errors import (
     TitanicTimeoutError,
 )
 from titanic.logs import FORMATS, LEVELS, level_number, make_formatter
-from titanic.security import (
-    CurveServer,
-    load_client_hook,
-    load_keypair,
-)
-from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER
+from titanic.protocol.mdp import Dialect
+from titanic.protocol.tsp import canonical_uuid
+from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER, quoted
 from titanic_cli.exitcodes import Exit
+
+if TYPE_CHECKING:
+    import zmq
+
+    from titanic._zmq import SocketHook
+    from titanic.security import CurveServer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,6 +73,21 @@ def broker_option(func: F) -> F:
         help="Broker endpoint to connect to; repeatable, or comma-separated: with several, a "
         "broker that does not answer is left for the next [env TITANIC_BROKER].",
     )(func)
+
+
+#: The protocols a client or worker may speak, by their --mdp name.
+DIALECTS = {"7": Dialect.MDP01, "18": Dialect.MDP02, "majortomo": Dialect.MAJORTOMO}
+
+dialect_option = click.option(
+    "--mdp",
+    "dialect_name",
+    type=click.Choice(sorted(DIALECTS)),
+    default="7",
+    show_default=True,
+    envvar="TITANIC_MDP",
+    help="Protocol spoken: 7 (7/MDP, MDP 0.1), 18 (18/MDP) or majortomo's 0.2 variant "
+    "[env TITANIC_MDP].",
+)
 
 
 def client_options(func: F) -> F:
@@ -173,6 +193,8 @@ def metrics_option(func: F) -> F:
 def endpoint_error(endpoints: str, exc: zmq.ZMQError) -> BindError:
     """The one-line error for ZeroMQ endpoints that cannot be bound (exit 10): the endpoints and
     the system's reason, without pyzmq's repetition of the address."""
+    import zmq
+
     reason = zmq.strerror(exc.errno) if exc.errno is not None else str(exc)
     return BindError(f"cannot bind {endpoints}: {reason}")
 
@@ -212,22 +234,53 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def read_payload(value: str) -> bytes:
-    """`-` is stdin, `@path` a file's content, `@@text` the literal `@text`; else the text."""
+def shown(text: str) -> str:
+    """An argument for a message, quoted: bytes that are not UTF-8 (which Python's command line
+    keeps as lone surrogates) written as \\xNN escapes, never as a Python repr."""
+    return quoted(text)
+
+
+def utf8_argument(value: str, what: str, hint: str = "it is a name, in text") -> bytes:
+    """A command-line argument as UTF-8 bytes; UsageProblem (exit 2) naming `what`, and ending
+    with `hint`, if the argument's bytes are not UTF-8 text."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageProblem(f"{what} {shown(value)} is not UTF-8 text: {hint}") from None
+
+
+#: What to do with a payload argument that is not UTF-8.
+_BYTES_HINT = "give bytes that are not text in a file (@FILE) or on stdin (-)"
+
+
+def read_payload(value: str, what: str = "PAYLOAD") -> bytes:
+    """`-` is stdin, `@path` a file's content, `@@text` the literal `@text`; else the text
+    (UTF-8; UsageProblem naming `what` if the argument is not UTF-8)."""
     if value == "-":
         return sys.stdin.buffer.read()
     if value.startswith("@@"):
-        return value[1:].encode()
+        return utf8_argument(value[1:], what, _BYTES_HINT)
     if value.startswith("@"):
         try:
             return Path(value[1:]).read_bytes()
         except OSError as exc:
-            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from exc
-    return value.encode()
+            raise UsageProblem(f"cannot read {shown(value[1:])} ({what}): "
+                               f"{exc.strerror}") from exc
+    return utf8_argument(value, what, _BYTES_HINT)
+
+
+def check_uuid(value: str, what: str = "UUID") -> str:
+    """A request UUID from the command line as TSP writes it (32 lower-case hex digits);
+    UsageProblem (exit 2) naming `what` for anything else."""
+    found = canonical_uuid(value) if value.isascii() else None
+    if found is None:
+        raise UsageProblem(f"{what} {shown(value)} is not a request UUID: give 32 hex digits "
+                           "or the 8-4-4-4-12 form")
+    return found
 
 
 json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print one JSON object on stdout (see docs/cli.md).")
+                           help="Print one JSON object on stdout.")
 
 
 def frames_json(frames: Sequence[bytes]) -> dict[str, Any]:
@@ -259,9 +312,10 @@ def db_option(func: F) -> F:
         "db_url",
         envvar="TITANIC_DATABASE_URL",
         default=None,
-        help="Database URL, e.g. sqlite:////path/titanic.db or "
-        "postgresql+psycopg://user@host/db [env TITANIC_DATABASE_URL; "
-        "default: $XDG_DATA_HOME/titanic/titanic.db].",
+        help="The database: a SQLite file's path (./data/titanic.db, /var/lib/titanic/t.db; "
+        "its folder must exist), a SQLite URL as SQLAlchemy reads it (sqlite:///relative.db, "
+        "sqlite:////absolute.db), or postgresql://user@host/db (the postgres extra) "
+        "[env TITANIC_DATABASE_URL; default: $XDG_DATA_HOME/titanic/titanic.db].",
     )(func)
 
 
@@ -293,6 +347,8 @@ class CurveOptions:
                               else ("--curve-key", "--curve-server-key"))
             raise UsageProblem(f"{given} needs {missing} too (TITANIC_CURVE_SERVER_KEY and "
                                "TITANIC_CURVE_KEY): CURVE takes both or neither")
+        from titanic.security.keys import load_client_hook
+
         return load_client_hook(self.server_key, self.key)
 
     def argv(self) -> list[str]:
@@ -359,6 +415,9 @@ class CurveServerOptions:
         if self.allow_workers is not None and not separate_workers:
             raise UsageProblem("--curve-allow-workers needs --worker-bind: it admits workers on "
                                "their own endpoint")
+        from titanic.security.keys import load_keypair
+        from titanic.security.zap import CurveServer
+
         return CurveServer(load_keypair(self.secret), self.allow,
                            workers_allowed=self.allow_workers, admin=self.admin)
 
@@ -407,6 +466,8 @@ def client_session(curve: CurveOptions) -> Iterator[tuple[zmq.Context[zmq.Socket
                                                           SocketHook | None]]:
     """A context and socket hook (CURVE, or None) for one command's clients. A refused
     handshake is told by the clients themselves (HandshakeRefusedError, exit 9)."""
+    import zmq
+
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         yield context, curve.hook()

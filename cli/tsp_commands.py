@@ -1,4 +1,5 @@
-"""Commands for Titanic itself: submit, fetch, close (over the broker); status, list, retry (DB)."""
+"""Client commands of Titanic: submit, fetch, close, over the broker. They import the TSP client
+and nothing of the store (status, list and retry, which read it, are in store_commands.py)."""
 
 from __future__ import annotations
 
@@ -6,34 +7,33 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
 
 from titanic.errors import ProtocolError
 from titanic.protocol.failure import split_last_error
-from titanic.protocol.tsp import parse_uuid
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
-from titanic.store import RequestStatus, StoredRequest, open_existing_store
 from titanic.tsp_client import ReplyState, TitanicClient
 from titanic_cli.exitcodes import Exit
-from titanic_cli.mdp_commands import DIALECTS, dialect_option
 from titanic_cli.options import (
+    DIALECTS,
     CurveOptions,
     UsageProblem,
     broker_option,
+    check_uuid,
     client_options,
     client_session,
     curve_client_options,
-    db_option,
+    dialect_option,
     echo_json,
     fail,
     frames_json,
     handle_errors,
     json_option,
     read_payload,
-    store_key_option,
+    shown,
+    utf8_argument,
 )
 
 _STATE_EXIT = {
@@ -43,13 +43,6 @@ _STATE_EXIT = {
     ReplyState.EXPIRED: Exit.FAILED,
     ReplyState.ERROR: Exit.ERROR,
 }
-
-
-def _check_uuid(value: str) -> str:
-    try:
-        return parse_uuid(value.encode())
-    except ProtocolError as exc:
-        raise click.BadParameter(str(exc)) from exc
 
 
 @contextmanager
@@ -87,7 +80,7 @@ def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: 
 
     PAYLOAD is the first request frame: text, `-` for stdin, or `@FILE` for a file's bytes
     (`@@text` for a literal leading @). With --task-args the request is a call of the task
-    SERVICE instead (docs/concepts.md, "Tasks"). The UUID is printed only once the request is
+    SERVICE instead (see `titanic worker run --help`). The UUID is printed only once the request is
     stored.
 
     \b
@@ -97,21 +90,24 @@ def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: 
       titanic submit --key order-1234 billing @order.json
       titanic submit resize --task-args '{"args": [{"$bytes": "aGk="}], "kwargs": {"width": 9}}'
     """
-    if key is not None and not 0 < len(key) <= 255:
-        raise click.BadParameter("must be 1 to 255 characters", param_hint="--key")
+    utf8_argument(service, "SERVICE")
+    if key is not None:
+        utf8_argument(key, "--key")
+        if not 0 < len(key) <= 255:
+            raise UsageProblem(f"--key {shown(key)} must be 1 to 255 characters")
     if task_args is not None:
         if payload is not None or frames:
             raise UsageProblem("--task-args is the whole request: give no PAYLOAD or --frame "
                                "with it")
-        body = _task_call(service, read_payload(task_args))
+        body = _task_call(service, read_payload(task_args, "--task-args"))
     else:
         first = [] if payload is None else [read_payload(payload)]
-        body = first + [read_payload(frame) for frame in frames]
+        body = first + [read_payload(frame, "--frame") for frame in frames]
     with _client(broker, dialect_name, timeout, retries, curve) as client:
         request_id = client.submit(service, *body, key=key)
         if client.has_workers(service) is False:
-            click.echo(f"titanic: warning: service {service!r} has no workers now; the request "
-                       "is stored and is sent when one registers", err=True)
+            click.echo(f"titanic: warning: service {shown(service)} has no workers now; the "
+                       "request is stored and is sent when one registers", err=True)
     if as_json:
         echo_json({"uuid": request_id, "service": service})
     else:
@@ -148,7 +144,7 @@ def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float
     """
     total = timeout if timeout is not None else (60.0 if wait else CLIENT_TIMEOUT_S)
     per_call = min(total, CLIENT_TIMEOUT_S)
-    request_id = _check_uuid(request_id)
+    request_id = check_uuid(request_id)
     show = wait and sys.stderr.isatty()
 
     def progress(elapsed: float) -> None:
@@ -192,8 +188,8 @@ _NOT_A_TASK = object()
 
 
 def _task_result(reply: list[bytes]) -> object:
-    """A task's return value as JSON can hold it (docs/concepts.md, "Tasks"), or _NOT_A_TASK
-    when the reply is not a task's result (its frames are then shown as they are)."""
+    """A task's return value as JSON can hold it, or _NOT_A_TASK when the reply is not a task's
+    result (its frames are then shown as they are)."""
     if len(reply) != 2:  # the shape of a task's result; msgpack is not imported for others
         return _NOT_A_TASK
     from titanic.task_codec import decode_result, is_task_frames, to_json
@@ -242,153 +238,6 @@ def close(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: s
     Example:
       titanic close 0190c6f2a1b47c3e9d2f00112233aabb
     """
-    request_id = _check_uuid(request_id)
+    request_id = check_uuid(request_id)
     with _client(broker, dialect_name, timeout, retries, curve) as client:
         client.close_request(request_id)
-
-
-def _as_dict(request: StoredRequest) -> dict[str, Any]:
-    def when(value: Any) -> str | None:
-        return value.isoformat() if value is not None else None
-
-    return {
-        "uuid": request.id,
-        "service": request.service,
-        "state": request.status.value,
-        "attempts": request.attempts,
-        "created_at": when(request.created_at),
-        "due_at": when(request.due_at),
-        "lease_until": when(request.lease_until),
-        "completed_at": when(request.completed_at),
-        "deadline": when(request.deadline),
-        "last_error": request.last_error,
-        "owner": request.owner,
-        "request_frames": len(request.request),
-        "reply_frames": None if request.reply is None else len(request.reply),
-    }
-
-
-@click.command()
-@db_option
-@store_key_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.argument("request_id", metavar="UUID")
-@handle_errors
-def status(db_url: str | None, store_key: Path | None, as_json: bool, request_id: str) -> None:
-    """Show request UUID's state, attempts, times and last error (reads the database).
-
-    Exit status 4 if the request is unknown.
-
-    \b
-    Example:
-      titanic status 0190c6f2a1b47c3e9d2f00112233aabb
-    """
-    request_id = _check_uuid(request_id)
-    store = open_existing_store(db_url, store_key=store_key)
-    try:
-        found = store.get(request_id)
-    finally:
-        store.close_store()
-    if found is None:
-        fail(f"request {request_id} is unknown", Exit.UNKNOWN)
-        return
-    fields = _as_dict(found)
-    if as_json:
-        click.echo(json.dumps(fields, indent=2))
-        return
-    if fields["last_error"]:  # its first line: a traceback may follow it
-        fields["last_error"] = split_last_error(str(fields["last_error"]))[0]
-    width = max(len(name) for name in fields)
-    for name, value in fields.items():
-        click.echo(f"{name:<{width}}  {'-' if value is None else value}")
-
-
-@click.command("list")
-@db_option
-@store_key_option
-@click.option("--service", help="Only this service.")
-@click.option("--state", type=click.Choice([s.value for s in RequestStatus]),
-              help="Only requests in this state.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--after", metavar="UUID", help="Page on: requests after this UUID.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: one object per request, one per line.")
-@handle_errors
-def list_requests(db_url: str | None, store_key: Path | None, service: str | None,
-                  state: str | None, limit: int, after: str | None, as_json: bool) -> None:
-    """List stored requests, oldest first (reads the database).
-
-    \b
-    Example:
-      titanic list --state failed --service echo
-    """
-    store = open_existing_store(db_url, store_key=store_key)
-    try:
-        found = store.list(service=service, status=RequestStatus(state) if state else None,
-                           limit=limit, after=_check_uuid(after) if after else None)
-    finally:
-        store.close_store()
-    rows = [_as_dict(request) for request in found]
-    if as_json:
-        for row in rows:
-            echo_json(row)
-        return
-    click.echo(f"{'UUID':32}  {'SERVICE':20}  {'STATE':10}  {'TRIES':>5}  CREATED")
-    for row in rows:
-        click.echo(f"{row['uuid']:32}  {row['service'][:20]:20}  {row['state']:10}  "
-                   f"{row['attempts']:>5}  {row['created_at']}")
-
-
-@click.command()
-@db_option
-@broker_option
-@client_options
-@curve_client_options
-@click.option("--state", type=click.Choice(["failed", "expired"]), default=None,
-              help="Retry every request in this state, through the broker (no UUID).")
-@click.option("--service", default=None, help="With --state: only this service.")
-@click.option("--dry-run", is_flag=True, help="With --state: count, change nothing.")
-@click.argument("request_id", metavar="[UUID]", required=False)
-@store_key_option
-@handle_errors
-def retry(db_url: str | None, broker: tuple[str, ...], timeout: float, retries: int,
-          curve: CurveOptions, state: str | None, service: str | None, dry_run: bool,
-          request_id: str | None, store_key: Path | None) -> None:
-    """Send a failed or expired request again, attempts counted afresh.
-
-    With UUID it changes that request in the database (--db); exit status 4 if the request
-    is unknown, 1 if it is not failed or expired. With --state instead it asks a dispatcher
-    through the broker (titanic.manage) to retry every request in that state, and prints
-    how many.
-
-    \b
-    Example:
-      titanic retry 0190c6f2a1b47c3e9d2f00112233aabb
-      titanic retry --state failed --service resize --dry-run
-    """
-    if (request_id is None) == (state is None):
-        raise UsageProblem("give a UUID or --state, not both")
-    if state is not None:
-        from titanic_cli.manage_commands import bulk_retry
-
-        bulk_retry(broker, timeout, retries, curve, state, service, dry_run)
-        return
-    if service is not None or dry_run:
-        raise UsageProblem("--service and --dry-run go with --state")
-    assert request_id is not None
-    request_id = _check_uuid(request_id)
-    store = open_existing_store(db_url, store_key=store_key)
-    try:
-        if store.requeue(request_id):
-            click.echo(f"request {request_id} is pending again")
-            return
-        found = store.get(request_id)
-    finally:
-        store.close_store()
-    if found is None:
-        fail(f"request {request_id} is unknown", Exit.UNKNOWN)
-    else:
-        fail(f"request {request_id} is {found.status.value}, not failed or expired", Exit.ERROR)
-
-
-COMMANDS: list[click.Command] = [submit, fetch, close, status, list_requests, retry]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from titanic.store.models import Base
+from titanic.store.models import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -12,7 +12,7 @@ if connection is None:
 
 context.configure(
     connection=connection,
-    target_metadata=Base.metadata,
+    target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
 )

@@ -114,6 +114,9 @@ class Broker:
         self._worker_socket: zmq.Socket[bytes] | None = None  # workers: the same one when shared
         self._waker = Waker()
         self._trace = trace
+        #: Peers that messages could not reach since the core was last told: their connection
+        #: is gone (ROUTER_MANDATORY's EHOSTUNREACH). Kept by _send, handed to the core.
+        self._gone: list[bytes] = []
         self.curve = curve
         self._monitors: dict[zmq.Socket[bytes], Endpoint] = {}
         self._opened: list[zmq.Socket[bytes]] = []  # every ROUTER socket, to close at the end
@@ -259,7 +262,7 @@ class Broker:
     def _drain(self, sock: zmq.Socket[bytes], role: Endpoint) -> None:
         """Handle the messages waiting now, in a bounded batch."""
         receive, send, now, trace = self._core.receive, self._send, self._now, self._trace
-        socket, worker_socket = self._socket, self._worker_socket
+        socket, worker_socket, gone = self._socket, self._worker_socket, self._gone
         curve = self.curve is not None
         user: bytes | None = None
         for _ in range(_RECV_BATCH):
@@ -279,8 +282,8 @@ class Broker:
                     if message[2] is not None:
                         failed = failed or []
                         failed.append(message)
-            if failed is not None:
-                self._flush(self._core.undeliverable(failed, now))
+            if failed is not None or gone:
+                self._flush(self._core.undeliverable(failed or [], now, self._take_gone()))
 
     def _count_handshake_failures(self, monitor: zmq.Socket[bytes], role: Endpoint) -> None:
         """Count failed handshakes; log a few per interval (ZAP logs refused keys by address)."""
@@ -302,6 +305,7 @@ class Broker:
     def _shutdown(self, served: bool = True) -> None:
         for _, frames, _ in self._core.disconnect_all():
             self._send(self._worker_socket, frames)
+        self._gone.clear()  # workers that left before the DISCONNECT: nothing more to tell
         for sock in self._opened:
             if self._monitors:
                 sock.disable_monitor()
@@ -317,7 +321,7 @@ class Broker:
             self._context.term()
         self._waker.close()
         if served:  # a broker that never bound says nothing more than its caller's error
-            log.info("broker stopped: %s", self.stats.as_dict())
+            log.info("broker stopped: %s", self.stats)
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -369,9 +373,15 @@ class Broker:
                     if message[2] is not None:
                         failed = failed or []
                         failed.append(message)
-            if failed is None:
+            if failed is None and not self._gone:
                 return
-            out = self._core.undeliverable(failed, self._now)
+            out = self._core.undeliverable(failed or [], self._now, self._take_gone())
+
+    def _take_gone(self) -> list[bytes]:
+        """The peers found gone since the last call, forgotten here."""
+        gone = self._gone[:]
+        self._gone.clear()
+        return gone
 
     def _send(self, sock: zmq.Socket[bytes] | None, frames: Frames) -> bool:
         """Send to a peer on its socket; an unknown peer or a full pipe is counted, never raised."""
@@ -388,5 +398,6 @@ class Broker:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             self.stats.unroutable += 1
+            self._gone.append(frames[0])
             return False
         return True

@@ -38,7 +38,7 @@ from titanic.broker_queues import (
 )
 from titanic.broker_stats import BrokerStats, DropReport
 from titanic.errors import ProtocolError
-from titanic.logs import about
+from titanic.logs import about, quoted_name
 from titanic.protocol import mmi
 from titanic.protocol.identity import IDENTITY_OPTION, IDENTITY_REFUSED, caller_frame
 from titanic.protocol.mdp import (
@@ -79,11 +79,6 @@ _MDP01 = Dialect.MDP01
 #: 7/MDP's REPLY (FINAL) command, and every dialect's REQUEST prefix, built once.
 _FINAL_01 = worker_command_prefix(Dialect.MDP01, Command.FINAL)[-1]
 _REQUEST_PREFIX = {dialect: worker_command_prefix(dialect, Command.REQUEST) for dialect in Dialect}
-
-
-def _show(name: bytes) -> str:
-    """A peer-supplied name, short enough for a log line."""
-    return repr(name[:40]) + ("..." if len(name) > 40 else "")
 
 
 class BrokerCore:
@@ -156,10 +151,16 @@ class BrokerCore:
         self._drops.report(self.settings.heartbeat_interval)
         return out
 
-    def undeliverable(self, failed: Sequence[Outgoing], now: float) -> list[Outgoing]:
+    def undeliverable(self, failed: Sequence[Outgoing], now: float,
+                      gone: Sequence[bytes] = ()) -> list[Outgoing]:
         """REQUESTs the driver could not send (peer gone, or its pipe full): their workers are
         removed as unreachable and the requests given to another worker or put back in front
-        of their queue, in the order they were sent."""
+        of their queue, in the order they were sent.
+
+        `gone`: the peer of every message (of any kind) that could not be routed because the
+        peer's connection is gone. A worker among them is removed now, in one log line, rather
+        than sent heartbeats until it expires (a busy one only after --busy-timeout); those
+        drops stay counted as unroutable but that line tells them, not the drop report."""
         self._now = now
         out: list[Outgoing] = []
         self._out = out
@@ -180,8 +181,18 @@ class BrokerCore:
             retry.append((worker.service, QueuedRequest(
                 client, dialect, body, now + self.settings.request_ttl, counted, user,
                 queued_cost(worker.service.name, body))))
-        for worker in unreachable.values():
-            self._remove_worker(worker, "unreachable")
+        closed = set(gone)
+        for identity in closed:
+            worker = self._workers.get(identity)
+            if worker is not None:
+                unreachable[identity] = worker
+        for identity, worker in unreachable.items():
+            if identity in closed:
+                self.stats.workers_gone += 1
+                self._remove_worker(worker, "its connection closed")
+            else:
+                self._remove_worker(worker, "unreachable")
+        self._drops.told("unroutable", sum(1 for peer in gone if peer in unreachable))
         self._route_again(retry)
         return out
 
@@ -370,7 +381,7 @@ class BrokerCore:
         """Refuse a request for want of queue room: "503 ...", counted as rejected."""
         self.stats.rejected_requests += 1
         log.debug("%s: request from client %s for %s refused", why.decode(), client.hex(),
-                  _show(service_name))
+                  quoted_name(service_name))
         self._refuse(client, dialect, service_name, refusals.queue_full(why))
 
     def _assign(self, worker: RegisteredWorker, client: bytes, dialect: Dialect, body: Frames,
@@ -450,7 +461,7 @@ class BrokerCore:
         if mmi.is_mmi(service_name) or len(service_name) > MAX_SERVICE_NAME_BYTES:
             self.stats.workers_disconnected += 1
             log.debug("worker %s tried to register %s: DISCONNECT", identity.hex(),
-                      _show(service_name))
+                      quoted_name(service_name))
             self._send_worker(identity, build_worker(dialect, Command.DISCONNECT))
             return
         if identities and user is not None and user not in self.admins:
@@ -472,7 +483,7 @@ class BrokerCore:
         # One line when a service gains its first worker; a dispatcher alone opens ~20.
         log.log(logging.INFO if service.workers == 1 else logging.DEBUG,
                 "worker %s registered for %s (%s), %d worker(s) now", identity.hex(),
-                _show(service_name), dialect.value, service.workers,
+                quoted_name(service_name), dialect.value, service.workers,
                 extra=about(service=service_name[:255]))
         self._feed(worker)
 
@@ -529,14 +540,15 @@ class BrokerCore:
         service.idle.pop(worker.identity, None)
         service.spare.pop(worker.identity, None)
         service.workers -= 1
-        if worker.outstanding:
+        if worker.outstanding:  # told in the line below, not again by the drop report
             self.stats.abandoned_requests += len(worker.outstanding)
-            log.info("worker %s for %s removed with %d request(s) in hand (%s): "
-                     "their clients must retry", worker.identity.hex(), _show(service.name),
-                     len(worker.outstanding), reason)
+            self._drops.told("abandoned_requests", len(worker.outstanding))
+            log.warning("worker %s for %s removed with %d request(s) in hand (%s): "
+                        "their clients must retry", worker.identity.hex(),
+                        quoted_name(service.name), len(worker.outstanding), reason)
         else:
-            log.info("worker %s for %s removed: %s", worker.identity.hex(), _show(service.name),
-                     reason)
+            log.info("worker %s for %s removed: %s", worker.identity.hex(),
+                     quoted_name(service.name), reason)
 
     # -- housekeeping ---------------------------------------------------------------------------
 
@@ -547,6 +559,7 @@ class BrokerCore:
             limit = busy_limit if worker.outstanding else idle_limit
             if self._now - worker.last_seen > limit:
                 self.stats.workers_expired += 1
+                self._drops.told("workers_expired", 1)  # the removal line tells it
                 self._remove_worker(worker, f"silent for {self._now - worker.last_seen:.1f} s")
 
     def _heartbeat_workers(self) -> None:
@@ -564,7 +577,7 @@ class BrokerCore:
     def _count_expired(self, service: ServiceQueue, queued: QueuedRequest) -> None:
         self.stats.expired_requests += 1
         log.debug("request from client %s for %s expired after %.1f s in the queue",
-                  queued.client.hex(), _show(service.name), self.settings.request_ttl)
+                  queued.client.hex(), quoted_name(service.name), self.settings.request_ttl)
 
     # -- output ---------------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
+from titanic.logs import counters_text
+
 log = logging.getLogger("titanic.broker")
 
 #: Counters whose growth is logged once per heartbeat interval.
@@ -49,10 +51,17 @@ class BrokerStats:
     clients_on_worker_endpoint: int = 0
     #: Workers that asked for their callers' identities without an admin key: DISCONNECT.
     identities_refused: int = 0
+    #: Workers removed at once because their connection closed (a message to them could not
+    #: be routed): a worker process that died or was killed. Each is told in a log line.
+    workers_gone: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""
         return asdict(self)
+
+    def __str__(self) -> str:
+        """The counters in words, for a log line: `messages 1200, requests 600, ...`."""
+        return counters_text(self)
 
 
 class DropReport:
@@ -63,6 +72,12 @@ class DropReport:
         self._stats = stats
         self._reported: dict[str, int] = {}
         self._last_peer: dict[str, bytes] = {}
+
+    def told(self, counter: str, count: int) -> None:
+        """`count` more of `counter` were told in log lines of their own: the next report
+        leaves them out (they stay counted)."""
+        if count:
+            self._reported[counter] = self._reported.get(counter, 0) + count
 
     def refused(self, counter: str, peer: bytes) -> None:
         """Count a refusal under `counter`, remembering the peer for the next report."""

@@ -16,11 +16,11 @@ it happens twice in a row: a broker restarting cuts one handshake too.
 from __future__ import annotations
 
 import itertools
+import struct
 import time
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from titanic.security.handshake import describe_handshake_failure
 from titanic.tsp_answers import Unreachable
@@ -31,6 +31,19 @@ _EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNEC
 _names = itertools.count()
 #: How long connections must have been refused before nothing is taken to listen, in seconds.
 REFUSED_GRACE_S = 0.25
+
+
+#: A monitor message's first frame: the event (16 bits) and its value (32 bits), native order,
+#: no padding (zmq_socket_monitor(3)). Parsed here: pyzmq's parser module imports asyncio.
+_EVENT_FRAME = struct.Struct("=Hi")
+
+
+def _monitor_event(frames: list[bytes]) -> tuple[int, int] | None:
+    """The event and value of a monitor message; None for a message of another shape."""
+    if len(frames) != 2 or len(frames[0]) != _EVENT_FRAME.size:
+        return None
+    kind, value = _EVENT_FRAME.unpack(frames[0])
+    return int(kind), int(value)
 
 
 class ConnectWatch:
@@ -61,8 +74,9 @@ class ConnectWatch:
         connection refused counts even within REFUSED_GRACE_S."""
         monitor = self.monitor
         while monitor.poll(0):
-            event = parse_monitor_message(monitor.recv_multipart())
-            self._take(int(event["event"]), int(event["value"]))
+            event = _monitor_event(monitor.recv_multipart())
+            if event is not None:
+                self._take(*event)
         if self._handshake is not None:
             return self._handshake
         since = self._refused_since

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from titanic.logs import counters_text
 from titanic.protocol.mdp import Dialect
 from titanic.settings import DEFAULT_BROKER
 from titanic.worker_connection import ConnectionSettings
@@ -104,3 +105,7 @@ class DispatcherStats:
     over_key_limit: int = 0
     #: Requests whose forwarding waited for the next submission (forward_linger).
     forwards_kept: int = 0
+
+    def __str__(self) -> str:
+        """The counters in words, for a log line: `dispatched 12, completed 12`."""
+        return counters_text(self)

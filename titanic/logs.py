@@ -9,14 +9,34 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import fields, is_dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from titanic.settings import quoted
 
 FORMATS = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Record attributes copied into a JSON line when a log call set them.
 CONTEXT_FIELDS = ("request", "service")
+
+
+def quoted_name(name: str | bytes, limit: int = 40) -> str:
+    """A service (or another peer-given) name for a log line: its text in quotes, cut at `limit`
+    characters, bytes that are not UTF-8 and characters that are not printable escaped (a name
+    cannot start a line of its own); never a Python repr like b'echo'."""
+    return quoted(name, limit)
+
+
+def counters_text(stats: object) -> str:
+    """A stats dataclass's counters for a log line, in words: `dispatched 12, completed 12`.
+    Counters at zero are left out ("nothing counted" when all are)."""
+    assert is_dataclass(stats)
+    counted = [(field.name, getattr(stats, field.name)) for field in fields(stats)]
+    shown = [f"{name.replace('_', ' ')} {value}" for name, value in counted
+             if isinstance(value, int) and value]
+    return ", ".join(shown) if shown else "nothing counted"
 
 
 def about(request: str | None = None, service: str | bytes | None = None) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,11 @@ def check_endpoint(text: str, *, bind: bool = False) -> str:
     as tcp://127.0.0.1:PORT; EndpointError (one line, naming the accepted forms) for anything
     else ZeroMQ could not use. Port `*` or 0 and host `*` are for binding only."""
     endpoint = text.strip()
+    try:  # a command line's bytes that are not UTF-8: a socket given them could not be
+        endpoint.encode("utf-8")  # closed (its context's term() would wait for ever)
+    except UnicodeEncodeError:
+        raise EndpointError(f"{quoted(text)} is not an endpoint to "
+                            f"{'bind' if bind else 'connect to'}: it is not UTF-8 text") from None
     if endpoint.isdigit():
         endpoint = f"tcp://127.0.0.1:{endpoint}"
     elif "://" not in endpoint and _TCP.match(endpoint):
@@ -65,15 +70,43 @@ def check_endpoint(text: str, *, bind: bool = False) -> str:
         wildcard = host == "*" or port in ("*", "0")
         if (port == "*" or 0 <= int(port) <= 65535) and (bind or not wildcard):
             return endpoint
-    raise EndpointError(f"{text!r} is not an endpoint to {'bind' if bind else 'connect to'}: "
-                        f"use {ENDPOINT_FORMS}")
+    raise EndpointError(f"{quoted(text)} is not an endpoint to "
+                        f"{'bind' if bind else 'connect to'}: use {ENDPOINT_FORMS}")
+
+
+def quoted(text: str | bytes, limit: int = 80) -> str:
+    """`text` in quotes for a one-line message, cut at `limit` characters: bytes that are not
+    UTF-8 (a command line's are kept by Python as lone surrogates) as \\xNN escapes, and
+    characters that are not printable (a newline, say) escaped, never a Python repr."""
+    raw = text if isinstance(text, bytes) else _encoded(text)
+    shown = "".join(char if char.isprintable() else char.encode("unicode_escape").decode()
+                    for char in raw.decode("utf-8", "backslashreplace"))
+    return "'" + (shown if len(shown) <= limit else shown[:limit - 3] + "...") + "'"
+
+
+def _encoded(text: str) -> bytes:
+    """A str as UTF-8, its lone surrogates (a command line's bytes that are not UTF-8) as the
+    bytes they stand for, or escaped where they stand for none."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
 
 
 def broker_list(brokers: str | Sequence[str]) -> list[str]:
     """Broker endpoints from one endpoint, a comma-separated list, or a sequence of either,
     each checked and completed by check_endpoint; EndpointError if one is not an endpoint or
-    none is given."""
-    items = [brokers] if isinstance(brokers, str) else list(brokers)
+    none is given; TypeError if they are not text."""
+    items: list[object] = (list(brokers) if isinstance(brokers, Iterable)
+                           and not isinstance(brokers, str | bytes | bytearray) else [brokers])
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"the broker endpoint must be a str (or a sequence of str), not "
+                            f"{type(item).__name__}")
+    return _endpoints([item for item in items if isinstance(item, str)])
+
+
+def _endpoints(items: list[str]) -> list[str]:
     endpoints = [check_endpoint(part) for item in items for part in item.split(",")
                  if part.strip()]
     if not endpoints:
@@ -94,11 +127,12 @@ def default_data_dir() -> Path:
 
 
 def default_database_url() -> str:
-    """TITANIC_DATABASE_URL, else a SQLite file in the per-user data folder."""
+    """TITANIC_DATABASE_URL, else the path of a SQLite file in the per-user data folder (a
+    plain path is a SQLite file wherever a database is given)."""
     url = os.environ.get("TITANIC_DATABASE_URL")
     if url:
         return url
-    return f"sqlite:///{default_data_dir() / 'titanic.db'}"
+    return str(default_data_dir() / "titanic.db")
 
 
 @dataclass(frozen=True, slots=True)

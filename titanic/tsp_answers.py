@@ -16,6 +16,7 @@ from titanic.errors import (
 )
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Frames
+from titanic.settings import quoted
 
 #: Longest an mmi.service question asked to explain a timeout may take, in seconds.
 DIAGNOSE_TIMEOUT_S = 1.0
@@ -50,13 +51,35 @@ class Fetched:
 
 
 def encode_frames(frames: Sequence[bytes | str]) -> Frames:
-    """Request frames with `str` ones as UTF-8."""
-    return [f.encode("utf-8") if isinstance(f, str) else f for f in frames]
+    """Request frames with `str` ones as UTF-8; TypeError naming the first frame that is neither
+    str nor bytes (nor another buffer, such as a bytearray), before anything is sent."""
+    encoded: Frames = []
+    for number, frame in enumerate(frames, 1):
+        if isinstance(frame, str):
+            try:
+                encoded.append(frame.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise ValueError(f"request frame {number} is a str that is not text (it holds "
+                                 "a lone surrogate): give its bytes instead") from None
+        elif isinstance(frame, bytes | bytearray | memoryview):
+            encoded.append(frame)  # ZeroMQ sends any buffer as it is
+        else:
+            raise TypeError(f"request frame {number} is {type(frame).__name__}: a frame is bytes, "
+                            "or str (sent as UTF-8)")
+    return encoded
 
 
 def uuid_frame(request_id: str) -> bytes:
-    """A request UUID, given in either form and case, as the frame TSP expects."""
-    return tsp.parse_uuid(request_id.encode("ascii", "replace")).encode()
+    """A request UUID, given in either form and case, as the frame TSP expects; TypeError if it
+    is not a str, ProtocolError (one line, the value as text) if it is not a UUID."""
+    if not isinstance(request_id, str):
+        raise TypeError(f"request_id is {type(request_id).__name__}: a request UUID is a str, "
+                        "as submit returns it")
+    found = tsp.canonical_uuid(request_id)
+    if found is None:
+        raise ProtocolError(f"request_id {quoted(request_id)} is not a request UUID (32 hex "
+                            "digits, or the 8-4-4-4-12 form)")
+    return found.encode()
 
 
 def parse_submitted(reply: Frames) -> str:

@@ -22,6 +22,7 @@ import zmq
 
 from titanic._zmq import SocketHook, SocketSet, recv_frames
 from titanic.errors import PermanentError
+from titanic.logs import quoted_name
 from titanic.protocol.failure import (
     FailureKind,
     build_failure,
@@ -194,7 +195,7 @@ class Worker:
         permanent = isinstance(exc, PermanentError)
         reason = exc.__cause__ if permanent and exc.__cause__ is not None else exc
         error = describe_exception(reason)
-        log.error("handler for %r failed (%s): %s", self.service,
+        log.error("handler for %s failed (%s): %s", quoted_name(self.service),
                   "permanent" if permanent else "will be retried", error, exc_info=exc)
         kind = FailureKind.PERMANENT if permanent else FailureKind.RETRY
         try:

@@ -26,6 +26,7 @@ from titanic._zmq import (
     socket_events,
 )
 from titanic.errors import IdentityRefusedError, ProtocolError
+from titanic.logs import quoted_name
 from titanic.protocol.identity import IDENTITY_REFUSED, Caller, parse_caller_frame
 from titanic.protocol.mdp import (
     Command,
@@ -113,8 +114,8 @@ class WorkerConnection:
         try:
             send_frames(sock, frames, NOBLOCK)
         except zmq.Again:
-            log.warning("broker %s takes no messages from %r worker: reconnecting", self.broker,
-                        self.service)
+            log.warning("broker %s takes no messages from %s worker: reconnecting", self.broker,
+                        quoted_name(self.service))
             self._drop(now)
             return False
         if self._watch is not None:
@@ -177,15 +178,15 @@ class WorkerConnection:
             if self.identities and message.body == [IDENTITY_REFUSED]:
                 self._drop(now)
                 raise IdentityRefusedError(
-                    f"the broker at {self.broker} will not tell the {self.service.decode()!r} "
+                    f"the broker at {self.broker} will not tell the {quoted_name(self.service)} "
                     "worker who sends each request: this key is not in its admin folder "
                     "(--curve-admin)")
             if self.identities:
-                log.warning("broker sent DISCONNECT to %r worker, which asks who sends each "
+                log.warning("broker sent DISCONNECT to %s worker, which asks who sends each "
                             "request: a CURVE broker tells only keys in its admin folder "
-                            "(--curve-admin)", self.service)
+                            "(--curve-admin)", quoted_name(self.service))
             else:
-                log.info("broker sent DISCONNECT to %r worker", self.service)
+                log.info("broker sent DISCONNECT to %s worker", quoted_name(self.service))
             self._drop(now)
         return None
 
@@ -203,8 +204,8 @@ class WorkerConnection:
             return
         silence = now - self._last_heard
         if silence >= self.settings.heartbeat_interval * self.settings.liveness:
-            log.warning("broker %s silent for %.1f s: %r worker reconnecting", self.broker,
-                        silence, self.service)
+            log.warning("broker %s silent for %.1f s: %s worker reconnecting", self.broker,
+                        silence, quoted_name(self.service))
             self._drop(now)
             return
         if now >= self._next_heartbeat:

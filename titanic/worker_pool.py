@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 import zmq
 
 from titanic._zmq import SocketHook, SocketSet, Waker
+from titanic.logs import quoted_name
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import broker_list
@@ -122,8 +123,8 @@ class WorkerPool:
                 replies = handler([body for _, _, body, _ in batch],
                                   [caller for _, _, _, caller in batch])
             except Exception:
-                log.exception("handler for %r failed on %d request(s); re-registering so "
-                              "their clients retry", service, len(batch))
+                log.exception("handler for %s failed on %d request(s); re-registering so "
+                              "their clients retry", quoted_name(service), len(batch))
                 for connection in {id(c): c for c, _, _, _ in batch}.values():
                     connection.reset(now)
                 self._next_upkeep = now

@@ -56,7 +56,7 @@ def test_db_current_of_an_unmigrated_or_missing_file_is_none(tmp_path: Path) -> 
 
 
 def test_a_plain_path_is_a_sqlite_file(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "t.db"
+    path = tmp_path / "t.db"
     assert run_cli("db", "upgrade", "--db", str(path)).returncode == 0
     assert path.is_file()
     listed = run_cli("list", "--db", str(path), "--json")

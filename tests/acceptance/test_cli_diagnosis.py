@@ -121,7 +121,7 @@ def test_registrations_are_one_line_per_service(caplog: pytest.LogCaptureFixture
     wait_until(lambda: server.stats.workers_registered == 5, message="five registered")
     lines = [r.getMessage() for r in caplog.records
              if r.levelno >= logging.INFO and "registered for" in r.getMessage()]
-    assert len(lines) == 1 and "b'many'" in lines[0]
+    assert len(lines) == 1 and "registered for 'many' (7/MDP)" in lines[0]
 
 
 def test_dispatcher_start_up_logs_no_alembic_lines(procs: Processes, broker: str,

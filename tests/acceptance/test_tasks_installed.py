@@ -84,7 +84,7 @@ def venv_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ".*", "build", "dist", "*.egg-info", "__pycache__", "venv", "tests"))
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", folder / "dist",
           source])
-    wheel = next((folder / "dist").glob("titanic-*.whl"))
+    wheel = next((folder / "dist").glob("titanic_zmq-*.whl"))
     _run([sys.executable, "-m", "venv", folder / "venv"])
     _run([folder / "venv" / "bin" / "python", "-m", "pip", "install", "-q", wheel])
     return folder / "venv" / "bin"
@@ -159,3 +159,22 @@ def test_an_installed_titanic_runs_a_users_tasks(procs: Processes, venv_bin: Pat
     assert Processes.terminate(up, timeout=30) == 0
     assert (folder / "titanic.db").exists()
     assert not (folder / "home" / ".local" / "share" / "titanic").exists()  # --db was used
+
+
+def test_the_wheel_is_titanic_zmq_and_postgresql_asks_for_its_extra(
+        venv_bin: Path, site: tuple[Path, dict[str, str]]) -> None:
+    _, env = site
+    shown = _run([venv_bin / "python", "-m", "pip", "show", "titanic-zmq"], env=env)
+    assert "Name: titanic-zmq" in shown.stdout
+    driver = subprocess.run([venv_bin / "python", "-c", "import psycopg"], capture_output=True,
+                            timeout=60, env=env)
+    assert driver.returncode != 0  # the wheel alone brings no PostgreSQL driver
+    titanic = str(venv_bin / "titanic")
+    url = "postgresql://titanic@127.0.0.1:5432/titanic"
+    hint = ("titanic: PostgreSQL needs the psycopg driver, which is not installed: "
+            "pip install 'titanic-zmq[postgres]'\n")
+    for args in (["status", "--db", url, "0" * 32], ["db", "upgrade", "--db", url],
+                 ["broker", "--titanic", "--db", url, "--bind", free_endpoint()]):
+        done = subprocess.run([titanic, *args], capture_output=True, text=True, timeout=60,
+                              env=env)
+        assert (done.returncode, done.stderr) == (7, hint), args

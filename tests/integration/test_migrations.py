@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from titanic import migrate
 from titanic.errors import SchemaError
-from titanic.store import open_store
+from titanic.store import open_existing_store, open_store
 from titanic.store.dialect import make_engine
 
 
@@ -127,3 +127,19 @@ def test_the_partial_indexes_migration_keeps_every_row_and_the_keys_unique(db_ur
                 {"id": "f" * 32, "body": b"x"})
     finally:
         engine.dispose()
+
+
+def test_the_scripts_newest_revision_read_without_alembic_is_alembics_head() -> None:
+    assert migrate.newest_script_revision() == migrate.head_revision()
+
+
+def test_a_database_one_revision_behind_is_refused_by_read_only_commands(db_url: str) -> None:
+    open_store(db_url).close_store()
+    engine = make_engine(db_url)
+    try:  # the revision before the newest, as an older titanic left it
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0016_partial_indexes'"))
+    finally:
+        engine.dispose()
+    with pytest.raises(SchemaError, match="is at schema revision 0016_partial_indexes, not "):
+        open_existing_store(db_url)  # read-only: refused, naming `titanic db upgrade`

@@ -401,3 +401,49 @@ def test_a_worker_without_an_admin_key_asking_for_identities_is_disconnected() -
                        b"K" * 40)
     assert sent(out) == [[b"W", *DISCONNECT_01, b"titanic:identity/1 refused"]]
     assert core.stats.identities_refused == 1 and not core.has_workers(b"echo")
+
+
+def test_a_busy_worker_whose_connection_closed_is_removed_at_once_and_told_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="titanic.broker")
+    core = BrokerCore(BrokerSettings(heartbeat_interval=1.0, busy_worker_timeout=300.0))
+    ready(core, b"W")
+    request(core, b"C")  # in W's hands when W dies
+    heartbeat = core.tick(1.0)
+    assert sent(heartbeat) == [[b"W", *HEARTBEAT_01]]
+    core.stats.unroutable += 1  # the driver could not route it: W's connection is gone
+    assert core.undeliverable([], 1.0, gone=[b"W"]) == []
+    assert not core.has_workers(b"echo")
+    assert (core.stats.workers_gone, core.stats.abandoned_requests) == (1, 1)
+    for now in (2.0, 3.0, 4.0):
+        assert sent(core.tick(now)) == []  # no more heartbeats to it
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records
+             if "registered" not in r.getMessage()]
+    assert lines == [("WARNING", "worker 57 for 'echo' removed with 1 request(s) in hand "
+                                 "(its connection closed): their clients must retry")]
+    assert core.stats.unroutable == 1  # still counted, not reported again
+
+
+def test_a_request_to_a_worker_found_gone_goes_to_another_in_one_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="titanic.broker")
+    core = BrokerCore()
+    ready(core, b"W1")
+    ready(core, b"W2")
+    failed = request(core, b"C")
+    core.stats.unroutable += 1
+    assert sent(core.undeliverable(failed, 0.0, gone=[b"W1"])) == [to_worker(b"W2", b"C")]
+    core.tick(10.0)
+    assert [r.getMessage() for r in caplog.records if "registered" not in r.getMessage()] == [
+        "worker 5731 for 'echo' removed: its connection closed"]
+    assert (core.stats.workers_gone, core.stats.abandoned_requests) == (1, 0)
+
+
+def test_a_reply_to_a_client_that_is_gone_is_still_reported(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="titanic.broker")
+    core = BrokerCore(BrokerSettings(heartbeat_interval=1.0))
+    core.stats.unroutable += 1
+    core.undeliverable([], 0.0, gone=[b"C"])  # not a worker: nothing removed, nothing told
+    core.tick(1.0)
+    assert [r.getMessage() for r in caplog.records] == ["in the last 1.0 s: 1 unroutable"]

@@ -9,7 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from titanic.logs import JsonFormatter, about, level_number, make_formatter
+from titanic.broker_stats import BrokerStats
+from titanic.dispatcher_settings import DispatcherStats
+from titanic.logs import JsonFormatter, about, level_number, make_formatter, quoted_name
+from titanic.store.types import StoreIdentity
 from titanic_cli.options import LogOptions
 
 
@@ -78,3 +81,23 @@ def test_log_options_set_the_root_level_and_format() -> None:
         root.setLevel(old_level)
     assert LogOptions("json", "debug").argv() == ["--log-format", "json", "--log-level",
                                                    "debug"]
+
+
+def test_stats_and_store_identity_read_as_words_in_log_lines() -> None:
+    assert str(DispatcherStats(dispatched=12, completed=12, retried=1)) == \
+        "dispatched 12, completed 12, retried 1"
+    assert str(BrokerStats(messages=40, malformed=2, workers_gone=1)) == \
+        "messages 40, malformed 2, workers gone 1"
+    assert str(BrokerStats()) == "nothing counted"
+    assert str(StoreIdentity("668ac55a" * 4, "/tmp/t.db")) == f"{'668ac55a' * 4} at /tmp/t.db"
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    (b"titanic.request", "'titanic.request'"),
+    ("echo", "'echo'"),
+    (b"\xffname", "'\\xffname'"),
+    (b"two\nlines", "'two\\nlines'"),  # a peer's name cannot start a log line of its own
+    (b"x" * 50, "'" + "x" * 37 + "...'"),
+])
+def test_names_in_log_lines_are_quoted_text(name: str | bytes, shown: str) -> None:
+    assert quoted_name(name) == shown

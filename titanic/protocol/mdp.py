@@ -320,7 +320,11 @@ def build_worker_reply(
 
 
 def build_client_request(dialect: Dialect, service: bytes, body: Sequence[bytes]) -> Frames:
-    """A client REQUEST as sent on a DEALER socket (7/MDP's empty delimiter included)."""
+    """A client REQUEST as sent on a DEALER socket (7/MDP's empty delimiter included);
+    TypeError for a service that is not bytes, before anything is sent."""
+    if not isinstance(service, bytes):
+        raise TypeError(f"the service is {type(service).__name__}: a service name is str or "
+                        "bytes")
     if dialect is Dialect.MDP01:
         return [EMPTY, CLIENT_01, service, *body]
     if dialect is Dialect.MDP02:

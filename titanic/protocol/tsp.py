@@ -86,15 +86,23 @@ def canonical_uuid(text: str) -> str | None:
 
 def parse_uuid(frame: bytes) -> str:
     """A UUID frame (32 hex digits, or hyphenated 8-4-4-4-12; any case) as 32 lower-case digits."""
-    found = canonical_uuid(frame.decode("ascii", "replace"))
+    text = frame.decode("utf-8", "backslashreplace")
+    found = canonical_uuid(text)
     if found is None:
-        raise ProtocolError(f"not a UUID (32 hex digits, or 8-4-4-4-12): {frame[:40]!r}")
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ProtocolError(f"not a UUID (32 hex digits, or 8-4-4-4-12): '{shown}'")
     return found
 
 
 def build_request(service: bytes, frames: Sequence[bytes], key: str | None = None) -> list[bytes]:
     """A titanic.request body: [service, frames...], or with an idempotency key
-    ["", key, service, frames...] (the keyed form; see docs/concepts.md)."""
+    ["", key, service, frames...] (the keyed form; see docs/concepts.md). TypeError for a
+    service that is not bytes or a key that is not a str."""
+    if not isinstance(service, bytes):
+        raise TypeError(f"the service is {type(service).__name__}: a service name is str or "
+                        "bytes")
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"the key is {type(key).__name__}: an idempotency key is a str")
     if key is None:
         return [service, *frames]
     return [b"", key.encode("utf-8"), service, *frames]

@@ -1,20 +1,55 @@
 """CurveZMQ for titanic: key files (`keys`), handshake diagnosis (`handshake`), and the broker's
-ZAP gatekeeper over folders of allowed keys (`zap`)."""
+ZAP gatekeeper over folders of allowed keys (`zap`).
+
+Each name is imported from its module on first use: a client that only diagnoses a handshake
+(titanic.connect_watch) loads neither zmq.auth nor the gatekeeper's threads.
+"""
 
 from __future__ import annotations
 
-from titanic.security.handshake import describe_handshake_failure
-from titanic.security.keys import (
-    KEY_NAME,
-    KeyPair,
-    client_hook,
-    load_client_hook,
-    load_keypair,
-    load_public_key,
-    warn_if_readable_by_others,
-    write_keypair,
-)
-from titanic.security.zap import WORKER_ZAP_DOMAIN, ZAP_DOMAIN, AllowedKeys, CurveServer
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from titanic.security.handshake import describe_handshake_failure
+    from titanic.security.keys import (
+        KEY_NAME,
+        KeyPair,
+        client_hook,
+        load_client_hook,
+        load_keypair,
+        load_public_key,
+        warn_if_readable_by_others,
+        write_keypair,
+    )
+    from titanic.security.zap import WORKER_ZAP_DOMAIN, ZAP_DOMAIN, AllowedKeys, CurveServer
+
+#: Public names, and the module each comes from.
+_LAZY = {
+    "describe_handshake_failure": "titanic.security.handshake",
+    "KEY_NAME": "titanic.security.keys",
+    "KeyPair": "titanic.security.keys",
+    "client_hook": "titanic.security.keys",
+    "load_client_hook": "titanic.security.keys",
+    "load_keypair": "titanic.security.keys",
+    "load_public_key": "titanic.security.keys",
+    "warn_if_readable_by_others": "titanic.security.keys",
+    "write_keypair": "titanic.security.keys",
+    "WORKER_ZAP_DOMAIN": "titanic.security.zap",
+    "ZAP_DOMAIN": "titanic.security.zap",
+    "AllowedKeys": "titanic.security.zap",
+    "CurveServer": "titanic.security.zap",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'titanic.security' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "KEY_NAME", "WORKER_ZAP_DOMAIN", "ZAP_DOMAIN", "AllowedKeys", "CurveServer",

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from titanic.errors import StoreError, StoreKeyError
-from titanic.security import warn_if_readable_by_others
 from titanic.store.frames import decode_frames, encode_frames
 
 if TYPE_CHECKING:
@@ -79,7 +78,7 @@ class SealedBodies(PlainBodies):
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         except ImportError as exc:
             raise StoreKeyError("encryption at rest needs the 'cryptography' package: "
-                                "pip install 'titanic[encryption]'") from exc
+                                "pip install 'titanic-zmq[encryption]'") from exc
         if not keys:
             raise StoreKeyError("no store key given")
         self._ciphers: dict[bytes, AESGCM] = {key_id(key): AESGCM(key) for key in keys}
@@ -153,6 +152,8 @@ def load_store_keys(path: str | Path) -> list[bytes]:
         keys.append(key)
     if not keys:
         raise StoreKeyError(f"store key file {path} holds no key")
+    from titanic.security.keys import warn_if_readable_by_others  # zmq: only with a key file
+
     warn_if_readable_by_others(path, "store key file")
     return keys
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -13,6 +15,9 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from titanic.errors import MissingDatabaseError, StoreError
+from titanic.settings import default_data_dir
+
+log = logging.getLogger("titanic.store")
 
 #: Execution option telling the SQLite "begin" hook whether the transaction will write.
 SQLITE_WRITE_OPTION = "titanic_sqlite_write"
@@ -34,7 +39,11 @@ _DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
 
 def database_url(text: str) -> URL:
     """What a user gave as a database: a URL (`postgres://` and `postgresql://` mean PostgreSQL
-    through psycopg), or a plain file path, taken as a SQLite file. StoreError if it is neither."""
+    through psycopg), or a plain file path, taken as a SQLite file (relative to the current
+    folder unless absolute; `~` is the home folder). StoreError if it is neither.
+
+    SQLite URLs are read as SQLAlchemy reads them: `sqlite:///data/t.db` is the relative path
+    `data/t.db`, `sqlite:////var/lib/t.db` (four slashes) the absolute `/var/lib/t.db`."""
     if "://" not in text:
         if not text.strip():
             raise StoreError("the database URL is empty")
@@ -73,9 +82,29 @@ def make_engine(url: str | URL, *, sqlite_synchronous: str = "FULL",
     upgrade` if not. StoreError for a URL that is not a database titanic knows."""
     parsed = database_url(url) if isinstance(url, str) else url
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, sqlite_synchronous, create)
+        return _sqlite_engine(parsed, sqlite_synchronous, create,
+                              relative_url=isinstance(url, str) and _relative_sqlite_url(url))
+    _require_psycopg()
     return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10,
                          pool_recycle=3600)
+
+
+#: What to install for PostgreSQL, in the messages that ask for it.
+POSTGRES_EXTRA = "pip install 'titanic-zmq[postgres]'"
+
+
+def _require_psycopg() -> None:
+    """StoreError (one line naming the extra to install) unless psycopg, the PostgreSQL
+    driver, can be imported: it is an extra, not installed with titanic itself."""
+    if importlib.util.find_spec("psycopg") is None:
+        raise StoreError(f"PostgreSQL needs the psycopg driver, which is not installed: "
+                         f"{POSTGRES_EXTRA}")
+    try:
+        import psycopg  # noqa: F401  (SQLAlchemy imports it again, from sys.modules)
+    except ImportError as exc:  # installed without its C library (libpq) or binary build
+        raise StoreError(f"PostgreSQL needs the psycopg driver, which cannot be loaded "
+                         f"({str(exc).splitlines()[0]}): {POSTGRES_EXTRA} brings its "
+                         "binary build") from exc
 
 
 def connect_error(exc: BaseException, url: URL) -> str:
@@ -84,9 +113,9 @@ def connect_error(exc: BaseException, url: URL) -> str:
     line = text.splitlines()[0] if text else type(exc).__name__
     line = line.removeprefix("connection failed: ")
     if "role" in line and "does not exist" in line:
-        line += " (create it: createuser, see docs/operations.md)"
+        line += " (create it: createuser NAME, as PostgreSQL's superuser)"
     elif "database" in line and "does not exist" in line:
-        line += " (create it: createdb, see docs/operations.md)"
+        line += " (create it: createdb --owner ROLE NAME, as PostgreSQL's superuser)"
     return f"{describe(url)}: {line}"
 
 
@@ -114,21 +143,48 @@ def unreachable(exc: BaseException) -> bool:
     return False
 
 
-def _sqlite_engine(url: URL, synchronous: str, create: bool) -> Engine:
+def _relative_sqlite_url(text: str) -> bool:
+    """Whether a database given as text is a SQLite URL with a relative path (three slashes)."""
+    scheme, _, rest = text.partition("://")
+    return scheme.lower().startswith("sqlite") and rest.startswith("/") and \
+        not rest.startswith("//") and rest[1:] not in ("", ":memory:")
+
+
+def _sqlite_file(url: URL, create: bool, relative_url: bool) -> Path:
+    """The SQLite file a URL names, as an absolute path. With `create`, its folder must exist,
+    except titanic's default one (made here, and said in a warning); without, the file too.
+    StoreError naming the folder or the file otherwise, never a folder made unasked."""
+    path = Path(str(url.database)).expanduser().absolute()
+    # How SQLAlchemy read the URL, for a path the user may not have meant.
+    reading = (f" (sqlite:///{url.database} is relative to the current folder; an absolute "
+               "path takes four slashes: sqlite:////PATH)" if relative_url else "")
+    if not create:
+        if not path.is_file():
+            raise MissingDatabaseError(f"no database at {path}{reading}: run `titanic db "
+                                       "upgrade` to make it (or give --db / "
+                                       "TITANIC_DATABASE_URL)")
+        return path
+    if path.parent.is_dir():
+        return path
+    if path != (default_data_dir() / "titanic.db").absolute():
+        raise StoreError(f"no folder {path.parent} for the database {path.name}{reading}: "
+                         f"make it first (mkdir -p {path.parent}) or give another --db")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot make the folder {path.parent}: {exc.strerror}") from exc
+    log.warning("made the folder %s for titanic's database (its default place; --db or "
+                "TITANIC_DATABASE_URL chooses another)", path.parent)
+    return path
+
+
+def _sqlite_engine(url: URL, synchronous: str, create: bool, *,
+                   relative_url: bool = False) -> Engine:
     mode = synchronous.upper()
     if mode not in SYNCHRONOUS_MODES:
         raise ValueError(f"sqlite synchronous must be one of {SYNCHRONOUS_MODES}, not {mode!r}")
-    database = url.database
-    if database and database != ":memory:":
-        path = Path(database).expanduser()
-        if create:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot make the folder {path.parent}: {exc.strerror}") from exc
-        elif not path.is_file():
-            raise MissingDatabaseError(f"no database at {path}: run `titanic db upgrade` to make "
-                                       "it (or give --db / TITANIC_DATABASE_URL)")
+    if url.database and url.database != ":memory:":
+        url = url.set(database=str(_sqlite_file(url, create, relative_url)))
     # No pool: SqlStore keeps a connection per thread (two: one whose commits skip the fsync),
     # and a pool's size limit would only make many threads wait for one another.
     engine = create_engine(url, poolclass=NullPool,

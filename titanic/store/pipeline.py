@@ -25,14 +25,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import psycopg
-from psycopg import errors as pg_errors
+from typing import TYPE_CHECKING, Any
 
 from titanic.store.hot import HotStatements
 from titanic.store.rows import DELIVERY_COLUMNS, record
 from titanic.store.types import Delivery, StoredRequest
+
+if TYPE_CHECKING:  # psycopg is imported where a turn runs: only PostgreSQL stores need it
+    import psycopg
 
 #: Only for this transaction (is_local): the commit returns before the WAL is flushed.
 _ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
@@ -64,6 +64,8 @@ def _insert(raw: psycopg.Connection[Any], hot: HotStatements,
             turn: Turn) -> list[psycopg.Cursor[Any]]:
     """Queue (or, outside a pipeline, run) the turn's rows as multi-row INSERTs, at most
     _ROWS_PER_STATEMENT rows each; their cursors tell how many were inserted."""
+    import psycopg
+
     cursors: list[psycopg.Cursor[Any]] = []
     rows = turn.rows
     for start in range(0, len(rows), _ROWS_PER_STATEMENT):
@@ -142,9 +144,13 @@ def stored_keys(raw: psycopg.Connection[Any], hot: HotStatements,
 
 def is_duplicate(exc: BaseException) -> bool:
     """A unique key violated (a request id or idempotency key already stored)."""
+    from psycopg import errors as pg_errors
+
     return isinstance(exc, pg_errors.UniqueViolation)
 
 
-def is_retryable(exc: psycopg.Error) -> bool:
+def is_retryable(exc: BaseException) -> bool:
     """A lost or refused connection (a server restart), or a serialization failure."""
+    import psycopg
+
     return isinstance(exc, psycopg.OperationalError)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -17,9 +18,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -43,6 +43,9 @@ from titanic.store.models import identity_table
 from titanic.store.models import requests_table as t
 from titanic.store.overview import SqlOverview
 from titanic.store.reseal import reseal_bodies
+
+if TYPE_CHECKING:  # imported by SQLAlchemy for a PostgreSQL engine; never for SQLite
+    import psycopg
 from titanic.store.rows import (
     CoreValues,
     aware_utc,
@@ -224,7 +227,7 @@ class SqlStore(SqlOverview):
                 try:
                     conn.invalidate()
                     conn.close()
-                except (SQLAlchemyError, psycopg.Error):
+                except (SQLAlchemyError, _psycopg_error()):
                     pass
 
     @contextmanager
@@ -264,7 +267,7 @@ class SqlStore(SqlOverview):
             try:
                 with self._in_use(), connect() as conn:
                     return work(conn)
-            except (DBAPIError, psycopg.Error, sqlite3.Error) as exc:
+            except (DBAPIError, _psycopg_error(), sqlite3.Error) as exc:
                 self._forget_thread_connections()
                 if attempt == RETRIES or not self._retryable(exc):
                     raise StoreError(f"database error: {_first_line(exc)}") from exc
@@ -291,12 +294,13 @@ class SqlStore(SqlOverview):
                 if self._closed and not self._active:
                     self._activity.notify_all()
 
-    def _retryable(self, exc: DBAPIError | psycopg.Error | sqlite3.Error) -> bool:
-        """Lock contention, and (PostgreSQL) a lost or refused connection: a server restart."""
-        if isinstance(exc, psycopg.Error):
-            return pipeline.is_retryable(exc)
+    def _retryable(self, exc: Exception) -> bool:
+        """Lock contention, and (PostgreSQL) a lost or refused connection: a server restart.
+        `exc` is SQLAlchemy's DBAPIError, or the driver's own (sqlite3, psycopg) error."""
         if isinstance(exc, sqlite3.Error):
             return sqlite_turn.is_retryable(exc)
+        if not isinstance(exc, DBAPIError):
+            return pipeline.is_retryable(exc)
         if exc.connection_invalidated:
             return True
         if not self._is_sqlite and isinstance(exc, OperationalError):
@@ -685,6 +689,18 @@ class NewBatch:
         return [request_id if r.idempotency_key is None else
                 found.get(r.idempotency_key, self.first[r.idempotency_key])
                 for request_id, r in zip(self.ids, self.requests, strict=True)]
+
+
+class _NoPsycopgError(Exception):
+    """Stands for psycopg's errors while psycopg is not loaded, when none can be raised."""
+
+
+def _psycopg_error() -> type[Exception]:
+    """psycopg.Error once psycopg is loaded (a PostgreSQL engine loads it), else a class that
+    nothing raises: a SQLite store never imports psycopg, which need not be installed."""
+    module = sys.modules.get("psycopg")
+    error: type[Exception] = module.Error if module is not None else _NoPsycopgError
+    return error
 
 
 def _first_line(exc: BaseException) -> str:

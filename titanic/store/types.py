@@ -89,6 +89,10 @@ class StoreIdentity:
     id: str
     location: str
 
+    def __str__(self) -> str:
+        """For a log line: `668ac55a... at sqlite:////var/lib/titanic/t.db`."""
+        return f"{self.id} at {self.location}"
+
 
 @dataclass(frozen=True, slots=True)
 class StoreStats:

@@ -1,0 +1,174 @@
+"""Commands that read the database directly: status, list, and retry of one request."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from titanic.protocol.failure import split_last_error
+from titanic.store import RequestStatus, StoredRequest, open_existing_store
+from titanic_cli.exitcodes import Exit
+from titanic_cli.options import (
+    CurveOptions,
+    UsageProblem,
+    broker_option,
+    check_uuid,
+    client_options,
+    curve_client_options,
+    db_option,
+    echo_json,
+    fail,
+    handle_errors,
+    store_key_option,
+    utf8_argument,
+)
+
+
+def _as_dict(request: StoredRequest) -> dict[str, Any]:
+    def when(value: Any) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "uuid": request.id,
+        "service": request.service,
+        "state": request.status.value,
+        "attempts": request.attempts,
+        "created_at": when(request.created_at),
+        "due_at": when(request.due_at),
+        "lease_until": when(request.lease_until),
+        "completed_at": when(request.completed_at),
+        "deadline": when(request.deadline),
+        "last_error": request.last_error,
+        "owner": request.owner,
+        "request_frames": len(request.request),
+        "reply_frames": None if request.reply is None else len(request.reply),
+    }
+
+
+@click.command()
+@db_option
+@store_key_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.argument("request_id", metavar="UUID")
+@handle_errors
+def status(db_url: str | None, store_key: Path | None, as_json: bool, request_id: str) -> None:
+    """Show request UUID's state, attempts, times and last error (reads the database).
+
+    Exit status 4 if the request is unknown.
+
+    \b
+    Example:
+      titanic status 0190c6f2a1b47c3e9d2f00112233aabb
+    """
+    request_id = check_uuid(request_id)
+    store = open_existing_store(db_url, store_key=store_key)
+    try:
+        found = store.get(request_id)
+    finally:
+        store.close_store()
+    if found is None:
+        fail(f"request {request_id} is unknown", Exit.UNKNOWN)
+        return
+    fields = _as_dict(found)
+    if as_json:
+        click.echo(json.dumps(fields, indent=2))
+        return
+    if fields["last_error"]:  # its first line: a traceback may follow it
+        fields["last_error"] = split_last_error(str(fields["last_error"]))[0]
+    width = max(len(name) for name in fields)
+    for name, value in fields.items():
+        click.echo(f"{name:<{width}}  {'-' if value is None else value}")
+
+
+@click.command("list")
+@db_option
+@store_key_option
+@click.option("--service", help="Only this service.")
+@click.option("--state", type=click.Choice([s.value for s in RequestStatus]),
+              help="Only requests in this state.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--after", metavar="UUID", help="Page on: requests after this UUID.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: one object per request, one per line.")
+@handle_errors
+def list_requests(db_url: str | None, store_key: Path | None, service: str | None,
+                  state: str | None, limit: int, after: str | None, as_json: bool) -> None:
+    """List stored requests, oldest first (reads the database).
+
+    \b
+    Example:
+      titanic list --state failed --service echo
+    """
+    if service is not None:
+        utf8_argument(service, "--service")
+    after = check_uuid(after, "--after") if after else None
+    store = open_existing_store(db_url, store_key=store_key)
+    try:
+        found = store.list(service=service, status=RequestStatus(state) if state else None,
+                           limit=limit, after=after)
+    finally:
+        store.close_store()
+    rows = [_as_dict(request) for request in found]
+    if as_json:
+        for row in rows:
+            echo_json(row)
+        return
+    click.echo(f"{'UUID':32}  {'SERVICE':20}  {'STATE':10}  {'TRIES':>5}  CREATED")
+    for row in rows:
+        click.echo(f"{row['uuid']:32}  {row['service'][:20]:20}  {row['state']:10}  "
+                   f"{row['attempts']:>5}  {row['created_at']}")
+
+
+@click.command()
+@db_option
+@broker_option
+@client_options
+@curve_client_options
+@click.option("--state", type=click.Choice(["failed", "expired"]), default=None,
+              help="Retry every request in this state, through the broker (no UUID).")
+@click.option("--service", default=None, help="With --state: only this service.")
+@click.option("--dry-run", is_flag=True, help="With --state: count, change nothing.")
+@click.argument("request_id", metavar="[UUID]", required=False)
+@store_key_option
+@handle_errors
+def retry(db_url: str | None, broker: tuple[str, ...], timeout: float, retries: int,
+          curve: CurveOptions, state: str | None, service: str | None, dry_run: bool,
+          request_id: str | None, store_key: Path | None) -> None:
+    """Send a failed or expired request again, attempts counted afresh.
+
+    With UUID it changes that request in the database (--db); exit status 4 if the request
+    is unknown, 1 if it is not failed or expired. With --state instead it asks a dispatcher
+    through the broker (titanic.manage) to retry every request in that state, and prints
+    how many.
+
+    \b
+    Example:
+      titanic retry 0190c6f2a1b47c3e9d2f00112233aabb
+      titanic retry --state failed --service resize --dry-run
+    """
+    if (request_id is None) == (state is None):
+        raise UsageProblem("give a UUID or --state, not both")
+    if state is not None:
+        from titanic_cli.manage_commands import bulk_retry
+
+        bulk_retry(broker, timeout, retries, curve, state, service, dry_run)
+        return
+    if service is not None or dry_run:
+        raise UsageProblem("--service and --dry-run go with --state")
+    assert request_id is not None
+    request_id = check_uuid(request_id)
+    store = open_existing_store(db_url, store_key=store_key)
+    try:
+        if store.requeue(request_id):
+            click.echo(f"request {request_id} is pending again")
+            return
+        found = store.get(request_id)
+    finally:
+        store.close_store()
+    if found is None:
+        fail(f"request {request_id} is unknown", Exit.UNKNOWN)
+    else:
+        fail(f"request {request_id} is {found.status.value}, not failed or expired", Exit.ERROR)

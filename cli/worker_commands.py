@@ -1,0 +1,130 @@
+"""`titanic worker`: serve your own functions or tasks (`worker run`), or echo (`worker echo`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from titanic._zmq import stop_on_signals
+from titanic.logs import quoted_name
+from titanic.settings import HEARTBEAT_INTERVAL_S
+from titanic.worker import Handler, Worker, echo_handler
+from titanic.worker_group import TargetError, WorkerGroup, function_handler, load_target
+from titanic_cli.options import (
+    DIALECTS,
+    CurveOptions,
+    LogOptions,
+    UsageProblem,
+    broker_option,
+    curve_client_options,
+    dialect_option,
+    handle_errors,
+    log_options,
+)
+
+log = logging.getLogger("titanic.worker")
+
+
+worker_heartbeat_option = click.option(
+    "--heartbeat", type=click.FloatRange(min=0.01), default=HEARTBEAT_INTERVAL_S,
+    show_default=True, envvar="TITANIC_HEARTBEAT",
+    help="Heartbeat interval, seconds: use the broker's.")
+
+
+@click.group()
+def worker() -> None:
+    """Run a worker: your own function (`worker run`), or the demo echo service."""
+
+
+@worker.command("run")
+@broker_option
+@click.option("--service", default=None, envvar="TITANIC_SERVICE",
+              help="Service name to register, for a plain function (PKG.MODULE:FUNCTION); "
+              "tasks register under their own names [env TITANIC_SERVICE].")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True,
+              envvar="TITANIC_CONCURRENCY",
+              help="Requests of each service served at once: one broker connection and thread "
+              "each, so N per task for a module of tasks [env TITANIC_CONCURRENCY].")
+@dialect_option
+@worker_heartbeat_option
+@curve_client_options
+@log_options
+@click.argument("target", metavar="PKG.MODULE[:FUNCTION]")
+@handle_errors
+def worker_run(broker: tuple[str, ...], service: str | None, concurrency: int,
+               dialect_name: str, heartbeat: float, target: str, curve: CurveOptions,
+               logs: LogOptions) -> None:
+    """Serve the tasks of PKG.MODULE, or SERVICE with your own function PKG.MODULE:FUNCTION.
+
+    PKG.MODULE: every function the module decorates with @titanic.task is served as the
+    service of its name, its arguments and result in msgpack (submit with `resize.submit(...)`
+    or `titanic submit resize --task-args ...`); PKG.MODULE:TASK serves that task alone.
+    PKG.MODULE:FUNCTION --service SERVICE: a plain function, called with the request frames as
+    bytes arguments, returns the reply: bytes, str (sent as UTF-8), or a list of them for
+    several frames. Either way an exception is reported to the dispatcher at once, with its
+    traceback, and the request is retried after a backoff; raise titanic.PermanentError to fail
+    it without retries. The current folder is searched for PKG first, as `python -m` does.
+
+    \b
+    Example (shop/tasks.py: @titanic.task def resize(image: bytes, width: int) -> dict: ...):
+      titanic worker run shop.tasks --concurrency 4
+      titanic worker run shop.raw:resize --service resize
+    """
+    logs.apply("worker")
+    sys.path.insert(0, os.getcwd())
+    handlers = _worker_handlers(target, service)
+    hook = curve.hook()
+    group = WorkerGroup(handlers, concurrency, lambda context, name, handler: Worker(
+        broker, name, handler, dialect=DIALECTS[dialect_name], heartbeat_interval=heartbeat,
+        context=context, configure_socket=hook))
+    log.info("serving %s with %s, %d at a time each", ", ".join(map(quoted_name, handlers)), target,
+             concurrency)
+    with stop_on_signals(group.stop):
+        group.run()
+
+
+def _worker_handlers(target: str, service: str | None) -> dict[str, Handler]:
+    """The handler of each service `worker run` serves, by service name."""
+    try:
+        loaded = load_target(target)
+    except TargetError as exc:
+        raise UsageProblem(str(exc)) from exc
+    if loaded.function is not None:
+        if service is None:
+            raise UsageProblem(f"{target} is a plain function: --service (TITANIC_SERVICE) "
+                               "names the service it serves")
+        return {service: function_handler(loaded.function)}
+    if service is not None:
+        raise UsageProblem(f"--service (TITANIC_SERVICE) goes with a plain function: the tasks "
+                           f"of {target} register under their own names "
+                           f"({', '.join(task.name for task in loaded.tasks)})")
+    from titanic.task_worker import task_handler
+
+    return {task.name: task_handler(task) for task in loaded.tasks}
+
+
+@worker.command("echo")
+@broker_option
+@click.option("--service", default="echo", show_default=True, envvar="TITANIC_SERVICE",
+              help="Service name to register.")
+@dialect_option
+@worker_heartbeat_option
+@curve_client_options
+@log_options
+@handle_errors
+def worker_echo(broker: tuple[str, ...], service: str, dialect_name: str, heartbeat: float,
+                curve: CurveOptions, logs: LogOptions) -> None:
+    """Serve SERVICE by echoing each request back.
+
+    \b
+    Example:
+      titanic worker echo --broker tcp://127.0.0.1:5555 --service echo
+    """
+    logs.apply("worker")
+    server = Worker(broker, service, echo_handler, dialect=DIALECTS[dialect_name],
+                    heartbeat_interval=heartbeat, configure_socket=curve.hook())
+    with stop_on_signals(server.stop):
+        server.run()
