@@ -38,7 +38,7 @@ from titanic_cli.options import (
 )
 
 if TYPE_CHECKING:
-    from titanic.hosted import HostedDispatcher
+    from titanic.dispatch.hosted import HostedDispatcher
 
 
 @click.command()
@@ -135,7 +135,7 @@ def broker(binds: tuple[str, ...], worker_binds: tuple[str, ...], heartbeat: flo
     try:
         host = None
         if store is not None:
-            from titanic.hosted import HostedDispatcher
+            from titanic.dispatch.hosted import HostedDispatcher
 
             host = HostedDispatcher(store, forwarding.settings(
                 identities=server_curve is not None))
@@ -151,7 +151,7 @@ def _serve_broker(server: Broker, host: HostedDispatcher | None, binds: tuple[st
                   worker_binds: tuple[str, ...], metrics_bind: str | None) -> None:
     metrics = None
     if metrics_bind is not None:  # bound before the broker says it listens, started after
-        from titanic.metrics import broker_metrics
+        from titanic.ops.metrics import broker_metrics
 
         metrics = broker_metrics(metrics_bind, server, host)
     try:

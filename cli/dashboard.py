@@ -23,8 +23,8 @@ from titanic_cli.options import (
 )
 
 if TYPE_CHECKING:
-    from titanic._http import ThreadingServer
-    from titanic.dashboard.access import Access
+    from titanic.ops._http import ThreadingServer
+    from titanic.ops.dashboard.access import Access
 
 DEFAULT_BIND = "127.0.0.1:8080"
 #: The token itself, for a supervisor that keeps one token across restarts (`titanic up`).
@@ -77,16 +77,16 @@ def dashboard(broker: tuple[str, ...], bind: str, refresh: float, allow_hosts: t
     """
     logs.apply("dashboard")
     try:
-        from titanic.dashboard import Access, DashboardState, allowed_hosts, create_app
+        from titanic.ops.dashboard import Access, DashboardState, allowed_hosts, create_app
     except ImportError as exc:
         raise click.UsageError("the dashboard needs its extra: pip install "
                                f"'titanic-zmq[dashboard]' ({exc})") from exc
-    from titanic._http import bind_error
     from titanic._zmq import stop_on_signals
-    from titanic.dashboard.access import TokenError, is_loopback, shown_host
-    from titanic.manage_client import ManagementClient
-    from titanic.metrics import parse_bind
-    from titanic.tsp_client import TitanicClient
+    from titanic.client.manage import ManagementClient
+    from titanic.client.tsp import TitanicClient
+    from titanic.ops._http import bind_error
+    from titanic.ops.dashboard.access import TokenError, is_loopback, shown_host
+    from titanic.ops.metrics import parse_bind
 
     hook = curve.hook()
     try:
@@ -136,7 +136,7 @@ def dashboard(broker: tuple[str, ...], bind: str, refresh: float, allow_hosts: t
 
 def _token(token_file: Path | None) -> str:
     """The token: the user's file's, else TITANIC_DASHBOARD_TOKEN's, else a new one."""
-    from titanic.dashboard.access import check_token, make_token, read_token_file
+    from titanic.ops.dashboard.access import check_token, make_token, read_token_file
 
     if token_file is not None:
         return read_token_file(token_file)
@@ -147,7 +147,7 @@ def _token(token_file: Path | None) -> str:
 def _start_line(access: Access, host: str, token_file: Path | None, brokers: str) -> str:
     """The one line that says where the page is and what opening it needs; the token shown
     unless it came from the user's file (then the file is named instead)."""
-    from titanic.dashboard.access import TOKEN_HEADER, TOKEN_PARAMETER
+    from titanic.ops.dashboard.access import TOKEN_HEADER, TOKEN_PARAMETER
 
     base = f"http://{host}:{access.port}/"
     named = f"<the token in {token_file}>" if token_file is not None else None
@@ -161,7 +161,7 @@ def _start_line(access: Access, host: str, token_file: Path | None, brokers: str
 
 def _server(host: str, port: int) -> ThreadingServer:
     """The WSGI server bound to host:port (an IPv6 address too), its app set later."""
-    from titanic._http import QuietHandler, ThreadingServer
+    from titanic.ops._http import QuietHandler, ThreadingServer
 
     class IPv6Server(ThreadingServer):
         address_family = socket.AF_INET6

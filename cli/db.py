@@ -6,10 +6,9 @@ from pathlib import Path
 
 import click
 
-from titanic import migrate
 from titanic.errors import MissingDatabaseError
 from titanic.settings import default_database_url
-from titanic.store import open_store
+from titanic.store import migrate, open_store
 from titanic.store.dialect import describe, make_engine
 from titanic_cli.options import db_option, handle_errors
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from titanic._zmq import stop_on_signals
-from titanic.dispatcher import Dispatcher
+from titanic.dispatch.standalone import Dispatcher
 from titanic.settings import MAX_REQUEST_BYTES, BrokerSettings
-from titanic.worker_connection import ConnectionSettings
+from titanic.worker.connection import ConnectionSettings
 from titanic_cli.forwarding import ForwardingOptions, forwarding_options
 from titanic_cli.options import (
     DIALECTS,
@@ -72,7 +72,7 @@ def dispatcher(broker: tuple[str, ...], worker_broker: tuple[str, ...] | None,
     try:
         server = Dispatcher(store, settings, configure_socket=hook)
         if metrics_bind is not None:
-            from titanic.metrics import serve_dispatcher_metrics
+            from titanic.ops.metrics import serve_dispatcher_metrics
 
             metrics = serve_dispatcher_metrics(metrics_bind, server)
         with stop_on_signals(server.stop):

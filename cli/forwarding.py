@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from titanic.dispatcher_settings import DispatcherSettings
+from titanic.dispatch.settings import DispatcherSettings
 from titanic.settings import MAX_REQUEST_BYTES
 from titanic_cli.options import store_key_option
 

@@ -23,7 +23,7 @@ from titanic_cli.options import (
 )
 
 if TYPE_CHECKING:
-    from titanic.manage_client import ManagementClient
+    from titanic.client.manage import ManagementClient
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"\A(\d+(?:\.\d+)?)([smhdw]?)\Z")
@@ -48,7 +48,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 def management(broker: tuple[str, ...], timeout: float, retries: int,
                curve: CurveOptions) -> Iterator[ManagementClient]:
     """A ManagementClient for one command (CURVE as the options say)."""
-    from titanic.manage_client import ManagementClient
+    from titanic.client.manage import ManagementClient
 
     with client_session(curve) as (context, hook), ManagementClient(
             broker, timeout=timeout, retries=retries, context=context,

@@ -171,7 +171,7 @@ def log_options(func: F) -> F:
 
 def _check_bind(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is not None:
-        from titanic.metrics import parse_bind
+        from titanic.ops.metrics import parse_bind
 
         try:
             parse_bind(value)

@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
+from titanic.client.tsp import ReplyState, TitanicClient
 from titanic.errors import ProtocolError
 from titanic.protocol.failure import split_last_error
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
-from titanic.tsp_client import ReplyState, TitanicClient
 from titanic_cli.exitcodes import Exit
 from titanic_cli.options import (
     DIALECTS,
@@ -192,7 +192,7 @@ def _task_result(reply: list[bytes]) -> object:
     result (its frames are then shown as they are)."""
     if len(reply) != 2:  # the shape of a task's result; msgpack is not imported for others
         return _NOT_A_TASK
-    from titanic.task_codec import decode_result, is_task_frames, to_json
+    from titanic.tasks.codec import decode_result, is_task_frames, to_json
 
     if not is_task_frames(reply):
         return _NOT_A_TASK
@@ -205,7 +205,7 @@ def _task_result(reply: list[bytes]) -> object:
 def _task_call(service: str, text: bytes) -> list[bytes]:
     """The request frames of a task call from --task-args' JSON; UsageProblem saying what is
     wrong with it."""
-    from titanic.task_codec import encode_call, from_json
+    from titanic.tasks.codec import encode_call, from_json
 
     try:
         call = json.loads(text)

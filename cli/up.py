@@ -124,8 +124,8 @@ def _check_bindable(endpoint: str) -> None:
 def _check_dashboard_bindable(address: str) -> None:
     """UsageProblem (exit 2) if the dashboard's address is not HOST:PORT, BindError (exit 10) if
     it cannot be listened on now: found before any child starts."""
-    from titanic._http import bind_error, check_bindable
-    from titanic.metrics import parse_bind
+    from titanic.ops._http import bind_error, check_bindable
+    from titanic.ops.metrics import parse_bind
 
     try:
         host, port = parse_bind(address)

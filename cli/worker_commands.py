@@ -11,8 +11,8 @@ import click
 from titanic._zmq import stop_on_signals
 from titanic.logs import quoted_name
 from titanic.settings import HEARTBEAT_INTERVAL_S
-from titanic.worker import Handler, Worker, echo_handler
-from titanic.worker_group import TargetError, WorkerGroup, function_handler, load_target
+from titanic.worker.group import TargetError, WorkerGroup, function_handler, load_target
+from titanic.worker.mdp import Handler, Worker, echo_handler
 from titanic_cli.options import (
     DIALECTS,
     CurveOptions,
@@ -101,7 +101,7 @@ def _worker_handlers(target: str, service: str | None) -> dict[str, Handler]:
         raise UsageProblem(f"--service (TITANIC_SERVICE) goes with a plain function: the tasks "
                            f"of {target} register under their own names "
                            f"({', '.join(task.name for task in loaded.tasks)})")
-    from titanic.task_worker import task_handler
+    from titanic.worker.tasks import task_handler
 
     return {task.name: task_handler(task) for task in loaded.tasks}
 

@@ -1,4 +1,4 @@
-"""Alembic environment: run on the connection titanic.migrate passes in (no ini, no logging)."""
+"""Alembic environment: run on the connection titanic.store.migrate passes in (no ini, no logging)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from titanic.store.models import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("titanic migrations run through titanic.migrate or `titanic db`")
+    raise RuntimeError("titanic migrations run through titanic.store.migrate or `titanic db`")
 
 context.configure(
     connection=connection,

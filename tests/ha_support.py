@@ -8,9 +8,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from titanic.client.tsp import TitanicClient
 from titanic.errors import TitanicError
 from titanic.store import RequestStatus, Store
-from titanic.tsp_client import TitanicClient
 
 #: A worker registered with every broker given (comma-separated), logging each execution; an
 #: optional third argument is its reconnect delay after losing the broker, in seconds (0.05).

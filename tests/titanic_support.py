@@ -19,7 +19,7 @@ from typing import Protocol
 
 import zmq
 
-from titanic.worker_connection import ConnectionSettings
+from titanic.worker.connection import ConnectionSettings
 
 CLI = [sys.executable, "-P", "-m", "titanic_cli"]
 #: Worker connections with quick heartbeats and reconnects, for daemons run by tests.

@@ -6,9 +6,9 @@ cheap (the CLI starts by importing it): neither ZeroMQ nor msgpack is loaded unt
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
 
+from titanic._lazy import lazy_names
 from titanic.errors import (
     ClientClosedError,
     InvalidRequestError,
@@ -26,39 +26,32 @@ from titanic.errors import (
 from titanic.protocol.mdp import Dialect
 
 if TYPE_CHECKING:
-    from titanic.async_client import AsyncTitanicClient
-    from titanic.client import Client
-    from titanic.task_clients import configure
-    from titanic.task_handles import AsyncHandle, Handle
-    from titanic.tasks import Task, task
-    from titanic.tsp_client import Fetched, ReplyState, TitanicClient
-    from titanic.worker import Worker
+    from titanic.client.aio import AsyncTitanicClient
+    from titanic.client.mdp import Client
+    from titanic.client.tsp import Fetched, ReplyState, TitanicClient
+    from titanic.tasks.clients import configure
+    from titanic.tasks.define import Task, task
+    from titanic.tasks.handles import AsyncHandle, Handle
+    from titanic.worker.mdp import Worker
 
 __version__ = "0.1.0"
 
 #: Public names imported on first use, and the module each comes from.
 _LAZY = {
-    "AsyncHandle": "titanic.task_handles",
-    "AsyncTitanicClient": "titanic.async_client",
-    "Client": "titanic.client",
-    "Fetched": "titanic.tsp_client",
-    "Handle": "titanic.task_handles",
-    "ReplyState": "titanic.tsp_client",
-    "Task": "titanic.tasks",
-    "TitanicClient": "titanic.tsp_client",
-    "Worker": "titanic.worker",
-    "configure": "titanic.task_clients",
-    "task": "titanic.tasks",
+    "AsyncHandle": "titanic.tasks.handles",
+    "AsyncTitanicClient": "titanic.client.aio",
+    "Client": "titanic.client.mdp",
+    "Fetched": "titanic.client.tsp",
+    "Handle": "titanic.tasks.handles",
+    "ReplyState": "titanic.client.tsp",
+    "Task": "titanic.tasks.define",
+    "TitanicClient": "titanic.client.tsp",
+    "Worker": "titanic.worker.mdp",
+    "configure": "titanic.tasks.clients",
+    "task": "titanic.tasks.define",
 }
 
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'titanic' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [

@@ -3,7 +3,8 @@ MemoryTransport, an in-memory stand-in for the dispatcher's forwarding client.
 
 MemoryStore keeps the same contract as the SQL store (the contract tests run against both), so
 code built on titanic can be tested without a database. With both, the dispatcher's planner
-(`titanic.planner.Planner`) runs its turns without a socket: `answer_requests` is one such turn.
+(`titanic.dispatch.planner.Planner`) runs its turns without a socket: `answer_requests` is one
+such turn.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from titanic.client import Completion
-from titanic.dispatcher_settings import DispatcherSettings, DispatcherStats
+from titanic.client.mdp import Completion
+from titanic.dispatch.planner import Planner
+from titanic.dispatch.settings import DispatcherSettings, DispatcherStats
 from titanic.errors import TitanicTimeoutError
-from titanic.planner import Planner
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.settings import MAX_REQUEST_BYTES

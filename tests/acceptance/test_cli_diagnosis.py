@@ -12,13 +12,13 @@ import zmq
 from titanic_support import Processes, free_endpoint, run_cli, running, wait_until
 
 from titanic.broker import Broker
-from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.client.tsp import TitanicClient
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.errors import TitanicTimeoutError
 from titanic.settings import BrokerSettings
 from titanic.store import open_store
-from titanic.tsp_client import TitanicClient
 from titanic.worker import Worker
-from titanic.worker_pool import ConnectionSettings
+from titanic.worker.pool import ConnectionSettings
 
 
 def one_line(stderr: bytes) -> str:

@@ -27,10 +27,10 @@ from titanic_support import (
     wait_until,
 )
 
-from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.client.tsp import TitanicClient
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.protocol.mdp import Frames
 from titanic.store import RequestStatus, Store
-from titanic.tsp_client import TitanicClient
 from titanic.worker import Worker, echo_handler
 
 webdriver = pytest.importorskip("selenium.webdriver")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from titanic_support import Processes, free_endpoint, run_cli
 
-from titanic.tsp_client import ReplyState, TitanicClient
+from titanic.client.tsp import ReplyState, TitanicClient
 
 FAST_DISPATCHER = ["--heartbeat", "0.2", "--request-timeout", "2", "--backoff", "0.1",
                    "--backoff-max", "0.5"]

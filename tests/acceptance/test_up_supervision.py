@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from titanic_support import Processes, free_endpoint, free_port, run_cli, wait_until
 
-from titanic.tsp_client import ReplyState, TitanicClient
+from titanic.client.tsp import ReplyState, TitanicClient
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from titanic_support import CLI, Processes, run_cli, running
 
-from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.store import open_store
-from titanic.worker_pool import ConnectionSettings
+from titanic.worker.pool import ConnectionSettings
 
 TASKS = '''
 import threading

@@ -40,9 +40,9 @@ from ha_support import (
 from titanic_support import Processes, free_endpoint, wait_until
 
 from titanic.client import Client
+from titanic.client.tsp import TitanicClient
 from titanic.errors import TitanicError
 from titanic.store import open_store
-from titanic.tsp_client import TitanicClient
 
 pytestmark = [pytest.mark.slow]
 

@@ -26,9 +26,9 @@ from ha_support import COUNTING_WORKER
 from pg_cluster import Server, single_server
 from titanic_support import Processes, free_endpoint, replayable_seed, wait_until
 
+from titanic.client.tsp import TitanicClient
 from titanic.errors import TitanicError
 from titanic.store import RequestStatus, open_store
-from titanic.tsp_client import TitanicClient
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ LOAD_SECONDS_PER_FAULT = 2.5
 CLIENT = """
 import sys
 from titanic.errors import TitanicError
-from titanic.tsp_client import TitanicClient
+from titanic.client.tsp import TitanicClient
 
 out = open(sys.argv[2], "a", buffering=1)
 with TitanicClient(sys.argv[1], timeout=1.0, retries=0) as titanic:

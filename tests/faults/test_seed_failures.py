@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from titanic_support import Processes, free_endpoint, wait_until
 
-from titanic.tsp_client import ReplyState, TitanicClient
+from titanic.client.tsp import ReplyState, TitanicClient
 
 WORKER = """
 import os, sys, time

@@ -12,12 +12,12 @@ from titanic_support import free_endpoint, nothing_within, running, wait_until
 
 from titanic.broker import Broker
 from titanic.client import Client
-from titanic.dispatcher_settings import DispatcherSettings
+from titanic.client.tsp import TitanicClient
+from titanic.dispatch.hosted import HostedDispatcher
+from titanic.dispatch.settings import DispatcherSettings
 from titanic.errors import ProtocolError
-from titanic.hosted import HostedDispatcher
 from titanic.settings import BrokerSettings
 from titanic.store import Store
-from titanic.tsp_client import TitanicClient
 
 
 @pytest.fixture

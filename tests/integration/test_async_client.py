@@ -15,12 +15,12 @@ from titanic_support import free_endpoint, running
 
 from titanic import AsyncTitanicClient, ClientClosedError, PermanentError, TitanicTimeoutError
 from titanic.bench.tsp import wait_for_titanic
-from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.client.tsp import ReplyState
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.protocol.mdp import Frames
 from titanic.store import Store
-from titanic.tsp_client import ReplyState
 from titanic.worker import Worker
-from titanic.worker_pool import ConnectionSettings
+from titanic.worker.pool import ConnectionSettings
 
 DOCS = Path(__file__).parents[2] / "docs"
 

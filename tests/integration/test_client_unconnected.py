@@ -10,8 +10,8 @@ import pytest
 import zmq
 from titanic_support import free_endpoint
 
-from titanic.async_client import AsyncTitanicClient
-from titanic.client import Client, PipelinedClient, TitanicTimeoutError
+from titanic.client.aio import AsyncTitanicClient
+from titanic.client.mdp import Client, PipelinedClient, TitanicTimeoutError
 
 
 def immediate(sock: zmq.Socket[bytes]) -> None:

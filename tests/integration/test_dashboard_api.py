@@ -18,16 +18,16 @@ pytest.importorskip("flask")
 from flask import Flask  # noqa: E402
 
 from titanic import PermanentError  # noqa: E402
-from titanic._http import QuietHandler, ThreadingServer  # noqa: E402
 from titanic.broker import Broker  # noqa: E402
-from titanic.dashboard import Access, DashboardState, allowed_hosts, create_app  # noqa: E402
-from titanic.dashboard.access import TOKEN_HEADER  # noqa: E402
-from titanic.dispatcher import Dispatcher, DispatcherSettings  # noqa: E402
-from titanic.manage_client import ManagementClient  # noqa: E402
+from titanic.client.manage import ManagementClient  # noqa: E402
+from titanic.client.tsp import TitanicClient  # noqa: E402
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings  # noqa: E402
+from titanic.ops._http import QuietHandler, ThreadingServer  # noqa: E402
+from titanic.ops.dashboard import Access, DashboardState, allowed_hosts, create_app  # noqa: E402
+from titanic.ops.dashboard.access import TOKEN_HEADER  # noqa: E402
 from titanic.protocol.mdp import Frames  # noqa: E402
 from titanic.settings import BrokerSettings  # noqa: E402
 from titanic.store import RequestStatus, Store  # noqa: E402
-from titanic.tsp_client import TitanicClient  # noqa: E402
 from titanic.worker import Worker  # noqa: E402
 
 TOKEN = "a-test-token-0123456789"

@@ -12,14 +12,14 @@ import pytest
 from titanic_support import free_endpoint, running, wait_until
 
 from titanic.broker import Broker
-from titanic.dispatcher import Dispatcher, DispatcherSettings
-from titanic.in_flight import START
+from titanic.client.tsp import ReplyState, TitanicClient
+from titanic.dispatch.in_flight import START
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.protocol.mdp import Frames
 from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store, open_store
-from titanic.tsp_client import ReplyState, TitanicClient
 from titanic.worker import Worker
-from titanic.worker_connection import ConnectionSettings
+from titanic.worker.connection import ConnectionSettings
 
 FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
                           reconnect_max=0.5)

@@ -9,13 +9,13 @@ from titanic_support import running, wait_until
 
 from titanic import PermanentError, TitanicClient
 from titanic.client import Client
-from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.client.tsp import ReplyState
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.protocol.failure import MARKER, split_last_error
 from titanic.protocol.mdp import Frames
 from titanic.store import RequestStatus, Store
-from titanic.tsp_client import ReplyState
 from titanic.worker import Worker
-from titanic.worker_pool import ConnectionSettings
+from titanic.worker.pool import ConnectionSettings
 
 FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
                           reconnect_max=0.5)

@@ -18,16 +18,16 @@ from titanic_support import run_cli, running, start_broker, wait_until
 
 from titanic.broker import Broker
 from titanic.client import Client
-from titanic.dispatcher import Dispatcher
-from titanic.dispatcher_settings import DispatcherSettings
+from titanic.client.tsp import ReplyState, TitanicClient
+from titanic.dispatch.hosted import HostedDispatcher
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
 from titanic.errors import StoreMismatchError
-from titanic.hosted import HostedDispatcher
 from titanic.protocol.mdp import Frames
 from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store, open_store
-from titanic.tsp_client import ReplyState, TitanicClient
 from titanic.worker import Worker, echo_handler
-from titanic.worker_connection import ConnectionSettings
+from titanic.worker.connection import ConnectionSettings
 
 FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
                           reconnect_max=0.5)

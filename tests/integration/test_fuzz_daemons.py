@@ -16,8 +16,8 @@ import zmq
 from titanic_support import Processes, free_endpoint, replayable_seed, wait_until
 
 from titanic.client import Client
+from titanic.client.tsp import ReplyState, TitanicClient
 from titanic.errors import TitanicTimeoutError
-from titanic.tsp_client import ReplyState, TitanicClient
 
 MESSAGES = 100_000
 MAX_MESSAGE = 1_000_000

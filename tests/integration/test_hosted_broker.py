@@ -15,13 +15,13 @@ import pytest
 from titanic_support import run_cli, running, wait_until
 
 from titanic.broker import Broker
-from titanic.dispatcher_settings import DispatcherSettings
-from titanic.hosted import HostedDispatcher
-from titanic.metrics import serve_broker_metrics
+from titanic.client.tsp import ReplyState, TitanicClient
+from titanic.dispatch.hosted import HostedDispatcher
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.ops.metrics import serve_broker_metrics
 from titanic.protocol.mdp import Frames
 from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store, open_store
-from titanic.tsp_client import ReplyState, TitanicClient
 from titanic.worker import Worker
 
 SETTINGS = DispatcherSettings(request_timeout=0.5, max_attempts=5, backoff=0.05,

@@ -12,12 +12,12 @@ from titanic_support import FAST_CONNECTION, run_cli, running, wait_until
 
 from titanic.broker import Broker
 from titanic.client import Client
-from titanic.dispatcher import Dispatcher, DispatcherSettings
-from titanic.manage_client import ManagementClient
+from titanic.client.manage import ManagementClient
+from titanic.client.tsp import TitanicClient
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.protocol import mmi
 from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store, open_store
-from titanic.tsp_client import TitanicClient
 from titanic.worker import Worker, echo_handler
 
 

@@ -13,12 +13,12 @@ from titanic_support import FAST_CONNECTION, running, wait_until
 
 from titanic.broker import Broker
 from titanic.client import Client
-from titanic.dispatcher import Dispatcher, DispatcherSettings
-from titanic.in_flight import START
-from titanic.metrics import MetricsServer, broker_registry, dispatcher_registry
+from titanic.client.tsp import TitanicClient
+from titanic.dispatch.in_flight import START
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
+from titanic.ops.metrics import MetricsServer, broker_registry, dispatcher_registry
 from titanic.settings import BrokerSettings
 from titanic.store import Store
-from titanic.tsp_client import TitanicClient
 from titanic.worker import Worker, echo_handler
 
 

@@ -12,9 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from titanic import migrate
 from titanic.errors import SchemaError
-from titanic.store import open_existing_store, open_store
+from titanic.store import migrate, open_existing_store, open_store
 from titanic.store.dialect import make_engine
 
 

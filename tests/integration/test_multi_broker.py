@@ -13,13 +13,13 @@ import zmq
 from titanic_support import free_endpoint, raw_dealer, running, start_broker, wait_until
 
 from titanic.client import Client, PipelinedClient
-from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.client.tsp import ReplyState, TitanicClient
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.errors import StoreMismatchError, UnreachableError
 from titanic.protocol import tsp
 from titanic.store import Store, open_store
-from titanic.tsp_client import ReplyState, TitanicClient
 from titanic.worker import Worker, echo_handler
-from titanic.worker_connection import ConnectionSettings
+from titanic.worker.connection import ConnectionSettings
 
 FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
                           reconnect_max=0.5)

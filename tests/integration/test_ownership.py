@@ -16,16 +16,16 @@ from titanic_support import nothing_within, recv_within, running
 from titanic._zmq import SocketHook
 from titanic.broker import Broker
 from titanic.client import Client
-from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.client.tsp import ReplyState, TitanicClient, TitanicServiceError
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.errors import IdentityRefusedError, TitanicTimeoutError
 from titanic.protocol import manage
 from titanic.protocol.identity import IDENTITY_OPTION
 from titanic.security import CurveServer, client_hook, load_keypair, write_keypair
 from titanic.settings import BrokerSettings
 from titanic.store import SqlStore, open_store
-from titanic.tsp_client import ReplyState, TitanicClient, TitanicServiceError
 from titanic.worker import Worker
-from titanic.worker_connection import ConnectionSettings
+from titanic.worker.connection import ConnectionSettings
 
 FAST = BrokerSettings(heartbeat_interval=0.1, heartbeat_liveness=5, request_ttl=30)
 #: Clients and the echo worker are allowed; the dispatcher and the operator are admin keys.

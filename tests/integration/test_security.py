@@ -18,9 +18,10 @@ from titanic_support import nothing_within, recv_within, running, wait_until
 
 from titanic._zmq import SocketHook
 from titanic.broker import Broker
-from titanic.broker_queues import queued_cost
+from titanic.broker.queues import queued_cost
 from titanic.client import Client
-from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.client.tsp import ReplyState, TitanicClient
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.errors import (
     BrokerRefusedError,
     CurveKeyError,
@@ -38,9 +39,8 @@ from titanic.security import (
 )
 from titanic.settings import BrokerSettings
 from titanic.store import Store, open_store
-from titanic.tsp_client import ReplyState, TitanicClient
 from titanic.worker import Worker
-from titanic.worker_connection import ConnectionSettings
+from titanic.worker.connection import ConnectionSettings
 
 FAST = BrokerSettings(heartbeat_interval=0.1, heartbeat_liveness=5, request_ttl=30)
 READY_ECHO = [b"", b"MDPW01", b"\x01", b"echo"]

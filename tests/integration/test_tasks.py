@@ -26,9 +26,10 @@ from titanic_support import free_endpoint, recv_within, run_cli, running, wait_u
 import titanic
 from titanic import AsyncHandle, Handle, TaskFailed, TitanicClient, TitanicTimeoutError
 from titanic.broker import Broker
-from titanic.dispatcher_settings import DispatcherSettings
+from titanic.client.answers import ReplyState
+from titanic.dispatch.hosted import HostedDispatcher
+from titanic.dispatch.settings import DispatcherSettings
 from titanic.errors import HandshakeRefusedError, UnknownRequestError
-from titanic.hosted import HostedDispatcher
 from titanic.security import (
     CurveServer,
     client_hook,
@@ -38,11 +39,10 @@ from titanic.security import (
 )
 from titanic.settings import BrokerSettings
 from titanic.store import Store
-from titanic.task_clients import close_default_clients
-from titanic.task_worker import task_handler
-from titanic.tsp_answers import ReplyState
+from titanic.tasks.clients import close_default_clients
 from titanic.worker import Worker
-from titanic.worker_group import WorkerGroup, load_target
+from titanic.worker.group import WorkerGroup, load_target
+from titanic.worker.tasks import task_handler
 
 SETTINGS = DispatcherSettings(request_timeout=30, max_attempts=3, backoff=0.05,
                               backoff_max=0.2, presence_interval=0.05, presence_ttl=0.5,

@@ -13,8 +13,8 @@ from titanic.client import PipelinedClient
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.settings import BrokerSettings
-from titanic.worker_connection import ConnectionSettings
-from titanic.worker_pool import PoolRequest, WorkerPool
+from titanic.worker.connection import ConnectionSettings
+from titanic.worker.pool import PoolRequest, WorkerPool
 
 FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05)
 

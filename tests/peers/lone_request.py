@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from systems import dispatcher_on_thread  # noqa: E402
 
 from titanic import _zmq  # noqa: E402
-from titanic.dispatcher import Dispatcher, DispatcherSettings  # noqa: E402
-from titanic.planner import Planner  # noqa: E402
+from titanic.dispatch.planner import Planner  # noqa: E402
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings  # noqa: E402
 from titanic.store import open_store, sqlite_turn  # noqa: E402
 
 #: Requests the client sends before those it times.

@@ -29,7 +29,7 @@ import psycopg
 from titanic.bench import tsp
 from titanic.bench.common import free_port, spawn, stop_all, titanic_command
 from titanic.client import Client, PipelinedClient
-from titanic.dispatcher import Dispatcher, DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.protocol import tsp as tsp_protocol
 from titanic.store import NewRequest, Store, new_request_id, open_store
 from titanic.store.hot import HotStatements

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from titanic.broker_core import BrokerCore, Endpoint, Outgoing
-from titanic.broker_queues import queued_cost
+from titanic.broker.core import BrokerCore, Endpoint, Outgoing
+from titanic.broker.queues import queued_cost
 from titanic.protocol.refusal import marked_routing_id
 from titanic.settings import BrokerSettings
 
@@ -171,7 +171,7 @@ def test_full_broker_queue_answers_503_across_services() -> None:
     assert (core.stats.queued, core.stats.rejected_requests) == (2, 1)
 
 
-#: What two queued requests of `request()`'s default body cost a client (titanic.broker_queues).
+#: What two queued requests of `request()`'s default body cost a client (titanic.broker.queues).
 TWO_QUEUED = 2 * queued_cost(b"echo", [b"hi"])
 
 

@@ -3,7 +3,7 @@ own requests routed like a client's without a socket."""
 
 from __future__ import annotations
 
-from titanic.broker_core import BrokerCore, Endpoint, Outgoing
+from titanic.broker.core import BrokerCore, Endpoint, Outgoing
 from titanic.protocol.refusal import Refusal
 from titanic.settings import BrokerSettings
 

@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from titanic.broker_core import BrokerCore, Endpoint, Outgoing
+from titanic.broker.core import BrokerCore, Endpoint, Outgoing
 from titanic.settings import BrokerSettings
 
 SHARED = Endpoint.SHARED

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from titanic.dashboard.access import (
+from titanic.ops.dashboard.access import (
     Access,
     Asked,
     TokenError,

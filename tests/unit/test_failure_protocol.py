@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from titanic.client.tsp import uuid_frame
 from titanic.errors import InvalidRequestError, ProtocolError
 from titanic.protocol.failure import (
     CUT_MARK,
@@ -21,8 +22,7 @@ from titanic.protocol.failure import (
 from titanic.protocol.tsp import parse_uuid
 from titanic.store import check_request_id
 from titanic.store.types import failed_after
-from titanic.tsp_client import uuid_frame
-from titanic.worker import as_frames
+from titanic.worker.mdp import as_frames
 
 
 def test_failure_report_round_trips() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from titanic.held_waits import MAX_HOLD_S, Held, HeldWaits, parse_hold
+from titanic.dispatch.held_waits import MAX_HOLD_S, Held, HeldWaits, parse_hold
 
 
 def test_a_wait_body_is_a_uuid_and_milliseconds_capped() -> None:

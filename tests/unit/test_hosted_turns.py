@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from titanic_support import wait_until
 
-from titanic.broker_core import BrokerCore, Endpoint, Outgoing
-from titanic.dispatcher_settings import DispatcherSettings
-from titanic.hosted import HostedDispatcher
+from titanic.broker.core import BrokerCore, Endpoint, Outgoing
+from titanic.dispatch.hosted import HostedDispatcher
+from titanic.dispatch.settings import DispatcherSettings
 from titanic.protocol import manage
 from titanic.store import RequestStatus
 from titanic.testing import MemoryStore

@@ -4,9 +4,9 @@ small after an outage."""
 from __future__ import annotations
 
 from titanic.client import Completion
-from titanic.dispatcher import DispatcherSettings, DispatcherStats
-from titanic.in_flight import LATE_SHARE, RESTART, START, Windows
-from titanic.planner import Forwarded, Planner, PresenceCheck
+from titanic.dispatch.in_flight import LATE_SHARE, RESTART, START, Windows
+from titanic.dispatch.planner import Forwarded, Planner, PresenceCheck
+from titanic.dispatch.standalone import DispatcherSettings, DispatcherStats
 from titanic.testing import MemoryStore, MemoryTransport
 
 TIMEOUT = 10.0

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from titanic.broker_stats import BrokerStats
-from titanic.dispatcher_settings import DispatcherStats
+from titanic.broker.stats import BrokerStats
+from titanic.dispatch.settings import DispatcherStats
 from titanic.logs import JsonFormatter, about, level_number, make_formatter, quoted_name
 from titanic.store.types import StoreIdentity
 from titanic_cli.options import LogOptions

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from titanic.management import ManagementService
+from titanic.dispatch.management import ManagementService
 from titanic.protocol import manage
 from titanic.store import RequestStatus
 from titanic.testing import MemoryStore

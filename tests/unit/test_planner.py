@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 
 from titanic.client import Completion
-from titanic.dispatcher import DispatcherSettings, DispatcherStats
+from titanic.dispatch.planner import Forwarded, Planner, PresenceCheck
+from titanic.dispatch.standalone import DispatcherSettings, DispatcherStats
 from titanic.errors import StoreError
-from titanic.planner import Forwarded, Planner, PresenceCheck
 from titanic.protocol.mdp import Frames
 from titanic.store import RequestStatus
 from titanic.testing import MemoryStore, MemoryTransport

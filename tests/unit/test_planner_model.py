@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from titanic.client import Completion
-from titanic.dispatcher import DispatcherSettings, DispatcherStats
+from titanic.dispatch.planner import Forwarded, Planner, PresenceCheck
+from titanic.dispatch.services import handle_close
+from titanic.dispatch.standalone import DispatcherSettings, DispatcherStats
 from titanic.errors import BrokerRefusedError
-from titanic.planner import Forwarded, Planner, PresenceCheck
 from titanic.protocol.mdp import Frames
-from titanic.services import handle_close
 from titanic.store import RequestStatus
 from titanic.testing import MemoryStore, MemoryTransport
 

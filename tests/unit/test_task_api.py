@@ -18,11 +18,11 @@ from titanic_support import nothing_within, recv_within
 
 import titanic
 from titanic import TaskFailed, TitanicClient, UsageError
+from titanic.client.answers import Fetched, ReplyState
 from titanic.errors import ClientClosedError, CurveKeyError
-from titanic.task_clients import close_default_clients, default_async_client, default_client
-from titanic.task_handles import task_failed
-from titanic.tasks import Task, tasks_defined_in
-from titanic.tsp_answers import Fetched, ReplyState
+from titanic.tasks.clients import close_default_clients, default_async_client, default_client
+from titanic.tasks.define import Task, tasks_defined_in
+from titanic.tasks.handles import task_failed
 
 UUID = "0190c6f2a1b47c3e9d2f00112233aabb"
 

@@ -1,4 +1,4 @@
-"""The tasks' wire form (titanic.task_codec), without sockets."""
+"""The tasks' wire form (titanic.tasks.codec), without sockets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from titanic.errors import ProtocolError
-from titanic.task_codec import (
+from titanic.tasks.codec import (
     TASK_FRAME,
     TaskRequestError,
     decode_call,

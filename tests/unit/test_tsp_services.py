@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from titanic.protocol.identity import Caller
-from titanic.protocol.tsp import parse_status
-from titanic.services import (
+from titanic.dispatch.services import (
     check_requests,
     handle_close,
     handle_reply,
     refuse_over_owner_limit,
 )
+from titanic.protocol.identity import Caller
+from titanic.protocol.tsp import parse_status
 from titanic.store import RequestStatus
 from titanic.testing import MemoryStore, answer_requests
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from titanic.client.answers import ReplyState, Unreachable
+from titanic.client.session import Ask, Conversation, Pause, Survey, TspSession
 from titanic.errors import (
     RequestTooLargeError,
     StoreMismatchError,
@@ -15,8 +17,6 @@ from titanic.errors import (
     UnreachableError,
 )
 from titanic.protocol.mdp import Frames
-from titanic.tsp_answers import ReplyState, Unreachable
-from titanic.tsp_session import Ask, Conversation, Pause, Survey, TspSession
 
 UUID = b"0123456789abcdef0123456789abcdef"
 #: A broker's answer to one request: frames, None (no answer in time) or Unreachable.

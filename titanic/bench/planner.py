@@ -3,7 +3,7 @@
     python -m titanic.bench.planner [--db URL] [--requests 2000] [--per-turn 1 8]
                                     [--rounds 3]
 
-`titanic.planner.Planner` runs over a store opened from --db (default: a new SQLite file,
+`titanic.dispatch.planner.Planner` runs over a store opened from --db (default: a new SQLite file,
 synchronous=FULL; a PostgreSQL database named there should be the benchmark's alone, as its
 "echo" requests are claimed) and `titanic.testing.MemoryTransport`. Each turn brings --per-turn new
 requests for "echo" and the replies to everything forwarded the turn before, as a dispatcher
@@ -23,8 +23,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from titanic.dispatcher_settings import DispatcherSettings, DispatcherStats
-from titanic.planner import Planner, PresenceCheck
+from titanic.dispatch.planner import Planner, PresenceCheck
+from titanic.dispatch.settings import DispatcherSettings, DispatcherStats
 from titanic.protocol.mdp import Frames
 from titanic.store import Store, open_store
 from titanic.testing import MemoryTransport

@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from titanic.bench.common import Result, format_table, free_port, spawn, stop_all, titanic_command
+from titanic.client.tsp import ReplyState, TitanicClient
 from titanic.errors import TitanicTimeoutError
-from titanic.tsp_client import ReplyState, TitanicClient
 
 
 @contextmanager

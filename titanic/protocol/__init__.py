@@ -1,4 +1,11 @@
-"""Pure wire codecs: 7/MDP, 18/MDP, 8/MMI and 9/TSP. Nothing here imports zmq."""
+"""Pure wire codecs: 7/MDP, 18/MDP, 8/MMI and 9/TSP, and the extensions titanic adds to them.
+
+It owns every frame layout: `mdp` (7/MDP, 18/MDP and majortomo's dialect), `mmi` (8/MMI),
+`tsp` (9/TSP's codes, texts and UUIDs), `identity` (who sent a request), `manage`
+(titanic.manage's wire form), `failure` (a worker's failure report) and `refusal` (a broker's
+refusal of a request it cannot take). It imports only `titanic.errors`: no zmq, no socket, no
+clock, so every other package may use it.
+"""
 
 from titanic.protocol.mdp import (
     ClientReply,

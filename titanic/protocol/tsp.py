@@ -15,7 +15,7 @@ CLOSE_SERVICE = b"titanic.close"
 #: titanic's extension: every dispatcher answers `200`, its store's identity and location.
 STORE_SERVICE = b"titanic.store"
 #: titanic's extension: titanic.reply held until the request is no longer pending, or a time
-#: in milliseconds given after the UUID has passed (titanic.held_waits).
+#: in milliseconds given after the UUID has passed (titanic.dispatch.held_waits).
 WAIT_SERVICE = b"titanic.wait"
 
 #: Texts after a status code that titanic's server writes and its client reads: how a request

@@ -2,13 +2,15 @@
 ZAP gatekeeper over folders of allowed keys (`zap`).
 
 Each name is imported from its module on first use: a client that only diagnoses a handshake
-(titanic.connect_watch) loads neither zmq.auth nor the gatekeeper's threads.
+(titanic.client.connect_watch) loads neither zmq.auth nor the gatekeeper's threads. It may
+import the foundation (`titanic.errors`, `settings`, `_zmq`) and nothing else of titanic.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from titanic._lazy import lazy_names
 
 if TYPE_CHECKING:
     from titanic.security.handshake import describe_handshake_failure
@@ -41,14 +43,7 @@ _LAZY = {
     "CurveServer": "titanic.security.zap",
 }
 
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'titanic.security' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [

@@ -1,7 +1,12 @@
 """The request store: the only package that imports SQLAlchemy.
 
 `open_store(url)` gives a SqlStore on SQLite or PostgreSQL with the schema brought up to date;
-titanic.testing.MemoryStore behaves the same in memory.
+titanic.testing.MemoryStore behaves the same in memory. It owns the Store contract (`types`),
+its SQL (`sql`, `hot`, `pipeline`, `sqlite_turn`, `dialect`, `models`, `rows`, `frames`,
+`overview`), bodies sealed at rest (`crypto`, `reseal`) and the schema's migrations
+(`migrate`, running the alembic scripts of `titanic.migrations`). It may import the
+foundation (`titanic.errors`, `settings`), `titanic.protocol` and `titanic.security` (the key
+files' checks); nothing else of titanic imports SQLAlchemy or alembic.
 """
 
 from __future__ import annotations
@@ -44,9 +49,9 @@ def open_store(url: str | None = None, *, sqlite_synchronous: str = "FULL",
     many seconds before StoreError; a wrong URL, role, database or password fails at once.
     """
     from titanic.errors import StoreError
-    from titanic.migrate import ensure_schema
     from titanic.store.crypto import bodies_for
     from titanic.store.dialect import unreachable
+    from titanic.store.migrate import ensure_schema
 
     bodies = bodies_for(store_key)  # a bad key file fails before the database is touched
     engine = _engine(url, sqlite_synchronous, create=True)
@@ -75,8 +80,8 @@ def open_existing_store(url: str | None = None, *,
     """A SqlStore on a database that exists at the current schema, for commands that only look
     or change rows: it never creates a folder, a file or tables and never migrates. StoreError
     (one line, naming `titanic db upgrade`) for a missing or outdated database."""
-    from titanic.migrate import require_current
     from titanic.store.crypto import bodies_for
+    from titanic.store.migrate import require_current
 
     bodies = bodies_for(store_key)
     engine = _engine(url, "FULL", create=False)

@@ -1,0 +1,384 @@
+"""The Titanic client's conversations without I/O: what to ask which broker, and what it means.
+
+`TitanicClient` (blocking) and `AsyncTitanicClient` (asyncio) drive the same conversations. Each
+call is a generator that yields what to do next (`Ask` one broker, `Survey` several at once,
+`Pause`) and is sent back what came of it: the answer's frames, or None when none came in time
+(the adapter has then dropped that socket, so a late answer cannot meet a later question), or
+an `Unreachable` as soon as the socket's monitor tells that the broker cannot answer (nothing
+listens there, or it refused our CURVE key). An error the adapter meets (the broker's refusal
+of a request) propagates to the caller. Retries, failover
+between brokers, deadlines, and what each broker's Titanic server understands are decided here.
+
+What serves Titanic at a broker is asked once (8/MMI), before the first submit sent there:
+titanic's own server answers `titanic.store`, takes the keyed `titanic.request` (idempotent
+submits) and names its store; a standard 9/TSP server (the guide's) is sent the plain form,
+which it stores as given. Brokers whose servers name different stores stop a submit before it
+stores anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from titanic.client.answers import (
+    CallBudget,
+    Fetched,
+    ReplyState,
+    Unreachable,
+    explain_timeout,
+    parse_fetch,
+    parse_submitted,
+    unreachable_error,
+)
+from titanic.errors import (
+    ProtocolError,
+    RequestTooLargeError,
+    StoreMismatchError,
+    TitanicError,
+    TitanicTimeoutError,
+)
+from titanic.protocol import mmi, tsp
+from titanic.protocol.mdp import Frames
+from titanic.protocol.tsp import ServingStore, parse_store_answer
+
+log = logging.getLogger("titanic.client")
+
+T = TypeVar("T")
+
+#: Once one broker has answered a survey, how much longer the others are waited for, in seconds.
+SURVEY_GRACE_S = 0.1
+#: How often the presence of a Titanic server is asked again while there is none, in seconds.
+PRESENCE_POLL_S = 0.1
+#: The longest titanic.wait a client asks the server to hold, in seconds.
+HOLD_S = 5.0
+#: How long a broker must serve titanic.request without titanic.store before its server is
+#: taken for a standard one, in seconds: titanic's dispatcher registers its services one
+#: connection at a time, so a client may ask between two of them.
+STANDARD_SERVER_S = 0.3
+
+
+@dataclass(frozen=True)
+class Ask:
+    """Send one request to broker `broker` (an index into the brokers) and wait up to
+    `timeout` seconds for its answer: the frames, None, or Unreachable."""
+
+    broker: int
+    service: bytes
+    body: Frames
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Ask several brokers at once: {broker: frames, or None}. The adapter waits until every
+    one has answered (or is unreachable) or `timeout` passes, and no longer than `grace` after
+    the first answer."""
+
+    asks: tuple[tuple[int, bytes, Frames], ...]
+    timeout: float
+    grace: float
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Wait `seconds` before going on."""
+
+    seconds: float
+
+
+Op = Ask | Survey | Pause
+#: A conversation: yields Ops, is sent their results, returns its own.
+Conversation = Generator[Op, Any, T]
+
+
+@dataclass(frozen=True)
+class Server:
+    """What serves Titanic at a broker."""
+
+    #: It takes the keyed titanic.request (titanic's own server), so submits are idempotent.
+    keyed: bool
+    #: The store it names (titanic's server), None for a standard server.
+    store: ServingStore | None
+
+
+def timeout_error(exc: TitanicTimeoutError, service: bytes, broker: str,
+                  present: bool | None) -> TitanicTimeoutError:
+    """The timeout of a TSP call, saying which piece is down."""
+    why = explain_timeout(service, broker, present)
+    if present is False:
+        why += " (is titanic-dispatcher running?)"
+    return TitanicTimeoutError(f"{exc}: {why}")
+
+
+def _where(brokers: Sequence[str]) -> str:
+    return brokers[0] if len(brokers) == 1 else f"any of {', '.join(brokers)}"
+
+
+class TspSession:
+    """A client's state across calls (the broker it uses, what serves at each) and its
+    conversations; `clock` is only read, never waited on."""
+
+    def __init__(self, brokers: Sequence[str], *, timeout: float, retries: int,
+                 held_waits: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+        self.brokers = list(brokers)
+        self.timeout = timeout
+        self.retries = retries
+        self._clock = clock
+        #: Whether wait() asks titanic.wait where the server has it (else it polls).
+        self.held_waits = held_waits
+        #: The broker the next call goes to: the one that answered last.
+        self.current = 0
+        self._servers: dict[int, Server] = {}  # forgotten when a broker does not answer
+        self._stores: dict[int, ServingStore] = {}  # the last store each broker named
+        self._surveyed = len(self.brokers) < 2
+        self._warned: set[int] = set()
+
+    @property
+    def broker(self) -> str:
+        """The endpoint the next call goes to."""
+        return self.brokers[self.current]
+
+    def server(self, broker: int) -> Server | None:
+        """What serves Titanic at a broker, if known."""
+        return self._servers.get(broker)
+
+    # -- the conversations ----------------------------------------------------------------------
+
+    def call(self, service: bytes, body: Frames, within: float | None = None
+             ) -> Conversation[Frames]:
+        """One TSP request with the client's retries and failover, in at most `within` seconds
+        when given; a timeout says which piece is down."""
+        budget = CallBudget.of(self.timeout, self.retries, within)
+        unreachable: dict[int, Unreachable] = {}
+        for _ in range(budget.retries + 1):
+            index = self.current
+            reply: Frames | Unreachable | None = yield Ask(index, service, body, budget.timeout)
+            if isinstance(reply, list):
+                return reply
+            self._no_answer(index, reply, unreachable)
+        raise (yield from self._timeout(service, budget, unreachable))
+
+    def submit(self, service: bytes, frames: Frames, key: str | None) -> Conversation[str]:
+        """Store a request: its UUID. The key (a random one if None) goes on the wire only to a
+        server that takes it, the same key on every resend."""
+        key = uuid.uuid4().hex if key is None else key
+        budget = CallBudget.of(self.timeout, self.retries, None)
+        if not self._surveyed:
+            yield from self._survey(budget.timeout)
+        unreachable: dict[int, Unreachable] = {}
+        for _ in range(budget.retries + 1):
+            index = self.current
+            server: Server | Unreachable | None = self._servers.get(index)
+            if server is None:
+                server = yield from self._vet(index, budget.timeout)
+            reply: Frames | Unreachable | None = server if not isinstance(server, Server) else None
+            if isinstance(server, Server):
+                _check_size(frames, server, self.brokers[index])
+                body = tsp.build_request(service, frames, key if server.keyed else None)
+                reply = yield Ask(index, tsp.REQUEST_SERVICE, body, budget.timeout)
+                if isinstance(reply, list):
+                    return parse_submitted(reply)
+            self._no_answer(index, reply, unreachable)
+        raise (yield from self._timeout(tsp.REQUEST_SERVICE, budget, unreachable))
+
+    def fetch(self, request_id: bytes, within: float | None = None) -> Conversation[Fetched]:
+        """Ask once for a request's reply (with retries)."""
+        return parse_fetch((yield from self.call(tsp.REPLY_SERVICE, [request_id], within)))
+
+    def wait(self, request_id: bytes, timeout: float, *, interval: float = 0.1,
+             interval_max: float = 1.0, progress: Callable[[float], None] | None = None
+             ) -> Conversation[Fetched]:
+        """The request's answer once it is no longer pending, or after `timeout` seconds.
+        A server with `titanic.wait` holds the question until then (in turns of at most
+        HOLD_S), and the answer comes as soon as the reply is stored; another is asked
+        `titanic.reply` again after `interval` seconds, growing to `interval_max`."""
+        started = self._clock()
+        deadline = started + timeout
+        while True:
+            remaining = max(0.0, deadline - self._clock())
+            fetched = yield from self._held_fetch(request_id, remaining)
+            if fetched is None:
+                fetched = yield from self.fetch(request_id, remaining)
+                held = False
+            else:
+                held = True
+            remaining = deadline - self._clock()
+            if fetched.state is not ReplyState.PENDING or remaining <= 0:
+                return fetched
+            if progress is not None:
+                progress(self._clock() - started)
+            if not held:
+                yield Pause(min(interval, remaining))
+                interval = min(interval_max, interval * 1.5)
+
+    def _held_fetch(self, request_id: bytes, remaining: float) -> Conversation[Fetched | None]:
+        """titanic.wait, held up to `remaining` seconds (HOLD_S at most), where the current
+        broker's server has it; None where it does not, or did not answer."""
+        index = self.current
+        server = self._servers.get(index)
+        if not self.held_waits:
+            return None
+        if server is None:
+            vetted = yield from self._vet(index, self.timeout, wait_for_server=False)
+            server = vetted if isinstance(vetted, Server) else None
+        if server is None or server.store is None or tsp.WAIT_SERVICE not in \
+                server.store.extensions:
+            return None
+        hold = min(HOLD_S, remaining)
+        body = [request_id, b"%d" % int(hold * 1000)]
+        reply: Frames | Unreachable | None = yield Ask(index, tsp.WAIT_SERVICE, body,
+                                                       hold + self.timeout)
+        if not isinstance(reply, list):
+            self._no_answer(index, reply)
+            return None
+        return parse_fetch(reply)
+
+    def has_workers(self, service: bytes, timeout: float) -> Conversation[bool | None]:
+        """Whether the current broker has workers for `service` now (8/MMI); None if it did
+        not answer in time."""
+        index = self.current
+        answer: Frames | Unreachable | None = yield Ask(index, mmi.SERVICE, [service], timeout)
+        if not isinstance(answer, list):
+            self._no_answer(index)
+            return None
+        return answer[:1] == [mmi.FOUND]
+
+    # -- what serves at each broker -------------------------------------------------------------
+
+    def _survey(self, timeout: float) -> Conversation[None]:
+        """Before the first submit, ask every broker at once which store serves there, so that
+        brokers on different stores are found before anything is stored."""
+        self._surveyed = True
+        everyone = range(len(self.brokers))
+        present = yield Survey(tuple((i, mmi.SERVICE, [tsp.STORE_SERVICE]) for i in everyone),
+                               timeout, SURVEY_GRACE_S)
+        titanic = [i for i in everyone if _found(present.get(i))]
+        if not titanic:
+            return
+        stores = yield Survey(tuple((i, tsp.STORE_SERVICE, [b""]) for i in titanic), timeout,
+                              SURVEY_GRACE_S)
+        for index in titanic:
+            answer = stores.get(index)
+            if isinstance(answer, list):
+                self._learn(index, Server(True, _store_or_none(answer)))
+
+    def _vet(self, index: int, timeout: float, *, wait_for_server: bool = True
+             ) -> Conversation[Server | Unreachable | None]:
+        """Ask broker `index` what serves Titanic there; None (or Unreachable) if it does not
+        answer, or no server appears there within `timeout` (or at once, without
+        `wait_for_server`)."""
+        deadline = self._clock() + timeout
+        while True:
+            remaining = max(0.001, deadline - self._clock())
+            answer: Frames | Unreachable | None = yield Ask(index, mmi.SERVICE,
+                                                            [tsp.STORE_SERVICE], remaining)
+            if not isinstance(answer, list):
+                return answer
+            if _found(answer):
+                store: Frames | Unreachable | None = yield Ask(index, tsp.STORE_SERVICE, [b""],
+                                                               remaining)
+                if not isinstance(store, list):
+                    return store
+                return self._learn(index, Server(True, _store_or_none(store)))
+            plain: Frames | Unreachable | None = yield Ask(index, mmi.SERVICE,
+                                                           [tsp.REQUEST_SERVICE], remaining)
+            if not isinstance(plain, list):
+                return plain
+            if _found(plain):
+                # titanic.request without titanic.store: a standard server, unless titanic's
+                # is registering its services one by one just now: asked again for a while.
+                standard = yield from self._still_without_store(index, remaining)
+                if standard is None:
+                    continue
+                if not standard:
+                    return None
+                return self._learn(index, Server(False, None))
+            if not wait_for_server or self._clock() >= deadline:
+                return None
+            yield Pause(min(PRESENCE_POLL_S, deadline - self._clock()))
+
+    def _still_without_store(self, index: int, timeout: float) -> Conversation[bool | None]:
+        """Whether `titanic.store` stays unserved at broker `index` for STANDARD_SERVER_S
+        (True), appears (None), or the broker stops answering (False)."""
+        for _ in range(round(STANDARD_SERVER_S / PRESENCE_POLL_S)):
+            yield Pause(PRESENCE_POLL_S)
+            again: Frames | Unreachable | None = yield Ask(index, mmi.SERVICE,
+                                                           [tsp.STORE_SERVICE], timeout)
+            if not isinstance(again, list):
+                return False
+            if _found(again):
+                return None
+        return True
+
+    def _learn(self, index: int, server: Server) -> Server:
+        """Keep what serves at a broker; StoreMismatchError if its store is not the one that
+        serves at another of the client's brokers."""
+        if server.store is not None:
+            self._stores[index] = server.store
+            for other, known in self._stores.items():
+                if known.id != server.store.id:
+                    raise StoreMismatchError(
+                        f"brokers {self.brokers[other]} and {self.brokers[index]} serve "
+                        f"different stores ({known.location} and {server.store.location}): "
+                        "a client's brokers must share one store")
+        if not server.keyed and index not in self._warned:
+            self._warned.add(index)
+            log.warning("the Titanic server at %s takes no idempotency keys (a standard 9/TSP "
+                        "server): a submit resent after a lost answer may be stored twice",
+                        self.brokers[index])
+        self._servers[index] = server
+        return server
+
+    def _no_answer(self, index: int, why: object = None,
+                   unreachable: dict[int, Unreachable] | None = None) -> None:
+        """Broker `index` did not answer (`why` is an Unreachable when its socket told why):
+        forget what served there, note why in `unreachable`, move to the next broker."""
+        self._servers.pop(index, None)
+        if unreachable is not None:
+            if isinstance(why, Unreachable):
+                unreachable[index] = why
+            else:
+                unreachable.pop(index, None)
+        if self.current == index:
+            self.current = (index + 1) % len(self.brokers)
+
+    def _timeout(self, service: bytes, budget: CallBudget,
+                 unreachable: dict[int, Unreachable]) -> Conversation[TitanicError]:
+        """The error for a call whose attempts all failed, saying which piece is down: no
+        broker reachable, or a timeout with what the broker says of the service."""
+        if len(unreachable) == len(self.brokers):
+            return unreachable_error(unreachable.values())
+        attempts = budget.retries + 1
+        error = TitanicTimeoutError(
+            f"no reply from service {service.decode(errors='replace')!r} at "
+            f"{_where(self.brokers)} after {attempts} attempt(s) of {budget.timeout:g} s")
+        present = yield from self.has_workers(service, budget.probe)
+        return timeout_error(error, service, self.broker, present)
+
+
+def _check_size(frames: Frames, server: Server, broker: str) -> None:
+    """RequestTooLargeError, before anything is sent, for a request body over the largest
+    the server at `broker` says it stores."""
+    limit = server.store.max_request_bytes if server.store is not None else None
+    size = sum(map(len, frames))
+    if limit is not None and size > limit:
+        raise RequestTooLargeError(
+            f"the request body is {size:,} bytes, over the {limit:,} bytes that the Titanic "
+            f"server at {broker} stores (its --max-request-size)")
+
+
+def _found(answer: Frames | Unreachable | None) -> bool:
+    """Whether an mmi.service answer says the service is there."""
+    return isinstance(answer, list) and answer[:1] == [mmi.FOUND]
+
+
+def _store_or_none(answer: Frames) -> ServingStore | None:
+    try:
+        return parse_store_answer(answer)
+    except ProtocolError:
+        return None

@@ -1,0 +1,192 @@
+"""The Python API for Titanic: submit, fetch, wait, close, over any broker running a Titanic
+server (titanic's own, or a standard 9/TSP one).
+
+Given several brokers, each call fails over to the next when one does not answer. A submit to
+titanic's own server carries an idempotency key (the caller's, or a random one made for that
+submit), so a submit resent after a lost acknowledgement, to the same broker or another, is
+stored once and answered with the same UUID. The conversations are titanic.client.session's; this
+module sends and waits for them on blocking sockets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import zmq
+
+from titanic._zmq import SocketHook
+from titanic.client.answers import (
+    DIAGNOSE_TIMEOUT_S,
+    CallBudget,
+    Fetched,
+    ReplyState,
+    Unreachable,
+    check_close,
+    encode_frames,
+    parse_fetch,
+    parse_submitted,
+    uuid_frame,
+)
+from titanic.client.mdp import Brokers, Connection, collect_parts
+from titanic.client.session import Ask, Conversation, Op, Pause, Survey, TspSession, timeout_error
+from titanic.errors import BrokerRefusedError, ClientClosedError, TitanicServiceError
+from titanic.protocol import tsp
+from titanic.protocol.mdp import Dialect, Frames
+from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, DEFAULT_BROKER, broker_list
+
+__all__ = ["CallBudget", "Fetched", "ReplyState", "TitanicClient", "TitanicServiceError",
+           "check_close", "parse_fetch", "parse_submitted", "timeout_error", "uuid_frame"]
+
+T = TypeVar("T")
+
+
+def _name(service: str | bytes) -> bytes:
+    return service.encode() if isinstance(service, str) else service
+
+
+class TitanicClient:
+    """Submit requests to Titanic and collect their replies later."""
+
+    def __init__(self, broker: Brokers = DEFAULT_BROKER, *, dialect: Dialect = Dialect.MDP01,
+                 timeout: float = CLIENT_TIMEOUT_S, retries: int = CLIENT_RETRIES,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None,
+                 configure_socket: SocketHook | None = None, held_waits: bool = True) -> None:
+        self._session = TspSession(broker_list(broker), timeout=timeout, retries=retries,
+                                   held_waits=held_waits)
+        self._dialect = dialect
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._configure = configure_socket
+        #: One socket per broker, opened when first needed, replaced after a timeout.
+        self._connections: dict[int, Connection] = {}
+        self._closed = False
+
+    @property
+    def broker(self) -> str:
+        """The broker the next call goes to: the one that answered last."""
+        return self._session.broker
+
+    def submit(self, service: str | bytes, *frames: bytes | str, key: str | None = None) -> str:
+        """Store a request for `service`; returns its UUID once it is durably stored.
+
+        `str` frames are sent as UTF-8. `key` (1 to 255 characters) names the request for the
+        store: a submit with a key already stored returns that request's UUID and stores
+        nothing. Without one, a random key is made, so the retries of this call are stored once
+        (by titanic's server; a standard 9/TSP server takes no key, see docs/concepts.md).
+        """
+        return self._run(self._session.submit(_name(service), encode_frames(frames), key))
+
+    def fetch(self, request_id: str, *, within: float | None = None) -> Fetched:
+        """Ask once for the reply to a request (taking at most `within` seconds, if given)."""
+        return self._run(self._session.fetch(uuid_frame(request_id), within))
+
+    def wait(self, request_id: str, timeout: float, *, interval: float = 0.1,
+             interval_max: float = 1.0,
+             progress: Callable[[float], None] | None = None) -> Fetched:
+        """Fetch until the request is no longer pending or `timeout` seconds pass."""
+        return self._run(self._session.wait(uuid_frame(request_id), timeout, interval=interval,
+                                            interval_max=interval_max, progress=progress))
+
+    def close_request(self, request_id: str) -> None:
+        """Delete a request and its reply (fine for an unknown UUID)."""
+        check_close(self._run(self._session.call(tsp.CLOSE_SERVICE, [uuid_frame(request_id)])))
+
+    def has_workers(self, service: str | bytes) -> bool | None:
+        """Whether `service` has workers at the broker now; None if the broker did not say."""
+        return self._run(self._session.has_workers(_name(service), DIAGNOSE_TIMEOUT_S))
+
+    # -- the adapter: each Op on blocking sockets -----------------------------------------------
+
+    def _run(self, conversation: Conversation[T]) -> T:
+        if self._closed:
+            raise ClientClosedError()
+        result: Any = None
+        while True:
+            try:
+                op = conversation.send(result)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            result = self._perform(op)
+
+    def _perform(self, op: Op) -> Any:
+        if isinstance(op, Ask):
+            return self._ask(op.broker, op.service, op.body, op.timeout)
+        if isinstance(op, Survey):
+            return self._survey(op)
+        assert isinstance(op, Pause)
+        time.sleep(op.seconds)
+        return None
+
+    def _connection(self, index: int) -> Connection:
+        connection = self._connections.get(index)
+        if connection is None:
+            connection = self._connections[index] = Connection(
+                [self._session.brokers[index]], self._dialect, self._context, self._configure,
+                watch=True)
+        return connection
+
+    def _ask(self, index: int, service: bytes, body: Frames, timeout: float
+             ) -> Frames | Unreachable | None:
+        """One request to one broker: the reply (parts joined), None after `timeout`, or
+        Unreachable as soon as the socket tells that the broker cannot answer."""
+        connection = self._connection(index)
+        began = time.monotonic()
+        parts: list[Frames] | Unreachable | None = None
+        if connection.send(service, body, timeout):
+            parts = collect_parts(connection, service, timeout - (time.monotonic() - began))
+            if isinstance(parts, list):
+                return [frame for part in parts for frame in part]
+        connection.reopen()  # a late answer must not meet the next question
+        return parts if isinstance(parts, Unreachable) else None
+
+    def _survey(self, survey: Survey) -> dict[int, Frames | None]:
+        """The same kind of question to several brokers at once (see Survey)."""
+        answers: dict[int, Frames | None] = {index: None for index, _, _ in survey.asks}
+        waiting: dict[zmq.Socket[bytes], tuple[int, bytes, Connection, Frames]] = {}
+        poller = zmq.Poller()
+        for index, service, body in survey.asks:
+            connection = self._connection(index)
+            if connection.send(service, body):
+                waiting[connection.socket] = (index, service, connection, [])
+                poller.register(connection.socket, zmq.POLLIN)
+                if connection.watch is not None:
+                    poller.register(connection.watch.monitor, zmq.POLLIN)
+        unanswered = [connection for _, _, connection, _ in waiting.values()]
+        deadline = time.monotonic() + survey.timeout
+        while waiting and (remaining := deadline - time.monotonic()) > 0:
+            ready = dict(poller.poll(int(remaining * 1000) + 1))
+            for sock, (index, service, connection, parts) in list(waiting.items()):
+                if connection.unreachable() is not None:
+                    del waiting[sock]  # unreachable: no answer will come
+                    continue
+                result = connection.read_part(service) if sock in ready else None
+                if result is None or isinstance(result, BrokerRefusedError):
+                    continue
+                parts.extend(result[1])
+                if result[0]:
+                    answers[index] = parts
+                    unanswered.remove(connection)
+                    del waiting[sock]
+                    deadline = min(deadline, time.monotonic() + survey.grace)
+        for connection in unanswered:
+            connection.reopen()  # a late answer must not meet the next question
+        return answers
+
+    def close(self) -> None:
+        """Close the connections to the brokers."""
+        if self._closed:
+            return
+        self._closed = True
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> TitanicClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

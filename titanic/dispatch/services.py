@@ -1,0 +1,208 @@
+"""The 9/TSP services as pure handlers: (store, request bodies) -> reply bodies.
+
+titanic.reply and titanic.close are answered here. A titanic.request batch is checked and its
+answers written here (`check_requests`, `acknowledge`, `refuse_for_store_error`,
+`refuse_over_owner_limit`), but stored by the dispatcher's planner (`titanic.dispatch.planner`),
+in the same transaction as the turn's replies and claims.
+
+Status frames are the three digits alone; an answer other than 200 carries its text in the
+frame after the status (clients that compare whole status frames, as the guide's ticlient does,
+see the code alone), and titanic's own client reads that text to tell apart the ways a request
+can end:
+
+    titanic.request  200, <uuid> | 400, <why the request is refused> | 503, <a key's limit>
+                     | 500, <store error>
+    titanic.reply    200, <reply frames...> | 300, pending | 400, unknown | 400, failed: <error>
+                     | 400, expired: <why> | 500, <store error>
+    titanic.close    200 (unknown and malformed UUIDs too) | 500, <store error>
+
+A titanic.request may carry an idempotency key in front, `"", key, service, body...` (see
+titanic.protocol.tsp.split_request): a key already stored answers the stored request's UUID.
+
+Ownership: when the broker tells who sent a request (a `Caller`, see titanic.protocol.identity),
+a stored request belongs to the key that submitted it. `titanic.reply` and `titanic.close` from
+another key are answered exactly as for an unknown UUID; an admin key may see every request. A
+request stored without an owner (no CURVE) is anyone's, and a caller without an identity owns
+nothing. An owner's idempotency keys are its own: another key using the same key stores a
+request of its own (see _owned).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+
+from titanic.errors import InvalidRequestError, ProtocolError, StoreError
+from titanic.logs import about
+from titanic.protocol.identity import Caller
+from titanic.protocol.mdp import Frames
+from titanic.protocol.tsp import (
+    EXPIRED_PREFIX,
+    FAILED_PREFIX,
+    PENDING_TEXT,
+    UNKNOWN_TEXT,
+    Status,
+    parse_uuid,
+    split_request,
+)
+from titanic.store import NewRequest, RequestStatus, Store, check_new_request
+
+log = logging.getLogger(__name__)
+
+_PENDING = Status.PENDING.answer(PENDING_TEXT)
+_UNKNOWN = Status.UNKNOWN.answer(UNKNOWN_TEXT)
+_OK = Status.OK.frame()
+
+
+def _store_error(exc: StoreError) -> Frames:
+    log.error("store error: %s", exc)
+    return Status.ERROR.answer(f"store error: {exc}")
+
+
+def _parse_new_request(body: Frames) -> NewRequest:
+    """[service, frames...] (or the keyed form) as a NewRequest; ProtocolError if the service or
+    key frame is unusable."""
+    key, body = split_request(body)
+    if not body or not body[0]:
+        raise ProtocolError("titanic.request needs a service name frame")
+    try:
+        service = body[0].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("the service name is not UTF-8") from exc
+    return NewRequest(service=service, frames=tuple(body[1:]), idempotency_key=key)
+
+
+def may_see(owner: str | None, caller: Caller | None) -> bool:
+    """Whether a caller may fetch or close a request stored with this owner."""
+    if owner is None:
+        return True
+    return caller is not None and (caller.admin or caller.key == owner)
+
+
+def check_requests(bodies: Sequence[Frames], max_request_bytes: int,
+                   callers: Sequence[Caller | None] | None = None
+                   ) -> tuple[list[tuple[int, NewRequest]], list[Frames | None]]:
+    """titanic.request bodies checked: the valid ones with their index (owned by their caller,
+    if known), and an answer list in which every refused one already has its
+    `400 bad request: ...` (the others are None)."""
+    answers: list[Frames | None] = [None] * len(bodies)
+    accepted: list[tuple[int, NewRequest]] = []
+    for index, body in enumerate(bodies):
+        try:
+            request = _parse_new_request(body)
+            check_new_request(request, max_request_bytes)
+        except (ProtocolError, InvalidRequestError) as exc:
+            answers[index] = Status.UNKNOWN.answer(f"bad request: {exc}")
+            continue
+        caller = callers[index] if callers is not None else None
+        if caller is not None:
+            request = _owned(request, caller.key)
+        accepted.append((index, request))
+    return accepted, answers
+
+
+def _owned(request: NewRequest, owner: str) -> NewRequest:
+    """The request owned by `owner`, its idempotency key (if any) prefixed with the owner so
+    that keys of different owners never meet: one key cannot learn or block another's request
+    by guessing its idempotency key. A key too long for the column with the prefix is hashed."""
+    key = request.idempotency_key
+    if key is not None:
+        key = f"{owner} {key}"
+        if len(key) > 255:
+            key = f"{owner} sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return dataclasses.replace(request, owner=owner, idempotency_key=key)
+
+
+def refuse_over_owner_limit(answers: list[Frames | None],
+                            accepted: list[tuple[int, NewRequest]], stored: dict[str, int],
+                            limit: int) -> list[tuple[int, NewRequest]]:
+    """The accepted requests that keep each owner within `limit` unfinished requests (given
+    what they have `stored`); the others are answered `503 ...` here."""
+    kept: list[tuple[int, NewRequest]] = []
+    counts = dict(stored)
+    for index, request in accepted:
+        owner = request.owner
+        if owner is not None:
+            if counts.get(owner, 0) >= limit:
+                answers[index] = Status.OVER_LIMIT.answer(
+                    f"too many stored requests for this key (limit {limit}): retry later")
+                continue
+            counts[owner] = counts.get(owner, 0) + 1
+        kept.append((index, request))
+    return kept
+
+
+def acknowledge(answers: list[Frames | None], accepted: Sequence[tuple[int, NewRequest]],
+                ids: Sequence[str]) -> None:
+    """Fill in `200 <uuid>` for the stored requests."""
+    debug = log.isEnabledFor(logging.DEBUG)  # per request below: asked once
+    for (index, request), request_id in zip(accepted, ids, strict=True):
+        if debug:
+            log.debug("request %s for %r stored", request_id, request.service,
+                      extra=about(request_id, request.service))
+        answers[index] = [_OK, request_id.encode()]
+
+
+def refuse_for_store_error(answers: list[Frames | None],
+                           accepted: Sequence[tuple[int, NewRequest]], exc: StoreError) -> None:
+    """Fill in `500 store error: ...` for requests that could not be stored."""
+    error = _store_error(exc)
+    for index, _ in accepted:
+        answers[index] = error
+
+
+def handle_reply(store: Store, body: Frames, caller: Caller | None = None) -> Frames:
+    """titanic.reply: the stored reply, or where the request stands (unknown to another key)."""
+    try:
+        request_id = parse_uuid(body[0]) if len(body) == 1 else ""
+    except ProtocolError:
+        request_id = ""
+    if not request_id:
+        return list(_UNKNOWN)
+    try:
+        stored = store.get(request_id)
+    except InvalidRequestError:
+        return list(_UNKNOWN)
+    except StoreError as exc:
+        return _store_error(exc)
+    if stored is None or not may_see(stored.owner, caller):
+        return list(_UNKNOWN)
+    if stored.status is RequestStatus.DONE:
+        return [_OK, *(stored.reply or ())]
+    if stored.status is RequestStatus.FAILED:
+        return Status.UNKNOWN.answer(FAILED_PREFIX + (stored.last_error or "no reason given"))
+    if stored.status is RequestStatus.EXPIRED:
+        return Status.UNKNOWN.answer(EXPIRED_PREFIX + (stored.last_error or "not delivered"))
+    return list(_PENDING)
+
+
+def handle_close(store: Store, body: Frames, caller: Caller | None = None) -> Frames:
+    """titanic.close: forget the request and its reply; 200 whether or not it existed (or
+    belongs to another key, whose request stays)."""
+    try:
+        request_id = parse_uuid(body[0]) if len(body) == 1 else ""
+    except ProtocolError:
+        return [_OK]
+    if not request_id:
+        return [_OK]
+    try:
+        if caller is not None and caller.admin:
+            store.close(request_id)
+        else:
+            store.close(request_id, owners=(None, caller.key) if caller else (None,))
+    except InvalidRequestError:
+        return [_OK]
+    except StoreError as exc:
+        return _store_error(exc)
+    log.debug("request %s closed", request_id, extra=about(request_id))
+    return [_OK]
+
+
+def batch_of(handler: Callable[[Store, Frames, Caller | None], Frames],
+             store: Store) -> Callable[[Sequence[Frames], Sequence[Caller | None]],
+                                       list[Frames]]:
+    """A one-at-a-time handler applied across a batch of bodies and their callers."""
+    return lambda bodies, callers: [handler(store, body, caller)
+                                    for body, caller in zip(bodies, callers, strict=True)]

@@ -1,0 +1,24 @@
+"""MDP workers: `Worker` serves one service, one request at a time; `echo_handler` echoes.
+
+It owns the worker's side of 7/MDP and 18/MDP: `connection` is one worker socket (READY,
+heartbeats both ways, DISCONNECT, reconnection), `mdp` the blocking `Worker` over one,
+`pool` many connections driven from one SocketSet (the dispatcher's TSP services), `group` N
+workers on threads for `titanic worker run`, and `tasks` a task (`@titanic.task`) as a worker's
+handler. It may import the foundation (`titanic.errors`, `settings`, `logs`, `_zmq`),
+`titanic.protocol`, `titanic.security` and `titanic.tasks`; never the broker, the dispatcher or
+the store.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from titanic._lazy import lazy_names
+
+if TYPE_CHECKING:
+    from titanic.worker.mdp import Worker, echo_handler
+
+__getattr__ = lazy_names(__name__, {"Worker": "titanic.worker.mdp",
+                                    "echo_handler": "titanic.worker.mdp"})
+
+__all__ = ["Worker", "echo_handler"]

@@ -1,0 +1,48 @@
+"""The worker's side of a task: decode the call, run the function, encode what it returned.
+
+What cannot succeed however often it is tried fails the request at once (a permanent failure
+report): a request that is not a task call, arguments the function does not take, a return
+value msgpack cannot carry. An exception the function raises is reported as any handler's is:
+retried after the backoff, unless it is a titanic.PermanentError.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from titanic.errors import PermanentError, ProtocolError
+from titanic.protocol.mdp import Frames
+from titanic.tasks.codec import decode_call, encode_result
+from titanic.tasks.define import Task
+from titanic.worker.mdp import Handler
+
+
+def task_handler(task: Task[Any, Any]) -> Handler:
+    """A worker handler serving `task` in the titanic.task/1 wire form."""
+    try:
+        signature: inspect.Signature | None = inspect.signature(task.function)
+    except (TypeError, ValueError):  # a callable Python cannot describe: the call will tell
+        signature = None
+
+    def handle(frames: Frames) -> Frames:
+        try:
+            args, kwargs = decode_call(frames)
+            if signature is not None:
+                signature.bind(*args, **kwargs)
+        except (ProtocolError, TypeError) as exc:
+            raise PermanentError from _named(task, exc)
+        value = task.function(*args, **kwargs)
+        try:
+            return encode_result(value, task.name)
+        except TypeError as exc:
+            raise PermanentError from exc
+
+    return handle
+
+
+def _named(task: Task[Any, Any], exc: Exception) -> Exception:
+    """The exception with the task's name in front of its message (same type)."""
+    if isinstance(exc, TypeError):
+        return TypeError(f"{task.name}: {exc}")
+    return exc
