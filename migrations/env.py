@@ -1,4 +1,5 @@
-"""Alembic environment: run on the connection titanic.store.migrate passes in (no ini, no logging)."""
+"""Alembic environment: run on the connection titanic.store.migrate passes in (no ini, no
+logging)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +103,16 @@ def test_stats_and_store_identity_read_as_words_in_log_lines() -> None:
 ])
 def test_names_in_log_lines_are_quoted_text(name: str | bytes, shown: str) -> None:
     assert quoted_name(name) == shown
+
+
+def test_every_logger_name_is_one_the_operations_guide_lists() -> None:
+    root = Path(__file__).resolve().parents[2]
+    listed = set(re.findall(r"^\| `(titanic[\w.]*)`(?:, `(titanic[\w.]*)`)?",
+                            (root / "docs" / "operations.md").read_text(), re.M))
+    documented = {name for row in listed for name in row if name}
+    used = {name for folder in ("titanic", "cli") for path in (root / folder).rglob("*.py")
+            for name in re.findall(r"getLogger\(\"(titanic[^\"]*)\"\)", path.read_text())}
+    assert "titanic.broker" in used and "titanic.broker" in documented
+    assert used - documented == set(), "name these loggers in docs/operations.md, Logs"
+    assert not any("getLogger(__name__)" in path.read_text()
+                   for folder in ("titanic", "cli") for path in (root / folder).rglob("*.py"))

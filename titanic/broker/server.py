@@ -41,7 +41,7 @@ from titanic.settings import SHUTDOWN_LINGER_MS, BrokerSettings
 
 __all__ = ["Broker", "BrokerHost", "Endpoint"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.broker")
 
 _RECV_BATCH = 512
 #: Security handshake failures: a plaintext peer, one with the wrong server key, a refused key.

@@ -36,7 +36,7 @@ from titanic.store import (
     StoredRequest,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.dispatcher")
 
 #: Completions per second are counted over this many seconds unless asked otherwise.
 RATE_WINDOW_S = 60.0

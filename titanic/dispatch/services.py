@@ -49,7 +49,7 @@ from titanic.protocol.tsp import (
 )
 from titanic.store import NewRequest, RequestStatus, Store, check_new_request
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.dispatcher")
 
 _PENDING = Status.PENDING.answer(PENDING_TEXT)
 _UNKNOWN = Status.UNKNOWN.answer(UNKNOWN_TEXT)

@@ -62,7 +62,7 @@ from titanic.store import Store, StoreIdentity
 from titanic.worker.connection import WorkerConnection
 from titanic.worker.pool import PoolRequest, WorkerPool
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.dispatcher")
 
 def _ignore(seconds: float) -> None:
     """A latency observer that keeps nothing (metrics not served)."""

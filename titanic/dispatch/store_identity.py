@@ -27,7 +27,7 @@ from titanic.protocol import mmi, tsp
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.store import StoreIdentity
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.dispatcher")
 
 
 def store_reply(identity: StoreIdentity, max_request_bytes: int) -> Frames:

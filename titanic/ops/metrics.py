@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from titanic.broker.server import Broker
     from titanic.dispatch.standalone import DispatcherBase
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.metrics")
 
 #: A health check: (serving, a line saying why or why not).
 HealthCheck = Callable[[], tuple[bool, str]]

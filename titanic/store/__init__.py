@@ -34,7 +34,7 @@ from titanic.store.types import (
     new_request_id,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.store")
 
 
 def open_store(url: str | None = None, *, sqlite_synchronous: str = "FULL",

@@ -23,7 +23,7 @@ from titanic.store.crypto import REQUEST, PlainBodies
 from titanic.store.rows import COLUMNS, TABLE, Values, record, values_for
 from titanic.store.types import Delivery, RequestStatus, StoredRequest
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.store")
 
 PENDING = RequestStatus.PENDING.value
 _CLAIM_TEXTS = 512  # claim statements kept, by shape and limit

@@ -72,7 +72,7 @@ from titanic.store.types import (
     new_request_id,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.store")
 
 
 class TurnDriver(Protocol):

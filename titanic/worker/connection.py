@@ -44,7 +44,7 @@ from titanic.settings import (
     RECONNECT_MAX_S,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.worker")
 
 #: A request as a connection reads it: the client's address, the body, and who sent it.
 Inbound = tuple[bytes, Frames, Caller | None]

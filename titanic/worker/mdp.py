@@ -39,7 +39,7 @@ from titanic.settings import (
 )
 from titanic.worker.connection import ConnectionSettings, WorkerConnection
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.worker")
 
 #: Longest a worker waits in recv before it looks whether stop() was called, in seconds.
 STOP_CHECK_S = 0.1

@@ -21,7 +21,7 @@ from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import broker_list
 from titanic.worker.connection import ConnectionSettings, WorkerConnection
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.worker")
 
 #: Takes the bodies of requests that arrived together and their callers (None when the broker
 #: told none); returns one reply body per request.

@@ -17,7 +17,7 @@ from titanic.client.manage import ManagementClient
 from titanic.client.tsp import TitanicClient
 from titanic.errors import TitanicError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("titanic.dashboard")
 
 #: Seconds between refreshes, and how much history the chart keeps.
 REFRESH_S = 2.0
