@@ -36,6 +36,7 @@ from titanic.broker.local import LocalReply, LocalRequest
 from titanic.client.mdp import Completion
 from titanic.dispatch.held_waits import WaitDesk
 from titanic.dispatch.planner import Planner
+from titanic.dispatch.schedule import TurnSchedule
 from titanic.dispatch.services import handle_close, handle_reply
 from titanic.dispatch.settings import DispatcherSettings
 from titanic.dispatch.standalone import DispatcherBase
@@ -168,8 +169,7 @@ class HostedDispatcher(DispatcherBase):
         self._manage_out: queue.SimpleQueue[tuple[LocalRequest, Frames]] = queue.SimpleQueue()
         self._manage_waiting = 0
         self._finishing = False
-        self._more = True  # the first turn claims whatever is due
-        self._next_release = self._next_survey = 0.0
+        self._schedule: TurnSchedule | None = None  # while serving
         self._now = 0.0  # the time of the turn running: what the transport's sends are timed by
         #: titanic.wait requests held until their request finishes, by a key of their own.
         self._waits = WaitDesk(store, self._answer_wait)
@@ -197,6 +197,8 @@ class HostedDispatcher(DispatcherBase):
             broker.core, broker.send, depth=self.settings.max_in_flight,
             timeout=self.settings.request_timeout, clock=lambda: self._now)
         planner = self._new_planner(transport)
+        self._schedule = TurnSchedule(planner, release_interval=self.settings.release_interval,
+                                      presence_interval=self.settings.presence_interval)
         manager = threading.Thread(target=self._manage, name="titanic-manage", daemon=True)
         manager.start()
         self._threads = [manager, self._start_clean_up(planner, self._stopping)]
@@ -208,26 +210,19 @@ class HostedDispatcher(DispatcherBase):
         """Answer what came for the TSP services, store the replies that came back, claim and
         forward more; when to be called again at the latest."""
         broker, transport, planner = self._broker, self._transport, self._planner
+        schedule = self._schedule
         assert broker is not None and transport is not None and planner is not None
-        s = self.settings
+        assert schedule is not None
         self._now = now
-        if now >= self._next_release:
-            planner.release_stale()
-            self._next_release = now + s.release_interval
-        if now >= self._next_survey:
-            planner.survey()
-            self._next_survey = now + s.presence_interval
-            self._more = True
+        schedule.run_due(now)
         requests, replies = broker.core.take_local()
         submits = self._serve_others(requests, now, planner) if requests else []
         completions = transport.complete(replies) if replies else []
         deadline = transport.next_deadline()
         if deadline is not None and deadline <= now:
             completions += transport.expire(now)
-        if (submits or completions or self._more
-                or now >= (planner.held_until or float("inf"))
-                or now >= (planner.forward_until or float("inf"))):
-            self._more = planner.turn(
+        if submits or completions or schedule.turn_due(now):
+            schedule.more = planner.turn(
                 [request.body for request in submits], completions, now,
                 callers=[self._caller(request) for request in submits] if submits else None,
                 answer=lambda answers: self._answer(submits, answers, now),
@@ -235,7 +230,8 @@ class HostedDispatcher(DispatcherBase):
         if self._manage_waiting:
             self._send_managed()
         self._waits.settle(planner.take_finished(), now)
-        return self._wake(now, planner, transport)
+        managed = now + _MANAGE_POLL_S if self._manage_waiting else None
+        return schedule.wake(now, transport.next_deadline(), self._waits.next_wake(), managed)
 
     def finish(self, now: float) -> float | None:
         """Stop claiming; store the replies held back; go on for drain_timeout while replies
@@ -322,18 +318,6 @@ class HostedDispatcher(DispatcherBase):
         assert self._broker is not None and isinstance(key, int)
         request = self._waiting.pop(key)
         self._broker.send(self._broker.core.answer_local(request, answer))
-
-    def _wake(self, now: float, planner: Planner, transport: CoreTransport) -> float:
-        if self._more:
-            return now
-        wake = min(self._next_release, self._next_survey)
-        for until in (planner.held_until, planner.forward_until, transport.next_deadline(),
-                      self._waits.next_wake()):
-            if until is not None:
-                wake = min(wake, until)
-        if self._manage_waiting:
-            wake = min(wake, now + _MANAGE_POLL_S)
-        return wake
 
     # -- titanic.manage, on its own thread -------------------------------------------------------
 

@@ -49,6 +49,7 @@ from titanic.client.mdp import PipelinedClient
 from titanic.dispatch.held_waits import WaitDesk
 from titanic.dispatch.management import ManagementService, process_facts
 from titanic.dispatch.planner import Planner, Transport
+from titanic.dispatch.schedule import TurnSchedule
 from titanic.dispatch.services import batch_of, handle_close, handle_reply
 from titanic.dispatch.settings import DispatcherSettings as DispatcherSettings
 from titanic.dispatch.settings import DispatcherStats as DispatcherStats
@@ -259,28 +260,15 @@ class Dispatcher(DispatcherBase):
 
     def _loop(self, client: PipelinedClient, planner: Planner) -> None:
         """Wait for anything, then one turn: answer TSP, store replies, claim and send more."""
-        s = self.settings
-        next_release = next_survey = 0.0
-        more = True  # the first turn claims whatever is due
+        schedule = TurnSchedule(planner, release_interval=self.settings.release_interval,
+                                presence_interval=self.settings.presence_interval)
         losses = self.server.broker_losses
         while not self._waker.stopped.is_set():
             now = time.monotonic()
-            if now >= next_release:
-                planner.release_stale()
-                next_release = now + s.release_interval
-            if now >= next_survey:
-                planner.survey()
-                next_survey = now + s.presence_interval
-                more = True
-            wake = min(next_release, next_survey, self.server.upkeep(now),
-                       self._waits.next_wake() or float("inf"))
-            for until in (planner.held_until, planner.forward_until):
-                if until is not None:
-                    wake = min(wake, until)
-            deadline = client.next_deadline()
-            if deadline is not None:
-                wake = min(wake, deadline)
-            ready, _ = self._sockets.wait(0.0 if more else max(0.0, wake - time.monotonic()))
+            schedule.run_due(now)
+            wake = schedule.wake(now, self.server.upkeep(now), self._waits.next_wake(),
+                                 client.next_deadline())
+            ready, _ = self._sockets.wait(max(0.0, wake - time.monotonic()))
             now = time.monotonic()
             submits: list[PoolRequest] = []
             others: list[PoolRequest] = []
@@ -293,9 +281,10 @@ class Dispatcher(DispatcherBase):
                 planner.someone_waits(now)
                 self.server.serve(self._take_waits(others, now), now)
             completions = client.collect(ready) + client.expire(now)
-            more = planner.turn([body for _, _, body, _ in submits], completions, now,
-                                callers=[caller for _, _, _, caller in submits],
-                                answer=partial(self._answer, submits, now=now))
+            schedule.more = planner.turn(
+                [body for _, _, body, _ in submits], completions, now,
+                callers=[caller for _, _, _, caller in submits],
+                answer=partial(self._answer, submits, now=now))
             self._waits.settle(planner.take_finished(), now)
 
     def _take_waits(self, requests: list[PoolRequest], now: float) -> list[PoolRequest]:
