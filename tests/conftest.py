@@ -100,7 +100,7 @@ def sqlite_store(sqlite_url: str) -> Iterator[Store]:
 def broker() -> Iterator[str]:
     """A broker on a free loopback port with quick heartbeats, in a thread; its endpoint."""
     with ExitStack() as stack:
-        yield start_broker(stack)
+        yield start_broker(stack).bound[0]
 
 
 @pytest.fixture

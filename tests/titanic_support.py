@@ -1,4 +1,5 @@
-"""Helpers for the Titanic tests: processes that are always ended, threads that always stop."""
+"""Helpers for the Titanic tests: processes that are always ended, threads that always stop,
+and the quick settings and in-thread brokers the tests share (one definition each)."""
 
 from __future__ import annotations
 
@@ -14,29 +15,64 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import zmq
 
+from titanic.broker import Broker
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.settings import BrokerSettings
+from titanic.worker import Worker, echo_handler
 from titanic.worker.connection import ConnectionSettings
+from titanic.worker.mdp import Handler
+
+if TYPE_CHECKING:
+    from titanic.broker.server import BrokerHost
+    from titanic.security import CurveServer
 
 CLI = [sys.executable, "-P", "-m", "titanic_cli"]
+#: A broker's settings for tests: quick heartbeats.
+FAST_BROKER = BrokerSettings(heartbeat_interval=0.1, heartbeat_liveness=5, request_ttl=30)
 #: Worker connections with quick heartbeats and reconnects, for daemons run by tests.
 FAST_CONNECTION = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
                                      reconnect_max=0.5)
+#: A dispatcher's settings for tests: quick retries, surveys and releases, FAST_CONNECTION.
+FAST_DISPATCHER = DispatcherSettings(
+    backoff=0.05, backoff_max=0.2, lease_margin=0.5, presence_interval=0.05, presence_ttl=0.5,
+    release_interval=0.1, drain_timeout=0.5, identity_timeout=1.0, connection=FAST_CONNECTION)
 
 
-def start_broker(stack: ExitStack) -> str:
-    """A broker running in a thread until `stack` closes (quick heartbeats); its endpoint."""
-    from titanic.broker import Broker
-    from titanic.settings import BrokerSettings
+def fast_dispatcher(**changes: Any) -> DispatcherSettings:
+    """FAST_DISPATCHER with `changes` (broker=..., request_timeout=..., ...) on top."""
+    return replace(FAST_DISPATCHER, **changes)
 
-    server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
-                                                        heartbeat_liveness=5))
-    endpoint = server.bind()[0]
+
+def start_broker(stack: ExitStack, settings: BrokerSettings = FAST_BROKER, *,
+                 curve: CurveServer | None = None, host: BrokerHost | None = None,
+                 worker_endpoint: bool = False) -> Broker:
+    """A broker bound to a free loopback port (and, with `worker_endpoint`, a separate worker
+    endpoint: `worker_bound`), running in a thread until `stack` closes; its endpoint is
+    `.bound[0]`. With `host` it runs a hosted dispatcher's turns in its loop."""
+    server = Broker("tcp://127.0.0.1:0", settings, curve=curve, host=host,
+                    worker_endpoints="tcp://127.0.0.1:0" if worker_endpoint else ())
+    server.bind()
     stack.enter_context(running(server))
-    return endpoint
+    return server
+
+
+def start_worker(stack: ExitStack, broker: str | list[str], service: str,
+                 handler: Handler = echo_handler, **options: Any) -> Worker:
+    """A Worker with FAST_CONNECTION's heartbeats and reconnects, running in a thread until
+    `stack` closes; `options` (dialect=, configure_socket=, liveness=, ...) go to Worker."""
+    fast = {"heartbeat_interval": FAST_CONNECTION.heartbeat_interval,
+            "liveness": FAST_CONNECTION.liveness,
+            "reconnect_initial": FAST_CONNECTION.reconnect_initial,
+            "reconnect_max": FAST_CONNECTION.reconnect_max}
+    worker = Worker(broker, service, handler, **{**fast, **options})
+    stack.enter_context(running(worker))
+    return worker
 
 
 #: Ports tests hand to processes they start: below Linux's ephemeral range (32768-60999 by
@@ -143,6 +179,11 @@ class Processes:
             ) -> subprocess.Popen[bytes]:
         """Start a `titanic` sub-command."""
         return self.start(name, [*CLI, *args], env)
+
+    def broker(self, endpoint: str, *extra: str, name: str = "broker",
+               heartbeat: float = 0.2) -> subprocess.Popen[bytes]:
+        """Start `titanic broker` bound to `endpoint`, with quick heartbeats and `extra`."""
+        return self.cli(name, "broker", "--bind", endpoint, "--heartbeat", str(heartbeat), *extra)
 
     def log(self, name: str) -> str:
         """What a process wrote so far."""

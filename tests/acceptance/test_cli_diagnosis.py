@@ -5,17 +5,24 @@ from __future__ import annotations
 import logging
 import re
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import zmq
-from titanic_support import Processes, free_endpoint, run_cli, running, wait_until
+from titanic_support import (
+    FAST_BROKER,
+    Processes,
+    free_endpoint,
+    run_cli,
+    running,
+    start_broker,
+    wait_until,
+)
 
-from titanic.broker import Broker
 from titanic.client.tsp import TitanicClient
 from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.errors import TitanicTimeoutError
-from titanic.settings import BrokerSettings
 from titanic.store import open_store
 from titanic.worker import Worker
 from titanic.worker.pool import ConnectionSettings
@@ -112,9 +119,8 @@ def test_up_stops_when_a_child_exits_on_a_configuration_error(procs: Processes) 
 def test_registrations_are_one_line_per_service(caplog: pytest.LogCaptureFixture,
                                                 stack: ExitStack) -> None:
     caplog.set_level(logging.INFO, logger="titanic.broker")
-    server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.2))
-    endpoint = server.bind()[0]
-    stack.enter_context(running(server))
+    server = start_broker(stack, replace(FAST_BROKER, heartbeat_interval=0.2))
+    endpoint = server.bound[0]
     for _ in range(5):
         stack.enter_context(running(Worker(endpoint, "many", lambda f: f,
                                            heartbeat_interval=0.2)))

@@ -8,15 +8,23 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import click
 import pytest
 import zmq
-from titanic_support import CLI, free_endpoint, recv_within, run_cli, running, wait_until
+from titanic_support import (
+    CLI,
+    FAST_BROKER,
+    free_endpoint,
+    recv_within,
+    run_cli,
+    running,
+    start_broker,
+    wait_until,
+)
 
-from titanic.broker import Broker
-from titanic.settings import BrokerSettings
 from titanic.worker import Worker
 from titanic_cli.main import COMMANDS, load_command
 
@@ -95,9 +103,8 @@ def test_ctrl_c_exits_130_with_one_line() -> None:
 @pytest.fixture
 def echo_broker() -> Iterator[str]:
     with ExitStack() as stack:
-        server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.2))
-        endpoint = server.bind()[0]
-        stack.enter_context(running(server))
+        server = start_broker(stack, replace(FAST_BROKER, heartbeat_interval=0.2))
+        endpoint = server.bound[0]
         stack.enter_context(running(Worker(endpoint, "echo", lambda f: f,
                                            heartbeat_interval=0.2)))
         yield endpoint

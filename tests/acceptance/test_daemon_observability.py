@@ -31,8 +31,7 @@ def test_broker_and_dispatcher_serve_metrics_health_and_json_logs(procs: Process
                                                                   tmp_path: Path) -> None:
     broker = free_endpoint()
     broker_port, dispatcher_port = free_port(), free_port()
-    procs.cli("broker", "broker", "--bind", broker, "--heartbeat", "0.2",
-              "--metrics-bind", f"127.0.0.1:{broker_port}", "--log-format", "json")
+    procs.broker(broker, "--metrics-bind", f"127.0.0.1:{broker_port}", "--log-format", "json")
     procs.cli("dispatcher", "dispatcher", "--broker", broker, "--heartbeat", "0.2",
               "--db", f"sqlite:///{tmp_path / 'titanic.db'}",
               "--metrics-bind", f"127.0.0.1:{dispatcher_port}",

@@ -26,7 +26,7 @@ def test_sealed_flow_rotation_and_reading_without_the_key(procs: Processes,
     assert again.returncode == 8 and "not overwriting" in one_line(again.stderr)
     db = ["--db", f"sqlite:///{database}"]
     broker = free_endpoint()
-    procs.cli("broker", "broker", "--bind", broker, "--heartbeat", "0.2")
+    procs.broker(broker)
     dispatcher = procs.cli("dispatcher", "dispatcher", "--broker", broker, *db, "--heartbeat",
                            "0.2", "--store-key", str(key))
     procs.cli("worker", "worker", "echo", "--broker", broker, "--heartbeat", "0.2")

@@ -14,7 +14,7 @@ def broker(tmp_path: Path) -> Iterator[str]:
     procs = Processes(tmp_path)
     endpoint = free_endpoint()
     try:
-        procs.cli("broker", "broker", "--bind", endpoint, "--heartbeat", "0.2")
+        procs.broker(endpoint)
         procs.cli("worker", "worker", "echo", "--broker", endpoint, "--heartbeat", "0.2")
         wait_until(lambda: run_cli("mmi", "echo", "--broker", endpoint).returncode == 0,
                    timeout=20, interval=0.1, message="echo worker registered")

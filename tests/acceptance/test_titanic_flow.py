@@ -24,7 +24,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def start_titanic(procs: Processes, db_url: str) -> str:
     broker = free_endpoint()
-    procs.cli("broker", "broker", "--bind", broker, "--heartbeat", "0.2")
+    procs.broker(broker)
     procs.cli("dispatcher", "dispatcher", "--broker", broker, "--db", db_url, *FAST_DISPATCHER)
     return broker
 
@@ -77,7 +77,7 @@ def test_payload_from_stdin_file_and_extra_frames(procs: Processes, tmp_path: Pa
 def test_dispatcher_killed_with_200_acknowledged_delivers_all_after_restart(
         procs: Processes, db_url: str) -> None:
     broker = free_endpoint()
-    procs.cli("broker", "broker", "--bind", broker, "--heartbeat", "0.2")
+    procs.broker(broker)
     dispatcher = start_dispatcher(procs, "dispatcher", broker, db_url)
     with TitanicClient(broker, timeout=5, retries=2) as titanic:
         ids = {titanic.submit("echo", f"n{n}".encode()): f"n{n}".encode() for n in range(200)}
@@ -156,7 +156,7 @@ def test_worker_dying_mid_request_is_retried_and_completes(procs: Processes,
 
 def test_dispatcher_sigterm_exits_zero(procs: Processes, tmp_path: Path) -> None:
     broker = free_endpoint()
-    procs.cli("broker", "broker", "--bind", broker, "--heartbeat", "0.2")
+    procs.broker(broker)
     dispatcher = start_dispatcher(procs, "dispatcher", broker, f"sqlite:///{tmp_path / 't.db'}")
     with TitanicClient(broker, timeout=5, retries=2) as titanic:
         titanic.submit("nobody", b"x")  # serving: the dispatcher is up
@@ -179,7 +179,7 @@ def test_titanic_up_demo_runs_the_main_job(procs: Processes, tmp_path: Path) -> 
 def test_oversized_request_is_refused_with_a_clear_answer(procs: Processes,
                                                           tmp_path: Path) -> None:
     broker = free_endpoint()
-    procs.cli("broker", "broker", "--bind", broker, "--heartbeat", "0.2")
+    procs.broker(broker)
     procs.cli("dispatcher", "dispatcher", "--broker", broker, "--db",
               f"sqlite:///{tmp_path / 't.db'}", "--heartbeat", "0.2", "--max-request-size", "1000")
     big = tmp_path / "big.bin"

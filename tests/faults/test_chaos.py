@@ -135,7 +135,7 @@ def _run_chaos(procs: Processes, tmp_path: Path, db_url: str, hosted: bool) -> N
         if hosted:
             proc = procs.cli(name, "broker", "--bind", endpoint, "--titanic", *forwarding)
         else:
-            proc = procs.cli(name, "broker", "--bind", endpoint, "--heartbeat", "0.2")
+            proc = procs.broker(endpoint, name=name)
         wait_until(lambda: _answers(endpoint), timeout=30, message="the broker answering")
         return proc
 

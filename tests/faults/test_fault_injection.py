@@ -122,8 +122,7 @@ def test_nothing_acknowledged_is_lost_when_every_component_is_killed(
         if hosted:
             return procs.cli(f"broker{next(counter)}", "broker", "--bind", endpoint,
                              "--titanic", *forwarding)
-        return procs.cli(f"broker{next(counter)}", "broker", "--bind", endpoint,
-                         "--heartbeat", "0.2")
+        return procs.broker(endpoint, name=f"broker{next(counter)}")
 
     def start_dispatcher() -> subprocess.Popen[bytes]:
         return procs.cli(f"dispatcher{next(counter)}", "dispatcher", "--broker", endpoint,

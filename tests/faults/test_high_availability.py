@@ -38,7 +38,7 @@ def test_losing_a_broker_and_a_dispatcher_loses_nothing_and_stores_nothing_twice
         procs: Processes, tmp_path: Path, postgres_url: str) -> None:
     brokers = [free_endpoint(), free_endpoint()]
     both = ",".join(brokers)
-    broker_procs = [procs.cli(f"broker{n}", "broker", "--bind", endpoint, "--heartbeat", "0.2")
+    broker_procs = [procs.broker(endpoint, name=f"broker{n}")
                     for n, endpoint in enumerate(brokers)]
     dispatcher_args = ["dispatcher", "--broker", both, "--db", postgres_url,
                        "--heartbeat", "0.2", "--request-timeout", "3", "--backoff", "0.2",

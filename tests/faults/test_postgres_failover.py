@@ -29,7 +29,7 @@ def test_acknowledged_requests_survive_a_primary_killed_and_a_standby_promoted(
     with primary_and_standby(postgres_bindir) as pair:
         url = pair.url()
         broker = free_endpoint()
-        procs.cli("broker", "broker", "--bind", broker, "--heartbeat", "0.2")
+        procs.broker(broker)
         for n in range(2):
             procs.cli(f"dispatcher{n}", "dispatcher", "--broker", broker, "--db", url,
                       "--heartbeat", "0.2", "--request-timeout", "3", "--backoff", "0.2",

@@ -42,8 +42,7 @@ class Titanic:
 
     def broker(self) -> subprocess.Popen[bytes]:
         self.runs += 1
-        return self.procs.cli(f"broker{self.runs}", "broker", "--bind", self.endpoint,
-                              "--heartbeat", "0.2")
+        return self.procs.broker(self.endpoint, name=f"broker{self.runs}")
 
     def dispatcher(self) -> subprocess.Popen[bytes]:
         self.runs += 1

@@ -8,15 +8,13 @@ from contextlib import ExitStack
 
 import pytest
 import zmq
-from titanic_support import free_endpoint, nothing_within, running, wait_until
+from titanic_support import free_endpoint, nothing_within, start_broker, wait_until
 
-from titanic.broker import Broker
 from titanic.client import Client
 from titanic.client.tsp import TitanicClient
 from titanic.dispatch.hosted import HostedDispatcher
 from titanic.dispatch.settings import DispatcherSettings
 from titanic.errors import ProtocolError
-from titanic.settings import BrokerSettings
 from titanic.store import Store
 
 
@@ -81,9 +79,8 @@ def test_mdp_client_refuses_a_service_of_another_type_before_sending(
 def test_submit_with_a_service_or_key_of_another_type_is_a_type_error(
         stack: ExitStack, store: Store) -> None:
     host = HostedDispatcher(store, DispatcherSettings(presence_interval=0.05))
-    broker = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1), host=host)
-    endpoint = broker.bind()[0]
-    stack.enter_context(running(broker))
+    broker = start_broker(stack, host=host)
+    endpoint = broker.bound[0]
     client = stack.enter_context(TitanicClient(endpoint, timeout=2.0, retries=2))
     wait_until(lambda: broker.has_workers(b"titanic.request"), message="titanic serving")
     with pytest.raises(TypeError) as service:

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from titanic_support import free_endpoint, running
+from titanic_support import FAST_CONNECTION, free_endpoint, running
 
 from titanic import AsyncTitanicClient, ClientClosedError, PermanentError, TitanicTimeoutError
 from titanic.bench.tsp import wait_for_titanic
@@ -20,7 +20,6 @@ from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.protocol.mdp import Frames
 from titanic.store import Store
 from titanic.worker import Worker
-from titanic.worker.pool import ConnectionSettings
 
 DOCS = Path(__file__).parents[2] / "docs"
 
@@ -28,7 +27,7 @@ DOCS = Path(__file__).parents[2] / "docs"
 def start_titanic(stack: ExitStack, broker: str, store: Store) -> None:
     settings = DispatcherSettings(
         broker=broker, request_timeout=30, max_attempts=2, backoff=0.05, backoff_max=0.1,
-        presence_interval=0.05, connection=ConnectionSettings(heartbeat_interval=0.1))
+        presence_interval=0.05, connection=FAST_CONNECTION)
     stack.enter_context(running(Dispatcher(store, settings)))
 
     def upper(frames: Frames) -> Frames:

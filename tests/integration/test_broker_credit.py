@@ -14,9 +14,8 @@ from contextlib import ExitStack
 
 import pytest
 import zmq
-from titanic_support import nothing_within, raw_dealer, recv_within, running
+from titanic_support import nothing_within, raw_dealer, recv_within, start_broker
 
-from titanic.broker import Broker
 from titanic.client import PipelinedClient
 from titanic.settings import BrokerSettings
 
@@ -28,10 +27,7 @@ SETTINGS = BrokerSettings(heartbeat_interval=10.0, request_ttl=30, worker_prefet
 @pytest.fixture
 def endpoint() -> Iterator[str]:
     with ExitStack() as stack:
-        broker = Broker("tcp://127.0.0.1:0", SETTINGS)
-        bound = broker.bind()[0]
-        stack.enter_context(running(broker))
-        yield bound
+        yield start_broker(stack, SETTINGS).bound[0]
 
 
 def _register(sock: zmq.Socket[bytes], service: bytes) -> None:

@@ -11,7 +11,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
-from titanic_support import FAST_CONNECTION, free_endpoint, running, wait_until
+from titanic_support import FAST_CONNECTION, free_endpoint, running, start_broker, wait_until
 
 pytest.importorskip("flask")
 
@@ -131,10 +131,7 @@ def test_requests_failed_by_failure_reports_show_their_attempts(
         raise ValueError("bad address")
 
     with ExitStack() as stack:
-        server = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
-                                                            heartbeat_liveness=5))
-        broker = server.bind()[0]
-        stack.enter_context(running(server))
+        broker = start_broker(stack).bound[0]
         settings = DispatcherSettings(broker=broker, connection=FAST_CONNECTION, max_attempts=3,
                                       backoff=0.05, backoff_max=0.2, request_timeout=120)
         stack.enter_context(running(Dispatcher(sqlite_store, settings)))

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 
 import pytest
-from titanic_support import free_endpoint, running, wait_until
+from titanic_support import fast_dispatcher, free_endpoint, running, wait_until
 
 from titanic.broker import Broker
 from titanic.client.tsp import ReplyState, TitanicClient
@@ -19,18 +19,11 @@ from titanic.protocol.mdp import Frames
 from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store, open_store
 from titanic.worker import Worker
-from titanic.worker.connection import ConnectionSettings
-
-FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
-                          reconnect_max=0.5)
 
 
 def fast_settings(broker: str) -> DispatcherSettings:
-    return DispatcherSettings(
-        broker=broker, request_timeout=1.0, max_attempts=3, backoff=0.05, backoff_max=0.2,
-        lease_margin=0.5, presence_interval=0.05, presence_ttl=0.5, release_interval=0.1,
-        connection=FAST, drain_timeout=1.0,
-    )
+    return fast_dispatcher(broker=broker, request_timeout=1.0, max_attempts=3,
+                           drain_timeout=1.0)
 
 
 def worker(broker: str, service: str, handler) -> Worker:  # type: ignore[no-untyped-def]

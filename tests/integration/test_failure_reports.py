@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import replace
 
-from titanic_support import running, wait_until
+from titanic_support import fast_dispatcher, running, start_worker, wait_until
 
 from titanic import PermanentError, TitanicClient
 from titanic.client import Client
@@ -14,26 +14,14 @@ from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
 from titanic.protocol.failure import MARKER, split_last_error
 from titanic.protocol.mdp import Frames
 from titanic.store import RequestStatus, Store
-from titanic.worker import Worker
-from titanic.worker.pool import ConnectionSettings
 
-FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
-                          reconnect_max=0.5)
 #: Far longer than any wait below: a request that ends within the test was not timed out.
 NEVER_S = 120.0
 
 
 def settings(broker: str) -> DispatcherSettings:
-    return DispatcherSettings(
-        broker=broker, request_timeout=NEVER_S, max_attempts=3, backoff=0.05, backoff_max=0.2,
-        presence_interval=0.05, presence_ttl=0.5, release_interval=0.1, connection=FAST,
-        drain_timeout=1.0)
-
-
-def serve(stack: ExitStack, broker: str, service: str, handler) -> Worker:  # type: ignore[no-untyped-def]
-    worker = Worker(broker, service, handler, heartbeat_interval=0.1, reconnect_initial=0.05)
-    stack.enter_context(running(worker))
-    return worker
+    return fast_dispatcher(broker=broker, request_timeout=NEVER_S, max_attempts=3,
+                           drain_timeout=1.0)
 
 
 def test_raising_handler_is_retried_with_backoff_then_fails_with_its_error(
@@ -44,7 +32,7 @@ def test_raising_handler_is_retried_with_backoff_then_fails_with_its_error(
         calls.append(frames)
         raise ValueError("bad input")
 
-    serve(stack, broker, "parse", bad)
+    start_worker(stack, broker, "parse", bad)
     stack.enter_context(running(Dispatcher(store, settings(broker))))
     with TitanicClient(broker, timeout=2.0, retries=3) as titanic:
         request_id = titanic.submit("parse", b"x")
@@ -74,7 +62,7 @@ def test_permanent_error_fails_the_request_at_once(broker: str, store: Store,
             raise PermanentError from exc
         return frames
 
-    serve(stack, broker, "parse", refuse)
+    start_worker(stack, broker, "parse", refuse)
     stack.enter_context(running(Dispatcher(store, settings(broker))))
     with TitanicClient(broker, timeout=2.0, retries=3) as titanic:
         request_id = titanic.submit("parse", "bad input")
@@ -96,7 +84,7 @@ def test_a_plain_mdp_client_reads_the_failure_and_the_worker_keeps_serving(
             raise RuntimeError("no luck")
         return ["über", frames[0]]
 
-    worker = serve(stack, broker, "flaky", flaky)
+    worker = start_worker(stack, broker, "flaky", flaky)
     with Client(broker, timeout=NEVER_S / 4, retries=0) as client:
         report = client.request("flaky", b"boom")
         assert report[:3] == [MARKER, b"retry", b"RuntimeError: no luck"]
@@ -110,7 +98,7 @@ def test_a_plain_mdp_client_reads_the_failure_and_the_worker_keeps_serving(
 
 def test_handler_returning_something_not_frames_is_reported(broker: str,
                                                             stack: ExitStack) -> None:
-    serve(stack, broker, "odd", lambda frames: [1, 2])
+    start_worker(stack, broker, "odd", lambda frames: [1, 2])
     with Client(broker, timeout=NEVER_S / 4, retries=0) as client:
         reply = client.request("odd", b"x")
     assert reply[:2] == [MARKER, b"retry"]
@@ -119,7 +107,7 @@ def test_handler_returning_something_not_frames_is_reported(broker: str,
 
 def test_a_reply_that_only_looks_like_a_report_is_stored_as_a_reply(
         broker: str, store: Store, stack: ExitStack) -> None:
-    serve(stack, broker, "echo", lambda frames: frames)
+    start_worker(stack, broker, "echo", lambda frames: frames)
     stack.enter_context(running(Dispatcher(store, replace(settings(broker), max_attempts=1))))
     with TitanicClient(broker, timeout=2.0, retries=3) as titanic:
         five = [MARKER, b"retry", b"x", b"y", b"z"]

@@ -14,27 +14,20 @@ from pathlib import Path
 import pytest
 import zmq
 from standard_tsp import StandardTitanic, whole_frame_client
-from titanic_support import run_cli, running, start_broker, wait_until
+from titanic_support import fast_dispatcher, run_cli, running, start_broker, wait_until
 
 from titanic.broker import Broker
 from titanic.client import Client
 from titanic.client.tsp import ReplyState, TitanicClient
 from titanic.dispatch.hosted import HostedDispatcher
-from titanic.dispatch.settings import DispatcherSettings
 from titanic.dispatch.standalone import Dispatcher
 from titanic.errors import StoreMismatchError
 from titanic.protocol.mdp import Frames
 from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store, open_store
 from titanic.worker import Worker, echo_handler
-from titanic.worker.connection import ConnectionSettings
 
-FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
-                          reconnect_max=0.5)
-SETTINGS = DispatcherSettings(request_timeout=2.0, max_attempts=50, backoff=0.05,
-                              backoff_max=0.2, lease_margin=0.5, presence_interval=0.05,
-                              presence_ttl=0.5, release_interval=0.1, drain_timeout=0.5,
-                              connection=FAST, identity_timeout=1.0)
+SETTINGS = fast_dispatcher(request_timeout=2.0, max_attempts=50)
 
 
 def worker(stack: ExitStack, endpoint: str, handler: Callable[[Frames], Frames] = echo_handler,
@@ -65,7 +58,7 @@ def sqlite_store(stack: ExitStack, path: Path) -> Store:
 
 def test_titanic_client_submits_fetches_and_closes_through_a_standard_server(
         stack: ExitStack, caplog: pytest.LogCaptureFixture) -> None:
-    endpoint = start_broker(stack)
+    endpoint = start_broker(stack).bound[0]
     server = StandardTitanic(endpoint).start(stack)
     worker(stack, endpoint)
     with TitanicClient(endpoint, timeout=2.0) as titanic, caplog.at_level(logging.WARNING):
@@ -82,7 +75,7 @@ def test_titanic_client_submits_fetches_and_closes_through_a_standard_server(
 
 
 def test_the_cli_submits_fetches_and_closes_through_a_standard_server(stack: ExitStack) -> None:
-    endpoint = start_broker(stack)
+    endpoint = start_broker(stack).bound[0]
     server = StandardTitanic(endpoint).start(stack)
     worker(stack, endpoint)
     submitted = run_cli("submit", "echo", "hello", "-b", endpoint)
@@ -211,7 +204,7 @@ def test_a_broker_refusal_is_retried_never_stored_as_a_reply(stack: ExitStack, t
 
 def test_ten_thousand_pipelined_requests_from_one_client_are_all_echoed(stack: ExitStack
                                                                         ) -> None:
-    endpoint = start_broker(stack)
+    endpoint = start_broker(stack).bound[0]
     worker(stack, endpoint)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     client = context.socket(zmq.DEALER)

@@ -70,9 +70,8 @@ def test_daemons_survive_100k_malformed_messages(procs: Processes, tmp_path: Pat
     rng = random.Random(replayable_seed("fuzz", "TITANIC_FUZZ_SEED"))
     endpoint = free_endpoint()
     db = ["--db", f"sqlite:///{tmp_path / 'fuzz.db'}"]
-    broker = procs.cli("broker", "broker", "--bind", endpoint, "--heartbeat", "0.2",
-                       "--max-message-size", str(MAX_MESSAGE), "--request-ttl", "2",
-                       *(["--titanic", *db] if hosted else []))
+    broker = procs.broker(endpoint, "--max-message-size", str(MAX_MESSAGE), "--request-ttl", "2",
+                          *(["--titanic", *db] if hosted else []))
     daemons = {"broker": broker}
     if not hosted:
         daemons["dispatcher"] = procs.cli("dispatcher", "dispatcher", "--broker", endpoint,

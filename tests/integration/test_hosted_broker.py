@@ -7,12 +7,11 @@ import json
 import threading
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
 
 import pytest
-from titanic_support import run_cli, running, wait_until
+from titanic_support import run_cli, start_broker, start_worker, wait_until
 
 from titanic.broker import Broker
 from titanic.client.tsp import ReplyState, TitanicClient
@@ -20,9 +19,7 @@ from titanic.dispatch.hosted import HostedDispatcher
 from titanic.dispatch.settings import DispatcherSettings
 from titanic.ops.metrics import serve_broker_metrics
 from titanic.protocol.mdp import Frames
-from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store, open_store
-from titanic.worker import Worker
 
 SETTINGS = DispatcherSettings(request_timeout=0.5, max_attempts=5, backoff=0.05,
                               backoff_max=0.2, lease_margin=0.5, presence_interval=0.05,
@@ -39,19 +36,8 @@ def hosting_broker(stack: ExitStack, store: Store,
                                                                      HostedDispatcher]:
     """A broker hosting a dispatcher on `store`, running until `stack` closes."""
     host = HostedDispatcher(store, settings)
-    broker = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
-                                                        heartbeat_liveness=5), host=host)
-    endpoint = broker.bind()[0]
-    stack.enter_context(running(broker))
-    return endpoint, broker, host
-
-
-def start_worker(stack: ExitStack, endpoint: str, handler: Callable[[Frames], Frames],
-                 service: str = "echo") -> Worker:
-    worker = Worker(endpoint, service, handler, heartbeat_interval=0.1, liveness=5,
-                    reconnect_initial=0.05)
-    stack.enter_context(running(worker))
-    return worker
+    broker = start_broker(stack, host=host)
+    return broker.bound[0], broker, host
 
 
 def client(stack: ExitStack, endpoint: str | list[str]) -> TitanicClient:
@@ -85,7 +71,7 @@ def test_every_request_is_stored_forwarded_answered_and_closed(hosted_store: Sto
         return [frame.upper() for frame in frames]
 
     for _ in range(2):
-        start_worker(stack, endpoint, count)
+        start_worker(stack, endpoint, "echo", count)
     titanic = client(stack, endpoint)
     ids = {titanic.submit("echo", b"n%d" % n): b"N%d" % n for n in range(300)}
     for request_id, body in ids.items():
@@ -104,7 +90,7 @@ def test_a_request_waits_until_a_worker_registers(store: Store, stack: ExitStack
     titanic = client(stack, endpoint)
     request_id = titanic.submit("later", b"x")
     assert titanic.fetch(request_id).state is ReplyState.PENDING
-    start_worker(stack, endpoint, lambda frames: [b"done", *frames], service="later")
+    start_worker(stack, endpoint, "later", lambda frames: [b"done", *frames])
     fetched = titanic.wait(request_id, timeout=10)
     assert fetched.reply == [b"done", b"x"]
 
@@ -121,11 +107,11 @@ def test_a_request_its_worker_never_answers_goes_to_another(store: Store,
         release.wait(10)
         return [b"too late"]
 
-    start_worker(stack, endpoint, hang)
+    start_worker(stack, endpoint, "echo", hang)
     titanic = client(stack, endpoint)
     request_id = titanic.submit("echo", b"x")
     wait_until(stuck.is_set, message="the first worker holds the request")
-    start_worker(stack, endpoint, lambda frames: [b"answered", *frames])
+    start_worker(stack, endpoint, "echo", lambda frames: [b"answered", *frames])
     fetched = titanic.wait(request_id, timeout=10)
     assert fetched.reply == [b"answered", b"x"]
     stored = store.get(request_id)
@@ -143,7 +129,8 @@ def test_stopping_hands_back_what_is_in_flight(store: Store) -> None:
     with ExitStack() as workers:
         with ExitStack() as stack:
             endpoint, broker, host = hosting_broker(stack, store, settings)
-            start_worker(workers, endpoint, lambda frames: [b"late"] if release.wait(10) else [])
+            start_worker(workers, endpoint, "echo",
+                         lambda frames: [b"late"] if release.wait(10) else [])
             workers.callback(release.set)  # first thing when the workers stop
             titanic = client(stack, endpoint)
             request_id = titanic.submit("echo", b"x")
@@ -163,7 +150,7 @@ def test_two_hosting_brokers_on_one_database_serve_each_others_clients(
         stack.callback(store.close_store)
     first, _, _ = hosting_broker(stack, first_store)
     second, _, _ = hosting_broker(stack, second_store)
-    start_worker(stack, second, lambda frames: [b"from the second", *frames])
+    start_worker(stack, second, "echo", lambda frames: [b"from the second", *frames])
     titanic = client(stack, first)  # the first broker has no worker for echo
     request_id = titanic.submit("echo", b"x")
     assert titanic.wait(request_id, timeout=10).reply == [b"from the second", b"x"]
@@ -173,7 +160,7 @@ def test_two_hosting_brokers_on_one_database_serve_each_others_clients(
 def test_the_cli_sees_the_hosted_dispatcher_and_metrics_show_both(store: Store,
                                                                    stack: ExitStack) -> None:
     endpoint, broker, host = hosting_broker(stack, store)
-    start_worker(stack, endpoint, lambda frames: frames)
+    start_worker(stack, endpoint, "echo", lambda frames: frames)
     titanic = client(stack, endpoint)
     titanic.wait(titanic.submit("echo", b"x"), timeout=10)
     done = run_cli("info", "--broker", endpoint, "--json", timeout=30)
@@ -196,7 +183,7 @@ def test_the_cli_sees_the_hosted_dispatcher_and_metrics_show_both(store: Store,
 def test_with_forward_linger_off_a_lone_request_is_forwarded_at_once(store: Store,
                                                                      stack: ExitStack) -> None:
     endpoint, _, host = hosting_broker(stack, store, replace(SETTINGS, forward_linger=0.0))
-    start_worker(stack, endpoint, lambda frames: frames)
+    start_worker(stack, endpoint, "echo", lambda frames: frames)
     titanic = client(stack, endpoint)
     for n in range(5):
         assert titanic.wait(titanic.submit("echo", b"%d" % n), timeout=10).reply == [b"%d" % n]

@@ -58,7 +58,7 @@ def has_workers(broker: str, service: str) -> bool:
 def test_a_worker_stops_cleanly_when_its_parent_is_gone(
         lifeline: Lifeline, children: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
     with ExitStack() as stack:
-        broker = start_broker(stack)
+        broker = start_broker(stack).bound[0]
         worker = start_child(children, lifeline, [*CLI, "worker", "echo", "--broker", broker,
                                                   "--service", "lifeline"], tmp_path / "w.log")
         wait_until(lambda: has_workers(broker, "lifeline"), timeout=30,

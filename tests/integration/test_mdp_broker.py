@@ -10,11 +10,14 @@ from contextlib import ExitStack
 
 import pytest
 from titanic_support import (
+    FAST_BROKER,
     nothing_within,
     raw_dealer,
     recv_within,
     replayable_seed,
     running,
+    start_broker,
+    start_worker,
     wait_until,
 )
 
@@ -24,29 +27,6 @@ from titanic.errors import BrokerRefusedError, TitanicTimeoutError
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import BrokerSettings
 from titanic.worker import Worker
-
-FAST = BrokerSettings(heartbeat_interval=0.1, heartbeat_liveness=3, request_ttl=30)
-
-
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as stack:
-        yield stack
-
-
-def start_broker(stack: ExitStack, settings: BrokerSettings = FAST) -> tuple[Broker, str]:
-    broker = Broker("tcp://127.0.0.1:0", settings)
-    endpoint = broker.bind()[0]
-    stack.enter_context(running(broker))
-    return broker, endpoint
-
-
-def start_worker(stack: ExitStack, endpoint: str, service: str, handler,  # type: ignore[no-untyped-def]
-                 dialect: Dialect = Dialect.MDP01) -> Worker:
-    worker = Worker(endpoint, service, handler, dialect=dialect, heartbeat_interval=0.1,
-                    reconnect_initial=0.05)
-    stack.enter_context(running(worker))
-    return worker
 
 
 def client(stack: ExitStack, endpoint: str, dialect: Dialect = Dialect.MDP01,
@@ -67,15 +47,15 @@ def streaming(frames: Frames) -> Iterator[list[bytes]]:
 @pytest.mark.parametrize("client_dialect", list(Dialect))
 def test_every_client_dialect_reaches_every_worker_dialect(
         stack: ExitStack, client_dialect: Dialect, worker_dialect: Dialect) -> None:
-    _, endpoint = start_broker(stack)
-    start_worker(stack, endpoint, "echo", lambda f: [b"got", *f], worker_dialect)
+    endpoint = start_broker(stack).bound[0]
+    start_worker(stack, endpoint, "echo", lambda f: [b"got", *f], dialect=worker_dialect)
     reply = client(stack, endpoint, client_dialect).request("echo", b"a", b"", b"c")
     assert reply == [b"got", b"a", b"", b"c"]
 
 
 def test_seven_mdp_client_gets_one_reply_holding_all_partials(stack: ExitStack) -> None:
-    _, endpoint = start_broker(stack)
-    start_worker(stack, endpoint, "stream", streaming, Dialect.MDP02)
+    endpoint = start_broker(stack).bound[0]
+    start_worker(stack, endpoint, "stream", streaming, dialect=Dialect.MDP02)
     parts = client(stack, endpoint, Dialect.MDP01).request_parts("stream", b"x")
     assert parts == [[b"part-1", b"part-2", b"", b"final", b"x"]]
 
@@ -83,20 +63,21 @@ def test_seven_mdp_client_gets_one_reply_holding_all_partials(stack: ExitStack) 
 @pytest.mark.parametrize("client_dialect", [Dialect.MDP02, Dialect.MAJORTOMO])
 def test_eighteen_mdp_client_gets_partials_then_final(stack: ExitStack,
                                                       client_dialect: Dialect) -> None:
-    _, endpoint = start_broker(stack)
-    start_worker(stack, endpoint, "stream", streaming, Dialect.MDP02)
+    endpoint = start_broker(stack).bound[0]
+    start_worker(stack, endpoint, "stream", streaming, dialect=Dialect.MDP02)
     parts = client(stack, endpoint, client_dialect).request_parts("stream", b"x")
     assert parts == [[b"part-1"], [b"part-2", b""], [b"final", b"x"]]
 
 
 def test_eighteen_mdp_client_served_by_seven_mdp_worker_gets_a_final(stack: ExitStack) -> None:
-    _, endpoint = start_broker(stack)
-    start_worker(stack, endpoint, "echo", lambda f: f, Dialect.MDP01)
+    endpoint = start_broker(stack).bound[0]
+    start_worker(stack, endpoint, "echo", lambda f: f, dialect=Dialect.MDP01)
     assert client(stack, endpoint, Dialect.MDP02).request_parts("echo", b"x") == [[b"x"]]
 
 
 def test_request_queued_before_a_worker_arrives_is_served(stack: ExitStack) -> None:
-    broker, endpoint = start_broker(stack)
+    broker = start_broker(stack)
+    endpoint = broker.bound[0]
     answers: list[Frames] = []
     caller = threading.Thread(target=lambda: answers.append(
         Client(endpoint, timeout=10, retries=0).request("late", b"hello")))
@@ -109,7 +90,8 @@ def test_request_queued_before_a_worker_arrives_is_served(stack: ExitStack) -> N
 
 def test_total_queue_bound_answers_503(stack: ExitStack) -> None:
     settings = BrokerSettings(heartbeat_interval=0.1, total_queue_limit=1)
-    broker, endpoint = start_broker(stack, settings)
+    broker = start_broker(stack, settings)
+    endpoint = broker.bound[0]
     with raw_dealer(endpoint) as first, raw_dealer(endpoint) as second:
         first.send_multipart([b"", b"MDPC01", b"one", b"x"])
         wait_until(lambda: broker.stats.queued == 1, message="one request queued")
@@ -122,7 +104,8 @@ def test_total_queue_bound_answers_503(stack: ExitStack) -> None:
 
 
 def test_mmi_service_follows_live_workers(stack: ExitStack) -> None:
-    broker, endpoint = start_broker(stack)
+    broker = start_broker(stack)
+    endpoint = broker.bound[0]
     asker = client(stack, endpoint)
     assert asker.request("mmi.service", b"echo") == [b"404"]
     worker = Worker(endpoint, "echo", lambda f: f, heartbeat_interval=0.1)
@@ -134,7 +117,8 @@ def test_mmi_service_follows_live_workers(stack: ExitStack) -> None:
 
 
 def test_silent_worker_is_expired_and_mmi_says_404(stack: ExitStack) -> None:
-    broker, endpoint = start_broker(stack)
+    broker = start_broker(stack)
+    endpoint = broker.bound[0]
     asker = client(stack, endpoint)
     with raw_dealer(endpoint) as silent:
         silent.send_multipart([b"", b"MDPW01", b"\x01", b"mute"])
@@ -145,14 +129,15 @@ def test_silent_worker_is_expired_and_mmi_says_404(stack: ExitStack) -> None:
 
 
 def test_eighteen_mdp_violation_gets_disconnect_in_its_dialect(stack: ExitStack) -> None:
-    _, endpoint = start_broker(stack, BrokerSettings(heartbeat_interval=5))
+    endpoint = start_broker(stack, BrokerSettings(heartbeat_interval=5)).bound[0]
     with raw_dealer(endpoint) as peer:
         peer.send_multipart([b"MDPW02", b"\x04", b"client", b"", b"reply"])
         assert recv_within(peer) == [b"MDPW02", b"\x06"]
 
 
 def test_malformed_flood_leaves_the_broker_serving(stack: ExitStack) -> None:
-    broker, endpoint = start_broker(stack)
+    broker = start_broker(stack)
+    endpoint = broker.bound[0]
     start_worker(stack, endpoint, "echo", lambda f: f)
     rng = random.Random(replayable_seed("flood", "TITANIC_FLOOD_SEED"))
     headers = [b"", b"MDPC01", b"MDPW01", b"MDPC02", b"MDPW02", b"\x01", b"\x03", b"\x09", b"svc"]
@@ -167,7 +152,7 @@ def test_malformed_flood_leaves_the_broker_serving(stack: ExitStack) -> None:
 
 
 def test_pipelined_replies_out_of_order_are_matched(stack: ExitStack) -> None:
-    _, endpoint = start_broker(stack)
+    endpoint = start_broker(stack).bound[0]
 
     def sleepy(frames: Frames) -> Frames:
         time.sleep(int(frames[0]) / 1000)
@@ -188,7 +173,7 @@ def test_pipelined_replies_out_of_order_are_matched(stack: ExitStack) -> None:
 
 
 def test_pipelined_client_opens_only_the_sockets_its_load_keeps_busy(stack: ExitStack) -> None:
-    _, endpoint = start_broker(stack)
+    endpoint = start_broker(stack).bound[0]
     start_worker(stack, endpoint, "echo", lambda f: f)
     with PipelinedClient(endpoint, depth=64, timeout=5, retries=0) as pipe:
         assert pipe.sockets_opened == 0 and pipe.free_slots == 64
@@ -202,7 +187,7 @@ def test_pipelined_client_opens_only_the_sockets_its_load_keeps_busy(stack: Exit
 
 
 def test_pipelined_timeout_retries_on_new_sockets_then_fails(stack: ExitStack) -> None:
-    _, endpoint = start_broker(stack)
+    endpoint = start_broker(stack).bound[0]
     started = time.monotonic()
     with PipelinedClient(endpoint, depth=2, timeout=0.2, retries=2) as pipe:
         results = list(pipe.run([("nobody", [b"x"])] * 2))
@@ -212,7 +197,8 @@ def test_pipelined_timeout_retries_on_new_sockets_then_fails(stack: ExitStack) -
 
 
 def test_sync_client_timeout_is_clear_and_it_recovers(stack: ExitStack) -> None:
-    broker, endpoint = start_broker(stack)
+    broker = start_broker(stack)
+    endpoint = broker.bound[0]
     asker = client(stack, endpoint, timeout=0.2, retries=1)
     with pytest.raises(TitanicTimeoutError, match=r"'later'.*after 2 attempt\(s\) of 0.2 s"):
         asker.request("later", b"x")
@@ -221,7 +207,7 @@ def test_sync_client_timeout_is_clear_and_it_recovers(stack: ExitStack) -> None:
 
 
 def test_stop_disconnects_workers(stack: ExitStack) -> None:
-    broker = Broker("tcp://127.0.0.1:0", FAST)
+    broker = Broker("tcp://127.0.0.1:0", FAST_BROKER)
     endpoint = broker.bind()[0]
     with raw_dealer(endpoint) as worker:
         with running(broker):
@@ -237,7 +223,8 @@ def test_stop_disconnects_workers(stack: ExitStack) -> None:
 
 def test_service_name_counts_toward_the_request_size_limit(stack: ExitStack) -> None:
     settings = BrokerSettings(heartbeat_interval=0.1, max_request_size=1000)
-    broker, endpoint = start_broker(stack, settings)
+    broker = start_broker(stack, settings)
+    endpoint = broker.bound[0]
     start_worker(stack, endpoint, "n" * 200, lambda f: f)
     asker = client(stack, endpoint, retries=0)
     with pytest.raises(BrokerRefusedError) as refused:
@@ -249,7 +236,8 @@ def test_service_name_counts_toward_the_request_size_limit(stack: ExitStack) -> 
 
 
 def test_overlong_service_names_are_refused_not_queued(stack: ExitStack) -> None:
-    broker, endpoint = start_broker(stack)
+    broker = start_broker(stack)
+    endpoint = broker.bound[0]
     start_worker(stack, endpoint, "echo", lambda f: f)
     asker = client(stack, endpoint, retries=0)
     for _ in range(10):
@@ -265,7 +253,8 @@ def test_overlong_service_names_are_refused_not_queued(stack: ExitStack) -> None
 
 
 def test_worker_with_an_overlong_service_name_is_disconnected(stack: ExitStack) -> None:
-    broker, endpoint = start_broker(stack)
+    broker = start_broker(stack)
+    endpoint = broker.bound[0]
     with raw_dealer(endpoint) as sock:
         sock.send_multipart([b"", b"MDPW01", b"\x01", b"w" * 256])
         assert recv_within(sock) == [b"", b"MDPW01", b"\x05"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -25,11 +24,6 @@ Worker(sys.argv[1], "slow", handler, heartbeat_interval=0.2, reconnect_initial=0
 """
 
 
-def start_broker(procs: Processes, endpoint: str,
-                 name: str = "broker") -> subprocess.Popen[bytes]:
-    return procs.cli(name, "broker", "--bind", endpoint, "--heartbeat", "0.2")
-
-
 def wait_for_service(endpoint: str, service: str, timeout: float = 15) -> None:
     with Client(endpoint, timeout=0.5, retries=0) as asker:
         def present() -> bool:
@@ -43,7 +37,7 @@ def wait_for_service(endpoint: str, service: str, timeout: float = 15) -> None:
 def test_worker_dies_mid_request_and_the_retry_is_served_by_another(
         procs: Processes, tmp_path: Path) -> None:
     endpoint = free_endpoint()
-    start_broker(procs, endpoint)
+    procs.broker(endpoint)
     script = tmp_path / "slow_worker.py"
     script.write_text(SLOW_WORKER)
     doomed_mark = tmp_path / "doomed-busy"
@@ -64,14 +58,14 @@ def test_worker_dies_mid_request_and_the_retry_is_served_by_another(
 
 def test_broker_killed_and_restarted_on_the_same_port(procs: Processes) -> None:
     endpoint = free_endpoint()
-    broker = start_broker(procs, endpoint)
+    broker = procs.broker(endpoint)
     procs.cli("worker", "worker", "echo", "--broker", endpoint, "--service", "echo",
               "--heartbeat", "0.2")
     wait_for_service(endpoint, "echo")
     with Client(endpoint, timeout=1.0, retries=20) as client:
         assert client.request("echo", b"before") == [b"before"]
         Processes.kill(broker)
-        start_broker(procs, endpoint, "broker2")
+        procs.broker(endpoint, name="broker2")
         # The same client and the same worker, neither restarted: the worker notices the
         # silence, reconnects and registers again; the client's retries reach the new broker.
         assert client.request("echo", b"after") == [b"after"]
@@ -79,7 +73,7 @@ def test_broker_killed_and_restarted_on_the_same_port(procs: Processes) -> None:
 
 def test_sigterm_disconnects_workers_and_exits_zero(procs: Processes) -> None:
     endpoint = free_endpoint()
-    broker = start_broker(procs, endpoint)
+    broker = procs.broker(endpoint)
     with raw_dealer(endpoint) as worker:
         worker.send_multipart([b"", b"MDPW01", b"\x01", b"svc"])
         wait_for_service(endpoint, "svc")

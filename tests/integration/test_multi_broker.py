@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 import zmq
-from titanic_support import free_endpoint, raw_dealer, running, start_broker, wait_until
+from titanic_support import (
+    fast_dispatcher,
+    free_endpoint,
+    raw_dealer,
+    running,
+    start_broker,
+    wait_until,
+)
 
 from titanic.client import Client, PipelinedClient
 from titanic.client.tsp import ReplyState, TitanicClient
@@ -19,10 +26,6 @@ from titanic.errors import StoreMismatchError, UnreachableError
 from titanic.protocol import tsp
 from titanic.store import Store, open_store
 from titanic.worker import Worker, echo_handler
-from titanic.worker.connection import ConnectionSettings
-
-FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
-                          reconnect_max=0.5)
 
 
 def echo_worker(brokers: list[str]) -> Worker:
@@ -31,10 +34,8 @@ def echo_worker(brokers: list[str]) -> Worker:
 
 
 def settings(brokers: list[str]) -> DispatcherSettings:
-    return DispatcherSettings(
-        broker=brokers, request_timeout=1.0, max_attempts=5, backoff=0.05, backoff_max=0.2,
-        lease_margin=0.5, presence_interval=0.05, presence_ttl=0.5, release_interval=0.1,
-        connection=FAST, drain_timeout=1.0, identity_timeout=1.0)
+    return fast_dispatcher(broker=brokers, request_timeout=1.0, max_attempts=5,
+                           drain_timeout=1.0)
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def test_client_fails_over_to_the_next_broker_and_stays(stack: ExitStack) -> None:
     dead = free_endpoint()  # nothing listens there
-    live = start_broker(stack)
+    live = start_broker(stack).bound[0]
     stack.enter_context(running(echo_worker([live])))
     with Client([dead, live], timeout=0.5, retries=1) as client:
         assert client.request("echo", b"one") == [b"one"]
@@ -64,7 +65,7 @@ def test_client_with_no_live_broker_names_them_all(stack: ExitStack) -> None:
 
 def test_pipelined_client_moves_its_sockets_off_a_dead_broker(stack: ExitStack) -> None:
     dead = free_endpoint()
-    live = start_broker(stack)
+    live = start_broker(stack).bound[0]
     stack.enter_context(running(echo_worker([live])))
     with PipelinedClient([dead, live], depth=4, timeout=0.5, retries=1) as client:
         replies = client.request_many([("echo", [str(n).encode()]) for n in range(12)])
@@ -73,8 +74,8 @@ def test_pipelined_client_moves_its_sockets_off_a_dead_broker(stack: ExitStack) 
 
 def test_worker_serves_every_broker_and_survives_losing_one(stack: ExitStack) -> None:
     first_stack = stack.enter_context(ExitStack())
-    first = start_broker(first_stack)
-    second = start_broker(stack)
+    first = start_broker(first_stack).bound[0]
+    second = start_broker(stack).bound[0]
     worker = echo_worker([first, second])
     stack.enter_context(running(worker))
     for endpoint in (first, second):
@@ -88,7 +89,7 @@ def test_worker_serves_every_broker_and_survives_losing_one(stack: ExitStack) ->
 
 def test_dispatcher_on_two_brokers_serves_and_forwards_through_either(
         stack: ExitStack, store: Store) -> None:
-    brokers = [start_broker(stack), start_broker(stack)]
+    brokers = [start_broker(stack).bound[0], start_broker(stack).bound[0]]
     stack.enter_context(running(echo_worker(brokers)))
     stack.enter_context(running(Dispatcher(store, settings(brokers))))
     for endpoint in brokers:
@@ -100,7 +101,7 @@ def test_dispatcher_on_two_brokers_serves_and_forwards_through_either(
 
 def test_a_resent_keyed_submit_through_another_broker_is_stored_once(
         stack: ExitStack, store: Store) -> None:
-    brokers = [start_broker(stack), start_broker(stack)]
+    brokers = [start_broker(stack).bound[0], start_broker(stack).bound[0]]
     stack.enter_context(running(Dispatcher(store, settings(brokers))))
     body = tsp.build_request(b"nobody", [b"payload"], "order-1")
     answers = []
@@ -116,7 +117,7 @@ def test_a_resent_keyed_submit_through_another_broker_is_stored_once(
 def test_a_submit_whose_acknowledgement_died_with_its_broker_is_resent_and_stored_once(
         stack: ExitStack, store: Store) -> None:
     first_stack = stack.enter_context(ExitStack())
-    brokers = [start_broker(first_stack), start_broker(stack)]
+    brokers = [start_broker(first_stack).bound[0], start_broker(stack).bound[0]]
     stack.enter_context(running(Dispatcher(store, settings(brokers))))
     body = tsp.build_request(b"nobody", [b"payload"], "order-2")
     with raw_dealer(brokers[0]) as sock:  # a client that will never read its answer
@@ -133,7 +134,7 @@ def test_a_submit_whose_acknowledgement_died_with_its_broker_is_resent_and_store
 
 def test_a_dispatcher_on_another_store_refuses_to_start(stack: ExitStack, store: Store,
                                                         tmp_path: Path) -> None:
-    brokers = [start_broker(stack), start_broker(stack)]
+    brokers = [start_broker(stack).bound[0], start_broker(stack).bound[0]]
     stack.enter_context(running(Dispatcher(store, settings(brokers))))
     other = open_store(f"sqlite:///{tmp_path / 'other.db'}")
     stack.callback(other.close_store)

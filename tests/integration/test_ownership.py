@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import zmq
-from titanic_support import nothing_within, recv_within, running
+from titanic_support import FAST_CONNECTION, nothing_within, recv_within, running, start_broker
 
 from titanic._zmq import SocketHook
-from titanic.broker import Broker
 from titanic.client import Client
 from titanic.client.tsp import ReplyState, TitanicClient, TitanicServiceError
 from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
@@ -22,12 +21,9 @@ from titanic.errors import IdentityRefusedError, TitanicTimeoutError
 from titanic.protocol import manage
 from titanic.protocol.identity import IDENTITY_OPTION
 from titanic.security import CurveServer, client_hook, load_keypair, write_keypair
-from titanic.settings import BrokerSettings
 from titanic.store import SqlStore, open_store
 from titanic.worker import Worker
-from titanic.worker.connection import ConnectionSettings
 
-FAST = BrokerSettings(heartbeat_interval=0.1, heartbeat_liveness=5, request_ttl=30)
 #: Clients and the echo worker are allowed; the dispatcher and the operator are admin keys.
 ALLOWED = ("alice", "bob", "worker")
 ADMIN = ("dispatcher", "root")
@@ -79,20 +75,13 @@ def stack() -> Iterator[ExitStack]:
         yield stack
 
 
-def start_broker(stack: ExitStack, curve: CurveServer | None) -> Broker:
-    broker = Broker("tcp://127.0.0.1:0", FAST, curve=curve)
-    broker.bind()
-    stack.enter_context(running(broker))
-    return broker
-
-
 def start_dispatcher(stack: ExitStack, endpoint: str, hook: SocketHook | None, tmp_path: Path,
                      **settings: object) -> tuple[Dispatcher, SqlStore]:
     store = open_store(f"sqlite:///{tmp_path / 'titanic.db'}")
     stack.callback(store.close_store)
     dispatcher = Dispatcher(store, DispatcherSettings(
         broker=endpoint, presence_interval=0.05, identities=hook is not None,
-        connection=ConnectionSettings(heartbeat_interval=0.1, reconnect_initial=0.05),
+        connection=FAST_CONNECTION,
         **settings), configure_socket=hook)  # type: ignore[arg-type]
     stack.enter_context(running(dispatcher))
     return dispatcher, store
@@ -117,7 +106,7 @@ def has_worker(endpoint: str, hook: SocketHook | None, service: bytes) -> bool:
 
 def test_each_key_sees_only_its_own_requests_and_an_admin_sees_all(
         keys: Keys, stack: ExitStack, tmp_path: Path) -> None:
-    endpoint = start_broker(stack, keys.server()).bound[0]
+    endpoint = start_broker(stack, curve=keys.server()).bound[0]
     _, store = start_dispatcher(stack, endpoint, keys.hook("dispatcher"), tmp_path)
     start_echo(stack, endpoint, keys.hook("worker"))
     alice, bob, root = (titanic(stack, endpoint, keys.hook(n)) for n in ("alice", "bob", "root"))
@@ -143,7 +132,7 @@ def test_each_key_sees_only_its_own_requests_and_an_admin_sees_all(
 
 def test_a_forged_identity_frame_gets_nothing(keys: Keys, stack: ExitStack,
                                               tmp_path: Path) -> None:
-    broker = start_broker(stack, keys.server())
+    broker = start_broker(stack, curve=keys.server())
     endpoint = broker.bound[0]
     _, store = start_dispatcher(stack, endpoint, keys.hook("dispatcher"), tmp_path)
     alice = titanic(stack, endpoint, keys.hook("alice"))
@@ -196,13 +185,13 @@ def test_a_dispatcher_without_an_admin_key_is_not_told_identities(
         keys: Keys, stack: ExitStack, tmp_path: Path) -> None:
     (keys.admin / "dispatcher.key").unlink()
     shutil.copyfile(keys.folder / "dispatcher.key", keys.allowed / "dispatcher.key")
-    broker = start_broker(stack, keys.server())
+    broker = start_broker(stack, curve=keys.server())
     endpoint = broker.bound[0]
     store = open_store(f"sqlite:///{tmp_path / 'titanic.db'}")
     stack.callback(store.close_store)
     dispatcher = Dispatcher(store, DispatcherSettings(
         broker=endpoint, presence_interval=0.05, identities=True,
-        connection=ConnectionSettings(heartbeat_interval=0.1, reconnect_initial=0.05)),
+        connection=FAST_CONNECTION),
         configure_socket=keys.hook("dispatcher"))
     outcome: list[BaseException] = []
 
@@ -236,7 +225,7 @@ def test_a_dispatcher_without_an_admin_key_is_not_told_identities(
 
 def test_management_serves_admin_keys_only(keys: Keys, stack: ExitStack,
                                            tmp_path: Path) -> None:
-    endpoint = start_broker(stack, keys.server()).bound[0]
+    endpoint = start_broker(stack, curve=keys.server()).bound[0]
     dispatcher, _ = start_dispatcher(stack, endpoint, keys.hook("dispatcher"), tmp_path)
     titanic(stack, endpoint, keys.hook("alice")).submit("later", b"x")
     info = manage.build_request(manage.Command.INFO)
@@ -252,7 +241,7 @@ def test_management_serves_admin_keys_only(keys: Keys, stack: ExitStack,
 
 def test_a_key_over_its_stored_limit_gets_503_and_others_are_served(
         keys: Keys, stack: ExitStack, tmp_path: Path) -> None:
-    endpoint = start_broker(stack, keys.server()).bound[0]
+    endpoint = start_broker(stack, curve=keys.server()).bound[0]
     dispatcher, store = start_dispatcher(stack, endpoint, keys.hook("dispatcher"), tmp_path,
                                          max_stored_per_key=2)
     alice, bob = (titanic(stack, endpoint, keys.hook(n)) for n in ("alice", "bob"))
@@ -270,12 +259,12 @@ def test_a_key_over_its_stored_limit_gets_503_and_others_are_served(
 
 def test_ownership_holds_across_two_brokers_and_two_dispatchers(
         keys: Keys, stack: ExitStack, tmp_path: Path) -> None:
-    brokers = [start_broker(stack, keys.server()).bound[0] for _ in range(2)]
+    brokers = [start_broker(stack, curve=keys.server()).bound[0] for _ in range(2)]
     store = open_store(f"sqlite:///{tmp_path / 'titanic.db'}")
     stack.callback(store.close_store)
     dispatchers = [Dispatcher(store, DispatcherSettings(
         broker=brokers, presence_interval=0.05, identities=True, identity_timeout=1.0,
-        connection=ConnectionSettings(heartbeat_interval=0.1, reconnect_initial=0.05)),
+        connection=FAST_CONNECTION),
         configure_socket=keys.hook("dispatcher")) for _ in range(2)]
     for dispatcher in dispatchers:
         stack.enter_context(running(dispatcher))
@@ -305,7 +294,7 @@ def test_ownership_holds_across_two_brokers_and_two_dispatchers(
 
 
 def test_without_curve_there_is_no_ownership(stack: ExitStack, tmp_path: Path) -> None:
-    endpoint = start_broker(stack, None).bound[0]
+    endpoint = start_broker(stack).bound[0]
     _, store = start_dispatcher(stack, endpoint, None, tmp_path)
     start_echo(stack, endpoint, None)
     one, other = titanic(stack, endpoint, None), titanic(stack, endpoint, None)

@@ -14,10 +14,17 @@ from pathlib import Path
 
 import pytest
 import zmq
-from titanic_support import nothing_within, recv_within, running, wait_until
+from titanic_support import (
+    FAST_CONNECTION,
+    nothing_within,
+    recv_within,
+    running,
+    start_broker,
+    start_worker,
+    wait_until,
+)
 
 from titanic._zmq import SocketHook
-from titanic.broker import Broker
 from titanic.broker.queues import queued_cost
 from titanic.client import Client
 from titanic.client.tsp import ReplyState, TitanicClient
@@ -39,10 +46,7 @@ from titanic.security import (
 )
 from titanic.settings import BrokerSettings
 from titanic.store import Store, open_store
-from titanic.worker import Worker
-from titanic.worker.connection import ConnectionSettings
 
-FAST = BrokerSettings(heartbeat_interval=0.1, heartbeat_liveness=5, request_ttl=30)
 READY_ECHO = [b"", b"MDPW01", b"\x01", b"echo"]
 #: ZMTP 3.0 greeting (RFC 23): signature, version 3.0, mechanism NULL, as-server 0, filler.
 NULL_GREETING = (b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00")
@@ -95,24 +99,6 @@ def stack() -> Iterator[ExitStack]:
         yield stack
 
 
-def start_broker(stack: ExitStack, curve: CurveServer | None, settings: BrokerSettings = FAST,
-                 worker_endpoint: bool = False) -> Broker:
-    broker = Broker("tcp://127.0.0.1:0", settings, curve=curve,
-                    worker_endpoints="tcp://127.0.0.1:0" if worker_endpoint else ())
-    broker.bind()
-    stack.enter_context(running(broker))
-    return broker
-
-
-def start_worker(stack: ExitStack, endpoint: str, hook: SocketHook | None,
-                 service: str = "echo") -> Worker:
-    worker = Worker(endpoint, service, lambda frames: frames, heartbeat_interval=0.1,
-                    liveness=3, reconnect_initial=0.05, reconnect_max=0.2,
-                    configure_socket=hook)
-    stack.enter_context(running(worker))
-    return worker
-
-
 def call(endpoint: str, hook: SocketHook | None, service: str, *frames: bytes,
          timeout: float = 3.0) -> Frames:
     """One request on a new client (so a new connection and handshake)."""
@@ -136,8 +122,8 @@ def start_dispatcher(stack: ExitStack, endpoint: str, hook: SocketHook,
                      tmp_path: Path) -> Store:
     store = open_store(f"sqlite:///{tmp_path / 'titanic.db'}")
     stack.callback(store.close_store)
-    settings = DispatcherSettings(broker=endpoint, presence_interval=0.05, connection=(
-        ConnectionSettings(heartbeat_interval=0.1, reconnect_initial=0.05)))
+    settings = DispatcherSettings(broker=endpoint, presence_interval=0.05,
+                                  connection=FAST_CONNECTION)
     stack.enter_context(running(Dispatcher(store, settings, configure_socket=hook)))
     return store
 
@@ -222,9 +208,9 @@ def test_key_file_rewritten_in_place_is_noticed(keys: Keys, tmp_path: Path) -> N
 
 def test_allowed_client_worker_and_dispatcher_are_served(keys: Keys, stack: ExitStack,
                                                          tmp_path: Path) -> None:
-    broker = start_broker(stack, keys.server())
+    broker = start_broker(stack, curve=keys.server())
     endpoint = broker.bound[0]
-    start_worker(stack, endpoint, keys.hook("worker"))
+    start_worker(stack, endpoint, "echo", configure_socket=keys.hook("worker"))
     assert call(endpoint, keys.hook("alice"), "echo", b"over CURVE") == [b"over CURVE"]
     start_dispatcher(stack, endpoint, keys.hook("dispatcher"), tmp_path)
     with TitanicClient(endpoint, timeout=3, retries=2,
@@ -241,7 +227,7 @@ def test_allowed_client_worker_and_dispatcher_are_served(keys: Keys, stack: Exit
 
 
 def test_worker_with_unknown_key_cannot_register(keys: Keys, stack: ExitStack) -> None:
-    broker = start_broker(stack, keys.server())
+    broker = start_broker(stack, curve=keys.server())
     endpoint = broker.bound[0]
     with dealer(endpoint, keys.hook("mallory")) as impostor:
         impostor.send_multipart(READY_ECHO)
@@ -256,7 +242,7 @@ def test_worker_with_unknown_key_cannot_register(keys: Keys, stack: ExitStack) -
 
 def test_client_with_unknown_key_cannot_submit_fetch_or_close(keys: Keys, stack: ExitStack,
                                                               tmp_path: Path) -> None:
-    broker = start_broker(stack, keys.server())
+    broker = start_broker(stack, curve=keys.server())
     endpoint = broker.bound[0]
     store = start_dispatcher(stack, endpoint, keys.hook("dispatcher"), tmp_path)
     wait_until(lambda: has_worker(endpoint, keys.hook("alice"), "titanic.request"))
@@ -274,9 +260,9 @@ def test_client_with_unknown_key_cannot_submit_fetch_or_close(keys: Keys, stack:
 
 
 def test_plaintext_peer_is_refused_and_counted(keys: Keys, stack: ExitStack) -> None:
-    broker = start_broker(stack, keys.server())
+    broker = start_broker(stack, curve=keys.server())
     endpoint = broker.bound[0]
-    start_worker(stack, endpoint, keys.hook("worker"))
+    start_worker(stack, endpoint, "echo", configure_socket=keys.hook("worker"))
     with dealer(endpoint, None) as plain_client, dealer(endpoint, None) as plain_worker:
         plain_client.send_multipart([b"", b"MDPC01", b"echo", b"in the clear"])
         plain_worker.send_multipart(READY_ECHO)
@@ -295,9 +281,9 @@ def test_plaintext_peer_is_refused_and_counted(keys: Keys, stack: ExitStack) -> 
 
 
 def test_wrong_server_key_is_refused(keys: Keys, stack: ExitStack) -> None:
-    broker = start_broker(stack, keys.server())
+    broker = start_broker(stack, curve=keys.server())
     endpoint = broker.bound[0]
-    start_worker(stack, endpoint, keys.hook("worker"))
+    start_worker(stack, endpoint, "echo", configure_socket=keys.hook("worker"))
     assert refused(endpoint, keys.hook("alice", server="bob"))
     wait_until(lambda: broker.stats.handshakes_failed >= 1, message="handshake failure counted")
     assert broker.stats.keys_refused == 0
@@ -307,9 +293,9 @@ def test_wrong_server_key_is_refused(keys: Keys, stack: ExitStack) -> None:
 
 def test_key_added_to_the_folder_is_admitted_without_restart(keys: Keys,
                                                              stack: ExitStack) -> None:
-    broker = start_broker(stack, keys.server())
+    broker = start_broker(stack, curve=keys.server())
     endpoint = broker.bound[0]
-    start_worker(stack, endpoint, keys.hook("worker"))
+    start_worker(stack, endpoint, "echo", configure_socket=keys.hook("worker"))
     assert refused(endpoint, keys.hook("bob"))
     keys.allow("bob")
     assert call(endpoint, keys.hook("bob"), "echo", b"let in") == [b"let in"]
@@ -318,9 +304,10 @@ def test_key_added_to_the_folder_is_admitted_without_restart(keys: Keys,
 
 def test_worker_refused_at_first_registers_once_its_key_is_added(keys: Keys,
                                                                  stack: ExitStack) -> None:
-    broker = start_broker(stack, keys.server())
+    broker = start_broker(stack, curve=keys.server())
     endpoint = broker.bound[0]
-    start_worker(stack, endpoint, keys.hook("bob"))  # a real Worker, its key not yet allowed
+    # a real Worker, its key not yet allowed
+    start_worker(stack, endpoint, "echo", configure_socket=keys.hook("bob"))
     wait_until(lambda: broker.stats.keys_refused >= 2, message="worker refused, and retrying")
     assert not has_worker(endpoint, keys.hook("alice"), "echo")
     keys.allow("bob")
@@ -331,9 +318,9 @@ def test_worker_refused_at_first_registers_once_its_key_is_added(keys: Keys,
 
 def test_key_removed_from_the_folder_is_refused_for_new_connections(keys: Keys,
                                                                     stack: ExitStack) -> None:
-    broker = start_broker(stack, keys.server())
+    broker = start_broker(stack, curve=keys.server())
     endpoint = broker.bound[0]
-    start_worker(stack, endpoint, keys.hook("worker"))
+    start_worker(stack, endpoint, "echo", configure_socket=keys.hook("worker"))
     with Client(endpoint, timeout=3, retries=0, configure_socket=keys.hook("alice")) as open_one:
         assert open_one.request("echo", b"before") == [b"before"]
         (keys.allowed / "alice.key").unlink()
@@ -346,9 +333,9 @@ def test_key_removed_from_the_folder_is_refused_for_new_connections(keys: Keys,
 # -- separate endpoints -------------------------------------------------------------------------
 
 def test_separate_endpoints_serve_each_role_on_its_own(stack: ExitStack) -> None:
-    broker = start_broker(stack, None, worker_endpoint=True)
+    broker = start_broker(stack, worker_endpoint=True)
     clients, workers = broker.bound[0], broker.worker_bound[0]
-    start_worker(stack, workers, None)
+    start_worker(stack, workers, "echo")
     assert call(clients, None, "echo", b"routed") == [b"routed"]
     with dealer(clients, None) as intruder:
         intruder.send_multipart([b"", b"MDPW01", b"\x01", b"stolen"])
@@ -367,9 +354,9 @@ def test_separate_endpoints_admit_workers_and_clients_by_their_own_keys(
     workers_allowed.mkdir()
     keys.allow("worker", workers_allowed)
     (keys.allowed / "worker.key").unlink()  # clients' folder: alice and dispatcher only
-    broker = start_broker(stack, keys.server(workers_allowed), worker_endpoint=True)
+    broker = start_broker(stack, curve=keys.server(workers_allowed), worker_endpoint=True)
     clients, workers = broker.bound[0], broker.worker_bound[0]
-    start_worker(stack, workers, keys.hook("worker"))
+    start_worker(stack, workers, "echo", configure_socket=keys.hook("worker"))
     assert call(clients, keys.hook("alice"), "echo", b"hello") == [b"hello"]
     with dealer(clients, keys.hook("worker")) as worker_at_client_door, \
             dealer(workers, keys.hook("alice")) as client_at_worker_door:
@@ -387,9 +374,9 @@ def test_oversized_request_is_refused_with_413_and_others_are_served(keys: Keys,
                                                                      stack: ExitStack) -> None:
     settings = BrokerSettings(heartbeat_interval=0.1, max_request_size=1000,
                               max_message_size=4000)
-    broker = start_broker(stack, keys.server(), settings)
+    broker = start_broker(stack, settings, curve=keys.server())
     endpoint = broker.bound[0]
-    start_worker(stack, endpoint, keys.hook("worker"))
+    start_worker(stack, endpoint, "echo", configure_socket=keys.hook("worker"))
     alice = keys.hook("alice")
     with pytest.raises(BrokerRefusedError,
                        match="413 request of 1001 bytes exceeds the broker's limit of 1000"):
@@ -406,7 +393,7 @@ def test_client_over_its_queue_limit_gets_503_and_others_are_served(keys: Keys,
                                                                     stack: ExitStack) -> None:
     settings = BrokerSettings(heartbeat_interval=0.1, request_ttl=30,
                               max_queued_bytes_per_client=2 * queued_cost(b"later", [b"greedy-0"]))
-    broker = start_broker(stack, keys.server(), settings)
+    broker = start_broker(stack, settings, curve=keys.server())
     endpoint = broker.bound[0]
     keys.allow("bob")
     with dealer(endpoint, keys.hook("alice")) as greedy, dealer(endpoint,
@@ -419,7 +406,7 @@ def test_client_over_its_queue_limit_gets_503_and_others_are_served(keys: Keys,
         assert answer[4].startswith(b"this key has ")
         modest.send_multipart([b"", b"MDPC01", b"later", b"modest"])
         wait_until(lambda: broker.stats.queued == 3, message="three requests queued")
-        start_worker(stack, endpoint, keys.hook("worker"), service="later")
+        start_worker(stack, endpoint, "later", configure_socket=keys.hook("worker"))
         served = {recv_within(greedy)[3], recv_within(greedy)[3], recv_within(modest)[3]}
         assert served == {b"greedy-0", b"greedy-1", b"modest"}
         greedy.send_multipart([b"", b"MDPC01", b"later", b"again"])  # its queue is empty again
@@ -430,7 +417,7 @@ def test_client_over_its_queue_limit_gets_503_and_others_are_served(keys: Keys,
 def test_connections_of_one_key_share_its_queue_limit(keys: Keys, stack: ExitStack) -> None:
     settings = BrokerSettings(heartbeat_interval=0.1, request_ttl=30,
                               max_queued_bytes_per_client=2 * queued_cost(b"later", [b"one"]))
-    broker = start_broker(stack, keys.server(), settings)
+    broker = start_broker(stack, settings, curve=keys.server())
     endpoint = broker.bound[0]
     with dealer(endpoint, keys.hook("alice")) as first, \
             dealer(endpoint, keys.hook("alice")) as second, \
@@ -442,7 +429,7 @@ def test_connections_of_one_key_share_its_queue_limit(keys: Keys, stack: ExitSta
         assert recv_within(third)[3:5] == [b"503", b"this key has %d bytes of requests "
                                            b"queued, its limit: retry later"
                                            % (2 * queued_cost(b"later", [b"one"]))]
-        start_worker(stack, endpoint, keys.hook("worker"), service="later")
+        start_worker(stack, endpoint, "later", configure_socket=keys.hook("worker"))
         assert recv_within(first)[3] == b"one"
         assert recv_within(second)[3] == b"two"
         third.send_multipart([b"", b"MDPC01", b"later", b"three again"])  # room again

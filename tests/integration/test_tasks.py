@@ -21,11 +21,18 @@ import example_tasks
 import msgpack
 import pytest
 import zmq
-from titanic_support import free_endpoint, recv_within, run_cli, running, wait_until
+from titanic_support import (
+    FAST_BROKER,
+    free_endpoint,
+    recv_within,
+    run_cli,
+    running,
+    start_broker,
+    wait_until,
+)
 
 import titanic
 from titanic import AsyncHandle, Handle, TaskFailed, TitanicClient, TitanicTimeoutError
-from titanic.broker import Broker
 from titanic.client.answers import ReplyState
 from titanic.dispatch.hosted import HostedDispatcher
 from titanic.dispatch.settings import DispatcherSettings
@@ -37,7 +44,6 @@ from titanic.security import (
     load_public_key,
     write_keypair,
 )
-from titanic.settings import BrokerSettings
 from titanic.store import Store
 from titanic.tasks.clients import close_default_clients
 from titanic.worker import Worker
@@ -53,12 +59,9 @@ MDP_CLIENT, MDP_WORKER = b"MDPC01", b"MDPW01"
 
 def hosting_broker(stack: ExitStack, store: Store, settings: DispatcherSettings = SETTINGS,
                    heartbeat: float = 0.1) -> str:
-    broker = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=heartbeat,
-                                                        heartbeat_liveness=5),
-                    host=HostedDispatcher(store, settings))
-    endpoint = broker.bind()[0]
-    stack.enter_context(running(broker))
-    return endpoint
+    broker = start_broker(stack, replace(FAST_BROKER, heartbeat_interval=heartbeat),
+                          host=HostedDispatcher(store, settings))
+    return broker.bound[0]
 
 
 def serve_tasks(stack: ExitStack, endpoint: str, module: str = "example_tasks",
@@ -414,12 +417,10 @@ def test_default_clients_speak_curve_from_the_environment(
     allowed.mkdir()
     for name in ("client", "worker"):
         shutil.copyfile(keys / f"{name}.key", allowed / f"{name}.key")
-    broker = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
-                                                        heartbeat_liveness=5),
-                    curve=CurveServer(load_keypair(keys / "broker.key_secret"), allowed),
-                    host=HostedDispatcher(store, SETTINGS))
-    address = broker.bind()[0]
-    stack.enter_context(running(broker))
+    broker = start_broker(stack, curve=CurveServer(load_keypair(keys / "broker.key_secret"),
+                                                   allowed),
+                          host=HostedDispatcher(store, SETTINGS))
+    address = broker.bound[0]
     worker_hook = client_hook(load_public_key(keys / "broker.key"),
                               load_keypair(keys / "worker.key_secret"))
     stack.enter_context(running(Worker(address, "resize", task_handler(example_tasks.resize),

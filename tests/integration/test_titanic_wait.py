@@ -11,26 +11,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from titanic_support import running, start_broker, wait_until
+from titanic_support import fast_dispatcher, running, start_broker, wait_until
 
-from titanic.broker import Broker
 from titanic.client import Client
 from titanic.client.tsp import ReplyState, TitanicClient
 from titanic.dispatch.hosted import HostedDispatcher
-from titanic.dispatch.settings import DispatcherSettings
 from titanic.dispatch.standalone import Dispatcher
 from titanic.protocol.mdp import Frames
-from titanic.settings import BrokerSettings
 from titanic.store import Store, open_store
 from titanic.worker import Worker
-from titanic.worker.connection import ConnectionSettings
 
-FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05,
-                          reconnect_max=0.5)
-SETTINGS = DispatcherSettings(request_timeout=5.0, max_attempts=5, backoff=0.05,
-                              backoff_max=0.2, lease_margin=0.5, presence_interval=0.05,
-                              presence_ttl=0.5, release_interval=0.1, drain_timeout=0.5,
-                              connection=FAST, identity_timeout=1.0)
+SETTINGS = fast_dispatcher(request_timeout=5.0, max_attempts=5)
 
 
 class Gate:
@@ -54,11 +45,7 @@ def sqlite_store(stack: ExitStack, path: Path) -> Store:
 
 def hosting(stack: ExitStack, store: Store) -> tuple[str, HostedDispatcher]:
     host = HostedDispatcher(store, SETTINGS)
-    broker = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1,
-                                                        heartbeat_liveness=5), host=host)
-    endpoint = broker.bind()[0]
-    stack.enter_context(running(broker))
-    return endpoint, host
+    return start_broker(stack, host=host).bound[0], host
 
 
 def worker(stack: ExitStack, endpoint: str, handler: Callable[[Frames], Frames]) -> None:
@@ -78,7 +65,7 @@ def test_a_wait_is_held_until_the_reply_is_stored(stack: ExitStack, tmp_path: Pa
         endpoint, host = hosting(stack, store)
         waits = host._waits  # noqa: SLF001 - the test looks at what is held
     else:
-        endpoint = start_broker(stack)
+        endpoint = start_broker(stack).bound[0]
         dispatcher = Dispatcher(store, replace(SETTINGS, broker=[endpoint]))
         stack.enter_context(running(dispatcher))
         waits = dispatcher._waits  # noqa: SLF001

@@ -38,7 +38,7 @@ def heartbeats_answered(worker: zmq.Socket[bytes]) -> int:
 def test_a_worker_killed_mid_request_is_logged_once_and_still_counted(
         procs: Processes, tmp_path: Path) -> None:
     endpoint = free_endpoint()
-    broker = procs.cli("broker", "broker", "--bind", endpoint, "--heartbeat", "0.1")
+    broker = procs.broker(endpoint, heartbeat=0.1)
     script = tmp_path / "busy_worker.py"
     script.write_text(BUSY_WORKER)
     busy = tmp_path / "busy"

@@ -6,17 +6,14 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
-from titanic_support import free_endpoint, running, wait_until
+from titanic_support import FAST_CONNECTION, free_endpoint, running, start_broker, wait_until
 
 from titanic.broker import Broker
 from titanic.client import PipelinedClient
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.settings import BrokerSettings
-from titanic.worker.connection import ConnectionSettings
 from titanic.worker.pool import PoolRequest, WorkerPool
-
-FAST = ConnectionSettings(heartbeat_interval=0.1, liveness=5, reconnect_initial=0.05)
 
 
 def test_pool_answers_every_request_of_every_service() -> None:
@@ -31,10 +28,9 @@ def test_pool_answers_every_request_of_every_service() -> None:
         return [[str(len(body)).encode()] for body in bodies]
 
     with ExitStack() as stack:
-        broker = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1))
-        endpoint = broker.bind()[0]
-        stack.enter_context(running(broker))
-        pool = WorkerPool(endpoint, {b"upper": (3, upper), b"count": (1, count)}, settings=FAST)
+        endpoint = start_broker(stack).bound[0]
+        pool = WorkerPool(endpoint, {b"upper": (3, upper), b"count": (1, count)},
+                          settings=FAST_CONNECTION)
         stack.enter_context(running(pool))
         with PipelinedClient(endpoint, depth=16, timeout=5, retries=1) as client:
             requests: list[tuple[str, list[bytes]]] = []
@@ -55,11 +51,10 @@ def test_requests_waiting_on_several_connections_reach_the_handler_as_one_batch(
         return [[body[0].upper()] for body in bodies]
 
     with ExitStack() as stack:
-        broker = Broker("tcp://127.0.0.1:0", BrokerSettings(heartbeat_interval=0.1))
-        endpoint = broker.bind()[0]
-        stack.enter_context(running(broker))
+        broker = start_broker(stack)
+        endpoint = broker.bound[0]
         # Driven here, step by step, as the dispatcher drives its pool: no thread of its own.
-        pool = WorkerPool(endpoint, {b"upper": (3, upper)}, settings=FAST)
+        pool = WorkerPool(endpoint, {b"upper": (3, upper)}, settings=FAST_CONNECTION)
         stack.callback(pool.close)
         pool.open(time.monotonic())
         wait_until(lambda: broker.stats.workers_registered == 3, message="three connections")
@@ -100,7 +95,7 @@ def test_a_pool_counts_losing_a_broker_it_had_heard_from_not_tries_at_a_silent_o
     endpoint = free_endpoint()
     settings = BrokerSettings(heartbeat_interval=0.1)
     with ExitStack() as stack:
-        pool = WorkerPool(endpoint, {b"svc": (2, None)}, settings=FAST)
+        pool = WorkerPool(endpoint, {b"svc": (2, None)}, settings=FAST_CONNECTION)
         stack.callback(pool.close)
         pool.open(time.monotonic())
         # Nothing listens yet: the connections fall silent and try again, and that is no loss.
