@@ -8,7 +8,7 @@ and its throughput (chunks in flight are not serialised behind each other's dela
 a condition variable's timed wait, which sleeps with nanosecond resolution (an epoll timeout
 would round up to a millisecond).
 
-    python tests/peers/delay_relay.py LISTEN_HOST:PORT TARGET_HOST:PORT DELAY_MS
+    python benchmarks/delay_relay.py LISTEN_HOST:PORT TARGET_HOST:PORT DELAY_MS
 """
 
 from __future__ import annotations

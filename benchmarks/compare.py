@@ -5,7 +5,7 @@ environment outside the repository that also holds titanic:
 
     python3 -m venv /work/peers-venv
     /work/peers-venv/bin/pip install -e . pgqueuer asyncpg celery rq procrastinate redis
-    /work/peers-venv/bin/python tests/peers/compare.py [--rounds 3] [--only NAME ...]
+    /work/peers-venv/bin/python benchmarks/compare.py [--rounds 3] [--only NAME ...]
 
 It needs the local PostgreSQL (PEERS_PG, default postgresql://postgres@127.0.0.1:5432; each
 system gets a new database, dropped afterwards), `redis-server` on PATH (a private instance
@@ -22,7 +22,6 @@ Loads, each system in turn, in alternating rounds (medians and ranges over the r
 - draining a backlog of 50,000 waiting jobs with the workers started afterwards, on a table just
   filled (no statistics) and, for the PostgreSQL queues, again after ANALYZE: jobs/s from 5% done
   until the backlog is gone or --drain-seconds have passed.
-Not collected by pytest (its name does not start with test_).
 """
 
 from __future__ import annotations

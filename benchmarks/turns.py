@@ -7,7 +7,7 @@ to warm up), for `--service` (default echo; a service without workers measures
 acknowledgements alone). Prints the rate, the exchanges' sizes and durations, and the share of
 the time the dispatcher spent in them.
 
-    python tests/peers/turns.py [--db sqlite|postgres] [--service echo]
+    python benchmarks/turns.py [--db sqlite|postgres] [--service echo]
 
 PostgreSQL: a new database on PEERS_PG (as compare.py), dropped afterwards.
 """

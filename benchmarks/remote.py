@@ -4,16 +4,16 @@ Two namespaces, "near" (the client) and "far" (broker, dispatcher on a new SQLit
 workers; with --hosted the dispatcher runs in the broker), joined by a veth pair. `titanic bench
 --broker` runs in the near one against three paths to the same broker, in alternating rounds:
 - the veth pair alone;
-- through a relay in the near namespace (tests/peers/delay_relay.py) that adds nothing;
+- through a relay in the near namespace (benchmarks/delay_relay.py) that adds nothing;
 - through the same relay adding DELAY ms each way (default 0.5), the link's latency.
 The relay stands in for `tc netem`, which this machine's kernel lacks. It costs CPU of its own,
 so the delay's effect is the delayed path against the relay adding nothing; the veth row shows
 what the relay itself costs.
 
-Needs root (ip netns). Run by hand, not collected by pytest:
+Needs root (ip netns):
 
-    python tests/peers/remote.py [--rounds 3] [--delay-ms 0.5] [--requests 10000] [--depth 32]
-                                 [--hosted]
+    python benchmarks/remote.py [--rounds 3] [--delay-ms 0.5] [--requests 10000] [--depth 32]
+                                [--hosted]
 """
 
 from __future__ import annotations

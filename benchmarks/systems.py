@@ -1,6 +1,6 @@
 """Each compared system behind one interface: start it, submit jobs, count what is left.
 
-Every system runs two worker processes with a no-op job (tests/peers/peer_jobs.py) and takes
+Every system runs two worker processes with a no-op job (benchmarks/peer_jobs.py) and takes
 100-byte payloads. `submit_one` returns when the system says the job is stored: for titanic
 and the PostgreSQL queues after the commit, for Celery after RabbitMQ's publisher confirm, for
 RQ when Redis answered (Redis here keeps nothing on disk).

@@ -13,7 +13,7 @@ With several `--forward-linger` values the dispatcher takes them in turn, each f
 100 requests, and each value gets its own column: an A/B comparison within one run, so that
 the machine's changes of speed fall on both alike.
 
-    python tests/peers/lone_request.py [--requests 2000] [--workers 2] [--forward-linger S ...]
+    python benchmarks/lone_request.py [--requests 2000] [--workers 2] [--forward-linger S ...]
 """
 
 from __future__ import annotations
