@@ -27,6 +27,7 @@ Loads, each system in turn, in alternating rounds (medians and ranges over the r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -41,9 +42,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from systems import HOSTED, System, all_systems, analyze  # noqa: E402
+from systems import HOSTED, System, all_systems, analyze
 
-from titanic.bench.common import cpu_seconds  # noqa: E402
+from titanic.bench.common import cpu_seconds
 
 LOADS = ["one producer, submits/s", "one producer, p50 ms", "32 at once, submits/s",
          "end to end, jobs/s", "CPU per end-to-end job, µs", "drain 50,000, fresh, jobs/s",
@@ -95,10 +96,8 @@ def wait_until_done(system: System, timeout_s: float) -> None:
 def cpu_of(pids: Sequence[int]) -> float:
     total = 0.0
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):  # ended meanwhile
             total += cpu_seconds(pid)
-        except OSError:
-            pass  # ended meanwhile
     return total
 
 
@@ -187,9 +186,9 @@ def run_round(names: Sequence[str], options: Options, figures: Figures) -> None:
             steps.append(("drain, after ANALYZE",
                           partial(measure_drain, make, True, options, figures)))
         if name.startswith("titanic"):
-            for analyzed in (False, True) if system.postgres_table else (False,):
-                steps.append((f"waiting, analyzed={analyzed}",
-                              partial(measure_with_waiting, make, analyzed, options, figures)))
+            steps.extend((f"waiting, analyzed={analyzed}",
+                          partial(measure_with_waiting, make, analyzed, options, figures))
+                         for analyzed in ((False, True) if system.postgres_table else (False,)))
         for what, step in steps:
             guarded(figures, system.name, what, step)
 
@@ -369,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"round {number + 1} done; 10 million additions took {speeds[-1]:.2f} s of CPU",
               file=sys.stderr, flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
+                            text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
     print(f"{started:%Y-%m-%d %H:%M} UTC, commit {commit}, {args.rounds} rounds, "
           f"load average {os.getloadavg()[0]:.1f} at the end; 10 million additions in a "
           f"Python loop took {', '.join(f'{s:.2f}' for s in speeds)} s of CPU before the "

@@ -34,12 +34,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from systems import dispatcher_on_thread  # noqa: E402
+from systems import dispatcher_on_thread
 
-from titanic import _zmq  # noqa: E402
-from titanic.dispatch.planner import Planner  # noqa: E402
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings  # noqa: E402
-from titanic.store import open_store, sqlite_turn  # noqa: E402
+from titanic import _zmq
+from titanic.dispatch.planner import Planner
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
+from titanic.store import open_store, sqlite_turn
 
 #: Requests the client sends before those it times.
 WARM_UP = 300
@@ -139,7 +140,7 @@ def split(events: Sequence[tuple[str, float]], sent: float, answered: float
         return None
     turn = before_answer[starts[-1]:]
     woke = [at for what, at in before_answer[:starts[-1]] if what == "woke"]
-    at = {what: when for what, when in turn}
+    at = dict(turn)
     if not woke or len(turn) != 7 or set(at) != {"exchange", "begin", "begun", "commit",
                                                   "committed", "exchanged", "answered"}:
         return None

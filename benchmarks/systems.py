@@ -29,7 +29,8 @@ import psycopg
 from titanic.bench import tsp
 from titanic.bench.common import free_port, spawn, stop_all, titanic_command
 from titanic.client import Client, PipelinedClient
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
 from titanic.protocol import tsp as tsp_protocol
 from titanic.store import NewRequest, Store, new_request_id, open_store
 from titanic.store.hot import HotStatements
@@ -53,7 +54,8 @@ def _start(args: list[str], **env: str) -> subprocess.Popen[bytes]:
 def _setup(args: list[str], **env: str) -> None:
     """A set-up command (schema), tried again while the server restarts."""
     for attempt in range(10):
-        done = subprocess.run(args, capture_output=True, env=_peer_env(**env), cwd=HERE)
+        done = subprocess.run(args, capture_output=True, env=_peer_env(**env), cwd=HERE,
+                              check=False)
         if done.returncode == 0:
             return
         if attempt == 9:
@@ -670,7 +672,7 @@ class Celery(System):
         with self.app.connection_for_write() as conn:
             conn.default_channel.queue_delete(self.queue_name)
         if self._started_rabbit:
-            subprocess.run(["service", "rabbitmq-server", "stop"], capture_output=True)
+            subprocess.run(["service", "rabbitmq-server", "stop"], capture_output=True, check=False)
 
     def submit_one(self) -> None:
         self.task.apply_async((PAYLOAD.decode(),))

@@ -27,10 +27,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from systems import dispatcher_on_thread, fresh_database  # noqa: E402
+from systems import dispatcher_on_thread, fresh_database
 
-from titanic.bench.tsp import measure_acks_pipelined  # noqa: E402
-from titanic.store import Exchange, NewRequest, open_store  # noqa: E402
+from titanic.bench.tsp import measure_acks_pipelined
+from titanic.store import Exchange, NewRequest, open_store
 
 BODY = b"x" * 100
 DEPTH = 32

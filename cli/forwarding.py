@@ -18,7 +18,7 @@ from titanic_cli.options import store_key_option
 if TYPE_CHECKING:
     from titanic.store import Store
 
-F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 _DEFAULTS = DispatcherSettings()
 
 _FORWARDING_OPTIONS = [
@@ -123,14 +123,15 @@ class ForwardingOptions:
                           wait=self.store_wait)
 
 
-def forwarding_options(func: F) -> F:
+def forwarding_options(func: Callable[..., R]) -> Callable[..., R]:
     """The dispatcher's options, given to the command as `forwarding`, a ForwardingOptions."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> R:
         given = ForwardingOptions(**{name: kwargs.pop(name) for name in _FORWARDING_NAMES})
         return func(*args, forwarding=given, **kwargs)
 
+    decorated: Callable[..., R] = wrapper
     for option in reversed(_FORWARDING_OPTIONS):
-        wrapper = option(wrapper)
-    return wrapper  # type: ignore[return-value]
+        decorated = option(decorated)
+    return decorated

@@ -76,9 +76,9 @@ def render_info(view: dict[str, Any]) -> str:
         else:
             lines.append(f"broker      {broker['endpoint']}  titanic {broker['version']}  up "
                          f"{_age(broker['uptime_s'])}  {broker['workers']} worker(s)")
-    for answered in view["dispatchers"]:
-        lines.append(f"dispatcher  {answered['host']} pid {answered['pid']}  titanic "
-                     f"{answered['version']}  up {_age(answered['uptime_s'])}")
+    lines.extend(f"dispatcher  {answered['host']} pid {answered['pid']}  titanic "
+                 f"{answered['version']}  up {_age(answered['uptime_s'])}"
+                 for answered in view["dispatchers"])
     lines.append("")
     header = (f"{'SERVICE':24} {'PENDING':>8} {'IN FLIGHT':>9} {'DONE':>8} {'FAILED':>7} "
               f"{'EXPIRED':>7} {'OLDEST':>7} {'WORKERS':>7} {'DONE/S':>7}")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -42,7 +42,10 @@ if TYPE_CHECKING:
     from titanic._zmq import SocketHook
     from titanic.security import CurveServer
 
+#: A decorator that adds options and passes the command's function on unchanged keeps its type.
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class UsageProblem(Exception):
@@ -146,12 +149,12 @@ class LogOptions:
                                                  else [])
 
 
-def log_options(func: F) -> F:
+def log_options(func: Callable[..., R]) -> Callable[..., R]:
     """--log-format and --log-level (TITANIC_LOG_FORMAT, TITANIC_LOG_LEVEL), given to the
     command as `logs`, a LogOptions."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, log_format: str, log_level: str | None, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, log_format: str, log_level: str | None, **kwargs: Any) -> R:
         return func(*args, logs=LogOptions(log_format, log_level), **kwargs)
 
     wrapper = click.option(
@@ -160,13 +163,12 @@ def log_options(func: F) -> F:
         help="Least severe log lines written [env TITANIC_LOG_LEVEL; default: info, or debug "
         "with -v].",
     )(wrapper)
-    wrapper = click.option(
+    return click.option(
         "--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
         envvar="TITANIC_LOG_FORMAT",
         help="Log lines as text, or as one JSON object per line with event, component, and "
         "the request's UUID and service where there is one [env TITANIC_LOG_FORMAT].",
     )(wrapper)
-    return wrapper  # type: ignore[return-value]
 
 
 def _check_bind(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -199,17 +201,17 @@ def endpoint_error(endpoints: str, exc: zmq.ZMQError) -> BindError:
     return BindError(f"cannot bind {endpoints}: {reason}")
 
 
-def fail(message: str, code: Exit) -> None:
+def fail(message: str, code: Exit) -> NoReturn:
     """Print one line on stderr and exit with a documented code."""
     click.echo(f"titanic: {message}", err=True)
     sys.exit(int(code))
 
 
-def handle_errors(func: F) -> F:
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn titanic's exceptions into one line on stderr and an exit code, never a traceback."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except (UsageProblem, EndpointError) as exc:
@@ -231,7 +233,7 @@ def handle_errors(func: F) -> F:
         except OSError as exc:
             fail(str(exc), Exit.ERROR)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def shown(text: str) -> str:
@@ -366,13 +368,13 @@ _KEY_FILE = click.Path(path_type=Path)
 _KEY_FOLDER = click.Path(path_type=Path)
 
 
-def curve_client_options(func: F) -> F:
+def curve_client_options(func: Callable[..., R]) -> Callable[..., R]:
     """--curve-server-key and --curve-key (TITANIC_CURVE_SERVER_KEY, TITANIC_CURVE_KEY), given
     to the command as `curve`, a CurveOptions."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, curve_server_key: Path | None, curve_key: Path | None,
-                **kwargs: Any) -> Any:
+                **kwargs: Any) -> R:
         return func(*args, curve=CurveOptions(curve_server_key, curve_key), **kwargs)
 
     wrapper = click.option(
@@ -381,13 +383,12 @@ def curve_client_options(func: F) -> F:
         help="Our own CURVE key pair: a .key_secret file from `titanic keygen` "
         "[env TITANIC_CURVE_KEY].",
     )(wrapper)
-    wrapper = click.option(
+    return click.option(
         "--curve-server-key", type=_KEY_FILE, metavar="FILE",
         envvar="TITANIC_CURVE_SERVER_KEY", default=None,
         help="Speak CURVE to the broker whose public key is in this .key file "
         "[env TITANIC_CURVE_SERVER_KEY].",
     )(wrapper)
-    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -422,14 +423,14 @@ class CurveServerOptions:
                            workers_allowed=self.allow_workers, admin=self.admin)
 
 
-def curve_server_options(func: F) -> F:
+def curve_server_options(func: Callable[..., R]) -> Callable[..., R]:
     """--curve-secret, --curve-allow, --curve-allow-workers and --curve-admin
     (TITANIC_CURVE_SECRET, TITANIC_CURVE_ALLOW, TITANIC_CURVE_ALLOW_WORKERS, TITANIC_CURVE_ADMIN),
     given as `curve`, a CurveServerOptions."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, curve_secret: Path | None, curve_allow: Path | None,
-                curve_allow_workers: Path | None, curve_admin: Path | None, **kwargs: Any) -> Any:
+                curve_allow_workers: Path | None, curve_admin: Path | None, **kwargs: Any) -> R:
         return func(*args, curve=CurveServerOptions(curve_secret, curve_allow,
                                                     curve_allow_workers, curve_admin), **kwargs)
 
@@ -452,13 +453,12 @@ def curve_server_options(func: F) -> F:
         help="Admit only peers whose public key is in a .key file in this folder; read again "
         "when it changes [env TITANIC_CURVE_ALLOW].",
     )(wrapper)
-    wrapper = click.option(
+    return click.option(
         "--curve-secret", type=_KEY_FILE, metavar="FILE",
         envvar="TITANIC_CURVE_SECRET", default=None,
         help="Require CURVE, with the broker's key pair from this .key_secret file "
         "[env TITANIC_CURVE_SECRET].",
     )(wrapper)
-    return wrapper  # type: ignore[return-value]
 
 
 @contextmanager

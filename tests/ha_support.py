@@ -3,6 +3,7 @@ that note their stalls, and the checks on what the store holds afterwards."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter
@@ -77,7 +78,7 @@ class Load:
         and `end` (monotonic seconds)."""
         stalls = [0.0]
         for acks in self._acks:
-            stalls += [later - earlier for earlier, later in zip(acks, acks[1:], strict=False)
+            stalls += [later - earlier for earlier, later in itertools.pairwise(acks)
                        if start < later <= end]
         return max(stalls)
 

@@ -4,6 +4,7 @@ afterwards. The packaged server, which other test runs may be using, is never to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -29,7 +30,8 @@ def server_binaries() -> Path | None:
     """The folder of initdb, pg_ctl and pg_basebackup, or None if they are not installed."""
     candidates = []
     if shutil.which("pg_config"):
-        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
+                               check=False)
         candidates.append(Path(found.stdout.strip()))
     candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
     for folder in candidates:
@@ -71,11 +73,10 @@ class Clusters:
         """Stop the servers of these data folders at once, whatever state they are in."""
         for data in folders:
             if (data / "postmaster.pid").exists():
-                try:
+                # A server already dead (killed) fails to stop: nothing to do then.
+                with contextlib.suppress(subprocess.CalledProcessError):
                     self.run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop",
                              timeout=60)
-                except subprocess.CalledProcessError:
-                    pass  # already dead (a killed server)
 
     def sql(self, port: int, statement: str,
             database: str = "postgres") -> list[tuple[object, ...]]:

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -214,17 +214,16 @@ class Processes:
         for proc in self._all:
             if proc.poll() is None:
                 proc.kill()
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
 
 
-def run_cli(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+def run_cli(*args: str, input: bytes | None = None,  # noqa: A002 - named as subprocess.run names it
+            env: dict[str, str] | None = None,
             timeout: float = 60.0) -> subprocess.CompletedProcess[bytes]:
     """Run a `titanic` command to completion."""
     return subprocess.run([*CLI, *args], input=input, capture_output=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, check=False)
 
 
 def recv_within(sock: zmq.Socket[bytes], timeout: float = 5.0) -> list[bytes]:

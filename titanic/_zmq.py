@@ -181,10 +181,8 @@ class Waker:
     def wake(self) -> None:
         """Mark stopped and interrupt the poll."""
         self.stopped.set()
-        try:
+        with contextlib.suppress(OSError):  # the pipe is full (already woken) or closed
             self._writer.send(b"\0")
-        except OSError:
-            pass  # the pipe is full (already woken) or closed (loop gone)
 
     def close(self) -> None:
         """Release both ends."""

@@ -21,7 +21,8 @@ from titanic_support import (
 )
 
 from titanic.client.tsp import TitanicClient
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
 from titanic.errors import TitanicTimeoutError
 from titanic.store import open_store
 from titanic.worker import Worker
@@ -80,9 +81,9 @@ def test_a_fetch_timeout_fits_the_time_given_in_all(total: float) -> None:
     silent.linger = 0
     silent.bind(endpoint)
     try:
-        with TitanicClient(endpoint, timeout=2.5, retries=2) as client:
-            with pytest.raises(TitanicTimeoutError) as raised:
-                client.wait("0" * 32, timeout=total)
+        with (TitanicClient(endpoint, timeout=2.5, retries=2) as client,
+              pytest.raises(TitanicTimeoutError) as raised):
+            client.wait("0" * 32, timeout=total)
     finally:
         silent.close(0)
     found = re.search(r"after (\d+) attempt\(s\) of ([\d.e-]+) s", str(raised.value))

@@ -28,7 +28,8 @@ from titanic_support import (
 )
 
 from titanic.client.tsp import TitanicClient
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
 from titanic.protocol.mdp import Frames
 from titanic.store import RequestStatus, Store
 from titanic.worker import Worker, echo_handler

@@ -128,7 +128,7 @@ def test_titanic_up_with_curve_dir_runs_the_flow(procs: Processes, tmp_path: Pat
 
 
 def run_up_flow(broker: str, curve: Path) -> None:
-    wait_until(lambda: (curve / "allowed" / "client.key").exists(), message="keys made")
+    wait_until((curve / "allowed" / "client.key").exists, message="keys made")
     client = {"TITANIC_CURVE_SERVER_KEY": str(curve / "broker.key"),
               "TITANIC_CURVE_KEY": str(curve / "client.key_secret")}
     submitted = run_cli("submit", "echo", "hello from up", "--broker", broker, "--timeout", "2",
@@ -188,7 +188,7 @@ def test_a_dispatcher_whose_key_is_not_an_admin_stops_with_exit_9(procs: Process
                       *FAST_DISPATCHER, *as_peer(keys, "alice"), timeout=60)
     assert refused.returncode == 9, refused.stderr
     last = refused.stderr.decode().strip().splitlines()[-1]
-    assert last.startswith("titanic-dispatcher: ") or last.startswith("titanic: "), last
+    assert last.startswith(("titanic-dispatcher: ", "titanic: ")), last
     assert "not in its admin folder (--curve-admin)" in last and "Traceback" not in last
     assert not has_worker(broker, alice, "titanic.request")
 

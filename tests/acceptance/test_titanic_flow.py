@@ -34,7 +34,9 @@ def start_dispatcher(procs: Processes, name: str, broker: str,
     return procs.cli(name, "dispatcher", "--broker", broker, "--db", db_url, *FAST_DISPATCHER)
 
 
-def cli(broker: str, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def cli(broker: str, *args: str,
+        input: bytes | None = None,  # noqa: A002 - as run_cli and subprocess.run name it
+        ) -> subprocess.CompletedProcess[bytes]:
     return run_cli(*args, "--broker", broker, input=input)
 
 

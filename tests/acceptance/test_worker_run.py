@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from titanic_support import CLI, Processes, run_cli, running
 
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
 from titanic.store import open_store
 from titanic.worker.pool import ConnectionSettings
 

@@ -173,7 +173,7 @@ def _run_chaos(procs: Processes, tmp_path: Path, db_url: str, hosted: bool) -> N
         store.close_store()
     ran = executions(executed)
     repeated = {body: n for body, n in ran.items() if n > 1}
-    print(f"{'in the broker' if hosted else 'own dispatcher'}, {db_url.split(':')[0]}: "
+    print(f"{'in the broker' if hosted else 'own dispatcher'}, {db_url.split(':', maxsplit=1)[0]}: "
           f"acknowledged {len(acknowledged)} (not {len(submits.unacknowledged)}), "
           f"lost {len(lost)}, wrong {len(wrong)}, executed more than once {len(repeated)}, "
           f"all done {finished:.1f} s after the first submit")

@@ -48,9 +48,9 @@ def test_titanic_client_refuses_wrong_types_before_sending(
         silent_broker: tuple[str, zmq.Socket[bytes]], call: Callable[[TitanicClient], object],
         message: str) -> None:
     endpoint, router = silent_broker
-    with TitanicClient(endpoint, timeout=0.5, retries=0) as client:
-        with pytest.raises(TypeError) as raised:
-            call(client)
+    with (TitanicClient(endpoint, timeout=0.5, retries=0) as client,
+          pytest.raises(TypeError) as raised):
+        call(client)
     assert str(raised.value) == message
     assert nothing_within(router)
 
@@ -58,9 +58,9 @@ def test_titanic_client_refuses_wrong_types_before_sending(
 def test_a_malformed_uuid_is_one_line_of_text(
         silent_broker: tuple[str, zmq.Socket[bytes]]) -> None:
     endpoint, router = silent_broker
-    with TitanicClient(endpoint, timeout=0.5, retries=0) as client:
-        with pytest.raises(ProtocolError) as raised:
-            client.fetch("xyz\n")
+    with (TitanicClient(endpoint, timeout=0.5, retries=0) as client,
+          pytest.raises(ProtocolError) as raised):
+        client.fetch("xyz\n")
     assert str(raised.value) == ("request_id 'xyz\\n' is not a request UUID (32 hex digits, or "
                                  "the 8-4-4-4-12 form)")
     assert nothing_within(router)
@@ -69,9 +69,8 @@ def test_a_malformed_uuid_is_one_line_of_text(
 def test_mdp_client_refuses_a_service_of_another_type_before_sending(
         silent_broker: tuple[str, zmq.Socket[bytes]]) -> None:
     endpoint, router = silent_broker
-    with Client(endpoint, timeout=0.5, retries=0) as client:
-        with pytest.raises(TypeError) as raised:
-            client.request(5, b"x")  # type: ignore[arg-type]
+    with Client(endpoint, timeout=0.5, retries=0) as client, pytest.raises(TypeError) as raised:
+        client.request(5, b"x")  # type: ignore[arg-type]
     assert str(raised.value) == "the service is int: a service name is str or bytes"
     assert nothing_within(router)
 

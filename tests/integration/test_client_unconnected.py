@@ -19,9 +19,9 @@ def immediate(sock: zmq.Socket[bytes]) -> None:
 
 
 def test_sync_client_times_out_when_it_cannot_send() -> None:
-    with Client(free_endpoint(), timeout=0.2, retries=1, configure_socket=immediate) as client:
-        with pytest.raises(TitanicTimeoutError, match="after 2 attempt"):
-            client.request("echo", b"x")
+    with (Client(free_endpoint(), timeout=0.2, retries=1, configure_socket=immediate) as client,
+          pytest.raises(TitanicTimeoutError, match="after 2 attempt")):
+        client.request("echo", b"x")
 
 
 def test_pipelined_client_times_out_when_it_cannot_send() -> None:

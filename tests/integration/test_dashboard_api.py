@@ -15,20 +15,21 @@ from titanic_support import FAST_CONNECTION, free_endpoint, running, start_broke
 
 pytest.importorskip("flask")
 
-from flask import Flask  # noqa: E402
+from flask import Flask
 
-from titanic import PermanentError  # noqa: E402
-from titanic.broker import Broker  # noqa: E402
-from titanic.client.manage import ManagementClient  # noqa: E402
-from titanic.client.tsp import TitanicClient  # noqa: E402
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings  # noqa: E402
-from titanic.ops._http import QuietHandler, ThreadingServer  # noqa: E402
-from titanic.ops.dashboard import Access, DashboardState, allowed_hosts, create_app  # noqa: E402
-from titanic.ops.dashboard.access import TOKEN_HEADER  # noqa: E402
-from titanic.protocol.mdp import Frames  # noqa: E402
-from titanic.settings import BrokerSettings  # noqa: E402
-from titanic.store import RequestStatus, Store  # noqa: E402
-from titanic.worker import Worker  # noqa: E402
+from titanic import PermanentError
+from titanic.broker import Broker
+from titanic.client.manage import ManagementClient
+from titanic.client.tsp import TitanicClient
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
+from titanic.ops._http import QuietHandler, ThreadingServer
+from titanic.ops.dashboard import Access, DashboardState, allowed_hosts, create_app
+from titanic.ops.dashboard.access import TOKEN_HEADER
+from titanic.protocol.mdp import Frames
+from titanic.settings import BrokerSettings
+from titanic.store import RequestStatus, Store
+from titanic.worker import Worker
 
 TOKEN = "a-test-token-0123456789"
 #: The Host header Flask's test client sends.

@@ -14,7 +14,8 @@ from titanic_support import fast_dispatcher, free_endpoint, running, wait_until
 from titanic.broker import Broker
 from titanic.client.tsp import ReplyState, TitanicClient
 from titanic.dispatch.in_flight import START
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
 from titanic.protocol.mdp import Frames
 from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store, open_store

@@ -10,7 +10,8 @@ from titanic_support import fast_dispatcher, running, start_worker, wait_until
 from titanic import PermanentError, TitanicClient
 from titanic.client import Client
 from titanic.client.tsp import ReplyState
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
 from titanic.protocol.failure import MARKER, split_last_error
 from titanic.protocol.mdp import Frames
 from titanic.store import RequestStatus, Store

@@ -131,9 +131,9 @@ def test_a_client_whose_brokers_serve_different_stores_stops_before_storing_anyt
         stack: ExitStack, tmp_path: Path) -> None:
     stores = [sqlite_store(stack, tmp_path / "a.db"), sqlite_store(stack, tmp_path / "c.db")]
     brokers = [hosting_broker(stack, store) for store in stores]
-    with TitanicClient(brokers, timeout=2.0) as titanic:
-        with pytest.raises(StoreMismatchError) as caught:
-            titanic.submit("echo", b"x")
+    with (TitanicClient(brokers, timeout=2.0) as titanic,
+          pytest.raises(StoreMismatchError) as caught):
+        titanic.submit("echo", b"x")
     message = str(caught.value)
     assert brokers[0] in message and brokers[1] in message
     assert all(store.list() == [] for store in stores)

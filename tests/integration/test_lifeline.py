@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 import pytest
@@ -120,10 +120,8 @@ def test_only_an_inherited_pipe_counts_as_a_lifeline(tmp_path: Path) -> None:
             assert _inherited_read_end(str(read)) is None  # closed
         finally:
             for fd in (read, write):
-                try:
+                with suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
 
 
 def test_a_process_without_the_variable_watches_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,8 @@ from titanic.broker import Broker
 from titanic.client import Client
 from titanic.client.manage import ManagementClient
 from titanic.client.tsp import TitanicClient
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
 from titanic.protocol import mmi
 from titanic.settings import BrokerSettings
 from titanic.store import RequestStatus, Store, open_store

@@ -9,6 +9,7 @@ from pathlib import Path
 from titanic_support import Processes, free_endpoint, raw_dealer, recv_within, wait_until
 
 from titanic.client import Client
+from titanic.errors import TitanicError
 
 SLOW_WORKER = """
 import sys, time
@@ -29,7 +30,7 @@ def wait_for_service(endpoint: str, service: str, timeout: float = 15) -> None:
         def present() -> bool:
             try:
                 return asker.request("mmi.service", service.encode()) == [b"200"]
-            except Exception:
+            except TitanicError:
                 return False
         wait_until(present, timeout=timeout, message=f"{service} registered")
 

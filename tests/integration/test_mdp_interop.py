@@ -46,7 +46,7 @@ def serve_with_majortomo_worker(endpoint: str, service: bytes, stop: threading.E
         while not stop.is_set():
             try:
                 client, frames = worker.wait_for_request()
-            except Exception:  # majortomo raises when closed under it
+            except Exception:  # noqa: BLE001 - majortomo raises when closed under it
                 return
             worker.send_reply_final(client, [b"mt:" + frames[0], *frames[1:]])
     finally:
@@ -64,7 +64,7 @@ def test_majortomo_client_and_worker_through_our_broker(our_broker: str) -> None
                 client.send(b"mt-echo", b"hello", b"")
                 try:
                     return client.recv_all_as_list(timeout=1.0)
-                except Exception:
+                except Exception:  # noqa: BLE001 - majortomo's own timeout error, unexported
                     client.connect(reconnect=True)
                     return None
             reply: list[list[bytes] | None] = []

@@ -15,7 +15,8 @@ from titanic.broker import Broker
 from titanic.client import Client
 from titanic.client.tsp import TitanicClient
 from titanic.dispatch.in_flight import START
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
 from titanic.ops.metrics import MetricsServer, broker_registry, dispatcher_registry
 from titanic.settings import BrokerSettings
 from titanic.store import Store

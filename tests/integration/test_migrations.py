@@ -47,7 +47,7 @@ def test_db_commands_work_from_any_folder(db_url: str, tmp_path: Path) -> None:
         argv = [sys.executable, "-P", "-m", "titanic_cli", "db", *args, "--db", db_url]
         return subprocess.run(argv,
                               cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "PYTHONPATH": ""})
+                              env={**os.environ, "PYTHONPATH": ""}, check=False)
 
     assert titanic_db("current").stdout.strip() == "none"
     checked = titanic_db("check")
@@ -67,7 +67,7 @@ def test_stores_opened_together_on_a_fresh_database_all_migrate(db_url: str) -> 
         barrier.wait(30)
         try:
             open_store(db_url).close_store()
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=open_together) for _ in range(4)]

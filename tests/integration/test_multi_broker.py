@@ -21,7 +21,8 @@ from titanic_support import (
 
 from titanic.client import Client, PipelinedClient
 from titanic.client.tsp import ReplyState, TitanicClient
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
 from titanic.errors import StoreMismatchError, UnreachableError
 from titanic.protocol import tsp
 from titanic.store import Store, open_store

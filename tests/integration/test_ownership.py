@@ -16,7 +16,8 @@ from titanic_support import FAST_CONNECTION, nothing_within, recv_within, runnin
 from titanic._zmq import SocketHook
 from titanic.client import Client
 from titanic.client.tsp import ReplyState, TitanicClient, TitanicServiceError
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
 from titanic.errors import IdentityRefusedError, TitanicTimeoutError
 from titanic.protocol import manage
 from titanic.protocol.identity import IDENTITY_OPTION
@@ -217,10 +218,10 @@ def test_a_dispatcher_without_an_admin_key_is_not_told_identities(
     connections = (s.request_connections + s.reply_connections + s.close_connections
                    + s.wait_connections + 2)  # and titanic.store, titanic.manage
     assert 1 <= broker.stats.identities_refused <= connections
-    with TitanicClient(endpoint, timeout=0.3, retries=0,
-                       configure_socket=keys.hook("alice")) as alice:
-        with pytest.raises(TitanicTimeoutError):
-            alice.submit("echo", b"x")
+    with (TitanicClient(endpoint, timeout=0.3, retries=0,
+                        configure_socket=keys.hook("alice")) as alice,
+          pytest.raises(TitanicTimeoutError)):
+        alice.submit("echo", b"x")
 
 
 def test_management_serves_admin_keys_only(keys: Keys, stack: ExitStack,

@@ -28,7 +28,8 @@ from titanic._zmq import SocketHook
 from titanic.broker.queues import queued_cost
 from titanic.client import Client
 from titanic.client.tsp import ReplyState, TitanicClient
-from titanic.dispatch.standalone import Dispatcher, DispatcherSettings
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
 from titanic.errors import (
     BrokerRefusedError,
     CurveKeyError,

@@ -45,10 +45,14 @@ def test_a_failed_turn_leaves_nothing_stored(sql_store: SqlStore, sqlite_url: st
     _, turn = _batch(sql_store, NewRequest("svc", (b"a",)), NewRequest("svc", (b"b",)))
     raw = sql_store._thread_connection(True).connection.driver_connection
     assert isinstance(raw, sqlite3.Connection)
-    with pytest.raises(sqlite3.OperationalError):
+
+    def turn_then_fail() -> None:
         with immediate(raw):
             assert run_turn(raw, sql_store._hot, turn)[0] == 2
             raw.execute("SELECT * FROM no_such_table")
+
+    with pytest.raises(sqlite3.OperationalError):
+        turn_then_fail()
     assert not raw.in_transaction
     assert _count(sqlite_url) == 0
 

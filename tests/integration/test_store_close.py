@@ -19,7 +19,7 @@ def _busy(store: SqlStore, started: threading.Event, ended: list[BaseException])
             request_id = store.submit("svc", [str(n).encode()])
             store.get(request_id)
             started.set()
-    except BaseException as exc:  # reported to the test
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
         ended.append(exc)
     finally:
         started.set()

@@ -6,6 +6,7 @@ messages the client sent to messages the server sent is one wait for the server.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -39,7 +40,7 @@ class Trace:
     @property
     def round_trips(self) -> int:
         directions = [direction for direction, _, _ in self.messages]
-        pairs = zip(directions, directions[1:], strict=False)
+        pairs = itertools.pairwise(directions)
         return sum(1 for sent, got in pairs if (sent, got) == ("F", "B"))
 
     def sent(self, text: str) -> bool:

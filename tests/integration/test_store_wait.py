@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -28,10 +28,8 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
         pass
     finally:
         for end in (source, sink):
-            try:
+            with suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @contextmanager
@@ -76,7 +74,7 @@ def test_a_server_that_comes_up_late_is_waited_for(postgres_url: str,
     def open_late() -> None:
         try:
             opened.append(open_store(late, wait=60))
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 - reported below
             failures.append(exc)
 
     caplog.set_level(logging.WARNING, logger="titanic.store")

@@ -63,12 +63,12 @@ def test_a_wait_is_held_until_the_reply_is_stored(stack: ExitStack, tmp_path: Pa
     store = sqlite_store(stack, tmp_path / "t.db")
     if hosted:
         endpoint, host = hosting(stack, store)
-        waits = host._waits  # noqa: SLF001 - the test looks at what is held
+        waits = host._waits
     else:
         endpoint = start_broker(stack).bound[0]
         dispatcher = Dispatcher(store, replace(SETTINGS, broker=[endpoint]))
         stack.enter_context(running(dispatcher))
-        waits = dispatcher._waits  # noqa: SLF001
+        waits = dispatcher._waits
     gate = Gate()
     worker(stack, endpoint, gate)
     with TitanicClient(endpoint, timeout=2.0) as client:
@@ -95,7 +95,7 @@ def test_a_wait_for_a_request_closed_elsewhere_is_answered_unknown(stack: ExitSt
         asking = threading.Thread(target=lambda: answers.append(raw.request(
             "titanic.wait", request_id.encode(), b"8000")))
         asking.start()
-        wait_until(lambda: held_count(host._waits) == 1, message="held")  # noqa: SLF001
+        wait_until(lambda: held_count(host._waits) == 1, message="held")
         client.close_request(request_id)
         asking.join(10)
     assert answers == [[b"400", b"unknown"]]
@@ -127,7 +127,7 @@ def test_a_reply_stored_by_another_dispatcher_reaches_a_held_wait(stack: ExitSta
         waiting = threading.Thread(target=lambda: outcome.append(client.wait(request_id, 30)))
         waiting.start()
         assert gate.took.wait(30)  # the other dispatcher sent it
-        wait_until(lambda: held_count(holder._waits) == 1, message="held")  # noqa: SLF001
+        wait_until(lambda: held_count(holder._waits) == 1, message="held")
         gate.opened.set()
         waiting.join(30)
     [fetched] = outcome

@@ -77,7 +77,7 @@ def test_the_host_asks_mmi_and_gets_the_answer_as_a_reply() -> None:
 
 def test_a_request_of_the_host_refused_by_a_full_queue_comes_back_as_a_refusal() -> None:
     core = BrokerCore(BrokerSettings(queue_limit=1))
-    first, _ = core.request_local(b"echo", [b"1"], 0.0)  # queued: no worker yet
+    core.request_local(b"echo", [b"1"], 0.0)  # queued: no worker yet
     second, out = core.request_local(b"echo", [b"2"], 0.0)
     assert out == []
     assert core.take_local() == ([], [(second, Refusal(

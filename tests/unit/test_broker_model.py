@@ -155,7 +155,7 @@ class BrokerModel(RuleBasedStateMachine):
         assert self.core.book.total == sum(len(q) for q in self.queued.values())
         for worker, (service, _, held) in self.workers.items():
             assert self.core.has_workers(service)
-            registered = self.core._workers[worker]  # noqa: SLF001 - the model's view of it
+            registered = self.core._workers[worker]
             assert [a[0] for a in registered.outstanding] == [self.client_of[b] for b in held]
             assert len(held) <= max(1, registered.credit)
 

@@ -42,10 +42,8 @@ def slug(heading: str) -> str:
     (letters, digits, '-' and '_' kept), spaces turned into hyphens."""
     text = _LINK.sub(lambda match: match.group(1), heading)
     text = _INLINE_CODE.sub(lambda match: match.group(2), text)
-    kept = []
-    for char in text.lower():
-        if char in " -_" or unicodedata.category(char)[0] in "LNM":
-            kept.append(char)
+    kept = [char for char in text.lower()
+            if char in " -_" or unicodedata.category(char)[0] in "LNM"]
     return "".join(kept).replace(" ", "-")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from titanic.client import Completion
 from titanic.dispatch.in_flight import LATE_SHARE, RESTART, START, Windows
 from titanic.dispatch.planner import Forwarded, Planner, PresenceCheck
-from titanic.dispatch.standalone import DispatcherSettings, DispatcherStats
+from titanic.dispatch.settings import DispatcherSettings, DispatcherStats
 from titanic.testing import MemoryStore, MemoryTransport
 
 TIMEOUT = 10.0
@@ -157,7 +157,7 @@ def test_after_losing_its_broker_the_planner_asks_mmi_again_and_forwards_one_at_
 
 
 def test_a_service_with_workers_again_after_none_gets_what_waited_start_at_first() -> None:
-    planner, store, transport = _widened(cap=4 * START, due=200)
+    planner, _, transport = _widened(cap=4 * START, due=200)
     _reply_to_all(planner, transport, 2.0)
     assert planner.windows.limit("echo") == 4 * START
     # No reply in time from any of them (the workers died): timed out, the window halved once.

@@ -77,7 +77,7 @@ def test_purge_deletes_only_old_finished_requests(store: MemoryStore,
     assert store.get(request_id) is None
 
 
-@pytest.mark.parametrize("body, why", [
+@pytest.mark.parametrize(("body", "why"), [
     ([b"drop tables"], "unknown command"),
     ([b"info", b"{not json"], "not JSON"),
     ([b"info", b"[1, 2]"], "not a JSON object"),

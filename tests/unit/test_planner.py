@@ -8,7 +8,7 @@ import pytest
 
 from titanic.client import Completion
 from titanic.dispatch.planner import Forwarded, Planner, PresenceCheck
-from titanic.dispatch.standalone import DispatcherSettings, DispatcherStats
+from titanic.dispatch.settings import DispatcherSettings, DispatcherStats
 from titanic.errors import StoreError
 from titanic.protocol.mdp import Frames
 from titanic.store import RequestStatus

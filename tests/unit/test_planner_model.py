@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from titanic.client import Completion
 from titanic.dispatch.planner import Forwarded, Planner, PresenceCheck
 from titanic.dispatch.services import handle_close
-from titanic.dispatch.standalone import DispatcherSettings, DispatcherStats
+from titanic.dispatch.settings import DispatcherSettings, DispatcherStats
 from titanic.errors import BrokerRefusedError
 from titanic.protocol.mdp import Frames
 from titanic.store import RequestStatus

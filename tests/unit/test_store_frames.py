@@ -28,7 +28,7 @@ def test_arbitrary_bytes_decode_or_raise_value_error(blob: bytes) -> None:
 def test_truncation_is_detected() -> None:
     packed = encode_frames([b"abc", b""])
     for cut in range(len(packed)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"^frame packing (shorter|truncated)"):
             decode_frames(packed[:cut])
 
 

@@ -165,7 +165,7 @@ def test_a_timeout_says_which_piece_is_down() -> None:
     def no_dispatcher(service: bytes, body: Frames) -> Answer:
         return [b"404"] if service == b"mmi.service" else None
 
-    with pytest.raises(TitanicTimeoutError, match="no worker serves 'titanic.reply'"):
+    with pytest.raises(TitanicTimeoutError, match=r"no worker serves 'titanic\.reply'"):
         run(tsp.fetch(UUID), [no_dispatcher], clock, log)
 
 

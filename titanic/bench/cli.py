@@ -64,7 +64,7 @@ def run_once(argv: Sequence[str], env: dict[str, str]) -> tuple[float, bytes]:
     """Run a command to its end: its wall-clock seconds and its stdout; RuntimeError with its
     stderr if it fails."""
     start = time.perf_counter()
-    done = subprocess.run(list(argv), env=env, capture_output=True, timeout=60)
+    done = subprocess.run(list(argv), env=env, capture_output=True, timeout=60, check=False)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[-3:])} exited {done.returncode}: "
@@ -103,7 +103,7 @@ def _wait_for_echo(endpoint: str, process: subprocess.Popen[bytes]) -> None:
             raise RuntimeError(f"titanic up exited {process.returncode} (see its log)")
         probe = subprocess.run(titanic_argv("mmi", "echo", "--broker", endpoint,
                                             "--timeout", "1", "--retries", "0"),
-                               capture_output=True, timeout=30)
+                               capture_output=True, timeout=30, check=False)
         if probe.returncode == 0:
             return
         time.sleep(0.2)

@@ -74,9 +74,8 @@ def _running(keys: _Keys | None, workers: int) -> Iterator[str]:
     peer_args = keys.peer if keys else []
     processes = [spawn(titanic_command("broker", "--bind", endpoint, *broker_args))]
     try:
-        for _ in range(workers):
-            processes.append(spawn(titanic_command("worker", "echo", "--broker", endpoint,
-                                                   *peer_args)))
+        processes.extend(spawn(titanic_command("worker", "echo", "--broker", endpoint, *peer_args))
+                         for _ in range(workers))
         mdp.wait_until_served(endpoint, Dialect.MDP01, workers,
                               configure_socket=keys.client if keys else None)
         yield endpoint

@@ -44,9 +44,9 @@ def running_broker(command: Callable[[str], list[str]], dialect: Dialect,
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     processes = [spawn(command(endpoint))]
     try:
-        for _ in range(workers):
-            processes.append(spawn(titanic_command(
-                "worker", "echo", "--broker", endpoint, "--mdp", DIALECT_FLAG[dialect])))
+        processes.extend(spawn(titanic_command("worker", "echo", "--broker", endpoint,
+                                               "--mdp", DIALECT_FLAG[dialect]))
+                         for _ in range(workers))
         wait_until_served(endpoint, dialect, workers)
         yield endpoint
     finally:

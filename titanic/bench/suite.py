@@ -194,7 +194,7 @@ def format_rows(rows: list[Row]) -> str:
         lines.append(f"{row.section:8} {row.target:30} {r.name:36} {r.rate:9.0f} {p50} {p99}"
                      f"  {ratios}")
     targets = format_targets(rows)
-    return "\n".join(lines + ([""] + targets if targets else []))
+    return "\n".join(lines + (["", *targets] if targets else []))
 
 
 def _rate(rows: list[Row], target: str, load: str) -> float | None:

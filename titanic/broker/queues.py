@@ -42,7 +42,7 @@ class QueueBook:
     and leaves a service's queue through here, and `audit()` checks the counts against the
     queues."""
 
-    __slots__ = ("total", "by_client")
+    __slots__ = ("by_client", "total")
 
     def __init__(self) -> None:
         self.total = 0
@@ -96,7 +96,7 @@ class QueueBook:
 class ServiceQueue:
     """A service: its queue of requests and its workers, idle and with credit left."""
 
-    __slots__ = ("name", "requests", "idle", "spare", "workers")
+    __slots__ = ("idle", "name", "requests", "spare", "workers")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
@@ -117,8 +117,18 @@ class ServiceQueue:
 class RegisteredWorker:
     """A worker registered for a service: what it holds, and how much more it may hold."""
 
-    __slots__ = ("identity", "service", "dialect", "last_seen", "outstanding", "partials",
-                 "credit", "per_request", "last_reply", "identities")
+    __slots__ = (
+        "credit",
+        "dialect",
+        "identities",
+        "identity",
+        "last_reply",
+        "last_seen",
+        "outstanding",
+        "partials",
+        "per_request",
+        "service",
+    )
 
     def __init__(self, identity: bytes, service: ServiceQueue, dialect: Dialect,
                  now: float, identities: bool = False) -> None:

@@ -278,10 +278,10 @@ class Broker:
             # _flush() inlined for the one or two messages most calls return: this loop is hot.
             failed: list[Outgoing] | None = None
             for message in receive(frames, role, now, user):
-                if not send(worker_socket if message[0] else socket, message[1]):
-                    if message[2] is not None:
-                        failed = failed or []
-                        failed.append(message)
+                if (not send(worker_socket if message[0] else socket, message[1])
+                        and message[2] is not None):
+                    failed = failed or []
+                    failed.append(message)
             if failed is not None or gone:
                 self._flush(self._core.undeliverable(failed or [], now, self._take_gone()))
 
@@ -369,10 +369,10 @@ class Broker:
         while out:
             failed: list[Outgoing] | None = None
             for message in out:
-                if not send(worker_socket if message[0] else socket, message[1]):
-                    if message[2] is not None:
-                        failed = failed or []
-                        failed.append(message)
+                if (not send(worker_socket if message[0] else socket, message[1])
+                        and message[2] is not None):
+                    failed = failed or []
+                    failed.append(message)
             if failed is None and not self._gone:
                 return
             out = self._core.undeliverable(failed or [], self._now, self._take_gone())

@@ -151,7 +151,7 @@ class AsyncTitanicClient:
         """The same kind of question to several brokers at once (see Survey)."""
         tasks = {asyncio.ensure_future(self._ask(index, service, body, survey.timeout)): index
                  for index, service, body in survey.asks}
-        answers: dict[int, Frames | None] = {index: None for index in tasks.values()}
+        answers: dict[int, Frames | None] = dict.fromkeys(tasks.values())
         waiting = set(tasks)
         deadline = time.monotonic() + survey.timeout
         while waiting and (remaining := deadline - time.monotonic()) > 0:

@@ -322,8 +322,17 @@ class Completion(NamedTuple):
 
 
 class _Slot:
-    __slots__ = ("connection", "tag", "service", "body", "generation", "attempts_left", "parts",
-                 "timeout", "attempts")
+    __slots__ = (
+        "attempts",
+        "attempts_left",
+        "body",
+        "connection",
+        "generation",
+        "parts",
+        "service",
+        "tag",
+        "timeout",
+    )
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection

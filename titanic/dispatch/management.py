@@ -53,8 +53,8 @@ def _when(moment: datetime | None) -> str | None:
 def _argument(arguments: dict[str, Any], name: str, kind: type | tuple[type, ...],
               default: Any) -> Any:
     value = arguments.get(name, default)
-    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
-                              and kind is not bool):
+    if value is not None and (not isinstance(value, kind) or (isinstance(value, bool)
+                              and kind is not bool)):
         raise ProtocolError(f"argument {name!r} has the wrong type")
     return value
 

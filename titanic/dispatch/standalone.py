@@ -51,8 +51,7 @@ from titanic.dispatch.management import ManagementService, process_facts
 from titanic.dispatch.planner import Planner, Transport
 from titanic.dispatch.schedule import TurnSchedule
 from titanic.dispatch.services import batch_of, handle_close, handle_reply
-from titanic.dispatch.settings import DispatcherSettings as DispatcherSettings
-from titanic.dispatch.settings import DispatcherStats as DispatcherStats
+from titanic.dispatch.settings import DispatcherSettings, DispatcherStats
 from titanic.dispatch.store_identity import check_store_identity, store_reply
 from titanic.errors import StoreError
 from titanic.protocol import manage, tsp
@@ -93,7 +92,8 @@ class DispatcherBase:
 
     def _new_planner(self, transport: Transport) -> Planner:
         self._planner = Planner(self.store, transport, self.settings, self.stats,
-                                observe_store=lambda seconds: self.observe_store(seconds))
+                                # looked up at each call: metrics replace it after start
+                                observe_store=lambda seconds: self.observe_store(seconds))  # noqa: PLW0108
         return self._planner
 
     def describe(self) -> dict[str, Any]:

@@ -173,7 +173,7 @@ class MetricsServer:
         if environ.get("PATH_INFO") == "/healthz":
             try:
                 serving, why = self._health()
-            except Exception as exc:  # a check that fails says so; the server goes on
+            except Exception as exc:  # noqa: BLE001 - a failing check says so; the server goes on
                 serving, why = False, f"health check failed: {exc}"
             start_response("200 OK" if serving else "503 Service Unavailable",
                            [("Content-Type", "text/plain; charset=utf-8")])

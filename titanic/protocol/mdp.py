@@ -176,9 +176,9 @@ def _parse_worker(
         if len(rest) == 2 and rest[1] != IDENTITY_OPTION:
             raise ProtocolError(f"unknown READY option {_describe(rest[1])}")
         return WorkerMessage(dialect, command, rest[0], list(rest[1:]))
-    if command is Command.HEARTBEAT or (command is Command.DISCONNECT and len(rest) > 1):
-        if rest:
-            raise ProtocolError(f"{command.value} carries {len(rest)} unexpected frames")
+    if rest and (command is Command.HEARTBEAT
+                 or (command is Command.DISCONNECT and len(rest) > 1)):
+        raise ProtocolError(f"{command.value} carries {len(rest)} unexpected frames")
     if command in (Command.HEARTBEAT, Command.DISCONNECT):
         # A DISCONNECT may carry one frame saying why (titanic.protocol.identity).
         return WorkerMessage(dialect, command, EMPTY, list(rest))
@@ -247,7 +247,7 @@ class WorkerCodec:
     HEARTBEAT, a DISCONNECT, a malformed message) is left to `parse_worker_inbound`.
     """
 
-    __slots__ = ("dialect", "_request", "_request_len", "_final", "_partial")
+    __slots__ = ("_final", "_partial", "_request", "_request_len", "dialect")
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect

@@ -52,6 +52,10 @@ class AllowedKeys:
         self._unreadable = False
         self._keys: frozenset[bytes] = frozenset()
 
+    def __contains__(self, key: object) -> bool:
+        """Whether `key` (a Z85 public key) is allowed now."""
+        return key in self.keys()
+
     def keys(self) -> frozenset[bytes]:
         """The allowed Z85 public keys now."""
         with self._lock:
@@ -151,7 +155,7 @@ class _Admitted:
 
     def callback(self, domain: str, key: bytes) -> bool:
         """pyzmq's credentials-provider hook: is this Z85 public key in one of the folders?"""
-        return any(key in folder.keys() for folder in self._folders)
+        return any(key in folder for folder in self._folders)
 
 
 class CurveServer:

@@ -139,8 +139,8 @@ def load_store_keys(path: str | Path) -> list[bytes]:
     except (OSError, UnicodeDecodeError) as exc:
         raise StoreKeyError(f"cannot read store key file {path}: {exc}") from exc
     keys = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
         try:

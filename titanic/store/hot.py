@@ -178,10 +178,7 @@ class HotStatements:
         would make its planner pick a status index over the primary key and scan every pending
         row.)
         """
-        if self.postgres:
-            key = (min(services, 2), limit, returning)
-        else:
-            key = (services, 0, returning)
+        key = (min(services, 2), limit, returning) if self.postgres else (services, 0, returning)
         sql = self._claims.get(key)
         if sql is not None:
             return sql

@@ -47,7 +47,8 @@ class SqlOverview:
             for service, status, count in conn.execute(counts):
                 by_service.setdefault(service, {})[RequestStatus(status)] = count
             first = {service: aware_utc(moment) for service, moment in conn.execute(oldest)}
-            done = {service: count for service, count in conn.execute(recent)}
+            # not dict(result): a Result has keys(), so dict() would take it for a mapping
+            done = {service: count for service, count in conn.execute(recent)}  # noqa: C416
             return [ServiceSummary(service, by_service[service], first.get(service),
                                    done.get(service, 0)) for service in sorted(by_service)]
 

@@ -7,6 +7,7 @@ server restart.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import sys
@@ -617,7 +618,9 @@ class SqlStore(SqlOverview):
                             t.c.status.in_([PENDING, DISPATCHED]))
                      .group_by(t.c.owner))
         return self._transaction(
-            lambda conn: {owner: count for owner, count in conn.execute(statement)}, write=False)
+            # not dict(result): a Result has keys(), so dict() would take it for a mapping
+            lambda conn: {owner: count for owner, count in conn.execute(statement)},  # noqa: C416
+            write=False)
 
     def rekey(self, *, batch: int = 500) -> int:
         """Seal every stored body not sealed under the store key's current key (plain ones
@@ -637,10 +640,9 @@ class SqlStore(SqlOverview):
         with self._opened_lock:
             opened, self._opened = self._opened, []
         for conn in opened:
-            try:
+            # A connection another thread is using, or already dead, is left to the pool.
+            with contextlib.suppress(SQLAlchemyError):
                 conn.close()
-            except SQLAlchemyError:
-                pass  # a connection another thread is using, or already dead
         self.engine.dispose()
 
 

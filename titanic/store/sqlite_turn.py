@@ -11,6 +11,7 @@ everything else stays on SQLAlchemy.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,10 +31,8 @@ def immediate(raw: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         yield raw
     except BaseException:
         if raw.in_transaction:
-            try:
+            with contextlib.suppress(sqlite3.Error):  # the caller forgets this connection
                 raw.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the caller forgets this connection
         raise
     raw.execute("COMMIT")
 

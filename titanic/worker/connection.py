@@ -8,6 +8,7 @@ REQUEST's envelope): what to do with a request is its driver's business.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -248,10 +249,8 @@ class WorkerConnection:
         if self._watch is not None:
             self._watch.remove(self.socket)
         if disconnect:
-            try:
+            with contextlib.suppress(zmq.ZMQError):
                 send_frames(self.socket, build_worker(self.dialect, Command.DISCONNECT), NOBLOCK)
-            except zmq.ZMQError:
-                pass
             self.socket.close(linger=100)
         else:
             self.socket.close(linger=0)

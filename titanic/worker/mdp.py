@@ -183,7 +183,7 @@ class Worker:
                 self._send_parts(connection, client, reply)
             else:
                 connection.reply(client, as_frames(reply))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the handler raises is its failure report
             self._report_failure(connection, client, exc, now)
             return
         self.requests_handled += 1
