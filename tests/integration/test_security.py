@@ -3,6 +3,7 @@ rotation without a restart, separate client and worker endpoints, and the per-cl
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -227,8 +228,12 @@ def test_allowed_client_worker_and_dispatcher_are_served(keys: Keys, stack: Exit
     assert broker.curve is not None and broker.curve.refused == 0
 
 
-def test_worker_with_unknown_key_cannot_register(keys: Keys, stack: ExitStack) -> None:
+def test_worker_with_unknown_key_cannot_register(keys: Keys, stack: ExitStack,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="titanic.security")
     broker = start_broker(stack, curve=keys.server())
+    curve = broker.curve
+    assert curve is not None
     endpoint = broker.bound[0]
     with dealer(endpoint, keys.hook("mallory")) as impostor:
         impostor.send_multipart(READY_ECHO)
@@ -236,9 +241,17 @@ def test_worker_with_unknown_key_cannot_register(keys: Keys, stack: ExitStack) -
         assert nothing_within(impostor, 0.2)
         assert not has_worker(endpoint, keys.hook("alice"), "echo")  # mmi.service says 404
     assert broker.stats.workers_registered == 0
+    # The ZAP handler counted and logged the refusal: the peer's address, its key, the folder.
+    assert curve.refused >= 1
+    mallory = load_keypair(keys.folder / "mallory.key_secret").public.decode()
+    refusals = [r.getMessage() for r in caplog.records if "refused CURVE peer" in r.getMessage()]
+    assert refusals and refusals[0].startswith(
+        f"refused CURVE peer at 127.0.0.1 on the broker's endpoint: key {mallory} is not in ")
+    admitted = curve.admitted
     with dealer(endpoint, keys.hook("worker")) as allowed:  # the same READY, an allowed key
         allowed.send_multipart(READY_ECHO)
         wait_until(lambda: has_worker(endpoint, keys.hook("alice"), "echo"))
+    assert curve.admitted > admitted
 
 
 def test_client_with_unknown_key_cannot_submit_fetch_or_close(keys: Keys, stack: ExitStack,

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq
@@ -105,7 +106,13 @@ class AllowedKeys:
 
 
 class _CountingAuthenticator(ThreadAuthenticator):
-    """pyzmq's ZAP thread, logging and counting each refusal with the peer's address and key."""
+    """pyzmq's ZAP thread, logging and counting each refusal with the peer's address and key.
+
+    Only pyzmq's public API: `handle_zap_message` is wrapped to note the peer and, once pyzmq
+    has answered it, to count the answer, which the credentials providers (`_Admitted`) record
+    as they judge the key; a request refused before its key is judged (malformed, or for a
+    domain without a provider) is counted as refused.
+    """
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]],
                  folders: dict[str, Path]) -> None:
@@ -114,32 +121,31 @@ class _CountingAuthenticator(ThreadAuthenticator):
         self.admitted = 0
         self._folders = folders
         self._budget = LogBudget()
-        self._peer = ("?", "?", "?")
+        self._verdict: bool | None = None  # the key's, for the request being answered
         self.separate = False  # set when a socket serves workers only
 
-    async def handle_zap_message(self, msg: list[bytes]) -> None:
-        # One ZAP request at a time on this thread: the reply below belongs to this peer.
-        domain = msg[2].decode("utf-8", "replace") if len(msg) > 2 else "?"
-        address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
-        key = z85.encode(msg[6]).decode() if len(msg) > 6 and len(msg[6]) == 32 else "?"
-        self._peer = (domain, address, key)
-        await super().handle_zap_message(msg)
+    def record(self, admitted: bool) -> None:
+        """A credentials provider's verdict on the key of the request being answered."""
+        self._verdict = admitted
 
-    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
-                        user_id: str = "anonymous") -> None:
-        if status_code == b"200":
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        # One ZAP request at a time on this thread: the verdict recorded belongs to this peer.
+        self._verdict = None
+        await super().handle_zap_message(msg)
+        if self._verdict:
             self.admitted += 1
-        else:
-            self.refused += 1
-            if self._budget.allow():
-                domain, address, key = self._peer
-                suppressed = self._budget.take_suppressed()
-                log.warning("refused CURVE peer at %s on the %s endpoint: key %s is not in %s "
-                            "(%s)%s", address, self._role(domain), key,
-                            self._folders.get(domain, "?"),
-                            status_text.decode("utf-8", "replace"),
-                            f"; {suppressed} more refusals not logged" if suppressed else "")
-        super()._send_zap_reply(request_id, status_code, status_text, user_id)
+            return
+        self.refused += 1
+        if self._budget.allow():
+            domain = msg[2].decode("utf-8", "replace") if len(msg) > 2 else "?"
+            address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
+            key = z85.encode(msg[6]).decode() if len(msg) > 6 and len(msg[6]) == 32 else "?"
+            why = (f"is not in {self._folders.get(domain, '?')}" if self._verdict is False
+                   else "was not checked (a malformed ZAP request, or an unknown domain)")
+            suppressed = self._budget.take_suppressed()
+            log.warning("refused CURVE peer at %s on the %s endpoint: key %s %s%s", address,
+                        self._role(domain), key, why,
+                        f"; {suppressed} more refusals not logged" if suppressed else "")
 
     def _role(self, domain: str) -> str:
         if domain == WORKER_ZAP_DOMAIN:
@@ -148,14 +154,18 @@ class _CountingAuthenticator(ThreadAuthenticator):
 
 
 class _Admitted:
-    """A ZAP credentials provider: a key in any of these folders is admitted."""
+    """A ZAP credentials provider: a key in any of these folders is admitted; each verdict is
+    told to `record` (the authenticator's count)."""
 
-    def __init__(self, *folders: AllowedKeys | None) -> None:
+    def __init__(self, *folders: AllowedKeys | None, record: Callable[[bool], None]) -> None:
         self._folders = [folder for folder in folders if folder is not None]
+        self._record = record
 
     def callback(self, domain: str, key: bytes) -> bool:
         """pyzmq's credentials-provider hook: is this Z85 public key in one of the folders?"""
-        return any(key in folder for folder in self._folders)
+        admitted = any(key in folder for folder in self._folders)
+        self._record(admitted)
+        return admitted
 
 
 class CurveServer:
@@ -203,10 +213,10 @@ class CurveServer:
         authenticator = _CountingAuthenticator(context, {
             ZAP_DOMAIN: self.allowed.folder, WORKER_ZAP_DOMAIN: self.workers_allowed.folder})
         authenticator.start()
-        authenticator.configure_curve_callback(
-            ZAP_DOMAIN, credentials_provider=_Admitted(self.allowed, self.admin))
-        authenticator.configure_curve_callback(
-            WORKER_ZAP_DOMAIN, credentials_provider=_Admitted(self.workers_allowed, self.admin))
+        authenticator.configure_curve_callback(ZAP_DOMAIN, credentials_provider=_Admitted(
+            self.allowed, self.admin, record=authenticator.record))
+        authenticator.configure_curve_callback(WORKER_ZAP_DOMAIN, credentials_provider=_Admitted(
+            self.workers_allowed, self.admin, record=authenticator.record))
         self._authenticator = authenticator
 
     def configure(self, sock: zmq.Socket[bytes], *, workers: bool = False) -> None:
