@@ -33,7 +33,7 @@ DOCUMENTED = {
 
 _IMPORT = re.compile(r"^\s*(?:from\s+(titanic[\w.]*)\s+import\s+([\w, ()]+)"
                      r"|import\s+(titanic[\w.]*))")
-_RUN_MODULE = re.compile(r"python3? -m (titanic[\w.]*)")
+_RUN_MODULE = re.compile(r"python3? -m (titanic(?:\.\w+)*)")
 
 
 def test_every_public_name_of_titanic_imports() -> None:

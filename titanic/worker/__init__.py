@@ -4,8 +4,8 @@ It owns the worker's side of 7/MDP and 18/MDP: `connection` is one worker socket
 heartbeats both ways, DISCONNECT, reconnection), `mdp` the blocking `Worker` over one,
 `pool` many connections driven from one SocketSet (the dispatcher's TSP services), `group` N
 workers on threads for `titanic worker run`, and `tasks` a task (`@titanic.task`) as a worker's
-handler. It may import the foundation (`titanic.errors`, `settings`, `logs`, `_zmq`),
-`titanic.protocol`, `titanic.security` and `titanic.tasks`; never the broker, the dispatcher or
+handler. It may import `titanic.tasks` and what that reaches (`titanic.client`,
+`titanic.security`, `titanic.protocol`, the foundation); never the broker, the dispatcher or
 the store.
 """
 
