@@ -66,6 +66,8 @@ class BrokerModel(RuleBasedStateMachine):
                 assert body not in self.delivered, "a request was given to a worker twice"
                 self.delivered.add(body)
                 held.append(body)
+                credit = self.core._workers[peer].credit  # the model's view of it
+                assert len(held) <= credit, "a worker was given more than its credit"
             elif not to_worker and len(frames) == 6 and frames[4] in (b"503", b"413"):
                 body = self.last_sent[peer]
                 service = self.service_of[body]
@@ -157,7 +159,6 @@ class BrokerModel(RuleBasedStateMachine):
             assert self.core.has_workers(service)
             registered = self.core._workers[worker]
             assert [a[0] for a in registered.outstanding] == [self.client_of[b] for b in held]
-            assert len(held) <= max(1, registered.credit)
 
     @invariant()
     def every_request_is_somewhere_once(self) -> None:

@@ -22,7 +22,9 @@ from titanic.client.answers import (
     Fetched,
     Unreachable,
     check_close,
+    check_key,
     encode_frames,
+    service_name,
     uuid_frame,
 )
 from titanic.client.connect_watch import ConnectWatch
@@ -39,10 +41,6 @@ _Socket = zmq.asyncio.Socket
 T = TypeVar("T")
 #: How often a call waiting for its answer reads its socket's monitor, in seconds.
 _WATCH_SLICE_S = 0.05
-
-
-def _name(service: str | bytes) -> bytes:
-    return service.encode() if isinstance(service, str) else service
 
 
 class AsyncTitanicClient:
@@ -84,8 +82,8 @@ class AsyncTitanicClient:
         `str` frames are sent as UTF-8. `key` is the idempotency key, as TitanicClient.submit
         takes it: without one a random key is made, so this call's retries, to this broker or
         another, are stored once."""
-        return await self._run(self._session.submit(_name(service), encode_frames(frames),
-                                                    key))
+        return await self._run(self._session.submit(service_name(service), encode_frames(frames),
+                                                    check_key(key)))
 
     async def fetch(self, request_id: str, *, within: float | None = None) -> Fetched:
         """Ask once for the reply to a request (taking at most `within` seconds, if given)."""
@@ -107,7 +105,7 @@ class AsyncTitanicClient:
     async def has_workers(self, service: str | bytes,
                           timeout: float = DIAGNOSE_TIMEOUT_S) -> bool | None:
         """Whether `service` has workers at the broker now; None if the broker did not say."""
-        return await self._run(self._session.has_workers(_name(service), timeout))
+        return await self._run(self._session.has_workers(service_name(service), timeout))
 
     # -- the adapter: each Op on asyncio sockets ------------------------------------------------
 

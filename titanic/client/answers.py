@@ -50,6 +50,23 @@ class Fetched:
         return self.state.value
 
 
+def service_name(service: object) -> bytes:
+    """A service name as its frame; TypeError, before anything is sent, for a service that is
+    neither str nor bytes."""
+    if isinstance(service, str):
+        return service.encode("utf-8")
+    if isinstance(service, bytes):
+        return service
+    raise TypeError(f"the service is {type(service).__name__}: a service name is str or bytes")
+
+
+def check_key(key: object) -> str | None:
+    """An idempotency key as given; TypeError for one that is neither None nor str."""
+    if key is None or isinstance(key, str):
+        return key
+    raise TypeError(f"the key is {type(key).__name__}: an idempotency key is a str")
+
+
 def encode_frames(frames: Sequence[bytes | str]) -> Frames:
     """Request frames with `str` ones as UTF-8; TypeError naming the first frame that is neither
     str nor bytes (nor another buffer, such as a bytearray), before anything is sent."""

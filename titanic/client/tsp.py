@@ -24,9 +24,11 @@ from titanic.client.answers import (
     ReplyState,
     Unreachable,
     check_close,
+    check_key,
     encode_frames,
     parse_fetch,
     parse_submitted,
+    service_name,
     uuid_frame,
 )
 from titanic.client.mdp import Brokers, Connection, collect_parts
@@ -40,10 +42,6 @@ __all__ = ["CallBudget", "Fetched", "ReplyState", "TitanicClient", "TitanicServi
            "check_close", "parse_fetch", "parse_submitted", "timeout_error", "uuid_frame"]
 
 T = TypeVar("T")
-
-
-def _name(service: str | bytes) -> bytes:
-    return service.encode() if isinstance(service, str) else service
 
 
 class TitanicClient:
@@ -76,7 +74,8 @@ class TitanicClient:
         nothing. Without one, a random key is made, so the retries of this call are stored once
         (by titanic's server; a standard 9/TSP server takes no key, see docs/concepts.md).
         """
-        return self._run(self._session.submit(_name(service), encode_frames(frames), key))
+        return self._run(self._session.submit(service_name(service), encode_frames(frames),
+                                              check_key(key)))
 
     def fetch(self, request_id: str, *, within: float | None = None) -> Fetched:
         """Ask once for the reply to a request (taking at most `within` seconds, if given)."""
@@ -95,7 +94,8 @@ class TitanicClient:
 
     def has_workers(self, service: str | bytes) -> bool | None:
         """Whether `service` has workers at the broker now; None if the broker did not say."""
-        return self._run(self._session.has_workers(_name(service), DIAGNOSE_TIMEOUT_S))
+        return self._run(self._session.has_workers(service_name(service),
+                                                   DIAGNOSE_TIMEOUT_S))
 
     # -- the adapter: each Op on blocking sockets -----------------------------------------------
 

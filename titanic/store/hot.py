@@ -61,6 +61,22 @@ class HotStatements:
         self.fail_sql = (f"UPDATE {TABLE} SET status = '{FAILED}', completed_at = {p},"
                          f" lease_until = NULL, last_error = {p} WHERE id = {p}")
 
+    def close_statement(self, request_id: str, owners: Sequence[str | None] | None
+                        ) -> tuple[str, list[Any]]:
+        """The DELETE of a request (titanic.close), with `owners` only if its owner is one of
+        them (None standing for a request without owner)."""
+        p = self.values.placeholder
+        params: list[Any] = [self.values.key(request_id)]
+        sql = f"DELETE FROM {TABLE} WHERE id = {p}"
+        if owners is not None:
+            keys = [owner for owner in owners if owner is not None]
+            tests = [f"owner IN ({', '.join([p] * len(keys))})"] if keys else []
+            if None in owners:
+                tests.append("owner IS NULL")
+            sql += f" AND ({' OR '.join(tests) or 'FALSE'})"
+            params += keys
+        return sql, params
+
     def insert_rows_sql(self, count: int, *, keyed: bool = False) -> str:
         """PostgreSQL: insert_sql (insert_keyed_sql with `keyed`) for `count` rows in one
         statement, with the server's own numbered placeholders ($1, $2, ...; for psycopg's

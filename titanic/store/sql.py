@@ -478,14 +478,21 @@ class SqlStore(SqlOverview):
     def close(self, request_id: str, *, owners: Sequence[str | None] | None = None) -> None:
         """Delete the request and its reply; an unknown UUID is fine. With `owners`, only if its
         owner is one of them (None standing for a request without owner)."""
-        statement = delete(t).where(t.c.id == request_key(request_id))
+        checked = check_request_id(request_id)
+        if not self._hot.postgres:
+            # On the driver's connection (SQLAlchemy's transaction costs more than the DELETE),
+            # and not durable on its own (no fsync): a close lost in a power cut leaves the
+            # request as it was, to be closed again; the next durable commit covers it.
+            sql, params = self._hot.close_statement(checked, owners)
+            self._retrying(lambda: self._sqlite_turn_connection(durable=False),
+                           lambda raw: raw.execute(sql, params))
+            return
+        statement = delete(t).where(t.c.id == request_key(checked))
         if owners is not None:
             keys = [owner for owner in owners if owner is not None]
             statement = statement.where(or_(t.c.owner.in_(keys), t.c.owner.is_(None))
                                         if None in owners else t.c.owner.in_(keys))
-        # Not durable on its own (SQLite: no fsync): a close lost in a power cut leaves the
-        # request as it was, which a client may close again; the next durable commit covers it.
-        self._transaction(lambda conn: conn.execute(statement), durable=False)
+        self._transaction(lambda conn: conn.execute(statement))
 
     # -- dispatching ----------------------------------------------------------------------------
 
