@@ -11,6 +11,7 @@ from pathlib import Path
 
 from titanic.client.tsp import TitanicClient
 from titanic.errors import TitanicError
+from titanic.settings import CLIENT_TIMEOUT_S
 from titanic.store import RequestStatus, Store
 
 #: A worker registered with every broker given (comma-separated), logging each execution; an
@@ -35,7 +36,8 @@ class Load:
     """Client threads submitting unique bodies through every broker, each submit retried (with
     its key) until acknowledged; the times of acknowledgements give the stalls."""
 
-    def __init__(self, brokers: list[str], threads: int, timeout: float = 1.0) -> None:
+    def __init__(self, brokers: list[str], threads: int, timeout: float = CLIENT_TIMEOUT_S
+                 ) -> None:
         self.acknowledged: dict[str, bytes] = {}
         self.failed_over: list[tuple[bytes, float]] = []  # (body, when its submit began)
         self._acks: list[list[float]] = [[] for _ in range(threads)]

@@ -1,10 +1,11 @@
 """Two brokers, two dispatchers on PostgreSQL, two workers on both brokers, clients given both.
 
 Under continuous load one broker is killed with SIGKILL and not restarted, then one dispatcher.
-Afterwards: every acknowledged request has its correct reply (lost = 0), no body is stored twice
-(submits cut by the broker's death were resent with their key through the other broker), and
-requests executed more than once are at most those in flight at each kill. The longest stall a
-client saw across each kill is printed (a measurement, not an assertion).
+The clients run with the default timeout and retries. Afterwards: every acknowledged request has
+its correct reply (lost = 0), no body is stored twice (submits cut by the broker's death were
+resent with their key through the other broker), and requests executed more than once are at
+most those in flight at each kill. The longest stall a client saw across each kill is printed (a
+measurement, not an assertion).
 """
 
 from __future__ import annotations

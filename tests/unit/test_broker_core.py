@@ -447,3 +447,27 @@ def test_a_reply_to_a_client_that_is_gone_is_still_reported(
     core.undeliverable([], 0.0, gone=[b"C"])  # not a worker: nothing removed, nothing told
     core.tick(1.0)
     assert [r.getMessage() for r in caplog.records] == ["in the last 1.0 s: 1 unroutable"]
+
+
+def test_a_marked_client_hears_at_once_that_the_worker_holding_its_request_is_gone() -> None:
+    core = BrokerCore(BrokerSettings(heartbeat_interval=1.0))
+    ready(core, b"W")
+    client = marked_routing_id()
+    request(core, client)
+    assert core.gave_requests
+    out, busy = core.probe(0.2)
+    assert busy and sent(out) == [[b"W", *HEARTBEAT_01]]
+    assert core.probe(0.25)[0] == []  # probed at most every PROBE_S
+    gone = core.undeliverable(out, 0.2, gone=[b"W"])  # the probe could not be routed
+    assert sent(gone) == [[client, b"", b"MDPC01", b"", b"503",
+                           b"the worker that had this request is gone: send it again"]]
+    assert not core.has_workers(b"echo") and core.probe(0.5) == ([], False)
+
+
+def test_a_plain_client_is_not_sent_the_worker_gone_notice() -> None:
+    core = BrokerCore(BrokerSettings(heartbeat_interval=1.0))
+    ready(core, b"W")
+    request(core, b"C")
+    out, _ = core.probe(0.2)
+    assert core.undeliverable(out, 0.2, gone=[b"W"]) == []  # it cannot tell it from a reply
+    assert core.stats.abandoned_requests == 1

@@ -59,6 +59,9 @@ from titanic.protocol.refusal import MARK as MARKED_CLIENT
 from titanic.protocol.refusal import parse_refusal
 from titanic.settings import MAX_SERVICE_NAME_BYTES, BrokerSettings
 
+#: How often a worker holding requests is checked to be still connected, in seconds.
+PROBE_S = 0.1
+
 log = logging.getLogger("titanic.broker")
 
 class Endpoint(enum.Enum):
@@ -111,6 +114,8 @@ class BrokerCore:
         self._local_services = local_services
         self._local = LocalDesk(local_services)
         self._local_prefix = self._local.prefix
+        #: A worker was given a request since the last probe(): the driver probes from now.
+        self.gave_requests = False
 
     # -- what the driver calls ------------------------------------------------------------------
 
@@ -150,6 +155,23 @@ class BrokerCore:
         self._expire_requests()
         self._drops.report(self.settings.heartbeat_interval)
         return out
+
+    def probe(self, now: float) -> tuple[list[Outgoing], bool]:
+        """Heartbeats for the workers holding requests, at most every PROBE_S each: a send that
+        cannot be routed tells at once that the worker's connection closed (undeliverable()),
+        and the clients of what it held hear so; and whether any worker holds requests now."""
+        self._now = now
+        out: list[Outgoing] = []
+        self._out = out
+        busy = self.gave_requests = False
+        for worker in self._workers.values():
+            if worker.outstanding:
+                busy = True
+                if now - worker.probed_at >= PROBE_S:
+                    worker.probed_at = now
+                    self._send_worker(worker.identity,
+                                      build_worker(worker.dialect, Command.HEARTBEAT))
+        return out, busy
 
     def undeliverable(self, failed: Sequence[Outgoing], now: float,
                       gone: Sequence[bytes] = ()) -> list[Outgoing]:
@@ -393,6 +415,7 @@ class BrokerCore:
         """
         assignment = (client, dialect, self._now, counted, user)
         worker.outstanding.append(assignment)
+        self.gave_requests = True
         if worker.identities and user is not None:
             frames = [worker.identity, *_REQUEST_PREFIX[worker.dialect], client,
                       caller_frame(user, admin=user in self.admins), EMPTY, *body]
@@ -546,6 +569,11 @@ class BrokerCore:
             log.warning("worker %s for %s removed with %d request(s) in hand (%s): "
                         "their clients must retry", worker.identity.hex(),
                         quoted_name(service.name), len(worker.outstanding), reason)
+            for client, dialect, _, _, _ in worker.outstanding:
+                # Clients that can tell a refusal from a reply hear at once, not at a timeout.
+                if client.startswith((MARKED_CLIENT, self._local_prefix)):
+                    self._refuse(client, dialect, service.name, refusals.worker_gone())
+            worker.outstanding.clear()
         else:
             log.info("worker %s for %s removed: %s", worker.identity.hex(),
                      quoted_name(service.name), reason)

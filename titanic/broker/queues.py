@@ -127,6 +127,7 @@ class RegisteredWorker:
         "outstanding",
         "partials",
         "per_request",
+        "probed_at",
         "service",
     )
 
@@ -137,6 +138,7 @@ class RegisteredWorker:
         self.dialect = dialect
         self.identities = identities  # its REQUESTs carry the caller frame
         self.last_seen = now
+        self.probed_at = now  # when a heartbeat last checked that it is still connected
         # Requests sent and not yet answered, oldest first. A worker answers them in order, one
         # at a time; with credit > 1 the next ones wait in the worker's socket instead of the
         # broker's queue, saving a round trip per request.

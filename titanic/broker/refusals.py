@@ -11,7 +11,13 @@ its connection, so that titanic's clients never take it for a worker's reply.
 from __future__ import annotations
 
 from titanic.protocol.mdp import Frames
-from titanic.protocol.refusal import BAD_REQUEST, OVER_LIMIT, TOO_LARGE, refusal_body
+from titanic.protocol.refusal import (
+    BAD_REQUEST,
+    OVER_LIMIT,
+    TOO_LARGE,
+    WORKER_GONE,
+    refusal_body,
+)
 from titanic.settings import MAX_SERVICE_NAME_BYTES
 
 
@@ -42,3 +48,9 @@ def over_client_limit(by_key: bool, limit: int) -> Frames:
 def queue_full(why: bytes) -> Frames:
     """503 for want of queue room; `why` says which queue."""
     return refusal_body(OVER_LIMIT, why + b": retry later")
+
+
+def worker_gone() -> Frames:
+    """503 for a request whose worker was removed with it in hand (sent to marked clients and
+    the host only: a plain client cannot tell it from a reply)."""
+    return refusal_body(OVER_LIMIT, WORKER_GONE)

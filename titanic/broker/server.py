@@ -34,7 +34,7 @@ from titanic._zmq import (
     recv_frames_from,
     send_frames,
 )
-from titanic.broker.core import BrokerCore, Endpoint, Outgoing
+from titanic.broker.core import PROBE_S, BrokerCore, Endpoint, Outgoing
 from titanic.protocol.mdp import Frames
 from titanic.security import CurveServer, describe_handshake_failure
 from titanic.settings import SHUTDOWN_LINGER_MS, BrokerSettings
@@ -123,6 +123,7 @@ class Broker:
         self._handshake_log = LogBudget()
         self._now = time.monotonic()
         self._next_tick = self._now
+        self._next_probe = float("inf")  # while no worker holds a request (BrokerCore.probe)
         self._running = False
         #: When the broker was made (seconds since the epoch), for its uptime.
         self.started = time.time()
@@ -226,7 +227,7 @@ class Broker:
         """Wait until a message comes or `wake`, handle what came, let the host take its turn
         and tick when it is time; when to wake next at the latest."""
         sock, worker_sock = self._socket, self._worker_socket
-        delay = min(wake, self._next_tick) - time.monotonic()
+        delay = min(wake, self._next_tick, self._next_probe) - time.monotonic()
         ready = dict(poller.poll(int(delay * 1000) + 1 if delay > 0 else 0))
         self._now = time.monotonic()
         if ready:
@@ -247,6 +248,12 @@ class Broker:
                 self._core.admins = self.curve.admin_keys()
             self._flush(self._core.tick(self._now))
             self._next_tick = self._now + self.settings.heartbeat_interval
+        if self._now >= self._next_probe:
+            probes, busy = self._core.probe(self._now)
+            self._flush(probes)
+            self._next_probe = self._now + PROBE_S if busy else float("inf")
+        elif self._core.gave_requests and self._next_probe == float("inf"):
+            self._next_probe = self._now + PROBE_S  # a worker holds requests: probe from now
         return host_wake
 
     def _finish_host(self, poller: zmq.Poller, host: BrokerHost) -> None:

@@ -26,6 +26,7 @@ from titanic.client.answers import (
     encode_frames,
     service_name,
     uuid_frame,
+    worker_gone,
 )
 from titanic.client.connect_watch import ConnectWatch
 from titanic.client.mdp import Brokers
@@ -134,6 +135,11 @@ class AsyncTitanicClient:
         sock = self._take(index)
         try:
             reply = await self._send_and_collect(sock, service, body, timeout)
+        except BrokerRefusedError as exc:
+            if not worker_gone(exc):
+                self._idle.setdefault(index, []).append(sock)  # the refusal was its answer
+                raise
+            reply = None  # no answer: the conversation sends it again (TSP calls may)
         except BaseException as exc:  # cancelled, or closed under us: the socket is spent
             self._discard(sock)
             if self._closed and isinstance(exc, zmq.ZMQError):
@@ -214,13 +220,15 @@ class AsyncTitanicClient:
     def _unreachable(self, watch: ConnectWatch, index: int, final: bool = False
                      ) -> Unreachable | None:
         """Why broker `index` cannot answer, as the socket's monitor tells at once: a refused
-        handshake, or nothing listening where no socket ever reached it (a broker that was
-        reached is restarting: it is waited for, as a silent one is). `final`: the wait is
+        handshake, or nothing listening where no socket ever reached it or where another broker
+        can answer instead (one reached before, with no other, is restarting: it is waited
+        for, as a silent one is). `final`: the wait is
         over (see ConnectWatch.verdict)."""
         verdict = watch.verdict(final=final)
         if watch.connected:
             self._reached.add(index)
-        if verdict is None or (not verdict.handshake and index in self._reached):
+        others = len(self._session.brokers) > 1  # one of them can answer instead
+        if verdict is None or (not verdict.handshake and not others and index in self._reached):
             return None
         return verdict
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from titanic.errors import (
+    BrokerRefusedError,
     HandshakeRefusedError,
     ProtocolError,
     TitanicError,
@@ -16,6 +17,7 @@ from titanic.errors import (
 )
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Frames
+from titanic.protocol.refusal import OVER_LIMIT, WORKER_GONE
 from titanic.settings import quoted
 
 #: Longest an mmi.service question asked to explain a timeout may take, in seconds.
@@ -188,3 +190,9 @@ def unreachable_error(verdicts: Iterable[Unreachable]) -> TitanicError:
     if any(verdict.handshake for verdict in found):
         return HandshakeRefusedError(reasons)
     return UnreachableError(reasons)
+
+
+def worker_gone(refusal: BrokerRefusedError) -> bool:
+    """Whether a broker's refusal says that the worker that had the request is gone (so that
+    it may be sent again: titanic's TSP calls are idempotent)."""
+    return refusal.code == OVER_LIMIT and refusal.reason == WORKER_GONE.decode()

@@ -54,13 +54,16 @@ class Connection:
 
     def __init__(self, brokers: Sequence[str], dialect: Dialect,
                  context: zmq.Context[zmq.Socket[bytes]], configure: SocketHook | None,
-                 first: int = 0, *, watch: bool = False) -> None:
+                 first: int = 0, *, watch: bool = False, others: bool = False) -> None:
         self.brokers = brokers
         self.dialect = dialect
         self._index = first % len(brokers)
         self._context = context
         self._configure = configure
         self._watching = watch
+        #: Other brokers can answer instead (the client has several): a broker reached before
+        #: that refuses connections is taken as down at once, not waited for as restarting.
+        self.others = others or len(brokers) > 1
         #: With `watch`, the socket's connection events: a broker that cannot answer is told
         #: at once (titanic.client.connect_watch) instead of after the timeout.
         self.watch: ConnectWatch | None = None
@@ -104,16 +107,18 @@ class Connection:
 
     def unreachable(self, *, final: bool = False) -> Unreachable | None:
         """Why the broker cannot answer, as the socket's monitor tells at once: a refused
-        handshake, or nothing listening where no broker was ever reached (one that was is
-        restarting: it is waited for, as a silent one is). None without a watch. `final`:
-        the wait is over (see ConnectWatch.verdict)."""
+        handshake, or nothing listening, where no broker was ever reached or where another
+        broker can answer instead (one reached before, with no other, is restarting: it is
+        waited for, as a silent one is). None without a watch. `final`: the wait is over (see
+        ConnectWatch.verdict)."""
         watch = self.watch
         if watch is None:
             return None
         verdict = watch.verdict(final=final)
         if watch.connected:
             self._reached.add(self.broker)
-        if verdict is None or (not verdict.handshake and self.broker in self._reached):
+        if verdict is None or (not verdict.handshake and not self.others
+                               and self.broker in self._reached):
             return None
         return verdict
 

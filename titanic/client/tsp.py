@@ -30,6 +30,7 @@ from titanic.client.answers import (
     parse_submitted,
     service_name,
     uuid_frame,
+    worker_gone,
 )
 from titanic.client.mdp import Brokers, Connection, collect_parts
 from titanic.client.session import Ask, Conversation, Op, Pause, Survey, TspSession, timeout_error
@@ -124,7 +125,7 @@ class TitanicClient:
         if connection is None:
             connection = self._connections[index] = Connection(
                 [self._session.brokers[index]], self._dialect, self._context, self._configure,
-                watch=True)
+                watch=True, others=len(self._session.brokers) > 1)
         return connection
 
     def _ask(self, index: int, service: bytes, body: Frames, timeout: float
@@ -135,7 +136,12 @@ class TitanicClient:
         began = time.monotonic()
         parts: list[Frames] | Unreachable | None = None
         if connection.send(service, body, timeout):
-            parts = collect_parts(connection, service, timeout - (time.monotonic() - began))
+            try:
+                parts = collect_parts(connection, service, timeout - (time.monotonic() - began))
+            except BrokerRefusedError as exc:
+                if not worker_gone(exc):
+                    raise
+                return None  # no answer: the conversation sends it again (TSP calls may)
             if isinstance(parts, list):
                 return [frame for part in parts for frame in part]
         connection.reopen()  # a late answer must not meet the next question

@@ -36,6 +36,11 @@ class Refusal(NamedTuple):
         return f"{self.code} {self.reason}"
 
 
+#: The reason of the 503 a marked client gets when the worker that had its request is gone:
+#: the request may never have been served, and may be sent again (titanic's TSP calls are).
+WORKER_GONE = b"the worker that had this request is gone: send it again"
+
+
 def marked_routing_id() -> bytes:
     """A fresh routing id for a client socket that wants its refusals marked."""
     return MARK + os.urandom(12)
