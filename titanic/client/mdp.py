@@ -24,6 +24,7 @@ from titanic.client.answers import (
     Unreachable,
     explain_timeout,
     unreachable_error,
+    worker_gone,
 )
 from titanic.client.connect_watch import ConnectWatch
 from titanic.errors import (
@@ -267,7 +268,12 @@ class Client:
                 connection.reopen()
             began = time.monotonic()
             if connection.send(name, frames, wait):
-                parts = collect_parts(connection, name, wait - (time.monotonic() - began))
+                try:
+                    parts = collect_parts(connection, name, wait - (time.monotonic() - began))
+                except BrokerRefusedError as exc:
+                    if not worker_gone(exc) or attempt == attempts - 1:
+                        raise
+                    continue  # as after a timeout, without waiting for it: sent again
                 if isinstance(parts, Unreachable):
                     unreachable[connection.broker] = parts
                     continue
@@ -508,7 +514,10 @@ class PipelinedClient:
         if result is None or slot not in self._busy:
             return
         if isinstance(result, BrokerRefusedError):
-            self._finish(slot, done, None, result)
+            if worker_gone(result) and slot.attempts_left > 0:
+                self._resend(slot, time.monotonic())  # as after a timeout, without its wait
+            else:
+                self._finish(slot, done, None, result)
             return
         final, body = result
         slot.parts.extend(body)
@@ -530,12 +539,16 @@ class PipelinedClient:
                 self._reopen(slot)  # a late reply must not answer the slot's next request
                 self._finish(slot, done, None, error)
                 continue
-            slot.attempts_left -= 1
-            self._reopen(slot)
-            slot.parts = []
-            self._arm(slot, now)
-            slot.connection.send(slot.service, slot.body)
+            self._resend(slot, now)
         return done
+
+    def _resend(self, slot: _Slot, now: float) -> None:
+        """Send the slot's request again, on a new socket, one attempt fewer left."""
+        slot.attempts_left -= 1
+        self._reopen(slot)
+        slot.parts = []
+        self._arm(slot, now)
+        slot.connection.send(slot.service, slot.body)
 
     def _reopen(self, slot: _Slot) -> None:
         """Replace the slot's socket, dropping whatever is queued on it."""
