@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING
 from titanic._lazy import lazy_names
 from titanic.errors import (
     ClientClosedError,
+    FreelanceTimeoutError,
     InvalidRequestError,
     PermanentError,
     ProtocolError,
     SchemaError,
+    ServiceRefusedError,
     StoreError,
     TaskFailed,
     TitanicError,
@@ -27,21 +29,26 @@ from titanic.protocol.mdp import Dialect
 
 if TYPE_CHECKING:
     from titanic.client.aio import AsyncTitanicClient
+    from titanic.client.freelance import AsyncFreelanceClient, FreelanceClient
     from titanic.client.mdp import Client
     from titanic.client.tsp import Fetched, ReplyState, TitanicClient
     from titanic.tasks.clients import configure
     from titanic.tasks.define import Task, task
     from titanic.tasks.handles import AsyncHandle, Handle
+    from titanic.worker.freelance import FreelanceServer
     from titanic.worker.mdp import Worker
 
 __version__ = "0.1.0"
 
 #: Public names imported on first use, and the module each comes from.
 _LAZY = {
+    "AsyncFreelanceClient": "titanic.client.freelance",
     "AsyncHandle": "titanic.tasks.handles",
     "AsyncTitanicClient": "titanic.client.aio",
     "Client": "titanic.client.mdp",
     "Fetched": "titanic.client.tsp",
+    "FreelanceClient": "titanic.client.freelance",
+    "FreelanceServer": "titanic.worker.freelance",
     "Handle": "titanic.tasks.handles",
     "ReplyState": "titanic.client.tsp",
     "Task": "titanic.tasks.define",
@@ -55,18 +62,23 @@ __getattr__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [
+    "AsyncFreelanceClient",
     "AsyncHandle",
     "AsyncTitanicClient",
     "Client",
     "ClientClosedError",
     "Dialect",
     "Fetched",
+    "FreelanceClient",
+    "FreelanceServer",
+    "FreelanceTimeoutError",
     "Handle",
     "InvalidRequestError",
     "PermanentError",
     "ProtocolError",
     "ReplyState",
     "SchemaError",
+    "ServiceRefusedError",
     "StoreError",
     "Task",
     "TaskFailed",

@@ -29,6 +29,21 @@ class UnreachableError(TitanicTimeoutError):
     """No broker can answer: nothing listens at its endpoint."""
 
 
+class FreelanceTimeoutError(TitanicTimeoutError):
+    """No freelance server answered in time: every one was silent, dead or unreachable."""
+
+
+class ServiceRefusedError(TitanicError):
+    """A freelance server answered with an error status: no such service there (404), or a
+    malformed request (400)."""
+
+    def __init__(self, code: int, reason: str, service: str = "") -> None:
+        self.code = code
+        self.reason = reason
+        where = f" for {service!r}" if service else ""
+        super().__init__(f"the server refused the request{where}: {code} {reason}")
+
+
 class TitanicServiceError(TitanicError):
     """The Titanic service answered with an error status."""
 

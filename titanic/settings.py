@@ -40,6 +40,15 @@ CLIENT_RETRIES = 2
 RECONNECT_INITIAL_S = 0.25
 RECONNECT_MAX_S = 8.0
 SHUTDOWN_LINGER_MS = 200
+#: Freelance (10/FLP) clients: a PING to every server this often, in seconds.
+FREELANCE_PING_INTERVAL_S = 0.25
+#: A freelance server is taken for dead after this many ping intervals without a word from it.
+FREELANCE_LIVENESS = 4
+#: A freelance request unanswered this long at one server is sent to another too, in seconds.
+FREELANCE_ATTEMPT_TIMEOUT_S = 1.0
+#: How often a client pings a server it is not connected to yet (such a PING costs no
+#: traffic: the socket refuses it at once), in seconds.
+FREELANCE_PROBE_INTERVAL_S = 0.005
 
 
 #: The endpoint forms titanic takes, for error messages.

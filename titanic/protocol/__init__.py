@@ -2,9 +2,10 @@
 
 It owns every frame layout: `mdp` (7/MDP, 18/MDP and majortomo's dialect), `mmi` (8/MMI),
 `tsp` (9/TSP's codes, texts and UUIDs), `identity` (who sent a request), `manage`
-(titanic.manage's wire form), `failure` (a worker's failure report) and `refusal` (a broker's
-refusal of a request it cannot take). It imports only `titanic.errors`: no zmq, no socket, no
-clock, so every other package may use it.
+(titanic.manage's wire form), `failure` (a worker's failure report), `refusal` (a broker's
+refusal of a request it cannot take) and `flp` (Freelance, 10/FLP: requests without a broker).
+It imports only `titanic.errors`: no zmq, no socket, no clock, so every other package may use
+it.
 """
 
 from titanic.protocol.mdp import (

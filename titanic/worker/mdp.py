@@ -45,7 +45,8 @@ log = logging.getLogger("titanic.worker")
 STOP_CHECK_S = 0.1
 
 #: Modules whose calls lead to a handler's: left out of the tracebacks sent to clients.
-_OWN_CALLS = frozenset({__name__, "titanic.worker.group", "titanic.worker.tasks"})
+_OWN_CALLS = frozenset({__name__, "titanic.worker.group", "titanic.worker.tasks",
+                        "titanic.worker.freelance"})
 
 Reply = Sequence[bytes | str] | Iterator[Sequence[bytes | str]]
 Handler = Callable[[Frames], Reply]
@@ -192,15 +193,9 @@ class Worker:
                         now: float) -> None:
         """Answer with a failure report; if even that cannot be sent, register afresh."""
         self.requests_failed += 1
-        permanent = isinstance(exc, PermanentError)
-        reason = exc.__cause__ if permanent and exc.__cause__ is not None else exc
-        error = describe_exception(reason)
-        log.error("handler for %s failed (%s): %s", quoted_name(self.service),
-                  "permanent" if permanent else "will be retried", error, exc_info=exc)
-        kind = FailureKind.PERMANENT if permanent else FailureKind.RETRY
+        report = failure_frames(self.service, exc)
         try:
-            connection.reply(client, build_failure(kind, error,
-                                                   format_traceback(reason, skip=_OWN_CALLS)))
+            connection.reply(client, report)
         except Exception:
             log.exception("cannot report the failure; re-registering")
             connection.reset(now)
@@ -219,6 +214,24 @@ class Worker:
             previous = as_frames(part)
         joined.extend(previous or [])
         connection.reply(client, joined)
+
+
+def failure_frames(service: bytes, exc: Exception) -> Frames:
+    """The failure report answering a request whose handler raised `exc` (logged here)."""
+    permanent = isinstance(exc, PermanentError)
+    reason = exc.__cause__ if permanent and exc.__cause__ is not None else exc
+    error = describe_exception(reason)
+    log.error("handler for %s failed (%s): %s", quoted_name(service),
+              "permanent" if permanent else "will be retried", error, exc_info=exc)
+    kind = FailureKind.PERMANENT if permanent else FailureKind.RETRY
+    return build_failure(kind, error, format_traceback(reason, skip=_OWN_CALLS))
+
+
+def reply_frames(reply: Reply) -> Frames:
+    """A handler's answer as one reply's frames: an iterator's parts joined, as under 7/MDP."""
+    if isinstance(reply, Iterator):
+        return [frame for part in reply for frame in as_frames(part)]
+    return as_frames(reply)
 
 
 def as_frames(value: object) -> Frames:
