@@ -56,12 +56,12 @@ def advertised_endpoint(bind: str, advertise: str | None) -> str:
 class FreelanceServer:
     """Serves handlers, by service name, to freelance clients on `bind` until `stop()`."""
 
-    def __init__(self, bind: str, handlers: Mapping[str | bytes, Handler], *,
+    def __init__(self, bind: str, handlers: Mapping[str, Handler], *,
                  advertise: str | None = None, concurrency: int = 1,
                  context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
         self.bind_endpoint = check_endpoint(bind, bind=True)
         self.identity = advertised_endpoint(bind, advertise)
-        self.handlers = {(name.encode() if isinstance(name, str) else name): handler
+        self.handlers = {name.encode(): handler
                          for name, handler in handlers.items()}
         self.concurrency = max(1, concurrency)
         self.requests_handled = 0
