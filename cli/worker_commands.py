@@ -140,22 +140,30 @@ def worker_run(broker: tuple[str, ...], service: str | None, concurrency: int,
     traceback, and the request is retried after a backoff; raise titanic.PermanentError to fail
     it without retries. The current folder is searched for PKG first, as `python -m` does.
 
+    With --bind ENDPOINT the same handlers also serve freelance clients (10/FLP: `titanic
+    call --freelance`, FreelanceClient) on ENDPOINT, no broker between, --concurrency at a
+    time; a broker is then used only if --broker (or TITANIC_BROKER) is given, and then both
+    are served at once from one process.
+
     \b
     Example (shop/tasks.py: @titanic.task def resize(image: bytes, width: int) -> dict: ...):
       titanic worker run shop.tasks --concurrency 4
       titanic worker run shop.raw:resize --service resize
+      titanic worker run shop.raw:resize --service resize --bind tcp://127.0.0.1:5600
     """
     logs.apply("worker")
     sys.path.insert(0, os.getcwd())
     handlers = _worker_handlers(target, service)
     hook = curve.hook()
-    group = WorkerGroup(handlers, concurrency, lambda context, name, handler: Worker(
-        broker, name, handler, dialect=DIALECTS[dialect_name], heartbeat_interval=heartbeat,
-        context=context, configure_socket=hook))
-    log.info("serving %s with %s, %d at a time each", ", ".join(map(quoted_name, handlers)), target,
-             concurrency)
-    with stop_on_signals(group.stop):
-        group.run()
+    server = _freelance_server(bind, advertise, handlers, concurrency)
+    group = None
+    if server is None or _broker_given():
+        group = WorkerGroup(handlers, concurrency, lambda context, name, handler: Worker(
+            broker, name, handler, dialect=DIALECTS[dialect_name], heartbeat_interval=heartbeat,
+            context=context, configure_socket=hook))
+    log.info("serving %s with %s, %d at a time each%s", ", ".join(map(quoted_name, handlers)),
+             target, concurrency, "" if server is None else f", freelance at {server.identity}")
+    _serve(group, server)
 
 
 def _worker_handlers(target: str, service: str | None) -> dict[str, Handler]:

@@ -165,13 +165,14 @@ class FreelanceClient(_Driver):
         return sequence
 
     def poll(self, timeout: float | None = None) -> list[Completion]:
-        """The requests that ended, waiting up to `timeout` seconds (None: until one ends, or
-        none is in flight) for the first."""
+        """The requests that ended, waiting up to `timeout` seconds for the first (None: until
+        one ends, or at once if none is in flight). Servers are pinged while it waits, so
+        `poll(t)` with nothing in flight keeps `alive()` current."""
         self.check_open()
         until = None if timeout is None else time.monotonic() + timeout
         while True:
             done, self._early = self._early + self.session.take_completions(), []
-            if done or not self.session.in_flight:
+            if done or (until is None and not self.session.in_flight):
                 return done
             if until is not None and time.monotonic() >= until:
                 return []
