@@ -7,6 +7,7 @@ import click
 from titanic.bench import curve as curve_bench
 from titanic.bench import ha as ha_bench
 from titanic.bench.suite import BenchOptions, format_rows, run_mdp, run_titanic
+from titanic.settings import broker_list
 from titanic_cli.options import UsageProblem, handle_errors
 
 
@@ -27,6 +28,10 @@ from titanic_cli.options import UsageProblem, handle_errors
               help="Also run the MDP loads through majortomo's broker and a bare zmq.proxy "
               "device, and print our rates as ratios of theirs.")
 @click.option("--mdp-only", is_flag=True, help="Skip the titanic.request figures.")
+@click.option("--freelance", "freelance", default=None, metavar="EP1,EP2,...",
+              help="Measure the brokerless rows against these running freelance echo servers "
+              "(`titanic worker echo --bind`, another machine's for remote figures) instead of "
+              "starting them on loopback.")
 @click.option("--ha", is_flag=True,
               help="Measure high availability's cost instead: end to end through two brokers "
               "and two dispatchers on --db, beside one broker and one dispatcher.")
@@ -38,12 +43,13 @@ from titanic_cli.options import UsageProblem, handle_errors
               "with CURVE, taking turns, side by side (also: python -m titanic.bench.curve).")
 @handle_errors
 def bench(broker: str | None, requests: int, sync_requests: int, size: int, depth: int,
-          workers: int, compare: bool, mdp_only: bool, ha: bool, db_url: str | None,
-          curve: bool) -> None:
+          workers: int, compare: bool, mdp_only: bool, freelance: str | None, ha: bool,
+          db_url: str | None, curve: bool) -> None:
     """Measure round trips, acknowledgements and completions per second, with latencies.
 
-    Starts what it needs on 127.0.0.1 (a broker, echo workers, a dispatcher on a throw-away
-    SQLite file) unless --broker names a running one. Progress goes to stderr, the table to
+    Starts what it needs on 127.0.0.1 (a broker, echo workers, freelance echo servers for the
+    brokerless rows, a dispatcher on a throw-away SQLite file) unless --broker (--freelance)
+    names running ones. Progress goes to stderr, the table to
     stdout.
 
     \b
@@ -72,7 +78,8 @@ def bench(broker: str | None, requests: int, sync_requests: int, size: int, dept
         return
     options = BenchOptions(requests=requests, sync_requests=sync_requests, size=size,
                            depth=depth, workers=workers, broker=broker, compare=compare,
-                           titanic=not mdp_only)
+                           titanic=not mdp_only,
+                           freelance=tuple(broker_list(freelance)) if freelance else ())
     rows = run_mdp(options)
     if options.titanic:
         rows += run_titanic(options)

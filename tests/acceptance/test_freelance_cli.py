@@ -25,7 +25,8 @@ def test_call_freelance_reaches_worker_run_and_worker_echo(procs: Processes,
                         run_ep], cwd=tmp_path)
     procs.cli("echo", "worker", "echo", "--bind", echo_ep)
     servers = f"{run_ep},{echo_ep}"
-    wait_until(lambda: _answers("--freelance", servers, "shout", "x"), 30,
+    wait_until(lambda: _answers("--freelance", run_ep, "shout", "x")
+               and _answers("--freelance", echo_ep, "echo", "x"), 30,
                message="the freelance servers answering")
     shouted = run_cli("call", "--freelance", servers, "shout", "hello")
     echoed = run_cli("call", "--freelance", servers, "echo", "a", "b")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import time
 from contextlib import ExitStack
 
@@ -22,6 +23,7 @@ from titanic import (
     FreelanceTimeoutError,
     ServiceRefusedError,
 )
+from titanic.client.flp_session import Completion
 from titanic.protocol import flp
 from titanic.protocol.failure import parse_failure
 from titanic.worker import echo_handler
@@ -201,3 +203,27 @@ def test_server_that_comes_back_is_used_again(procs: Processes) -> None:
         _wait_alive(client, endpoints)
         servers = {c.server for c in client.map([("echo", [b"y"])] * 100)}
     assert servers == set(endpoints)
+
+
+def test_handler_threads_serve_requests_at_once_and_pings_meanwhile() -> None:
+    both_in = threading.Barrier(2, timeout=10)
+
+    def meet(frames: list[bytes]) -> list[bytes]:
+        both_in.wait()  # returns only when two requests are in hand at once
+        return [b"met", *frames]
+
+    with ExitStack() as stack:
+        server = FreelanceServer(free_endpoint(), {"meet": meet}, concurrency=2)
+        server.bind()
+        stack.enter_context(running(server))
+        with FreelanceClient(server.identity, timeout=10, ping_interval=0.05,
+                             attempt_timeout=10) as client:
+            client.send("meet", [b"a"], tag="a")
+            early: list[Completion] = []
+            wait_until(lambda: not early.extend(client.poll(0.3))
+                       and server.requests_handled == 0 and len(client.alive()) == 1, 5,
+                       message="PINGs answered while a handler waits")
+            client.send("meet", [b"b"], tag="b")
+            done = {c.tag: c.reply for c in early + client.poll(5) + client.poll(5)}
+    assert done == {"a": [b"met", b"a"], "b": [b"met", b"b"]}
+    assert server.requests_handled == 2

@@ -1,8 +1,8 @@
 """`titanic bench`: every figure in one run, each printed as it is measured.
 
-MDP round trips (tcp and inproc), titanic.request acknowledgements at several depths, and end-to-end
-completions; with `compare`, the same MDP loads through majortomo's broker and a bare zmq.proxy
-device, and our rates as ratios of theirs.
+MDP round trips (tcp and inproc) and the same loads brokerless (10/FLP), titanic.request
+acknowledgements at several depths, and end-to-end completions; with `compare`, the same MDP
+loads through majortomo's broker and a bare zmq.proxy device, and our rates as ratios of theirs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import zmq
 
-from titanic.bench import device, mdp, tsp
+from titanic.bench import device, flp, mdp, tsp
 from titanic.bench.common import Result, idle_cpu_percent
 from titanic.broker import Broker
 from titanic.protocol.mdp import Dialect
@@ -35,6 +35,8 @@ class BenchOptions:
     workers: int = 2
     titanic_depths: tuple[int, ...] = (1, 16, 64)
     broker: str | None = None  # a running broker (with a dispatcher for the titanic rows)
+    #: Running freelance servers to measure; empty: `workers` echo servers started on loopback.
+    freelance: tuple[str, ...] = ()
     compare: bool = False
     titanic: bool = True
     idle_seconds: float = 10.0
@@ -109,6 +111,7 @@ def run_mdp(options: BenchOptions, report: Report = print_row) -> list[Row]:
             command, dialect = mdp.BROKERS["titanic (7/MDP)"]
             endpoint = stack.enter_context(mdp.running_broker(command, dialect, options.workers))
         measure("titanic, tcp", endpoint, Dialect.MDP01)
+    rows.extend(run_freelance(options, report))
     with _inproc_broker(options.workers) as (endpoint, context):
         measure("titanic, inproc", endpoint, Dialect.MDP01, context, new_socket=False)
     if options.compare:
@@ -128,10 +131,32 @@ def run_mdp(options: BenchOptions, report: Report = print_row) -> list[Row]:
     return rows
 
 
+def run_freelance(options: BenchOptions, report: Report = print_row) -> list[Row]:
+    """The same client loads brokerless (10/FLP): one FreelanceClient calling echo servers."""
+    body = b"x" * options.size
+    rows: list[Row] = []
+    with ExitStack() as stack:
+        if options.freelance:
+            endpoints = list(options.freelance)
+            flp.wait_until_served(endpoints)
+            target = "titanic brokerless, given"
+        else:
+            endpoints = stack.enter_context(flp.running_servers(options.workers))
+            target = "titanic brokerless, tcp"
+        for result in (flp.measure_sync(endpoints, options.sync_requests, body),
+                       flp.measure_pipelined(endpoints, options.requests, body, options.depth)):
+            rows.append(Row("mdp", target, result))
+            report(rows[-1])
+    return rows
+
+
 def _add_ratios(rows: list[Row]) -> None:
     """Each titanic tcp row as a ratio of the same load through the other targets."""
     others = [row for row in rows if row.section == "mdp" and not row.target.startswith("titanic")]
+    brokered = {row.result.name: row.result.rate for row in rows if row.target == "titanic, tcp"}
     for row in rows:
+        if row.target.startswith("titanic brokerless") and brokered.get(row.result.name):
+            row.ratios["titanic, tcp"] = row.result.rate / brokered[row.result.name]
         if row.target != "titanic, tcp":
             continue
         for other in others:
