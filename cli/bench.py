@@ -31,7 +31,7 @@ from titanic_cli.options import UsageProblem, handle_errors
 @click.option("--freelance", "freelance", default=None, metavar="EP1,EP2,...",
               help="Measure the brokerless rows against these running freelance echo servers "
               "(`titanic worker echo --bind`, another machine's for remote figures) instead of "
-              "starting them on loopback.")
+              "starting them on loopback; with --broker and without it, no brokerless rows.")
 @click.option("--ha", is_flag=True,
               help="Measure high availability's cost instead: end to end through two brokers "
               "and two dispatchers on --db, beside one broker and one dispatcher.")

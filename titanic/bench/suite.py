@@ -35,7 +35,8 @@ class BenchOptions:
     workers: int = 2
     titanic_depths: tuple[int, ...] = (1, 16, 64)
     broker: str | None = None  # a running broker (with a dispatcher for the titanic rows)
-    #: Running freelance servers to measure; empty: `workers` echo servers started on loopback.
+    #: Running freelance servers to measure; empty: `workers` echo servers started on loopback
+    #: (unless `broker` is given: then no brokerless rows).
     freelance: tuple[str, ...] = ()
     compare: bool = False
     titanic: bool = True
@@ -111,7 +112,8 @@ def run_mdp(options: BenchOptions, report: Report = print_row) -> list[Row]:
             command, dialect = mdp.BROKERS["titanic (7/MDP)"]
             endpoint = stack.enter_context(mdp.running_broker(command, dialect, options.workers))
         measure("titanic, tcp", endpoint, Dialect.MDP01)
-    rows.extend(run_freelance(options, report))
+    if options.freelance or not options.broker:  # never local servers beside a remote broker
+        rows.extend(run_freelance(options, report))
     with _inproc_broker(options.workers) as (endpoint, context):
         measure("titanic, inproc", endpoint, Dialect.MDP01, context, new_socket=False)
     if options.compare:
