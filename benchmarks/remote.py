@@ -6,6 +6,9 @@ workers; with --hosted the dispatcher runs in the broker), joined by a veth pair
 - the veth pair alone;
 - through a relay in the near namespace (benchmarks/delay_relay.py) that adds nothing;
 - through the same relay adding DELAY ms each way (default 0.5), the link's latency.
+With --freelance the far namespace also runs two freelance echo servers per path (`titanic
+worker echo --bind`, each advertising the endpoint that path reaches it by: a server's identity
+is the endpoint its clients connect to) and the brokerless rows are measured on the same paths.
 The relay stands in for `tc netem`, which this machine's kernel lacks. It costs CPU of its own,
 so the delay's effect is the delayed path against the relay adding nothing; the veth row shows
 what the relay itself costs.
@@ -13,7 +16,7 @@ what the relay itself costs.
 Needs root (ip netns):
 
     python benchmarks/remote.py [--rounds 3] [--delay-ms 0.5] [--requests 10000] [--depth 32]
-                                [--hosted]
+                                [--hosted] [--freelance]
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from pathlib import Path
 from titanic.bench.common import spawn, stop_all, titanic_command
 
 NEAR, FAR = "titanic-near", "titanic-far"
+#: Freelance servers: path i's server k binds FAR_IP:FREELANCE_PORT + 10 i + k; a relayed path's
+#: relay listens on RELAYED_FREELANCE_PORT + 10 i + k in the near namespace.
+FREELANCE_PORT, RELAYED_FREELANCE_PORT, FREELANCE_SERVERS = 5600, 6100, 2
 NEAR_IP, FAR_IP = "10.201.0.1", "10.201.0.2"
 BROKER_PORT, RELAY_PORT, DELAY_PORT = 5555, 6001, 6002
 RELAY = Path(__file__).resolve().parent / "delay_relay.py"
@@ -91,17 +97,39 @@ def far_side(folder: str, hosted: bool) -> Iterator[str]:
         stop_all(processes)
 
 
-def relay(port: int, delay_ms: float) -> list[str]:
+def relay(port: int, delay_ms: float, target_port: int = BROKER_PORT) -> list[str]:
     return in_namespace(NEAR, [sys.executable, str(RELAY), f"127.0.0.1:{port}",
-                               f"{FAR_IP}:{BROKER_PORT}", str(delay_ms)])
+                               f"{FAR_IP}:{target_port}", str(delay_ms)])
 
 
-def bench(endpoint: str, requests: int, sync_requests: int, depth: int
-          ) -> dict[str, tuple[float, float]]:
+def freelance_servers(delays: Sequence[float | None]) -> tuple[list[list[str]], list[list[str]]]:
+    """For each path (None: the veth pair, else a relay's delay in ms), the endpoints clients
+    use, and the commands running its servers and relays."""
+    endpoints, commands = [], []
+    for path, delay in enumerate(delays):
+        used = []
+        for k in range(FREELANCE_SERVERS):
+            far_port = FREELANCE_PORT + 10 * path + k
+            if delay is None:
+                used.append(f"tcp://{FAR_IP}:{far_port}")
+            else:
+                near_port = RELAYED_FREELANCE_PORT + 10 * path + k
+                used.append(f"tcp://127.0.0.1:{near_port}")
+                commands.append(relay(near_port, delay, far_port))
+            commands.append(in_namespace(FAR, titanic_command(
+                "worker", "echo", "--bind", f"tcp://{FAR_IP}:{far_port}", "--advertise",
+                used[-1])))
+        endpoints.append(used)
+    return endpoints, commands
+
+
+def bench(endpoint: str, requests: int, sync_requests: int, depth: int,
+          freelance: Sequence[str] = ()) -> dict[str, tuple[float, float]]:
     """`titanic bench --broker` from the near namespace: (rate, p50 ms) by load."""
     out = subprocess.run(in_namespace(NEAR, titanic_command(
         "bench", "--broker", endpoint, "--requests", str(requests),
-        "--sync-requests", str(sync_requests), "--depth", str(depth))),
+        "--sync-requests", str(sync_requests), "--depth", str(depth),
+        *(["--freelance", ",".join(freelance)] if freelance else []))),
         check=True, capture_output=True, text=True)
     figures: dict[str, tuple[float, float]] = {}
     for line in out.stdout.splitlines():
@@ -128,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="requests in flight for the pipelined MDP load")
     parser.add_argument("--hosted", action="store_true",
                         help="the dispatcher in the broker (titanic broker --titanic)")
+    parser.add_argument("--freelance", action="store_true",
+                        help="also the brokerless rows: freelance echo servers on every path")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("remote.py needs root (ip netns)", file=sys.stderr)
@@ -141,11 +171,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.enter_context(far_side(folder, args.hosted))
         relays = [spawn(relay(RELAY_PORT, 0.0)), spawn(relay(DELAY_PORT, args.delay_ms))]
         stack.callback(stop_all, relays)
+        servers: list[list[str]] = [[] for _ in paths]
+        if args.freelance:
+            servers, commands = freelance_servers([None, 0.0, args.delay_ms])
+            helpers = [spawn(command) for command in commands]
+            stack.callback(stop_all, helpers)
         time.sleep(0.5)  # the relays' listening sockets
         for round_ in range(args.rounds):
-            for name, endpoint in paths.items():
+            for (name, endpoint), used in zip(paths.items(), servers, strict=True):
                 print(f"round {round_ + 1}: {name}", file=sys.stderr, flush=True)
-                figures = bench(endpoint, args.requests, args.sync_requests, args.depth)
+                figures = bench(endpoint, args.requests, args.sync_requests, args.depth, used)
                 for load, figure in figures.items():
                     values[(name, load)].append(figure)
     loads = list(dict.fromkeys(load for _, load in values))  # in the order measured
