@@ -39,14 +39,15 @@ def test_worker_run_serves_a_broker_and_freelance_clients_at_once(procs: Process
     (tmp_path / "loud.py").write_text(textwrap.dedent(HANDLERS))
     broker, bind = free_endpoint(), free_endpoint()
     procs.broker(broker)
-    procs.start("run", [*CLI, "worker", "run", "loud:shout", "--service", "shout",
-                        "--broker", broker, "--bind", bind], cwd=tmp_path)
+    worker = procs.start("run", [*CLI, "worker", "run", "loud:shout", "--service", "shout",
+                                 "--broker", broker, "--bind", bind], cwd=tmp_path)
     wait_until(lambda: _answers("--broker", broker, "shout", "x"), 30,
                message="the worker registered with the broker")
     through_broker = run_cli("call", "--broker", broker, "shout", "one")
     direct = run_cli("call", "--freelance", bind, "shout", "two")
     assert (through_broker.returncode, through_broker.stdout) == (0, b"ONE!\n")
     assert (direct.returncode, direct.stdout) == (0, b"TWO!\n")
+    assert Processes.terminate(worker) == 0  # SIGTERM ends both, cleanly
 
 
 def test_advertise_names_the_endpoint_clients_use(procs: Processes) -> None:
@@ -67,10 +68,11 @@ def test_call_freelance_with_no_live_server_is_one_line_and_exit_6() -> None:
 
 def test_call_freelance_unknown_service_is_exit_4(procs: Processes) -> None:
     endpoint = free_endpoint()
-    procs.cli("echo", "worker", "echo", "--bind", endpoint)
+    server = procs.cli("echo", "worker", "echo", "--bind", endpoint)
     wait_until(lambda: _answers("--freelance", endpoint, "echo", "x"), 30,
                message="the freelance server answering")
     done = run_cli("call", "--freelance", endpoint, "nope", "x")
+    assert Processes.terminate(server) == 0
     assert done.returncode == 4
     assert done.stderr.decode().splitlines() == [
         f"titanic: the server refused the request for 'nope': 404 no service 'nope' at "
