@@ -18,6 +18,7 @@ from titanic_support import Processes, free_endpoint, recv_within, running, wait
 
 from titanic import (
     AsyncFreelanceClient,
+    ClientClosedError,
     FreelanceClient,
     FreelanceServer,
     FreelanceTimeoutError,
@@ -227,3 +228,18 @@ def test_handler_threads_serve_requests_at_once_and_pings_meanwhile() -> None:
             done = {c.tag: c.reply for c in early + client.poll(5) + client.poll(5)}
     assert done == {"a": [b"met", b"a"], "b": [b"met", b"b"]}
     assert server.requests_handled == 2
+
+
+def test_async_close_ends_waiting_requests_with_client_closed() -> None:
+    async def main() -> BaseException | None:
+        client = AsyncFreelanceClient(free_endpoint(), timeout=30)
+        waiting = asyncio.create_task(client.request("echo", b"x"))
+        await asyncio.sleep(0.1)  # the request is in flight, no server answers
+        await client.close()
+        try:
+            await asyncio.wait_for(waiting, 5)
+        except Exception as exc:  # noqa: BLE001 - the error is what the test looks at
+            return exc
+        return None
+
+    assert isinstance(asyncio.run(main()), ClientClosedError)

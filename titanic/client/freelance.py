@@ -266,11 +266,19 @@ class AsyncFreelanceClient(_Driver):
         self.flush(self._socket)
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._run())
+        pump = self._pump
+        waited: set[asyncio.Future[Any]] = {future, pump}
         try:
-            return _result(await future)
+            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not future.done():  # the caller was cancelled: a late reply is stale
+            if not future.done():  # cancelled, or the pump ended: a late reply is stale
                 self.session.cancel(sequence)
+        if future.done():
+            return _result(future.result())
+        error = None if pump.cancelled() else pump.exception()
+        if error is not None:
+            raise error  # the socket failed: every caller hears it
+        raise ClientClosedError
 
     async def _run(self) -> None:
         """Drive the socket while requests are in flight; resolve their futures."""

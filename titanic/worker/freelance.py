@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import zmq
 
-from titanic._zmq import NOBLOCK, POLLIN, new_socket, recv_frames, send_frames
+from titanic._zmq import NOBLOCK, POLLIN, LogBudget, new_socket, recv_frames, send_frames
 from titanic.errors import EndpointError, ProtocolError
 from titanic.logs import quoted_name
 from titanic.protocol import flp
@@ -83,6 +83,7 @@ class FreelanceServer:
         self._replies = f"inproc://titanic-flp-replies-{id(self):x}"
         self._socket: zmq.Socket[bytes] | None = None
         self._count_lock = threading.Lock()
+        self._log_budget = LogBudget()
 
     def bind(self) -> str:
         """Bind the socket (zmq.ZMQError if the endpoint cannot be); the bound address."""
@@ -144,7 +145,7 @@ class FreelanceServer:
             except zmq.Again:
                 return
             if len(frames) < 2:
-                self.dropped += 1
+                self._drop()
                 continue
             self._take(sock, frames[0], frames[1:])
 
@@ -160,7 +161,7 @@ class FreelanceServer:
             self._send(sock, [client, *flp.build_error(exc.sequence, flp.MALFORMED, exc.reason)])
             return
         except ProtocolError:
-            self.dropped += 1
+            self._drop()
             return
         if request.service not in self.handlers:
             self.requests_refused += 1
@@ -173,6 +174,12 @@ class FreelanceServer:
             self._send(sock, [client, *flp.build_reply(job.sequence, flp.OK, self._call(job))])
         else:
             self._jobs.put(job)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self._log_budget.allow():
+            log.warning("freelance server %s dropped a message that is not 10/FLP (%d so far)",
+                        self.identity, self.dropped)
 
     def _send_replies(self, sock: zmq.Socket[bytes], replies: zmq.Socket[bytes]) -> None:
         for _ in range(1000):
