@@ -13,8 +13,10 @@ How a document is read:
 - A ```python block that the text before it names a file for ("save this as `x.py`", "in
   `shop/tasks.py`", or a first line `# shop/frames.py: ...`) is written there; another is run,
   and each `print(...)  # expected` line's expected text is looked for in its output.
-- The broker's endpoint is a free port (TITANIC_BIND and TITANIC_BROKER), and a PostgreSQL URL
-  in a document is replaced by a database of the test's own.
+- The broker's endpoint is a free port (TITANIC_BIND and TITANIC_BROKER), a PostgreSQL URL
+  in a document is replaced by a database of the test's own, and the quickstart's freelance
+  endpoints by free ports (its freelance servers also register with the broker, through
+  TITANIC_BROKER, which is how the test sees them serving).
 """
 
 from __future__ import annotations
@@ -317,7 +319,11 @@ def test_every_command_of_the_quickstart_runs_as_written(tmp_path: Path,
     folder.mkdir()
     documented = "postgresql://postgres@127.0.0.1:5432/test"
     assert documented in (ROOT / "docs" / "quickstart.md").read_text()
+    freelance = ["tcp://127.0.0.1:5601", "tcp://127.0.0.1:5602"]
+    assert all(endpoint in (ROOT / "docs" / "quickstart.md").read_text()
+               for endpoint in freelance)
     ran = run_document(ROOT / "docs" / "quickstart.md", folder, user_env,
-                       {documented: postgres_url})
+                       {documented: postgres_url,
+                        **{endpoint: free_endpoint() for endpoint in freelance}})
     assert ran >= 15
     assert shutil.which("titanic", path=user_env["PATH"]) is not None
