@@ -168,3 +168,32 @@ def test_cancelled_request_makes_its_reply_stale() -> None:
     session.cancel(sequence)
     session.receive(A.encode(), flp.build_reply(b"%d" % sequence, flp.OK, []), 0.1)
     assert session.take_completions() == [] and session.stale_replies == 1
+
+
+def test_404_waits_for_a_server_not_heard_from_yet_at_start() -> None:
+    session = _session()
+    _pong_all(session, 0.0, A)
+    session.request(b"svc", [b"x"], 5.0, 0.0, tag="t")
+    [(_, frames)] = _requests(session)
+    session.receive(A.encode(), flp.build_error(frames[0], flp.UNKNOWN_SERVICE, "no"), 0.01)
+    assert session.take_completions() == []  # B may have it: its first PONG is on the way
+    _pong_all(session, 0.02, B)
+    [(server, frames)] = _requests(session)
+    assert server == B
+    session.receive(B.encode(), flp.build_reply(frames[0], flp.OK, [b"x"]), 0.03)
+    [done] = session.take_completions()
+    assert (done.reply, done.server) == ([b"x"], B)
+
+
+def test_404_is_final_once_the_first_liveness_window_is_over() -> None:
+    session = _session()
+    _pong_all(session, 0.0, A)
+    session.request(b"svc", [], 5.0, 0.0)
+    [(_, frames)] = _requests(session)
+    session.receive(A.encode(), flp.build_error(frames[0], flp.UNKNOWN_SERVICE, "no"), 0.01)
+    assert session.next_deadline() <= 1.0  # the window: 4 intervals of 0.25 s
+    _pong_all(session, 0.9, A)
+    session.tick(1.0)
+    [done] = session.take_completions()
+    assert isinstance(done.error, ServiceRefusedError) and done.error.code == 404
+    assert session.in_flight == 0

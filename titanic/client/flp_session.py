@@ -51,7 +51,6 @@ class _Server:
     identity: bytes
     alive_until: float = 0.0  # alive while now < alive_until
     next_ping: float = 0.0
-    connected: bool = False  # the last PING was accepted by the socket
     probe_wait: float = 0.0  # the wait before the next PING while not connected
 
 
@@ -88,14 +87,16 @@ class FreelanceSession:
                                                    probe_wait=probe_interval)
                         for endpoint in endpoints}
         self._order = list(self.servers.values())
+        #: Until then, a 404 waits for servers not heard from yet (see _refusal_final).
+        self._grace_until = now + liveness * ping_interval
         self._turn = 0
         self._sequence = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._outbox: list[tuple[bytes, Frames]] = []
         self._done: list[Completion] = []
-        #: Messages dropped: malformed, from an unknown peer, or a reply to no pending request.
+        #: Messages dropped: malformed, or from a peer that is not one of the servers.
         self.dropped = 0
-        #: Replies that came after their request was answered elsewhere or gave up.
+        #: Replies to no pending request: answered elsewhere already, cancelled or given up.
         self.stale_replies = 0
         #: Requests sent again to another server.
         self.resent = 0
@@ -141,6 +142,8 @@ class FreelanceSession:
             times.append(pending.deadline)
             if pending.server is not None:
                 times.append(min(pending.attempt_deadline, pending.server.alive_until))
+            elif pending.refusals:
+                times.append(self._grace_until)
         return min(times)
 
     # -- what the driver reports ------------------------------------------------------------
@@ -152,7 +155,6 @@ class FreelanceSession:
             self.dropped += 1
             return
         was_alive = server.alive_until > now
-        server.connected = True
         server.probe_wait = self.probe_interval
         server.alive_until = now + self.liveness * self.ping_interval
         if not flp.is_pong(frames):
@@ -165,12 +167,11 @@ class FreelanceSession:
         server = self.servers.get(identity)
         if server is None:
             return
-        server.connected = False
         server.alive_until = min(server.alive_until, now)
         if flp.is_ping(frames):  # probed again soon, less and less often while it stays away
             server.next_ping = now + server.probe_wait
             server.probe_wait = min(server.probe_wait * 2, self.ping_interval)
-        if not flp.is_ping(frames):
+        else:
             self._reroute_from(server, now)
 
     def tick(self, now: float) -> None:
@@ -184,7 +185,11 @@ class FreelanceSession:
                 del self._pending[sequence]
                 self._done.append(Completion(pending.tag, None, self._timeout(pending, now)))
             elif pending.server is None:
-                self._dispatch(sequence, pending, now)
+                if (not self._dispatch(sequence, pending, now) and pending.refusals
+                        and self._refusal_final(pending, now)):
+                    del self._pending[sequence]
+                    identity, reply = next(reversed(pending.refusals.items()))
+                    self._done.append(self._refused(pending, identity.decode(), reply))
             elif (now >= pending.attempt_deadline
                   or pending.server.alive_until <= now):
                 self._dispatch(sequence, pending, now, resend=True)
@@ -206,13 +211,25 @@ class FreelanceSession:
             pending.refusals[server.identity] = reply
             if self._dispatch(reply.sequence, pending, now, resend=True):
                 return  # another live server may serve it
+            if not self._refusal_final(pending, now):
+                return  # a server not heard from yet may: it waits for one (see tick)
         del self._pending[reply.sequence]
         if reply.ok:
             self._done.append(Completion(pending.tag, reply.body, None, server.endpoint))
         else:
-            error = ServiceRefusedError(int(reply.status), reply.reason,
-                                        pending.service.decode("utf-8", "replace"))
-            self._done.append(Completion(pending.tag, None, error, server.endpoint))
+            self._done.append(self._refused(pending, server.endpoint, reply))
+
+    def _refusal_final(self, pending: _Pending, now: float) -> bool:
+        """Whether a request no live server takes is refused for good: every server said 404,
+        or the first liveness window is over, in which every server had its chance to be
+        heard (a client's servers answer their first PING at different times)."""
+        return len(pending.refusals) == len(self._order) or now >= self._grace_until
+
+    @staticmethod
+    def _refused(pending: _Pending, endpoint: str, reply: flp.Reply) -> Completion:
+        error = ServiceRefusedError(int(reply.status), reply.reason,
+                                    pending.service.decode("utf-8", "replace"))
+        return Completion(pending.tag, None, error, endpoint)
 
     def _choose(self, pending: _Pending, now: float) -> _Server | None:
         """The next live server in turn that has not refused this request, preferring one
