@@ -114,6 +114,59 @@ def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: 
         click.echo(request_id)
 
 
+@click.command("submit-many")
+@broker_option
+@client_options
+@dialect_option
+@curve_client_options
+@click.option("--key-prefix", default=None, metavar="PREFIX",
+              help="Give line N the idempotency key PREFIX followed by N (1, 2, ...): the same "
+              "input sent again with the same PREFIX stores nothing twice and prints the same "
+              "UUIDs [default: a random key per line, so this command's own retries are "
+              "stored once].")
+@click.argument("service")
+@handle_errors
+def submit_many(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: str,
+                key_prefix: str | None, service: str, curve: CurveOptions) -> None:
+    """Store one request for SERVICE per line of standard input; print their UUIDs, one a
+    line, in the order of the lines.
+
+    Each line, without its line ending, is one request's only frame. Titanic's server stores
+    them in messages of many requests, each message whole or not at all; the UUIDs are printed
+    once all are stored. A standard 9/TSP server is sent them one by one.
+
+    \b
+    Example:
+      seq 1000 | titanic submit-many echo
+      titanic submit-many --key-prefix import-2026-12-08: billing < orders.txt
+    """
+    utf8_argument(service, "SERVICE")
+    if key_prefix is not None:
+        utf8_argument(key_prefix, "--key-prefix")
+    bodies = _lines(sys.stdin.buffer.read())
+    keys: list[str | None] | None = None
+    if key_prefix is not None:
+        keys = [f"{key_prefix}{number}" for number in range(1, len(bodies) + 1)]
+        if len(f"{key_prefix}{len(bodies)}") > 255:
+            raise UsageProblem(f"--key-prefix {shown(key_prefix)} is too long: a key (the "
+                               "prefix and a line number) is at most 255 characters")
+    if not bodies:
+        return
+    with _client(broker, dialect_name, timeout, retries, curve) as client:
+        request_ids = client.submit_many(service, bodies, keys)
+    sys.stdout.write("".join(f"{request_id}\n" for request_id in request_ids))
+    sys.stdout.flush()
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """Standard input's lines without their endings (\\n or \\r\\n); no line after a last
+    newline."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
 @click.command()
 @broker_option
 @dialect_option

@@ -11,7 +11,7 @@ from titanic.dispatch.services import (
     refuse_over_owner_limit,
 )
 from titanic.protocol.identity import Caller
-from titanic.protocol.tsp import parse_status
+from titanic.protocol.tsp import BatchItem, build_batch, parse_status
 from titanic.store import RequestStatus
 from titanic.testing import MemoryStore, answer_requests
 
@@ -134,3 +134,46 @@ def test_idempotency_keys_of_different_owners_never_meet(store: MemoryStore) -> 
     assert store.get(bobs).owner == BOB.key  # type: ignore[union-attr]
     long_key = [b"", b"k" * 255, b"echo", b"x"]
     assert submit_as(store, ALICE, *long_key) == submit_as(store, ALICE, *long_key)
+
+
+# -- the batch form -------------------------------------------------------------------------------
+
+def batch(*items: tuple[tuple[bytes, ...], str | None]) -> list[bytes]:
+    return build_batch(b"echo", [BatchItem(frames, key) for frames, key in items])
+
+
+def test_a_batch_is_answered_with_its_uuids_in_order(store: MemoryStore) -> None:
+    lone = submit(store, b"echo", b"before")
+    [answer, other] = answer_requests(store, [
+        batch(((b"a",), None), ((b"b", b"2"), "k"), ((b"c",), "k"), ((), None)),
+        [b"echo", b"after"]])
+    assert answer[0] == b"200" and len(answer) == 5
+    ids = [frame.decode() for frame in answer[1:]]
+    assert ids[1] == ids[2], "a key repeated within a batch names the first request"
+    assert [store.get(i).request for i in ids] == [  # type: ignore[union-attr]
+        (b"a",), (b"b", b"2"), (b"b", b"2"), ()]
+    assert other[0] == b"200" and len({lone, other[1].decode(), *ids}) == 5
+
+
+def test_a_batch_is_refused_whole(store: MemoryStore) -> None:
+    over_limit = batch(((b"x" * 600,), None), ((b"y" * 600,), None))
+    bad_key = [*batch(((b"a",), None)), b"1 \xff", b"b"]
+    answers = answer_requests(store, [over_limit, bad_key, [b"", b"", b""],
+                                      [b"", b"", b"echo"], [b"", b"", b"echo", b"x"]])
+    assert [answer[0] for answer in answers] == [b"200", b"400", b"400", b"400", b"400"]
+    assert b"batch request 2: the idempotency key is not UTF-8" in answers[1][1]
+    assert b"at least one request" in answers[3][1]
+    assert b"bad head frame" in answers[4][1]
+    small = MemoryStore(max_request_bytes=1000)
+    [refused] = answer_requests(small, [over_limit])
+    assert refused[0] == b"400" and b"1200 bytes" in refused[1]
+    assert small.stats().counts == {}
+
+
+def test_a_batch_over_a_keys_stored_limit_is_refused_whole() -> None:
+    bodies = [batch(((b"1",), None), ((b"2",), None)), [b"echo", b"3"],
+              batch(((b"4",), None), ((b"5",), None), ((b"6",), None))]
+    accepted, answers = check_requests(bodies, 1000, [ALICE, ALICE, ALICE])
+    kept = refuse_over_owner_limit(answers, accepted, {ALICE.key: 1}, limit=4)
+    assert [index for index, _ in kept] == [0, 0, 1]
+    assert answers[2] is not None and answers[2][0] == b"503"

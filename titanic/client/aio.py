@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 import zmq
@@ -23,6 +23,8 @@ from titanic.client.answers import (
     Unreachable,
     check_close,
     check_key,
+    check_keys,
+    encode_bodies,
     encode_frames,
     service_name,
     uuid_frame,
@@ -85,6 +87,21 @@ class AsyncTitanicClient:
         another, are stored once."""
         return await self._run(self._session.submit(service_name(service), encode_frames(frames),
                                                     check_key(key)))
+
+    async def submit_many(self, service: str | bytes,
+                          bodies: Iterable[bytes | str | Sequence[bytes | str]],
+                          keys: Sequence[str | None] | None = None) -> list[str]:
+        """Store many requests for `service`; returns their UUIDs in order, once all are stored.
+
+        Each body is one frame (`bytes`, or `str` sent as UTF-8) or a sequence of frames;
+        `keys`, if given, holds one idempotency key per body (None for a random one), as
+        submit takes them. Titanic's server stores them in messages of many requests, each
+        message in one transaction, whole or not at all; a standard 9/TSP server is sent them
+        one by one. On an error, the requests of the messages already answered are stored.
+        """
+        encoded = encode_bodies(bodies)
+        return await self._run(self._session.submit_many(service_name(service), encoded,
+                                                   check_keys(keys, len(encoded))))
 
     async def fetch(self, request_id: str, *, within: float | None = None) -> Fetched:
         """Ask once for the reply to a request (taking at most `within` seconds, if given)."""

@@ -13,7 +13,8 @@ What serves Titanic at a broker is asked once (8/MMI), before the first submit s
 titanic's own server answers `titanic.store`, takes the keyed `titanic.request` (idempotent
 submits) and names its store; a standard 9/TSP server (the guide's) is sent the plain form,
 which it stores as given. Brokers whose servers name different stores stop a submit before it
-stores anything.
+stores anything. A server that lists the batch form (`titanic.batch`) among its extensions is
+sent submit_many's requests in messages of many; another is sent them one by one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from titanic.client.answers import (
     explain_timeout,
     parse_fetch,
     parse_submitted,
+    parse_submitted_many,
     unreachable_error,
 )
 from titanic.errors import (
@@ -60,6 +62,9 @@ HOLD_S = 5.0
 #: taken for a standard one, in seconds: titanic's dispatcher registers its services one
 #: connection at a time, so a client may ask between two of them.
 STANDARD_SERVER_S = 0.3
+#: The most requests submit_many puts in one message: each message is one transaction, which
+#: must commit well within the client's timeout.
+BATCH_MAX_ITEMS = 5000
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,49 @@ class TspSession:
                 reply = yield Ask(index, tsp.REQUEST_SERVICE, body, budget.timeout)
                 if isinstance(reply, list):
                     return parse_submitted(reply)
+            self._no_answer(index, reply, unreachable)
+        raise (yield from self._timeout(tsp.REQUEST_SERVICE, budget, unreachable))
+
+    def submit_many(self, service: bytes, bodies: Sequence[Frames],
+                    keys: Sequence[str | None]) -> Conversation[list[str]]:
+        """Store many requests for one service: their UUIDs in order. A server with the batch
+        form is sent them in messages of many (within its max_request_bytes and
+        BATCH_MAX_ITEMS each), every message stored whole or not at all; another server, one
+        by one. Each request has its key (a random one for None) on every resend."""
+        items = [tsp.BatchItem(tuple(frames), uuid.uuid4().hex if key is None else key)
+                 for frames, key in zip(bodies, keys, strict=True)]
+        ids: list[str] = []
+        while len(ids) < len(items):
+            batch = yield from self._submit_batch(service, items, len(ids))
+            if batch is None:  # no batch form there: this one alone
+                item = items[len(ids)]
+                batch = [(yield from self.submit(service, list(item.frames), item.key))]
+            ids.extend(batch)
+        return ids
+
+    def _submit_batch(self, service: bytes, items: Sequence[tsp.BatchItem], start: int
+                      ) -> Conversation[list[str] | None]:
+        """The UUIDs of the requests from items[start] that one batch message stored (as many
+        as fit in one), with the client's retries and failover; None if the server reached
+        takes no batches."""
+        budget = CallBudget.of(self.timeout, self.retries, None)
+        if not self._surveyed:
+            yield from self._survey(budget.timeout)
+        unreachable: dict[int, Unreachable] = {}
+        for _ in range(budget.retries + 1):
+            index = self.current
+            server: Server | Unreachable | None = self._servers.get(index)
+            if server is None:
+                server = yield from self._vet(index, budget.timeout)
+            reply: Frames | Unreachable | None = server if not isinstance(server, Server) else None
+            if isinstance(server, Server):
+                if server.store is None or tsp.BATCH_FORM not in server.store.extensions:
+                    return None
+                chunk = _batch_chunk(items, start, server, self.brokers[index])
+                body = tsp.build_batch(service, chunk)
+                reply = yield Ask(index, tsp.REQUEST_SERVICE, body, budget.timeout)
+                if isinstance(reply, list):
+                    return parse_submitted_many(reply, len(chunk))
             self._no_answer(index, reply, unreachable)
         raise (yield from self._timeout(tsp.REQUEST_SERVICE, budget, unreachable))
 
@@ -361,7 +409,7 @@ class TspSession:
         return timeout_error(error, service, self.broker, present)
 
 
-def _check_size(frames: Frames, server: Server, broker: str) -> None:
+def _check_size(frames: Sequence[bytes], server: Server, broker: str) -> None:
     """RequestTooLargeError, before anything is sent, for a request body over the largest
     the server at `broker` says it stores."""
     limit = server.store.max_request_bytes if server.store is not None else None
@@ -370,6 +418,23 @@ def _check_size(frames: Frames, server: Server, broker: str) -> None:
         raise RequestTooLargeError(
             f"the request body is {size:,} bytes, over the {limit:,} bytes that the Titanic "
             f"server at {broker} stores (its --max-request-size)")
+
+
+def _batch_chunk(items: Sequence[tsp.BatchItem], start: int, server: Server, broker: str
+                 ) -> list[tsp.BatchItem]:
+    """The requests from items[start] that go in one batch message: at most BATCH_MAX_ITEMS,
+    their bodies together within the server's max_request_bytes (RequestTooLargeError for a
+    request over it alone)."""
+    limit = server.store.max_request_bytes if server.store is not None else None
+    chunk: list[tsp.BatchItem] = []
+    size = 0
+    for item in items[start:start + BATCH_MAX_ITEMS]:
+        _check_size(item.frames, server, broker)
+        size += sum(map(len, item.frames))
+        if chunk and limit is not None and size > limit:
+            break
+        chunk.append(item)
+    return chunk
 
 
 def _found(answer: Frames | Unreachable | None) -> bool:
