@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 import zmq
@@ -32,7 +32,7 @@ from titanic.client.answers import (
 )
 from titanic.client.connect_watch import ConnectWatch
 from titanic.client.mdp import Brokers
-from titanic.client.session import Ask, Conversation, Op, Pause, Survey, TspSession
+from titanic.client.session import Ask, Conversation, Follower, Op, Pause, Survey, TspSession
 from titanic.errors import BrokerRefusedError, ClientClosedError, EndpointError, ProtocolError
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
@@ -114,6 +114,17 @@ class AsyncTitanicClient:
         return await self._run(self._session.wait(
             uuid_frame(request_id), timeout, interval=interval, interval_max=interval_max,
             progress=progress))
+
+    async def follow(self, request_id: str, *, after: int = 0,
+                     timeout: float | None = None) -> AsyncIterator[Frames]:
+        """Each part of the request's reply as soon as it is stored, until it is done; as
+        TitanicClient.follow, as an async iterator."""
+        follower = Follower(request_id, after, timeout)
+        frame = uuid_frame(request_id)
+        while not follower.done:
+            page = await self._run(self._session.follow(frame, follower.after, follower.hold()))
+            for part in follower.take(page):
+                yield part
 
     async def close_request(self, request_id: str) -> None:
         """Delete a request and its reply (fine for an unknown UUID)."""

@@ -42,11 +42,13 @@ from titanic.errors import (
     RequestTooLargeError,
     StoreMismatchError,
     TitanicError,
+    TitanicServiceError,
     TitanicTimeoutError,
+    UnknownRequestError,
 )
 from titanic.protocol import mmi, tsp
 from titanic.protocol.mdp import Frames
-from titanic.protocol.tsp import ServingStore, parse_store_answer
+from titanic.protocol.tsp import FollowPage, ServingStore, parse_store_answer
 
 log = logging.getLogger("titanic.client")
 
@@ -122,6 +124,46 @@ def timeout_error(exc: TitanicTimeoutError, service: bytes, broker: str,
 
 def _where(brokers: Sequence[str]) -> str:
     return brokers[0] if len(brokers) == 1 else f"any of {', '.join(brokers)}"
+
+
+class Follower:
+    """Where following one streamed reply stands, without I/O: the last part number seen (so
+    that a question sent again after a reconnect resumes there, no part repeated or lost), the
+    deadline, and whether it is done. The adapters ask `session.follow(frame, after, hold())`
+    until `done`, handing each answer to `take()`."""
+
+    def __init__(self, request_id: str, after: int, timeout: float | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.request_id = request_id
+        self.after = after
+        self.done = False
+        self._clock = clock
+        self._deadline = None if timeout is None else clock() + timeout
+
+    def hold(self) -> float:
+        """How long the next question may be held; TitanicTimeoutError once time is up."""
+        if self._deadline is None:
+            return HOLD_S
+        remaining = self._deadline - self._clock()
+        if remaining <= 0:
+            raise TitanicTimeoutError(f"request {self.request_id} is not done: following it "
+                                      f"stopped after part {self.after}")
+        return min(HOLD_S, remaining)
+
+    def take(self, page: FollowPage | Fetched) -> list[Frames]:
+        """The new parts an answer brings, in order; UnknownRequestError or
+        TitanicServiceError when the request is unknown, failed or expired."""
+        if isinstance(page, Fetched):
+            if page.state is ReplyState.UNKNOWN:
+                raise UnknownRequestError(f"request {self.request_id} is unknown")
+            raise TitanicServiceError(f"request {self.request_id} is {page}")
+        parts: list[Frames] = []
+        for seq, frames in page.parts:
+            if seq > self.after:
+                self.after = seq
+                parts.append(list(frames))
+        self.done = page.done
+        return parts
 
 
 class TspSession:
@@ -263,6 +305,43 @@ class TspSession:
             if not held:
                 yield Pause(min(interval, remaining))
                 interval = min(interval_max, interval * 1.5)
+
+    def follow(self, request_id: bytes, after: int, hold: float
+               ) -> Conversation[FollowPage | Fetched]:
+        """One question about a streamed reply: its parts numbered after `after` and whether
+        it is done, held by the server up to `hold` seconds (HOLD_S at most) while there is
+        none; a Fetched instead when the request failed, expired or is unknown. A server
+        without the follow form is asked titanic.wait (or polled), and its reply, once done, is
+        one part. Sent again after a timeout, to this broker or the next (asking is
+        idempotent: the caller's `after` says where it stands)."""
+        hold = max(0.0, min(HOLD_S, hold))
+        budget = CallBudget.of(self.timeout, self.retries, None)
+        unreachable: dict[int, Unreachable] = {}
+        for _ in range(budget.retries + 1):
+            index = self.current
+            server: Server | Unreachable | None = self._servers.get(index)
+            if server is None:
+                server = yield from self._vet(index, budget.timeout)
+            reply: Frames | Unreachable | None = server if not isinstance(server, Server) else None
+            if isinstance(server, Server):
+                if server.store is None or tsp.FOLLOW_FORM not in server.store.extensions:
+                    return (yield from self._follow_whole(request_id, after, hold))
+                body = [request_id, b"%d" % int(hold * 1000), b"%d" % after]
+                reply = yield Ask(index, tsp.WAIT_SERVICE, body, hold + budget.timeout)
+                if isinstance(reply, list):
+                    return _follow_page(reply)
+            self._no_answer(index, reply, unreachable)
+        raise (yield from self._timeout(tsp.WAIT_SERVICE, budget, unreachable))
+
+    def _follow_whole(self, request_id: bytes, after: int, hold: float
+                      ) -> Conversation[FollowPage | Fetched]:
+        """follow() where the server has no follow form: the reply, once done, as part 1."""
+        fetched = yield from self.wait(request_id, hold)
+        if fetched.state is ReplyState.DONE:
+            return FollowPage(True, [(1, tuple(fetched.reply))] if after < 1 else [])
+        if fetched.state is ReplyState.PENDING:
+            return FollowPage(False, [])
+        return fetched
 
     def _held_fetch(self, request_id: bytes, remaining: float) -> Conversation[Fetched | None]:
         """titanic.wait, held up to `remaining` seconds (HOLD_S at most), where the current
@@ -435,6 +514,14 @@ def _batch_chunk(items: Sequence[tsp.BatchItem], start: int, server: Server, bro
             break
         chunk.append(item)
     return chunk
+
+
+def _follow_page(reply: Frames) -> FollowPage | Fetched:
+    """A follow answer: the page of parts, or (not a 200) where the request stands."""
+    if reply and reply[0][:3] == b"200":
+        return tsp.parse_follow_answer(reply)
+    fetched = parse_fetch(reply)
+    return FollowPage(False, []) if fetched.state is ReplyState.PENDING else fetched
 
 
 def _found(answer: Frames | Unreachable | None) -> bool:

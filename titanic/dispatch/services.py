@@ -16,6 +16,8 @@ can end:
     titanic.reply    200, <reply frames...> | 300, pending | 400, unknown | 400, failed: <error>
                      | 400, expired: <why> | 500, <store error>
     titanic.close    200 (unknown and malformed UUIDs too) | 500, <store error>
+    follow           200, done | pending, <part head>, <frames>... | as titanic.reply's 400, 500
+      (titanic.wait's form `uuid, ms, after`: the parts of a streamed reply after `after`)
 
 A titanic.request may carry an idempotency key in front, `"", key, service, body...` (see
 titanic.protocol.tsp.split_request): a key already stored answers the stored request's UUID.
@@ -50,6 +52,7 @@ from titanic.protocol.tsp import (
     PENDING_TEXT,
     UNKNOWN_TEXT,
     Status,
+    follow_answer,
     is_batch,
     parse_uuid,
     split_batch,
@@ -217,6 +220,27 @@ def handle_reply(store: Store, body: Frames, caller: Caller | None = None) -> Fr
     if stored.status is RequestStatus.EXPIRED:
         return Status.UNKNOWN.answer(EXPIRED_PREFIX + (stored.last_error or "not delivered"))
     return list(_PENDING)
+
+
+def handle_follow(store: Store, uuid_frame: bytes, after: int,
+                  caller: Caller | None = None) -> Frames:
+    """The follow form of titanic.wait, answered now: the parts of the request's reply numbered
+    after `after`, and whether it is done. A reply that did not stream (or whose stored parts
+    are not the reply an attempt finished with) is one part, the whole reply."""
+    current = handle_reply(store, [uuid_frame], caller)
+    if current[0] not in (_OK, _PENDING[0]):
+        return current
+    request_id = parse_uuid(uuid_frame)  # handle_reply read it: a UUID
+    try:
+        if current[0] == _PENDING[0]:
+            return follow_answer(False, store.parts_after(request_id, after))
+        parts = store.parts_after(request_id, 0)
+    except StoreError as exc:
+        return _store_error(exc)
+    reply = current[1:]
+    if not parts or [frame for _, frames in parts for frame in frames] != reply:
+        parts = [(1, tuple(reply))]
+    return follow_answer(True, [(seq, frames) for seq, frames in parts if seq > after])
 
 
 def handle_close(store: Store, body: Frames, caller: Caller | None = None) -> Frames:

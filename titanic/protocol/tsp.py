@@ -17,6 +17,9 @@ STORE_SERVICE = b"titanic.store"
 #: titanic's extension: titanic.reply held until the request is no longer pending, or a time
 #: in milliseconds given after the UUID has passed (titanic.dispatch.held_waits).
 WAIT_SERVICE = b"titanic.wait"
+#: titanic's extension: titanic.wait's follow form, `uuid, milliseconds, after`, answered with the
+#: parts of a streamed reply numbered after `after` (follow_answer, parse_follow_answer).
+FOLLOW_FORM = b"titanic.follow"
 #: titanic's extension: the batch form of titanic.request, many requests in one message and
 #: one transaction (build_batch, split_batch); named in titanic.store's extensions list.
 BATCH_FORM = b"titanic.batch"
@@ -184,6 +187,42 @@ def split_batch(body: Sequence[bytes]) -> tuple[bytes, list[BatchItem]]:
     if not items:
         raise ProtocolError("a batch needs at least one request")
     return body[2], items
+
+
+class FollowPage(NamedTuple):
+    """A follow answer: whether the request is done (no part after these), and its parts
+    numbered after the one asked about, each (number, frames)."""
+
+    done: bool
+    parts: list[tuple[int, tuple[bytes, ...]]]
+
+
+def follow_answer(done: bool, parts: Sequence[tuple[int, Sequence[bytes]]]) -> list[bytes]:
+    """titanic.wait's follow answer: `200`, `done` or `pending`, then for each part a head frame
+    (its number, a space, its frame count) and its frames."""
+    answer = [str(Status.OK.value).encode(), b"done" if done else b"pending"]
+    for seq, frames in parts:
+        answer.append(b"%d %d" % (seq, len(frames)))
+        answer.extend(frames)
+    return answer
+
+
+def parse_follow_answer(frames: Sequence[bytes]) -> FollowPage:
+    """A follow answer whose status is 200 as a FollowPage; ProtocolError if it is malformed."""
+    if len(frames) < 2 or frames[1] not in (b"done", b"pending"):
+        raise ProtocolError("titanic.wait's follow answer names no state")
+    parts: list[tuple[int, tuple[bytes, ...]]] = []
+    at = 2
+    while at < len(frames):
+        seq_text, _, count_text = frames[at].partition(b" ")
+        if not seq_text.isdigit() or not count_text.isdigit() or len(count_text) > 9:
+            raise ProtocolError(f"bad part head {frames[at][:30]!r} in a follow answer")
+        count = int(count_text)
+        if at + 1 + count > len(frames):
+            raise ProtocolError("a follow answer's part runs past its end")
+        parts.append((int(seq_text), tuple(frames[at + 1:at + 1 + count])))
+        at += 1 + count
+    return FollowPage(frames[1] == b"done", parts)
 
 
 class ServingStore(NamedTuple):
