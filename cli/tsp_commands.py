@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,7 +13,12 @@ from typing import Any
 import click
 
 from titanic.client.tsp import ReplyState, TitanicClient
-from titanic.errors import ProtocolError
+from titanic.errors import (
+    ProtocolError,
+    RequestFailedError,
+    TitanicTimeoutError,
+    UnknownRequestError,
+)
 from titanic.protocol.failure import split_last_error
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
 from titanic_cli.exitcodes import Exit
@@ -171,10 +177,13 @@ def _lines(data: bytes) -> list[bytes]:
 @broker_option
 @dialect_option
 @click.option("--wait", is_flag=True, help="Poll until the reply arrives or --timeout passes.")
+@click.option("--follow", is_flag=True,
+              help="Print each part of a streamed reply as it is stored, until the request is "
+              "done (a reply that does not stream is one part).")
 @click.option("--timeout", type=click.FloatRange(min=0.001), default=None,
               envvar="TITANIC_TIMEOUT",
-              help="Seconds fetch may take in all [default: 2.5, or 60 with --wait; "
-              "env TITANIC_TIMEOUT].")
+              help="Seconds fetch may take in all [default: 2.5, or 60 with --wait, or no "
+              "limit with --follow; env TITANIC_TIMEOUT].")
 @click.option("--retries", type=click.IntRange(min=0), default=CLIENT_RETRIES, show_default=True,
               envvar="TITANIC_RETRIES", help="Resends of each call after a timeout.")
 @click.option("--raw", is_flag=True, help="Write the reply frames back to back, no newlines.")
@@ -182,9 +191,13 @@ def _lines(data: bytes) -> list[bytes]:
 @curve_client_options
 @click.argument("request_id", metavar="UUID")
 @handle_errors
-def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float | None,
-          retries: int, raw: bool, as_json: bool, request_id: str, curve: CurveOptions) -> None:
+def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, follow: bool,
+          timeout: float | None, retries: int, raw: bool, as_json: bool, request_id: str,
+          curve: CurveOptions) -> None:
     """Print the reply to request UUID, one frame per line.
+
+    With --follow, each part of a streamed reply is printed as soon as it is stored, and the
+    command ends when the request is done.
 
     \b
     Exit status: 0 reply printed, 3 still pending, 4 unknown (or closed),
@@ -194,10 +207,17 @@ def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float
     Example:
       titanic fetch 0190c6f2a1b47c3e9d2f00112233aabb
       titanic fetch --wait --timeout 30 0190c6f2a1b47c3e9d2f00112233aabb
+      titanic fetch --follow 0190c6f2a1b47c3e9d2f00112233aabb
     """
+    request_id = check_uuid(request_id)
+    if follow:
+        if wait:
+            raise UsageProblem("--follow waits already: give --follow or --wait, not both")
+        with _client(broker, dialect_name, CLIENT_TIMEOUT_S, retries, curve) as client:
+            _follow(client, request_id, timeout, raw=raw, as_json=as_json)
+        return
     total = timeout if timeout is not None else (60.0 if wait else CLIENT_TIMEOUT_S)
     per_call = min(total, CLIENT_TIMEOUT_S)
-    request_id = check_uuid(request_id)
     show = wait and sys.stderr.isatty()
 
     def progress(elapsed: float) -> None:
@@ -234,6 +254,31 @@ def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float
         out.flush()
         return
     fail(f"request {request_id} is {fetched}", _STATE_EXIT[fetched.state])
+
+
+def _follow(client: TitanicClient, request_id: str, timeout: float | None, *, raw: bool,
+            as_json: bool) -> None:
+    """Print each part of the request's reply as it is stored (its frames one a line, back to
+    back with `raw`, one JSON object a part with `as_json`); exit as fetch does when the
+    request does not end done."""
+    out = sys.stdout.buffer
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = 0
+    try:
+        for seen, part in enumerate(client.follow(request_id, timeout=timeout), 1):
+            if as_json:
+                echo_json({"uuid": request_id, "part": seen, **frames_json(part)})
+                continue
+            out.write(b"".join(part) if raw else b"".join(f + b"\n" for f in part))
+            out.flush()
+    except UnknownRequestError:
+        fail(f"request {request_id} is unknown", Exit.UNKNOWN)
+    except RequestFailedError as exc:
+        fail(str(exc), Exit.FAILED)
+    except TitanicTimeoutError:
+        if deadline is None or time.monotonic() < deadline:
+            raise
+        fail(f"request {request_id} is still pending after {seen} part(s)", Exit.PENDING)
 
 
 #: What _task_result returns for a reply that is not a task's result.

@@ -6,16 +6,24 @@ titanic.reply of the finished request gets the parts joined."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import select
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import replace
 
 import pytest
+from standard_tsp import StandardTitanic
 from titanic_support import (
+    CLI,
     Processes,
     fast_dispatcher,
     free_endpoint,
+    run_cli,
     running,
     start_broker,
     start_worker,
@@ -42,6 +50,10 @@ class GatedStream:
         self.parts = parts
         self.gates = [threading.Event() for _ in range(parts)]
         self.runs = 0
+
+    def open_all(self) -> None:
+        for gate in self.gates:
+            gate.set()
 
     def __call__(self, body: Frames) -> Iterator[list[bytes]]:
         self.runs += 1
@@ -94,6 +106,7 @@ def test_each_part_is_followed_as_it_is_stored(db_url: str, stack: ExitStack,
     endpoint, store = titanic(stack, db_url, hosted)
     stream = GatedStream(3)
     start_worker(stack, endpoint, "stream", stream, dialect=Dialect.MDP02)
+    stack.callback(stream.open_all)  # before the worker stops
     with TitanicClient(endpoint, timeout=2.0) as client:
         request_id = client.submit("stream", b"x")
         following = Following(endpoint, request_id, timeout=2.0)
@@ -136,6 +149,7 @@ def test_the_asyncio_client_follows(db_url: str, stack: ExitStack) -> None:
     for gate in stream.gates:
         gate.set()
     start_worker(stack, endpoint, "stream", stream, dialect=Dialect.MDP02)
+    stack.callback(stream.open_all)  # before the worker stops
 
     async def follow() -> list[Frames]:
         async with AsyncTitanicClient(endpoint, timeout=2.0) as client:
@@ -177,6 +191,7 @@ def test_following_resumes_across_a_broker_restart(db_url: str, stack: ExitStack
     stack.enter_context(running(Dispatcher(store, settings)))
     stream = GatedStream(4)
     start_worker(stack, endpoint, "stream", stream, dialect=Dialect.MDP02)
+    stack.callback(stream.open_all)  # before the worker stops
     with TitanicClient(endpoint, timeout=1.0, retries=30) as client:
         request_id = client.submit("stream", b"z")
         following = Following(endpoint, request_id, timeout=1.0, retries=30)
@@ -190,3 +205,63 @@ def test_following_resumes_across_a_broker_restart(db_url: str, stack: ExitStack
     assert parts == [[b"part %d" % n, b"z"] for n in range(1, 5)], "none repeated or lost"
     assert store.get(request_id).reply == tuple(  # type: ignore[union-attr]
         frame for part in parts for frame in part)
+
+
+class Lines:
+    """A process's stdout read a line at a time as it comes, unbuffered, each within a time."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        self.buffer = b""
+
+    def next(self, timeout: float = 20.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, "no line in time"
+            chunk = os.read(self.fd, 65536)
+            assert chunk, "stdout closed"
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line + b"\n"
+
+
+def test_the_cli_prints_each_part_as_it_is_stored(db_url: str, stack: ExitStack) -> None:
+    endpoint, _ = titanic(stack, db_url, True)
+    stream = GatedStream(3)
+    start_worker(stack, endpoint, "stream", stream, dialect=Dialect.MDP02)
+    stack.callback(stream.open_all)  # before the worker stops
+    with TitanicClient(endpoint, timeout=2.0) as client:
+        request_id = client.submit("stream", b"x")
+    proc = subprocess.Popen([*CLI, "fetch", "--follow", request_id, "-b", endpoint],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stack.callback(Processes.kill, proc)
+    lines = Lines(proc)
+    stream.gates[0].set()
+    assert [lines.next(), lines.next()] == [b"part 1\n", b"x\n"]
+    assert proc.poll() is None, "still following"
+    stream.gates[1].set()
+    assert [lines.next(), lines.next()] == [b"part 2\n", b"x\n"]
+    stream.gates[2].set()
+    assert [lines.next(), lines.next()] == [b"part 3\n", b"x\n"]
+    assert proc.wait(30) == 0
+    resumed = run_cli("fetch", "--follow", request_id, "--json", "-b", endpoint)
+    assert resumed.returncode == 0
+    assert [json.loads(line)["frames"] for line in resumed.stdout.splitlines()] == [
+        ["part 1", "x"], ["part 2", "x"], ["part 3", "x"]]
+    unknown = run_cli("fetch", "--follow", "0" * 32, "-b", endpoint)
+    assert (unknown.returncode, unknown.stderr.count(b"\n")) == (4, 1), unknown.stderr
+    with TitanicClient(endpoint, timeout=2.0) as client:
+        nobody = client.submit("nobody", b"x")
+    pending = run_cli("fetch", "--follow", nobody, "--timeout", "0.5", "-b", endpoint)
+    assert pending.returncode == 3 and b"still pending after 0 part(s)" in pending.stderr
+
+
+def test_a_standard_server_is_followed_as_one_part_once_done(stack: ExitStack) -> None:
+    endpoint = start_broker(stack).bound[0]
+    StandardTitanic(endpoint).start(stack)
+    start_worker(stack, endpoint, "echo")
+    with TitanicClient(endpoint, timeout=2.0) as client:
+        request_id = client.submit("echo", b"hello", b"world")
+        assert list(client.follow(request_id, timeout=20)) == [[b"hello", b"world"]]

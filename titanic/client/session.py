@@ -39,6 +39,7 @@ from titanic.client.answers import (
 )
 from titanic.errors import (
     ProtocolError,
+    RequestFailedError,
     RequestTooLargeError,
     StoreMismatchError,
     TitanicError,
@@ -156,6 +157,8 @@ class Follower:
         if isinstance(page, Fetched):
             if page.state is ReplyState.UNKNOWN:
                 raise UnknownRequestError(f"request {self.request_id} is unknown")
+            if page.state in (ReplyState.FAILED, ReplyState.EXPIRED):
+                raise RequestFailedError(f"request {self.request_id} is {page}")
             raise TitanicServiceError(f"request {self.request_id} is {page}")
         parts: list[Frames] = []
         for seq, frames in page.parts:
