@@ -269,6 +269,11 @@ def _follow(client: TitanicClient, request_id: str, timeout: float | None, *, ra
             if as_json:
                 echo_json({"uuid": request_id, "part": seen, **frames_json(part)})
                 continue
+            values = None if raw else _task_values(part)
+            if values is not None:  # a task's: each value it yielded (or returned) as JSON
+                for value in values:
+                    echo_json(value)
+                continue
             out.write(b"".join(part) if raw else b"".join(f + b"\n" for f in part))
             out.flush()
     except UnknownRequestError:
@@ -281,6 +286,22 @@ def _follow(client: TitanicClient, request_id: str, timeout: float | None, *, ra
         fail(f"request {request_id} is still pending after {seen} part(s)", Exit.PENDING)
 
 
+def _task_values(part: list[bytes]) -> list[Any] | None:
+    """The values one part of a task's reply carries, as JSON can hold them; None for a part
+    that is not a task's."""
+    if not part or not part[0].startswith(b"titanic.task/1"):  # msgpack imported only then
+        return None
+    from titanic.tasks.codec import is_task_frames, is_task_stream, to_json
+    from titanic.tasks.handles import part_values
+
+    if not (is_task_stream(part) or is_task_frames(part)):
+        return None
+    try:
+        return [to_json(value) for value in part_values(part)]
+    except ProtocolError:
+        return None
+
+
 #: What _task_result returns for a reply that is not a task's result.
 _NOT_A_TASK = object()
 
@@ -288,11 +309,11 @@ _NOT_A_TASK = object()
 def _task_result(reply: list[bytes]) -> object:
     """A task's return value as JSON can hold it, or _NOT_A_TASK when the reply is not a task's
     result (its frames are then shown as they are)."""
-    if len(reply) != 2:  # the shape of a task's result; msgpack is not imported for others
+    if not reply or not reply[0].startswith(b"titanic.task/1"):  # msgpack only for tasks
         return _NOT_A_TASK
-    from titanic.tasks.codec import decode_result, is_task_frames, to_json
+    from titanic.tasks.codec import decode_result, is_task_frames, is_task_stream, to_json
 
-    if not is_task_frames(reply):
+    if not (is_task_frames(reply) or is_task_stream(reply)):  # a yielding task's: a list
         return _NOT_A_TASK
     try:
         return to_json(decode_result(reply))

@@ -30,6 +30,7 @@ from titanic_support import (
     wait_until,
 )
 
+from titanic import Handle, task
 from titanic.client import Client
 from titanic.client.aio import AsyncTitanicClient
 from titanic.client.tsp import ReplyState, TitanicClient
@@ -38,6 +39,7 @@ from titanic.dispatch.standalone import Dispatcher
 from titanic.errors import UnknownRequestError
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.store import SqlStore, open_store
+from titanic.worker.tasks import task_handler
 
 SETTINGS = fast_dispatcher(request_timeout=5.0, max_attempts=5)
 
@@ -265,3 +267,54 @@ def test_a_standard_server_is_followed_as_one_part_once_done(stack: ExitStack) -
     with TitanicClient(endpoint, timeout=2.0) as client:
         request_id = client.submit("echo", b"hello", b"world")
         assert list(client.follow(request_id, timeout=20)) == [[b"hello", b"world"]]
+
+
+def test_a_task_that_yields_is_followed_value_by_value(db_url: str, stack: ExitStack) -> None:
+    endpoint, _ = titanic(stack, db_url, True)
+    gates = [threading.Event() for _ in range(3)]
+    stack.callback(lambda: [gate.set() for gate in gates])
+
+    @task(name="count.up")
+    def count_up(upto: int) -> Iterator[dict[str, int]]:
+        for number in range(1, upto + 1):
+            yield {"n": number}
+            gates[number - 1].wait(30)
+
+    @task(name="count.none")
+    def count_none() -> Iterator[int]:
+        yield from ()
+
+    start_worker(stack, endpoint, "count.up", task_handler(count_up), dialect=Dialect.MDP02)
+    start_worker(stack, endpoint, "count.none", task_handler(count_none))
+    with TitanicClient(endpoint, timeout=2.0) as client:
+        handle = count_up.submit_with([3], client=client)
+        followed = []
+        with TitanicClient(endpoint, timeout=2.0) as follower:
+            values = Handle(handle.id, client=follower).follow(timeout=30)
+            gates[0].set()
+            followed.append(next(values))
+            assert followed == [{"n": 1}]
+            gates[1].set()
+            gates[2].set()
+            followed += list(values)
+        assert followed == [{"n": 1}, {"n": 2}, {"n": 3}]
+        assert handle.result(timeout=10) == followed  # the values it yielded, as a list
+        empty = count_none.submit_with([], client=client)
+        assert list(empty.follow(timeout=20)) == []
+        assert empty.result(timeout=10) == []
+
+
+def test_the_cli_shows_a_yielding_tasks_values_as_json(db_url: str, stack: ExitStack) -> None:
+    endpoint, _ = titanic(stack, db_url, True)
+
+    @task(name="letters")
+    def letters(word: str) -> Iterator[str]:
+        yield from word
+
+    start_worker(stack, endpoint, "letters", task_handler(letters), dialect=Dialect.MDP02)
+    with TitanicClient(endpoint, timeout=2.0) as client:
+        request_id = letters.submit_with(["abc"], client=client).id
+    followed = run_cli("fetch", "--follow", request_id, "--timeout", "20", "-b", endpoint)
+    assert (followed.returncode, followed.stdout) == (0, b'"a"\n"b"\n"c"\n'), followed.stderr
+    fetched = run_cli("fetch", request_id, "-b", endpoint)
+    assert (fetched.returncode, json.loads(fetched.stdout)) == (0, ["a", "b", "c"])
