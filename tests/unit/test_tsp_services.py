@@ -7,12 +7,19 @@ import pytest
 from titanic.dispatch.services import (
     check_requests,
     handle_close,
+    handle_follow,
     handle_reply,
     refuse_over_owner_limit,
 )
 from titanic.protocol.identity import Caller
-from titanic.protocol.tsp import BatchItem, build_batch, parse_status
-from titanic.store import RequestStatus
+from titanic.protocol.tsp import (
+    BatchItem,
+    FollowPage,
+    build_batch,
+    parse_follow_answer,
+    parse_status,
+)
+from titanic.store import NewRequest, RequestStatus
 from titanic.testing import MemoryStore, answer_requests
 
 
@@ -177,3 +184,40 @@ def test_a_batch_over_a_keys_stored_limit_is_refused_whole() -> None:
     kept = refuse_over_owner_limit(answers, accepted, {ALICE.key: 1}, limit=4)
     assert [index for index, _ in kept] == [0, 0, 1]
     assert answers[2] is not None and answers[2][0] == b"503"
+
+
+# -- the follow form of titanic.wait ---------------------------------------------------------
+
+def streaming(store: MemoryStore, parts: list[list[bytes]]) -> str:
+    [request_id] = store.exchange([NewRequest("s", (b"x",))], [], {}, 30.0,
+                                  claim_new={"s": 1}).ids
+    store.exchange([], [], {}, 30.0, parts=[(request_id, seq, frames)
+                                            for seq, frames in enumerate(parts, 1)])
+    return request_id
+
+
+def follow(store: MemoryStore, request_id: str, after: int) -> FollowPage:
+    return parse_follow_answer(handle_follow(store, request_id.encode(), after))
+
+
+def test_a_follow_gives_the_parts_after_a_number_and_whether_done(store: MemoryStore) -> None:
+    request_id = streaming(store, [[b"a"], [b"b", b"c"]])
+    assert follow(store, request_id, 0) == FollowPage(False, [(1, (b"a",)), (2, (b"b", b"c"))])
+    assert follow(store, request_id, 2) == FollowPage(False, [])
+    store.complete(request_id, [b"a", b"b", b"c"])
+    assert follow(store, request_id, 1) == FollowPage(True, [(2, (b"b", b"c"))])
+    assert handle_follow(store, b"0" * 32, 0) == [b"400", b"unknown"]
+
+
+def test_a_done_reply_whose_parts_do_not_match_it_is_followed_whole(store: MemoryStore) -> None:
+    cut_short = streaming(store, [[b"a"]])  # its later PARTIALs were never stored
+    store.complete(cut_short, [b"a", b"b", b"c"])
+    assert follow(store, cut_short, 1) == FollowPage(True, [(2, (b"b", b"c"))])
+    stale = streaming(store, [[b"old"]])  # an earlier attempt's part
+    store.complete(stale, [b"new"])
+    assert follow(store, stale, 0) == FollowPage(True, [(1, (b"new",))])
+    plain = submit(store, b"echo", b"p")
+    store.exchange([], [], {"echo": 1}, 30.0)
+    store.complete(plain, [b"whole", b"reply"])
+    assert follow(store, plain, 0) == FollowPage(True, [(1, (b"whole", b"reply"))])
+    assert follow(store, plain, 1) == FollowPage(True, [])

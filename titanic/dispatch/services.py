@@ -237,10 +237,23 @@ def handle_follow(store: Store, uuid_frame: bytes, after: int,
         parts = store.parts_after(request_id, 0)
     except StoreError as exc:
         return _store_error(exc)
-    reply = current[1:]
-    if not parts or [frame for _, frames in parts for frame in frames] != reply:
-        parts = [(1, tuple(reply))]
-    return follow_answer(True, [(seq, frames) for seq, frames in parts if seq > after])
+    return follow_answer(True, [(seq, frames) for seq, frames in _whole(parts, current[1:])
+                                if seq > after])
+
+
+def _whole(parts: list[tuple[int, tuple[bytes, ...]]], reply: Frames
+           ) -> list[tuple[int, tuple[bytes, ...]]]:
+    """A done request's parts, checked against its reply (every part's frames joined): parts
+    1 to n that begin it are kept and the rest of it is part n + 1 (its last PARTIALs were not
+    stored: the dispatcher stopped); parts that do not (an earlier attempt's) give way to the
+    whole reply as part 1, as does a reply that did not stream."""
+    joined = [frame for _, frames in parts for frame in frames]
+    if parts and joined == reply:
+        return parts
+    numbered = [seq for seq, _ in parts] == list(range(1, len(parts) + 1))
+    if parts and numbered and reply[:len(joined)] == joined:
+        return [*parts, (len(parts) + 1, tuple(reply[len(joined):]))]
+    return [(1, tuple(reply))]
 
 
 def handle_close(store: Store, body: Frames, caller: Caller | None = None) -> Frames:

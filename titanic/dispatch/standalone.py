@@ -333,5 +333,6 @@ class Dispatcher(DispatcherBase):
         planner.turn([], [], time.monotonic(), answer=lambda _: None, claim=False)
         while client.in_flight and time.monotonic() < deadline:
             completions = client.poll(max(0.0, deadline - time.monotonic()))
-            planner.turn([], completions, time.monotonic(), answer=lambda _: None, claim=False)
+            planner.turn([], completions, time.monotonic(), answer=lambda _: None, claim=False,
+                         partials=client.take_partials())
         planner.release_unanswered(client.pending_tags())
