@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import ExitStack
+from dataclasses import replace
 
 import pytest
 from standard_tsp import StandardTitanic
@@ -14,6 +15,7 @@ from titanic_support import (
     raw_dealer,
     recv_within,
     run_cli,
+    running,
     start_broker,
     start_worker,
 )
@@ -21,6 +23,7 @@ from titanic_support import (
 from titanic.client.aio import AsyncTitanicClient
 from titanic.client.tsp import ReplyState, TitanicClient
 from titanic.dispatch.hosted import HostedDispatcher
+from titanic.dispatch.standalone import Dispatcher
 from titanic.errors import RequestTooLargeError, TitanicServiceError
 from titanic.protocol import tsp
 from titanic.store import RequestStatus, SqlStore, open_store
@@ -28,11 +31,17 @@ from titanic.store import RequestStatus, SqlStore, open_store
 SETTINGS = fast_dispatcher(request_timeout=5.0)
 
 
-def titanic_at(stack: ExitStack, db_url: str, **options: int) -> tuple[str, SqlStore]:
-    """A broker with the dispatcher in it, on a store at `db_url`: its endpoint and the store."""
+def titanic_at(stack: ExitStack, db_url: str, *, hosted: bool = True,
+               **options: int) -> tuple[str, SqlStore]:
+    """A broker with the dispatcher in it (or beside it), on a store at `db_url`: its endpoint
+    and the store."""
     store = open_store(db_url, **options)  # type: ignore[arg-type]
     stack.callback(store.close_store)
-    return start_broker(stack, host=HostedDispatcher(store, SETTINGS)).bound[0], store
+    if hosted:
+        return start_broker(stack, host=HostedDispatcher(store, SETTINGS)).bound[0], store
+    endpoint = start_broker(stack).bound[0]
+    stack.enter_context(running(Dispatcher(store, replace(SETTINGS, broker=[endpoint]))))
+    return endpoint, store
 
 
 def stored_bodies(store: SqlStore, ids: list[str]) -> list[tuple[bytes, ...]]:
@@ -41,9 +50,10 @@ def stored_bodies(store: SqlStore, ids: list[str]) -> list[tuple[bytes, ...]]:
     return [request.request for request in found if request is not None]
 
 
+@pytest.mark.parametrize("hosted", [True, False], ids=["in the broker", "own dispatcher"])
 def test_submit_many_stores_every_request_in_order_and_each_is_answered(
-        db_url: str, stack: ExitStack) -> None:
-    endpoint, store = titanic_at(stack, db_url)
+        db_url: str, stack: ExitStack, hosted: bool) -> None:
+    endpoint, store = titanic_at(stack, db_url, hosted=hosted)
     start_worker(stack, endpoint, "echo")
     bodies: list[bytes | str | list[bytes]] = [b"line %d" % n for n in range(200)]
     bodies[7] = "text, sent as UTF-8 \u00e9"

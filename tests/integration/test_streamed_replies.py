@@ -318,3 +318,18 @@ def test_the_cli_shows_a_yielding_tasks_values_as_json(db_url: str, stack: ExitS
     assert (followed.returncode, followed.stdout) == (0, b'"a"\n"b"\n"c"\n'), followed.stderr
     fetched = run_cli("fetch", request_id, "-b", endpoint)
     assert (fetched.returncode, json.loads(fetched.stdout)) == (0, ["a", "b", "c"])
+
+
+def test_a_7mdp_worker_sends_a_generators_parts_as_one_reply(db_url: str,
+                                                             stack: ExitStack) -> None:
+    endpoint, store = titanic(stack, db_url, True)
+
+    def parts(body: Frames) -> Iterator[list[bytes]]:
+        yield [b"one"]
+        yield [b"two"]
+
+    start_worker(stack, endpoint, "joined", parts)  # 7/MDP: no PARTIAL
+    with TitanicClient(endpoint, timeout=2.0) as client:
+        request_id = client.submit("joined", b"")
+        assert list(client.follow(request_id, timeout=20)) == [[b"one", b"two"]]
+    assert store.parts_after(request_id, 0) == []
