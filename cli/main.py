@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "retry": ("titanic_cli.store_commands:retry", "Send a failed or expired request again."),
     "status": ("titanic_cli.store_commands:status", "Show request UUID's state and last error."),
     "submit": ("titanic_cli.tsp_commands:submit", "Store a request for SERVICE, print its UUID."),
+    "submit-many": ("titanic_cli.tsp_commands:submit_many",
+                    "Store one request per line of stdin, print their UUIDs."),
     "up": ("titanic_cli.up:up", "Run the broker with the dispatcher in it (and a demo worker)."),
     "worker": ("titanic_cli.worker_commands:worker", "Run a worker: your own function, or echo."),
 }

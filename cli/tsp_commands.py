@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,7 +13,12 @@ from typing import Any
 import click
 
 from titanic.client.tsp import ReplyState, TitanicClient
-from titanic.errors import ProtocolError
+from titanic.errors import (
+    ProtocolError,
+    RequestFailedError,
+    TitanicTimeoutError,
+    UnknownRequestError,
+)
 from titanic.protocol.failure import split_last_error
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
 from titanic_cli.exitcodes import Exit
@@ -114,14 +120,70 @@ def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: 
         click.echo(request_id)
 
 
+@click.command("submit-many")
+@broker_option
+@client_options
+@dialect_option
+@curve_client_options
+@click.option("--key-prefix", default=None, metavar="PREFIX",
+              help="Give line N the idempotency key PREFIX followed by N (1, 2, ...): the same "
+              "input sent again with the same PREFIX stores nothing twice and prints the same "
+              "UUIDs [default: a random key per line, so this command's own retries are "
+              "stored once].")
+@click.argument("service")
+@handle_errors
+def submit_many(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: str,
+                key_prefix: str | None, service: str, curve: CurveOptions) -> None:
+    """Store one request for SERVICE per line of standard input; print their UUIDs, one a
+    line, in the order of the lines.
+
+    Each line, without its line ending, is one request's only frame. Titanic's server stores
+    them in messages of many requests, each message whole or not at all; the UUIDs are printed
+    once all are stored. A standard 9/TSP server is sent them one by one.
+
+    \b
+    Example:
+      seq 1000 | titanic submit-many echo
+      titanic submit-many --key-prefix import-2026-12-08: billing < orders.txt
+    """
+    utf8_argument(service, "SERVICE")
+    if key_prefix is not None:
+        utf8_argument(key_prefix, "--key-prefix")
+    bodies = _lines(sys.stdin.buffer.read())
+    keys: list[str | None] | None = None
+    if key_prefix is not None:
+        keys = [f"{key_prefix}{number}" for number in range(1, len(bodies) + 1)]
+        if len(f"{key_prefix}{len(bodies)}") > 255:
+            raise UsageProblem(f"--key-prefix {shown(key_prefix)} is too long: a key (the "
+                               "prefix and a line number) is at most 255 characters")
+    if not bodies:
+        return
+    with _client(broker, dialect_name, timeout, retries, curve) as client:
+        request_ids = client.submit_many(service, bodies, keys)
+    sys.stdout.write("".join(f"{request_id}\n" for request_id in request_ids))
+    sys.stdout.flush()
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """Standard input's lines without their endings (\\n or \\r\\n); no line after a last
+    newline."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
 @click.command()
 @broker_option
 @dialect_option
 @click.option("--wait", is_flag=True, help="Poll until the reply arrives or --timeout passes.")
+@click.option("--follow", is_flag=True,
+              help="Print each part of a streamed reply as it is stored, until the request is "
+              "done (a reply that does not stream is one part).")
 @click.option("--timeout", type=click.FloatRange(min=0.001), default=None,
               envvar="TITANIC_TIMEOUT",
-              help="Seconds fetch may take in all [default: 2.5, or 60 with --wait; "
-              "env TITANIC_TIMEOUT].")
+              help="Seconds fetch may take in all [default: 2.5, or 60 with --wait, or no "
+              "limit with --follow; env TITANIC_TIMEOUT].")
 @click.option("--retries", type=click.IntRange(min=0), default=CLIENT_RETRIES, show_default=True,
               envvar="TITANIC_RETRIES", help="Resends of each call after a timeout.")
 @click.option("--raw", is_flag=True, help="Write the reply frames back to back, no newlines.")
@@ -129,9 +191,13 @@ def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: 
 @curve_client_options
 @click.argument("request_id", metavar="UUID")
 @handle_errors
-def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float | None,
-          retries: int, raw: bool, as_json: bool, request_id: str, curve: CurveOptions) -> None:
+def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, follow: bool,
+          timeout: float | None, retries: int, raw: bool, as_json: bool, request_id: str,
+          curve: CurveOptions) -> None:
     """Print the reply to request UUID, one frame per line.
+
+    With --follow, each part of a streamed reply is printed as soon as it is stored, and the
+    command ends when the request is done.
 
     \b
     Exit status: 0 reply printed, 3 still pending, 4 unknown (or closed),
@@ -141,10 +207,17 @@ def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float
     Example:
       titanic fetch 0190c6f2a1b47c3e9d2f00112233aabb
       titanic fetch --wait --timeout 30 0190c6f2a1b47c3e9d2f00112233aabb
+      titanic fetch --follow 0190c6f2a1b47c3e9d2f00112233aabb
     """
+    request_id = check_uuid(request_id)
+    if follow:
+        if wait:
+            raise UsageProblem("--follow waits already: give --follow or --wait, not both")
+        with _client(broker, dialect_name, CLIENT_TIMEOUT_S, retries, curve) as client:
+            _follow(client, request_id, timeout, raw=raw, as_json=as_json)
+        return
     total = timeout if timeout is not None else (60.0 if wait else CLIENT_TIMEOUT_S)
     per_call = min(total, CLIENT_TIMEOUT_S)
-    request_id = check_uuid(request_id)
     show = wait and sys.stderr.isatty()
 
     def progress(elapsed: float) -> None:
@@ -183,6 +256,52 @@ def fetch(broker: tuple[str, ...], dialect_name: str, wait: bool, timeout: float
     fail(f"request {request_id} is {fetched}", _STATE_EXIT[fetched.state])
 
 
+def _follow(client: TitanicClient, request_id: str, timeout: float | None, *, raw: bool,
+            as_json: bool) -> None:
+    """Print each part of the request's reply as it is stored (its frames one a line, back to
+    back with `raw`, one JSON object a part with `as_json`); exit as fetch does when the
+    request does not end done."""
+    out = sys.stdout.buffer
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = 0
+    try:
+        for seen, part in enumerate(client.follow(request_id, timeout=timeout), 1):
+            if as_json:
+                echo_json({"uuid": request_id, "part": seen, **frames_json(part)})
+                continue
+            values = None if raw else _task_values(part)
+            if values is not None:  # a task's: each value it yielded (or returned) as JSON
+                for value in values:
+                    echo_json(value)
+                continue
+            out.write(b"".join(part) if raw else b"".join(f + b"\n" for f in part))
+            out.flush()
+    except UnknownRequestError:
+        fail(f"request {request_id} is unknown", Exit.UNKNOWN)
+    except RequestFailedError as exc:
+        fail(str(exc), Exit.FAILED)
+    except TitanicTimeoutError:
+        if deadline is None or time.monotonic() < deadline:
+            raise
+        fail(f"request {request_id} is still pending after {seen} part(s)", Exit.PENDING)
+
+
+def _task_values(part: list[bytes]) -> list[Any] | None:
+    """The values one part of a task's reply carries, as JSON can hold them; None for a part
+    that is not a task's."""
+    if not part or not part[0].startswith(b"titanic.task/1"):  # msgpack imported only then
+        return None
+    from titanic.tasks.codec import is_task_frames, is_task_stream, to_json
+    from titanic.tasks.handles import part_values
+
+    if not (is_task_stream(part) or is_task_frames(part)):
+        return None
+    try:
+        return [to_json(value) for value in part_values(part)]
+    except ProtocolError:
+        return None
+
+
 #: What _task_result returns for a reply that is not a task's result.
 _NOT_A_TASK = object()
 
@@ -190,11 +309,11 @@ _NOT_A_TASK = object()
 def _task_result(reply: list[bytes]) -> object:
     """A task's return value as JSON can hold it, or _NOT_A_TASK when the reply is not a task's
     result (its frames are then shown as they are)."""
-    if len(reply) != 2:  # the shape of a task's result; msgpack is not imported for others
+    if not reply or not reply[0].startswith(b"titanic.task/1"):  # msgpack only for tasks
         return _NOT_A_TASK
-    from titanic.tasks.codec import decode_result, is_task_frames, to_json
+    from titanic.tasks.codec import decode_result, is_task_frames, is_task_stream, to_json
 
-    if not is_task_frames(reply):
+    if not (is_task_frames(reply) or is_task_stream(reply)):  # a yielding task's: a list
         return _NOT_A_TASK
     try:
         return to_json(decode_result(reply))

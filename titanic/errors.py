@@ -77,6 +77,11 @@ class UnknownRequestError(TitanicError, LookupError):
     live, or (with CURVE) another key's."""
 
 
+class RequestFailedError(TitanicServiceError):
+    """The request failed for good or expired undelivered: it will have no reply (raised while
+    following its reply; str() says how it ended)."""
+
+
 class TaskFailed(TitanicError):
     """A task's request ended without a result: every attempt failed, or it expired.
 

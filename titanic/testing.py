@@ -59,6 +59,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._rows: dict[str, StoredRequest] = {}
         self._keys: dict[str, str] = {}
+        self._parts: dict[str, dict[int, tuple[bytes, ...]]] = {}  # request -> seq -> frames
         self._identity = StoreIdentity(uuid.uuid4().hex, f"memory:{id(self):x}")
 
     def _update(self, request_id: str,
@@ -129,9 +130,11 @@ class MemoryStore:
     def exchange(self, new: Sequence[NewRequest],
                  replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
                  lease: float, *, now: datetime | None = None,
-                 claim_new: Mapping[str, int] | None = None) -> Exchange:
-        """Store new requests and replies, then claim per service; the new requests `claim_new`
-        names are stored claimed (see Store.exchange)."""
+                 claim_new: Mapping[str, int] | None = None,
+                 parts: Sequence[tuple[str, int, Sequence[bytes]]] = (),
+                 trims: Sequence[tuple[str, int]] = ()) -> Exchange:
+        """Store new requests, parts of streamed replies and replies, then claim per service;
+        the new requests `claim_new` names are stored claimed (see Store.exchange)."""
         for request in new:
             check_new_request(request, self.max_request_bytes)
         ids = self.submit_many(new) if new else []
@@ -140,6 +143,7 @@ class MemoryStore:
                      row, status=RequestStatus.DISPATCHED, attempts=1, lease_until=lease_until))
                  for request_id, take in zip(ids, fresh_claims(new, claim_new), strict=True)
                  if take]
+        self._store_parts(parts, trims)
         completed = self.complete_many(replies)
         claimed = [Delivery(row.id, row.service, row.request, row.attempts)
                    for row in fresh if row is not None]
@@ -147,6 +151,25 @@ class MemoryStore:
                     for service, room in claims.items() if room > 0
                     for row in self.claim_due([service], room, lease, now=now)]
         return Exchange(ids, completed, claimed)
+
+    def _store_parts(self, parts: Sequence[tuple[str, int, Sequence[bytes]]],
+                     trims: Sequence[tuple[str, int]]) -> None:
+        with self._lock:
+            for request_id, seq, frames in parts:
+                key = check_request_id(request_id)
+                row = self._rows.get(key)
+                if row is not None and row.status is RequestStatus.DISPATCHED:
+                    self._parts.setdefault(key, {})[seq] = tuple(frames)
+            for request_id, last in trims:
+                stored = self._parts.get(check_request_id(request_id), {})
+                for seq in [seq for seq in stored if seq > last]:
+                    del stored[seq]
+
+    def parts_after(self, request_id: str, after: int) -> list[tuple[int, tuple[bytes, ...]]]:
+        """The stored parts of a streamed reply numbered after `after`, in order."""
+        with self._lock:
+            stored = self._parts.get(check_request_id(request_id), {})
+            return sorted((seq, frames) for seq, frames in stored.items() if seq > after)
 
     def complete(self, request_id: str, reply: Sequence[bytes]) -> bool:
         """Store the reply: done."""
@@ -212,6 +235,7 @@ class MemoryStore:
             if row is None or (owners is not None and row.owner not in owners):
                 return
             del self._rows[key]
+            self._parts.pop(key, None)
             if row is not None and row.idempotency_key:
                 self._keys.pop(row.idempotency_key, None)
 

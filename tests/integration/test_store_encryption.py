@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, select
 from titanic.errors import StoreError
 from titanic.store import RequestStatus, SqlStore, open_store
 from titanic.store.crypto import is_sealed, key_id, load_store_keys, write_store_key
+from titanic.store.models import reply_parts_table as parts
 from titanic.store.models import requests_table as t
 
 SECRET = b"the launch code is 0000"
@@ -108,3 +109,28 @@ def test_a_request_that_cannot_be_opened_fails_instead_of_blocking_its_service(
     failed = writer.get(lost)
     assert failed is not None and failed.status is RequestStatus.FAILED
     assert "not in the store key file" in (failed.last_error or "")
+
+
+def test_parts_of_streamed_replies_are_sealed_and_resealed(
+        url: str, key_file: Path, stores: list[SqlStore]) -> None:
+    old = open_store(url, store_key=key_file)
+    stores.append(old)
+    request_id = old.submit("svc", [b"x"])
+    old.exchange([], [], {"svc": 1}, 30)
+    old.exchange([], [], {}, 30, parts=[(request_id, 1, [SECRET]), (request_id, 2, [b"two"])])
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            blobs = [row.frames for row in conn.execute(select(parts.c.frames))]
+    finally:
+        engine.dispose()
+    assert len(blobs) == 2 and all(is_sealed(blob) and SECRET not in blob for blob in blobs)
+    write_store_key(key_file, rotate=True)
+    new_key, _ = load_store_keys(key_file)
+    rotated = open_store(url, store_key=key_file)
+    stores.append(rotated)
+    assert rotated.rekey(batch=1) == 3  # the request and the two parts
+    key_file.write_text(new_key.hex() + "\n")  # the old key removed
+    only_new = open_store(url, store_key=key_file)
+    stores.append(only_new)
+    assert only_new.parts_after(request_id, 0) == [(1, (SECRET,)), (2, (b"two",))]

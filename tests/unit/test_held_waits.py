@@ -6,11 +6,23 @@ from titanic.dispatch.held_waits import MAX_HOLD_S, Held, HeldWaits, parse_hold
 
 
 def test_a_wait_body_is_a_uuid_and_milliseconds_capped() -> None:
-    assert parse_hold([b"u" * 32, b"1500"]) == (b"u" * 32, 1.5)
-    assert parse_hold([b"u" * 32, b"99999999"]) == (b"u" * 32, MAX_HOLD_S)
+    assert parse_hold([b"u" * 32, b"1500"]) == (b"u" * 32, 1.5, None)
+    assert parse_hold([b"u" * 32, b"99999999"]) == (b"u" * 32, MAX_HOLD_S, None)
+    assert parse_hold([b"u" * 32, b"1500", b"7"]) == (b"u" * 32, 1.5, 7)  # the follow form
     for bad in ([b"u" * 32], [b"u" * 32, b"-1"], [b"u" * 32, b"1.5"], [b"u" * 32, b""],
-                [b"u" * 32, b"1", b"extra"]):
+                [b"u" * 32, b"1", b"extra"], [b"u" * 32, b"1", b""],
+                [b"u" * 32, b"1", b"2", b"3"]):
         assert parse_hold(bad) is None
+
+
+def test_a_follow_is_answered_when_its_request_gains_parts_and_a_wait_is_not() -> None:
+    waits = HeldWaits()
+    waits.hold("follow", "r1", 0.0, 5.0)
+    waits.hold("wait", "r1", 0.0, 5.0)
+    assert waits.progressed(["r1", "r2"], lambda key: key == "follow") == [
+        Held("follow", "r1", True)]
+    assert waits.progressed(["r1"], lambda key: key == "follow") == []
+    assert waits.finished(["r1"]) == [Held("wait", "r1", True)]
 
 
 def test_a_finished_request_releases_every_wait_for_it_and_only_those() -> None:

@@ -7,9 +7,11 @@ from dataclasses import replace
 import pytest
 
 from titanic.client import Completion
+from titanic.client.mdp import Partial
 from titanic.dispatch.planner import Forwarded, Planner, PresenceCheck
 from titanic.dispatch.settings import DispatcherSettings, DispatcherStats
 from titanic.errors import StoreError
+from titanic.protocol.failure import FailureKind, build_failure
 from titanic.protocol.mdp import Frames
 from titanic.store import RequestStatus
 from titanic.testing import MemoryStore, MemoryTransport
@@ -400,3 +402,46 @@ def test_kept_forwards_keep_their_transport_slots() -> None:
     t.submit(b"echo", b"third")  # sends the second; nothing more fits
     assert t.forwarded() == [Forwarded(first, "echo"), Forwarded(second, "echo")]
     assert t.transport.free_slots == 0
+
+
+# -- streamed replies -------------------------------------------------------------------------
+
+def streamed(t: Turns, parts: list[Frames], final: Frames) -> Completion:
+    """The completion of the one forwarded request after `parts` came as its PARTIALs, each
+    stored in a turn of its own."""
+    [tag] = t.forwarded()
+    for seq, body in enumerate(parts, 1):
+        t.now += t.step
+        t.planner.turn([], [], t.now, answer=t.answers.extend,
+                       partials=[Partial(tag, seq, body)])
+    done = t.transport.complete(tag, [frame for part in parts for frame in part] + final)
+    return done._replace(final_from=sum(map(len, parts)))
+
+
+def test_each_partial_is_stored_as_it_comes_and_the_final_is_the_last_part() -> None:
+    t = Turns()
+    request_id = t.submit(b"stream", b"x")
+    t.say_present("stream")
+    done = streamed(t, [[b"a"], [b"b", b"c"]], [b"d"])
+    assert t.store.parts_after(request_id, 0) == [(1, (b"a",)), (2, (b"b", b"c"))]
+    assert t.planner.take_progressed() == {request_id}
+    t.turn(completions=[done])
+    assert t.store.parts_after(request_id, 2) == [(3, (b"d",))]
+    assert t.store.get(request_id).reply == (b"a", b"b", b"c", b"d")  # type: ignore[union-attr]
+
+
+def test_a_failure_report_after_parts_is_retried_and_the_next_attempt_trims() -> None:
+    t = Turns()
+    request_id = t.submit(b"stream", b"x")
+    t.say_present("stream")
+    failed = streamed(t, [[b"1"], [b"2"], [b"3"]],
+                      build_failure(FailureKind.RETRY, "RuntimeError: boom"))
+    t.turn(completions=[failed])
+    assert t.store.get(request_id).status is RequestStatus.PENDING  # type: ignore[union-attr]
+    assert t.store.parts_after(request_id, 0) == [(1, (b"1",)), (2, (b"2",)), (3, (b"3",))]
+    t.planner.survey()  # the retry is due: found by the next survey
+    t.turn()
+    done = streamed(t, [[b"1"]], [])  # the next attempt streams one part, then an empty FINAL
+    t.turn(completions=[done])
+    assert t.store.get(request_id).reply == (b"1",)  # type: ignore[union-attr]
+    assert t.store.parts_after(request_id, 0) == [(1, (b"1",))], "the earlier 2 and 3 trimmed"

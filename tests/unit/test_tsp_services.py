@@ -7,12 +7,19 @@ import pytest
 from titanic.dispatch.services import (
     check_requests,
     handle_close,
+    handle_follow,
     handle_reply,
     refuse_over_owner_limit,
 )
 from titanic.protocol.identity import Caller
-from titanic.protocol.tsp import parse_status
-from titanic.store import RequestStatus
+from titanic.protocol.tsp import (
+    BatchItem,
+    FollowPage,
+    build_batch,
+    parse_follow_answer,
+    parse_status,
+)
+from titanic.store import NewRequest, RequestStatus
 from titanic.testing import MemoryStore, answer_requests
 
 
@@ -134,3 +141,83 @@ def test_idempotency_keys_of_different_owners_never_meet(store: MemoryStore) -> 
     assert store.get(bobs).owner == BOB.key  # type: ignore[union-attr]
     long_key = [b"", b"k" * 255, b"echo", b"x"]
     assert submit_as(store, ALICE, *long_key) == submit_as(store, ALICE, *long_key)
+
+
+# -- the batch form -------------------------------------------------------------------------------
+
+def batch(*items: tuple[tuple[bytes, ...], str | None]) -> list[bytes]:
+    return build_batch(b"echo", [BatchItem(frames, key) for frames, key in items])
+
+
+def test_a_batch_is_answered_with_its_uuids_in_order(store: MemoryStore) -> None:
+    lone = submit(store, b"echo", b"before")
+    [answer, other] = answer_requests(store, [
+        batch(((b"a",), None), ((b"b", b"2"), "k"), ((b"c",), "k"), ((), None)),
+        [b"echo", b"after"]])
+    assert answer[0] == b"200" and len(answer) == 5
+    ids = [frame.decode() for frame in answer[1:]]
+    assert ids[1] == ids[2], "a key repeated within a batch names the first request"
+    assert [store.get(i).request for i in ids] == [  # type: ignore[union-attr]
+        (b"a",), (b"b", b"2"), (b"b", b"2"), ()]
+    assert other[0] == b"200" and len({lone, other[1].decode(), *ids}) == 5
+
+
+def test_a_batch_is_refused_whole(store: MemoryStore) -> None:
+    over_limit = batch(((b"x" * 600,), None), ((b"y" * 600,), None))
+    bad_key = [*batch(((b"a",), None)), b"1 \xff", b"b"]
+    answers = answer_requests(store, [over_limit, bad_key, [b"", b"", b""],
+                                      [b"", b"", b"echo"], [b"", b"", b"echo", b"x"]])
+    assert [answer[0] for answer in answers] == [b"200", b"400", b"400", b"400", b"400"]
+    assert b"batch request 2: the idempotency key is not UTF-8" in answers[1][1]
+    assert b"at least one request" in answers[3][1]
+    assert b"bad head frame" in answers[4][1]
+    small = MemoryStore(max_request_bytes=1000)
+    [refused] = answer_requests(small, [over_limit])
+    assert refused[0] == b"400" and b"1200 bytes" in refused[1]
+    assert small.stats().counts == {}
+
+
+def test_a_batch_over_a_keys_stored_limit_is_refused_whole() -> None:
+    bodies = [batch(((b"1",), None), ((b"2",), None)), [b"echo", b"3"],
+              batch(((b"4",), None), ((b"5",), None), ((b"6",), None))]
+    accepted, answers = check_requests(bodies, 1000, [ALICE, ALICE, ALICE])
+    kept = refuse_over_owner_limit(answers, accepted, {ALICE.key: 1}, limit=4)
+    assert [index for index, _ in kept] == [0, 0, 1]
+    assert answers[2] is not None and answers[2][0] == b"503"
+
+
+# -- the follow form of titanic.wait ---------------------------------------------------------
+
+def streaming(store: MemoryStore, parts: list[list[bytes]]) -> str:
+    [request_id] = store.exchange([NewRequest("s", (b"x",))], [], {}, 30.0,
+                                  claim_new={"s": 1}).ids
+    store.exchange([], [], {}, 30.0, parts=[(request_id, seq, frames)
+                                            for seq, frames in enumerate(parts, 1)])
+    return request_id
+
+
+def follow(store: MemoryStore, request_id: str, after: int) -> FollowPage:
+    return parse_follow_answer(handle_follow(store, request_id.encode(), after))
+
+
+def test_a_follow_gives_the_parts_after_a_number_and_whether_done(store: MemoryStore) -> None:
+    request_id = streaming(store, [[b"a"], [b"b", b"c"]])
+    assert follow(store, request_id, 0) == FollowPage(False, [(1, (b"a",)), (2, (b"b", b"c"))])
+    assert follow(store, request_id, 2) == FollowPage(False, [])
+    store.complete(request_id, [b"a", b"b", b"c"])
+    assert follow(store, request_id, 1) == FollowPage(True, [(2, (b"b", b"c"))])
+    assert handle_follow(store, b"0" * 32, 0) == [b"400", b"unknown"]
+
+
+def test_a_done_reply_whose_parts_do_not_match_it_is_followed_whole(store: MemoryStore) -> None:
+    cut_short = streaming(store, [[b"a"]])  # its later PARTIALs were never stored
+    store.complete(cut_short, [b"a", b"b", b"c"])
+    assert follow(store, cut_short, 1) == FollowPage(True, [(2, (b"b", b"c"))])
+    stale = streaming(store, [[b"old"]])  # an earlier attempt's part
+    store.complete(stale, [b"new"])
+    assert follow(store, stale, 0) == FollowPage(True, [(1, (b"new",))])
+    plain = submit(store, b"echo", b"p")
+    store.exchange([], [], {"echo": 1}, 30.0)
+    store.complete(plain, [b"whole", b"reply"])
+    assert follow(store, plain, 0) == FollowPage(True, [(1, (b"whole", b"reply"))])
+    assert follow(store, plain, 1) == FollowPage(True, [])

@@ -223,6 +223,11 @@ class BrokerCore:
         came since the last call, oldest first."""
         return self._local.take()
 
+    def take_local_partials(self) -> list[tuple[bytes, Frames]]:
+        """The PARTIALs of streamed replies to the host's own requests that came since the
+        last call, oldest first, as (address, frames); the reply still joins them all."""
+        return self._local.take_partials()
+
     def answer_local(self, request: LocalRequest, body: Frames) -> list[Outgoing]:
         """The reply to a request for a local service, in the dialect its client spoke."""
         out: list[Outgoing] = []
@@ -514,6 +519,8 @@ class BrokerCore:
         client, dialect, sent_at, _, _ = worker.outstanding[0]
         service = worker.service.name
         if not final:
+            if client.startswith(self._local_prefix):
+                self._local.partials.append((client, body))  # the host stores it as it comes
             if dialect is Dialect.MDP01:
                 worker.partials.extend(body)  # 7/MDP clients get the whole reply at once
             else:

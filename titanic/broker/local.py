@@ -39,6 +39,8 @@ class LocalDesk:
         self.services = services
         self.requests: list[LocalRequest] = []
         self.replies: list[LocalReply] = []
+        #: PARTIALs of streamed replies to the host's requests: (address, frames).
+        self.partials: list[tuple[bytes, Frames]] = []
         # libzmq's own peer addresses start with a zero byte and are five bytes long; the
         # host's are longer and start with a random prefix.
         self.prefix = b"\x00" + os.urandom(8)
@@ -48,6 +50,11 @@ class LocalDesk:
         """An address for the host's next request."""
         self._count += 1
         return self.prefix + self._count.to_bytes(8, "big")
+
+    def take_partials(self) -> list[tuple[bytes, Frames]]:
+        """The PARTIALs that came for the host's requests since the last call, oldest first."""
+        partials, self.partials = self.partials, []
+        return partials
 
     def take(self) -> tuple[list[LocalRequest], list[LocalReply]]:
         """Everything that came for the host since the last call, oldest first."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 import zmq
@@ -23,6 +23,8 @@ from titanic.client.answers import (
     Unreachable,
     check_close,
     check_key,
+    check_keys,
+    encode_bodies,
     encode_frames,
     service_name,
     uuid_frame,
@@ -30,7 +32,7 @@ from titanic.client.answers import (
 )
 from titanic.client.connect_watch import ConnectWatch
 from titanic.client.mdp import Brokers
-from titanic.client.session import Ask, Conversation, Op, Pause, Survey, TspSession
+from titanic.client.session import Ask, Conversation, Follower, Op, Pause, Survey, TspSession
 from titanic.errors import BrokerRefusedError, ClientClosedError, EndpointError, ProtocolError
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_client_reply
@@ -86,6 +88,21 @@ class AsyncTitanicClient:
         return await self._run(self._session.submit(service_name(service), encode_frames(frames),
                                                     check_key(key)))
 
+    async def submit_many(self, service: str | bytes,
+                          bodies: Iterable[bytes | str | Sequence[bytes | str]],
+                          keys: Sequence[str | None] | None = None) -> list[str]:
+        """Store many requests for `service`; returns their UUIDs in order, once all are stored.
+
+        Each body is one frame (`bytes`, or `str` sent as UTF-8) or a sequence of frames;
+        `keys`, if given, holds one idempotency key per body (None for a random one), as
+        submit takes them. Titanic's server stores them in messages of many requests, each
+        message in one transaction, whole or not at all; a standard 9/TSP server is sent them
+        one by one. On an error, the requests of the messages already answered are stored.
+        """
+        encoded = encode_bodies(bodies)
+        return await self._run(self._session.submit_many(service_name(service), encoded,
+                                                   check_keys(keys, len(encoded))))
+
     async def fetch(self, request_id: str, *, within: float | None = None) -> Fetched:
         """Ask once for the reply to a request (taking at most `within` seconds, if given)."""
         return await self._run(self._session.fetch(uuid_frame(request_id), within))
@@ -97,6 +114,17 @@ class AsyncTitanicClient:
         return await self._run(self._session.wait(
             uuid_frame(request_id), timeout, interval=interval, interval_max=interval_max,
             progress=progress))
+
+    async def follow(self, request_id: str, *, after: int = 0,
+                     timeout: float | None = None) -> AsyncIterator[Frames]:
+        """Each part of the request's reply as soon as it is stored, until it is done; as
+        TitanicClient.follow, as an async iterator."""
+        follower = Follower(request_id, after, timeout)
+        frame = uuid_frame(request_id)
+        while not follower.done:
+            page = await self._run(self._session.follow(frame, follower.after, follower.hold()))
+            for part in follower.take(page):
+                yield part
 
     async def close_request(self, request_id: str) -> None:
         """Delete a request and its reply (fine for an unknown UUID)."""

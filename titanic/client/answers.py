@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from titanic.errors import (
     BrokerRefusedError,
@@ -88,6 +89,40 @@ def encode_frames(frames: Sequence[bytes | str]) -> Frames:
     return encoded
 
 
+def encode_bodies(bodies: Iterable[bytes | str | Sequence[bytes | str]]) -> list[Frames]:
+    """submit_many's request bodies as frames: a `bytes` or `str` is a body of one frame,
+    another sequence a body of those frames (`str` ones as UTF-8); TypeError naming the first
+    body that is neither."""
+    encoded: list[Frames] = []
+    for number, body in enumerate(bodies, 1):
+        if isinstance(body, str | bytes | bytearray | memoryview):
+            frames: Sequence[bytes | str] = [body]  # type: ignore[list-item]
+        elif isinstance(body, Sequence):
+            frames = cast("Sequence[bytes | str]", body)
+        else:
+            raise TypeError(f"request body {number} is {type(body).__name__}: a body is bytes, "
+                            "str, or a sequence of frames")
+        try:
+            encoded.append(encode_frames(frames))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"request body {number}: {exc}") from None
+    return encoded
+
+
+def check_keys(keys: Sequence[str | None] | None, count: int) -> list[str | None]:
+    """submit_many's idempotency keys, one per body (None: a random key); TypeError or
+    ValueError if they do not match the bodies."""
+    if keys is None:
+        return [None] * count
+    found = list(keys)
+    if len(found) != count:
+        raise ValueError(f"{len(found)} keys for {count} request bodies: give one key per "
+                         "body (None for a random one)")
+    for key in found:
+        check_key(key)
+    return found
+
+
 def uuid_frame(request_id: str) -> bytes:
     """A request UUID, given in either form and case, as the frame TSP expects; TypeError if it
     is not a str, ProtocolError (one line, the value as text) if it is not a UUID."""
@@ -110,6 +145,21 @@ def parse_submitted(reply: Frames) -> str:
         text = tsp.answer_text(reply) or "no reason given"
         raise TitanicServiceError(f"titanic.request refused the request: {code} {text}")
     return tsp.parse_uuid(reply[1])
+
+
+def parse_submitted_many(reply: Frames, count: int) -> list[str]:
+    """The `count` UUIDs from a batch titanic.request's answer, in order; TitanicServiceError
+    if the batch was refused, ProtocolError if the answer lists another number of them."""
+    if not reply:
+        raise ProtocolError("titanic.request answered with no status frame")
+    code = tsp.parse_status(reply[0])
+    if code != tsp.Status.OK:
+        text = tsp.answer_text(reply) or "no reason given"
+        raise TitanicServiceError(f"titanic.request refused the batch: {code} {text}")
+    if len(reply) != count + 1:
+        raise ProtocolError(f"titanic.request answered a batch of {count} with "
+                            f"{len(reply) - 1} UUIDs")
+    return [tsp.parse_uuid(frame) for frame in reply[1:]]
 
 
 def check_close(reply: Frames) -> None:

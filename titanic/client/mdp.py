@@ -39,7 +39,7 @@ from titanic.protocol.mdp import Dialect, Frames, build_client_request, parse_cl
 from titanic.protocol.refusal import marked_routing_id, parse_refusal
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S, broker_list
 
-__all__ = ["DIAGNOSE_TIMEOUT_S", "Brokers", "Client", "Completion", "Connection",
+__all__ = ["DIAGNOSE_TIMEOUT_S", "Brokers", "Client", "Completion", "Connection", "Partial",
            "PipelinedClient", "collect_parts", "explain_timeout"]
 
 Brokers = str | Sequence[str]
@@ -325,11 +325,23 @@ class Client:
 
 
 class Completion(NamedTuple):
-    """A finished pipelined request: the reply body, or the error that ended it."""
+    """A finished pipelined request: the reply body (every part joined), or the error that
+    ended it."""
 
     tag: Hashable
     reply: Frames | None
     error: Exception | None
+    #: Where the FINAL's frames start in `reply`: after the frames of the PARTIALs before it.
+    final_from: int = 0
+
+
+class Partial(NamedTuple):
+    """A part of a streamed reply (an 18/MDP PARTIAL) to a request still in flight: its tag,
+    the part's number (from 1, per attempt) and its frames."""
+
+    tag: Hashable
+    seq: int
+    body: Frames
 
 
 class _Slot:
@@ -339,6 +351,7 @@ class _Slot:
         "body",
         "connection",
         "generation",
+        "part_count",
         "parts",
         "service",
         "tag",
@@ -353,6 +366,7 @@ class _Slot:
         self.generation = 0  # bumped at every new deadline: older heap entries are stale
         self.attempts_left = 0
         self.parts: Frames = []
+        self.part_count = 0
         self.timeout = 0.0
         self.attempts = 0
 
@@ -368,6 +382,9 @@ class PipelinedClient:
     `poll()` waits by itself. A caller with sockets of its own to watch (the dispatcher) passes a
     shared SocketSet, waits on it, and hands the ready sockets to `collect()`, then calls
     `expire()` for requests whose time ran out.
+
+    With `stream_parts` (and an 18/MDP dialect), each PARTIAL that comes is also kept as a
+    `Partial` for `take_partials()`, as it arrives; the Completion still joins every part.
     """
 
     def __init__(
@@ -381,6 +398,7 @@ class PipelinedClient:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         configure_socket: SocketHook | None = None,
         sockets: SocketSet | None = None,
+        stream_parts: bool = False,
     ) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")
@@ -402,6 +420,13 @@ class PipelinedClient:
         self._dialect = dialect
         self._configure = configure_socket
         self._closed = False
+        self._stream_parts = stream_parts
+        self._partials: list[Partial] = []
+
+    def take_partials(self) -> list[Partial]:
+        """The PARTIALs that came since the last call, oldest first (with `stream_parts`)."""
+        partials, self._partials = self._partials, []
+        return partials
 
     def _take_slot(self) -> _Slot:
         """A free slot, the most recently used first, or a new one while fewer than `depth`."""
@@ -450,6 +475,7 @@ class PipelinedClient:
         slot.attempts = slot.attempts_left + 1
         slot.timeout = self.timeout if timeout is None else timeout
         slot.parts = []
+        slot.part_count = 0
         self._arm(slot, time.monotonic())
         # No touch() after this send: a free slot's socket has nothing to read (a timed-out
         # request's socket is replaced), so the send cannot swallow a reply's wake-up.
@@ -520,10 +546,14 @@ class PipelinedClient:
                 self._finish(slot, done, None, result)
             return
         final, body = result
+        final_from = len(slot.parts)
         slot.parts.extend(body)
         if final:
-            self._finish(slot, done, slot.parts, None)
+            self._finish(slot, done, slot.parts, None, final_from)
         else:
+            if self._stream_parts:
+                slot.part_count += 1
+                self._partials.append(Partial(slot.tag, slot.part_count, body))
             self._arm(slot, time.monotonic())  # each part restarts the clock
 
     def expire(self, now: float) -> list[Completion]:
@@ -547,6 +577,7 @@ class PipelinedClient:
         slot.attempts_left -= 1
         self._reopen(slot)
         slot.parts = []
+        slot.part_count = 0
         self._arm(slot, now)
         slot.connection.send(slot.service, slot.body)
 
@@ -558,8 +589,8 @@ class PipelinedClient:
         self._track(slot)
 
     def _finish(self, slot: _Slot, done: list[Completion], reply: Frames | None,
-                error: Exception | None) -> None:
-        done.append(Completion(slot.tag, reply, error))
+                error: Exception | None, final_from: int = 0) -> None:
+        done.append(Completion(slot.tag, reply, error, final_from))
         self._busy.discard(slot)
         slot.body = ()
         slot.parts = []

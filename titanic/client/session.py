@@ -13,7 +13,8 @@ What serves Titanic at a broker is asked once (8/MMI), before the first submit s
 titanic's own server answers `titanic.store`, takes the keyed `titanic.request` (idempotent
 submits) and names its store; a standard 9/TSP server (the guide's) is sent the plain form,
 which it stores as given. Brokers whose servers name different stores stop a submit before it
-stores anything.
+stores anything. A server that lists the batch form (`titanic.batch`) among its extensions is
+sent submit_many's requests in messages of many; another is sent them one by one.
 """
 
 from __future__ import annotations
@@ -33,18 +34,22 @@ from titanic.client.answers import (
     explain_timeout,
     parse_fetch,
     parse_submitted,
+    parse_submitted_many,
     unreachable_error,
 )
 from titanic.errors import (
     ProtocolError,
+    RequestFailedError,
     RequestTooLargeError,
     StoreMismatchError,
     TitanicError,
+    TitanicServiceError,
     TitanicTimeoutError,
+    UnknownRequestError,
 )
 from titanic.protocol import mmi, tsp
 from titanic.protocol.mdp import Frames
-from titanic.protocol.tsp import ServingStore, parse_store_answer
+from titanic.protocol.tsp import FollowPage, ServingStore, parse_store_answer
 
 log = logging.getLogger("titanic.client")
 
@@ -60,6 +65,9 @@ HOLD_S = 5.0
 #: taken for a standard one, in seconds: titanic's dispatcher registers its services one
 #: connection at a time, so a client may ask between two of them.
 STANDARD_SERVER_S = 0.3
+#: The most requests submit_many puts in one message: each message is one transaction, which
+#: must commit well within the client's timeout.
+BATCH_MAX_ITEMS = 5000
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,48 @@ def timeout_error(exc: TitanicTimeoutError, service: bytes, broker: str,
 
 def _where(brokers: Sequence[str]) -> str:
     return brokers[0] if len(brokers) == 1 else f"any of {', '.join(brokers)}"
+
+
+class Follower:
+    """Where following one streamed reply stands, without I/O: the last part number seen (so
+    that a question sent again after a reconnect resumes there, no part repeated or lost), the
+    deadline, and whether it is done. The adapters ask `session.follow(frame, after, hold())`
+    until `done`, handing each answer to `take()`."""
+
+    def __init__(self, request_id: str, after: int, timeout: float | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.request_id = request_id
+        self.after = after
+        self.done = False
+        self._clock = clock
+        self._deadline = None if timeout is None else clock() + timeout
+
+    def hold(self) -> float:
+        """How long the next question may be held; TitanicTimeoutError once time is up."""
+        if self._deadline is None:
+            return HOLD_S
+        remaining = self._deadline - self._clock()
+        if remaining <= 0:
+            raise TitanicTimeoutError(f"request {self.request_id} is not done: following it "
+                                      f"stopped after part {self.after}")
+        return min(HOLD_S, remaining)
+
+    def take(self, page: FollowPage | Fetched) -> list[Frames]:
+        """The new parts an answer brings, in order; UnknownRequestError or
+        TitanicServiceError when the request is unknown, failed or expired."""
+        if isinstance(page, Fetched):
+            if page.state is ReplyState.UNKNOWN:
+                raise UnknownRequestError(f"request {self.request_id} is unknown")
+            if page.state in (ReplyState.FAILED, ReplyState.EXPIRED):
+                raise RequestFailedError(f"request {self.request_id} is {page}")
+            raise TitanicServiceError(f"request {self.request_id} is {page}")
+        parts: list[Frames] = []
+        for seq, frames in page.parts:
+            if seq > self.after:
+                self.after = seq
+                parts.append(list(frames))
+        self.done = page.done
+        return parts
 
 
 class TspSession:
@@ -186,6 +236,49 @@ class TspSession:
             self._no_answer(index, reply, unreachable)
         raise (yield from self._timeout(tsp.REQUEST_SERVICE, budget, unreachable))
 
+    def submit_many(self, service: bytes, bodies: Sequence[Frames],
+                    keys: Sequence[str | None]) -> Conversation[list[str]]:
+        """Store many requests for one service: their UUIDs in order. A server with the batch
+        form is sent them in messages of many (within its max_request_bytes and
+        BATCH_MAX_ITEMS each), every message stored whole or not at all; another server, one
+        by one. Each request has its key (a random one for None) on every resend."""
+        items = [tsp.BatchItem(tuple(frames), uuid.uuid4().hex if key is None else key)
+                 for frames, key in zip(bodies, keys, strict=True)]
+        ids: list[str] = []
+        while len(ids) < len(items):
+            batch = yield from self._submit_batch(service, items, len(ids))
+            if batch is None:  # no batch form there: this one alone
+                item = items[len(ids)]
+                batch = [(yield from self.submit(service, list(item.frames), item.key))]
+            ids.extend(batch)
+        return ids
+
+    def _submit_batch(self, service: bytes, items: Sequence[tsp.BatchItem], start: int
+                      ) -> Conversation[list[str] | None]:
+        """The UUIDs of the requests from items[start] that one batch message stored (as many
+        as fit in one), with the client's retries and failover; None if the server reached
+        takes no batches."""
+        budget = CallBudget.of(self.timeout, self.retries, None)
+        if not self._surveyed:
+            yield from self._survey(budget.timeout)
+        unreachable: dict[int, Unreachable] = {}
+        for _ in range(budget.retries + 1):
+            index = self.current
+            server: Server | Unreachable | None = self._servers.get(index)
+            if server is None:
+                server = yield from self._vet(index, budget.timeout)
+            reply: Frames | Unreachable | None = server if not isinstance(server, Server) else None
+            if isinstance(server, Server):
+                if server.store is None or tsp.BATCH_FORM not in server.store.extensions:
+                    return None
+                chunk = _batch_chunk(items, start, server, self.brokers[index])
+                body = tsp.build_batch(service, chunk)
+                reply = yield Ask(index, tsp.REQUEST_SERVICE, body, budget.timeout)
+                if isinstance(reply, list):
+                    return parse_submitted_many(reply, len(chunk))
+            self._no_answer(index, reply, unreachable)
+        raise (yield from self._timeout(tsp.REQUEST_SERVICE, budget, unreachable))
+
     def fetch(self, request_id: bytes, within: float | None = None) -> Conversation[Fetched]:
         """Ask once for a request's reply (with retries)."""
         return parse_fetch((yield from self.call(tsp.REPLY_SERVICE, [request_id], within)))
@@ -215,6 +308,43 @@ class TspSession:
             if not held:
                 yield Pause(min(interval, remaining))
                 interval = min(interval_max, interval * 1.5)
+
+    def follow(self, request_id: bytes, after: int, hold: float
+               ) -> Conversation[FollowPage | Fetched]:
+        """One question about a streamed reply: its parts numbered after `after` and whether
+        it is done, held by the server up to `hold` seconds (HOLD_S at most) while there is
+        none; a Fetched instead when the request failed, expired or is unknown. A server
+        without the follow form is asked titanic.wait (or polled), and its reply, once done, is
+        one part. Sent again after a timeout, to this broker or the next (asking is
+        idempotent: the caller's `after` says where it stands)."""
+        hold = max(0.0, min(HOLD_S, hold))
+        budget = CallBudget.of(self.timeout, self.retries, None)
+        unreachable: dict[int, Unreachable] = {}
+        for _ in range(budget.retries + 1):
+            index = self.current
+            server: Server | Unreachable | None = self._servers.get(index)
+            if server is None:
+                server = yield from self._vet(index, budget.timeout)
+            reply: Frames | Unreachable | None = server if not isinstance(server, Server) else None
+            if isinstance(server, Server):
+                if server.store is None or tsp.FOLLOW_FORM not in server.store.extensions:
+                    return (yield from self._follow_whole(request_id, after, hold))
+                body = [request_id, b"%d" % int(hold * 1000), b"%d" % after]
+                reply = yield Ask(index, tsp.WAIT_SERVICE, body, hold + budget.timeout)
+                if isinstance(reply, list):
+                    return _follow_page(reply)
+            self._no_answer(index, reply, unreachable)
+        raise (yield from self._timeout(tsp.WAIT_SERVICE, budget, unreachable))
+
+    def _follow_whole(self, request_id: bytes, after: int, hold: float
+                      ) -> Conversation[FollowPage | Fetched]:
+        """follow() where the server has no follow form: the reply, once done, as part 1."""
+        fetched = yield from self.wait(request_id, hold)
+        if fetched.state is ReplyState.DONE:
+            return FollowPage(True, [(1, tuple(fetched.reply))] if after < 1 else [])
+        if fetched.state is ReplyState.PENDING:
+            return FollowPage(False, [])
+        return fetched
 
     def _held_fetch(self, request_id: bytes, remaining: float) -> Conversation[Fetched | None]:
         """titanic.wait, held up to `remaining` seconds (HOLD_S at most), where the current
@@ -361,7 +491,7 @@ class TspSession:
         return timeout_error(error, service, self.broker, present)
 
 
-def _check_size(frames: Frames, server: Server, broker: str) -> None:
+def _check_size(frames: Sequence[bytes], server: Server, broker: str) -> None:
     """RequestTooLargeError, before anything is sent, for a request body over the largest
     the server at `broker` says it stores."""
     limit = server.store.max_request_bytes if server.store is not None else None
@@ -370,6 +500,31 @@ def _check_size(frames: Frames, server: Server, broker: str) -> None:
         raise RequestTooLargeError(
             f"the request body is {size:,} bytes, over the {limit:,} bytes that the Titanic "
             f"server at {broker} stores (its --max-request-size)")
+
+
+def _batch_chunk(items: Sequence[tsp.BatchItem], start: int, server: Server, broker: str
+                 ) -> list[tsp.BatchItem]:
+    """The requests from items[start] that go in one batch message: at most BATCH_MAX_ITEMS,
+    their bodies together within the server's max_request_bytes (RequestTooLargeError for a
+    request over it alone)."""
+    limit = server.store.max_request_bytes if server.store is not None else None
+    chunk: list[tsp.BatchItem] = []
+    size = 0
+    for item in items[start:start + BATCH_MAX_ITEMS]:
+        _check_size(item.frames, server, broker)
+        size += sum(map(len, item.frames))
+        if chunk and limit is not None and size > limit:
+            break
+        chunk.append(item)
+    return chunk
+
+
+def _follow_page(reply: Frames) -> FollowPage | Fetched:
+    """A follow answer: the page of parts, or (not a 200) where the request stands."""
+    if reply and reply[0][:3] == b"200":
+        return tsp.parse_follow_answer(reply)
+    fetched = parse_fetch(reply)
+    return FollowPage(False, []) if fetched.state is ReplyState.PENDING else fetched
 
 
 def _found(answer: Frames | Unreachable | None) -> bool:

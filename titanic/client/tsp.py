@@ -11,7 +11,7 @@ module sends and waits for them on blocking sockets.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import zmq
@@ -25,6 +25,8 @@ from titanic.client.answers import (
     Unreachable,
     check_close,
     check_key,
+    check_keys,
+    encode_bodies,
     encode_frames,
     parse_fetch,
     parse_submitted,
@@ -33,7 +35,16 @@ from titanic.client.answers import (
     worker_gone,
 )
 from titanic.client.mdp import Brokers, Connection, collect_parts
-from titanic.client.session import Ask, Conversation, Op, Pause, Survey, TspSession, timeout_error
+from titanic.client.session import (
+    Ask,
+    Conversation,
+    Follower,
+    Op,
+    Pause,
+    Survey,
+    TspSession,
+    timeout_error,
+)
 from titanic.errors import BrokerRefusedError, ClientClosedError, TitanicServiceError
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Dialect, Frames
@@ -78,6 +89,21 @@ class TitanicClient:
         return self._run(self._session.submit(service_name(service), encode_frames(frames),
                                               check_key(key)))
 
+    def submit_many(self, service: str | bytes,
+                    bodies: Iterable[bytes | str | Sequence[bytes | str]],
+                    keys: Sequence[str | None] | None = None) -> list[str]:
+        """Store many requests for `service`; returns their UUIDs in order, once all are stored.
+
+        Each body is one frame (`bytes`, or `str` sent as UTF-8) or a sequence of frames;
+        `keys`, if given, holds one idempotency key per body (None for a random one), as
+        submit takes them. Titanic's server stores them in messages of many requests, each
+        message in one transaction, whole or not at all; a standard 9/TSP server is sent them
+        one by one. On an error, the requests of the messages already answered are stored.
+        """
+        encoded = encode_bodies(bodies)
+        return self._run(self._session.submit_many(service_name(service), encoded,
+                                                   check_keys(keys, len(encoded))))
+
     def fetch(self, request_id: str, *, within: float | None = None) -> Fetched:
         """Ask once for the reply to a request (taking at most `within` seconds, if given)."""
         return self._run(self._session.fetch(uuid_frame(request_id), within))
@@ -88,6 +114,24 @@ class TitanicClient:
         """Fetch until the request is no longer pending or `timeout` seconds pass."""
         return self._run(self._session.wait(uuid_frame(request_id), timeout, interval=interval,
                                             interval_max=interval_max, progress=progress))
+
+    def follow(self, request_id: str, *, after: int = 0,
+               timeout: float | None = None) -> Iterator[Frames]:
+        """Each part of the request's reply (its frames) as soon as it is stored, until the
+        request is done; from part `after` + 1 on.
+
+        A worker that streams its reply (an 18/MDP worker sending PARTIALs, a handler that is a
+        generator) gives several parts; any other reply is one part, once done. A question
+        lost to a reconnect or a broker restart is asked again from the last part seen: no
+        part comes twice or is skipped. UnknownRequestError or TitanicServiceError when the
+        request is unknown, failed or expired; TitanicTimeoutError after `timeout` seconds
+        (None: no limit).
+        """
+        follower = Follower(request_id, after, timeout)
+        frame = uuid_frame(request_id)
+        while not follower.done:
+            page = self._run(self._session.follow(frame, follower.after, follower.hold()))
+            yield from follower.take(page)
 
     def close_request(self, request_id: str) -> None:
         """Delete a request and its reply (fine for an unknown UUID)."""

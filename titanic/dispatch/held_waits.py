@@ -7,6 +7,12 @@ has passed (at most MAX_HOLD_S), and then says where the request stands. A clien
 service (8/MMI says whether a broker has it) hears of its reply when it is stored instead of at
 its next poll; plain clients keep polling `titanic.reply` as 9/TSP says.
 
+The follow form, `uuid, milliseconds, after`, follows a streamed reply: it is answered with the
+parts numbered after `after` and whether the request is done (dispatch.services.handle_follow),
+at once when there are such parts or the request has finished, else held like a wait until a
+part is stored (`settle()`'s `progressed`), the request finishes, or the time is up (then
+`200, pending` and no part).
+
 `HeldWaits` keeps the held waits of one dispatcher: `hold()` one, `finished()` when requests'
 replies are stored by this dispatcher, `due()` when their time is up or a request stored by
 another dispatcher on the same store is to be looked at again (every RECHECK_S). Who is waiting
@@ -20,7 +26,7 @@ import itertools
 from collections.abc import Callable, Hashable, Iterable
 from typing import NamedTuple
 
-from titanic.dispatch.services import handle_reply
+from titanic.dispatch.services import handle_follow, handle_reply
 from titanic.errors import ProtocolError
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
@@ -42,12 +48,18 @@ class Held(NamedTuple):
     last: bool
 
 
-def parse_hold(body: list[bytes]) -> tuple[bytes, float] | None:
-    """A titanic.wait body, `uuid, milliseconds`, as (uuid frame, seconds to hold, at most
-    MAX_HOLD_S); None if it is not one."""
-    if len(body) != 2 or not body[1].isdigit() or len(body[1]) > 9:
+def parse_hold(body: list[bytes]) -> tuple[bytes, float, int | None] | None:
+    """A titanic.wait body, `uuid, milliseconds` or the follow form `uuid, milliseconds,
+    after`, as (uuid frame, seconds to hold, at most MAX_HOLD_S, the part number followed
+    from or None); None if it is neither."""
+    if len(body) not in (2, 3) or not body[1].isdigit() or len(body[1]) > 9:
         return None
-    return body[0], min(MAX_HOLD_S, int(body[1]) / 1000)
+    after = None
+    if len(body) == 3:
+        if not body[2].isdigit() or len(body[2]) > 9:
+            return None
+        after = int(body[2])
+    return body[0], min(MAX_HOLD_S, int(body[1]) / 1000), after
 
 
 class HeldWaits:
@@ -76,6 +88,18 @@ class HeldWaits:
             keys = self._by_request.pop(request_id, None)
             if keys:
                 done.extend(Held(key, request_id, True) for key in keys)
+        return done
+
+    def progressed(self, request_ids: Iterable[str], wanted: Callable[[Hashable], bool]
+                   ) -> list[Held]:
+        """The waits of `wanted` keys to answer now, their requests' streamed replies having
+        gained parts."""
+        done: list[Held] = []
+        for request_id in request_ids:
+            keys = [key for key in self._by_request.get(request_id, ()) if wanted(key)]
+            for key in keys:
+                self._forget(key, request_id)
+                done.append(Held(key, request_id, True))
         return done
 
     def due(self, now: float) -> list[Held]:
@@ -150,6 +174,7 @@ class WaitDesk:
         self._answer = answer
         self.waits = HeldWaits()
         self._callers: dict[Hashable, Caller | None] = {}
+        self._follows: dict[Hashable, int] = {}  # held follows: the part number after which
 
     def take(self, key: Hashable, body: Frames, caller: Caller | None, now: float) -> None:
         """A titanic.wait request from `key`: answered now, or held."""
@@ -158,9 +183,12 @@ class WaitDesk:
             self._answer(key, Status.UNKNOWN.answer(
                 "bad request: titanic.wait takes a UUID and a number of milliseconds"))
             return
-        uuid_frame, seconds = parsed
-        current = handle_reply(self.store, [uuid_frame], caller)
-        if current[0] != _PENDING or seconds <= 0:
+        uuid_frame, seconds, after = parsed
+        if after is None:
+            current = handle_reply(self.store, [uuid_frame], caller)
+        else:
+            current = handle_follow(self.store, uuid_frame, after, caller)
+        if not _nothing_yet(current, after) or seconds <= 0:
             self._answer(key, current)
             return
         try:
@@ -169,15 +197,22 @@ class WaitDesk:
             self._answer(key, current)
             return
         self._callers[key] = caller
+        if after is not None:
+            self._follows[key] = after
         self.waits.hold(key, request_id, now, seconds)
 
-    def settle(self, finished: Iterable[str], now: float) -> None:
-        """Answer the waits whose requests finished in this turn, and those due now."""
+    def settle(self, finished: Iterable[str], now: float,
+               progressed: Iterable[str] = ()) -> None:
+        """Answer the waits whose requests finished in this turn, the follows of those whose
+        streamed replies gained parts, and those due now."""
         for held in self.waits.finished(finished):
             self._send(held)
+        if self._follows:
+            for held in self.waits.progressed(progressed, self._follows.__contains__):
+                self._send(held)
         for held in self.waits.due(now):
             current = self._current(held)
-            if held.last or current[0] != _PENDING:
+            if held.last or not _nothing_yet(current, self._follows.get(held.key)):
                 self.waits.answered(held)
                 self._send(held, current)
             else:
@@ -197,8 +232,24 @@ class WaitDesk:
         return self.waits.next_wake()
 
     def _current(self, held: Held) -> Frames:
-        return handle_reply(self.store, [held.request_id.encode()], self._callers.get(held.key))
+        caller = self._callers.get(held.key)
+        after = self._follows.get(held.key)
+        if after is not None:
+            return handle_follow(self.store, held.request_id.encode(), after, caller)
+        return handle_reply(self.store, [held.request_id.encode()], caller)
 
     def _send(self, held: Held, answer: Frames | None = None) -> None:
         self._answer(held.key, answer if answer is not None else self._current(held))
         self._callers.pop(held.key, None)
+        self._follows.pop(held.key, None)
+
+
+_NOTHING_FOLLOWED = [str(Status.OK.value).encode(), b"pending"]
+
+
+def _nothing_yet(answer: Frames, after: int | None) -> bool:
+    """Whether an answer says only that the request is still pending (for a follow: with no
+    part after `after`), so that a wait is held."""
+    if after is None:
+        return answer[0] == _PENDING
+    return answer == _NOTHING_FOLLOWED

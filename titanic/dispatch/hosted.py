@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from titanic.broker.core import BrokerCore, Outgoing
 from titanic.broker.local import LocalReply, LocalRequest
-from titanic.client.mdp import Completion
+from titanic.client.mdp import Completion, Partial
 from titanic.dispatch.held_waits import WaitDesk
 from titanic.dispatch.planner import Planner
 from titanic.dispatch.schedule import TurnSchedule
@@ -78,6 +78,8 @@ class CoreTransport:
         self._deadlines: dict[float, dict[bytes, float]] = {}
         #: Replies that came after their request had timed out (it is tried again).
         self.late = 0
+        #: Per request streaming its reply: how many PARTIALs came, and their frames.
+        self._parts: dict[bytes, tuple[int, int]] = {}
 
     @property
     def free_slots(self) -> int:
@@ -104,6 +106,26 @@ class CoreTransport:
         self._deadlines.setdefault(timeout, {})[address] = deadline
         self._send(out)
 
+    def partials(self, parts: Sequence[tuple[bytes, Frames]]) -> list[Partial]:
+        """The PARTIALs of streamed replies as `Partial`s of their requests, numbered; each
+        restarts its request's timeout, as a PipelinedClient's does. A part of a request that
+        timed out is dropped."""
+        found: list[Partial] = []
+        now = self._clock()
+        for address, body in parts:
+            entry = self._pending.get(address)
+            if entry is None:
+                continue
+            count, frames = self._parts.get(address, (0, 0))
+            self._parts[address] = (count + 1, frames + len(body))
+            found.append(Partial(entry[0], count + 1, body))
+            for timeout, addresses in self._deadlines.items():
+                if addresses.pop(address, None) is not None:
+                    addresses[address] = now + timeout  # at the end: still in deadline order
+                    self._pending[address] = (entry[0], entry[1], now + timeout)
+                    break
+        return found
+
     def complete(self, replies: Sequence[LocalReply]) -> list[Completion]:
         """The completions of the requests these replies answer (a refusal completes with no
         reply); a reply to a request that timed out is counted and dropped."""
@@ -115,11 +137,12 @@ class CoreTransport:
                 continue
             tag, service, deadline = entry
             self._forget(address, deadline)
+            _, final_from = self._parts.pop(address, (0, 0))
             if isinstance(reply, Refusal):
                 done.append(Completion(tag, None, BrokerRefusedError(
                     reply.code, reply.reason, service.decode(errors="replace"))))
             else:
-                done.append(Completion(tag, reply, None))
+                done.append(Completion(tag, reply, None, final_from))
         return done
 
     def _forget(self, address: bytes, deadline: float) -> None:
@@ -138,6 +161,7 @@ class CoreTransport:
                     break
                 del addresses[address]
                 tag, service, _ = self._pending.pop(address)
+                self._parts.pop(address, None)
                 self._core.cancel_local(address, service)
                 done.append(Completion(tag, None, TitanicTimeoutError(
                     f"no reply from {service!r} within its timeout")))
@@ -216,20 +240,22 @@ class HostedDispatcher(DispatcherBase):
         self._now = now
         schedule.run_due(now)
         requests, replies = broker.core.take_local()
+        parts = broker.core.take_local_partials()
+        partials = transport.partials(parts) if parts else []
         submits = self._serve_others(requests, now, planner) if requests else []
         completions = transport.complete(replies) if replies else []
         deadline = transport.next_deadline()
         if deadline is not None and deadline <= now:
             completions += transport.expire(now)
-        if submits or completions or schedule.turn_due(now):
+        if submits or completions or partials or schedule.turn_due(now):
             schedule.more = planner.turn(
                 [request.body for request in submits], completions, now,
                 callers=[self._caller(request) for request in submits] if submits else None,
                 answer=lambda answers: self._answer(submits, answers, now),
-                claim=not self._finishing) and not self._finishing
+                claim=not self._finishing, partials=partials) and not self._finishing
         if self._manage_waiting:
             self._send_managed()
-        self._waits.settle(planner.take_finished(), now)
+        self._waits.settle(planner.take_finished(), now, planner.take_progressed())
         managed = now + _MANAGE_POLL_S if self._manage_waiting else None
         return schedule.wake(now, transport.next_deadline(), self._waits.next_wake(), managed)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
-from titanic.client.mdp import Completion
+from titanic.client.mdp import Completion, Partial
 from titanic.dispatch.in_flight import START, Windows
 from titanic.dispatch.services import (
     acknowledge,
@@ -41,6 +41,8 @@ log = logging.getLogger("titanic.dispatcher")
 
 #: Replies held back (reply_linger) at most: more are stored at once.
 _MAX_HELD = 256
+#: A part of a streamed reply to store: (request id, part number, frames).
+Part = tuple[str, int, Frames]
 #: New requests in one turn from which their commit also stores replies and claims (fewer
 #: commits under load); a lone one is answered before those (a quicker answer when idle).
 _ONE_COMMIT_FROM = 2
@@ -175,6 +177,14 @@ class Planner:
         #: Requests whose reply was stored, or that failed for good, since the loop last took
         #: them (`take_finished()`): the waits held for them are answered then.
         self._finished: list[str] = []
+        #: Requests whose streamed reply gained parts since the loop last took them
+        #: (`take_progressed()`): the follows held for them are answered then.
+        self._progressed: set[str] = set()
+        #: Per request forwarded now whose reply streams: the number of its last part.
+        self._part_counts: dict[str, int] = {}
+        #: Requests with parts stored by an attempt that did not answer: the attempt that does
+        #: answer trims them to its own.
+        self._streamed: set[str] = set()
         #: When the replies held back must be stored, even alone (None: none held).
         self.held_until: float | None = None
         #: Claimed in a turn of a request arriving back to back (forward_linger), not sent yet;
@@ -192,11 +202,13 @@ class Planner:
 
     def turn(self, submits: Sequence[Frames], completions: Iterable[Completion], now: float, *,
              answer: Callable[[list[Frames]], None],
-             callers: Sequence[Caller | None] | None = None, claim: bool = True) -> bool:
-        """Store the new requests (owned by their `callers`, when the broker named them) and the
-        replies, and claim due requests, in one transaction; then `answer` the submits (one
-        reply body each, in order), send what was claimed, and reschedule what timed out. True
-        if a service may have more due than was claimed."""
+             callers: Sequence[Caller | None] | None = None, claim: bool = True,
+             partials: Sequence[Partial] = ()) -> bool:
+        """Store the new requests (owned by their `callers`, when the broker named them), the
+        parts of streamed replies that came (`partials`) and the replies, and claim due
+        requests, in one transaction; then `answer` the submits (one reply body each, in order),
+        send what was claimed, and reschedule what timed out. True if a service may have more
+        due than was claimed."""
         if self._unsent and (submits or not claim or now >= (self.forward_until or now)):
             self._send_unsent(now)
         accepted, answers = self._check(submits, callers)
@@ -208,21 +220,24 @@ class Planner:
         # Services with nothing due before these requests came: they can be stored claimed.
         fresh = {request.service for request in new} - self.candidates
         self.candidates.update(request.service for request in new)
-        replies, failed = self._sort(completions, now)
+        parts = self._sort_partials(partials)
+        replies, failed, trims = self._sort(completions, now, parts)
         plan = self._claim_plan(now) if claim else {}
         claims, claim_new = _split_plan(plan, new, fresh)
         # Back to back, the replies wait too: for a turn without a submitter waiting, or
-        # reply_linger.
-        replies = self._replies_to_store(replies, now,
-                                         alone=claim and (back_to_back or not (new or plan)))
+        # reply_linger. Parts are stored as they come, and the replies held go with them.
+        replies = self._replies_to_store(
+            replies, now, alone=claim and not (parts or trims)
+            and (back_to_back or not (new or plan)))
         # A lone new request is answered first: its commit holds only itself, and the replies
         # and claims follow in a second commit, off its submitter's path. With more at once
         # the dispatcher is busy, and one commit for everything costs less: the claims run
         # after the inserts, so a request stored now can be claimed and sent in this turn.
         # A store error leaves the replies unstored: their leases send those requests again.
-        split = 0 < len(new) < _ONE_COMMIT_FROM and bool(replies or claims)
+        streamed = (parts, trims)
+        split = 0 < len(new) < _ONE_COMMIT_FROM and bool(replies or claims or parts or trims)
         result = self._exchange(new, [] if split else replies, {} if split else claims,
-                                claim_new)
+                                claim_new, *(((), ()) if split else streamed))
         if isinstance(result, StoreError):
             refuse_for_store_error(answers, accepted, result)
         else:
@@ -230,13 +245,15 @@ class Planner:
             self.stats.completed += result.completed
             if not split:
                 self._finished.extend(request_id for request_id, _ in replies)
+                self._progressed.update(request_id for request_id, _, _ in parts)
         if submits:
             answer([reply or [tsp.Status.ERROR.frame()] for reply in answers])
         if split and isinstance(result, Exchange):
-            rest = self._exchange([], replies, claims, {})
+            rest = self._exchange([], replies, claims, {}, *streamed)
             if isinstance(rest, Exchange):
                 self.stats.completed += rest.completed
                 self._finished.extend(request_id for request_id, _ in replies)
+                self._progressed.update(request_id for request_id, _, _ in parts)
                 result = Exchange(result.ids, result.completed, result.claimed + rest.claimed)
         # Back to back, what was claimed waits for the next submission: expected about `gap`
         # from now, waited for twice that at most.
@@ -259,6 +276,11 @@ class Planner:
             self._finished.extend(request_id for request_id, _ in held)
         if self._unsent:
             self._send_unsent(now)
+
+    def take_progressed(self) -> set[str]:
+        """The requests whose streamed reply gained parts since the last call."""
+        progressed, self._progressed = self._progressed, set()
+        return progressed
 
     def take_finished(self) -> list[str]:
         """The requests whose reply was stored, or that failed for good, since the last call."""
@@ -323,12 +345,17 @@ class Planner:
         return kept, answers
 
     def _exchange(self, new: list[NewRequest], replies: list[tuple[str, Frames]],
-                  claims: dict[str, int], claim_new: dict[str, int]) -> Exchange | StoreError:
+                  claims: dict[str, int], claim_new: dict[str, int],
+                  parts: Sequence[Part] = (), trims: Sequence[tuple[str, int]] = ()
+                  ) -> Exchange | StoreError:
         """Store.exchange, or the error (counted) if the store failed."""
-        if not (new or replies or claims):
+        if not (new or replies or claims or parts or trims):
             return Exchange([], 0, [])  # nothing to store or claim: no call
         started = time.monotonic()
         try:
+            if parts or trims:
+                return self.store.exchange(new, replies, claims, self.settings.lease,
+                                           claim_new=claim_new, parts=parts, trims=trims)
             return self.store.exchange(new, replies, claims, self.settings.lease,
                                        claim_new=claim_new)
         except StoreError as exc:
@@ -339,12 +366,46 @@ class Planner:
         finally:
             self.observe_store(time.monotonic() - started)
 
-    def _sort(self, completions: Iterable[Completion], now: float
-              ) -> tuple[list[tuple[str, Frames]], list[tuple[str, str, FailureReport | None]]]:
-        """Replies to store, and requests that failed: timed out (no report) or answered with a
-        failure report; mmi.service answers taken note of."""
+    def _sort_partials(self, partials: Sequence[Partial]) -> list[Part]:
+        """The parts of streamed replies to store, of requests forwarded by this planner."""
+        parts: list[Part] = []
+        for part in partials:
+            tag = part.tag
+            if isinstance(tag, Forwarded):
+                parts.append((tag.request_id, part.seq, part.body))
+                self._part_counts[tag.request_id] = part.seq
+        return parts
+
+    def _attempt_ended(self, request_id: str) -> None:
+        """A forward ended without a reply: the parts it streamed stay, for the attempt that
+        answers to trim."""
+        if self._part_counts.pop(request_id, 0):
+            self._streamed.add(request_id)
+
+    def _streamed_end(self, completion: Completion, request_id: str,
+                      parts: list[Part]) -> tuple[str, int] | None:
+        """For a reply that streamed (or whose earlier attempt did): its FINAL's frames as its
+        last part, added to `parts`, and the trim of any later part an earlier attempt left."""
+        count = self._part_counts.pop(request_id, 0)
+        if not count and request_id not in self._streamed:
+            return None
+        self._streamed.discard(request_id)
+        if count and completion.reply is not None:
+            final = completion.reply[completion.final_from:]
+            if final:
+                count += 1
+                parts.append((request_id, count, final))
+        return request_id, count
+
+    def _sort(self, completions: Iterable[Completion], now: float, parts: list[Part]
+              ) -> tuple[list[tuple[str, Frames]], list[tuple[str, str, FailureReport | None]],
+                         list[tuple[str, int]]]:
+        """Replies to store, requests that failed: timed out (no report) or answered with a
+        failure report, and the trims of streamed replies (their last parts added to
+        `parts`); mmi.service answers taken note of."""
         replies: list[tuple[str, Frames]] = []
         failed: list[tuple[str, str, FailureReport | None]] = []
+        trims: list[tuple[str, int]] = []
         debug = log.isEnabledFor(logging.DEBUG)  # per request below: asked once
         for completion in completions:
             tag = completion.tag
@@ -361,19 +422,26 @@ class Planner:
                 continue
             self.in_flight[tag.service] -= 1
             if completion.reply is None:
+                self._attempt_ended(tag.request_id)
                 self.presence.forget(tag.service)
                 self.windows.failed(tag.service, tag.sent, now)
                 failed.append((tag.request_id, tag.service, _refusal(completion.error)))
                 continue
             self.windows.answered(tag.service, tag.sent, now)
-            if (report := parse_failure(completion.reply)) is not None:
+            # A handler that raised after streaming parts: its report is the FINAL alone.
+            final = (completion.reply[completion.final_from:] if completion.final_from
+                     else completion.reply)
+            if (report := parse_failure(final)) is not None:
+                self._attempt_ended(tag.request_id)
                 failed.append((tag.request_id, tag.service, report))
             else:
                 replies.append((tag.request_id, completion.reply))
+                if (trim := self._streamed_end(completion, tag.request_id, parts)) is not None:
+                    trims.append(trim)
                 if debug:
                     log.debug("request %s answered", tag.request_id,
                               extra=about(tag.request_id, tag.service))
-        return replies, failed
+        return replies, failed, trims
 
     def _claim_plan(self, now: float) -> dict[str, int]:
         """How many due requests to claim per service: what in-flight room allows (the

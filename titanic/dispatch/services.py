@@ -12,12 +12,19 @@ can end:
 
     titanic.request  200, <uuid> | 400, <why the request is refused> | 503, <a key's limit>
                      | 500, <store error>
+      (batch form)   200, <uuid>, <uuid>... (one per request, in order) | 400 | 503 | 500
     titanic.reply    200, <reply frames...> | 300, pending | 400, unknown | 400, failed: <error>
                      | 400, expired: <why> | 500, <store error>
     titanic.close    200 (unknown and malformed UUIDs too) | 500, <store error>
+    follow           200, done | pending, <part head>, <frames>... | as titanic.reply's 400, 500
+      (titanic.wait's form `uuid, ms, after`: the parts of a streamed reply after `after`)
 
 A titanic.request may carry an idempotency key in front, `"", key, service, body...` (see
 titanic.protocol.tsp.split_request): a key already stored answers the stored request's UUID.
+The batch form (`"", "", service, head, frames..., head, frames...`, titanic.protocol.tsp.
+split_batch) holds many requests for one service, each with its own key or none: all are stored
+in one transaction or none is (a malformed request, a body over max_request_bytes for the whole
+message, a key's limit: the whole batch is refused), and the one answer lists their UUIDs.
 
 Ownership: when the broker tells who sent a request (a `Caller`, see titanic.protocol.identity),
 a stored request belongs to the key that submitted it. `titanic.reply` and `titanic.close` from
@@ -32,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from titanic.errors import InvalidRequestError, ProtocolError, StoreError
@@ -44,7 +52,10 @@ from titanic.protocol.tsp import (
     PENDING_TEXT,
     UNKNOWN_TEXT,
     Status,
+    follow_answer,
+    is_batch,
     parse_uuid,
+    split_batch,
     split_request,
 )
 from titanic.store import NewRequest, RequestStatus, Store, check_new_request
@@ -74,6 +85,29 @@ def _parse_new_request(body: Frames) -> NewRequest:
     return NewRequest(service=service, frames=tuple(body[1:]), idempotency_key=key)
 
 
+def _parse_batch(body: Frames, max_request_bytes: int) -> list[NewRequest]:
+    """A batch-form body as its NewRequests, each checked; ProtocolError or InvalidRequestError
+    (naming the request) if one is unusable or all together are over `max_request_bytes`."""
+    service_frame, items = split_batch(body)
+    try:
+        service = service_frame.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("the service name is not UTF-8") from exc
+    size = sum(len(frame) for item in items for frame in item.frames)
+    if size > max_request_bytes:
+        raise InvalidRequestError(f"the batch's request bodies come to {size} bytes, over the "
+                                  f"limit of {max_request_bytes} bytes for one message")
+    requests = []
+    for number, item in enumerate(items, 1):
+        request = NewRequest(service=service, frames=item.frames, idempotency_key=item.key)
+        try:
+            check_new_request(request, max_request_bytes)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(f"batch request {number}: {exc}") from None
+        requests.append(request)
+    return requests
+
+
 def may_see(owner: str | None, caller: Caller | None) -> bool:
     """Whether a caller may fetch or close a request stored with this owner."""
     if owner is None:
@@ -84,22 +118,25 @@ def may_see(owner: str | None, caller: Caller | None) -> bool:
 def check_requests(bodies: Sequence[Frames], max_request_bytes: int,
                    callers: Sequence[Caller | None] | None = None
                    ) -> tuple[list[tuple[int, NewRequest]], list[Frames | None]]:
-    """titanic.request bodies checked: the valid ones with their index (owned by their caller,
-    if known), and an answer list in which every refused one already has its
-    `400 bad request: ...` (the others are None)."""
+    """titanic.request bodies checked: the valid requests with the index of their body (owned
+    by its caller, if known; a batch gives one entry per request, all with its index), and an
+    answer list in which every refused body already has its `400 bad request: ...` (the
+    others are None)."""
     answers: list[Frames | None] = [None] * len(bodies)
     accepted: list[tuple[int, NewRequest]] = []
     for index, body in enumerate(bodies):
         try:
-            request = _parse_new_request(body)
-            check_new_request(request, max_request_bytes)
+            if is_batch(body):
+                requests = _parse_batch(body, max_request_bytes)
+            else:
+                requests = [_parse_new_request(body)]
+                check_new_request(requests[0], max_request_bytes)
         except (ProtocolError, InvalidRequestError) as exc:
             answers[index] = Status.UNKNOWN.answer(f"bad request: {exc}")
             continue
         caller = callers[index] if callers is not None else None
-        if caller is not None:
-            request = _owned(request, caller.key)
-        accepted.append((index, request))
+        accepted.extend((index, request if caller is None else _owned(request, caller.key))
+                        for request in requests)
     return accepted, answers
 
 
@@ -119,30 +156,37 @@ def refuse_over_owner_limit(answers: list[Frames | None],
                             accepted: list[tuple[int, NewRequest]], stored: dict[str, int],
                             limit: int) -> list[tuple[int, NewRequest]]:
     """The accepted requests that keep each owner within `limit` unfinished requests (given
-    what they have `stored`); the others are answered `503 ...` here."""
-    kept: list[tuple[int, NewRequest]] = []
-    counts = dict(stored)
+    what they have `stored`); the others are answered `503 ...` here, a batch as a whole."""
+    bodies: dict[int, list[NewRequest]] = {}
     for index, request in accepted:
-        owner = request.owner
-        if owner is not None:
-            if counts.get(owner, 0) >= limit:
-                answers[index] = Status.OVER_LIMIT.answer(
-                    f"too many stored requests for this key (limit {limit}): retry later")
-                continue
-            counts[owner] = counts.get(owner, 0) + 1
-        kept.append((index, request))
+        bodies.setdefault(index, []).append(request)
+    counts = dict(stored)
+    kept: list[tuple[int, NewRequest]] = []
+    for index, requests in bodies.items():
+        wanted = Counter(request.owner for request in requests if request.owner is not None)
+        if any(counts.get(owner, 0) + number > limit for owner, number in wanted.items()):
+            answers[index] = Status.OVER_LIMIT.answer(
+                f"too many stored requests for this key (limit {limit}): retry later")
+            continue
+        for owner, number in wanted.items():
+            counts[owner] = counts.get(owner, 0) + number
+        kept.extend((index, request) for request in requests)
     return kept
 
 
 def acknowledge(answers: list[Frames | None], accepted: Sequence[tuple[int, NewRequest]],
                 ids: Sequence[str]) -> None:
-    """Fill in `200 <uuid>` for the stored requests."""
+    """Fill in `200 <uuid>` for the stored requests (`200 <uuid> <uuid>...` for a batch)."""
     debug = log.isEnabledFor(logging.DEBUG)  # per request below: asked once
     for (index, request), request_id in zip(accepted, ids, strict=True):
         if debug:
             log.debug("request %s for %r stored", request_id, request.service,
                       extra=about(request_id, request.service))
-        answers[index] = [_OK, request_id.encode()]
+        answer = answers[index]
+        if answer is None:
+            answers[index] = [_OK, request_id.encode()]
+        else:
+            answer.append(request_id.encode())
 
 
 def refuse_for_store_error(answers: list[Frames | None],
@@ -176,6 +220,40 @@ def handle_reply(store: Store, body: Frames, caller: Caller | None = None) -> Fr
     if stored.status is RequestStatus.EXPIRED:
         return Status.UNKNOWN.answer(EXPIRED_PREFIX + (stored.last_error or "not delivered"))
     return list(_PENDING)
+
+
+def handle_follow(store: Store, uuid_frame: bytes, after: int,
+                  caller: Caller | None = None) -> Frames:
+    """The follow form of titanic.wait, answered now: the parts of the request's reply numbered
+    after `after`, and whether it is done. A reply that did not stream (or whose stored parts
+    are not the reply an attempt finished with) is one part, the whole reply."""
+    current = handle_reply(store, [uuid_frame], caller)
+    if current[0] not in (_OK, _PENDING[0]):
+        return current
+    request_id = parse_uuid(uuid_frame)  # handle_reply read it: a UUID
+    try:
+        if current[0] == _PENDING[0]:
+            return follow_answer(False, store.parts_after(request_id, after))
+        parts = store.parts_after(request_id, 0)
+    except StoreError as exc:
+        return _store_error(exc)
+    return follow_answer(True, [(seq, frames) for seq, frames in _whole(parts, current[1:])
+                                if seq > after])
+
+
+def _whole(parts: list[tuple[int, tuple[bytes, ...]]], reply: Frames
+           ) -> list[tuple[int, tuple[bytes, ...]]]:
+    """A done request's parts, checked against its reply (every part's frames joined): parts
+    1 to n that begin it are kept and the rest of it is part n + 1 (its last PARTIALs were not
+    stored: the dispatcher stopped); parts that do not (an earlier attempt's) give way to the
+    whole reply as part 1, as does a reply that did not stream."""
+    joined = [frame for _, frames in parts for frame in frames]
+    if parts and joined == reply:
+        return parts
+    numbered = [seq for seq, _ in parts] == list(range(1, len(parts) + 1))
+    if parts and numbered and reply[:len(joined)] == joined:
+        return [*parts, (len(parts) + 1, tuple(reply[len(joined):]))]
+    return [(1, tuple(reply))]
 
 
 def handle_close(store: Store, body: Frames, caller: Caller | None = None) -> Frames:

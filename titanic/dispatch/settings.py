@@ -26,7 +26,13 @@ class DispatcherSettings:
     #: The brokers' worker endpoints, when they have separate ones (`titanic broker
     #: --worker-bind`): the TSP services register there; requests are forwarded through `broker`.
     worker_broker: str | Sequence[str] | None = None
+    #: The MDP dialect of the dispatcher's TSP workers, and of its forwards (which take 7/MDP's
+    #: as 18/MDP's: a 7/MDP client cannot hear a reply's PARTIALs, which are stored as they
+    #: come, unless `stream_replies` is off).
     dialect: Dialect = Dialect.MDP01
+    #: Forward as an 18/MDP client, so that each PARTIAL of a streamed reply is stored as it
+    #: comes (with 7/MDP the broker joins them into one reply).
+    stream_replies: bool = True
     #: How long a forwarded request may take before it counts as failed and is retried.
     request_timeout: float = 10.0
     max_attempts: int = 5

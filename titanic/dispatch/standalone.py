@@ -56,7 +56,7 @@ from titanic.dispatch.store_identity import check_store_identity, store_reply
 from titanic.errors import StoreError
 from titanic.protocol import manage, tsp
 from titanic.protocol.identity import Caller
-from titanic.protocol.mdp import Frames
+from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import broker_list
 from titanic.store import Store, StoreIdentity
 from titanic.worker.connection import WorkerConnection
@@ -209,10 +209,12 @@ class Dispatcher(DispatcherBase):
         cleaning: threading.Thread | None = None
         try:
             self._check_store()
-            client = PipelinedClient(s.broker, depth=s.max_in_flight, dialect=s.dialect,
+            streams = s.stream_replies
+            dialect = Dialect.MDP02 if streams and s.dialect is Dialect.MDP01 else s.dialect
+            client = PipelinedClient(s.broker, depth=s.max_in_flight, dialect=dialect,
                                      timeout=s.request_timeout, retries=0,
                                      context=self._context, configure_socket=self._configure,
-                                     sockets=self._sockets)
+                                     sockets=self._sockets, stream_parts=streams)
             planner = self._new_planner(client)
             self._sockets.add_fd(self._waker.fileno())
             self.server.open(time.monotonic())
@@ -284,8 +286,9 @@ class Dispatcher(DispatcherBase):
             schedule.more = planner.turn(
                 [body for _, _, body, _ in submits], completions, now,
                 callers=[caller for _, _, _, caller in submits],
-                answer=partial(self._answer, submits, now=now))
-            self._waits.settle(planner.take_finished(), now)
+                answer=partial(self._answer, submits, now=now),
+                partials=client.take_partials())
+            self._waits.settle(planner.take_finished(), now, planner.take_progressed())
 
     def _take_waits(self, requests: list[PoolRequest], now: float) -> list[PoolRequest]:
         """Take the titanic.wait requests (answered, or held by the WaitDesk); the others."""
@@ -330,5 +333,6 @@ class Dispatcher(DispatcherBase):
         planner.turn([], [], time.monotonic(), answer=lambda _: None, claim=False)
         while client.in_flight and time.monotonic() < deadline:
             completions = client.poll(max(0.0, deadline - time.monotonic()))
-            planner.turn([], completions, time.monotonic(), answer=lambda _: None, claim=False)
+            planner.turn([], completions, time.monotonic(), answer=lambda _: None, claim=False,
+                         partials=client.take_partials())
         planner.release_unanswered(client.pending_tags())

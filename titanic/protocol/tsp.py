@@ -17,6 +17,12 @@ STORE_SERVICE = b"titanic.store"
 #: titanic's extension: titanic.reply held until the request is no longer pending, or a time
 #: in milliseconds given after the UUID has passed (titanic.dispatch.held_waits).
 WAIT_SERVICE = b"titanic.wait"
+#: titanic's extension: titanic.wait's follow form, `uuid, milliseconds, after`, answered with the
+#: parts of a streamed reply numbered after `after` (follow_answer, parse_follow_answer).
+FOLLOW_FORM = b"titanic.follow"
+#: titanic's extension: the batch form of titanic.request, many requests in one message and
+#: one transaction (build_batch, split_batch); named in titanic.store's extensions list.
+BATCH_FORM = b"titanic.batch"
 
 #: Texts after a status code that titanic's server writes and its client reads: how a request
 #: ended when titanic.reply answers 400 (the digits alone are all the protocol requires).
@@ -112,7 +118,8 @@ def split_request(body: Sequence[bytes]) -> tuple[str | None, list[bytes]]:
     """A titanic.request body as (idempotency key or None, [service, frames...]).
 
     Plain 9/TSP never sends an empty first frame (it would name no service), so an empty first
-    frame marks the keyed form; ProtocolError if its key frame is missing, empty or not UTF-8.
+    frame marks the keyed form; ProtocolError if its key frame is missing, empty or not UTF-8
+    (two empty frames are the batch form: see split_batch).
     """
     if not body or body[0]:
         return None, list(body)
@@ -124,6 +131,98 @@ def split_request(body: Sequence[bytes]) -> tuple[str | None, list[bytes]]:
     except UnicodeDecodeError as exc:
         raise ProtocolError("the idempotency key is not UTF-8") from exc
     return key, list(body[2:])
+
+
+class BatchItem(NamedTuple):
+    """One request of a batch: its frames and its idempotency key (None: no key)."""
+
+    frames: tuple[bytes, ...]
+    key: str | None = None
+
+
+def build_batch(service: bytes, items: Sequence[BatchItem]) -> list[bytes]:
+    """A titanic.request body in the batch form: ["", "", service, then for each request a head
+    frame (its frame count in decimal, then a space and its key when it has one) and its
+    frames]. Two empty frames never start a plain or keyed request, so a server without the
+    form refuses it with 400 rather than storing it wrongly."""
+    body = [b"", b"", service]
+    for item in items:
+        head = b"%d" % len(item.frames)
+        if item.key is not None:
+            head += b" " + item.key.encode("utf-8")
+        body.append(head)
+        body.extend(item.frames)
+    return body
+
+
+def is_batch(body: Sequence[bytes]) -> bool:
+    """Whether a titanic.request body is in the batch form (two empty frames first)."""
+    return len(body) >= 2 and not body[0] and not body[1]
+
+
+def split_batch(body: Sequence[bytes]) -> tuple[bytes, list[BatchItem]]:
+    """A batch-form body (is_batch) as (service, its requests in order); ProtocolError for a
+    missing service, a head frame that is not a count (and key), a count past the end of the
+    message, a key that is empty or not UTF-8, or no request at all."""
+    if len(body) < 3 or not body[2]:
+        raise ProtocolError("a batch needs a service name frame after its two empty frames")
+    items: list[BatchItem] = []
+    at = 3
+    while at < len(body):
+        count_text, space, key_bytes = body[at].partition(b" ")
+        if not count_text.isdigit() or len(count_text) > 9 or (space and not key_bytes):
+            raise ProtocolError(f"batch request {len(items) + 1}: bad head frame "
+                                f"{body[at][:30]!r} (a frame count, then a space and a key)")
+        count = int(count_text)
+        if at + 1 + count > len(body):
+            raise ProtocolError(f"batch request {len(items) + 1}: {count} frames announced, "
+                                f"{len(body) - at - 1} left in the message")
+        try:
+            key = key_bytes.decode("utf-8") if space else None
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"batch request {len(items) + 1}: the idempotency key is not "
+                                "UTF-8") from exc
+        items.append(BatchItem(tuple(body[at + 1:at + 1 + count]), key))
+        at += 1 + count
+    if not items:
+        raise ProtocolError("a batch needs at least one request")
+    return body[2], items
+
+
+class FollowPage(NamedTuple):
+    """A follow answer: whether the request is done (no part after these), and its parts
+    numbered after the one asked about, each (number, frames)."""
+
+    done: bool
+    parts: list[tuple[int, tuple[bytes, ...]]]
+
+
+def follow_answer(done: bool, parts: Sequence[tuple[int, Sequence[bytes]]]) -> list[bytes]:
+    """titanic.wait's follow answer: `200`, `done` or `pending`, then for each part a head frame
+    (its number, a space, its frame count) and its frames."""
+    answer = [str(Status.OK.value).encode(), b"done" if done else b"pending"]
+    for seq, frames in parts:
+        answer.append(b"%d %d" % (seq, len(frames)))
+        answer.extend(frames)
+    return answer
+
+
+def parse_follow_answer(frames: Sequence[bytes]) -> FollowPage:
+    """A follow answer whose status is 200 as a FollowPage; ProtocolError if it is malformed."""
+    if len(frames) < 2 or frames[1] not in (b"done", b"pending"):
+        raise ProtocolError("titanic.wait's follow answer names no state")
+    parts: list[tuple[int, tuple[bytes, ...]]] = []
+    at = 2
+    while at < len(frames):
+        seq_text, _, count_text = frames[at].partition(b" ")
+        if not seq_text.isdigit() or not count_text.isdigit() or len(count_text) > 9:
+            raise ProtocolError(f"bad part head {frames[at][:30]!r} in a follow answer")
+        count = int(count_text)
+        if at + 1 + count > len(frames):
+            raise ProtocolError("a follow answer's part runs past its end")
+        parts.append((int(seq_text), tuple(frames[at + 1:at + 1 + count])))
+        at += 1 + count
+    return FollowPage(frames[1] == b"done", parts)
 
 
 class ServingStore(NamedTuple):

@@ -25,6 +25,8 @@ from titanic.store.types import Delivery, RequestStatus, StoredRequest
 
 log = logging.getLogger("titanic.store")
 
+#: The parts of streamed replies (store.models.reply_parts_table).
+PARTS = "titanic_reply_parts"
 PENDING = RequestStatus.PENDING.value
 _CLAIM_TEXTS = 512  # claim statements kept, by shape and limit
 DISPATCHED = RequestStatus.DISPATCHED.value
@@ -60,6 +62,33 @@ class HotStatements:
         self._claims: dict[tuple[int | None, int, tuple[str, ...]], str] = {}
         self.fail_sql = (f"UPDATE {TABLE} SET status = '{FAILED}', completed_at = {p},"
                          f" lease_until = NULL, last_error = {p} WHERE id = {p}")
+        # A part of a streamed reply, stored while its request is dispatched (a late part of
+        # a request answered already changes nothing); a new attempt's part replaces the
+        # earlier attempt's of the same number.
+        self.part_sql = (f"INSERT INTO {PARTS} (request_id, seq, frames) SELECT {p}, {p}, {p}"
+                         f" WHERE EXISTS (SELECT 1 FROM {TABLE} WHERE id = {p}"
+                         f" AND status = '{DISPATCHED}') ON CONFLICT (request_id, seq)"
+                         " DO UPDATE SET frames = excluded.frames")
+        #: Parts past the last one of the attempt that answered (an earlier attempt's).
+        self.trim_sql = f"DELETE FROM {PARTS} WHERE request_id = {p} AND seq > {p}"
+        self.parts_sql = (f"SELECT seq, frames FROM {PARTS} WHERE request_id = {p} AND seq > {p}"
+                          " ORDER BY seq")
+
+    def orphan_parts_statement(self, request_id: str) -> tuple[str, tuple[Any, ...]]:
+        """The DELETE of a closed request's parts."""
+        return (f"DELETE FROM {PARTS} WHERE request_id = {self.values.placeholder}",
+                (self.values.key(request_id),))
+
+    def part_params(self, parts: Sequence[tuple[str, int, bytes]]) -> list[tuple[Any, ...]]:
+        """part_sql's parameters for (request id, part number, packed frames)."""
+        key = self.values.key
+        return [(key(request_id), seq, frames, key(request_id))
+                for request_id, seq, frames in parts]
+
+    def trim_params(self, trims: Sequence[tuple[str, int]]) -> list[tuple[Any, ...]]:
+        """trim_sql's parameters for (request id, its last part's number)."""
+        key = self.values.key
+        return [(key(request_id), last) for request_id, last in trims]
 
     def close_statement(self, request_id: str, owners: Sequence[str | None] | None
                         ) -> tuple[str, list[Any]]:

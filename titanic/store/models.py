@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -73,6 +74,18 @@ requests_table = Table(
     # and changing its status touch one index less.
     Index("ix_titanic_requests_owner_status", "owner", "status",
           sqlite_where=text("owner IS NOT NULL"), postgresql_where=text("owner IS NOT NULL")),
+)
+
+#: The parts of streamed replies (18/MDP PARTIALs, then the FINAL's frames), numbered from 1 per
+#: request as they arrive; frames packed as a reply's are. A request's parts go with it (close,
+#: purge). A new attempt writes its parts over the earlier attempt's, by number.
+reply_parts_table = Table(
+    "titanic_reply_parts",
+    metadata,
+    Column("request_id", Uuid(), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("frames", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("request_id", "seq"),
 )
 
 #: The store's identity: one row, made when the schema is created. Dispatchers compare it to

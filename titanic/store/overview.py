@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, delete, func, select, update
 
+from titanic.store.models import reply_parts_table as parts
 from titanic.store.models import requests_table as t
 from titanic.store.rows import aware_utc, naive_utc, utcnow
 from titanic.store.types import (
@@ -22,6 +23,15 @@ from titanic.store.types import (
 T = TypeVar("T")
 
 PENDING = RequestStatus.PENDING.value
+
+
+def delete_orphan_parts(conn: Connection, deleted: int) -> int:
+    """After `deleted` requests were deleted in this transaction: delete the parts of streamed
+    replies whose request is gone. Returns `deleted`."""
+    if deleted:
+        conn.execute(delete(parts).where(
+            ~select(t.c.id).where(t.c.id == parts.c.request_id).exists()))
+    return deleted
 
 
 class SqlOverview:
@@ -78,7 +88,8 @@ class SqlOverview:
         if dry_run:
             return self._count(where)
         statement = delete(t).where(*where)
-        return self._transaction(lambda conn: conn.execute(statement).rowcount)
+        return self._transaction(lambda conn: delete_orphan_parts(
+            conn, conn.execute(statement).rowcount))
 
     def _count(self, where: list[Any]) -> int:
         statement = select(func.count()).select_from(t).where(*where)

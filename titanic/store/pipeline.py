@@ -53,6 +53,10 @@ class Turn:
     lease_until: datetime
     #: Whether rows carry idempotency keys: a key stored already is then skipped, not an error.
     keyed: bool = False
+    #: Parts of streamed replies: (request id, part number, packed frames), stored before the
+    #: replies; and (request id, last part number) whose later parts are deleted.
+    parts: Sequence[tuple[str, int, bytes]] = ()
+    trims: Sequence[tuple[str, int]] = ()
 
     @property
     def durable(self) -> bool:
@@ -83,7 +87,7 @@ def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
     replies it stored, and the requests it claimed (oldest first). Raises psycopg's errors
     (rolled back)."""
     if (turn.rows and len(turn.rows) <= _ROWS_PER_STATEMENT and not turn.replies
-            and not turn.claims):
+            and not turn.claims and not turn.parts and not turn.trims):
         # One statement: autocommit makes it its own durable transaction, and without
         # pipeline mode (entered, synced, flushed, left) it costs the client half the CPU.
         return sum(cursor.rowcount for cursor in _insert(raw, hot, turn)), 0, []
@@ -95,6 +99,10 @@ def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
         if not turn.durable:
             raw.cursor().execute(_ASYNC_COMMIT)
         inserts = _insert(raw, hot, turn)
+        if turn.parts:
+            raw.cursor().executemany(hot.part_sql, hot.part_params(turn.parts))
+        if turn.trims:
+            raw.cursor().executemany(hot.trim_sql, hot.trim_params(turn.trims))
         if turn.replies:
             # One primary-key update each. A single UPDATE ... FROM (VALUES ...) would cost
             # the client less, but its plan depends on the table: without statistics

@@ -1,7 +1,8 @@
 """Re-sealing stored bodies under the store key's current key: the second half of a rotation.
 
 `titanic db rekey` reads the table a page at a time (by UUID) and writes back, under the current
-key, every request or reply body that is plain or sealed under an older key. Each write changes
+key, every request or reply body that is plain or sealed under an older key; then the parts of
+streamed replies likewise. Each write changes
 a column only where it still holds what was read, so a dispatcher storing a reply meanwhile wins
 (its reply is sealed under the current key already) and nothing is lost.
 """
@@ -13,10 +14,11 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, and_, or_, select, update
 
 from titanic.errors import StoreKeyError
 from titanic.store.crypto import REPLY, REQUEST, PlainBodies, SealedBodies
+from titanic.store.models import reply_parts_table as parts
 from titanic.store.models import requests_table as t
 from titanic.store.rows import CoreValues
 
@@ -36,7 +38,38 @@ def reseal_bodies(bodies: PlainBodies, transaction: Transaction, *, batch: int =
         changes = [change for row in rows for change in _changes(bodies, row)]
         if changes:
             sealed += transaction(partial(_write, changes))
+    return int(sealed) + _reseal_parts(bodies, transaction, batch)
+
+
+def _reseal_parts(bodies: SealedBodies, transaction: Transaction, batch: int) -> int:
+    """reseal_bodies for the parts of streamed replies, a page at a time by (request, seq)."""
+    sealed, after = 0, None
+    while rows := transaction(partial(_parts_page, after, batch), write=False):
+        after = (rows[-1].request_id, rows[-1].seq)
+        for row in rows:
+            if bodies.is_current(row.frames):
+                continue
+            request_id = CoreValues.read_key(row.request_id)
+            new = bodies.pack(request_id, REPLY, bodies.unpack(request_id, REPLY, row.frames))
+            sealed += transaction(partial(_write_part, row, new))
     return int(sealed)
+
+
+def _parts_page(after: tuple[Any, int] | None, batch: int, conn: Connection) -> Sequence[Any]:
+    statement = (select(parts.c.request_id, parts.c.seq, parts.c.frames)
+                 .order_by(parts.c.request_id, parts.c.seq).limit(batch))
+    if after is not None:
+        statement = statement.where(or_(parts.c.request_id > after[0],
+                                        and_(parts.c.request_id == after[0],
+                                             parts.c.seq > after[1])))
+    return conn.execute(statement).all()
+
+
+def _write_part(row: Any, new: bytes, conn: Connection) -> int:
+    """Write one re-sealed part, only where it still holds what was read."""
+    return int(conn.execute(update(parts).where(
+        parts.c.request_id == row.request_id, parts.c.seq == row.seq,
+        parts.c.frames == row.frames).values(frames=new)).rowcount)
 
 
 def _page(after: uuid.UUID | None, batch: int, conn: Connection) -> Sequence[Any]:

@@ -40,9 +40,9 @@ from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store import dialect, pipeline, sqlite_turn
 from titanic.store.crypto import REPLY, REQUEST, PlainBodies
 from titanic.store.hot import HotStatements
-from titanic.store.models import identity_table
+from titanic.store.models import identity_table, reply_parts_table
 from titanic.store.models import requests_table as t
-from titanic.store.overview import SqlOverview
+from titanic.store.overview import SqlOverview, delete_orphan_parts
 from titanic.store.reseal import reseal_bodies
 
 if TYPE_CHECKING:  # imported by SQLAlchemy for a PostgreSQL engine; never for SQLite
@@ -339,9 +339,12 @@ class SqlStore(SqlOverview):
     def exchange(self, new: Sequence[NewRequest],
                  replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
                  lease: float, *, now: datetime | None = None,
-                 claim_new: Mapping[str, int] | None = None) -> Exchange:
-        """In one transaction: store new requests and replies, then claim per service; the
-        new requests `claim_new` names are stored claimed (see Store.exchange).
+                 claim_new: Mapping[str, int] | None = None,
+                 parts: Sequence[tuple[str, int, Sequence[bytes]]] = (),
+                 trims: Sequence[tuple[str, int]] = ()) -> Exchange:
+        """In one transaction: store new requests, parts of streamed replies and replies, then
+        claim per service; the new requests `claim_new` names are stored claimed (see
+        Store.exchange).
 
         The dispatcher's turn: one commit instead of three, and durable (an fsync on SQLite,
         a synchronous commit on PostgreSQL) only when it stores new requests; the replies and
@@ -355,11 +358,16 @@ class SqlStore(SqlOverview):
         leased = [lease_until if take else None for take in fresh] if any(fresh) else []
         ids, rows = self._new_rows(new, stamp, leased) if new else ([], [])
         packed = self._pack_replies(replies)
+        packed_parts = [(request_id, seq, frames) for (request_id, frames), (_, seq, _)
+                        in zip(self._pack_replies([(i, f) for i, _, f in parts]), parts,
+                               strict=True)]
+        checked_trims = [(check_request_id(request_id), last) for request_id, last in trims]
         wanted = [(service, room) for service, room in claims.items() if room > 0]
-        if not rows and not packed and not wanted:
+        if not rows and not packed and not wanted and not packed_parts and not checked_trims:
             return Exchange([], 0, [])
         batch = NewBatch.of(new, ids, rows)
-        turn = pipeline.Turn(batch.rows, packed, wanted, moment, lease_until, keyed=batch.keyed)
+        turn = pipeline.Turn(batch.rows, packed, wanted, moment, lease_until, keyed=batch.keyed,
+                             parts=packed_parts, trims=checked_trims)
         if self._hot.postgres:
             result = self._pipelined(lambda raw: self._run_driver_turn(pipeline, raw, batch, turn))
         else:
@@ -484,15 +492,27 @@ class SqlStore(SqlOverview):
             # and not durable on its own (no fsync): a close lost in a power cut leaves the
             # request as it was, to be closed again; the next durable commit covers it.
             sql, params = self._hot.close_statement(checked, owners)
-            self._retrying(lambda: self._sqlite_turn_connection(durable=False),
-                           lambda raw: raw.execute(sql, params))
+            parts_sql, parts_params = self._hot.orphan_parts_statement(checked)
+
+            def close_on(raw: sqlite3.Connection) -> None:
+                if raw.execute(sql, params).rowcount:
+                    raw.execute(parts_sql, parts_params)
+
+            self._retrying(lambda: self._sqlite_turn_connection(durable=False), close_on)
             return
         statement = delete(t).where(t.c.id == request_key(checked))
         if owners is not None:
             keys = [owner for owner in owners if owner is not None]
             statement = statement.where(or_(t.c.owner.in_(keys), t.c.owner.is_(None))
                                         if None in owners else t.c.owner.in_(keys))
-        self._transaction(lambda conn: conn.execute(statement))
+        parts = delete(reply_parts_table).where(reply_parts_table.c.request_id
+                                                == request_key(checked))
+
+        def close_in(conn: Connection) -> None:
+            if conn.execute(statement).rowcount:
+                conn.execute(parts)
+
+        self._transaction(close_in)
 
     # -- dispatching ----------------------------------------------------------------------------
 
@@ -552,7 +572,21 @@ class SqlStore(SqlOverview):
         """Delete finished requests that finished more than reply_ttl seconds ago."""
         cutoff = (naive_utc(now) or utcnow()) - timedelta(seconds=reply_ttl)
         statement = delete(t).where(t.c.status.in_(_FINISHED), t.c.completed_at < cutoff)
-        return self._transaction(lambda conn: conn.execute(statement).rowcount)
+        return self._transaction(lambda conn: delete_orphan_parts(conn,
+                                                                  conn.execute(statement).rowcount))
+
+    def parts_after(self, request_id: str, after: int) -> list[tuple[int, tuple[bytes, ...]]]:
+        """The stored parts of a streamed reply numbered after `after`, in order."""
+        checked = check_request_id(request_id)
+        hot = self._hot
+        params = (hot.values.key(checked), after)
+
+        def read(conn: Connection) -> list[tuple[int, tuple[bytes, ...]]]:
+            rows = conn.exec_driver_sql(hot.parts_sql, params).all()
+            return [(int(seq), self.bodies.unpack(checked, REPLY, bytes(frames)))
+                    for seq, frames in rows]
+
+        return self._transaction(read, write=False)
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -46,6 +46,10 @@ def run_turn(raw: sqlite3.Connection, hot: HotStatements,
     if turn.rows:
         inserted = raw.executemany(hot.insert_keyed_sql if turn.keyed else hot.insert_sql,
                                    turn.rows).rowcount
+    if turn.parts:
+        raw.executemany(hot.part_sql, hot.part_params(turn.parts))
+    if turn.trims:
+        raw.executemany(hot.trim_sql, hot.trim_params(turn.trims))
     if turn.replies:
         moment = v.time(turn.now)
         # executemany's rowcount is the sum over its parameter sets.

@@ -150,9 +150,17 @@ class Store(Protocol):
     def exchange(self, new: Sequence[NewRequest],
                  replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
                  lease: float, *, now: datetime | None = None,
-                 claim_new: Mapping[str, int] | None = None) -> Exchange:
-        """In one transaction: store new requests, store replies (as complete_many), then claim
-        up to `claims[service]` due requests of each service (the new ones included).
+                 claim_new: Mapping[str, int] | None = None,
+                 parts: Sequence[tuple[str, int, Sequence[bytes]]] = (),
+                 trims: Sequence[tuple[str, int]] = ()) -> Exchange:
+        """In one transaction: store new requests, store the parts of streamed replies, store
+        replies (as complete_many), then claim up to `claims[service]` due requests of each
+        service (the new ones included).
+
+        `parts` are (request id, part number from 1, frames), stored for requests that are
+        dispatched (a part of the same number replaces the one stored, an earlier attempt's);
+        `trims` are (request id, last part number): the parts after it are deleted (an
+        earlier attempt's that ran longer).
 
         `claim_new[service]` of the new requests of that service (the first ones without an
         idempotency key, see `fresh_claims`) are stored claimed instead of pending, leased like
@@ -166,6 +174,11 @@ class Store(Protocol):
 
     def complete(self, request_id: str, reply: Sequence[bytes]) -> bool:
         """Store the reply: done. False if the request is unknown or already finished."""
+        ...
+
+    def parts_after(self, request_id: str, after: int) -> list[tuple[int, tuple[bytes, ...]]]:
+        """The stored parts of a streamed reply numbered after `after`, in order (closed and
+        purged requests have none)."""
         ...
 
     def complete_many(self, replies: Sequence[tuple[str, Sequence[bytes]]]) -> int:

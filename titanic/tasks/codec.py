@@ -27,6 +27,10 @@ from titanic.errors import ProtocolError
 
 #: The first frame of a task request and of a task's result; `1` is this layout's version.
 TASK_FRAME = b"titanic.task/1"
+#: The first frame of each part of a task that yields (a generator): every value it yields is
+#: a part of its streamed reply, [TASK_PART_FRAME, the msgpack value]; the reply joined is those
+#: pairs one after another (a task that yields nothing: this frame alone).
+TASK_PART_FRAME = b"titanic.task/1 part"
 #: Deepest nesting of lists and maps that msgpack unpacks (its own limit; it packs one more).
 MAX_DEPTH = 1023
 _INT_RANGE = range(-(2**63), 2**64)
@@ -63,6 +67,13 @@ def encode_result(value: Any, task: str = "the task") -> list[bytes]:
     packer = msgpack.Packer(use_bin_type=True, autoreset=False)
     _pack(packer, value, f"{task} returned", "", "a value holding")
     return [TASK_FRAME, packer.bytes()]
+
+
+def encode_part(value: Any, task: str = "the task") -> list[bytes]:
+    """One part of a task's streamed reply, a value it yielded; TypeError as encode_result."""
+    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    _pack(packer, value, f"{task} yielded", "", "a value holding")
+    return [TASK_PART_FRAME, packer.bytes()]
 
 
 def _pack(packer: msgpack.Packer, value: Any, subject: str, is_: str, holds: str) -> None:
@@ -134,6 +145,22 @@ def is_task_frames(frames: Sequence[bytes]) -> bool:
     return len(frames) == 2 and frames[0] == TASK_FRAME
 
 
+def is_task_stream(frames: Sequence[bytes]) -> bool:
+    """True if these frames are the parts of a task that yields, or some of them."""
+    if list(frames) == [TASK_PART_FRAME]:
+        return True
+    return (len(frames) >= 2 and len(frames) % 2 == 0
+            and all(frame == TASK_PART_FRAME for frame in frames[::2]))
+
+
+def decode_parts(frames: Sequence[bytes]) -> list[Any]:
+    """The values a yielding task's parts carry, in order; ProtocolError if these are not
+    such parts."""
+    if not is_task_stream(frames):
+        raise ProtocolError(f"not the parts of a task that yields: {_shape(frames)}")
+    return [_unpack(data, ProtocolError) for data in frames[1::2]]
+
+
 def decode_call(frames: Sequence[bytes]) -> tuple[list[Any], dict[str, Any]]:
     """A task request's positional and keyword arguments; TaskRequestError saying what is
     wrong when the frames are not a task call."""
@@ -153,8 +180,10 @@ def decode_call(frames: Sequence[bytes]) -> tuple[list[Any], dict[str, Any]]:
 
 
 def decode_result(frames: Sequence[bytes]) -> Any:
-    """A task's return value from its reply frames; ProtocolError if they are not a task's
-    result."""
+    """A task's return value from its reply frames (for a task that yields, the list of the
+    values it yielded); ProtocolError if they are not a task's result."""
+    if is_task_stream(frames):
+        return decode_parts(frames)
     if not is_task_frames(frames):
         raise ProtocolError(f"the reply is not a task's result ({TASK_FRAME.decode()!r} and a "
                             f"msgpack value): it is {_shape(frames)}")

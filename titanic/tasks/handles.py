@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from titanic.client.answers import Fetched, ReplyState
 from titanic.errors import (
+    RequestFailedError,
     TaskFailed,
     TitanicServiceError,
     TitanicTimeoutError,
@@ -78,6 +80,14 @@ def settle(request_id: str, fetched: Fetched) -> Any:
         raise UnknownRequestError(f"request {request_id} is unknown: never stored, closed, or "
                                   "purged after its reply's time to live")
     return _Pending(fetched.text if state is ReplyState.ERROR else "")
+
+
+def part_values(part: Sequence[bytes]) -> list[Any]:
+    """The values one part of a task's reply carries: those a yielding task yielded, or the
+    return value of one that returns (its reply is one part)."""
+    from titanic.tasks.codec import decode_parts, decode_result, is_task_stream
+
+    return decode_parts(part) if is_task_stream(part) else [decode_result(part)]
 
 
 def _request_id(value: str) -> str:
@@ -162,6 +172,17 @@ class Handle:
             if not waiting.over(outcome) and outcome.store_error:
                 time.sleep(waiting.pause())
 
+    def follow(self, timeout: float | None = None) -> Iterator[Any]:
+        """Each value the task yields, as soon as it is stored, until it is done (a task that
+        returns instead: its return value, once); at most `timeout` seconds in all (None: as
+        long as it takes). Across a reconnect it goes on after the last value given. Raises
+        as result() does."""
+        try:
+            for part in self.client.follow(self.id, timeout=timeout):
+                yield from part_values(part)
+        except RequestFailedError:
+            raise task_failed(self.id, self.client.fetch(self.id)) from None
+
     def state(self) -> ReplyState:
         """Where the request stands now (asked once): pending, done, failed, ..."""
         return self.client.fetch(self.id).state
@@ -195,6 +216,16 @@ class AsyncHandle:
         from titanic.tasks.clients import default_async_client
 
         return default_async_client()
+
+    async def follow(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """Each value the task yields as it is stored, as Handle.follow, as an async
+        iterator."""
+        try:
+            async for part in self.client.follow(self.id, timeout=timeout):
+                for value in part_values(part):
+                    yield value
+        except RequestFailedError:
+            raise task_failed(self.id, await self.client.fetch(self.id)) from None
 
     async def result(self, timeout: float | None = None) -> Any:
         """The task's return value, as Handle.result (the same errors)."""
