@@ -1,0 +1,151 @@
+"""Two sites joined by a link, each a broker with its dispatcher on a store of its own, in
+threads: requests for a service served only at the far site go there and come back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from titanic_support import (
+    FAST_BROKER,
+    fast_dispatcher,
+    free_endpoint,
+    running,
+    start_broker,
+    start_worker,
+    wait_until,
+)
+
+from titanic.broker import Broker
+from titanic.client.tsp import ReplyState, TitanicClient
+from titanic.dispatch.hosted import HostedDispatcher
+from titanic.dispatch.settings import DispatcherSettings
+from titanic.dispatch.standalone import Dispatcher
+from titanic.protocol.mdp import Frames
+from titanic.store import RequestStatus, Store, open_store
+
+
+def _store(stack: ExitStack, url: str) -> Store:
+    store = open_store(url)
+    stack.callback(store.close_store)
+    return store
+
+
+def _site(stack: ExitStack, store: Store, settings: DispatcherSettings,
+          endpoint: str = "tcp://127.0.0.1:0") -> tuple[str, HostedDispatcher]:
+    host = HostedDispatcher(store, settings)
+    broker = Broker(endpoint, FAST_BROKER, host=host)
+    broker.bind()
+    stack.enter_context(running(broker))
+    return broker.bound[0], host
+
+
+def _client(stack: ExitStack, endpoint: str) -> TitanicClient:
+    titanic = TitanicClient(endpoint, timeout=2.0, retries=3)
+    stack.callback(titanic.close)
+    return titanic
+
+
+def _counting(seen: Counter[bytes]) -> Callable[[Frames], Frames]:
+    lock = threading.Lock()
+
+    def count(frames: Frames) -> Frames:
+        with lock:
+            seen[frames[0]] += 1
+        return [b"far", *frames]
+
+    return count
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def far_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The far site's store: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'far.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def test_requests_without_a_local_worker_are_answered_at_the_far_site(
+        far_url: str, tmp_path: Path, stack: ExitStack) -> None:
+    far_store = _store(stack, far_url)
+    far, _ = _site(stack, far_store, fast_dispatcher(site="far"))
+    seen: Counter[bytes] = Counter()
+    start_worker(stack, far, "echo", _counting(seen))
+    origin_store = _store(stack, f"sqlite:///{tmp_path / 'origin.db'}")
+    origin, host = _site(stack, origin_store, fast_dispatcher(
+        site="origin", peers=(("far", far),), peer_interval=0.2))
+    titanic = _client(stack, origin)
+    ids = {titanic.submit("echo", b"n%d" % n): b"n%d" % n for n in range(200)}
+    for request_id, body in ids.items():
+        fetched = titanic.wait(request_id, timeout=20)
+        assert fetched.state is ReplyState.DONE, fetched
+        assert fetched.reply == [b"far", body]
+    assert all(seen[body] == 1 for body in ids.values())
+    # The far copies are closed once their replies are stored at the origin.
+    wait_until(lambda: not far_store.list(), message="far copies closed")
+    sites = host.describe()["sites"]
+    assert sites["site"] == "origin"
+    (peer,) = sites["peers"]
+    assert peer["name"] == "far" and peer["up"] and peer["services"]["echo"]["workers"] == 1
+    assert peer["forwarded"] == 200 and peer["answered"] == 200
+    assert peer["answered_per_minute"] == 200 and peer["in_flight"] == 0
+
+
+def test_local_workers_come_first(tmp_path: Path, stack: ExitStack) -> None:
+    far_store = _store(stack, f"sqlite:///{tmp_path / 'far.db'}")
+    far, _ = _site(stack, far_store, fast_dispatcher(site="far"))
+    far_seen: Counter[bytes] = Counter()
+    start_worker(stack, far, "echo", _counting(far_seen))
+    origin_store = _store(stack, f"sqlite:///{tmp_path / 'origin.db'}")
+    origin, host = _site(stack, origin_store, fast_dispatcher(
+        site="origin", peers=(("far", far),), peer_interval=0.2, peer_overflow_after=30))
+    start_worker(stack, origin, "echo", lambda frames: [b"near", *frames])
+    wait_until(lambda: host.describe()["sites"]["peers"][0]["up"], message="link up")
+    titanic = _client(stack, origin)
+    ids = [titanic.submit("echo", b"n%d" % n) for n in range(50)]
+    for request_id in ids:
+        assert titanic.wait(request_id, timeout=10).reply[:1] == [b"near"]
+    assert not far_seen
+
+
+def test_requests_wait_while_the_link_is_down_and_go_when_it_returns(
+        tmp_path: Path, stack: ExitStack) -> None:
+    far_endpoint = free_endpoint()
+    origin_store = _store(stack, f"sqlite:///{tmp_path / 'origin.db'}")
+    origin, host = _site(stack, origin_store, fast_dispatcher(
+        site="origin", peers=(("far", far_endpoint),), peer_interval=0.1, peer_timeout=0.5))
+    titanic = _client(stack, origin)
+    ids = [titanic.submit("echo", b"n%d" % n) for n in range(20)]
+    time.sleep(0.5)  # a span in which nothing may happen: no far site yet
+    assert all(titanic.fetch(request_id).state is ReplyState.PENDING for request_id in ids)
+    (peer,) = host.describe()["sites"]["peers"]
+    assert not peer["up"] and peer["since"] is not None
+    far_store = _store(stack, f"sqlite:///{tmp_path / 'far.db'}")
+    _site(stack, far_store, fast_dispatcher(site="far"), far_endpoint)
+    start_worker(stack, far_endpoint, "echo", lambda frames: [b"far", *frames])
+    for request_id in ids:
+        assert titanic.wait(request_id, timeout=15).state is ReplyState.DONE
+    stored = origin_store.get(ids[0])
+    assert stored is not None and stored.status is RequestStatus.DONE
+
+
+def test_a_standalone_dispatcher_forwards_to_a_peer(tmp_path: Path, stack: ExitStack) -> None:
+    far_store = _store(stack, f"sqlite:///{tmp_path / 'far.db'}")
+    far, _ = _site(stack, far_store, fast_dispatcher(site="far"))
+    start_worker(stack, far, "echo", lambda frames: [b"far", *frames])
+    origin = start_broker(stack).bound[0]
+    origin_store = _store(stack, f"sqlite:///{tmp_path / 'origin.db'}")
+    dispatcher = Dispatcher(origin_store, fast_dispatcher(
+        broker=origin, site="origin", peers=(("far", far),), peer_interval=0.2))
+    stack.enter_context(running(dispatcher))
+    titanic = _client(stack, origin)
+    ids = [titanic.submit("echo", b"n%d" % n) for n in range(30)]
+    for request_id in ids:
+        assert titanic.wait(request_id, timeout=15).state is ReplyState.DONE
+    (peer,) = dispatcher.describe()["sites"]["peers"]
+    assert peer["answered"] == 30
