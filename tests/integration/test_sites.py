@@ -3,6 +3,7 @@ threads: requests for a service served only at the far site go there and come ba
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -11,10 +12,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from titanic_support import (
     FAST_BROKER,
     fast_dispatcher,
     free_endpoint,
+    run_cli,
     running,
     start_broker,
     start_worker,
@@ -26,6 +29,7 @@ from titanic.client.tsp import ReplyState, TitanicClient
 from titanic.dispatch.hosted import HostedDispatcher
 from titanic.dispatch.settings import DispatcherSettings
 from titanic.dispatch.standalone import Dispatcher
+from titanic.ops.metrics import dispatcher_registry
 from titanic.protocol.mdp import Frames
 from titanic.store import RequestStatus, Store, open_store
 
@@ -149,3 +153,43 @@ def test_a_standalone_dispatcher_forwards_to_a_peer(tmp_path: Path, stack: ExitS
         assert titanic.wait(request_id, timeout=15).state is ReplyState.DONE
     (peer,) = dispatcher.describe()["sites"]["peers"]
     assert peer["answered"] == 30
+
+
+def test_info_and_the_metrics_show_each_peer(tmp_path: Path, stack: ExitStack) -> None:
+    far_store = _store(stack, f"sqlite:///{tmp_path / 'far.db'}")
+    far, _ = _site(stack, far_store, fast_dispatcher(site="far"))
+    start_worker(stack, far, "echo", lambda frames: [b"far", *frames])
+    origin_store = _store(stack, f"sqlite:///{tmp_path / 'origin.db'}")
+    origin, host = _site(stack, origin_store, fast_dispatcher(
+        site="origin", peers=(("far", far), ("gone", free_endpoint())), peer_interval=0.1,
+        peer_timeout=0.3))
+    titanic = _client(stack, origin)
+    request_id = titanic.submit("echo", b"x")
+    assert titanic.wait(request_id, timeout=10).reply == [b"far", b"x"]
+    wait_until(lambda: host.describe()["sites"]["peers"][1]["since"] is not None,
+               message="the unreachable peer counted down")
+    answered = run_cli("info", "--broker", origin, "--json")
+    assert answered.returncode == 0, answered.stderr
+    sites = json.loads(answered.stdout)["sites"]
+    peers = {peer["name"]: peer for peer in sites["peers"]}
+    assert sites["site"] == "origin"
+    assert peers["far"]["up"] and peers["far"]["answered_per_minute"] == 1
+    assert peers["far"]["services"]["echo"]["workers"] == 1
+    assert not peers["gone"]["up"] and peers["gone"]["services"] == {}
+    text = run_cli("info", "--broker", origin).stdout.decode()
+    assert "site        origin" in text
+    assert "peer        far" in text and "link up" in text and "link DOWN" in text
+    exposed = generate_latest(dispatcher_registry(host)).decode()
+    assert 'titanic_peer_up{peer="far"} 1.0' in exposed
+    assert 'titanic_peer_up{peer="gone"} 0.0' in exposed
+    assert 'titanic_peer_answered_total{peer="far"} 1.0' in exposed
+    assert 'titanic_peer_service_workers{peer="far",service="echo"} 1.0' in exposed
+
+
+def test_bad_peer_options_are_one_line_and_exit_2() -> None:
+    for args in (["--peer", "far"], ["--peer", "a=tcp://x:1,a=tcp://y:2"], ["--site", "a b"]):
+        answered = run_cli("broker", "--titanic", *args)
+        assert answered.returncode == 2, answered
+        assert len(answered.stderr.decode().strip().splitlines()) == 1, answered.stderr
+    answered = run_cli("up", "--peer", "nameless")
+    assert answered.returncode == 2 and len(answered.stderr.strip().splitlines()) == 1

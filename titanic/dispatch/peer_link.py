@@ -93,11 +93,11 @@ class PeerLink:
             self.book.heard_from(asker, time.monotonic())
         return peer.build_answer(self.state())
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, waiting: dict[str, int] | None = None) -> dict[str, Any]:
         """This site's name and each peer's link, services and traffic; with the requests
-        waiting in the store for each peer's services."""
-        waiting: dict[str, int] = {}
-        if self.book.peers:
+        pending in the store for each peer's services (`waiting` by service, else counted)."""
+        if waiting is None and self.book.peers:
+            waiting = {}
             try:
                 for (service, status), count in self.store.stats().counts.items():
                     if status is RequestStatus.PENDING:
