@@ -212,8 +212,7 @@ class HostedDispatcher(DispatcherBase):
         manager.start()
         self._threads = [manager, self._start_clean_up(planner, self._stopping)]
         self.peers.store_id = self._identity.id
-        if self.settings.peers:
-            self.peers.start()
+        self.peers.start()  # it also closes what asking sites fetched
         self._running = True
         log.info("broker serving titanic.request/reply/close/manage itself, store %s",
                  self._identity)

@@ -7,8 +7,10 @@ dispatcher reads its broker's table; the standalone one asks mmi.broker). Then, 
 whose requests here have waited past `peer_overflow_after` despite its workers) and that an up
 peer serves, with a lease of `peer_lease`, and sends them there as keyed titanic.requests whose
 key is our UUID: a request sent again (its acknowledgement lost with the link, or this process
-restarted) is stored once there. Acknowledged ones are polled with titanic.reply; a reply is
-stored here with the others of its turn in one transaction, then the far copy is closed.
+restarted) is stored once there. For each acknowledged one a titanic.wait is held there until
+it finishes; its reply is stored here with the others that came together in one transaction,
+then the far copy is closed: its UUID goes with the next titanic.peer ask to that site, which
+closes the copies named there on its links' thread.
 
 While a link is down nothing goes to that peer and requests wait in our store. A forward
 whose peer stays down past its lease is taken back by the store's lease release, and may then
@@ -43,6 +45,10 @@ log = logging.getLogger("titanic.peers")
 Capacity = Callable[[], dict[str, tuple[int, int]] | None]
 #: The most requests claimed for one peer in one turn.
 _CLAIM_BATCH = 64
+#: The most UUIDs one titanic.peer ask asks to close.
+_CLOSES_PER_ASK = 10_000
+#: How long a peer holds a titanic.wait for a forward's reply, in milliseconds.
+_HOLD_MS = 5000
 
 
 def _own_services(counts: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
@@ -73,8 +79,12 @@ class PeerLink:
         self._thread: threading.Thread | None = None
         self._clients: dict[str, PipelinedClient] = {}
         self._local: PipelinedClient | None = None
-        self._closes: list[tuple[str, str]] = []  # (peer, far UUID) to close
+        #: Per peer, the far UUIDs to close with the next ask (their replies are stored here).
+        self._closes: dict[str, list[str]] = {name: [] for name, _ in settings.peers}
+        #: UUIDs of ours that asking sites have stored the replies of: closed on the thread.
+        self._closing: list[str] = []
         self.errors = 0
+        self._more = False  # the last claim took all it could: more may be due
 
     # -- from any thread ------------------------------------------------------------------------
 
@@ -86,11 +96,12 @@ class PeerLink:
     def answer(self, body: Frames) -> Frames:
         """titanic.peer's answer: this site's state, after hearing the asker's."""
         try:
-            asker = peer.parse_ask(body)
+            asker, closes = peer.parse_ask(body)
         except ProtocolError as exc:
             return tsp.Status.UNKNOWN.answer(f"bad request: {exc}")
         with self._lock:
             self.book.heard_from(asker, time.monotonic())
+            self._closing += closes
         return peer.build_answer(self.state())
 
     def describe(self, waiting: dict[str, int] | None = None) -> dict[str, Any]:
@@ -117,7 +128,7 @@ class PeerLink:
         sockets = SocketSet()
         for name, endpoint in self.settings.peers:
             self._clients[name] = PipelinedClient(
-                endpoint, depth=self.settings.peer_max_in_flight + 8,
+                endpoint, depth=self.settings.peer_sockets,
                 timeout=self.settings.peer_timeout, retries=0, context=context,
                 configure_socket=self._configure, sockets=sockets)
         if self._capacity is None and local_broker is not None:
@@ -148,9 +159,13 @@ class PeerLink:
                     next_ask = now + self.settings.peer_interval
                     self._guarded(self._ask, now)
                 if now >= next_claim:
-                    next_claim = now + self.settings.peer_turn
+                    self._more = False
                     self._guarded(self._claim, now)
+                    # A full batch claimed: more may be due, claimed after this wait's replies.
+                    next_claim = now if self._more else now + self.settings.peer_turn
                 self._guarded(self._send_polls, now)
+                if self._closing:
+                    self._guarded(self._close_asked)
                 wake = min(next_ask, next_claim, *self._deadlines(), self._next_poll())
                 ready, _ = sockets.wait(max(0.0, wake - time.monotonic()))
                 now = time.monotonic()
@@ -208,14 +223,17 @@ class PeerLink:
     def _ask(self, now: float) -> None:
         """Ask each peer not asked already titanic.peer, telling our state; ask our broker
         mmi.broker when that is how we learn our capacity."""
-        ask = peer.build_ask(self.state())
+        state = self.state()
         for name, client in self._clients.items():
             with self._lock:
                 link = self.book.peers[name]
                 if link.asking or not client.free_slots:
                     continue
                 link.asking = True
-            client.send(peer.SERVICE, ask, ("ask", name), timeout=self.settings.peer_interval)
+                closes, self._closes[name] = self._closes[name][:_CLOSES_PER_ASK], \
+                    self._closes[name][_CLOSES_PER_ASK:]
+            client.send(peer.SERVICE, peer.build_ask(state, closes), ("ask", name, tuple(closes)),
+                        timeout=self.settings.peer_interval)
         if self._local is not None and self._local.free_slots:
             self._local.send(mmi.BROKER, [], ("facts",))
         with self._lock:
@@ -234,7 +252,7 @@ class PeerLink:
         counts = self._capacity() if self._capacity is not None else self._facts
         if counts is None:
             return  # what has workers here is not known yet
-        for service in sorted(self.store.due_services() & routes):
+        for service in sorted(routes):  # a claim where nothing is due costs a lookup
             workers, _ = counts.get(service, (0, 0))
             if workers > 0 and not self._overdue(service):
                 continue  # local workers first
@@ -262,7 +280,9 @@ class PeerLink:
         if limit <= 0:
             return
         lease = self.settings.peer_lease
-        for request in self.store.claim_due([service], limit, lease):
+        claimed = self.store.claim_due([service], limit, lease)
+        self._more = self._more or len(claimed) == limit
+        for request in claimed:
             with self._lock:
                 send = self.book.claimed(request.id, service, target, now, lease)
             if send:
@@ -270,30 +290,28 @@ class PeerLink:
                 client.send(tsp.REQUEST_SERVICE, body, ("submit", request.id))
 
     def _send_polls(self, now: float) -> None:
-        """Ask for the replies of acknowledged forwards whose poll is due."""
+        """Wait for the replies of acknowledged forwards (titanic.wait, held by the peer)."""
         for name, client in self._clients.items():
             if not client.free_slots:
                 continue
             with self._lock:
                 due = [(request_id, forward) for request_id, forward
-                       in self.book.polls_due(now, client.free_slots + len(self._closes))
+                       in self.book.polls_due(now, client.free_slots)
                        if forward.peer == name][:client.free_slots]
                 for _, forward in due:
                     forward.polling = True
             for request_id, forward in due:
                 assert forward.far_id is not None
-                client.send(tsp.REPLY_SERVICE, [forward.far_id.encode()], ("poll", request_id))
-        self._send_closes()
+                client.send(tsp.WAIT_SERVICE, [forward.far_id.encode(), b"%d" % _HOLD_MS],
+                            ("poll", request_id),
+                            timeout=_HOLD_MS / 1000 + self.settings.peer_timeout)
 
-    def _send_closes(self) -> None:
-        left: list[tuple[str, str]] = []
-        for name, far_id in self._closes:
-            client = self._clients[name]
-            if client.free_slots:
-                client.send(tsp.CLOSE_SERVICE, [far_id.encode()], ("close", far_id))
-            else:
-                left.append((name, far_id))
-        self._closes = left
+    def _close_asked(self) -> None:
+        """Close the requests of ours whose replies an asking site has stored."""
+        with self._lock:
+            closing, self._closing = self._closing, []
+        for request_id in closing:
+            self.store.close(request_id)
 
     # -- what came back -------------------------------------------------------------------------
 
@@ -304,7 +322,7 @@ class PeerLink:
             assert isinstance(tag, tuple)
             kind: Hashable = tag[0]
             if kind == "ask":
-                self._asked(tag[1], reply, error, now)
+                self._asked(tag[1], tag[2], reply, now)
             elif kind == "facts":
                 self._heard_facts(reply)
             elif kind == "submit":
@@ -319,11 +337,9 @@ class PeerLink:
                 for request_id, _ in replies:
                     forward = self.book.replied(request_id, now)
                     if forward is not None and forward.far_id is not None:
-                        self._closes.append((forward.peer, forward.far_id))
-            self._send_closes()
+                        self._closes[forward.peer].append(forward.far_id)
 
-    def _asked(self, name: str, reply: Frames | None, error: Exception | None,
-               now: float) -> None:
+    def _asked(self, name: str, closes: tuple[str, ...], reply: Frames | None, now: float) -> None:
         state: peer.SiteState | None = None
         if reply is not None:
             try:
@@ -335,6 +351,7 @@ class PeerLink:
                 changed, up = self.book.answered(name, state, time.time()), True
             else:
                 changed, up = self.book.missed(name, time.time()), False
+                self._closes[name][:0] = closes  # with a later ask
         if changed:
             log.info("peer %s: link %s (site %s)", name, "up" if up else "down",
                      state.site if state else "-")
@@ -375,12 +392,12 @@ class PeerLink:
 
     def _polled(self, request_id: str, reply: Frames | None, error: Exception | None,
                 now: float) -> Frames | None:
-        """A titanic.reply's answer: the reply to store, or what to do instead."""
+        """A titanic.wait's answer: the reply to store, or what to do instead."""
         if reply and reply[0] == b"200":
             return list(reply[1:])
         with self._lock:
-            if reply is None or reply[0][:3] != b"400":  # pending, or no answer: later
-                self.book.still_pending(request_id, now)
+            if reply is None or reply[0][:3] != b"400":  # pending, or no answer
+                self.book.still_pending(request_id, now, answered=reply is not None)
                 return None
             forward = self.book.dropped(request_id)
         text = tsp.answer_text(reply)
@@ -388,7 +405,8 @@ class PeerLink:
             where = forward.peer if forward is not None else "?"
             self.store.fail(request_id, f"at site {where}: {text}")
             if forward is not None and forward.far_id is not None:
-                self._closes.append((forward.peer, forward.far_id))
+                with self._lock:
+                    self._closes[forward.peer].append(forward.far_id)
         else:  # the far site lost it (closed, purged): ours to send again
             self.store.release(request_id)
         return None

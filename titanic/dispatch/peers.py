@@ -6,7 +6,12 @@ down after `misses_down` asks in a row went unanswered; either way since when is
 forward is a stored request of ours sent to a peer as a keyed titanic.request (the key is our
 UUID, so that sending it again after a broken link stores it once there): first its
 acknowledgement is awaited, then its reply is asked for (titanic.reply), sooner after the send
-and less often as it waits, until it is stored here and the far copy closed.
+until it is stored here and the far copy closed: titanic.wait, held there until the request
+finishes, or asked again at once when its hold ran out, and less often each time it went
+unanswered (the link broke). The first wait goes as long after the acknowledgement as the
+acknowledgements have been taking (`first_wait`): running a request there takes about as long
+as storing it, so most waits find their request finished, and a wait held there costs the
+peer two or three more reads of its store.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from titanic.protocol.peer import SiteState
 
 #: Asks in a row without an answer after which a link is down.
 MISSES_DOWN = 3
-#: A forward's first reply poll comes this long after its acknowledgement; each poll that finds
-#: it pending doubles the wait, up to POLL_MAX_S.
-POLL_FIRST_S = 0.02
+#: After a titanic.wait for a forward's reply went unanswered, the next comes this long after,
+#: doubled at each one unanswered in a row, up to POLL_MAX_S.
+POLL_FIRST_S = 0.05
 POLL_MAX_S = 1.0
+#: The longest a first wait is put off after the acknowledgement, in seconds.
+FIRST_WAIT_MAX_S = 0.5
 _MINUTE_S = 60.0
 
 
@@ -59,6 +66,7 @@ class Forward:
     sent_at: float
     lease_until: float
     far_id: str | None = None
+    acknowledged_at: float = 0.0
     next_poll: float = 0.0
     poll_wait: float = POLL_FIRST_S
     polling: bool = False
@@ -81,6 +89,9 @@ class PeerBook:
         self.window = window
         #: Sites that asked us lately: their states, by name.
         self.heard: dict[str, tuple[SiteState, float]] = {}
+        #: How long after an acknowledgement the first titanic.wait goes: a moving average of
+        #: the time from sending a request to its acknowledgement.
+        self.first_wait = 0.0
 
     # -- links ----------------------------------------------------------------------------------
 
@@ -163,8 +174,10 @@ class PeerBook:
             peer = self.peers[forward.peer]
             peer.forwarded_total += 1
             peer.forwarded_times.append(now)
-        forward.far_id = far_id
-        forward.next_poll = now + POLL_FIRST_S
+            took = now - forward.sent_at
+            self.first_wait = min(FIRST_WAIT_MAX_S, 0.9 * self.first_wait + 0.1 * took)
+        forward.far_id, forward.acknowledged_at = far_id, now
+        forward.next_poll = now + self.first_wait
 
     def dropped(self, request_id: str) -> Forward | None:
         """Forget a forward (its send failed, its reply is stored, or it went elsewhere)."""
@@ -179,11 +192,16 @@ class PeerBook:
             peer.answered_times.append(now)
         return forward
 
-    def still_pending(self, request_id: str, now: float) -> None:
-        """A poll found it pending there: ask again later, less often each time."""
+    def still_pending(self, request_id: str, now: float, *, answered: bool) -> None:
+        """A wait ended with the request still pending there: wait again at once if the peer
+        answered (its hold ran out), else later, less often each time in a row."""
         forward = self.forwards.get(request_id)
-        if forward is not None:
-            forward.polling = False
+        if forward is None:
+            return
+        forward.polling = False
+        if answered:
+            forward.next_poll, forward.poll_wait = now, POLL_FIRST_S
+        else:
             forward.next_poll = now + forward.poll_wait
             forward.poll_wait = min(POLL_MAX_S, forward.poll_wait * 2)
 

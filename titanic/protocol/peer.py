@@ -3,7 +3,9 @@ dispatchers on one store.
 
 Every dispatcher answers titanic.peer. A site joined to another asks it about once a second,
 and each ask carries the asking site's own state, so capacity flows both ways in one round
-trip: the ask is `site name`, `state`; the answer is `200`, `state`. A state is one frame
+trip: the ask is `site name`, `state`, then the UUIDs (of requests stored at the asked site)
+whose replies the asking site has fetched and stored, for the asked site to close; the answer
+is `200`, `state`. A state is one frame
 holding a JSON object: the site's name, its store's identity, and per service served there
 its live workers and the requests waiting for one (`{"site": "paris", "store": "668a...",
 "services": {"echo": [4, 0]}}`). A malformed ask is answered `400` and a text, as TSP does.
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from titanic.errors import ProtocolError
+from titanic.protocol.tsp import parse_uuid
 
 SERVICE = b"titanic.peer"
 #: The longest site name accepted (it is shown in logs and metrics labels).
@@ -88,19 +91,21 @@ def decode_state(frame: bytes) -> SiteState:
     return SiteState(site, store, counts)
 
 
-def build_ask(state: SiteState) -> list[bytes]:
-    """An ask's body: the asking site's name and its state."""
-    return [state.site.encode(), state.encode()]
+def build_ask(state: SiteState, closes: Sequence[str] = ()) -> list[bytes]:
+    """An ask's body: the asking site's name, its state, and the UUIDs for the asked site to
+    close."""
+    return [state.site.encode(), state.encode(), *(request_id.encode() for request_id in closes)]
 
 
-def parse_ask(body: Sequence[bytes]) -> SiteState:
-    """The asking site's state; ProtocolError for a malformed ask."""
-    if len(body) != 2:
-        raise ProtocolError(f"a titanic.peer ask has 2 frames, not {len(body)}")
+def parse_ask(body: Sequence[bytes]) -> tuple[SiteState, list[str]]:
+    """The asking site's state and the UUIDs it asks to close; ProtocolError for a malformed
+    ask."""
+    if len(body) < 2:
+        raise ProtocolError(f"a titanic.peer ask has at least 2 frames, not {len(body)}")
     state = decode_state(body[1])
     if state.site.encode() != body[0]:
         raise ProtocolError("a titanic.peer ask names two different sites")
-    return state
+    return state, [parse_uuid(frame) for frame in body[2:]]
 
 
 def build_answer(state: SiteState) -> list[bytes]:
