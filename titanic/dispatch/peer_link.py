@@ -162,7 +162,8 @@ class PeerLink:
                     self._more = False
                     self._guarded(self._claim, now)
                     # A full batch claimed: more may be due, claimed after this wait's replies.
-                    next_claim = now if self._more else now + self.settings.peer_turn
+                    next_claim = (now if self._more else now + self.settings.peer_turn
+                                  if self._clients else next_ask)
                 self._guarded(self._send_polls, now)
                 if self._closing:
                     self._guarded(self._close_asked)
