@@ -93,13 +93,17 @@ def test_a_forward_is_sent_once_per_peer_and_its_reply_counted() -> None:
     # Claimed again after its lease ran out, still at the same peer: only renewed.
     assert not book.claimed(request_id, "echo", far, 61.0, 60.0)
     assert book.forwards[request_id].lease_until == 121.0
-    (due,) = book.polls_due(0.2, limit=10)
-    assert due[0] == request_id
-    due[1].polling = True
+    assert book.next_poll() == pytest.approx(0.11)
+    assert book.polls_due(0.105, {"far": 10}) == []
+    (due,) = book.polls_due(0.2, {"far": 10})
+    assert due[0] == request_id and due[1].polling
+    assert book.next_poll() is None
     book.still_pending(request_id, 1.0, answered=False)  # no answer: later
     assert book.forwards[request_id].next_poll == pytest.approx(1.0 + POLL_FIRST_S)
     book.still_pending(request_id, 2.0, answered=True)  # the hold ran out: at once
     assert book.forwards[request_id].next_poll == 2.0
+    assert book.polls_due(2.0, {"far": 0}) == []  # no room: put off a little
+    assert book.next_poll() == pytest.approx(2.0 + POLL_FIRST_S)
     assert book.replied(request_id, 3.0) is not None
     (described,) = book.describe(3.0, {"echo": 5})
     assert described["forwarded"] == described["answered"] == 1

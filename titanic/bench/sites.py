@@ -7,7 +7,8 @@ Two sites run as subprocesses on loopback, each a broker with its dispatcher in 
 the origin none and the far site as its peer. Measured in turn, `--rounds` times: requests
 submitted at the far site and run there (local end to end), and the same number submitted at
 the origin, forwarded to the far site and their replies stored back at the origin (forwarded
-end to end); each timed until every one is done in its site's database.
+end to end); each timed until every one is done in its site's database. Beside each rate, the
+CPU time each site's broker took per request, in microseconds.
 """
 
 from __future__ import annotations
@@ -18,18 +19,37 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from titanic.bench.common import Result, format_table, free_port, spawn, stop_all, titanic_command
+from titanic.bench.common import (
+    Result,
+    cpu_seconds,
+    free_port,
+    spawn,
+    stop_all,
+    titanic_command,
+)
 from titanic.bench.tsp import measure_end_to_end, wait_for_titanic
 from titanic.client import Client
 from titanic.protocol import tsp
 
 
+@dataclass(frozen=True)
+class TwoSites:
+    """The far site and the origin: endpoints, database URLs, the brokers' process ids."""
+
+    far: str
+    origin: str
+    far_db: str
+    origin_db: str
+    far_pid: int
+    origin_pid: int
+
+
 @contextmanager
-def two_sites(folder: Path, workers: int, sync: str) -> Iterator[tuple[str, str, str, str]]:
-    """The far site (with `workers` echo workers) and the origin joined to it: both
-    endpoints and both database URLs."""
+def two_sites(folder: Path, workers: int, sync: str) -> Iterator[TwoSites]:
+    """The far site (with `workers` echo workers) and the origin joined to it."""
     far, origin = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
     far_db, origin_db = (f"sqlite:///{folder / name}" for name in ("far.db", "origin.db"))
     common = ["--sqlite-synchronous", sync]
@@ -44,7 +64,7 @@ def two_sites(folder: Path, workers: int, sync: str) -> Iterator[tuple[str, str,
         wait_for_titanic(far)
         wait_for_titanic(origin)
         _wait_forwarding(origin)
-        yield far, origin, far_db, origin_db
+        yield TwoSites(far, origin, far_db, origin_db, processes[0].pid, processes[-1].pid)
     finally:
         stop_all(processes)
 
@@ -73,20 +93,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sqlite-synchronous", choices=["FULL", "NORMAL"], default="FULL")
     args = parser.parse_args(argv)
     body = b"x" * args.size
-    rows: list[tuple[str, Result]] = []
+    rows: list[tuple[str, Result, list[float]]] = []
     with tempfile.TemporaryDirectory() as folder, two_sites(
-            Path(folder), args.workers, args.sqlite_synchronous) as (far, origin, far_db,
-                                                                    origin_db):
+            Path(folder), args.workers, args.sqlite_synchronous) as sites:
         for _ in range(args.rounds):
-            local = measure_end_to_end(far, far_db, args.requests, body, args.depth)
-            rows.append(("local", local))
-            forwarded = measure_end_to_end(origin, origin_db, args.requests, body, args.depth)
-            rows.append(("forwarded", forwarded))
+            for site, endpoint, db_url in (("local", sites.far, sites.far_db),
+                                           ("forwarded", sites.origin, sites.origin_db)):
+                before = [cpu_seconds(pid) for pid in (sites.far_pid, sites.origin_pid)]
+                result = measure_end_to_end(endpoint, db_url, args.requests, body, args.depth)
+                used = [cpu_seconds(pid) - then for pid, then
+                        in zip((sites.far_pid, sites.origin_pid), before, strict=True)]
+                rows.append((site, result, [seconds / args.requests * 1e6 for seconds in used]))
     print(f"{args.size}-byte bodies, {args.workers} echo workers at the far site, SQLite "
           f"synchronous={args.sqlite_synchronous} at both sites")
-    print(format_table(rows))
-    local_rates = [result.rate for site, result in rows if site == "local"]
-    forwarded_rates = [result.rate for site, result in rows if site == "forwarded"]
+    print(f"{'requests':10} {'load':28} {'req/s':>7}  CPU us/request: {'far':>5} {'origin':>7}")
+    for site, result, cpu in rows:
+        print(f"{site:10} {result.name:28} {result.rate:7.0f}  {'':15} {cpu[0]:5.0f} "
+              f"{cpu[1]:7.0f}")
+    local_rates = [result.rate for site, result, _ in rows if site == "local"]
+    forwarded_rates = [result.rate for site, result, _ in rows if site == "forwarded"]
     share = sorted(forwarded_rates)[len(forwarded_rates) // 2] / sorted(
         local_rates)[len(local_rates) // 2]
     print(f"forwarded / local (medians): {share:.2f}")

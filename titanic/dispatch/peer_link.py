@@ -204,9 +204,8 @@ class PeerLink:
 
     def _next_poll(self) -> float:
         with self._lock:
-            polls = [forward.next_poll for forward in self.book.forwards.values()
-                     if forward.far_id is not None and not forward.polling]
-        return min(polls, default=time.monotonic() + 1.0)
+            when = self.book.next_poll()
+        return time.monotonic() + 1.0 if when is None else when
 
     def _hand_back(self) -> None:
         """At the end: requests claimed but not acknowledged go back to pending at once."""
@@ -292,20 +291,14 @@ class PeerLink:
 
     def _send_polls(self, now: float) -> None:
         """Wait for the replies of acknowledged forwards (titanic.wait, held by the peer)."""
-        for name, client in self._clients.items():
-            if not client.free_slots:
-                continue
-            with self._lock:
-                due = [(request_id, forward) for request_id, forward
-                       in self.book.polls_due(now, client.free_slots)
-                       if forward.peer == name][:client.free_slots]
-                for _, forward in due:
-                    forward.polling = True
-            for request_id, forward in due:
-                assert forward.far_id is not None
-                client.send(tsp.WAIT_SERVICE, [forward.far_id.encode(), b"%d" % _HOLD_MS],
-                            ("poll", request_id),
-                            timeout=_HOLD_MS / 1000 + self.settings.peer_timeout)
+        room = {name: client.free_slots for name, client in self._clients.items()}
+        with self._lock:
+            due = self.book.polls_due(now, room)
+        for request_id, forward in due:
+            assert forward.far_id is not None
+            self._clients[forward.peer].send(
+                tsp.WAIT_SERVICE, [forward.far_id.encode(), b"%d" % _HOLD_MS],
+                ("poll", request_id), timeout=_HOLD_MS / 1000 + self.settings.peer_timeout)
 
     def _close_asked(self) -> None:
         """Close the requests of ours whose replies an asking site has stored."""

@@ -10,13 +10,15 @@ until it is stored here and the far copy closed: titanic.wait, held there until 
 finishes, or asked again at once when its hold ran out, and less often each time it went
 unanswered (the link broke). The first wait goes as long after the acknowledgement as the
 acknowledgements have been taking (`first_wait`): running a request there takes about as long
-as storing it, so most waits find their request finished, and a wait held there costs the
+as storing it, so many waits find their request finished, and a wait held there costs the
 peer two or three more reads of its store.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +91,10 @@ class PeerBook:
         self.window = window
         #: Sites that asked us lately: their states, by name.
         self.heard: dict[str, tuple[SiteState, float]] = {}
+        self._counts: collections.Counter[str] = collections.Counter()  # forwards per peer
+        # (when, sequence, request id): the waits to send, earliest first; stale ones skipped.
+        self._polls: list[tuple[float, int, str]] = []
+        self._sequence = itertools.count()
         #: How long after an acknowledgement the first titanic.wait goes: a moving average of
         #: the time from sending a request to its acknowledgement.
         self.first_wait = 0.0
@@ -124,7 +130,7 @@ class PeerBook:
 
     def unanswered(self, name: str) -> int:
         """Forwards to the peer that await their reply."""
-        return sum(1 for forward in self.forwards.values() if forward.peer == name)
+        return self._counts[name]
 
     def choose(self, service: str, in_flight: Mapping[str, int] | None = None) -> Peer | None:
         """The up peer serving `service` with room for another forward, the one with the most
@@ -142,10 +148,22 @@ class PeerBook:
         return None if best is None else self.peers[best[1]]
 
     def _in_flight(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for forward in self.forwards.values():
-            counts[forward.peer] = counts.get(forward.peer, 0) + 1
-        return counts
+        return dict(self._counts)
+
+    def _add(self, request_id: str, forward: Forward) -> None:
+        self._forget(request_id)
+        self.forwards[request_id] = forward
+        self._counts[forward.peer] += 1
+
+    def _forget(self, request_id: str) -> Forward | None:
+        forward = self.forwards.pop(request_id, None)
+        if forward is not None:
+            self._counts[forward.peer] -= 1
+        return forward
+
+    def _schedule(self, request_id: str, forward: Forward, when: float) -> None:
+        forward.next_poll = when
+        heapq.heappush(self._polls, (when, next(self._sequence), request_id))
 
     def routes(self) -> set[str]:
         """Services some up peer serves."""
@@ -162,7 +180,7 @@ class PeerBook:
         if known is not None and known.peer == peer.name and known.far_id is not None:
             known.lease_until = now + lease
             return False
-        self.forwards[request_id] = Forward(peer.name, service, now, now + lease)
+        self._add(request_id, Forward(peer.name, service, now, now + lease))
         return True
 
     def acknowledged(self, request_id: str, far_id: str, now: float) -> None:
@@ -177,15 +195,15 @@ class PeerBook:
             took = now - forward.sent_at
             self.first_wait = min(FIRST_WAIT_MAX_S, 0.9 * self.first_wait + 0.1 * took)
         forward.far_id, forward.acknowledged_at = far_id, now
-        forward.next_poll = now + self.first_wait
+        self._schedule(request_id, forward, now + self.first_wait)
 
     def dropped(self, request_id: str) -> Forward | None:
         """Forget a forward (its send failed, its reply is stored, or it went elsewhere)."""
-        return self.forwards.pop(request_id, None)
+        return self._forget(request_id)
 
     def replied(self, request_id: str, now: float) -> Forward | None:
         """Its reply came and is stored: forget it, count it."""
-        forward = self.forwards.pop(request_id, None)
+        forward = self._forget(request_id)
         if forward is not None:
             peer = self.peers[forward.peer]
             peer.answered_total += 1
@@ -200,21 +218,44 @@ class PeerBook:
             return
         forward.polling = False
         if answered:
-            forward.next_poll, forward.poll_wait = now, POLL_FIRST_S
+            forward.poll_wait = POLL_FIRST_S
+            self._schedule(request_id, forward, now)
         else:
-            forward.next_poll = now + forward.poll_wait
+            self._schedule(request_id, forward, now + forward.poll_wait)
             forward.poll_wait = min(POLL_MAX_S, forward.poll_wait * 2)
 
-    def polls_due(self, now: float, limit: int) -> list[tuple[str, Forward]]:
-        """Up to `limit` acknowledged forwards to up peers whose next poll is due."""
+    def polls_due(self, now: float, room: Mapping[str, int]) -> list[tuple[str, Forward]]:
+        """Acknowledged forwards whose wait is due, up to `room[peer]` for each peer; those to a
+        down peer are put off (their wait goes when it is up again)."""
         due: list[tuple[str, Forward]] = []
-        for request_id, forward in self.forwards.items():
-            if len(due) >= limit:
-                break
-            if (forward.far_id is not None and not forward.polling
-                    and forward.next_poll <= now and self.peers[forward.peer].up):
-                due.append((request_id, forward))
+        left = dict(room)
+        later: list[tuple[str, Forward, float]] = []
+        while self._polls and self._polls[0][0] <= now:
+            when, _, request_id = heapq.heappop(self._polls)
+            forward = self.forwards.get(request_id)
+            if (forward is None or forward.far_id is None or forward.polling
+                    or forward.next_poll != when):
+                continue  # stale
+            if not self.peers[forward.peer].up or left.get(forward.peer, 0) <= 0:
+                later.append((request_id, forward, now + (
+                    POLL_MAX_S if not self.peers[forward.peer].up else POLL_FIRST_S)))
+                continue
+            left[forward.peer] -= 1
+            forward.polling = True
+            due.append((request_id, forward))
+        for request_id, forward, when in later:
+            self._schedule(request_id, forward, when)
         return due
+
+    def next_poll(self) -> float | None:
+        """When the earliest wait is due (None: none is)."""
+        while self._polls:
+            when, _, request_id = self._polls[0]
+            forward = self.forwards.get(request_id)
+            if forward is not None and not forward.polling and forward.next_poll == when:
+                return when
+            heapq.heappop(self._polls)
+        return None
 
     def lapsed(self, now: float) -> list[str]:
         """Forwards to a down peer whose claim's lease ran out: the store has taken them back
@@ -223,7 +264,7 @@ class PeerBook:
         gone = [request_id for request_id, forward in self.forwards.items()
                 if forward.lease_until <= now and not self.peers[forward.peer].up]
         for request_id in gone:
-            del self.forwards[request_id]
+            self._forget(request_id)
         return gone
 
     # -- what an operator sees ------------------------------------------------------------------
