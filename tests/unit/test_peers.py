@@ -15,6 +15,15 @@ def _state(site: str, **services: tuple[int, int]) -> peer.SiteState:
     return peer.SiteState(site, "ab" * 16, services)
 
 
+def test_a_replies_answer_round_trips() -> None:
+    answers = [[b"200", b"a", b"b"], [b"300", b"pending"], [b"400", b"failed: boom"]]
+    assert peer.parse_replies_answer(peer.build_replies_answer(answers), 3) == answers
+    for bad, asked in (([b"500"], 0), ([b"200", b"2", b"x"], 1), ([b"200", b"1", b"x"], 2),
+                       ([b"200", b"zero"], 1)):
+        with pytest.raises(ProtocolError):
+            peer.parse_replies_answer(bad, asked)
+
+
 def test_an_ask_and_its_answer_round_trip() -> None:
     asking = _state("paris", echo=(2, 1))
     state, closes = peer.parse_ask(peer.build_ask(asking, [FAR_ID]))
@@ -88,20 +97,22 @@ def test_a_forward_is_sent_once_per_peer_and_its_reply_counted() -> None:
     far = book.peers["far"]
     request_id = "a" * 32
     assert book.claimed(request_id, "echo", far, 0.0, 60.0)
-    book.acknowledged(request_id, FAR_ID, 0.1)
-    assert book.first_wait == pytest.approx(0.01)  # a tenth of the 0.1 s it took
+    book.acknowledged(request_id, FAR_ID, 0.1)  # first asked about 0.02 s later
     # Claimed again after its lease ran out, still at the same peer: only renewed.
     assert not book.claimed(request_id, "echo", far, 61.0, 60.0)
     assert book.forwards[request_id].lease_until == 121.0
-    assert book.next_poll() == pytest.approx(0.11)
-    assert book.polls_due(0.105, {"far": 10}) == []
+    assert book.next_poll() == pytest.approx(0.12)
+    assert book.polls_due(0.115, {"far": 10}) == []
     (due,) = book.polls_due(0.2, {"far": 10})
     assert due[0] == request_id and due[1].polling
     assert book.next_poll() is None
-    book.still_pending(request_id, 1.0, answered=False)  # no answer: later
+    book.learn({request_id: False})
+    assert book.first_ask > 0.02  # found pending at its first ask: later next time
+    book.still_pending(request_id, 1.0)  # pending there: asked again later, then less often
     assert book.forwards[request_id].next_poll == pytest.approx(1.0 + POLL_FIRST_S)
-    book.still_pending(request_id, 2.0, answered=True)  # the hold ran out: at once
-    assert book.forwards[request_id].next_poll == 2.0
+    book.polls_due(1.5, {"far": 10})
+    book.still_pending(request_id, 2.0 - 2 * POLL_FIRST_S)
+    assert book.forwards[request_id].next_poll == pytest.approx(2.0)
     assert book.polls_due(2.0, {"far": 0}) == []  # no room: put off a little
     assert book.next_poll() == pytest.approx(2.0 + POLL_FIRST_S)
     assert book.replied(request_id, 3.0) is not None
@@ -109,6 +120,26 @@ def test_a_forward_is_sent_once_per_peer_and_its_reply_counted() -> None:
     assert described["forwarded"] == described["answered"] == 1
     assert described["answered_per_minute"] == 1 and described["waiting"] == 5
     assert book.describe(70.0)[0]["answered_per_minute"] == 0
+
+
+def test_the_first_ask_moves_to_where_two_thirds_find_their_request_finished() -> None:
+    book = PeerBook([("far", "tcp://h:1")])
+    book.answered("far", _state("far", echo=(1, 0)), 0.0)
+    far = book.peers["far"]
+    # Requests there take from 0 to 0.3 s: two thirds are finished after 0.2 s. Asked about
+    # in answers of 10, first_ask settles near 0.2 s.
+    for batch in range(400):
+        first: dict[str, bool] = {}
+        for n in range(10):
+            request_id = f"{batch * 10 + n:032x}"
+            book.claimed(request_id, "echo", far, 0.0, 60.0)
+            book.acknowledged(request_id, FAR_ID, 0.0)
+            first[request_id] = n * 0.03 <= book.first_ask
+        book.learn(first)
+        book.learn(first)  # a second answer about them: not their first ask
+        for request_id in first:
+            book.replied(request_id, 1.0)
+    assert book.first_ask == pytest.approx(0.2, abs=0.03)
 
 
 def test_forwards_to_a_down_peer_lapse_with_their_lease() -> None:

@@ -57,7 +57,8 @@ log = logging.getLogger("titanic.dispatcher")
 #: How often the loop looks for titanic.manage answers while one is being worked on, seconds.
 _MANAGE_POLL_S = 0.005
 _SERVICES = frozenset({tsp.REQUEST_SERVICE, tsp.REPLY_SERVICE, tsp.CLOSE_SERVICE,
-                       tsp.WAIT_SERVICE, tsp.STORE_SERVICE, manage.SERVICE, peer.SERVICE})
+                       tsp.WAIT_SERVICE, tsp.STORE_SERVICE, manage.SERVICE, peer.SERVICE,
+                       peer.REPLIES_SERVICE})
 
 
 class CoreTransport:
@@ -300,6 +301,8 @@ class HostedDispatcher(DispatcherBase):
                 answer = handle_close(self.store, request.body, caller)
             elif request.service == peer.SERVICE:
                 answer = self.peers.answer(request.body)
+            elif request.service == peer.REPLIES_SERVICE:
+                answer = self.peers.replies(request.body, caller)
             else:
                 assert self._identity is not None
                 answer = store_reply(self._identity, self.store.max_request_bytes)

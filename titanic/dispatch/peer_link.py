@@ -7,10 +7,10 @@ dispatcher reads its broker's table; the standalone one asks mmi.broker). Then, 
 whose requests here have waited past `peer_overflow_after` despite its workers) and that an up
 peer serves, with a lease of `peer_lease`, and sends them there as keyed titanic.requests whose
 key is our UUID: a request sent again (its acknowledgement lost with the link, or this process
-restarted) is stored once there. For each acknowledged one a titanic.wait is held there until
-it finishes; its reply is stored here with the others that came together in one transaction,
-then the far copy is closed: its UUID goes with the next titanic.peer ask to that site, which
-closes the copies named there on its links' thread.
+restarted) is stored once there. The replies of acknowledged ones are asked for in batches
+(titanic.replies, one call for many, titanic.dispatch.peers says when) and stored here
+together in one transaction; then the far copy is closed: its UUID goes with the next
+titanic.peer ask to that site, which closes the copies named there on its links' thread.
 
 While a link is down nothing goes to that peer and requests wait in our store. A forward
 whose peer stays down past its lease is taken back by the store's lease release, and may then
@@ -32,9 +32,11 @@ import zmq
 from titanic._zmq import SocketHook, SocketSet, Waker
 from titanic.client.mdp import Completion, PipelinedClient
 from titanic.dispatch.peers import PeerBook
+from titanic.dispatch.services import handle_reply
 from titanic.dispatch.settings import DispatcherSettings
 from titanic.errors import ProtocolError, StoreError
 from titanic.protocol import mmi, peer, tsp
+from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.settings import broker_list
 from titanic.store import RequestStatus, Store
@@ -47,8 +49,6 @@ Capacity = Callable[[], dict[str, tuple[int, int]] | None]
 _CLAIM_BATCH = 64
 #: The most UUIDs one titanic.peer ask asks to close.
 _CLOSES_PER_ASK = 10_000
-#: How long a peer holds a titanic.wait for a forward's reply, in milliseconds.
-_HOLD_MS = 5000
 
 
 def _own_services(counts: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
@@ -290,15 +290,28 @@ class PeerLink:
                 client.send(tsp.REQUEST_SERVICE, body, ("submit", request.id))
 
     def _send_polls(self, now: float) -> None:
-        """Wait for the replies of acknowledged forwards (titanic.wait, held by the peer)."""
-        room = {name: client.free_slots for name, client in self._clients.items()}
+        """Ask each peer for the replies of its forwards whose ask is due, in batches."""
+        room = {name: client.free_slots * peer.MAX_REPLIES_ASKED
+                for name, client in self._clients.items()}
         with self._lock:
             due = self.book.polls_due(now, room)
+        by_peer: dict[str, list[tuple[str, bytes]]] = {}
         for request_id, forward in due:
             assert forward.far_id is not None
-            self._clients[forward.peer].send(
-                tsp.WAIT_SERVICE, [forward.far_id.encode(), b"%d" % _HOLD_MS],
-                ("poll", request_id), timeout=_HOLD_MS / 1000 + self.settings.peer_timeout)
+            by_peer.setdefault(forward.peer, []).append((request_id, forward.far_id.encode()))
+        for name, asked in by_peer.items():
+            for start in range(0, len(asked), peer.MAX_REPLIES_ASKED):
+                batch = asked[start:start + peer.MAX_REPLIES_ASKED]
+                self._clients[name].send(peer.REPLIES_SERVICE, [far for _, far in batch],
+                                         ("fetch", tuple(request_id for request_id, _ in batch)))
+
+    def replies(self, body: Frames, caller: Caller | None = None) -> Frames:
+        """titanic.replies' answer: titanic.reply's answer for each UUID asked about."""
+        if not 0 < len(body) <= peer.MAX_REPLIES_ASKED:
+            return tsp.Status.UNKNOWN.answer(
+                f"bad request: titanic.replies takes 1 to {peer.MAX_REPLIES_ASKED} UUIDs")
+        return peer.build_replies_answer([handle_reply(self.store, [frame], caller)
+                                          for frame in body])
 
     def _close_asked(self) -> None:
         """Close the requests of ours whose replies an asking site has stored."""
@@ -321,10 +334,8 @@ class PeerLink:
                 self._heard_facts(reply)
             elif kind == "submit":
                 self._acknowledged(tag[1], reply, error, now)
-            elif kind == "poll":
-                found = self._polled(tag[1], reply, error, now)
-                if found is not None:
-                    replies.append((tag[1], found))
+            elif kind == "fetch":
+                replies += self._fetched(tag[1], reply, now)
         if replies:
             self.store.complete_many(replies)
             with self._lock:
@@ -384,17 +395,42 @@ class PeerLink:
             log.debug("peer %s: %s not taken (%s)", where, request_id,
                       error or tsp.answer_text(reply or []))
 
-    def _polled(self, request_id: str, reply: Frames | None, error: Exception | None,
-                now: float) -> Frames | None:
-        """A titanic.wait's answer: the reply to store, or what to do instead."""
-        if reply and reply[0] == b"200":
-            return list(reply[1:])
+    def _fetched(self, request_ids: tuple[str, ...], reply: Frames | None,
+                 now: float) -> list[tuple[str, Frames]]:
+        """A titanic.replies answer: the replies to store; the rest asked again later, failed
+        or taken back."""
+        answers: list[list[bytes]] | None = None
+        if reply is not None:
+            try:
+                answers = peer.parse_replies_answer(reply, len(request_ids))
+            except ProtocolError as exc:
+                log.warning("peers: %s", exc)
+        if answers is None:
+            with self._lock:
+                for request_id in request_ids:
+                    self.book.still_pending(request_id, now)
+            return []
         with self._lock:
-            if reply is None or reply[0][:3] != b"400":  # pending, or no answer
-                self.book.still_pending(request_id, now, answered=reply is not None)
-                return None
+            self.book.learn({request_id: answer[0] == b"200"
+                             for request_id, answer in zip(request_ids, answers, strict=True)})
+        found: list[tuple[str, Frames]] = []
+        for request_id, answer in zip(request_ids, answers, strict=True):
+            if answer[0] == b"200":
+                found.append((request_id, answer[1:]))
+            else:
+                self._not_done(request_id, answer, now)
+        return found
+
+    def _not_done(self, request_id: str, answer: Frames, now: float) -> None:
+        """A forward whose peer has no reply: pending there (ask again later), failed or
+        expired there (it fails here too), or unknown there (ours to send again)."""
+        if answer[0][:3] != b"400":
+            with self._lock:
+                self.book.still_pending(request_id, now)
+            return
+        with self._lock:
             forward = self.book.dropped(request_id)
-        text = tsp.answer_text(reply)
+        text = tsp.answer_text(answer)
         if text.startswith((tsp.FAILED_PREFIX, tsp.EXPIRED_PREFIX)):
             where = forward.peer if forward is not None else "?"
             self.store.fail(request_id, f"at site {where}: {text}")
@@ -403,5 +439,3 @@ class PeerLink:
                     self._closes[forward.peer].append(forward.far_id)
         else:  # the far site lost it (closed, purged): ours to send again
             self.store.release(request_id)
-        return None
-

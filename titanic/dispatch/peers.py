@@ -5,13 +5,14 @@ A peer is another site's brokers. Its link is up while its answers to titanic.pe
 down after `misses_down` asks in a row went unanswered; either way since when is kept. A
 forward is a stored request of ours sent to a peer as a keyed titanic.request (the key is our
 UUID, so that sending it again after a broken link stores it once there): first its
-acknowledgement is awaited, then its reply is asked for (titanic.reply), sooner after the send
-until it is stored here and the far copy closed: titanic.wait, held there until the request
-finishes, or asked again at once when its hold ran out, and less often each time it went
-unanswered (the link broke). The first wait goes as long after the acknowledgement as the
-acknowledgements have been taking (`first_wait`): running a request there takes about as long
-as storing it, so many waits find their request finished, and a wait held there costs the
-peer two or three more reads of its store.
+acknowledgement is awaited, then its reply is asked for, with the others due at the same peer
+in one titanic.replies call, until it is stored here and the far copy closed. The first ask
+goes `first_ask` after the acknowledgement: an estimate of how long requests there take, kept
+where about two thirds of first asks find their request finished (a quantile tracked by
+stochastic approximation, once per titanic.replies answer: down a step times the share of its
+first asks that found their request finished, up two steps times the share found pending); a
+request still pending is asked about again after a quarter of
+that (at least POLL_FIRST_S), then twice as long each time, up to POLL_MAX_S.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from titanic.protocol.peer import SiteState
 
 #: Asks in a row without an answer after which a link is down.
 MISSES_DOWN = 3
-#: After a titanic.wait for a forward's reply went unanswered, the next comes this long after,
-#: doubled at each one unanswered in a row, up to POLL_MAX_S.
-POLL_FIRST_S = 0.05
-POLL_MAX_S = 1.0
-#: The longest a first wait is put off after the acknowledgement, in seconds.
+#: The shortest and longest wait before asking again about a forward still pending there.
+POLL_FIRST_S = 0.01
+POLL_MAX_S = 0.5
+#: The longest a first ask is put off after the acknowledgement, in seconds.
 FIRST_WAIT_MAX_S = 0.5
+#: The share of first asks that should find their request finished.
+_FOUND_SHARE = 2 / 3
 _MINUTE_S = 60.0
 
 
@@ -52,7 +54,6 @@ class Peer:
     answered_total: int = 0
     forwarded_times: collections.deque[float] = field(default_factory=collections.deque)
     answered_times: collections.deque[float] = field(default_factory=collections.deque)
-
     def serves(self, service: str) -> bool:
         """The link is up and the peer has a live worker of `service`."""
         return self.up and self.state is not None and self.state.serves(service)
@@ -69,6 +70,7 @@ class Forward:
     lease_until: float
     far_id: str | None = None
     acknowledged_at: float = 0.0
+    first_ask: bool = True
     next_poll: float = 0.0
     poll_wait: float = POLL_FIRST_S
     polling: bool = False
@@ -95,9 +97,8 @@ class PeerBook:
         # (when, sequence, request id): the waits to send, earliest first; stale ones skipped.
         self._polls: list[tuple[float, int, str]] = []
         self._sequence = itertools.count()
-        #: How long after an acknowledgement the first titanic.wait goes: a moving average of
-        #: the time from sending a request to its acknowledgement.
-        self.first_wait = 0.0
+        #: How long after its acknowledgement a forward's reply is first asked for (see above).
+        self.first_ask = 0.02
 
     # -- links ----------------------------------------------------------------------------------
 
@@ -192,10 +193,9 @@ class PeerBook:
             peer = self.peers[forward.peer]
             peer.forwarded_total += 1
             peer.forwarded_times.append(now)
-            took = now - forward.sent_at
-            self.first_wait = min(FIRST_WAIT_MAX_S, 0.9 * self.first_wait + 0.1 * took)
         forward.far_id, forward.acknowledged_at = far_id, now
-        self._schedule(request_id, forward, now + self.first_wait)
+        forward.poll_wait = max(POLL_FIRST_S, self.first_ask / 4)
+        self._schedule(request_id, forward, now + self.first_ask)
 
     def dropped(self, request_id: str) -> Forward | None:
         """Forget a forward (its send failed, its reply is stored, or it went elsewhere)."""
@@ -210,23 +210,33 @@ class PeerBook:
             peer.answered_times.append(now)
         return forward
 
-    def still_pending(self, request_id: str, now: float, *, answered: bool) -> None:
-        """A wait ended with the request still pending there: wait again at once if the peer
-        answered (its hold ran out), else later, less often each time in a row."""
+    def learn(self, first: Mapping[str, bool]) -> None:
+        """What the first asks in one answer found (finished or not, by request): `first_ask`
+        moves towards its quantile by one step at most."""
+        asked = [request_id for request_id in first
+                 if (forward := self.forwards.get(request_id)) is not None and forward.first_ask]
+        if not asked:
+            return
+        for request_id in asked:
+            self.forwards[request_id].first_ask = False
+        found = sum(1 for request_id in asked if first[request_id]) / len(asked)
+        step = max(0.001, self.first_ask / 10)
+        self.first_ask += step * ((1 - found) * _FOUND_SHARE - found * (1 - _FOUND_SHARE))
+        self.first_ask = min(FIRST_WAIT_MAX_S, max(0.0, self.first_ask))
+
+    def still_pending(self, request_id: str, now: float) -> None:
+        """Its peer said it is pending, or did not answer: ask again later, less often each
+        time in a row."""
         forward = self.forwards.get(request_id)
         if forward is None:
             return
         forward.polling = False
-        if answered:
-            forward.poll_wait = POLL_FIRST_S
-            self._schedule(request_id, forward, now)
-        else:
-            self._schedule(request_id, forward, now + forward.poll_wait)
-            forward.poll_wait = min(POLL_MAX_S, forward.poll_wait * 2)
+        self._schedule(request_id, forward, now + forward.poll_wait)
+        forward.poll_wait = min(POLL_MAX_S, forward.poll_wait * 2)
 
     def polls_due(self, now: float, room: Mapping[str, int]) -> list[tuple[str, Forward]]:
-        """Acknowledged forwards whose wait is due, up to `room[peer]` for each peer; those to a
-        down peer are put off (their wait goes when it is up again)."""
+        """Acknowledged forwards whose ask is due, up to `room[peer]` for each peer; those to a
+        down peer are put off (asked when it is up again)."""
         due: list[tuple[str, Forward]] = []
         left = dict(room)
         later: list[tuple[str, Forward, float]] = []
@@ -248,7 +258,7 @@ class PeerBook:
         return due
 
     def next_poll(self) -> float | None:
-        """When the earliest wait is due (None: none is)."""
+        """When the earliest ask is due (None: none is)."""
         while self._polls:
             when, _, request_id = self._polls[0]
             forward = self.forwards.get(request_id)

@@ -187,6 +187,7 @@ class Dispatcher(DispatcherBase):
                 tsp.WAIT_SERVICE: (s.wait_connections, None),
                 tsp.STORE_SERVICE: (1, self._serve_identity),
                 peer.SERVICE: (1, self._serve_peer),
+                peer.REPLIES_SERVICE: (s.reply_connections, self._serve_replies),
             },
             dialect=s.dialect, settings=s.connection, context=self._context,
             configure_socket=self._configure, sockets=self._sockets, identities=s.identities,
@@ -200,6 +201,11 @@ class Dispatcher(DispatcherBase):
     def _serve_peer(self, bodies: Sequence[Frames],
                     callers: Sequence[Caller | None]) -> list[Frames]:
         return [self.peers.answer(body) for body in bodies]
+
+    def _serve_replies(self, bodies: Sequence[Frames],
+                       callers: Sequence[Caller | None]) -> list[Frames]:
+        return [self.peers.replies(body, caller)
+                for body, caller in zip(bodies, callers, strict=True)]
 
     def _check_store(self) -> None:
         """Read the store's identity; StoreMismatchError if another store serves the brokers."""

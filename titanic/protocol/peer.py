@@ -22,6 +22,11 @@ from titanic.errors import ProtocolError
 from titanic.protocol.tsp import parse_uuid
 
 SERVICE = b"titanic.peer"
+#: titanic.reply for many requests at once: `uuid...` -> `200`, then per UUID, in order, the
+#: number of frames of its titanic.reply answer and those frames.
+REPLIES_SERVICE = b"titanic.replies"
+#: The most UUIDs one titanic.replies call asks about.
+MAX_REPLIES_ASKED = 1000
 #: The longest site name accepted (it is shown in logs and metrics labels).
 MAX_SITE_NAME = 64
 _MAX_STATE_BYTES = 1 << 20
@@ -118,6 +123,34 @@ def parse_answer(frames: Sequence[bytes]) -> SiteState:
     if len(frames) != 2 or frames[0] != b"200":
         raise ProtocolError(f"titanic.peer answered {[frame[:40] for frame in frames[:2]]!r}")
     return decode_state(frames[1])
+
+
+def build_replies_answer(answers: Sequence[Sequence[bytes]]) -> list[bytes]:
+    """titanic.replies' answer: `200`, then each titanic.reply answer as its frame count and
+    its frames."""
+    frames = [b"200"]
+    for answer in answers:
+        frames.append(b"%d" % len(answer))
+        frames.extend(answer)
+    return frames
+
+
+def parse_replies_answer(frames: Sequence[bytes], asked: int) -> list[list[bytes]]:
+    """The `asked` titanic.reply answers in a titanic.replies answer; ProtocolError if it does
+    not hold them."""
+    if not frames or frames[0] != b"200":
+        raise ProtocolError(f"titanic.replies answered {frames[:1]!r}")
+    answers: list[list[bytes]] = []
+    at = 1
+    while at < len(frames):
+        count = frames[at]
+        if not count.isdigit() or int(count) < 1 or at + 1 + int(count) > len(frames):
+            raise ProtocolError(f"titanic.replies: a bad frame count {count[:12]!r}")
+        answers.append(list(frames[at + 1:at + 1 + int(count)]))
+        at += 1 + int(count)
+    if len(answers) != asked:
+        raise ProtocolError(f"titanic.replies answered {len(answers)} of {asked} requests")
+    return answers
 
 
 def parse_peers(text: str | Sequence[str]) -> list[tuple[str, str]]:
