@@ -215,6 +215,11 @@ class MemoryStore:
             if row is not None and row.idempotency_key:
                 self._keys.pop(row.idempotency_key, None)
 
+    def close_many(self, request_ids: Sequence[str]) -> None:
+        """close() for a batch, whoever owns them."""
+        for request_id in request_ids:
+            self.close(request_id)
+
     def _change_all(self, change: Callable[[StoredRequest], StoredRequest | None]) -> int:
         with self._lock:
             changed = [new for row in self._rows.values() if (new := change(row)) is not None]

@@ -234,6 +234,15 @@ def test_close_deletes_and_unknown_is_fine(store: Store) -> None:
     store.close("0" * 32)
 
 
+def test_close_many_deletes_them_all_in_one_call(store: Store) -> None:
+    kept, *closed = store.submit_many([NewRequest("svc", (b"%d" % n,)) for n in range(4)])
+    store.complete(closed[0], [b"reply"])
+    store.close_many([*closed, "0" * 32])
+    assert [store.get(request_id) for request_id in closed] == [None] * 3
+    assert store.get(kept) is not None
+    store.close_many([])
+
+
 ALICE, BOB = "A" * 40, "B" * 40
 
 

@@ -317,8 +317,7 @@ class PeerLink:
         """Close the requests of ours whose replies an asking site has stored."""
         with self._lock:
             closing, self._closing = self._closing, []
-        for request_id in closing:
-            self.store.close(request_id)
+        self.store.close_many(closing)
 
     # -- what came back -------------------------------------------------------------------------
 

@@ -101,7 +101,7 @@ class DispatcherSettings:
     #: How long a call to a peer (a request, a poll, a close) may take.
     peer_timeout: float = 3.0
     #: Requests one peer may have unanswered at once.
-    peer_max_in_flight: int = 256
+    peer_max_in_flight: int = 1024
     #: Calls (requests, waits) in flight to one peer at once: one socket each.
     peer_sockets: int = 256
 

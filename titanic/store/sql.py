@@ -494,6 +494,21 @@ class SqlStore(SqlOverview):
                                         if None in owners else t.c.owner.in_(keys))
         self._transaction(lambda conn: conn.execute(statement))
 
+    def close_many(self, request_ids: Sequence[str]) -> None:
+        """close() for a batch, whoever owns them, in one transaction (not durable on its own,
+        as close())."""
+        keys = [check_request_id(request_id) for request_id in request_ids]
+        if not keys:
+            return
+        if not self._hot.postgres:
+            sql, _ = self._hot.close_statement(keys[0], None)
+            params = [self._hot.close_statement(key, None)[1] for key in keys]
+            self._retrying(lambda: self._sqlite_turn_connection(durable=False),
+                           lambda raw: raw.executemany(sql, params))
+            return
+        statement = delete(t).where(t.c.id.in_([request_key(key) for key in keys]))
+        self._transaction(lambda conn: conn.execute(statement), durable=False)
+
     # -- dispatching ----------------------------------------------------------------------------
 
     def claim_due(self, services: Sequence[str] | None, limit: int, lease: float, *,

@@ -197,6 +197,10 @@ class Store(Protocol):
         owner is one of them (None standing for a request without owner)."""
         ...
 
+    def close_many(self, request_ids: Sequence[str]) -> None:
+        """close() for a batch, whoever owns them, in one transaction; unknown UUIDs are fine."""
+        ...
+
     def release_stale(self, *, now: datetime | None = None) -> int:
         """Dispatched requests whose lease ran out become pending (crash recovery)."""
         ...
