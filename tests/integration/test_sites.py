@@ -30,6 +30,7 @@ from titanic.dispatch.hosted import HostedDispatcher
 from titanic.dispatch.settings import DispatcherSettings
 from titanic.dispatch.standalone import Dispatcher
 from titanic.ops.metrics import dispatcher_registry
+from titanic.protocol.failure import FailureKind, build_failure
 from titanic.protocol.mdp import Frames
 from titanic.store import RequestStatus, Store, open_store
 
@@ -193,3 +194,54 @@ def test_bad_peer_options_are_one_line_and_exit_2() -> None:
         assert len(answered.stderr.decode().strip().splitlines()) == 1, answered.stderr
     answered = run_cli("up", "--peer", "nameless")
     assert answered.returncode == 2 and len(answered.stderr.strip().splitlines()) == 1
+
+
+def test_a_request_that_fails_at_the_far_site_fails_at_the_origin(tmp_path: Path,
+                                                                   stack: ExitStack) -> None:
+    far_store = _store(stack, f"sqlite:///{tmp_path / 'far.db'}")
+    far, _ = _site(stack, far_store, fast_dispatcher(site="far"))
+    start_worker(stack, far, "broken", lambda frames: build_failure(
+        FailureKind.PERMANENT, "ValueError: no such thing"))
+    origin_store = _store(stack, f"sqlite:///{tmp_path / 'origin.db'}")
+    origin, _ = _site(stack, origin_store, fast_dispatcher(
+        site="origin", peers=(("far", far),), peer_interval=0.1))
+    titanic = _client(stack, origin)
+    request_id = titanic.submit("broken", b"x")
+    fetched = titanic.wait(request_id, timeout=10)
+    assert fetched.state is ReplyState.FAILED, fetched
+    stored = origin_store.get(request_id)
+    assert stored is not None and stored.status is RequestStatus.FAILED
+    assert stored.last_error is not None
+    assert stored.last_error.startswith("at site far: failed: ValueError: no such thing")
+    wait_until(lambda: not far_store.list(), message="the far copy closed")
+
+
+def test_requests_waiting_past_the_overflow_time_go_to_a_peer_with_free_workers(
+        tmp_path: Path, stack: ExitStack) -> None:
+    far_store = _store(stack, f"sqlite:///{tmp_path / 'far.db'}")
+    far, _ = _site(stack, far_store, fast_dispatcher(site="far"))
+    for _ in range(2):
+        start_worker(stack, far, "slow", lambda frames: [b"far", *frames])
+    origin_store = _store(stack, f"sqlite:///{tmp_path / 'origin.db'}")
+    origin, host = _site(stack, origin_store, fast_dispatcher(
+        site="origin", peers=(("far", far),), peer_interval=0.1, peer_overflow_after=0.5,
+        request_timeout=30))
+    release = threading.Event()
+
+    def stuck(frames: Frames) -> Frames:
+        release.wait(20)
+        return [b"near", *frames]
+
+    start_worker(stack, origin, "slow", stuck)  # holds the first request it gets
+    stack.callback(release.set)  # before the worker is stopped
+    wait_until(lambda: host.describe()["sites"]["peers"][0]["up"], message="link up")
+    titanic = _client(stack, origin)
+    ids = [titanic.submit("slow", b"n%d" % n) for n in range(30)]
+    # At most a window's worth (8) goes to the local worker; the others, waiting past 0.5 s
+    # for it, go to the far site, whose two workers are free.
+    wait_until(lambda: sum(origin_store.get(request_id).status is RequestStatus.DONE  # type: ignore[union-attr]
+                           for request_id in ids) >= 30 - 8, timeout=15,
+               message="the requests beyond the local window answered at the far site")
+    release.set()
+    replies = [titanic.wait(request_id, timeout=40).reply or [] for request_id in ids]
+    assert [reply[:1] for reply in replies].count([b"far"]) >= 30 - 8
