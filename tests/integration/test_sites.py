@@ -245,3 +245,36 @@ def test_requests_waiting_past_the_overflow_time_go_to_a_peer_with_free_workers(
     release.set()
     replies = [titanic.wait(request_id, timeout=40).reply or [] for request_id in ids]
     assert [reply[:1] for reply in replies].count([b"far"]) >= 30 - 8
+
+
+def test_a_restarted_origin_asks_for_what_it_had_sent_at_once(tmp_path: Path,
+                                                               stack: ExitStack) -> None:
+    far_store = _store(stack, f"sqlite:///{tmp_path / 'far.db'}")
+    far, _ = _site(stack, far_store, fast_dispatcher(site="far"))
+    release = threading.Event()
+
+    def held(frames: Frames) -> Frames:
+        release.wait(20)
+        return [b"far", *frames]
+
+    start_worker(stack, far, "echo", held)
+    stack.callback(release.set)  # before the worker is stopped
+    origin_store = _store(stack, f"sqlite:///{tmp_path / 'origin.db'}")
+    settings = fast_dispatcher(site="origin", peers=(("far", far),), peer_interval=0.1,
+                               peer_lease=60)
+    with ExitStack() as first:
+        origin, host = _site(first, origin_store, settings)
+        titanic = TitanicClient(origin, timeout=2.0, retries=3)
+        first.callback(titanic.close)
+        request_id = titanic.submit("echo", b"x")
+        wait_until(lambda: host.describe()["sites"]["peers"][0]["forwarded"] == 1,
+                   message="acknowledged at the far site")
+        endpoint = origin
+    # The origin stopped with the request at the far site, under a lease of 60 s.
+    assert origin_store.forwards_of("far") != []
+    release.set()
+    _site(stack, origin_store, settings, endpoint)
+    titanic = _client(stack, endpoint)
+    fetched = titanic.wait(request_id, timeout=10)  # long before the lease runs out
+    assert fetched.reply == [b"far", b"x"]
+    wait_until(lambda: origin_store.forwards_of("far") == [], message="forgotten once stored")

@@ -152,6 +152,7 @@ class PeerLink:
 
     def _run(self, sockets: SocketSet) -> None:
         next_ask = next_claim = 0.0
+        self._guarded(self._adopt, time.monotonic())
         try:
             while not self._waker.stopped.is_set():
                 now = time.monotonic()
@@ -206,6 +207,19 @@ class PeerLink:
         with self._lock:
             when = self.book.next_poll()
         return time.monotonic() + 1.0 if when is None else when
+
+    def _adopt(self, now: float) -> None:
+        """The requests this store had sent to each peer and not yet seen answered (this
+        dispatcher, or one before it on the store, stopped): their replies are asked for at
+        once, without waiting for their leases."""
+        for name in self._clients:
+            found = self.store.forwards_of(name)
+            with self._lock:
+                for request_id, far_id in found:
+                    self.book.adopt(request_id, name, far_id, now, self.settings.peer_lease)
+            if found:
+                log.info("peer %s: %d requests sent there before, their replies asked for",
+                         name, len(found))
 
     def _hand_back(self) -> None:
         """At the end: requests claimed but not acknowledged go back to pending at once."""
@@ -324,6 +338,7 @@ class PeerLink:
     def _settle(self, now: float, done: list[Completion]) -> None:
         """Act on the completions of a wait: links, acknowledgements, replies (stored together)."""
         replies: list[tuple[str, Frames]] = []
+        sent: list[tuple[str, str, str]] = []
         for tag, reply, error in done:
             assert isinstance(tag, tuple)
             kind: Hashable = tag[0]
@@ -332,9 +347,11 @@ class PeerLink:
             elif kind == "facts":
                 self._heard_facts(reply)
             elif kind == "submit":
-                self._acknowledged(tag[1], reply, error, now)
+                sent += self._acknowledged(tag[1], reply, error, now)
             elif kind == "fetch":
                 replies += self._fetched(tag[1], reply, now)
+        if sent:  # for a restarted link to ask for their replies at once
+            self.store.record_forwards(sent)
         if replies:
             self.store.complete_many(replies)
             with self._lock:
@@ -342,6 +359,7 @@ class PeerLink:
                     forward = self.book.replied(request_id, now)
                     if forward is not None and forward.far_id is not None:
                         self._closes[forward.peer].append(forward.far_id)
+            self.store.forget_forwards([request_id for request_id, _ in replies])
 
     def _asked(self, name: str, closes: tuple[str, ...], reply: Frames | None, now: float) -> None:
         state: peer.SiteState | None = None
@@ -371,9 +389,10 @@ class PeerLink:
         self._facts = counts
 
     def _acknowledged(self, request_id: str, reply: Frames | None, error: Exception | None,
-                      now: float) -> None:
-        """A forward's titanic.request answer: its far UUID, or the request back to pending
-        (the link broke, the peer is full) or failed (the peer refuses it for good)."""
+                      now: float) -> list[tuple[str, str, str]]:
+        """A forward's titanic.request answer: its far UUID (returned with its peer, to
+        remember), or the request back to pending (the link broke, the peer is full) or failed
+        (the peer refuses it for good)."""
         far_id: str | None = None
         if reply and reply[0][:3] == b"200" and len(reply) > 1:
             try:
@@ -383,7 +402,8 @@ class PeerLink:
         if far_id is not None:
             with self._lock:
                 self.book.acknowledged(request_id, far_id, now)
-            return
+                forward = self.book.forwards.get(request_id)
+            return [] if forward is None else [(request_id, forward.peer, far_id)]
         with self._lock:
             forward = self.book.dropped(request_id)
         where = forward.peer if forward is not None else "?"
@@ -393,6 +413,7 @@ class PeerLink:
             self.store.release(request_id)
             log.debug("peer %s: %s not taken (%s)", where, request_id,
                       error or tsp.answer_text(reply or []))
+        return []
 
     def _fetched(self, request_ids: tuple[str, ...], reply: Frames | None,
                  now: float) -> list[tuple[str, Frames]]:
@@ -430,6 +451,7 @@ class PeerLink:
         with self._lock:
             forward = self.book.dropped(request_id)
         text = tsp.answer_text(answer)
+        self.store.forget_forwards([request_id])
         if text.startswith((tsp.FAILED_PREFIX, tsp.EXPIRED_PREFIX)):
             where = forward.peer if forward is not None else "?"
             self.store.fail(request_id, f"at site {where}: {text}")

@@ -184,6 +184,13 @@ class PeerBook:
         self._add(request_id, Forward(peer.name, service, now, now + lease))
         return True
 
+    def adopt(self, request_id: str, peer: str, far_id: str, now: float, lease: float) -> None:
+        """A request sent to `peer` as `far_id` before this book was made: ask for its reply
+        at once."""
+        forward = Forward(peer, "", now, now + lease, far_id, now, first_ask=False)
+        self._add(request_id, forward)
+        self._schedule(request_id, forward, now)
+
     def acknowledged(self, request_id: str, far_id: str, now: float) -> None:
         """The peer stored it as `far_id`."""
         forward = self.forwards.get(request_id)

@@ -40,6 +40,7 @@ from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store import dialect, pipeline, sqlite_turn
 from titanic.store.crypto import REPLY, REQUEST, PlainBodies
 from titanic.store.hot import HotStatements
+from titanic.store.models import forwards_table as f
 from titanic.store.models import identity_table
 from titanic.store.models import requests_table as t
 from titanic.store.overview import SqlOverview
@@ -508,6 +509,39 @@ class SqlStore(SqlOverview):
             return
         statement = delete(t).where(t.c.id.in_([request_key(key) for key in keys]))
         self._transaction(lambda conn: conn.execute(statement), durable=False)
+
+    # -- requests sent to other sites ----------------------------------------------------------
+
+    def record_forwards(self, forwards: Sequence[tuple[str, str, str]]) -> None:
+        """Remember requests sent to another site (not durable on its own: a lost row only
+        makes a restarted link wait for the request's lease)."""
+        rows = [{"id": request_key(request_id), "peer": peer, "far_id": request_key(far_id)}
+                for request_id, peer, far_id in forwards]
+        if not rows:
+            return
+
+        def record(conn: Connection) -> None:
+            conn.execute(delete(f).where(f.c.id.in_([row["id"] for row in rows])))
+            conn.execute(f.insert(), rows)
+
+        self._transaction(record, durable=False)
+
+    def forwards_of(self, peer: str) -> list[tuple[str, str]]:
+        """The requests sent to `peer` and still dispatched; forgets the others' forwards."""
+        def read(conn: Connection) -> list[tuple[str, str]]:
+            conn.execute(delete(f).where(f.c.id.not_in(
+                select(t.c.id).where(t.c.status == DISPATCHED))))
+            found = conn.execute(select(f.c.id, f.c.far_id).where(f.c.peer == peer)).all()
+            return [(request_id.hex, far_id.hex) for request_id, far_id in found]
+
+        return self._transaction(read, durable=False)
+
+    def forget_forwards(self, request_ids: Sequence[str]) -> None:
+        """Forget these requests' forwards."""
+        keys = [request_key(request_id) for request_id in request_ids]
+        if keys:
+            self._transaction(lambda conn: conn.execute(delete(f).where(f.c.id.in_(keys))),
+                              durable=False)
 
     # -- dispatching ----------------------------------------------------------------------------
 
