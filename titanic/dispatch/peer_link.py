@@ -122,8 +122,10 @@ class PeerLink:
 
     # -- the thread -----------------------------------------------------------------------------
 
-    def start(self, local_broker: str | Sequence[str] | None = None) -> None:
-        """Start the thread; without a capacity source it asks `local_broker` mmi.broker."""
+    def start(self, local_broker: str | Sequence[str] | None = None,
+              local_configure: SocketHook | None = None) -> None:
+        """Start the thread; without a capacity source it asks `local_broker` mmi.broker (its
+        sockets set up by `local_configure`: CURVE to our own broker)."""
         context = self._context or zmq.Context.instance()
         sockets = SocketSet()
         for name, endpoint in self.settings.peers:
@@ -134,7 +136,7 @@ class PeerLink:
         if self._capacity is None and local_broker is not None:
             self._local = PipelinedClient(broker_list(local_broker), depth=1,
                                           timeout=self.settings.peer_timeout, retries=0,
-                                          context=context, configure_socket=self._configure,
+                                          context=context, configure_socket=local_configure,
                                           sockets=sockets)
         sockets.add_fd(self._waker.fileno())
         self._thread = threading.Thread(target=self._run, args=(sockets,), name="titanic-peers",
@@ -149,6 +151,8 @@ class PeerLink:
         self._waker.wake()
         if self._thread is not None:
             self._thread.join(10.0)
+        else:
+            self._waker.close()  # never started: the thread did not close it
 
     def _run(self, sockets: SocketSet) -> None:
         next_ask = next_claim = 0.0

@@ -226,7 +226,6 @@ class Dispatcher(DispatcherBase):
         client: PipelinedClient | None = None
         managing: threading.Thread | None = None
         cleaning: threading.Thread | None = None
-        linked = False
         try:
             self._check_store()
             client = PipelinedClient(s.broker, depth=s.max_in_flight, dialect=s.dialect,
@@ -245,8 +244,7 @@ class Dispatcher(DispatcherBase):
             cleaning = self._start_clean_up(planner, self._waker.stopped)
             assert self._identity is not None
             self.peers.store_id = self._identity.id
-            self.peers.start(local_broker=s.broker)
-            linked = True
+            self.peers.start(local_broker=s.broker, local_configure=self._configure)
             self._running = True
             self._loop(client, planner)
             self._waits.answer_all()
@@ -256,8 +254,7 @@ class Dispatcher(DispatcherBase):
         finally:
             self._running = False
             self._waker.stopped.set()  # ends the clean-up thread's wait, if run() failed
-            if linked:
-                self.peers.stop()
+            self.peers.stop()
             if cleaning is not None:
                 cleaning.join(30.0)
             if managing is not None:
