@@ -27,12 +27,16 @@ from titanic_support import (
 from titanic.broker import Broker
 from titanic.client.tsp import ReplyState, TitanicClient
 from titanic.dispatch.hosted import HostedDispatcher
+from titanic.dispatch.peer_link import PeerLink
 from titanic.dispatch.settings import DispatcherSettings
 from titanic.dispatch.standalone import Dispatcher
 from titanic.ops.metrics import dispatcher_registry
+from titanic.protocol import peer
 from titanic.protocol.failure import FailureKind, build_failure
+from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
-from titanic.store import RequestStatus, Store, open_store
+from titanic.store import NewRequest, RequestStatus, Store, open_store
+from titanic.testing import MemoryStore
 
 
 def _store(stack: ExitStack, url: str) -> Store:
@@ -278,3 +282,24 @@ def test_a_restarted_origin_asks_for_what_it_had_sent_at_once(tmp_path: Path,
     fetched = titanic.wait(request_id, timeout=10)  # long before the lease runs out
     assert fetched.reply == [b"far", b"x"]
     wait_until(lambda: origin_store.forwards_of("far") == [], message="forgotten once stored")
+
+
+def test_an_ask_closes_what_it_names_as_titanic_close_would_for_the_asker() -> None:
+    store = MemoryStore()
+    alices, bobs, nobodys = store.submit_many([
+        NewRequest("echo", (b"1",), owner="A" * 40), NewRequest("echo", (b"2",), owner="B" * 40),
+        NewRequest("echo", (b"3",))])
+    link = PeerLink(store, DispatcherSettings(site="far", peer_interval=0.02), store_id="x")
+    link.start()
+    try:
+        ask = peer.build_ask(peer.SiteState("origin"), [alices, bobs, nobodys])
+        answer = link.answer(ask, Caller("A" * 40, admin=False))
+        assert peer.parse_answer(answer).site == "far"
+        wait_until(lambda: store.get(alices) is None, message="alice's request closed")
+        wait_until(lambda: store.get(nobodys) is None, message="the ownerless one closed")
+        assert store.get(bobs) is not None  # not alice's to close
+        link.answer(ask)  # no caller (no CURVE): every one named
+        wait_until(lambda: store.get(bobs) is None, message="closed without CURVE")
+        assert link.answer([b"origin"])[0] == b"400"
+    finally:
+        link.stop()

@@ -152,3 +152,4 @@ def test_forwards_to_a_down_peer_lapse_with_their_lease() -> None:
     assert book.lapsed(5.0) == []
     assert book.lapsed(10.0) == ["b" * 32]
     assert not book.forwards
+

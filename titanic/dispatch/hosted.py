@@ -300,7 +300,7 @@ class HostedDispatcher(DispatcherBase):
             elif request.service == tsp.CLOSE_SERVICE:
                 answer = handle_close(self.store, request.body, caller)
             elif request.service == peer.SERVICE:
-                answer = self.peers.answer(request.body)
+                answer = self.peers.answer(request.body, caller)
             elif request.service == peer.REPLIES_SERVICE:
                 answer = self.peers.replies(request.body, caller)
             else:

@@ -81,8 +81,9 @@ class PeerLink:
         self._local: PipelinedClient | None = None
         #: Per peer, the far UUIDs to close with the next ask (their replies are stored here).
         self._closes: dict[str, list[str]] = {name: [] for name, _ in settings.peers}
-        #: UUIDs of ours that asking sites have stored the replies of: closed on the thread.
-        self._closing: list[str] = []
+        #: UUIDs of ours that asking sites have stored the replies of, closed on the thread, and
+        #: the owners whose requests the asker may close (None: any, as titanic.close allows).
+        self._closing: list[tuple[list[str], tuple[str | None, ...] | None]] = []
         self.errors = 0
         self._more = False  # the last claim took all it could: more may be due
 
@@ -93,15 +94,18 @@ class PeerLink:
         counts = self._capacity() if self._capacity is not None else self._facts
         return peer.SiteState(self.site, self.store_id, _own_services(counts or {}))
 
-    def answer(self, body: Frames) -> Frames:
-        """titanic.peer's answer: this site's state, after hearing the asker's."""
+    def answer(self, body: Frames, caller: Caller | None = None) -> Frames:
+        """titanic.peer's answer: this site's state, after hearing the asker's. The requests
+        it names are closed as titanic.close would for `caller` (with CURVE, only its own)."""
         try:
             asker, closes = peer.parse_ask(body)
         except ProtocolError as exc:
             return tsp.Status.UNKNOWN.answer(f"bad request: {exc}")
+        owners = None if caller is None or caller.admin else (None, caller.key)
         with self._lock:
             self.book.heard_from(asker, time.monotonic())
-            self._closing += closes
+            if closes:
+                self._closing.append((closes, owners))
         return peer.build_answer(self.state())
 
     def describe(self, waiting: dict[str, int] | None = None) -> dict[str, Any]:
@@ -335,7 +339,12 @@ class PeerLink:
         """Close the requests of ours whose replies an asking site has stored."""
         with self._lock:
             closing, self._closing = self._closing, []
-        self.store.close_many(closing)
+        for request_ids, owners in closing:
+            if owners is None:
+                self.store.close_many(request_ids)
+            else:
+                for request_id in request_ids:
+                    self.store.close(request_id, owners=owners)
 
     # -- what came back -------------------------------------------------------------------------
 

@@ -200,7 +200,8 @@ class Dispatcher(DispatcherBase):
 
     def _serve_peer(self, bodies: Sequence[Frames],
                     callers: Sequence[Caller | None]) -> list[Frames]:
-        return [self.peers.answer(body) for body in bodies]
+        return [self.peers.answer(body, caller)
+                for body, caller in zip(bodies, callers, strict=True)]
 
     def _serve_replies(self, bodies: Sequence[Frames],
                        callers: Sequence[Caller | None]) -> list[Frames]:
