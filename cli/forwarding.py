@@ -78,10 +78,53 @@ _FORWARDING_OPTIONS = [
                  "titanic.request is answered '503 ...' (0: no limit) "
                  "[env TITANIC_MAX_STORED_PER_KEY]."),
 ]
+
+
+def _split_peers(ctx: click.Context, param: click.Parameter,
+                 value: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Every --peer (or TITANIC_PEERS, comma-separated) as (name, endpoint) pairs."""
+    from titanic.protocol.peer import parse_peers
+
+    try:
+        return tuple(parse_peers(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
+def _check_site(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from titanic.protocol.peer import check_site_name
+
+    try:
+        return None if value is None else check_site_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
+_PEER_OPTIONS = [
+    click.option("--site", default=None, envvar="TITANIC_SITE", callback=_check_site,
+                 help="This site's name, as its peers know it [env TITANIC_SITE; default: the "
+                 "host name]."),
+    click.option("--peer", "peers", multiple=True, metavar="NAME=ENDPOINT",
+                 envvar="TITANIC_PEERS", callback=_split_peers,
+                 help="Another site's broker, repeatable or comma-separated: requests for "
+                 "services without a live worker here go to a peer that serves them "
+                 "[env TITANIC_PEERS]."),
+    click.option("--peer-lease", type=click.FloatRange(min=1), default=_DEFAULTS.peer_lease,
+                 show_default=True, envvar="TITANIC_PEER_LEASE",
+                 help="Seconds a request sent to a peer stays there while the link is down "
+                 "before it may go elsewhere."),
+    click.option("--peer-overflow-after", type=click.FloatRange(min=0),
+                 default=_DEFAULTS.peer_overflow_after, show_default=True,
+                 envvar="TITANIC_PEER_OVERFLOW_AFTER",
+                 help="Seconds requests may wait for busy workers here before some go to a "
+                 "peer with free workers for their service."),
+]
+_FORWARDING_OPTIONS += _PEER_OPTIONS
+
 _FORWARDING_NAMES = ("request_timeout", "max_attempts", "backoff", "backoff_max", "max_in_flight",
                      "max_in_flight_per_service", "pending_ttl", "reply_ttl", "reply_linger",
                      "forward_linger", "store_wait", "sqlite_synchronous", "store_key",
-                     "max_stored_per_key")
+                     "max_stored_per_key", "site", "peers", "peer_lease", "peer_overflow_after")
 
 
 @dataclass(frozen=True)
@@ -102,6 +145,10 @@ class ForwardingOptions:
     sqlite_synchronous: str
     store_key: Path | None
     max_stored_per_key: int
+    site: str | None = None
+    peers: tuple[tuple[str, str], ...] = ()
+    peer_lease: float = _DEFAULTS.peer_lease
+    peer_overflow_after: float = _DEFAULTS.peer_overflow_after
 
     def settings(self, **more: Any) -> DispatcherSettings:
         """DispatcherSettings from these options and `more`."""
@@ -112,7 +159,9 @@ class ForwardingOptions:
             max_in_flight_per_service=self.max_in_flight_per_service,
             pending_ttl=self.pending_ttl, reply_ttl=self.reply_ttl,
             reply_linger=self.reply_linger, forward_linger=self.forward_linger,
-            max_stored_per_key=self.max_stored_per_key, **more)
+            max_stored_per_key=self.max_stored_per_key, peers=self.peers,
+            peer_lease=self.peer_lease, peer_overflow_after=self.peer_overflow_after,
+            site=self.site or _DEFAULTS.site, **more)
 
     def open_store(self, db_url: str | None, max_request_size: int = MAX_REQUEST_BYTES) -> Store:
         """The store, brought to the current schema (StoreError, exit 7, if it cannot be)."""

@@ -65,6 +65,24 @@ def _age(seconds: float | None) -> str:
     return f"{seconds:.1f}s"
 
 
+def _site_lines(sites: dict[str, Any] | None) -> list[str]:
+    """This site's peers, one line each: the link, its services, what waits and flows."""
+    if not sites or not sites.get("peers"):
+        return []
+    lines = []
+    now = time.time()
+    for peer in sites["peers"]:
+        since = f" {_age(now - peer['since'])}" if peer.get("since") else ""
+        services = ", ".join(f"{name}({counts['workers']})"
+                             for name, counts in peer["services"].items()) or "-"
+        lines.append(f"peer        {peer['name']} {peer['endpoint']}  link "
+                     f"{'up' if peer['up'] else 'DOWN'}{since}  services {services}  "
+                     f"waiting {peer['waiting']}  in flight {peer['in_flight']}  "
+                     f"{peer['forwarded_per_minute']} forwarded, "
+                     f"{peer['answered_per_minute']} answered /min")
+    return [f"site        {sites['site']}", *lines]
+
+
 def render_info(view: dict[str, Any]) -> str:
     """`titanic info` as text: who answers, then one line per service."""
     lines = []
@@ -79,6 +97,7 @@ def render_info(view: dict[str, Any]) -> str:
     lines.extend(f"dispatcher  {answered['host']} pid {answered['pid']}  titanic "
                  f"{answered['version']}  up {_age(answered['uptime_s'])}"
                  for answered in view["dispatchers"])
+    lines.extend(_site_lines(view.get("sites")))
     lines.append("")
     header = (f"{'SERVICE':24} {'PENDING':>8} {'IN FLIGHT':>9} {'DONE':>8} {'FAILED':>7} "
               f"{'EXPIRED':>7} {'OLDEST':>7} {'WORKERS':>7} {'DONE/S':>7}")

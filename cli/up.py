@@ -181,6 +181,22 @@ def prepare_keys(folder: Path) -> UpKeys:
     return UpKeys(folder)
 
 
+def _site_options(site: str | None, peers: tuple[str, ...]) -> list[str]:
+    """The broker's --site and --peer options, checked here (a bad one: exit 2 at once)."""
+    from titanic.protocol.peer import check_site_name, parse_peers
+
+    try:
+        if site is not None:
+            check_site_name(site)
+        pairs = parse_peers(peers)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    options = ["--site", site] if site is not None else []
+    for name, endpoint in pairs:
+        options += ["--peer", f"{name}={endpoint}"]
+    return options
+
+
 @click.command()
 @click.option("--bind", default=DEFAULT_BROKER, show_default=True, envvar="TITANIC_BIND",
               help="Broker endpoint [env TITANIC_BIND].")
@@ -194,10 +210,17 @@ def prepare_keys(folder: Path) -> UpKeys:
               envvar="TITANIC_CURVE_DIR",
               help="Run everything with CURVE, keys in this folder (made if missing): the broker "
               "admits the public keys in DIR/allowed [env TITANIC_CURVE_DIR].")
+@click.option("--site", default=None, metavar="NAME",
+              help="This site's name, as its peers know it (`titanic broker --site`) "
+              "[env TITANIC_SITE].")
+@click.option("--peer", "peers", multiple=True, metavar="NAME=ENDPOINT",
+              help="Another site's broker, repeatable (`titanic broker --peer`) "
+              "[env TITANIC_PEERS].")
 @log_options
 @handle_errors
 def up(bind: str, db_url: str | None, demo: bool, dashboard_bind: str | None,
-       curve_dir: Path | None, logs: LogOptions) -> None:
+       curve_dir: Path | None, site: str | None, peers: tuple[str, ...],
+       logs: LogOptions) -> None:
     """Run the broker with the dispatcher in it (`titanic broker --titanic`), restarting it if it
     dies, and the demo worker and the dashboard when asked.
 
@@ -224,7 +247,8 @@ def up(bind: str, db_url: str | None, demo: bool, dashboard_bind: str | None,
     cli = [sys.executable, "-P", "-m", "titanic_cli"]
     log_argv = logs.argv()
     db = ["--db", db_url] if db_url else []
-    children = [_Child("broker", [*cli, "broker", "--bind", bind, "--titanic", *db,
+    sites = _site_options(site, peers)
+    children = [_Child("broker", [*cli, "broker", "--bind", bind, "--titanic", *db, *sites,
                                   *broker_curve, *log_argv], env, lifeline)]
     if demo:
         children.append(_Child("echo worker",

@@ -60,6 +60,7 @@ class MemoryStore:
         self._rows: dict[str, StoredRequest] = {}
         self._keys: dict[str, str] = {}
         self._parts: dict[str, dict[int, tuple[bytes, ...]]] = {}  # request -> seq -> frames
+        self._forwards: dict[str, tuple[str, str]] = {}  # request -> (peer, UUID there)
         self._identity = StoreIdentity(uuid.uuid4().hex, f"memory:{id(self):x}")
 
     def _update(self, request_id: str,
@@ -238,6 +239,33 @@ class MemoryStore:
             self._parts.pop(key, None)
             if row is not None and row.idempotency_key:
                 self._keys.pop(row.idempotency_key, None)
+
+    def record_forwards(self, forwards: Sequence[tuple[str, str, str]]) -> None:
+        """Remember requests sent to another site."""
+        with self._lock:
+            for request_id, peer, far_id in forwards:
+                self._forwards[check_request_id(request_id)] = (peer, check_request_id(far_id))
+
+    def forwards_of(self, peer: str) -> list[tuple[str, str]]:
+        """The requests sent to `peer` and still dispatched; forgets the others' forwards."""
+        with self._lock:
+            for request_id in list(self._forwards):
+                row = self._rows.get(request_id)
+                if row is None or row.status is not RequestStatus.DISPATCHED:
+                    del self._forwards[request_id]
+            return sorted((request_id, far_id) for request_id, (name, far_id)
+                          in self._forwards.items() if name == peer)
+
+    def forget_forwards(self, request_ids: Sequence[str]) -> None:
+        """Forget these requests' forwards."""
+        with self._lock:
+            for request_id in request_ids:
+                self._forwards.pop(check_request_id(request_id), None)
+
+    def close_many(self, request_ids: Sequence[str]) -> None:
+        """close() for a batch, whoever owns them."""
+        for request_id in request_ids:
+            self.close(request_id)
 
     def _change_all(self, change: Callable[[StoredRequest], StoredRequest | None]) -> int:
         with self._lock:

@@ -142,3 +142,33 @@ def test_a_database_one_revision_behind_is_refused_by_read_only_commands(db_url:
         engine.dispose()
     with pytest.raises(SchemaError, match="is at schema revision 0016_partial_indexes, not "):
         open_existing_store(db_url)  # read-only: refused, naming `titanic db upgrade`
+
+
+def test_the_forwards_migration_keeps_every_request(db_url: str) -> None:
+    # 0030 adds the table of requests sent to other sites beside a store in use.
+    engine = make_engine(db_url)
+    try:
+        migrate.upgrade(engine, "0017_drop_status_due_index")
+        with engine.begin() as conn:
+            for request_id, status in (("a" * 32, "pending"), ("b" * 32, "dispatched"),
+                                       ("c" * 32, "done")):
+                conn.execute(text(
+                    "INSERT INTO titanic_requests (id, service, request, status, attempts, "
+                    "created_at, due_at) VALUES (:id, 'echo', :body, :status, 1, "
+                    "'2026-12-08 09:00:00', '2026-12-08 09:00:00')"),
+                    {"id": request_id, "body": b"body", "status": status})
+        migrate.ensure_schema(engine)
+        assert migrate.current_revision(engine) == migrate.head_revision()
+        migrate.check(engine)
+        with engine.begin() as conn:
+            kept = conn.execute(text("SELECT status FROM titanic_requests ORDER BY id")).all()
+            assert [row[0] for row in kept] == ["pending", "dispatched", "done"]
+            assert conn.execute(text("SELECT count(*) FROM titanic_forwards")).scalar() == 0
+        store = open_store(db_url)
+        try:
+            store.record_forwards([("b" * 32, "lyon", "d" * 32)])
+            assert store.forwards_of("lyon") == [("b" * 32, "d" * 32)]
+        finally:
+            store.close_store()
+    finally:
+        engine.dispose()

@@ -234,6 +234,33 @@ def test_close_deletes_and_unknown_is_fine(store: Store) -> None:
     store.close("0" * 32)
 
 
+def test_close_many_deletes_them_all_in_one_call(store: Store) -> None:
+    kept, *closed = store.submit_many([NewRequest("svc", (b"%d" % n,)) for n in range(4)])
+    store.complete(closed[0], [b"reply"])
+    store.close_many([*closed, "0" * 32])
+    assert [store.get(request_id) for request_id in closed] == [None] * 3
+    assert store.get(kept) is not None
+    store.close_many([])
+
+
+def test_forwards_to_other_sites_are_remembered_while_their_requests_are_dispatched(
+        store: Store) -> None:
+    first, second, third = store.submit_many([NewRequest("svc", (b"%d" % n,)) for n in range(3)])
+    store.claim_due(["svc"], 3, 60)
+    far = [f"{n:032x}" for n in range(1, 4)]
+    store.record_forwards([(first, "lyon", far[0]), (second, "lyon", far[1]),
+                           (third, "rome", far[2])])
+    store.record_forwards([(second, "lyon", far[2])])  # sent again: the latest is kept
+    assert store.forwards_of("lyon") == sorted([(first, far[0]), (second, far[2])])
+    store.complete(first, [b"reply"])  # no longer dispatched: forgotten when next read
+    assert store.forwards_of("lyon") == [(second, far[2])]
+    store.forget_forwards([second, "0" * 32])
+    assert store.forwards_of("lyon") == []
+    assert store.forwards_of("rome") == [(third, far[2])]
+    store.record_forwards([])
+    store.forget_forwards([])
+
+
 ALICE, BOB = "A" * 40, "B" * 40
 
 

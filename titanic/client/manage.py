@@ -85,6 +85,8 @@ class ManagementClient:
         merged = merge_view(facts, view)
         merged["dispatchers"] = self.dispatchers(merged["dispatchers_serving"],
                                                  view.get("dispatcher"))
+        # This site and its peers, as the dispatcher that answered sees them.
+        merged["sites"] = (view.get("dispatcher") or {}).get("sites")
         return merged
 
     def dispatchers(self, serving: int | None,

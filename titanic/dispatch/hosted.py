@@ -35,6 +35,7 @@ from titanic.broker.core import BrokerCore, Outgoing
 from titanic.broker.local import LocalReply, LocalRequest
 from titanic.client.mdp import Completion, Partial
 from titanic.dispatch.held_waits import WaitDesk
+from titanic.dispatch.peer_link import Capacity
 from titanic.dispatch.planner import Planner
 from titanic.dispatch.schedule import TurnSchedule
 from titanic.dispatch.services import handle_close, handle_reply
@@ -42,7 +43,7 @@ from titanic.dispatch.settings import DispatcherSettings
 from titanic.dispatch.standalone import DispatcherBase
 from titanic.dispatch.store_identity import store_reply
 from titanic.errors import BrokerRefusedError, StoreError, TitanicError, TitanicTimeoutError
-from titanic.protocol import manage, tsp
+from titanic.protocol import manage, peer, tsp
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.protocol.refusal import Refusal
@@ -56,7 +57,8 @@ log = logging.getLogger("titanic.dispatcher")
 #: How often the loop looks for titanic.manage answers while one is being worked on, seconds.
 _MANAGE_POLL_S = 0.005
 _SERVICES = frozenset({tsp.REQUEST_SERVICE, tsp.REPLY_SERVICE, tsp.CLOSE_SERVICE,
-                       tsp.WAIT_SERVICE, tsp.STORE_SERVICE, manage.SERVICE})
+                       tsp.WAIT_SERVICE, tsp.STORE_SERVICE, manage.SERVICE, peer.SERVICE,
+                       peer.REPLIES_SERVICE})
 
 
 class CoreTransport:
@@ -200,6 +202,14 @@ class HostedDispatcher(DispatcherBase):
         self._waiting: dict[int, LocalRequest] = {}
         self._wait_keys = itertools.count()
 
+    def _capacity(self) -> Capacity | None:
+        """The broker's own table of live workers (safe from the links' thread)."""
+        def counts() -> dict[str, tuple[int, int]] | None:
+            broker = self._broker
+            return None if broker is None else broker.core.service_counts()
+
+        return counts
+
     @property
     def services(self) -> frozenset[bytes]:
         """The TSP services, titanic.store and titanic.manage."""
@@ -226,6 +236,8 @@ class HostedDispatcher(DispatcherBase):
         manager = threading.Thread(target=self._manage, name="titanic-manage", daemon=True)
         manager.start()
         self._threads = [manager, self._start_clean_up(planner, self._stopping)]
+        self.peers.store_id = self._identity.id
+        self.peers.start()  # it also closes what asking sites fetched
         self._running = True
         log.info("broker serving titanic.request/reply/close/manage itself, store %s",
                  self._identity)
@@ -279,6 +291,7 @@ class HostedDispatcher(DispatcherBase):
             planner.release_unanswered(transport.pending_tags())
         self._stopping.set()
         self._manage_in.put(None)
+        self.peers.stop()
         for thread in self._threads:
             thread.join(30.0)
         log.info("hosted dispatcher stopped: %s", self.stats)
@@ -312,6 +325,10 @@ class HostedDispatcher(DispatcherBase):
                 answer = handle_reply(self.store, request.body, caller)
             elif request.service == tsp.CLOSE_SERVICE:
                 answer = handle_close(self.store, request.body, caller)
+            elif request.service == peer.SERVICE:
+                answer = self.peers.answer(request.body, caller)
+            elif request.service == peer.REPLIES_SERVICE:
+                answer = self.peers.replies(request.body, caller)
             else:
                 assert self._identity is not None
                 answer = store_reply(self._identity, self.store.max_request_bytes)

@@ -6,6 +6,7 @@ planner, which decides each turn, can read both without importing the dispatcher
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -88,6 +89,27 @@ class DispatcherSettings:
     #: Unfinished (pending or dispatched) requests one key may have stored; beyond, titanic.request
     #: is answered 503. 0: no limit. Only callers the broker names are counted.
     max_stored_per_key: int = 0
+    #: This site's name, as its peers know it (titanic.dispatch.peer_link).
+    site: str = field(default_factory=socket.gethostname)
+    #: Other sites' brokers, (name, endpoint): requests for services without a live worker
+    #: here go to one that serves them.
+    peers: tuple[tuple[str, str], ...] = ()
+    #: A request sent to a peer stays ours this long; a peer lost for longer has it taken
+    #: back, to go elsewhere.
+    peer_lease: float = 60.0
+    #: Requests of a service with workers here that waited this long go to a peer with free
+    #: workers for it too.
+    peer_overflow_after: float = 5.0
+    #: How often each peer is asked titanic.peer; a link is down after three asks unanswered.
+    peer_interval: float = 1.0
+    #: How often requests for peers are claimed.
+    peer_turn: float = 0.02
+    #: How long a call to a peer (a request, a poll, a close) may take.
+    peer_timeout: float = 3.0
+    #: Requests one peer may have unanswered at once.
+    peer_max_in_flight: int = 1024
+    #: Calls (requests, waits) in flight to one peer at once: one socket each.
+    peer_sockets: int = 256
 
     @property
     def lease(self) -> float:

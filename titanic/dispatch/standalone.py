@@ -48,13 +48,14 @@ from titanic._zmq import SocketHook, SocketSet, Waker
 from titanic.client.mdp import PipelinedClient
 from titanic.dispatch.held_waits import WaitDesk
 from titanic.dispatch.management import ManagementService, process_facts
+from titanic.dispatch.peer_link import Capacity, PeerLink
 from titanic.dispatch.planner import Planner, Transport
 from titanic.dispatch.schedule import TurnSchedule
 from titanic.dispatch.services import batch_of, handle_close, handle_reply
 from titanic.dispatch.settings import DispatcherSettings, DispatcherStats
 from titanic.dispatch.store_identity import check_store_identity, store_reply
 from titanic.errors import StoreError
-from titanic.protocol import manage, tsp
+from titanic.protocol import manage, peer, tsp
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Dialect, Frames
 from titanic.settings import broker_list
@@ -89,6 +90,12 @@ class DispatcherBase:
         self.observe_ack: Callable[[float], None] = _ignore
         self.management = ManagementService(store, self.describe,
                                             admin_only=self.settings.identities)
+        #: The links to other sites (titanic.dispatch.peer_link); it answers titanic.peer.
+        self.peers = PeerLink(store, self.settings, store_id="", capacity=self._capacity())
+
+    def _capacity(self) -> Capacity | None:
+        """Where the links learn this site's live workers (None: from the broker's mmi.broker)."""
+        return None
 
     def _new_planner(self, transport: Transport) -> Planner:
         self._planner = Planner(self.store, transport, self.settings, self.stats,
@@ -102,7 +109,8 @@ class DispatcherBase:
         return {**process_facts(self.instance, __version__, self.started),
                 "stats": asdict(self.stats),
                 "forwarding": {service: {"in_flight": in_flight, "window": window}
-                               for service, (in_flight, window) in self.forwarding().items()}}
+                               for service, (in_flight, window) in self.forwarding().items()},
+                "sites": self.peers.describe()}
 
     def forwarding(self) -> dict[str, tuple[int, int]]:
         """Per service: requests forwarded and awaiting their reply, and its window
@@ -178,6 +186,8 @@ class Dispatcher(DispatcherBase):
                 # titanic.wait is held by the loop itself until its request finishes.
                 tsp.WAIT_SERVICE: (s.wait_connections, None),
                 tsp.STORE_SERVICE: (1, self._serve_identity),
+                peer.SERVICE: (1, self._serve_peer),
+                peer.REPLIES_SERVICE: (s.reply_connections, self._serve_replies),
             },
             dialect=s.dialect, settings=s.connection, context=self._context,
             configure_socket=self._configure, sockets=self._sockets, identities=s.identities,
@@ -187,6 +197,16 @@ class Dispatcher(DispatcherBase):
                         callers: Sequence[Caller | None]) -> list[Frames]:
         assert self._identity is not None  # read before the server registers
         return [store_reply(self._identity, self.store.max_request_bytes) for _ in bodies]
+
+    def _serve_peer(self, bodies: Sequence[Frames],
+                    callers: Sequence[Caller | None]) -> list[Frames]:
+        return [self.peers.answer(body, caller)
+                for body, caller in zip(bodies, callers, strict=True)]
+
+    def _serve_replies(self, bodies: Sequence[Frames],
+                       callers: Sequence[Caller | None]) -> list[Frames]:
+        return [self.peers.replies(body, caller)
+                for body, caller in zip(bodies, callers, strict=True)]
 
     def _check_store(self) -> None:
         """Read the store's identity; StoreMismatchError if another store serves the brokers."""
@@ -225,6 +245,9 @@ class Dispatcher(DispatcherBase):
                                         daemon=True)
             managing.start()
             cleaning = self._start_clean_up(planner, self._waker.stopped)
+            assert self._identity is not None
+            self.peers.store_id = self._identity.id
+            self.peers.start(local_broker=s.broker, local_configure=self._configure)
             self._running = True
             self._loop(client, planner)
             self._waits.answer_all()
@@ -234,6 +257,7 @@ class Dispatcher(DispatcherBase):
         finally:
             self._running = False
             self._waker.stopped.set()  # ends the clean-up thread's wait, if run() failed
+            self.peers.stop()
             if cleaning is not None:
                 cleaning.join(30.0)
             if managing is not None:

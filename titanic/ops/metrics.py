@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from titanic.errors import StoreError
 from titanic.ops._http import QuietHandler, bind_error
+from titanic.store.types import RequestStatus
 
 if TYPE_CHECKING:
     from titanic.broker.server import Broker
@@ -122,6 +123,42 @@ class DispatcherCollector(Collector):
                 oldest.add_metric([summary.service], max(0.0, age))
         yield by_state
         yield oldest
+        yield from _peer_metrics(dispatcher, {
+            summary.service: summary.counts.get(RequestStatus.PENDING, 0)
+            for summary in summaries})
+
+
+def _peer_metrics(dispatcher: DispatcherBase, waiting: dict[str, int]) -> Iterable[Metric]:
+    """Each peer's link (up, since when), services, requests waiting for it, in flight there,
+    forwarded and answered."""
+    sites = dispatcher.peers.describe(waiting)
+    if not sites["peers"]:
+        return
+    up = GaugeMetricFamily("titanic_peer_up", "1 while the link to the peer is up",
+                           labels=["peer"])
+    since = GaugeMetricFamily("titanic_peer_link_changed_timestamp_seconds",
+                              "when the peer's link last went up or down (epoch seconds)",
+                              labels=["peer"])
+    workers = GaugeMetricFamily("titanic_peer_service_workers",
+                                "live workers per service at the peer, as it said last",
+                                labels=["peer", "service"])
+    gauges = {field: GaugeMetricFamily(f"titanic_peer_{field}", text, labels=["peer"])
+              for field, text in (("waiting", "requests pending here for the peer's services"),
+                                  ("in_flight", "requests sent to the peer awaiting the reply"))}
+    counters = {field: CounterMetricFamily(f"titanic_peer_{field}", text, labels=["peer"])
+                for field, text in (("forwarded", "requests the peer acknowledged"),
+                                    ("answered", "replies fetched back from the peer"))}
+    for peer in sites["peers"]:
+        name = peer["name"]
+        up.add_metric([name], 1 if peer["up"] else 0)
+        since.add_metric([name], peer["since"] or 0)
+        for service, counts in peer["services"].items():
+            workers.add_metric([name, service], counts["workers"])
+        for field, family in gauges.items():
+            family.add_metric([name], peer[field])
+        for field, counter in counters.items():
+            counter.add_metric([name], peer[field])
+    yield from (up, since, workers, *gauges.values(), *counters.values())
 
 
 def broker_registry(broker: Broker) -> CollectorRegistry:

@@ -138,6 +138,11 @@ class HotStatements:
         row = conn.exec_driver_sql(self.get_sql, (self.values.key(request_id),)).first()
         return None if row is None else record(tuple(row), self.values, self.bodies)
 
+    def get_raw(self, raw: Any, request_id: str) -> StoredRequest | None:
+        """One request by its checked id, on a DB-API connection outside a transaction."""
+        row = raw.execute(self.get_sql, (self.values.key(request_id),)).fetchone()
+        return None if row is None else record(tuple(row), self.values, self.bodies)
+
     def complete(self, conn: Connection, replies: Sequence[tuple[str, bytes]],
                  now: datetime) -> int:
         """Store packed replies of pending or dispatched requests; how many were stored."""

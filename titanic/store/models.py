@@ -88,6 +88,17 @@ reply_parts_table = Table(
     PrimaryKeyConstraint("request_id", "seq"),
 )
 
+#: The requests of this store sent to another site (titanic.dispatch.peer_link): to which
+#: peer and its UUID there, so that a restarted dispatcher asks for their replies at once. A
+#: row is deleted when its reply is stored here, or found orphaned at a link's start.
+forwards_table = Table(
+    "titanic_forwards",
+    metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column("peer", String(64), nullable=False),
+    Column("far_id", Uuid(), nullable=False),
+)
+
 #: The store's identity: one row, made when the schema is created. Dispatchers compare it to
 #: make sure every dispatcher on the same brokers uses the same store (a PostgreSQL standby has
 #: the same identity as its primary, so a failover keeps it).

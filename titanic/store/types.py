@@ -210,6 +210,23 @@ class Store(Protocol):
         owner is one of them (None standing for a request without owner)."""
         ...
 
+    def close_many(self, request_ids: Sequence[str]) -> None:
+        """close() for a batch, whoever owns them, in one transaction; unknown UUIDs are fine."""
+        ...
+
+    def record_forwards(self, forwards: Sequence[tuple[str, str, str]]) -> None:
+        """Remember requests sent to another site: (request UUID, peer name, UUID there)."""
+        ...
+
+    def forwards_of(self, peer: str) -> list[tuple[str, str]]:
+        """The requests sent to `peer` and still dispatched: (request UUID, UUID there);
+        the remembered forwards of requests no longer dispatched are forgotten."""
+        ...
+
+    def forget_forwards(self, request_ids: Sequence[str]) -> None:
+        """Forget these requests' forwards (their replies are stored, or they came back)."""
+        ...
+
     def release_stale(self, *, now: datetime | None = None) -> int:
         """Dispatched requests whose lease ran out become pending (crash recovery)."""
         ...

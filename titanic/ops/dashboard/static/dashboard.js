@@ -82,6 +82,27 @@ function showServices(view) {
     });
 }
 
+const SITE_FIELDS = ["name", "up", "since", "services", "waiting", "in_flight",
+  "forwarded_per_minute", "answered_per_minute"];
+
+function showSites(view) {
+  const sites = view.sites;
+  const peers = sites && sites.peers ? sites.peers : [];
+  document.getElementById("sites-section").hidden = peers.length === 0;
+  document.getElementById("site-name").textContent = sites ? `this site: ${sites.site}` : "";
+  syncRows(document.querySelector("#sites tbody"), peers, (p) => p.name,
+    (row) => addCells(row, SITE_FIELDS),
+    (row, p) => {
+      row.className = p.up ? "" : "no-workers";
+      setCell(row, "name", `${p.name} (${p.endpoint})`);
+      setCell(row, "up", p.up ? "up" : "down");
+      setCell(row, "since", p.since ? new Date(p.since * 1000).toISOString() : "-");
+      setCell(row, "services", Object.entries(p.services)
+        .map(([name, c]) => `${name} (${c.workers} workers, ${c.queued} queued)`).join(", "));
+      for (const field of SITE_FIELDS.slice(4)) setCell(row, field, String(p[field]));
+    });
+}
+
 // An answer as {ok, result, error}: JSON from the actions, plain text from a refusal.
 async function answerOf(response) {
   const text = await response.text();
@@ -182,6 +203,7 @@ async function refresh() {
   }
   showWho(state.view);
   showServices(state.view);
+  showSites(state.view);
   showFailed(state.failed, state.view);
   drawCharts(state.history);
   const when = new Date(state.updated * 1000).toLocaleTimeString();
