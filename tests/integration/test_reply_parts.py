@@ -61,6 +61,20 @@ def test_a_pending_request_takes_no_parts_and_parts_go_with_their_request(db_url
         store.close_store()
 
 
+def test_closing_a_batch_takes_the_parts_of_its_requests_and_no_others(db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        first, second, kept = dispatched(store), dispatched(store), dispatched(store)
+        store.exchange([], [], {}, 30.0,
+                       parts=[(rid, 1, [b"part"]) for rid in (first, second, kept)])
+        store.close_many([first, second])
+        assert store.get(first) is None and store.get(second) is None
+        assert store.parts_after(first, 0) == [] and store.parts_after(second, 0) == []
+        assert store.parts_after(kept, 0) == [(1, (b"part",))]
+    finally:
+        store.close_store()
+
+
 def test_the_parts_migration_upgrades_a_store_in_use(db_url: str) -> None:
     engine = make_engine(db_url)
     try:

@@ -524,13 +524,17 @@ class SqlStore(SqlOverview):
         if not self._hot.postgres:
             sql, _ = self._hot.close_statement(keys[0], None)
             params = [self._hot.close_statement(key, None)[1] for key in keys]
-            self._retrying(lambda: self._sqlite_turn_connection(durable=False),
-                           lambda raw: raw.executemany(sql, params))
+            parts_sql = (f"DELETE FROM {reply_parts_table.name} WHERE request_id = "
+                         f"{self._hot.values.placeholder}")
+
+            def close_in_turn(raw: Any) -> None:
+                if raw.executemany(sql, params).rowcount:  # and the parts of streamed replies
+                    raw.executemany(parts_sql, [param[:1] for param in params])
+
+            self._retrying(lambda: self._sqlite_turn_connection(durable=False), close_in_turn)
+            return
         ids = [request_key(key) for key in keys]
         parts = delete(reply_parts_table).where(reply_parts_table.c.request_id.in_(ids))
-        if not self._hot.postgres:  # the parts of streamed replies, if any
-            self._transaction(lambda conn: conn.execute(parts), durable=False)
-            return
 
         def close_in(conn: Connection) -> None:
             if conn.execute(delete(t).where(t.c.id.in_(ids))).rowcount:
