@@ -7,10 +7,14 @@ dispatcher reads its broker's table; the standalone one asks mmi.broker). Then, 
 whose requests here have waited past `peer_overflow_after` despite its workers) and that an up
 peer serves, with a lease of `peer_lease`, and sends them there as keyed titanic.requests whose
 key is our UUID: a request sent again (its acknowledgement lost with the link, or this process
-restarted) is stored once there. The replies of acknowledged ones are asked for in batches
-(titanic.replies, one call for many, titanic.dispatch.peers says when) and stored here
-together in one transaction; then the far copy is closed: its UUID goes with the next
-titanic.peer ask to that site, which closes the copies named there on its links' thread.
+restarted) is stored once there. The requests claimed together go in titanic.request's batch
+form (titanic.batch: each keeps its own key, all stored in one transaction there); a peer
+answers titanic.peer only from a titanic that takes that form, and a batch it refuses (400) is
+sent again one request a message, so that only the request at fault fails. The replies of
+acknowledged ones are asked for in batches (titanic.replies, one call for many,
+titanic.dispatch.peers says when) and stored here together in one transaction; then the far
+copy is closed: its UUID goes with the next titanic.peer ask to that site, which closes the
+copies named there on its links' thread.
 
 While a link is down nothing goes to that peer and requests wait in our store. A forward
 whose peer stays down past its lease is taken back by the store's lease release, and may then
@@ -47,6 +51,8 @@ log = logging.getLogger("titanic.peers")
 Capacity = Callable[[], dict[str, tuple[int, int]] | None]
 #: The most requests claimed for one peer in one turn.
 _CLAIM_BATCH = 64
+#: The most bytes of request bodies in one batch sent to a peer (a request over it goes alone).
+_BATCH_BYTES = 1 << 20
 #: The most UUIDs one titanic.peer ask asks to close.
 _CLOSES_PER_ASK = 10_000
 
@@ -298,18 +304,49 @@ class PeerLink:
                 workers, queued = target.state.services[service]
                 room = min(room, max(1, workers - queued))
         client = self._clients[target.name]
-        limit = min(room, client.free_slots, _CLAIM_BATCH)
+        limit = min(room, _CLAIM_BATCH) if client.free_slots > 0 else 0
         if limit <= 0:
             return
         lease = self.settings.peer_lease
         claimed = self.store.claim_due([service], limit, lease)
         self._more = self._more or len(claimed) == limit
+        batch: list[tuple[str, tuple[bytes, ...]]] = []
         for request in claimed:
             with self._lock:
                 send = self.book.claimed(request.id, service, target, now, lease)
             if send:
-                body = tsp.build_request(service.encode(), request.request, key=request.id)
-                client.send(tsp.REQUEST_SERVICE, body, ("submit", request.id))
+                batch.append((request.id, tuple(request.request)))
+        self._send_forwards(client, service, batch)
+
+    @staticmethod
+    def _send_forwards(client: PipelinedClient, service: str,
+                       requests: Sequence[tuple[str, tuple[bytes, ...]]], *,
+                       alone: bool = False) -> None:
+        """Send requests to a peer as keyed titanic.requests: in batches of at most
+        _BATCH_BYTES of bodies (`alone`: one request a message, plain keyed form)."""
+        name = service.encode()
+        chunk: list[tuple[str, tuple[bytes, ...]]] = []
+        size = 0
+
+        def flush() -> None:
+            if len(chunk) == 1:
+                request_id, frames = chunk[0]
+                body = tsp.build_request(name, frames, key=request_id)
+            else:
+                body = tsp.build_batch(name, [tsp.BatchItem(frames, request_id)
+                                              for request_id, frames in chunk])
+            client.send(tsp.REQUEST_SERVICE, body, ("submit", service, tuple(chunk)))
+            chunk.clear()
+
+        for request_id, frames in requests:
+            length = sum(len(frame) for frame in frames)
+            if chunk and (alone or size + length > _BATCH_BYTES):
+                flush()
+                size = 0
+            chunk.append((request_id, frames))
+            size += length
+        if chunk:
+            flush()
 
     def _send_polls(self, now: float) -> None:
         """Ask each peer for the replies of its forwards whose ask is due, in batches."""
@@ -360,7 +397,7 @@ class PeerLink:
             elif kind == "facts":
                 self._heard_facts(reply)
             elif kind == "submit":
-                sent += self._acknowledged(tag[1], reply, error, now)
+                sent += self._acknowledged(tag[1], tag[2], reply, error, now)
             elif kind == "fetch":
                 replies += self._fetched(tag[1], reply, now)
         if sent:  # for a restarted link to ask for their replies at once
@@ -401,31 +438,47 @@ class PeerLink:
                 counts[name] = (int(value.get("workers", 0)), int(value.get("queued", 0)))
         self._facts = counts
 
-    def _acknowledged(self, request_id: str, reply: Frames | None, error: Exception | None,
+    def _acknowledged(self, service: str, requests: tuple[tuple[str, tuple[bytes, ...]], ...],
+                      reply: Frames | None, error: Exception | None,
                       now: float) -> list[tuple[str, str, str]]:
-        """A forward's titanic.request answer: its far UUID (returned with its peer, to
-        remember), or the request back to pending (the link broke, the peer is full) or failed
-        (the peer refuses it for good)."""
-        far_id: str | None = None
-        if reply and reply[0][:3] == b"200" and len(reply) > 1:
+        """A forward's titanic.request answer (one UUID a request, in order): the far UUIDs
+        (returned with their peer, to remember); or the requests back to pending (the link
+        broke, the peer is full), sent again one by one (a batch refused), or failed (a request
+        the peer refuses for good)."""
+        far_ids: list[str] | None = None
+        if reply and reply[0][:3] == b"200" and len(reply) == len(requests) + 1:
             try:
-                far_id = tsp.parse_uuid(reply[1])
+                far_ids = [tsp.parse_uuid(frame) for frame in reply[1:]]
             except ProtocolError:
-                far_id = None
-        if far_id is not None:
+                far_ids = None
+        if far_ids is not None:
+            sent: list[tuple[str, str, str]] = []
             with self._lock:
-                self.book.acknowledged(request_id, far_id, now)
-                forward = self.book.forwards.get(request_id)
-            return [] if forward is None else [(request_id, forward.peer, far_id)]
-        with self._lock:
-            forward = self.book.dropped(request_id)
-        where = forward.peer if forward is not None else "?"
-        if reply and reply[0][:3] == b"400":
-            self.store.fail(request_id, f"site {where} refused it: {tsp.answer_text(reply)}")
-        else:
-            self.store.release(request_id)
-            log.debug("peer %s: %s not taken (%s)", where, request_id,
-                      error or tsp.answer_text(reply or []))
+                for (request_id, _), far_id in zip(requests, far_ids, strict=True):
+                    self.book.acknowledged(request_id, far_id, now)
+                    forward = self.book.forwards.get(request_id)
+                    if forward is not None:
+                        sent.append((request_id, forward.peer, far_id))
+            return sent
+        refused = bool(reply) and reply[0][:3] == b"400"  # type: ignore[index]
+        if refused and len(requests) > 1:
+            with self._lock:
+                forward = self.book.forwards.get(requests[0][0])
+            client = self._clients.get(forward.peer) if forward is not None else None
+            if client is not None:  # which one is at fault: each alone
+                self._send_forwards(client, service, requests, alone=True)
+                return []
+        for request_id, _ in requests:
+            with self._lock:
+                forward = self.book.dropped(request_id)
+            where = forward.peer if forward is not None else "?"
+            if refused:
+                self.store.fail(request_id, f"site {where} refused it: "
+                                            f"{tsp.answer_text(reply or [])}")
+            else:
+                self.store.release(request_id)
+                log.debug("peer %s: %s not taken (%s)", where, request_id,
+                          error or tsp.answer_text(reply or []))
         return []
 
     def _fetched(self, request_ids: tuple[str, ...], reply: Frames | None,
