@@ -80,12 +80,13 @@ def render_info(view: dict[str, Any]) -> str:
                  f"{answered['version']}  up {_age(answered['uptime_s'])}"
                  for answered in view["dispatchers"])
     lines.append("")
-    header = (f"{'SERVICE':24} {'PENDING':>8} {'IN FLIGHT':>9} {'DONE':>8} {'FAILED':>7} "
-              f"{'EXPIRED':>7} {'OLDEST':>7} {'WORKERS':>7} {'DONE/S':>7}")
+    header = (f"{'SERVICE':24} {'PENDING':>8} {'SCHEDULED':>9} {'IN FLIGHT':>9} {'DONE':>8} "
+              f"{'FAILED':>7} {'EXPIRED':>7} {'OLDEST':>7} {'WORKERS':>7} {'DONE/S':>7}")
     lines.append(header)
     for row in view["services"]:
         workers = "-" if row["workers"] is None else str(row["workers"])
-        lines.append(f"{row['service'][:24]:24} {row['pending']:>8} {row['dispatched']:>9} "
+        lines.append(f"{row['service'][:24]:24} {row['pending']:>8} "
+                     f"{row.get('scheduled', '-'):>9} {row['dispatched']:>9} "
                      f"{row['done']:>8} {row['failed']:>7} {row['expired']:>7} "
                      f"{_age(row['oldest_pending_age_s']):>7} {workers:>7} "
                      f"{row['completed_per_s']:>7.2f}")
@@ -108,9 +109,9 @@ def info(broker: tuple[str, ...], timeout: float, retries: int, curve: CurveOpti
          interval: float | None, window: float) -> None:
     """Show the queue per service, and the broker and dispatcher that answer.
 
-    Per service: requests pending, in flight, done, failed and expired, the age of the oldest
-    pending one, live workers, and completions per second. Asks the broker (mmi.broker) and a
-    dispatcher (titanic.manage): no database access needed.
+    Per service: requests pending, scheduled (waiting for their time), in flight, done, failed
+    and expired, the age of the oldest pending one, live workers, and completions per second.
+    Asks the broker (mmi.broker) and a dispatcher (titanic.manage): no database access needed.
 
     \b
     Example:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from titanic.protocol.failure import split_last_error
-from titanic.store import RequestStatus, StoredRequest, open_existing_store
+from titanic.store import (
+    SCHEDULED,
+    RequestStatus,
+    StoredRequest,
+    open_existing_store,
+    shown_state,
+)
 from titanic_cli.exitcodes import Exit
 from titanic_cli.options import (
     CurveOptions,
@@ -27,14 +34,15 @@ from titanic_cli.options import (
 )
 
 
-def _as_dict(request: StoredRequest) -> dict[str, Any]:
+def _as_dict(request: StoredRequest, now: datetime) -> dict[str, Any]:
     def when(value: Any) -> str | None:
         return value.isoformat() if value is not None else None
 
     return {
         "uuid": request.id,
         "service": request.service,
-        "state": request.status.value,
+        "state": shown_state(request, now),
+        "priority": request.priority,
         "attempts": request.attempts,
         "created_at": when(request.created_at),
         "due_at": when(request.due_at),
@@ -72,7 +80,7 @@ def status(db_url: str | None, store_key: Path | None, as_json: bool, request_id
     if found is None:
         fail(f"request {request_id} is unknown", Exit.UNKNOWN)
         return
-    fields = _as_dict(found)
+    fields = _as_dict(found, datetime.now(UTC))
     if as_json:
         click.echo(json.dumps(fields, indent=2))
         return
@@ -87,8 +95,9 @@ def status(db_url: str | None, store_key: Path | None, as_json: bool, request_id
 @db_option
 @store_key_option
 @click.option("--service", help="Only this service.")
-@click.option("--state", type=click.Choice([s.value for s in RequestStatus]),
-              help="Only requests in this state.")
+@click.option("--state", type=click.Choice([s.value for s in RequestStatus] + [SCHEDULED]),
+              help="Only requests in this state (pending: due now or retried later; "
+              "scheduled: waiting for the time they were submitted for).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--after", metavar="UUID", help="Page on: requests after this UUID.")
 @click.option("--json", "as_json", is_flag=True,
@@ -107,19 +116,25 @@ def list_requests(db_url: str | None, store_key: Path | None, service: str | Non
     after = check_uuid(after, "--after") if after else None
     store = open_existing_store(db_url, store_key=store_key)
     try:
-        found = store.list(service=service, status=RequestStatus(state) if state else None,
-                           limit=limit, after=after)
+        status = RequestStatus.PENDING if state == SCHEDULED else \
+            RequestStatus(state) if state else None
+        scheduled = {SCHEDULED: True, RequestStatus.PENDING.value: False}.get(state or "")
+        found = store.list(service=service, status=status, limit=limit, after=after,
+                           scheduled=scheduled)
     finally:
         store.close_store()
-    rows = [_as_dict(request) for request in found]
+    now = datetime.now(UTC)
+    rows = [_as_dict(request, now) for request in found]
     if as_json:
         for row in rows:
             echo_json(row)
         return
-    click.echo(f"{'UUID':32}  {'SERVICE':20}  {'STATE':10}  {'TRIES':>5}  CREATED")
+    click.echo(f"{'UUID':32}  {'SERVICE':20}  {'STATE':10}  {'TRIES':>5}  {'PRIO':>4}  "
+               "CREATED / DUE")
     for row in rows:
+        time = row["due_at"] if row["state"] == SCHEDULED else row["created_at"]
         click.echo(f"{row['uuid']:32}  {row['service'][:20]:20}  {row['state']:10}  "
-                   f"{row['attempts']:>5}  {row['created_at']}")
+                   f"{row['attempts']:>5}  {row['priority']:>4}  {time}")
 
 
 @click.command()

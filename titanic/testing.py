@@ -25,6 +25,7 @@ from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store.types import (
     FINISHED,
     REQUEUABLE,
+    SCHEDULED,
     Delivery,
     Exchange,
     NewRequest,
@@ -40,6 +41,7 @@ from titanic.store.types import (
     failed_after,
     fresh_claims,
     new_request_id,
+    shown_state,
 )
 
 __all__ = ["MemoryStore", "MemoryTransport", "answer_requests"]
@@ -93,12 +95,15 @@ class MemoryStore:
                     ids.append(known)
                     continue
                 request_id = new_request_id()
+                later = request.not_before is not None and _now(request.not_before) > now
                 self._rows[request_id] = StoredRequest(
                     id=request_id, service=request.service, request=tuple(request.frames),
                     reply=None, status=RequestStatus.PENDING, attempts=0, created_at=now,
-                    due_at=now, lease_until=None, completed_at=None, last_error=None,
+                    due_at=_now(request.not_before) if later else now, lease_until=None,
+                    completed_at=None, last_error=None,
                     deadline=None if request.deadline is None else _now(request.deadline),
-                    idempotency_key=request.idempotency_key, owner=request.owner)
+                    idempotency_key=request.idempotency_key, owner=request.owner,
+                    priority=request.priority)
                 if request.idempotency_key:
                     self._keys[request.idempotency_key] = request_id
                 ids.append(request_id)
@@ -112,14 +117,14 @@ class MemoryStore:
 
     def claim_due(self, services: Sequence[str] | None, limit: int, lease: float, *,
                   now: datetime | None = None) -> list[StoredRequest]:
-        """Lease up to `limit` due pending requests, oldest due first."""
+        """Lease up to `limit` due pending requests, highest priority first, then oldest due."""
         moment = _now(now)
         wanted = None if services is None else set(services)
         with self._lock:
             due = sorted((row for row in self._rows.values()
                           if row.status is RequestStatus.PENDING and row.due_at <= moment
                           and (wanted is None or row.service in wanted)),
-                         key=lambda row: (row.due_at, row.id))[:max(0, limit)]
+                         key=lambda row: (-row.priority, row.due_at, row.id))[:max(0, limit)]
             claimed = [replace(row, status=RequestStatus.DISPATCHED, attempts=row.attempts + 1,
                                lease_until=moment + timedelta(seconds=lease)) for row in due]
             for row in claimed:
@@ -143,7 +148,7 @@ class MemoryStore:
         completed = self.complete_many(replies)
         claimed = [Delivery(row.id, row.service, row.request, row.attempts)
                    for row in fresh if row is not None]
-        claimed += [Delivery(row.id, row.service, row.request, row.attempts)
+        claimed += [Delivery(row.id, row.service, row.request, row.attempts, row.priority)
                     for service, room in claims.items() if room > 0
                     for row in self.claim_due([service], room, lease, now=now)]
         return Exchange(ids, completed, claimed)
@@ -231,14 +236,15 @@ class MemoryStore:
             and row.lease_until < moment else None)
 
     def expire(self, *, pending_ttl: float, now: datetime | None = None) -> int:
-        """Pending requests too old or past their deadline: expired."""
+        """Pending requests too old (since submitted and since due) or past their deadline:
+        expired."""
         moment = _now(now)
         too_old = moment - timedelta(seconds=pending_ttl)
 
         def change(row: StoredRequest) -> StoredRequest | None:
             if row.status is not RequestStatus.PENDING:
                 return None
-            if row.created_at < too_old:
+            if row.created_at < too_old and row.due_at < too_old:
                 why = f"not delivered within {pending_ttl:g} s"
             elif row.deadline is not None and row.deadline < moment:
                 why = "not delivered before its deadline"
@@ -288,11 +294,15 @@ class MemoryStore:
         counts: dict[str, dict[RequestStatus, int]] = {}
         oldest: dict[str, datetime] = {}
         done: dict[str, int] = {}
+        later: dict[str, int] = {}
+        now = datetime.now(UTC)
         with self._lock:
             for row in self._rows.values():
                 by_state = counts.setdefault(row.service, {})
                 by_state[row.status] = by_state.get(row.status, 0) + 1
-                if row.status is RequestStatus.PENDING:
+                if shown_state(row, now) == SCHEDULED:
+                    later[row.service] = later.get(row.service, 0) + 1
+                elif row.status is RequestStatus.PENDING:
                     first = oldest.get(row.service)
                     oldest[row.service] = row.created_at if first is None else min(
                         first, row.created_at)
@@ -300,7 +310,8 @@ class MemoryStore:
                         and row.completed_at >= moment):
                     done[row.service] = done.get(row.service, 0) + 1
         return [ServiceSummary(service, counts[service], oldest.get(service),
-                               done.get(service, 0)) for service in sorted(counts)]
+                               done.get(service, 0), later.get(service, 0))
+                for service in sorted(counts)]
 
     def requeue_all(self, status: RequestStatus, *, service: str | None = None,
                     dry_run: bool = False) -> int:
@@ -333,13 +344,18 @@ class MemoryStore:
         return len(old)
 
     def list(self, *, service: str | None = None, status: RequestStatus | None = None,
-             limit: int = 100, after: str | None = None) -> list[StoredRequest]:
-        """Requests in UUID (time) order, filtered, paged by `after`."""
+             limit: int = 100, after: str | None = None,
+             scheduled: bool | None = None) -> list[StoredRequest]:
+        """Requests in UUID (time) order, filtered, paged by `after`; `scheduled` True keeps
+        only the scheduled ones, False leaves them out (see shown_state)."""
         start = check_request_id(after) if after is not None else ""
+        now = datetime.now(UTC)
         with self._lock:
             rows = sorted((row for row in self._rows.values() if row.id > start
                            and (service is None or row.service == service)
-                           and (status is None or row.status is status)),
+                           and (status is None or row.status is status)
+                           and (scheduled is None
+                                or (shown_state(row, now) == SCHEDULED) == scheduled)),
                           key=lambda row: row.id)
         return rows[:limit]
 

@@ -13,8 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from titanic.errors import SchemaError
-from titanic.store import migrate, open_existing_store, open_store
+from titanic.store import NewRequest, migrate, open_existing_store, open_store
 from titanic.store.dialect import make_engine
+from titanic.store.frames import encode_frames
 
 
 def test_fresh_database_is_brought_to_head_and_matches_the_models(db_url: str) -> None:
@@ -142,3 +143,36 @@ def test_a_database_one_revision_behind_is_refused_by_read_only_commands(db_url:
         engine.dispose()
     with pytest.raises(SchemaError, match="is at schema revision 0016_partial_indexes, not "):
         open_existing_store(db_url)  # read-only: refused, naming `titanic db upgrade`
+
+
+def test_the_priority_migration_keeps_a_backlog_claimable_in_order(db_url: str) -> None:
+    # 0018 adds the priority column (0 for the stored requests) and rebuilds the service
+    # index: a store of 0017 with requests waiting, in flight and done comes through whole.
+    engine = make_engine(db_url)
+    try:
+        migrate.upgrade(engine, "0017_drop_status_due_index")
+        rows = [("a" * 32, "pending", "2026-12-01 09:00:02"),
+                ("b" * 32, "dispatched", "2026-12-01 09:00:00"),
+                ("c" * 32, "done", "2026-12-01 09:00:00"),
+                ("d" * 32, "pending", "2026-12-01 09:00:01")]
+        with engine.begin() as conn:
+            for request_id, status, due in rows:
+                conn.execute(text(
+                    "INSERT INTO titanic_requests (id, service, request, status, attempts, "
+                    "created_at, due_at) VALUES (:id, 'echo', :request, :status, 0, "
+                    "'2026-12-01 09:00:00', :due)"),
+                    {"id": request_id, "request": encode_frames([b"body"]), "status": status,
+                     "due": due})
+    finally:
+        engine.dispose()
+    store = open_store(db_url)
+    try:
+        assert migrate.current_revision(store.engine) == migrate.head_revision()
+        migrate.check(store.engine)
+        kept = {request_id: store.get(request_id) for request_id, _, _ in rows}
+        assert {r.id: (r.status.value, r.priority, r.request) for r in kept.values() if r} == {
+            request_id: (status, 0, (b"body",)) for request_id, status, _ in rows}
+        high = store.submit_many([NewRequest("echo", (b"x",), priority=1)])[0]
+        assert [r.id for r in store.claim_due(["echo"], 10, 60)] == [high, "d" * 32, "a" * 32]
+    finally:
+        store.close_store()

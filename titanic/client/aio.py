@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import zmq
@@ -24,6 +25,7 @@ from titanic.client.answers import (
     check_close,
     check_key,
     encode_frames,
+    request_options,
     service_name,
     uuid_frame,
     worker_gone,
@@ -77,14 +79,16 @@ class AsyncTitanicClient:
         return self._session.broker
 
     async def submit(self, service: str | bytes, *frames: bytes | str,
-                     key: str | None = None) -> str:
+                     key: str | None = None, not_before: datetime | timedelta | None = None,
+                     priority: int = 0) -> str:
         """Store a request for `service`; returns its UUID once it is durably stored.
 
-        `str` frames are sent as UTF-8. `key` is the idempotency key, as TitanicClient.submit
-        takes it: without one a random key is made, so this call's retries, to this broker or
-        another, are stored once."""
+        `str` frames are sent as UTF-8. `key` is the idempotency key, and `not_before` and
+        `priority` what TitanicClient.submit takes: without a key one is made, so this call's
+        retries, to this broker or another, are stored once."""
+        options = request_options(not_before, priority)
         return await self._run(self._session.submit(service_name(service), encode_frames(frames),
-                                                    check_key(key)))
+                                                    check_key(key), options))
 
     async def fetch(self, request_id: str, *, within: float | None = None) -> Fetched:
         """Ask once for the reply to a request (taking at most `within` seconds, if given)."""

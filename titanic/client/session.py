@@ -41,6 +41,7 @@ from titanic.errors import (
     StoreMismatchError,
     TitanicError,
     TitanicTimeoutError,
+    UsageError,
 )
 from titanic.protocol import mmi, tsp
 from titanic.protocol.mdp import Frames
@@ -163,9 +164,12 @@ class TspSession:
             self._no_answer(index, reply, unreachable)
         raise (yield from self._timeout(service, budget, unreachable))
 
-    def submit(self, service: bytes, frames: Frames, key: str | None) -> Conversation[str]:
+    def submit(self, service: bytes, frames: Frames, key: str | None,
+               options: tsp.RequestOptions | None = None) -> Conversation[str]:
         """Store a request: its UUID. The key (a random one if None) goes on the wire only to a
-        server that takes it, the same key on every resend."""
+        server that takes it, the same key on every resend; `options` (a delay, a priority)
+        only to a server that names the options extension (UsageError for another, before
+        anything is sent to it)."""
         key = uuid.uuid4().hex if key is None else key
         budget = CallBudget.of(self.timeout, self.retries, None)
         if not self._surveyed:
@@ -179,7 +183,10 @@ class TspSession:
             reply: Frames | Unreachable | None = server if not isinstance(server, Server) else None
             if isinstance(server, Server):
                 _check_size(frames, server, self.brokers[index])
-                body = tsp.build_request(service, frames, key if server.keyed else None)
+                if options:
+                    _check_options(server, self.brokers[index])
+                body = tsp.build_request(service, frames, key if server.keyed else None,
+                                         options)
                 reply = yield Ask(index, tsp.REQUEST_SERVICE, body, budget.timeout)
                 if isinstance(reply, list):
                     return parse_submitted(reply)
@@ -370,6 +377,14 @@ def _check_size(frames: Frames, server: Server, broker: str) -> None:
         raise RequestTooLargeError(
             f"the request body is {size:,} bytes, over the {limit:,} bytes that the Titanic "
             f"server at {broker} stores (its --max-request-size)")
+
+
+def _check_options(server: Server, broker: str) -> None:
+    """UsageError, before anything is sent, when the server at `broker` takes no options (a
+    standard 9/TSP server, or an older titanic): it would not honour them."""
+    if server.store is None or tsp.OPTIONS_EXTENSION not in server.store.extensions:
+        raise UsageError(f"the Titanic server at {broker} takes no delay or priority (a "
+                         "standard 9/TSP server, or an older titanic): submit without them")
 
 
 def _found(answer: Frames | Unreachable | None) -> bool:

@@ -82,7 +82,7 @@ def summary_row(summary: ServiceSummary, now: datetime, window: float) -> dict[s
     """One service's line of `info`: counts by state, the oldest pending request's age in
     seconds, and completions per second over the window."""
     row: dict[str, Any] = {"service": summary.service}
-    row.update({state.value: summary.counts.get(state, 0) for state in RequestStatus})
+    row.update(summary.shown_counts())
     oldest = summary.oldest_pending
     row["oldest_pending_age_s"] = (None if oldest is None
                                    else max(0.0, (now - oldest).total_seconds()))

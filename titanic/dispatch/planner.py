@@ -131,11 +131,13 @@ def _split_plan(plan: dict[str, int], new: Sequence[NewRequest], fresh: set[str]
             ) -> tuple[dict[str, int], dict[str, int]]:
     """The claim plan as claims of due requests, and new requests to store claimed: a fresh
     service's room goes to its new requests (they are all that is due there), unless one
-    of them has an idempotency key (it may be stored already: claimed like the rest)."""
+    of them has an idempotency key (it may be stored already: claimed like the rest), a time
+    to wait for or a priority (the claim then picks what is due, highest first)."""
     if not fresh:
         return plan, {}
     counts = Counter(request.service for request in new if request.service in fresh)
-    keyed = {request.service for request in new if request.idempotency_key is not None}
+    keyed = {request.service for request in new if request.idempotency_key is not None
+             or request.not_before is not None or request.priority}
     claims: dict[str, int] = {}
     claim_new: dict[str, int] = {}
     for service, room in plan.items():

@@ -18,6 +18,8 @@ can end:
 
 A titanic.request may carry an idempotency key in front, `"", key, service, body...` (see
 titanic.protocol.tsp.split_request): a key already stored answers the stored request's UUID.
+Its options form also carries a time before which it is not sent and a priority
+(titanic.protocol.tsp.RequestOptions).
 
 Ownership: when the broker tells who sent a request (a `Caller`, see titanic.protocol.identity),
 a stored request belongs to the key that submitted it. `titanic.reply` and `titanic.close` from
@@ -33,6 +35,7 @@ import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from titanic.errors import InvalidRequestError, ProtocolError, StoreError
 from titanic.logs import about
@@ -45,7 +48,7 @@ from titanic.protocol.tsp import (
     UNKNOWN_TEXT,
     Status,
     parse_uuid,
-    split_request,
+    split_request_options,
 )
 from titanic.store import NewRequest, RequestStatus, Store, check_new_request
 
@@ -64,14 +67,21 @@ def _store_error(exc: StoreError) -> Frames:
 def _parse_new_request(body: Frames) -> NewRequest:
     """[service, frames...] (or the keyed form) as a NewRequest; ProtocolError if the service or
     key frame is unusable."""
-    key, body = split_request(body)
+    key, options, body = split_request_options(body)
     if not body or not body[0]:
         raise ProtocolError("titanic.request needs a service name frame")
     try:
         service = body[0].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError("the service name is not UTF-8") from exc
-    return NewRequest(service=service, frames=tuple(body[1:]), idempotency_key=key)
+    not_before = None
+    if options.not_before_ms is not None:
+        try:
+            not_before = datetime.fromtimestamp(options.not_before_ms / 1000, UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ProtocolError("the titanic.request option not_before is out of range") from exc
+    return NewRequest(service=service, frames=tuple(body[1:]), idempotency_key=key,
+                      not_before=not_before, priority=options.priority)
 
 
 def may_see(owner: str | None, caller: Caller | None) -> bool:

@@ -34,7 +34,7 @@ def store_reply(identity: StoreIdentity, max_request_bytes: int) -> Frames:
     """titanic.store's answer: `200`, the identity, the location, the largest request body
     the store takes."""
     return tsp.store_answer(tsp.ServingStore(identity.id, identity.location, max_request_bytes,
-                                             frozenset({tsp.WAIT_SERVICE})))
+                                             frozenset({tsp.WAIT_SERVICE, tsp.OPTIONS_EXTENSION})))
 
 
 def parse_store_reply(frames: Frames) -> StoreIdentity:

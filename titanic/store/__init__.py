@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING
 from titanic.settings import MAX_REQUEST_BYTES, default_database_url
 from titanic.store.types import (
     FINISHED,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
     REQUEUABLE,
+    SCHEDULED,
     Delivery,
     Exchange,
     NewRequest,
@@ -32,6 +35,7 @@ from titanic.store.types import (
     check_new_request,
     check_request_id,
     new_request_id,
+    shown_state,
 )
 
 log = logging.getLogger("titanic.store")
@@ -111,7 +115,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINISHED",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
     "REQUEUABLE",
+    "SCHEDULED",
     "Delivery",
     "Exchange",
     "NewRequest",
@@ -127,4 +134,5 @@ __all__ = [
     "new_request_id",
     "open_existing_store",
     "open_store",
+    "shown_state",
 ]

@@ -53,11 +53,8 @@ requests_table = Table(
     # The CURVE public key (Z85) that submitted it, as the broker authenticated it; None
     # without CURVE (then anyone may fetch and close it).
     Column("owner", String(40)),
-    # Next due requests of a service: WHERE status = 'pending' AND service = ? ORDER BY
-    # due_at; the services with requests due, by a skip scan (SqlStore.due_services); leases
-    # running out: WHERE status = 'dispatched' AND lease_until < ?. The only index of every
-    # request besides the primary key (0017_drop_status_due_index).
-    Index("ix_titanic_requests_status_service_due", "status", "service", "due_at"),
+    # Higher first within a service (then the oldest due); 0 unless the submitter gave one.
+    Column("priority", Integer, nullable=False, default=0, server_default=text("0")),
     # Purging finished requests: WHERE status IN (...) AND completed_at < ?. Only finished
     # requests (they have completed_at) are in it: storing a request does not touch it.
     Index("ix_titanic_requests_finished", "status", "completed_at",
@@ -74,6 +71,14 @@ requests_table = Table(
     Index("ix_titanic_requests_owner_status", "owner", "status",
           sqlite_where=text("owner IS NOT NULL"), postgresql_where=text("owner IS NOT NULL")),
 )
+
+# Next due requests of a service: WHERE status = 'pending' AND service = ? AND due_at <= ?
+# ORDER BY priority DESC, due_at; the services with requests due, by a skip scan over
+# (service, priority) (SqlStore.due_services); leases running out: WHERE status =
+# 'dispatched' AND lease_until < ?. The only index of every request besides the primary key
+# (0018_request_priority).
+Index("ix_titanic_requests_status_service_priority_due", requests_table.c.status,
+      requests_table.c.service, requests_table.c.priority.desc(), requests_table.c.due_at)
 
 #: The store's identity: one row, made when the schema is created. Dispatchers compare it to
 #: make sure every dispatcher on the same brokers uses the same store (a PostgreSQL standby has

@@ -28,6 +28,13 @@ class RequestStatus(enum.StrEnum):
 #: States in which a request is finished: its reply (if any) is final.
 FINISHED = (RequestStatus.DONE, RequestStatus.FAILED, RequestStatus.EXPIRED)
 
+#: The state shown for a pending request not tried yet whose time (`not_before`) is still to
+#: come: stored as pending, due later (see `shown_state`).
+SCHEDULED = "scheduled"
+#: Priorities a request may have: higher ones are claimed first within their service.
+PRIORITY_MIN = -1_000_000
+PRIORITY_MAX = 1_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class StoredRequest:
@@ -48,17 +55,32 @@ class StoredRequest:
     idempotency_key: str | None
     #: The CURVE key (Z85) that submitted it; None when the broker told no caller.
     owner: str | None = None
+    #: Higher first within its service (then the oldest due).
+    priority: int = 0
+
+
+def shown_state(request: StoredRequest, now: datetime) -> str:
+    """The state a person is shown: the stored status, or `scheduled` for a pending request
+    never tried whose due time (its `not_before`) is after `now` (aware UTC)."""
+    if (request.status is RequestStatus.PENDING and request.attempts == 0
+            and request.due_at > now):
+        return SCHEDULED
+    return request.status.value
 
 
 @dataclass(frozen=True, slots=True)
 class NewRequest:
-    """A request to store; `owner` is the submitter's CURVE key (Z85), if known."""
+    """A request to store; `owner` is the submitter's CURVE key (Z85), if known; it is sent no
+    earlier than `not_before` (aware, or naive UTC), and before the requests of its service
+    with a lower `priority`."""
 
     service: str
     frames: tuple[bytes, ...]
     deadline: datetime | None = None
     idempotency_key: str | None = None
     owner: str | None = None
+    not_before: datetime | None = None
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +91,7 @@ class Delivery:
     service: str
     request: tuple[bytes, ...]
     attempts: int
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +133,22 @@ class StoreStats:
 
 @dataclass(frozen=True, slots=True)
 class ServiceSummary:
-    """One service's stored requests: counts by state, when its oldest pending request was
-    submitted, and how many completed (done) since the moment asked about."""
+    """One service's stored requests: counts by state, when its oldest pending request (not
+    scheduled) was submitted, how many completed (done) since the moment asked about, and how
+    many of the pending ones are scheduled (see shown_state)."""
 
     service: str
     counts: dict[RequestStatus, int]
     oldest_pending: datetime | None
     completed_since: int
+    scheduled: int = 0
+
+    def shown_counts(self) -> dict[str, int]:
+        """Counts by the state a person is shown: the scheduled apart from the pending."""
+        shown = {state.value: self.counts.get(state, 0) for state in RequestStatus}
+        shown[RequestStatus.PENDING.value] -= self.scheduled
+        shown[SCHEDULED] = self.scheduled
+        return shown
 
 
 #: States a bulk retry takes requests from, and states a purge deletes.
@@ -202,7 +234,8 @@ class Store(Protocol):
         ...
 
     def expire(self, *, pending_ttl: float, now: datetime | None = None) -> int:
-        """Pending requests older than pending_ttl seconds or past their deadline: expired."""
+        """Pending requests older than pending_ttl seconds (since submitted, and since due)
+        or past their deadline: expired."""
         ...
 
     def purge(self, *, reply_ttl: float, now: datetime | None = None) -> int:
@@ -241,8 +274,10 @@ class Store(Protocol):
         ...
 
     def list(self, *, service: str | None = None, status: RequestStatus | None = None,
-             limit: int = 100, after: str | None = None) -> list[StoredRequest]:
-        """Requests in UUID (time) order, filtered, paged by `after`."""
+             limit: int = 100, after: str | None = None,
+             scheduled: bool | None = None) -> list[StoredRequest]:
+        """Requests in UUID (time) order, filtered, paged by `after`; `scheduled` True keeps
+        only the scheduled ones, False leaves them out (see shown_state)."""
         ...
 
     def identity(self) -> StoreIdentity:
@@ -299,17 +334,22 @@ def check_new_request(request: NewRequest, max_request_bytes: int) -> None:
             f"request body of {size} bytes exceeds the limit of {max_request_bytes} bytes")
     if request.idempotency_key is not None and not 0 < len(request.idempotency_key) <= 255:
         raise InvalidRequestError("an idempotency key must be 1 to 255 characters")
+    if not PRIORITY_MIN <= request.priority <= PRIORITY_MAX:
+        raise InvalidRequestError(f"a priority must be an integer from {PRIORITY_MIN} to "
+                                  f"{PRIORITY_MAX}, not {request.priority}")
 
 
 def fresh_claims(new: Sequence[NewRequest], claim_new: Mapping[str, int] | None) -> list[bool]:
     """Which of `new` Store.exchange stores claimed: per service the first `claim_new[service]`
-    without an idempotency key (a keyed one may be stored already, and is then not inserted)."""
+    without an idempotency key (a keyed one may be stored already, and is then not inserted)
+    or a `not_before` (a delayed one is due later)."""
     if not claim_new:
         return [False] * len(new)
     left = dict(claim_new)
     picked = []
     for request in new:
-        take = request.idempotency_key is None and left.get(request.service, 0) > 0
+        take = (request.idempotency_key is None and request.not_before is None
+                and left.get(request.service, 0) > 0)
         if take:
             left[request.service] -= 1
         picked.append(take)

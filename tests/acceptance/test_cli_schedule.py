@@ -1,0 +1,63 @@
+"""`titanic submit --in/--at/--priority`, and the scheduled state in `status`, `list` and
+`info`, through the installed commands in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from titanic_support import Processes, free_endpoint, run_cli
+
+FAST_DISPATCHER = ["--heartbeat", "0.2", "--request-timeout", "2"]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'titanic.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return run_cli(*args)
+
+
+def test_a_request_submitted_in_an_hour_is_scheduled_everywhere(procs: Processes,
+                                                                db_url: str) -> None:
+    broker = free_endpoint()
+    procs.broker(broker)
+    procs.cli("dispatcher", "dispatcher", "--broker", broker, "--db", db_url, *FAST_DISPATCHER)
+    submitted = _cli("submit", "--in", "1h", "--priority", "3", "--json", "report", "q",
+                     "--broker", broker, "--timeout", "5")
+    assert submitted.returncode == 0, submitted.stderr
+    request_id = json.loads(submitted.stdout)["uuid"]
+    now = _cli("submit", "report", "now", "--broker", broker, "--timeout", "5")
+    assert now.returncode == 0, now.stderr
+
+    status = _cli("status", "--json", request_id, "--db", db_url)
+    fields = json.loads(status.stdout)
+    assert (fields["state"], fields["priority"], fields["attempts"]) == ("scheduled", 3, 0)
+    listed = _cli("list", "--state", "scheduled", "--json", "--db", db_url)
+    assert [json.loads(line)["uuid"] for line in listed.stdout.splitlines()] == [request_id]
+    pending = _cli("list", "--state", "pending", "--json", "--db", db_url)
+    assert [json.loads(line)["uuid"] for line in pending.stdout.splitlines()] == [
+        now.stdout.decode().strip()]
+    info = _cli("info", "--json", "--broker", broker, "--timeout", "5")
+    assert info.returncode == 0, info.stderr
+    (row,) = json.loads(info.stdout)["services"]
+    assert (row["pending"], row["scheduled"]) == (1, 1)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--at", "2026-12-24T18:00:00"], b"no time zone"),
+    (["--at", "Christmas"], b"ISO 8601"),
+    (["--in", "soon"], b"duration"),
+    (["--in", "5m", "--at", "2026-12-24T18:00:00Z"], b"not both"),
+    (["--priority", "high"], b"priority"),
+])
+def test_a_bad_time_or_priority_is_one_line_and_exit_2(args: list[str], words: bytes) -> None:
+    done = _cli("submit", *args, "echo", "x", "--broker", "tcp://127.0.0.1:1", "--timeout", "1")
+    assert done.returncode == 2
+    assert done.stderr.count(b"\n") == 1 and words in done.stderr, done.stderr
