@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("titanic_cli.bench:bench", "Measure round trips, acknowledgements and completions."),
     "broker": ("titanic_cli.broker_command:broker", "Run the Majordomo broker."),
     "call": ("titanic_cli.mdp_commands:call", "Send one request to SERVICE and print the reply."),
+    "cancel": ("titanic_cli.tsp_commands:cancel",
+               "Cancel request UUID: never sent if waiting, its reply discarded if not."),
     "close": ("titanic_cli.tsp_commands:close", "Delete request UUID and its reply."),
     "dashboard": ("titanic_cli.dashboard:dashboard",
                   "Serve a web page of the queue per service and its history."),

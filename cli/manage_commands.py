@@ -81,13 +81,15 @@ def render_info(view: dict[str, Any]) -> str:
                  for answered in view["dispatchers"])
     lines.append("")
     header = (f"{'SERVICE':24} {'PENDING':>8} {'SCHEDULED':>9} {'IN FLIGHT':>9} {'DONE':>8} "
-              f"{'FAILED':>7} {'EXPIRED':>7} {'OLDEST':>7} {'WORKERS':>7} {'DONE/S':>7}")
+              f"{'FAILED':>7} {'EXPIRED':>7} {'CANCELLED':>9} {'OLDEST':>7} {'WORKERS':>7} "
+              f"{'DONE/S':>7}")
     lines.append(header)
     for row in view["services"]:
         workers = "-" if row["workers"] is None else str(row["workers"])
         lines.append(f"{row['service'][:24]:24} {row['pending']:>8} "
                      f"{row.get('scheduled', '-'):>9} {row['dispatched']:>9} "
                      f"{row['done']:>8} {row['failed']:>7} {row['expired']:>7} "
+                     f"{row.get('cancelled', '-'):>9} "
                      f"{_age(row['oldest_pending_age_s']):>7} {workers:>7} "
                      f"{row['completed_per_s']:>7.2f}")
     if not view["services"]:
@@ -147,7 +149,8 @@ def bulk_retry(broker: tuple[str, ...], timeout: float, retries: int, curve: Cur
 @broker_option
 @client_options
 @curve_client_options
-@click.option("--state", type=click.Choice(["done", "failed", "expired"]), required=True,
+@click.option("--state", type=click.Choice(["done", "failed", "expired", "cancelled"]),
+              required=True,
               help="Delete requests in this finished state.")
 @click.option("--older-than", "older_than", metavar="DURATION", required=True,
               callback=_duration,

@@ -13,7 +13,7 @@ import click
 
 from titanic.client.answers import PRIORITY_RANGE
 from titanic.client.tsp import ReplyState, TitanicClient
-from titanic.errors import ProtocolError
+from titanic.errors import ProtocolError, UnknownRequestError
 from titanic.protocol.failure import split_last_error
 from titanic.settings import CLIENT_RETRIES, CLIENT_TIMEOUT_S
 from titanic_cli.exitcodes import Exit
@@ -43,6 +43,7 @@ _STATE_EXIT = {
     ReplyState.UNKNOWN: Exit.UNKNOWN,
     ReplyState.FAILED: Exit.FAILED,
     ReplyState.EXPIRED: Exit.FAILED,
+    ReplyState.CANCELLED: Exit.FAILED,
     ReplyState.ERROR: Exit.ERROR,
 }
 
@@ -260,3 +261,40 @@ def close(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: s
     request_id = check_uuid(request_id)
     with _client(broker, dialect_name, timeout, retries, curve) as client:
         client.close_request(request_id)
+
+
+@click.command()
+@broker_option
+@client_options
+@dialect_option
+@curve_client_options
+@json_option
+@click.argument("request_id", metavar="UUID")
+@handle_errors
+def cancel(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: str,
+           as_json: bool, request_id: str, curve: CurveOptions) -> None:
+    """Cancel request UUID: never sent if it waits (pending or scheduled); if a worker has it,
+    its reply is discarded and a task can see it (titanic.current().cancelled).
+
+    Prints the state it was in. It stays `cancelled` (for status and list) until closed or
+    purged. Exit status 4 if the request is unknown, 1 if it had already finished (done,
+    failed or expired: nothing changed).
+
+    \b
+    Example:
+      titanic cancel 0190c6f2a1b47c3e9d2f00112233aabb
+    """
+    request_id = check_uuid(request_id)
+    with _client(broker, dialect_name, timeout, retries, curve) as client:
+        try:
+            was = client.cancel(request_id)
+        except UnknownRequestError:
+            fail(f"request {request_id} is unknown (never stored, closed, or purged)",
+                 Exit.UNKNOWN)
+    finished = was in ("done", "failed", "expired")
+    if as_json:
+        echo_json({"uuid": request_id, "was": was, "cancelled": not finished})
+    elif not finished:
+        click.echo(f"cancelled (was {was})")
+    if finished:
+        fail(f"request {request_id} is {was}: too late to cancel", Exit.ERROR)

@@ -77,6 +77,10 @@ def worker_run(broker: tuple[str, ...], service: str | None, concurrency: int,
     sys.path.insert(0, os.getcwd())
     handlers = _worker_handlers(target, service)
     hook = curve.hook()
+    from titanic.tasks.clients import configure
+
+    # A task's titanic.current().cancelled, and its own submits, go to the brokers it serves.
+    configure(list(broker), curve_server_key=curve.server_key, curve_key=curve.key)
     group = WorkerGroup(handlers, concurrency, lambda context, name, handler: Worker(
         broker, name, handler, dialect=DIALECTS[dialect_name], heartbeat_interval=heartbeat,
         context=context, configure_socket=hook))

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from titanic.client.mdp import Client
     from titanic.client.tsp import Fetched, ReplyState, TitanicClient
     from titanic.tasks.clients import configure
+    from titanic.tasks.current import current
     from titanic.tasks.define import Task, task
     from titanic.tasks.handles import AsyncHandle, Handle
     from titanic.worker.mdp import Worker
@@ -48,6 +49,7 @@ _LAZY = {
     "TitanicClient": "titanic.client.tsp",
     "Worker": "titanic.worker.mdp",
     "configure": "titanic.tasks.clients",
+    "current": "titanic.tasks.current",
     "task": "titanic.tasks.define",
 }
 
@@ -79,5 +81,6 @@ __all__ = [
     "Worker",
     "__version__",
     "configure",
+    "current",
     "task",
 ]

@@ -227,6 +227,20 @@ class MemoryStore:
                 self._rows[row.id] = row
         return len(changed)
 
+    def cancel(self, request_id: str, *, owners: Sequence[str | None] | None = None
+               ) -> str | None:
+        """Cancel a pending or dispatched request (see Store.cancel); the state it was in."""
+        key = check_request_id(request_id)
+        now = datetime.now(UTC)
+        with self._lock:
+            row = self._rows.get(key)
+            if row is None or (owners is not None and row.owner not in owners):
+                return None
+            if row.status in (RequestStatus.PENDING, RequestStatus.DISPATCHED):
+                self._rows[key] = replace(row, status=RequestStatus.CANCELLED, completed_at=now,
+                                          lease_until=None, last_error="cancelled")
+            return shown_state(row, now)
+
     def release_stale(self, *, now: datetime | None = None) -> int:
         """Dispatched requests whose lease ran out: pending."""
         moment = _now(now)

@@ -61,3 +61,25 @@ def test_a_bad_time_or_priority_is_one_line_and_exit_2(args: list[str], words: b
     done = _cli("submit", *args, "echo", "x", "--broker", "tcp://127.0.0.1:1", "--timeout", "1")
     assert done.returncode == 2
     assert done.stderr.count(b"\n") == 1 and words in done.stderr, done.stderr
+
+
+def test_cancel_says_what_it_was_and_exits_by_the_outcome(procs: Processes,
+                                                          db_url: str) -> None:
+    broker = free_endpoint()
+    procs.broker(broker)
+    procs.cli("dispatcher", "dispatcher", "--broker", broker, "--db", db_url, *FAST_DISPATCHER)
+    submitted = _cli("submit", "--in", "1h", "report", "q", "--broker", broker, "--timeout", "5")
+    request_id = submitted.stdout.decode().strip()
+    cancelled = _cli("cancel", request_id, "--broker", broker, "--timeout", "5")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout == b"cancelled (was scheduled)\n"
+    fields = json.loads(_cli("status", "--json", request_id, "--db", db_url).stdout)
+    assert fields["state"] == "cancelled"
+    listed = _cli("list", "--state", "cancelled", "--json", "--db", db_url)
+    assert [json.loads(line)["uuid"] for line in listed.stdout.splitlines()] == [request_id]
+    fetched = _cli("fetch", request_id, "--broker", broker, "--timeout", "5")
+    assert fetched.returncode == 5 and b"cancelled" in fetched.stderr
+    unknown = _cli("cancel", "0" * 32, "--broker", broker, "--timeout", "5")
+    assert unknown.returncode == 4 and unknown.stderr.count(b"\n") == 1, unknown.stderr
+    info = json.loads(_cli("info", "--json", "--broker", broker, "--timeout", "5").stdout)
+    assert info["services"][0]["cancelled"] == 1

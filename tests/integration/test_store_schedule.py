@@ -126,3 +126,52 @@ def test_the_pending_ttl_of_a_scheduled_request_counts_from_its_time(store: Stor
     assert store.get(later).status is RequestStatus.PENDING  # type: ignore[union-attr]
     assert store.expire(pending_ttl=3600, now=now + 5 * HOUR) == 1
     assert store.get(later).status is RequestStatus.EXPIRED  # type: ignore[union-attr]
+
+
+def test_a_cancelled_waiting_request_is_never_claimed(store: Store) -> None:
+    now = datetime.now(UTC)
+    first = store.submit("svc", [b"a"])
+    (later,) = store.submit_many([NewRequest("svc", (b"b",), not_before=now + HOUR)])
+    second = store.submit("svc", [b"c"])
+    assert store.cancel(first) == "pending"
+    assert store.cancel(later) == SCHEDULED
+    assert store.cancel(first) == "cancelled"  # again: nothing changes
+    assert [r.id for r in store.claim_due(["svc"], 10, 60, now=now + 2 * HOUR)] == [second]
+    gone = store.get(first)
+    assert gone is not None and gone.status is RequestStatus.CANCELLED
+    assert gone.completed_at is not None
+    assert [r.id for r in store.list(status=RequestStatus.CANCELLED)] == [first, later]
+
+
+def test_a_cancelled_request_in_hand_keeps_no_late_reply(store: Store) -> None:
+    request_id = store.submit("svc", [b"a"])
+    store.claim_due(["svc"], 1, 60)
+    assert store.cancel(request_id) == "dispatched"
+    assert store.complete(request_id, [b"late"]) is False
+    assert store.retry_later(request_id, "boom", max_attempts=5, backoff=1,
+                             backoff_max=1) is RequestStatus.CANCELLED
+    store.release_stale(now=datetime.now(UTC) + HOUR)
+    stored = store.get(request_id)
+    assert stored is not None and (stored.status, stored.reply) == (RequestStatus.CANCELLED,
+                                                                    None)
+
+
+def test_finished_unknown_and_other_owners_requests_are_not_cancelled(store: Store) -> None:
+    done = store.submit("svc", [b"a"])
+    store.claim_due(["svc"], 1, 60)
+    store.complete(done, [b"r"])
+    assert store.cancel(done) == "done"
+    assert store.get(done).status is RequestStatus.DONE  # type: ignore[union-attr]
+    assert store.cancel("0" * 32) is None
+    (owned,) = store.submit_many([NewRequest("svc", (b"x",), owner="alice")])
+    assert store.cancel(owned, owners=(None, "mallory")) is None
+    assert store.get(owned).status is RequestStatus.PENDING  # type: ignore[union-attr]
+    assert store.cancel(owned, owners=(None, "alice")) == "pending"
+
+
+def test_purge_deletes_cancelled_requests_like_other_finished_ones(store: Store) -> None:
+    request_id = store.submit("svc", [b"a"])
+    store.cancel(request_id)
+    assert store.purge_finished(RequestStatus.CANCELLED, older_than=3600) == 0
+    assert store.purge(reply_ttl=60, now=datetime.now(UTC) + HOUR) == 1
+    assert store.get(request_id) is None

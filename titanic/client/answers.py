@@ -14,6 +14,7 @@ from titanic.errors import (
     ProtocolError,
     TitanicError,
     TitanicServiceError,
+    UnknownRequestError,
     UnreachableError,
     UsageError,
 )
@@ -34,6 +35,7 @@ class ReplyState(enum.Enum):
     UNKNOWN = "unknown"
     FAILED = "failed"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"
     ERROR = "error"
 
 
@@ -149,6 +151,17 @@ def check_close(reply: Frames) -> None:
         raise TitanicServiceError(f"titanic.close failed: {status}")
 
 
+def parse_cancel(frames: Frames) -> str:
+    """A titanic.cancel answer: the state the request was in; UnknownRequestError for an
+    unknown request, TitanicServiceError for another error."""
+    code = tsp.parse_status(frames[0]) if frames else None
+    if code == tsp.Status.OK and len(frames) > 1:
+        return frames[1].decode("ascii", "replace")
+    if code == tsp.Status.UNKNOWN:
+        raise UnknownRequestError("unknown request: never stored, closed, or purged")
+    raise TitanicServiceError(f"titanic.cancel failed: {tsp.answer_text(frames) or code}")
+
+
 def parse_fetch(frames: Frames) -> Fetched:
     """A titanic.reply answer as a Fetched (the text in the status frame or after it)."""
     if not frames:
@@ -164,6 +177,8 @@ def parse_fetch(frames: Frames) -> Fetched:
             return Fetched(ReplyState.FAILED, [], text[len(tsp.FAILED_PREFIX):])
         if text.startswith(tsp.EXPIRED_PREFIX):
             return Fetched(ReplyState.EXPIRED, [], text[len(tsp.EXPIRED_PREFIX):])
+        if text.startswith(tsp.CANCELLED_PREFIX):
+            return Fetched(ReplyState.CANCELLED, [], text[len(tsp.CANCELLED_PREFIX):])
         return Fetched(ReplyState.UNKNOWN, [], text)
     return Fetched(ReplyState.ERROR, [], text or f"status {code}")
 

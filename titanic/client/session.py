@@ -31,6 +31,7 @@ from titanic.client.answers import (
     ReplyState,
     Unreachable,
     explain_timeout,
+    parse_cancel,
     parse_fetch,
     parse_submitted,
     unreachable_error,
@@ -244,6 +245,30 @@ class TspSession:
             self._no_answer(index, reply)
             return None
         return parse_fetch(reply)
+
+    def cancel(self, request_id: bytes) -> Conversation[str]:
+        """Cancel a request: the state it was in (see titanic.cancel). UsageError where the
+        server has no titanic.cancel, before anything is sent."""
+        if not (yield from self._serves(tsp.CANCEL_SERVICE, self.timeout)):
+            raise UsageError(f"the Titanic server at {self.broker} cannot cancel requests (a "
+                             "standard 9/TSP server, or an older titanic)")
+        return parse_cancel((yield from self.call(tsp.CANCEL_SERVICE, [request_id])))
+
+    def is_cancelled(self, request_id: bytes, within: float) -> Conversation[bool]:
+        """Whether a request was cancelled (False where the server cannot tell)."""
+        if not (yield from self._serves(tsp.CANCELLED_SERVICE, within)):
+            return False
+        reply = yield from self.call(tsp.CANCELLED_SERVICE, [request_id], within)
+        return reply[:2] == [tsp.Status.OK.frame(), b"yes"]
+
+    def _serves(self, extension: bytes, timeout: float) -> Conversation[bool]:
+        """Whether the current broker's Titanic server names this extension (asked once)."""
+        index = self.current
+        server: Server | Unreachable | None = self._servers.get(index)
+        if server is None:
+            server = yield from self._vet(index, timeout)
+        return (isinstance(server, Server) and server.store is not None
+                and extension in server.store.extensions)
 
     def has_workers(self, service: bytes, timeout: float) -> Conversation[bool | None]:
         """Whether the current broker has workers for `service` now (8/MMI); None if it did

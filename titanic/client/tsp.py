@@ -86,6 +86,19 @@ class TitanicClient:
         return self._run(self._session.submit(service_name(service), encode_frames(frames),
                                               check_key(key), options))
 
+    def cancel(self, request_id: str) -> str:
+        """Cancel a request: one pending or scheduled is never sent; one in a worker's hands is
+        marked cancelled, its reply discarded, and a task can see it (titanic.current()). The
+        state it was in (pending, scheduled, dispatched; cancelled again; done, failed or
+        expired, which stay as they are). UnknownRequestError for an unknown request (or
+        another key's); UsageError from a server that cannot cancel (a standard 9/TSP one)."""
+        return self._run(self._session.cancel(uuid_frame(request_id)))
+
+    def is_cancelled(self, request_id: str, *, within: float | None = None) -> bool:
+        """Whether a request was cancelled (False where the server cannot tell)."""
+        return self._run(self._session.is_cancelled(uuid_frame(request_id),
+                                                      within or self._session.timeout))
+
     def fetch(self, request_id: str, *, within: float | None = None) -> Fetched:
         """Ask once for the reply to a request (taking at most `within` seconds, if given)."""
         return self._run(self._session.fetch(uuid_frame(request_id), within))

@@ -231,6 +231,7 @@ class Planner:
             acknowledge(answers, accepted, result.ids)
             self.stats.completed += result.completed
             if not split:
+                self.stats.discarded += len(replies) - result.completed
                 self._finished.extend(request_id for request_id, _ in replies)
         if submits:
             answer([reply or [tsp.Status.ERROR.frame()] for reply in answers])
@@ -238,6 +239,7 @@ class Planner:
             rest = self._exchange([], replies, claims, {})
             if isinstance(rest, Exchange):
                 self.stats.completed += rest.completed
+                self.stats.discarded += len(replies) - rest.completed
                 self._finished.extend(request_id for request_id, _ in replies)
                 result = Exchange(result.ids, result.completed, result.claimed + rest.claimed)
         # Back to back, what was claimed waits for the next submission: expected about `gap`
@@ -258,6 +260,7 @@ class Planner:
         held = self._replies_to_store([], now, alone=False)  # all of them, none held after
         if held and isinstance(result := self._exchange([], held, {}, {}), Exchange):
             self.stats.completed += result.completed
+            self.stats.discarded += len(held) - result.completed
             self._finished.extend(request_id for request_id, _ in held)
         if self._unsent:
             self._send_unsent(now)
@@ -426,7 +429,9 @@ class Planner:
     def _send(self, deliveries: Sequence[Delivery], now: float) -> None:
         debug = log.isEnabledFor(logging.DEBUG)
         for delivery in deliveries:
-            self.transport.send(delivery.service, delivery.request,
+            # A task call carries its UUID, so that its worker can ask whether it was cancelled.
+            self.transport.send(delivery.service,
+                                tsp.task_call_with_id(delivery.request, delivery.id),
                                 Forwarded(delivery.id, delivery.service, now))
             if debug:
                 log.debug("request %s sent to %r (attempt %d)", delivery.id, delivery.service,

@@ -15,6 +15,8 @@ can end:
     titanic.reply    200, <reply frames...> | 300, pending | 400, unknown | 400, failed: <error>
                      | 400, expired: <why> | 500, <store error>
     titanic.close    200 (unknown and malformed UUIDs too) | 500, <store error>
+    titanic.cancel   200, <the state it was in> | 400, unknown | 500, <store error>
+    titanic.cancelled  200, yes | 200, no | 500, <store error>
 
 A titanic.request may carry an idempotency key in front, `"", key, service, body...` (see
 titanic.protocol.tsp.split_request): a key already stored answers the stored request's UUID.
@@ -42,6 +44,7 @@ from titanic.logs import about
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.protocol.tsp import (
+    CANCELLED_PREFIX,
     EXPIRED_PREFIX,
     FAILED_PREFIX,
     PENDING_TEXT,
@@ -185,7 +188,52 @@ def handle_reply(store: Store, body: Frames, caller: Caller | None = None) -> Fr
         return Status.UNKNOWN.answer(FAILED_PREFIX + (stored.last_error or "no reason given"))
     if stored.status is RequestStatus.EXPIRED:
         return Status.UNKNOWN.answer(EXPIRED_PREFIX + (stored.last_error or "not delivered"))
+    if stored.status is RequestStatus.CANCELLED:
+        return Status.UNKNOWN.answer(CANCELLED_PREFIX + "cancelled by a client")
     return list(_PENDING)
+
+
+def _request_id(body: Frames) -> str:
+    """The UUID of a one-frame body, or "" if it is not one."""
+    try:
+        return parse_uuid(body[0]) if len(body) == 1 else ""
+    except ProtocolError:
+        return ""
+
+
+def handle_cancel(store: Store, body: Frames, caller: Caller | None = None) -> Frames:
+    """titanic.cancel: cancel the request (a pending or scheduled one is never sent; a
+    dispatched one's reply will be discarded); `200, <the state it was in>`, `400, unknown`
+    (another key's request too)."""
+    request_id = _request_id(body)
+    if not request_id:
+        return list(_UNKNOWN)
+    owners = None if caller is not None and caller.admin else \
+        (None, caller.key) if caller else (None,)
+    try:
+        was = store.cancel(request_id, owners=owners)
+    except InvalidRequestError:
+        return list(_UNKNOWN)
+    except StoreError as exc:
+        return _store_error(exc)
+    if was is None:
+        return list(_UNKNOWN)
+    log.info("request %s cancelled (it was %s)", request_id, was, extra=about(request_id))
+    return [_OK, was.encode()]
+
+
+def handle_cancelled(store: Store, body: Frames, caller: Caller | None = None) -> Frames:
+    """titanic.cancelled, asked by the worker running a request: `200, yes` if it was
+    cancelled, `200, no` otherwise (unknown too: a UUID tells nothing more to whoever has it)."""
+    request_id = _request_id(body)
+    try:
+        stored = store.get(request_id) if request_id else None
+    except InvalidRequestError:
+        stored = None
+    except StoreError as exc:
+        return _store_error(exc)
+    cancelled = stored is not None and stored.status is RequestStatus.CANCELLED
+    return [_OK, b"yes" if cancelled else b"no"]
 
 
 def handle_close(store: Store, body: Frames, caller: Caller | None = None) -> Frames:

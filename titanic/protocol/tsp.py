@@ -18,6 +18,14 @@ STORE_SERVICE = b"titanic.store"
 #: titanic's extension (named in titanic.store's list, not a service): titanic.request takes
 #: options (a time to wait for, a priority) in the options form, see `build_request`.
 OPTIONS_EXTENSION = b"titanic.request.options"
+#: titanic's extension: `titanic.cancel` [uuid] cancels a request (the submitter's, or any
+#: for an admin key): `200, <the state it was in>` (a finished one stays as it was), or `400,
+#: unknown`. `titanic.cancelled` [uuid], asked by a worker running it: `200, yes` or `200, no`.
+CANCEL_SERVICE = b"titanic.cancel"
+CANCELLED_SERVICE = b"titanic.cancelled"
+#: The first frame of a task call or result (titanic.tasks.codec); a dispatcher forwarding a
+#: task call adds its request's UUID as a third frame, for `titanic.current()` on the worker.
+TASK_FRAME = b"titanic.task/1"
 #: titanic's extension: titanic.reply held until the request is no longer pending, or a time
 #: in milliseconds given after the UUID has passed (titanic.dispatch.held_waits).
 WAIT_SERVICE = b"titanic.wait"
@@ -28,6 +36,7 @@ PENDING_TEXT = "pending"
 UNKNOWN_TEXT = "unknown"
 FAILED_PREFIX = "failed: "
 EXPIRED_PREFIX = "expired: "
+CANCELLED_PREFIX = "cancelled: "
 
 #: 32 hex digits, or the canonical 8-4-4-4-12 form with hyphens; either case.
 _UUID_TEXT = re.compile(r"\A(?:[0-9a-f]{32}|[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12})\Z")
@@ -189,6 +198,14 @@ def _key(frame: bytes) -> str:
         return frame.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError("the idempotency key is not UTF-8") from exc
+
+
+def task_call_with_id(frames: Sequence[bytes], request_id: str) -> Sequence[bytes]:
+    """A forwarded request's frames: a task call (TASK_FRAME and its arguments) with its
+    request's UUID as a third frame, anything else as it is."""
+    if len(frames) == 2 and frames[0] == TASK_FRAME:
+        return (*frames, request_id.encode("ascii"))
+    return frames
 
 
 class ServingStore(NamedTuple):

@@ -61,6 +61,7 @@ from titanic.store.rows import (
 )
 from titanic.store.types import (
     FINISHED,
+    SCHEDULED,
     Delivery,
     Exchange,
     NewRequest,
@@ -515,6 +516,28 @@ class SqlStore(SqlOverview):
             statement = statement.where(or_(t.c.owner.in_(keys), t.c.owner.is_(None))
                                         if None in owners else t.c.owner.in_(keys))
         self._transaction(lambda conn: conn.execute(statement))
+
+    def cancel(self, request_id: str, *, owners: Sequence[str | None] | None = None
+               ) -> str | None:
+        """Cancel a pending or dispatched request (see Store.cancel); the state it was in."""
+        key = request_key(request_id)
+        moment = utcnow()
+
+        def work(conn: Connection) -> str | None:
+            row = conn.execute(dialect.lock_row(
+                select(t.c.status, t.c.owner, t.c.attempts, t.c.due_at).where(t.c.id == key),
+                conn)).first()
+            if row is None or (owners is not None and row.owner not in owners):
+                return None
+            if row.status not in (PENDING, DISPATCHED):
+                return str(row.status)
+            conn.execute(update(t).where(t.c.id == key).values(
+                status=RequestStatus.CANCELLED.value, completed_at=moment, lease_until=None,
+                last_error="cancelled"))
+            waiting = row.status == PENDING and row.attempts == 0 and row.due_at > moment
+            return SCHEDULED if waiting else str(row.status)
+
+        return self._transaction(work)
 
     # -- dispatching ----------------------------------------------------------------------------
 

@@ -23,10 +23,13 @@ class RequestStatus(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"
     EXPIRED = "expired"
+    #: Cancelled by a client: never sent if it was waiting, its reply discarded if not.
+    CANCELLED = "cancelled"
 
 
 #: States in which a request is finished: its reply (if any) is final.
-FINISHED = (RequestStatus.DONE, RequestStatus.FAILED, RequestStatus.EXPIRED)
+FINISHED = (RequestStatus.DONE, RequestStatus.FAILED, RequestStatus.EXPIRED,
+            RequestStatus.CANCELLED)
 
 #: The state shown for a pending request not tried yet whose time (`not_before`) is still to
 #: come: stored as pending, due later (see `shown_state`).
@@ -227,6 +230,14 @@ class Store(Protocol):
     def close(self, request_id: str, *, owners: Sequence[str | None] | None = None) -> None:
         """Delete the request and its reply; an unknown UUID is fine. With `owners`, only if its
         owner is one of them (None standing for a request without owner)."""
+        ...
+
+    def cancel(self, request_id: str, *, owners: Sequence[str | None] | None = None
+               ) -> str | None:
+        """Cancel a pending (or scheduled) or dispatched request: it becomes cancelled, and is
+        never sent, or its late reply is not stored. The state it was in (shown_state), also
+        for a finished one, which stays as it was; None if unknown (or, with `owners`, not
+        owned by one of them)."""
         ...
 
     def release_stale(self, *, now: datetime | None = None) -> int:

@@ -24,9 +24,8 @@ from typing import Any, NamedTuple
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
 
 from titanic.errors import ProtocolError
+from titanic.protocol.tsp import TASK_FRAME, canonical_uuid
 
-#: The first frame of a task request and of a task's result; `1` is this layout's version.
-TASK_FRAME = b"titanic.task/1"
 #: Deepest nesting of lists and maps that msgpack unpacks (its own limit; it packs one more).
 MAX_DEPTH = 1023
 _INT_RANGE = range(-(2**63), 2**64)
@@ -132,6 +131,16 @@ def _scalar_problem(value: Any) -> str | None:
 def is_task_frames(frames: Sequence[bytes]) -> bool:
     """True if these frames have the shape of a task request or result."""
     return len(frames) == 2 and frames[0] == TASK_FRAME
+
+
+def split_request_id(frames: Sequence[bytes]) -> tuple[Sequence[bytes], str | None]:
+    """A task call as its two frames and the request UUID a dispatcher added as a third
+    (titanic.protocol.tsp.task_call_with_id); other frames as they are, with None."""
+    if len(frames) == 3 and frames[0] == TASK_FRAME:
+        request_id = canonical_uuid(frames[2].decode("ascii", "replace"))
+        if request_id is not None:
+            return frames[:2], request_id
+    return frames, None
 
 
 def decode_call(frames: Sequence[bytes]) -> tuple[list[Any], dict[str, Any]]:

@@ -13,7 +13,8 @@ from typing import Any
 
 from titanic.errors import PermanentError, ProtocolError
 from titanic.protocol.mdp import Frames
-from titanic.tasks.codec import decode_call, encode_result
+from titanic.tasks.codec import decode_call, encode_result, split_request_id
+from titanic.tasks.current import running
 from titanic.tasks.define import Task
 from titanic.worker.mdp import Handler
 
@@ -26,13 +27,15 @@ def task_handler(task: Task[Any, Any]) -> Handler:
         signature = None
 
     def handle(frames: Frames) -> Frames:
+        call, request_id = split_request_id(frames)
         try:
-            args, kwargs = decode_call(frames)
+            args, kwargs = decode_call(call)
             if signature is not None:
                 signature.bind(*args, **kwargs)
         except (ProtocolError, TypeError) as exc:
             raise PermanentError from _named(task, exc)
-        value = task.function(*args, **kwargs)
+        with running(task.name, request_id):
+            value = task.function(*args, **kwargs)
         try:
             return encode_result(value, task.name)
         except TypeError as exc:
