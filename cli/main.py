@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("titanic_cli.manage_commands:info",
              "Show the queue per service, and the broker and dispatcher that answer."),
     "keygen": ("titanic_cli.keys:keygen", "Write a CURVE key pair."),
+    "limit": ("titanic_cli.store_commands:limit",
+              "Set, clear or list the limits of services, kept in the database."),
     "list": ("titanic_cli.store_commands:list_requests", "List stored requests, oldest first."),
     "mmi": ("titanic_cli.mdp_commands:mmi", "Ask the broker whether SERVICE has live workers."),
     "purge": ("titanic_cli.manage_commands:purge", "Delete finished requests in bulk."),

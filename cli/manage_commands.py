@@ -92,6 +92,13 @@ def render_info(view: dict[str, Any]) -> str:
                      f"{row.get('cancelled', '-'):>9} "
                      f"{_age(row['oldest_pending_age_s']):>7} {workers:>7} "
                      f"{row['completed_per_s']:>7.2f}")
+    limited = [row for row in view["services"]
+               if row.get("max_in_flight") is not None or row.get("rate_per_s") is not None]
+    for row in limited:
+        parts = ([f"at most {row['max_in_flight']} in flight"]
+                 if row.get("max_in_flight") is not None else [])
+        parts += [f"{row['rate_per_s']:g}/s"] if row.get("rate_per_s") is not None else []
+        lines.append(f"limit of {row['service']}: {', '.join(parts)}")
     if not view["services"]:
         lines.append("(no services)")
     return "\n".join(lines)

@@ -30,12 +30,14 @@ from titanic.store.types import (
     Exchange,
     NewRequest,
     RequestStatus,
+    ServiceLimit,
     ServiceSummary,
     StoredRequest,
     StoreIdentity,
     StoreStats,
     backoff_delay,
     check_bulk_state,
+    check_limit,
     check_new_request,
     check_request_id,
     failed_after,
@@ -61,6 +63,8 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._rows: dict[str, StoredRequest] = {}
         self._keys: dict[str, str] = {}
+        self._limits: dict[str, ServiceLimit] = {}
+        self._in_flight_at_claim: dict[str, int] = {}
         self._identity = StoreIdentity(uuid.uuid4().hex, f"memory:{id(self):x}")
 
     def _update(self, request_id: str,
@@ -117,28 +121,96 @@ class MemoryStore:
 
     def claim_due(self, services: Sequence[str] | None, limit: int, lease: float, *,
                   now: datetime | None = None) -> list[StoredRequest]:
-        """Lease up to `limit` due pending requests, highest priority first, then oldest due."""
+        """Lease up to `limit` due pending requests, highest priority first, then oldest due
+        (a limited service's within its limit)."""
+        return self._claim(services, limit, lease, now)[0]
+
+    def _claim(self, services: Sequence[str] | None, limit: int, lease: float,
+               now: datetime | None) -> tuple[list[StoredRequest], dict[str, float]]:
+        """claim_due, and per limited service whose rate held it back, the seconds to wait."""
         moment = _now(now)
         wanted = None if services is None else set(services)
+        waits: dict[str, float] = {}
         with self._lock:
             due = sorted((row for row in self._rows.values()
                           if row.status is RequestStatus.PENDING and row.due_at <= moment
                           and (wanted is None or row.service in wanted)),
-                         key=lambda row: (-row.priority, row.due_at, row.id))[:max(0, limit)]
+                         key=lambda row: (-row.priority, row.due_at, row.id))
+            allowed = {service: self._allowed(service, limit, moment, due)
+                       for service in {row.service for row in due} & set(self._limits)}
+            taken: list[StoredRequest] = []
+            for row in due:
+                left = allowed.get(row.service)
+                if len(taken) == limit or (left is not None and left[0] <= len(
+                        [r for r in taken if r.service == row.service])):
+                    continue
+                taken.append(row)
             claimed = [replace(row, status=RequestStatus.DISPATCHED, attempts=row.attempts + 1,
-                               lease_until=moment + timedelta(seconds=lease)) for row in due]
+                               lease_until=moment + timedelta(seconds=lease)) for row in taken]
             for row in claimed:
                 self._rows[row.id] = row
-        return claimed
+            for service, (room, wait) in allowed.items():
+                count = sum(1 for row in claimed if row.service == service)
+                waits.update(self._spend(service, count, room, wait, moment))
+        return claimed, waits
+
+    def _allowed(self, service: str, limit: int, moment: datetime,
+                 due: Sequence[StoredRequest]) -> tuple[int, float | None]:
+        """How many of a limited service a claim may take, and its tokens (under the lock)."""
+        found = self._limits[service]
+        in_flight = sum(1 for row in self._rows.values()
+                        if row.service == service and row.status is RequestStatus.DISPATCHED)
+        allowed, tokens = found.allowance(limit, in_flight, moment)
+        self._limits[service] = replace(found, tokens=tokens, refilled_at=moment)
+        self._in_flight_at_claim[service] = in_flight
+        return allowed, tokens if found.rate is not None else None
+
+    def _spend(self, service: str, count: int, allowed: int, tokens: float | None,
+               moment: datetime) -> dict[str, float]:
+        """Spend the tokens of what was claimed; the wait when the rate held it back."""
+        found = self._limits[service]
+        if tokens is None:
+            return {}
+        left = tokens - count
+        self._limits[service] = replace(found, tokens=left, refilled_at=moment)
+        in_flight = self._in_flight_at_claim.get(service, 0)
+        held_back = count == allowed and (found.max_in_flight is None
+                                          or in_flight + count < found.max_in_flight)
+        wait = found.wait_after(left)
+        return {service: wait} if held_back and wait is not None else {}
+
+    def set_limit(self, service: str, *, max_in_flight: int | None = None,
+                  rate: float | None = None, burst: float | None = None) -> ServiceLimit:
+        """Limit a service (see Store.set_limit)."""
+        size = check_limit(max_in_flight, rate, burst)
+        limit = ServiceLimit(service, max_in_flight, rate, size, size, datetime.now(UTC))
+        with self._lock:
+            self._limits[service] = limit
+        return limit
+
+    def clear_limit(self, service: str) -> bool:
+        """Remove a service's limit; False if it had none."""
+        with self._lock:
+            return self._limits.pop(service, None) is not None
+
+    def limits(self) -> list[ServiceLimit]:
+        """Every service's limit, by name."""
+        with self._lock:
+            return [self._limits[name] for name in sorted(self._limits)]
 
     def exchange(self, new: Sequence[NewRequest],
                  replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
                  lease: float, *, now: datetime | None = None,
                  claim_new: Mapping[str, int] | None = None) -> Exchange:
         """Store new requests and replies, then claim per service; the new requests `claim_new`
-        names are stored claimed (see Store.exchange)."""
+        names are stored claimed (see Store.exchange), a limited service's never."""
         for request in new:
             check_new_request(request, self.max_request_bytes)
+        limited = set(self._limits)
+        claims = {**claims, **{service: room for service, room in (claim_new or {}).items()
+                               if service in limited}}
+        claim_new = {service: room for service, room in (claim_new or {}).items()
+                     if service not in limited}
         ids = self.submit_many(new) if new else []
         lease_until = _now(now) + timedelta(seconds=lease)
         fresh = [self._update(request_id, lambda row: replace(
@@ -148,10 +220,14 @@ class MemoryStore:
         completed = self.complete_many(replies)
         claimed = [Delivery(row.id, row.service, row.request, row.attempts)
                    for row in fresh if row is not None]
-        claimed += [Delivery(row.id, row.service, row.request, row.attempts, row.priority)
-                    for service, room in claims.items() if room > 0
-                    for row in self.claim_due([service], room, lease, now=now)]
-        return Exchange(ids, completed, claimed)
+        waits: dict[str, float] = {}
+        for service, room in claims.items():
+            if room > 0:
+                rows, wait = self._claim([service], room, lease, now)
+                claimed += [Delivery(row.id, row.service, row.request, row.attempts,
+                                     row.priority) for row in rows]
+                waits.update(wait)
+        return Exchange(ids, completed, claimed, waits)
 
     def complete(self, request_id: str, reply: Sequence[bytes]) -> bool:
         """Store the reply: done."""

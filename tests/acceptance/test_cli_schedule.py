@@ -83,3 +83,36 @@ def test_cancel_says_what_it_was_and_exits_by_the_outcome(procs: Processes,
     assert unknown.returncode == 4 and unknown.stderr.count(b"\n") == 1, unknown.stderr
     info = json.loads(_cli("info", "--json", "--broker", broker, "--timeout", "5").stdout)
     assert info["services"][0]["cancelled"] == 1
+
+
+def test_limit_sets_lists_clears_and_info_shows_it(procs: Processes, db_url: str) -> None:
+    assert _cli("db", "upgrade", "--db", db_url).returncode == 0
+    made = _cli("limit", "resize", "--max-in-flight", "2", "--rate", "20/s", "--db", db_url)
+    assert made.returncode == 0, made.stderr
+    listed = _cli("limit", "--json", "--db", db_url)
+    assert [json.loads(line) for line in listed.stdout.splitlines()] == [
+        {"service": "resize", "max_in_flight": 2, "rate": 20.0, "burst": 1.0}]
+    broker = free_endpoint()
+    procs.broker(broker)
+    procs.cli("dispatcher", "dispatcher", "--broker", broker, "--db", db_url, *FAST_DISPATCHER)
+    assert _cli("submit", "resize", "x", "--broker", broker, "--timeout", "5").returncode == 0
+    info = _cli("info", "--broker", broker, "--timeout", "5")
+    assert b"limit of resize: at most 2 in flight, 20/s" in info.stdout, info.stdout
+    cleared = _cli("limit", "resize", "--clear", "--db", db_url)
+    assert cleared.returncode == 0 and _cli("limit", "--json", "--db", db_url).stdout == b""
+    again = _cli("limit", "resize", "--clear", "--db", db_url)
+    assert again.returncode == 4 and again.stderr.count(b"\n") == 1
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["resize"], b"--max-in-flight"),
+    (["resize", "--rate", "fast"], b"rate"),
+    (["resize", "--burst", "3", "--max-in-flight", "1"], b"--burst goes with --rate"),
+    (["--clear"], b"SERVICE"),
+    (["resize", "--clear", "--rate", "1/s"], b"--clear"),
+])
+def test_a_bad_limit_is_one_line_and_exit_2(args: list[str], words: bytes,
+                                            tmp_path: Path) -> None:
+    done = _cli("limit", *args, "--db", str(tmp_path / "none.db"))
+    assert done.returncode == 2
+    assert done.stderr.count(b"\n") == 1 and words in done.stderr, done.stderr

@@ -176,3 +176,27 @@ def test_the_priority_migration_keeps_a_backlog_claimable_in_order(db_url: str) 
         assert [r.id for r in store.claim_due(["echo"], 10, 60)] == [high, "d" * 32, "a" * 32]
     finally:
         store.close_store()
+
+
+def test_the_limits_migration_adds_an_empty_table_beside_a_backlog(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        migrate.upgrade(engine, "0018_request_priority")
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO titanic_requests (id, service, request, status, attempts, "
+                "created_at, due_at, priority) VALUES (:id, 'echo', :request, 'pending', 0, "
+                "'2026-12-01 09:00:00', '2026-12-01 09:00:00', 3)"),
+                {"id": "a" * 32, "request": encode_frames([b"body"])})
+    finally:
+        engine.dispose()
+    store = open_store(db_url)
+    try:
+        assert migrate.current_revision(store.engine) == migrate.head_revision()
+        migrate.check(store.engine)
+        assert store.limits() == []
+        store.set_limit("echo", max_in_flight=1)
+        (claimed,) = store.claim_due(["echo"], 10, 60)
+        assert (claimed.id, claimed.priority, claimed.request) == ("a" * 32, 3, (b"body",))
+    finally:
+        store.close_store()

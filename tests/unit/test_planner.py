@@ -400,3 +400,16 @@ def test_kept_forwards_keep_their_transport_slots() -> None:
     t.submit(b"echo", b"third")  # sends the second; nothing more fits
     assert t.forwarded() == [Forwarded(first, "echo"), Forwarded(second, "echo")]
     assert t.transport.free_slots == 0
+
+
+def test_a_service_held_back_by_its_rate_is_claimed_again_when_its_token_comes() -> None:
+    t = Turns(replace(SETTINGS, max_in_flight_per_service=8))
+    t.store.set_limit("echo", rate=1.0)
+    t.submit(b"echo", b"a")
+    t.submit(b"echo", b"b")
+    t.say_present("echo")
+    assert [tag.service for tag in t.forwarded()] == ["echo"]  # one token
+    assert t.planner.limit_until == pytest.approx(t.now + 1.0, abs=0.2)
+    assert "echo" not in t.planner.candidates
+    t.turn()  # before its token: not even asked
+    assert len(t.forwarded()) == 1

@@ -184,6 +184,8 @@ class Planner:
         self._unsent: list[Delivery] = []
         #: When those must be sent even if no submission comes (None: none waiting).
         self.forward_until: float | None = None
+        #: When each service whose rate limit held back a claim may claim again.
+        self._rate_waits: dict[str, float] = {}
         self._last_submit = float("-inf")  # when the last turn with a titanic.request began
         self._warned_anonymous = False
         # The clean-up runs on a thread of its own (Dispatcher), and counts its store errors
@@ -380,10 +382,20 @@ class Planner:
                               extra=about(tag.request_id, tag.service))
         return replies, failed
 
+    @property
+    def limit_until(self) -> float | None:
+        """When a service held back by its rate limit (titanic.store.limits) may claim again
+        (None: none is)."""
+        return min(self._rate_waits.values(), default=None)
+
     def _claim_plan(self, now: float) -> dict[str, int]:
         """How many due requests to claim per service: what in-flight room allows (the
         service's window, titanic.dispatch.in_flight), for the services that may have due
         requests and have workers (asking mmi.service if stale)."""
+        for service, until in list(self._rate_waits.items()):
+            if now >= until:  # its next token has come: claim it again
+                del self._rate_waits[service]
+                self.candidates.add(service)
         plan: dict[str, int] = {}
         planned = len(self._unsent)  # kept for the next submission: their slots are taken
         for service in list(self.candidates):
@@ -415,7 +427,10 @@ class Planner:
             self._send(result.claimed, now)
         more = False
         for service, room in plan.items():
-            if claimed[service] < room:
+            if service in result.waits:  # its rate held it back: asked again when a token comes
+                self.candidates.discard(service)
+                self._rate_waits[service] = now + result.waits[service]
+            elif claimed[service] < room:
                 self.candidates.discard(service)  # nothing more due there for now
             else:
                 more = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -88,4 +89,18 @@ identity_table = Table(
     metadata,
     Column("id", Uuid(), primary_key=True),
     Column("created_at", DateTime(), nullable=False),
+)
+
+#: Limits per service, shared by every dispatcher of the store (titanic.store.limits): at most
+#: `max_in_flight` dispatched at once, and a token bucket of `rate` per second holding at most
+#: `burst` tokens, refilled and spent by each claim in its transaction.
+limits_table = Table(
+    "titanic_service_limits",
+    metadata,
+    Column("service", String(255), primary_key=True),
+    Column("max_in_flight", Integer),
+    Column("rate", Float),
+    Column("burst", Float, nullable=False),
+    Column("tokens", Float, nullable=False),
+    Column("refilled_at", DateTime(), nullable=False),
 )

@@ -43,6 +43,7 @@ from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store import dialect, pipeline, sqlite_turn
 from titanic.store.crypto import REPLY, REQUEST, PlainBodies
 from titanic.store.hot import HotStatements
+from titanic.store.limits import SqlLimits
 from titanic.store.models import identity_table
 from titanic.store.models import requests_table as t
 from titanic.store.overview import SqlOverview
@@ -167,7 +168,7 @@ def due_services_statement(moment: datetime | None, *, ordered: bool = False) ->
     return statement.order_by(services.c.earliest, services.c.service) if ordered else statement
 
 
-class SqlStore(SqlOverview):
+class SqlStore(SqlOverview, SqlLimits):
     """The request store on a SQLAlchemy engine (see titanic.store.open_store); `bodies` seals
     request and reply bodies at rest (titanic.store.crypto), plain without."""
 
@@ -374,6 +375,36 @@ class SqlStore(SqlOverview):
         stamp = utcnow()  # the new requests' time: due at `moment` (unless `now` is earlier)
         moment = naive_utc(now) or stamp
         lease_until = moment + timedelta(seconds=lease)
+        limited = self.limited_services() if claims or claim_new else frozenset()
+        if limited:  # claimed apart, within their limits (store.limits), never stored claimed
+            claims = {**claims, **{service: room for service, room in (claim_new or {}).items()
+                                   if service in limited}}
+            claim_new = {service: room for service, room in (claim_new or {}).items()
+                         if service not in limited}
+            held = [(service, room) for service, room in claims.items()
+                    if service in limited and room > 0]
+            claims = {service: room for service, room in claims.items() if service not in limited}
+            result = self._exchange(new, replies, claims, moment, lease_until, stamp, claim_new)
+            return self._add_limited(result, held, lease_until, moment)
+        return self._exchange(new, replies, claims, moment, lease_until, stamp, claim_new)
+
+    def _add_limited(self, result: Exchange, held: Sequence[tuple[str, int]],
+                     lease_until: datetime, moment: datetime) -> Exchange:
+        """The exchange with the claims of limited services added, each in its own
+        transaction (see store.limits)."""
+        claimed, waits = list(result.claimed), dict(result.waits)
+        for service, room in held:
+            deliveries, wait = self.claim_limited(service, room, lease_until, moment)
+            claimed += deliveries
+            if wait is not None:
+                waits[service] = wait
+        return Exchange(result.ids, result.completed, claimed, waits)
+
+    def _exchange(self, new: Sequence[NewRequest],
+                  replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
+                  moment: datetime, lease_until: datetime, stamp: datetime,
+                  claim_new: Mapping[str, int] | None) -> Exchange:
+        """exchange() for services without limits."""
         fresh = fresh_claims(new, claim_new)
         leased = [lease_until if take else None for take in fresh] if any(fresh) else []
         ids, rows = self._new_rows(new, stamp, leased) if new else ([], [])
@@ -549,7 +580,9 @@ class SqlStore(SqlOverview):
         moment = naive_utc(now) or utcnow()
         lease_until = moment + timedelta(seconds=lease)
 
-        def claim(conn: Connection) -> list[StoredRequest]:
+        limited = self.limited_services()
+
+        def claim(conn: Connection) -> tuple[list[StoredRequest], list[str]]:
             # Any service: the services with requests due, each probed (no index orders the
             # due requests of every service). The `limit` services due earliest hold the
             # `limit` requests due earliest; at most _ANY_SERVICE_PROBES of them at once.
@@ -558,11 +591,18 @@ class SqlStore(SqlOverview):
                 due = conn.execute(due_services_statement(moment, ordered=True).limit(
                     min(limit, _ANY_SERVICE_PROBES))).scalars().all()
                 if not due:
-                    return []
+                    return [], []
                 names = list(due)
-            return self._hot.claim(conn, names, limit, lease_until, moment)
+            free = [name for name in names if name not in limited]
+            held = [name for name in names if name in limited]
+            return (self._hot.claim(conn, free, limit, lease_until, moment) if free else []), held
 
-        return self._transaction(claim, durable=False)
+        found, held = self._transaction(claim, durable=False)
+        for service in held:  # within their limits, each in a transaction of its own
+            if len(found) < limit:
+                found += self.claim_limited_records(service, limit - len(found), lease_until,
+                                                    moment)
+        return found
 
     def release_stale(self, *, now: datetime | None = None) -> int:
         """Dispatched requests whose lease ran out become pending (crash recovery)."""

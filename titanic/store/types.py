@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
+import math
 import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -100,11 +101,62 @@ class Delivery:
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """What one `Store.exchange` did: the new requests' UUIDs (in order), how many replies it
-    stored, and the requests it claimed."""
+    stored, and the requests it claimed; `waits`: per service whose rate limit held back a
+    claim, the seconds until it may claim again."""
 
     ids: list[str]
     completed: int
     claimed: list[Delivery]
+    waits: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLimit:
+    """A service's limits, shared by every dispatcher of the store: at most `max_in_flight`
+    requests dispatched at once (None: no limit), and claims paced by a token bucket of
+    `rate` tokens a second (None: no limit) holding at most `burst`; `tokens` as of
+    `refilled_at` (aware UTC)."""
+
+    service: str
+    max_in_flight: int | None
+    rate: float | None
+    burst: float
+    tokens: float
+    refilled_at: datetime
+
+    def allowance(self, room: int, in_flight: int, now: datetime) -> tuple[int, float]:
+        """How many of `room` a claim at `now` may take, with `in_flight` of the service
+        dispatched already; and the tokens there are then (before the claim spends its own)."""
+        allowed = room
+        if self.max_in_flight is not None:
+            allowed = min(allowed, self.max_in_flight - in_flight)
+        tokens = self.tokens
+        if self.rate is not None:
+            elapsed = max(0.0, (now - self.refilled_at).total_seconds())
+            tokens = min(self.burst, tokens + self.rate * elapsed)
+            allowed = min(allowed, math.floor(tokens + 1e-9))
+        return max(0, allowed), tokens
+
+    def wait_after(self, tokens_left: float) -> float | None:
+        """Seconds until the next whole token, with `tokens_left` after a claim (None without
+        a rate)."""
+        if self.rate is None:
+            return None
+        return max(0.0, (1.0 - tokens_left) / self.rate) if tokens_left < 1.0 else 0.0
+
+
+def check_limit(max_in_flight: int | None, rate: float | None, burst: float | None) -> float:
+    """The burst a limit takes (1 when not given: claims evenly paced); InvalidRequestError for
+    values out of range."""
+    if max_in_flight is not None and not 0 <= max_in_flight <= 1_000_000:
+        raise InvalidRequestError("max in flight must be from 0 to 1000000")
+    if rate is not None and not (0 < rate <= 1_000_000 and math.isfinite(rate)):
+        raise InvalidRequestError("a rate must be more than 0 and at most 1000000 a second")
+    if burst is not None and not (1 <= burst <= 1_000_000 and math.isfinite(burst)):
+        raise InvalidRequestError("a burst must be from 1 to 1000000")
+    if max_in_flight is None and rate is None:
+        raise InvalidRequestError("a limit needs a max in flight, a rate, or both")
+    return 1.0 if burst is None else float(burst)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +349,20 @@ class Store(Protocol):
 
     def unfinished_by_owner(self, owners: Sequence[str]) -> dict[str, int]:
         """How many pending or dispatched requests each of these owners has stored."""
+        ...
+
+    def set_limit(self, service: str, *, max_in_flight: int | None = None,
+                  rate: float | None = None, burst: float | None = None) -> ServiceLimit:
+        """Limit a service for every dispatcher of the store (replacing its limit, if any);
+        the bucket starts full."""
+        ...
+
+    def clear_limit(self, service: str) -> bool:
+        """Remove a service's limit; False if it had none."""
+        ...
+
+    def limits(self) -> Sequence[ServiceLimit]:
+        """Every service's limit, by name."""
         ...
 
     def close_store(self) -> None:

@@ -2,7 +2,8 @@
 "use strict";
 
 const refreshMs = Number(document.body.dataset.refreshMs) || 2000;
-const FIELDS = ["pending", "scheduled", "dispatched", "done", "failed", "expired", "cancelled"];
+const FIELDS = ["pending", "scheduled", "dispatched", "done", "failed", "expired", "cancelled",
+  "max_in_flight", "rate_per_s"];
 
 // The token the actions send as a header. The page holds it when it was opened with it
 // (/?token=...) or needs none to be read; this tab keeps it in sessionStorage (this origin
