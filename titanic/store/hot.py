@@ -180,16 +180,17 @@ class HotStatements:
 
         PostgreSQL: the ids are locked in a materialized CTE with FOR UPDATE SKIP LOCKED, so they
         are chosen once and rows another claimer holds are skipped (an IN (subquery) may be
-        evaluated again and pick more rows than its LIMIT). Each service is one `service = $n`
-        probe of the (status, service, due_at) index, which yields its rows in due order: with
-        `service = ANY($n)` PostgreSQL 15 cannot use the index's order and sorts every pending
-        row of the backlog on each claim (20 ms against 0.1 ms with 50,000 waiting, on a table
-        not yet analyzed). Several services are one such probe each (a LATERAL join over the
-        list) whose few rows are merged. The UPDATE finds them by primary key alone (their row
-        locks keep them pending; a second status test would offer the planner the status
-        indexes, and it took one to read every pending row). The limit is in the text: a prepared
-        statement's generic plan guesses a tenth of the table for `LIMIT $n` and would find
-        the rows to update by reading the whole table.
+        evaluated again and pick more rows than its LIMIT). Each service is one `service = $n` probe
+        of the (status, service, priority DESC, due_at) index, which yields its rows in claim order
+        (highest priority, then oldest due; a due time later than now is skipped within the index):
+        with `service = ANY($n)` PostgreSQL 15 cannot use the index's order and sorts every pending
+        row of the backlog on each claim (20 ms against 0.1 ms with 50,000 waiting, on a table not
+        yet analyzed). Several services are one such probe each (a LATERAL join over the list) whose
+        few rows are merged. The UPDATE finds them by primary key alone (their row locks keep them
+        pending; a second status test would offer the planner the status indexes, and it took one to
+        read every pending row). The limit is in the text: a prepared statement's generic plan
+        guesses a tenth of the table for `LIMIT $n` and would find the rows to update by reading the
+        whole table.
 
         SQLite: the immediate transaction already holds the database's write lock, so the rows
         chosen are still pending when updated. (Repeating the status test in SQLite's UPDATE
@@ -237,9 +238,9 @@ def _postgres_due(services: int, limit: int) -> str:
 def _sqlite_due(services: int) -> str:
     """SQLite: the ids of due pending requests to claim (the write lock is already held).
 
-    Several services are one probe of the (status, service, due_at) index each, merged, so
-    that no service's backlog is read for another's claim. One SELECT of a UNION takes at most
-    500 terms in SQLite: SqlStore.claim_due names at most 200 services at once.
+    Several services are one probe of the (status, service, priority DESC, due_at) index each,
+    merged, so that no service's backlog is read for another's claim. One SELECT of a UNION
+    takes at most 500 terms in SQLite: SqlStore.claim_due names at most 200 services at once.
     """
     if services < 2:
         return (f"SELECT id FROM {TABLE} WHERE status = '{PENDING}' AND due_at <= ?"

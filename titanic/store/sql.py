@@ -574,7 +574,8 @@ class SqlStore(SqlOverview, SqlLimits):
 
     def claim_due(self, services: Sequence[str] | None, limit: int, lease: float, *,
                   now: datetime | None = None) -> list[StoredRequest]:
-        """Lease up to `limit` due pending requests (oldest due first): they become dispatched."""
+        """Lease up to `limit` due pending requests (highest priority, then oldest due, first;
+        a limited service's within its limits): they become dispatched."""
         if limit <= 0 or (services is not None and not services):
             return []
         moment = naive_utc(now) or utcnow()

@@ -231,7 +231,8 @@ class Store(Protocol):
 
     def claim_due(self, services: Sequence[str] | None, limit: int, lease: float, *,
                   now: datetime | None = None) -> list[StoredRequest]:
-        """Lease up to `limit` due pending requests (oldest due first): they become dispatched."""
+        """Lease up to `limit` due pending requests (highest priority, then oldest due, first;
+        a limited service's within its limits): they become dispatched."""
         ...
 
     def exchange(self, new: Sequence[NewRequest],
