@@ -216,7 +216,7 @@ def test_a_dispatcher_without_an_admin_key_is_not_told_identities(
     # still arrive): it stopped instead of registering again and again.
     s = dispatcher.settings
     connections = (s.request_connections + s.reply_connections + s.close_connections
-                   + s.wait_connections + 2)  # and titanic.store, titanic.manage
+                   + s.wait_connections + 4)  # titanic.store, .manage, .cancel, .cancelled
     assert 1 <= broker.stats.identities_refused <= connections
     with (TitanicClient(endpoint, timeout=0.3, retries=0,
                         configure_socket=keys.hook("alice")) as alice,

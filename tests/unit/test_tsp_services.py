@@ -6,13 +6,15 @@ import pytest
 
 from titanic.dispatch.services import (
     check_requests,
+    handle_cancel,
+    handle_cancelled,
     handle_close,
     handle_reply,
     refuse_over_owner_limit,
 )
 from titanic.protocol.identity import Caller
 from titanic.protocol.tsp import parse_status
-from titanic.store import RequestStatus
+from titanic.store import NewRequest, RequestStatus
 from titanic.testing import MemoryStore, answer_requests
 
 
@@ -134,3 +136,18 @@ def test_idempotency_keys_of_different_owners_never_meet(store: MemoryStore) -> 
     assert store.get(bobs).owner == BOB.key  # type: ignore[union-attr]
     long_key = [b"", b"k" * 255, b"echo", b"x"]
     assert submit_as(store, ALICE, *long_key) == submit_as(store, ALICE, *long_key)
+
+
+def test_cancel_answers_the_state_it_was_in_and_keeps_to_the_owner(store: MemoryStore) -> None:
+    (owned,) = store.submit_many([NewRequest("svc", (b"x",), owner="alice")])
+    alice, mallory, admin = Caller("alice"), Caller("mallory"), Caller("root", admin=True)
+    assert handle_cancel(store, [owned.encode()], mallory) == [b"400", b"unknown"]
+    assert handle_cancelled(store, [owned.encode()], mallory) == [b"200", b"no"]
+    assert handle_cancel(store, [owned.encode()], alice) == [b"200", b"pending"]
+    assert handle_cancel(store, [owned.encode()], admin) == [b"200", b"cancelled"]
+    assert handle_cancelled(store, [owned.encode()], None) == [b"200", b"yes"]
+    assert handle_reply(store, [owned.encode()], alice)[0] == b"400"
+    assert handle_reply(store, [owned.encode()], alice)[1].startswith(b"cancelled: ")
+    for junk in ([], [b"not a uuid"], [owned.encode(), b"extra"]):
+        assert handle_cancel(store, junk, admin) == [b"400", b"unknown"]
+        assert handle_cancelled(store, junk, admin) == [b"200", b"no"]
