@@ -4,6 +4,7 @@ order the requests reach them."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from contextlib import ExitStack
@@ -12,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from titanic_support import fast_dispatcher, running, start_broker, wait_until
 
+from titanic.client.aio import AsyncTitanicClient
 from titanic.client.tsp import ReplyState, TitanicClient
 from titanic.dispatch.hosted import HostedDispatcher
 from titanic.dispatch.standalone import Dispatcher
@@ -105,3 +107,24 @@ def test_a_backlog_runs_highest_priority_first(request: pytest.FixtureRequest,
         order = recorder.bodies()
         expected = [body for body, _ in sorted(submitted, key=lambda item: -item[1])]
         assert order == expected
+
+
+def test_the_asyncio_client_schedules_prioritises_and_cancels(
+        request: pytest.FixtureRequest) -> None:
+    with ExitStack() as stack:
+        store = _store(request, stack, "sqlite")
+        endpoint = _serve(stack, store, hosted=True)
+
+        async def flow() -> tuple[str, str, str]:
+            async with AsyncTitanicClient(endpoint, timeout=2.0) as client:
+                later = await client.submit("echo", b"x", not_before=timedelta(hours=1),
+                                            priority=4)
+                was = await client.cancel(later)
+                fetched = await client.fetch(later)
+                return later, was, fetched.state.value
+
+        later, was, state = asyncio.run(flow())
+        assert (was, state) == (SCHEDULED, "cancelled")
+        stored = store.get(later)
+        assert stored is not None and stored.priority == 4
+        assert stored.status is RequestStatus.CANCELLED
