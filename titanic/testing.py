@@ -363,6 +363,16 @@ class MemoryStore:
                    and (services is None or row.service in services)]
         return min(due, default=None)
 
+    def earliest_due(self) -> dict[str, datetime]:
+        """Each service with pending requests and when its earliest one is due."""
+        found: dict[str, datetime] = {}
+        with self._lock:
+            for row in self._rows.values():
+                if row.status is RequestStatus.PENDING:
+                    first = found.get(row.service)
+                    found[row.service] = row.due_at if first is None else min(first, row.due_at)
+        return found
+
     def due_services(self, *, now: datetime | None = None) -> set[str]:
         """Services with pending requests due now."""
         moment = _now(now)

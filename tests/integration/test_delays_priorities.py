@@ -8,6 +8,7 @@ import asyncio
 import threading
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -128,3 +129,27 @@ def test_the_asyncio_client_schedules_prioritises_and_cancels(
         stored = store.get(later)
         assert stored is not None and stored.priority == 4
         assert stored.status is RequestStatus.CANCELLED
+
+
+@pytest.mark.parametrize("hosted", [True, False], ids=["hosted", "standalone"])
+def test_a_delayed_request_wakes_its_dispatcher_between_surveys(
+        request: pytest.FixtureRequest, hosted: bool) -> None:
+    # Surveys 60 s apart: the request runs at its time because the dispatcher wakes for it.
+    with ExitStack() as stack:
+        store = _store(request, stack, "sqlite")
+        settings = fast_dispatcher(presence_interval=60.0, presence_ttl=120.0)
+        if hosted:
+            endpoint = start_broker(stack, host=HostedDispatcher(store, settings)).bound[0]
+        else:
+            endpoint = start_broker(stack).bound[0]
+            dispatcher = Dispatcher(store, replace(settings, broker=endpoint))
+            stack.enter_context(running(dispatcher))
+            wait_until(lambda: dispatcher.health()[0], message="dispatcher serving")
+        recorder = Recorder()
+        stack.enter_context(running(Worker(endpoint, "echo", recorder, heartbeat_interval=0.1)))
+        client = stack.enter_context(TitanicClient(endpoint, timeout=2.0, retries=3))
+        assert client.wait(client.submit("echo", b"now"), 10).state is ReplyState.DONE
+        not_before = datetime.now(UTC) + timedelta(seconds=DELAY_S)
+        later = client.submit("echo", b"later", not_before=not_before)
+        assert client.wait(later, 20).state is ReplyState.DONE
+        assert dict(recorder.seen)[b"later"] >= not_before.timestamp()

@@ -175,3 +175,18 @@ def test_purge_deletes_cancelled_requests_like_other_finished_ones(store: Store)
     assert store.purge_finished(RequestStatus.CANCELLED, older_than=3600) == 0
     assert store.purge(reply_ttl=60, now=datetime.now(UTC) + HOUR) == 1
     assert store.get(request_id) is None
+
+
+def test_earliest_due_names_each_waiting_services_first_time(store: Store) -> None:
+    now = datetime.now(UTC)
+    store.submit_many([NewRequest("a", (b"x",), not_before=now + HOUR),
+                       NewRequest("a", (b"x",), not_before=now + 2 * HOUR),
+                       NewRequest("b", (b"x",), priority=3, not_before=now + 3 * HOUR)])
+    store.submit("c", [b"x"])
+    store.claim_due(["c"], 1, 60)
+    store.submit("c", [b"y"])
+    found = store.earliest_due()
+    assert set(found) == {"a", "b", "c"}
+    assert found["a"] == pytest.approx(now + HOUR, abs=timedelta(milliseconds=1))
+    assert found["b"] == pytest.approx(now + 3 * HOUR, abs=timedelta(milliseconds=1))
+    assert found["c"] <= datetime.now(UTC)

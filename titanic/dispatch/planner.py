@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol
 
@@ -184,6 +185,8 @@ class Planner:
         self._unsent: list[Delivery] = []
         #: When those must be sent even if no submission comes (None: none waiting).
         self.forward_until: float | None = None
+        #: When the earliest request not yet due at the last survey is due (monotonic time).
+        self.due_until: float | None = None
         #: When each service whose rate limit held back a claim may claim again.
         self._rate_waits: dict[str, float] = {}
         self._last_submit = float("-inf")  # when the last turn with a titanic.request began
@@ -209,6 +212,7 @@ class Planner:
         back_to_back = len(new) == 1 and gap <= self.settings.forward_linger
         if submits:
             self._last_submit = now
+        self._note_scheduled(new)
         # Services with nothing due before these requests came: they can be stored claimed.
         fresh = {request.service for request in new} - self.candidates
         self.candidates.update(request.service for request in new)
@@ -491,8 +495,28 @@ class Planner:
 
     def survey(self) -> None:
         """Look at the store itself for services with due requests (retries that came due,
-        requests stored by other processes)."""
-        self.guarded(lambda: self.candidates.update(self.store.due_services()))
+        requests stored by other processes), and note when the earliest of those due later
+        (scheduled ones, retries after their backoff) is due: the loop surveys again then."""
+        self.due_until = None  # not again before the next survey unless it says when
+        self.guarded(self._survey)
+
+    def _note_scheduled(self, new: Sequence[NewRequest]) -> None:
+        """Survey again when the earliest of these requests given a later time comes due."""
+        times = [request.not_before for request in new if request.not_before is not None]
+        if not times:
+            return
+        wall = datetime.now(UTC)
+        later = [moment for moment in times if moment > wall]
+        if later:
+            until = time.monotonic() + (min(later) - wall).total_seconds()
+            self.due_until = until if self.due_until is None else min(self.due_until, until)
+
+    def _survey(self) -> None:
+        earliest = self.store.earliest_due()
+        wall, now = datetime.now(UTC), time.monotonic()
+        self.candidates.update(service for service, due in earliest.items() if due <= wall)
+        later = [due for due in earliest.values() if due > wall]
+        self.due_until = now + (min(later) - wall).total_seconds() if later else None
 
     def release_stale(self) -> None:
         """Requests whose lease ran out (their dispatcher died) become pending again."""

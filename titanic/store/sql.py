@@ -668,6 +668,14 @@ class SqlStore(SqlOverview, SqlLimits):
         return self._transaction(
             lambda conn: {service for service, _ in conn.execute(statement)}, write=False)
 
+    def earliest_due(self) -> dict[str, datetime]:
+        """Each service with pending requests and its earliest due time (see
+        due_services_statement)."""
+        statement = due_services_statement(None)
+        return self._transaction(
+            lambda conn: {service: aware_utc(earliest) or _never_none()
+                          for service, earliest in conn.execute(statement)}, write=False)
+
     def stats(self) -> StoreStats:
         """Counts by service and status."""
         statement = select(t.c.service, t.c.status, func.count()).group_by(t.c.service,
@@ -744,6 +752,10 @@ class SqlStore(SqlOverview, SqlLimits):
             with contextlib.suppress(SQLAlchemyError):
                 conn.close()
         self.engine.dispose()
+
+
+def _never_none() -> datetime:
+    raise AssertionError("a service with pending requests has an earliest due time")
 
 
 def _is_closed(conn: Connection | PoolProxiedConnection) -> bool:

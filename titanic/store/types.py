@@ -315,6 +315,11 @@ class Store(Protocol):
         requests wait)."""
         ...
 
+    def earliest_due(self) -> dict[str, datetime]:
+        """Each service with pending requests and when its earliest one is due (aware UTC),
+        at the cost of due_services."""
+        ...
+
     def stats(self) -> StoreStats:
         """Counts by service and status."""
         ...
