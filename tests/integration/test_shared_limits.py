@@ -44,11 +44,14 @@ class Runs:
 
 
 def _two_brokers(request: pytest.FixtureRequest, stack: ExitStack, database: str,
-                 runs: Runs) -> tuple[list[str], str]:
-    """Two brokers hosting dispatchers on one database, WORKERS_PER_BROKER workers at each;
-    their endpoints and the database URL."""
+                 runs: Runs, **limit: float) -> list[str]:
+    """The service limited in a database, then two brokers hosting dispatchers on it,
+    WORKERS_PER_BROKER workers at each: their endpoints."""
     url = str(request.getfixturevalue("sqlite_url" if database == "sqlite"
                                       else "postgres_url"))
+    limits = open_store(url)
+    stack.callback(limits.close_store)
+    limits.set_limit("limited", **limit)  # type: ignore[arg-type]
     endpoints = []
     for _ in range(2):
         store = open_store(url)
@@ -58,7 +61,7 @@ def _two_brokers(request: pytest.FixtureRequest, stack: ExitStack, database: str
         for _ in range(WORKERS_PER_BROKER):
             stack.enter_context(running(Worker(endpoint, "limited", runs,
                                                heartbeat_interval=0.1)))
-    return endpoints, url
+    return endpoints
 
 
 def _submit(stack: ExitStack, endpoints: list[str], count: int) -> list[tuple[TitanicClient,
@@ -73,10 +76,7 @@ def test_max_in_flight_holds_across_two_brokers(request: pytest.FixtureRequest,
                                                 database: str) -> None:
     runs = Runs()
     with ExitStack() as stack:
-        endpoints, url = _two_brokers(request, stack, database, runs)
-        limits = open_store(url)
-        stack.callback(limits.close_store)
-        limits.set_limit("limited", max_in_flight=2)
+        endpoints = _two_brokers(request, stack, database, runs, max_in_flight=2)
         submitted = _submit(stack, endpoints, 24)
         wait_until(lambda: len(runs.starts) == 24, timeout=30, message="every request run")
         for client, request_id in submitted:
@@ -89,10 +89,7 @@ def test_max_in_flight_holds_across_two_brokers(request: pytest.FixtureRequest,
 def test_a_rate_holds_across_two_brokers(request: pytest.FixtureRequest, database: str) -> None:
     runs = Runs()
     with ExitStack() as stack:
-        endpoints, url = _two_brokers(request, stack, database, runs)
-        limits = open_store(url)
-        stack.callback(limits.close_store)
-        limits.set_limit("limited", rate=20.0)
+        endpoints = _two_brokers(request, stack, database, runs, rate=20.0)
         _submit(stack, endpoints, 60)
         wait_until(lambda: len(runs.starts) == 60, timeout=30, message="every request run")
     # 60 requests at 20 a second, one token at a time: the first at once, the last 59

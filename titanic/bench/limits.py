@@ -59,6 +59,10 @@ def run(url: str, requests: int, workers: int, work: float, *, rate: float | Non
     """One run on a fresh service limit: every request submitted, then run."""
     runs = Runs(work)
     with ExitStack() as stack:
+        limits = open_store(url)  # set before the dispatchers start, as an operator would
+        stack.callback(limits.close_store)
+        limits.clear_limit(SERVICE)
+        limits.set_limit(SERVICE, rate=rate, max_in_flight=max_in_flight)
         settings = DispatcherSettings(presence_interval=0.2)
         endpoints = []
         for _ in range(2):
@@ -71,10 +75,6 @@ def run(url: str, requests: int, workers: int, work: float, *, rate: float | Non
             thread.start()
             stack.callback(thread.join, 10)
             stack.callback(broker.stop)
-        limits = open_store(url)
-        stack.callback(limits.close_store)
-        limits.clear_limit(SERVICE)
-        limits.set_limit(SERVICE, rate=rate, max_in_flight=max_in_flight)
         for endpoint in endpoints:
             for _ in range(workers):
                 worker = Worker(endpoint, SERVICE, runs)

@@ -77,7 +77,10 @@ def open_store(url: str | None = None, *, sqlite_synchronous: str = "FULL",
         except BaseException:
             engine.dispose()
             raise
-    return SqlStore(engine, max_request_bytes=max_request_bytes, bodies=bodies)
+    store = SqlStore(engine, max_request_bytes=max_request_bytes, bodies=bodies)
+    if migrate:
+        store.prime_limits()
+    return store
 
 
 def open_existing_store(url: str | None = None, *,

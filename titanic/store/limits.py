@@ -5,19 +5,22 @@ A limited service is claimed in a transaction of its own: its limit row is locke
 so that claims of that service by any dispatcher take turns; then, in statements that see what
 the others committed, its dispatched requests are counted (max in flight), the token bucket
 refilled for the time passed (rate), and at most what both allow claimed, the tokens spent
-written back. Which services are limited is read again at most every LIMITS_REFRESH_S: a limit
-set or cleared is honoured by every dispatcher within that time.
+written back. Which services are limited each store reads when opened and again every
+LIMITS_REFRESH_S, within a dispatcher's survey of the store or a turn that claims (no
+transaction is added for it): a limit set or cleared elsewhere is honoured by every dispatcher
+from its next survey, within about a second.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from titanic.store import dialect
 from titanic.store.crypto import PlainBodies
@@ -35,8 +38,12 @@ from titanic.store.types import (
 
 T = TypeVar("T")
 
-#: Seconds a dispatcher keeps the set of limited services before reading it again.
+#: Seconds a dispatcher keeps the set of limited services before reading it again, within a
+#: survey or a turn that claims.
 LIMITS_REFRESH_S = 1.0
+#: Seconds after which it is read in a transaction of its own before a claim (a store that
+#: neither surveys nor claims for that long).
+LIMITS_STALE_S = 5.0
 DISPATCHED = RequestStatus.DISPATCHED.value
 
 
@@ -47,6 +54,7 @@ class SqlLimits:
     if TYPE_CHECKING:
         _hot: HotStatements
         bodies: PlainBodies
+        engine: Engine
 
         def _transaction(self, work: Callable[[Connection], T], *, write: bool = True,
                          durable: bool = True) -> T: ...
@@ -74,7 +82,8 @@ class SqlLimits:
                 conn.execute(update(lim).where(lim.c.service == service).values(**values))
 
         self._transaction(work)
-        self._forget_limited()
+        with self._limited_lock:
+            self._limited = self._limited | {service}
         return ServiceLimit(service, max_in_flight, rate, size, size, aware_utc(moment) or
                             _never())
 
@@ -82,7 +91,8 @@ class SqlLimits:
         """Remove a service's limit; False if it had none."""
         statement = delete(lim).where(lim.c.service == service)
         removed = self._transaction(lambda conn: conn.execute(statement).rowcount == 1)
-        self._forget_limited()
+        with self._limited_lock:
+            self._limited = self._limited - {service}
         return removed
 
     def limits(self) -> list[ServiceLimit]:
@@ -93,22 +103,41 @@ class SqlLimits:
 
     # -- the dispatchers' side ----------------------------------------------------------------
 
-    def limited_services(self) -> frozenset[str]:
-        """The services with a limit, read again at most every LIMITS_REFRESH_S."""
-        now = time.monotonic()
-        with self._limited_lock:
-            if now - self._limited_read < LIMITS_REFRESH_S:
-                return self._limited
+    def limited_services(self, *, within: float = LIMITS_REFRESH_S) -> frozenset[str]:
+        """The services with a limit, read again (in a transaction of its own) when last read
+        more than `within` seconds ago."""
+        if not self.limits_stale(within):
+            return self._limited
         statement = select(lim.c.service)
-        names = frozenset(self._transaction(lambda conn: list(conn.execute(statement).scalars()),
+        self.note_limited(self._transaction(lambda conn: list(conn.execute(statement).scalars()),
                                             write=False))
-        with self._limited_lock:
-            self._limited, self._limited_read = names, now
-        return names
+        return self._limited
 
-    def _forget_limited(self) -> None:
+    def prime_limits(self) -> None:
+        """Read the limited services once, on a connection of its own (not this thread's:
+        the store opens those when first used), before the first claim."""
+        try:
+            with self.engine.connect() as conn:
+                self.note_limited(conn.execute(select(lim.c.service)).scalars().all())
+        except SQLAlchemyError:
+            pass  # read again before the first claim that needs them
+
+    def known_limited(self) -> frozenset[str]:
+        """The limited services as last read: in a transaction of its own only when never
+        read or last read more than LIMITS_STALE_S ago (a dispatcher reads them in its surveys
+        and in its turns that claim, see limits_stale)."""
+        return self.limited_services(within=LIMITS_STALE_S)
+
+    def limits_stale(self, within: float = LIMITS_REFRESH_S) -> bool:
+        """Whether the limited services are due to be read again: a turn that claims reads
+        them in its own transaction then (pipeline.Turn.read_limits)."""
         with self._limited_lock:
-            self._limited_read = float("-inf")
+            return time.monotonic() - self._limited_read >= within
+
+    def note_limited(self, names: Iterable[str]) -> None:
+        """The limited services as just read."""
+        with self._limited_lock:
+            self._limited, self._limited_read = frozenset(names), time.monotonic()
 
     def claim_limited(self, service: str, room: int, lease_until: datetime, now: datetime
                       ) -> tuple[list[Delivery], float | None]:

@@ -44,7 +44,7 @@ from titanic.store import dialect, pipeline, sqlite_turn
 from titanic.store.crypto import REPLY, REQUEST, PlainBodies
 from titanic.store.hot import HotStatements
 from titanic.store.limits import SqlLimits
-from titanic.store.models import identity_table
+from titanic.store.models import identity_table, limits_table
 from titanic.store.models import requests_table as t
 from titanic.store.overview import SqlOverview
 from titanic.store.reseal import reseal_bodies
@@ -375,7 +375,7 @@ class SqlStore(SqlOverview, SqlLimits):
         stamp = utcnow()  # the new requests' time: due at `moment` (unless `now` is earlier)
         moment = naive_utc(now) or stamp
         lease_until = moment + timedelta(seconds=lease)
-        limited = self.limited_services() if claims or claim_new else frozenset()
+        limited = self.known_limited() if claims or claim_new else frozenset()
         if limited:  # claimed apart, within their limits (store.limits), never stored claimed
             claims = {**claims, **{service: room for service, room in (claim_new or {}).items()
                                    if service in limited}}
@@ -413,13 +413,19 @@ class SqlStore(SqlOverview, SqlLimits):
         if not rows and not packed and not wanted:
             return Exchange([], 0, [])
         batch = NewBatch.of(new, ids, rows)
-        turn = pipeline.Turn(batch.rows, packed, wanted, moment, lease_until, keyed=batch.keyed)
+        # The limited services are read within a turn that claims, when due again: the next
+        # turn splits its claims by them (this one by what was read before).
+        read_limits = bool(wanted) and self.limits_stale()
+        turn = pipeline.Turn(batch.rows, packed, wanted, moment, lease_until, keyed=batch.keyed,
+                             read_limits=read_limits)
         if self._hot.postgres:
             result = self._pipelined(lambda raw: self._run_driver_turn(pipeline, raw, batch, turn))
         else:
             result = self._retrying(
                 lambda: self._sqlite_turn_connection(durable=bool(batch.rows)),
                 lambda raw: self._run_driver_turn(sqlite_turn, raw, batch, turn))
+        if read_limits:
+            self.note_limited(turn.limited)
         if not leased:
             return result
         claimed = [Delivery(request_id, r.service, tuple(r.frames), 1)
@@ -581,7 +587,7 @@ class SqlStore(SqlOverview, SqlLimits):
         moment = naive_utc(now) or utcnow()
         lease_until = moment + timedelta(seconds=lease)
 
-        limited = self.limited_services()
+        limited = self.known_limited()
 
         def claim(conn: Connection) -> tuple[list[StoredRequest], list[str]]:
             # Any service: the services with requests due, each probed (no index orders the
@@ -672,9 +678,15 @@ class SqlStore(SqlOverview, SqlLimits):
         """Each service with pending requests and its earliest due time (see
         due_services_statement)."""
         statement = due_services_statement(None)
-        return self._transaction(
-            lambda conn: {service: aware_utc(earliest) or _never_none()
-                          for service, earliest in conn.execute(statement)}, write=False)
+
+        def read(conn: Connection) -> dict[str, datetime]:
+            found = {service: aware_utc(earliest) or _never_none()
+                     for service, earliest in conn.execute(statement)}
+            # The dispatcher's survey: the limited services are read again on the way.
+            self.note_limited(conn.execute(select(limits_table.c.service)).scalars())
+            return found
+
+        return self._transaction(read, write=False)
 
     def stats(self) -> StoreStats:
         """Counts by service and status."""
