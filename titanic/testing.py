@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -139,12 +140,13 @@ class MemoryStore:
             allowed = {service: self._allowed(service, limit, moment, due)
                        for service in {row.service for row in due} & set(self._limits)}
             taken: list[StoredRequest] = []
+            counts: Counter[str] = Counter()
             for row in due:
-                left = allowed.get(row.service)
-                if len(taken) == limit or (left is not None and left[0] <= len(
-                        [r for r in taken if r.service == row.service])):
+                cap = allowed.get(row.service)
+                if len(taken) == limit or (cap is not None and counts[row.service] >= cap[0]):
                     continue
                 taken.append(row)
+                counts[row.service] += 1
             claimed = [replace(row, status=RequestStatus.DISPATCHED, attempts=row.attempts + 1,
                                lease_until=moment + timedelta(seconds=lease)) for row in taken]
             for row in claimed:
