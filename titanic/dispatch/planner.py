@@ -247,7 +247,8 @@ class Planner:
                 self.stats.completed += rest.completed
                 self.stats.discarded += len(replies) - rest.completed
                 self._finished.extend(request_id for request_id, _ in replies)
-                result = Exchange(result.ids, result.completed, result.claimed + rest.claimed)
+                result = Exchange(result.ids, result.completed, result.claimed + rest.claimed,
+                                  {**result.waits, **rest.waits})
         # Back to back, what was claimed waits for the next submission: expected about `gap`
         # from now, waited for twice that at most.
         more = isinstance(result, Exchange) and self._send_claimed(
