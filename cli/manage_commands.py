@@ -99,15 +99,25 @@ def render_info(view: dict[str, Any]) -> str:
                  for answered in view["dispatchers"])
     lines.extend(_site_lines(view.get("sites")))
     lines.append("")
-    header = (f"{'SERVICE':24} {'PENDING':>8} {'IN FLIGHT':>9} {'DONE':>8} {'FAILED':>7} "
-              f"{'EXPIRED':>7} {'OLDEST':>7} {'WORKERS':>7} {'DONE/S':>7}")
+    header = (f"{'SERVICE':24} {'PENDING':>8} {'SCHEDULED':>9} {'IN FLIGHT':>9} {'DONE':>8} "
+              f"{'FAILED':>7} {'EXPIRED':>7} {'CANCELLED':>9} {'OLDEST':>7} {'WORKERS':>7} "
+              f"{'DONE/S':>7}")
     lines.append(header)
     for row in view["services"]:
         workers = "-" if row["workers"] is None else str(row["workers"])
-        lines.append(f"{row['service'][:24]:24} {row['pending']:>8} {row['dispatched']:>9} "
+        lines.append(f"{row['service'][:24]:24} {row['pending']:>8} "
+                     f"{row.get('scheduled', '-'):>9} {row['dispatched']:>9} "
                      f"{row['done']:>8} {row['failed']:>7} {row['expired']:>7} "
+                     f"{row.get('cancelled', '-'):>9} "
                      f"{_age(row['oldest_pending_age_s']):>7} {workers:>7} "
                      f"{row['completed_per_s']:>7.2f}")
+    limited = [row for row in view["services"]
+               if row.get("max_in_flight") is not None or row.get("rate_per_s") is not None]
+    for row in limited:
+        parts = ([f"at most {row['max_in_flight']} in flight"]
+                 if row.get("max_in_flight") is not None else [])
+        parts += [f"{row['rate_per_s']:g}/s"] if row.get("rate_per_s") is not None else []
+        lines.append(f"limit of {row['service']}: {', '.join(parts)}")
     if not view["services"]:
         lines.append("(no services)")
     return "\n".join(lines)
@@ -127,9 +137,9 @@ def info(broker: tuple[str, ...], timeout: float, retries: int, curve: CurveOpti
          interval: float | None, window: float) -> None:
     """Show the queue per service, and the broker and dispatcher that answer.
 
-    Per service: requests pending, in flight, done, failed and expired, the age of the oldest
-    pending one, live workers, and completions per second. Asks the broker (mmi.broker) and a
-    dispatcher (titanic.manage): no database access needed.
+    Per service: requests pending, scheduled (waiting for their time), in flight, done, failed
+    and expired, the age of the oldest pending one, live workers, and completions per second.
+    Asks the broker (mmi.broker) and a dispatcher (titanic.manage): no database access needed.
 
     \b
     Example:
@@ -165,7 +175,8 @@ def bulk_retry(broker: tuple[str, ...], timeout: float, retries: int, curve: Cur
 @broker_option
 @client_options
 @curve_client_options
-@click.option("--state", type=click.Choice(["done", "failed", "expired"]), required=True,
+@click.option("--state", type=click.Choice(["done", "failed", "expired", "cancelled"]),
+              required=True,
               help="Delete requests in this finished state.")
 @click.option("--older-than", "older_than", metavar="DURATION", required=True,
               callback=_duration,

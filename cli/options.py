@@ -10,10 +10,12 @@ import base64
 import functools
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
@@ -50,6 +52,39 @@ R = TypeVar("R")
 
 class UsageProblem(Exception):
     """Options that do not fit together; reported as one line with exit status 2."""
+
+
+#: Units of a --in duration, in seconds.
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def not_before_option(delay: str | None, at: str | None) -> datetime | None:
+    """The time --in DURATION (30s, 5m, 2h, 1d, or a sum such as 1h30m) or --at TIME (ISO
+    8601 with its time zone) names, aware; UsageProblem for a malformed value, a time without
+    a zone, or both options."""
+    if delay is not None and at is not None:
+        raise UsageProblem("give --in or --at, not both")
+    if delay is not None:
+        parts = re.fullmatch(r"(?:\d+(?:\.\d+)?[smhd])+", delay.strip().lower())
+        if parts is None:
+            raise UsageProblem(f"--in {shown(delay)} is not a duration such as 30s, 5m, 2h, "
+                               "1d or 1h30m")
+        seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in
+                      re.findall(r"(\d+(?:\.\d+)?)([smhd])", delay.strip().lower()))
+        if seconds > 3650 * 86400:
+            raise UsageProblem(f"--in {shown(delay)} is more than ten years away")
+        return datetime.now(UTC) + timedelta(seconds=seconds)
+    if at is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(at.strip().replace("z", "Z"))
+    except ValueError:
+        raise UsageProblem(f"--at {shown(at)} is not an ISO 8601 time such as "
+                           "2026-12-24T18:00:00Z") from None
+    if moment.tzinfo is None:
+        raise UsageProblem(f"--at {shown(at)} has no time zone: add Z (UTC) or an offset "
+                           "such as +01:00")
+    return moment
 
 
 def split_brokers(ctx: click.Context, param: click.Parameter,

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from titanic.client.answers import PRIORITY_RANGE
 from titanic.client.tsp import ReplyState, TitanicClient
 from titanic.errors import (
     ProtocolError,
@@ -37,6 +38,7 @@ from titanic_cli.options import (
     frames_json,
     handle_errors,
     json_option,
+    not_before_option,
     read_payload,
     shown,
     utf8_argument,
@@ -47,6 +49,7 @@ _STATE_EXIT = {
     ReplyState.UNKNOWN: Exit.UNKNOWN,
     ReplyState.FAILED: Exit.FAILED,
     ReplyState.EXPIRED: Exit.FAILED,
+    ReplyState.CANCELLED: Exit.FAILED,
     ReplyState.ERROR: Exit.ERROR,
 }
 
@@ -75,13 +78,23 @@ def _client(broker: tuple[str, ...], dialect_name: str, timeout: float, retries:
               help='Call the task SERVICE with these arguments: a JSON object {"args": [...], '
               '"kwargs": {...}} (or - for stdin, @FILE for a file), bytes written '
               '{"$bytes": "<base64>"}; sent as msgpack, instead of PAYLOAD and --frame.')
+@click.option("--in", "delay", metavar="DURATION", default=None,
+              help="Send it no earlier than this long from now: 30s, 5m, 2h, 1d (scheduled "
+              "until then).")
+@click.option("--at", "at", metavar="TIME", default=None,
+              help="Send it no earlier than this time, ISO 8601 with its time zone: "
+              "2026-12-24T18:00:00Z, 2026-12-24T19:00:00+01:00.")
+@click.option("--priority", type=click.IntRange(*PRIORITY_RANGE), default=0,
+              show_default=True,
+              help="Higher ones of the service are sent first (then the oldest due).")
 @json_option
 @click.argument("service")
 @click.argument("payload", required=False)
 @handle_errors
 def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: str,
-           frames: tuple[str, ...], key: str | None, task_args: str | None, as_json: bool,
-           service: str, payload: str | None, curve: CurveOptions) -> None:
+           frames: tuple[str, ...], key: str | None, task_args: str | None, delay: str | None,
+           at: str | None, priority: int, as_json: bool, service: str, payload: str | None,
+           curve: CurveOptions) -> None:
     """Store a request for SERVICE and print its UUID.
 
     PAYLOAD is the first request frame: text, `-` for stdin, or `@FILE` for a file's bytes
@@ -94,9 +107,12 @@ def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: 
       titanic submit echo 'hello'
       titanic submit resize @photo.jpg --frame 640x480
       titanic submit --key order-1234 billing @order.json
+      titanic submit --in 30m --priority 5 report @query.json
+      titanic submit --at 2026-12-24T18:00:00Z greetings 'Merry Christmas'
       titanic submit resize --task-args '{"args": [{"$bytes": "aGk="}], "kwargs": {"width": 9}}'
     """
     utf8_argument(service, "SERVICE")
+    not_before = not_before_option(delay, at)
     if key is not None:
         utf8_argument(key, "--key")
         if not 0 < len(key) <= 255:
@@ -110,12 +126,16 @@ def submit(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: 
         first = [] if payload is None else [read_payload(payload)]
         body = first + [read_payload(frame, "--frame") for frame in frames]
     with _client(broker, dialect_name, timeout, retries, curve) as client:
-        request_id = client.submit(service, *body, key=key)
+        request_id = client.submit(service, *body, key=key, not_before=not_before,
+                                   priority=priority)
         if client.has_workers(service) is False:
             click.echo(f"titanic: warning: service {shown(service)} has no workers now; the "
                        "request is stored and is sent when one registers", err=True)
     if as_json:
-        echo_json({"uuid": request_id, "service": service})
+        shown_json: dict[str, Any] = {"uuid": request_id, "service": service}
+        if not_before is not None:
+            shown_json["not_before"] = not_before.isoformat()
+        echo_json(shown_json)
     else:
         click.echo(request_id)
 
@@ -360,3 +380,40 @@ def close(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: s
     request_id = check_uuid(request_id)
     with _client(broker, dialect_name, timeout, retries, curve) as client:
         client.close_request(request_id)
+
+
+@click.command()
+@broker_option
+@client_options
+@dialect_option
+@curve_client_options
+@json_option
+@click.argument("request_id", metavar="UUID")
+@handle_errors
+def cancel(broker: tuple[str, ...], timeout: float, retries: int, dialect_name: str,
+           as_json: bool, request_id: str, curve: CurveOptions) -> None:
+    """Cancel request UUID: never sent if it waits (pending or scheduled); if a worker has it,
+    its reply is discarded and a task can see it (titanic.current().cancelled).
+
+    Prints the state it was in. It stays `cancelled` (for status and list) until closed or
+    purged. Exit status 4 if the request is unknown, 1 if it had already finished (done,
+    failed or expired: nothing changed).
+
+    \b
+    Example:
+      titanic cancel 0190c6f2a1b47c3e9d2f00112233aabb
+    """
+    request_id = check_uuid(request_id)
+    with _client(broker, dialect_name, timeout, retries, curve) as client:
+        try:
+            was = client.cancel(request_id)
+        except UnknownRequestError:
+            fail(f"request {request_id} is unknown (never stored, closed, or purged)",
+                 Exit.UNKNOWN)
+    finished = was in ("done", "failed", "expired")
+    if as_json:
+        echo_json({"uuid": request_id, "was": was, "cancelled": not finished})
+    elif not finished:
+        click.echo(f"cancelled (was {was})")
+    if finished:
+        fail(f"request {request_id} is {was}: too late to cancel", Exit.ERROR)

@@ -155,6 +155,10 @@ def worker_run(broker: tuple[str, ...], service: str | None, concurrency: int,
     sys.path.insert(0, os.getcwd())
     handlers = _worker_handlers(target, service)
     hook = curve.hook()
+    from titanic.tasks.clients import configure
+
+    # A task's titanic.current().cancelled, and its own submits, go to the brokers it serves.
+    configure(list(broker), curve_server_key=curve.server_key, curve_key=curve.key)
     server = _freelance_server(bind, advertise, handlers, concurrency)
     group = None
     if server is None or _broker_given():

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from titanic.client.mdp import Client
     from titanic.client.tsp import Fetched, ReplyState, TitanicClient
     from titanic.tasks.clients import configure
+    from titanic.tasks.current import current
     from titanic.tasks.define import Task, task
     from titanic.tasks.handles import AsyncHandle, Handle
     from titanic.worker.freelance import FreelanceServer
@@ -56,6 +57,7 @@ _LAZY = {
     "TitanicClient": "titanic.client.tsp",
     "Worker": "titanic.worker.mdp",
     "configure": "titanic.tasks.clients",
+    "current": "titanic.tasks.current",
     "task": "titanic.tasks.define",
 }
 
@@ -93,5 +95,6 @@ __all__ = [
     "Worker",
     "__version__",
     "configure",
+    "current",
     "task",
 ]

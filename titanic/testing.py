@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -25,21 +26,25 @@ from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store.types import (
     FINISHED,
     REQUEUABLE,
+    SCHEDULED,
     Delivery,
     Exchange,
     NewRequest,
     RequestStatus,
+    ServiceLimit,
     ServiceSummary,
     StoredRequest,
     StoreIdentity,
     StoreStats,
     backoff_delay,
     check_bulk_state,
+    check_limit,
     check_new_request,
     check_request_id,
     failed_after,
     fresh_claims,
     new_request_id,
+    shown_state,
 )
 
 __all__ = ["MemoryStore", "MemoryTransport", "answer_requests"]
@@ -61,6 +66,8 @@ class MemoryStore:
         self._keys: dict[str, str] = {}
         self._parts: dict[str, dict[int, tuple[bytes, ...]]] = {}  # request -> seq -> frames
         self._forwards: dict[str, tuple[str, str]] = {}  # request -> (peer, UUID there)
+        self._limits: dict[str, ServiceLimit] = {}
+        self._in_flight_at_claim: dict[str, int] = {}
         self._identity = StoreIdentity(uuid.uuid4().hex, f"memory:{id(self):x}")
 
     def _update(self, request_id: str,
@@ -95,12 +102,15 @@ class MemoryStore:
                     ids.append(known)
                     continue
                 request_id = new_request_id()
+                later = request.not_before is not None and _now(request.not_before) > now
                 self._rows[request_id] = StoredRequest(
                     id=request_id, service=request.service, request=tuple(request.frames),
                     reply=None, status=RequestStatus.PENDING, attempts=0, created_at=now,
-                    due_at=now, lease_until=None, completed_at=None, last_error=None,
+                    due_at=_now(request.not_before) if later else now, lease_until=None,
+                    completed_at=None, last_error=None,
                     deadline=None if request.deadline is None else _now(request.deadline),
-                    idempotency_key=request.idempotency_key, owner=request.owner)
+                    idempotency_key=request.idempotency_key, owner=request.owner,
+                    priority=request.priority)
                 if request.idempotency_key:
                     self._keys[request.idempotency_key] = request_id
                 ids.append(request_id)
@@ -114,19 +124,83 @@ class MemoryStore:
 
     def claim_due(self, services: Sequence[str] | None, limit: int, lease: float, *,
                   now: datetime | None = None) -> list[StoredRequest]:
-        """Lease up to `limit` due pending requests, oldest due first."""
+        """Lease up to `limit` due pending requests, highest priority first, then oldest due
+        (a limited service's within its limit)."""
+        return self._claim(services, limit, lease, now)[0]
+
+    def _claim(self, services: Sequence[str] | None, limit: int, lease: float,
+               now: datetime | None) -> tuple[list[StoredRequest], dict[str, float]]:
+        """claim_due, and per limited service whose rate held it back, the seconds to wait."""
         moment = _now(now)
         wanted = None if services is None else set(services)
+        waits: dict[str, float] = {}
         with self._lock:
             due = sorted((row for row in self._rows.values()
                           if row.status is RequestStatus.PENDING and row.due_at <= moment
                           and (wanted is None or row.service in wanted)),
-                         key=lambda row: (row.due_at, row.id))[:max(0, limit)]
+                         key=lambda row: (-row.priority, row.due_at, row.id))
+            allowed = {service: self._allowed(service, limit, moment, due)
+                       for service in {row.service for row in due} & set(self._limits)}
+            taken: list[StoredRequest] = []
+            counts: Counter[str] = Counter()
+            for row in due:
+                cap = allowed.get(row.service)
+                if len(taken) == limit or (cap is not None and counts[row.service] >= cap[0]):
+                    continue
+                taken.append(row)
+                counts[row.service] += 1
             claimed = [replace(row, status=RequestStatus.DISPATCHED, attempts=row.attempts + 1,
-                               lease_until=moment + timedelta(seconds=lease)) for row in due]
+                               lease_until=moment + timedelta(seconds=lease)) for row in taken]
             for row in claimed:
                 self._rows[row.id] = row
-        return claimed
+            for service, (room, wait) in allowed.items():
+                count = sum(1 for row in claimed if row.service == service)
+                waits.update(self._spend(service, count, room, wait, moment))
+        return claimed, waits
+
+    def _allowed(self, service: str, limit: int, moment: datetime,
+                 due: Sequence[StoredRequest]) -> tuple[int, float | None]:
+        """How many of a limited service a claim may take, and its tokens (under the lock)."""
+        found = self._limits[service]
+        in_flight = sum(1 for row in self._rows.values()
+                        if row.service == service and row.status is RequestStatus.DISPATCHED)
+        allowed, tokens = found.allowance(limit, in_flight, moment)
+        self._limits[service] = replace(found, tokens=tokens, refilled_at=moment)
+        self._in_flight_at_claim[service] = in_flight
+        return allowed, tokens if found.rate is not None else None
+
+    def _spend(self, service: str, count: int, allowed: int, tokens: float | None,
+               moment: datetime) -> dict[str, float]:
+        """Spend the tokens of what was claimed; the wait when the rate held it back."""
+        found = self._limits[service]
+        if tokens is None:
+            return {}
+        left = tokens - count
+        self._limits[service] = replace(found, tokens=left, refilled_at=moment)
+        in_flight = self._in_flight_at_claim.get(service, 0)
+        held_back = count == allowed and (found.max_in_flight is None
+                                          or in_flight + count < found.max_in_flight)
+        wait = found.wait_after(left)
+        return {service: wait} if held_back and wait is not None else {}
+
+    def set_limit(self, service: str, *, max_in_flight: int | None = None,
+                  rate: float | None = None, burst: float | None = None) -> ServiceLimit:
+        """Limit a service (see Store.set_limit)."""
+        size = check_limit(max_in_flight, rate, burst)
+        limit = ServiceLimit(service, max_in_flight, rate, size, size, datetime.now(UTC))
+        with self._lock:
+            self._limits[service] = limit
+        return limit
+
+    def clear_limit(self, service: str) -> bool:
+        """Remove a service's limit; False if it had none."""
+        with self._lock:
+            return self._limits.pop(service, None) is not None
+
+    def limits(self) -> list[ServiceLimit]:
+        """Every service's limit, by name."""
+        with self._lock:
+            return [self._limits[name] for name in sorted(self._limits)]
 
     def exchange(self, new: Sequence[NewRequest],
                  replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
@@ -135,9 +209,15 @@ class MemoryStore:
                  parts: Sequence[tuple[str, int, Sequence[bytes]]] = (),
                  trims: Sequence[tuple[str, int]] = ()) -> Exchange:
         """Store new requests, parts of streamed replies and replies, then claim per service;
-        the new requests `claim_new` names are stored claimed (see Store.exchange)."""
+        the new requests `claim_new` names are stored claimed (see Store.exchange), a limited
+        service's never."""
         for request in new:
             check_new_request(request, self.max_request_bytes)
+        limited = set(self._limits)
+        claims = {**claims, **{service: room for service, room in (claim_new or {}).items()
+                               if service in limited}}
+        claim_new = {service: room for service, room in (claim_new or {}).items()
+                     if service not in limited}
         ids = self.submit_many(new) if new else []
         lease_until = _now(now) + timedelta(seconds=lease)
         fresh = [self._update(request_id, lambda row: replace(
@@ -148,10 +228,14 @@ class MemoryStore:
         completed = self.complete_many(replies)
         claimed = [Delivery(row.id, row.service, row.request, row.attempts)
                    for row in fresh if row is not None]
-        claimed += [Delivery(row.id, row.service, row.request, row.attempts)
-                    for service, room in claims.items() if room > 0
-                    for row in self.claim_due([service], room, lease, now=now)]
-        return Exchange(ids, completed, claimed)
+        waits: dict[str, float] = {}
+        for service, room in claims.items():
+            if room > 0:
+                rows, wait = self._claim([service], room, lease, now)
+                claimed += [Delivery(row.id, row.service, row.request, row.attempts,
+                                     row.priority) for row in rows]
+                waits.update(wait)
+        return Exchange(ids, completed, claimed, waits)
 
     def _store_parts(self, parts: Sequence[tuple[str, int, Sequence[bytes]]],
                      trims: Sequence[tuple[str, int]]) -> None:
@@ -274,6 +358,20 @@ class MemoryStore:
                 self._rows[row.id] = row
         return len(changed)
 
+    def cancel(self, request_id: str, *, owners: Sequence[str | None] | None = None
+               ) -> str | None:
+        """Cancel a pending or dispatched request (see Store.cancel); the state it was in."""
+        key = check_request_id(request_id)
+        now = datetime.now(UTC)
+        with self._lock:
+            row = self._rows.get(key)
+            if row is None or (owners is not None and row.owner not in owners):
+                return None
+            if row.status in (RequestStatus.PENDING, RequestStatus.DISPATCHED):
+                self._rows[key] = replace(row, status=RequestStatus.CANCELLED, completed_at=now,
+                                          lease_until=None, last_error="cancelled")
+            return shown_state(row, now)
+
     def release_stale(self, *, now: datetime | None = None) -> int:
         """Dispatched requests whose lease ran out: pending."""
         moment = _now(now)
@@ -283,14 +381,15 @@ class MemoryStore:
             and row.lease_until < moment else None)
 
     def expire(self, *, pending_ttl: float, now: datetime | None = None) -> int:
-        """Pending requests too old or past their deadline: expired."""
+        """Pending requests too old (since submitted and since due) or past their deadline:
+        expired."""
         moment = _now(now)
         too_old = moment - timedelta(seconds=pending_ttl)
 
         def change(row: StoredRequest) -> StoredRequest | None:
             if row.status is not RequestStatus.PENDING:
                 return None
-            if row.created_at < too_old:
+            if row.created_at < too_old and row.due_at < too_old:
                 why = f"not delivered within {pending_ttl:g} s"
             elif row.deadline is not None and row.deadline < moment:
                 why = "not delivered before its deadline"
@@ -319,6 +418,16 @@ class MemoryStore:
                    and (services is None or row.service in services)]
         return min(due, default=None)
 
+    def earliest_due(self) -> dict[str, datetime]:
+        """Each service with pending requests and when its earliest one is due."""
+        found: dict[str, datetime] = {}
+        with self._lock:
+            for row in self._rows.values():
+                if row.status is RequestStatus.PENDING:
+                    first = found.get(row.service)
+                    found[row.service] = row.due_at if first is None else min(first, row.due_at)
+        return found
+
     def due_services(self, *, now: datetime | None = None) -> set[str]:
         """Services with pending requests due now."""
         moment = _now(now)
@@ -340,11 +449,15 @@ class MemoryStore:
         counts: dict[str, dict[RequestStatus, int]] = {}
         oldest: dict[str, datetime] = {}
         done: dict[str, int] = {}
+        later: dict[str, int] = {}
+        now = datetime.now(UTC)
         with self._lock:
             for row in self._rows.values():
                 by_state = counts.setdefault(row.service, {})
                 by_state[row.status] = by_state.get(row.status, 0) + 1
-                if row.status is RequestStatus.PENDING:
+                if shown_state(row, now) == SCHEDULED:
+                    later[row.service] = later.get(row.service, 0) + 1
+                elif row.status is RequestStatus.PENDING:
                     first = oldest.get(row.service)
                     oldest[row.service] = row.created_at if first is None else min(
                         first, row.created_at)
@@ -352,7 +465,8 @@ class MemoryStore:
                         and row.completed_at >= moment):
                     done[row.service] = done.get(row.service, 0) + 1
         return [ServiceSummary(service, counts[service], oldest.get(service),
-                               done.get(service, 0)) for service in sorted(counts)]
+                               done.get(service, 0), later.get(service, 0))
+                for service in sorted(counts)]
 
     def requeue_all(self, status: RequestStatus, *, service: str | None = None,
                     dry_run: bool = False) -> int:
@@ -385,13 +499,18 @@ class MemoryStore:
         return len(old)
 
     def list(self, *, service: str | None = None, status: RequestStatus | None = None,
-             limit: int = 100, after: str | None = None) -> list[StoredRequest]:
-        """Requests in UUID (time) order, filtered, paged by `after`."""
+             limit: int = 100, after: str | None = None,
+             scheduled: bool | None = None) -> list[StoredRequest]:
+        """Requests in UUID (time) order, filtered, paged by `after`; `scheduled` True keeps
+        only the scheduled ones, False leaves them out (see shown_state)."""
         start = check_request_id(after) if after is not None else ""
+        now = datetime.now(UTC)
         with self._lock:
             rows = sorted((row for row in self._rows.values() if row.id > start
                            and (service is None or row.service == service)
-                           and (status is None or row.status is status)),
+                           and (status is None or row.status is status)
+                           and (scheduled is None
+                                or (shown_state(row, now) == SCHEDULED) == scheduled)),
                           key=lambda row: row.id)
         return rows[:limit]
 

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from titanic_support import CLI, Processes, run_cli, running
+from titanic_support import CLI, Processes, free_endpoint, run_cli, running, wait_until
 
 from titanic.dispatch.settings import DispatcherSettings
 from titanic.dispatch.standalone import Dispatcher
@@ -151,3 +151,41 @@ def test_service_names_a_plain_functions_service_only(procs: Processes, tasks: P
     assert worker.wait(30) == 2
     output = procs.log("worker")
     assert output.count("\n") == 1 and says in output, output
+
+
+COOPERATIVE = '''
+import time
+from pathlib import Path
+
+import titanic
+
+
+@titanic.task
+def crunch(marker: str) -> str:
+    Path(marker + ".started").write_text("")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if titanic.current().cancelled:
+            Path(marker + ".stopped").write_text("")
+            return "stopped"
+        time.sleep(0.02)  # a step of the task's work
+    return "ran to the end"
+'''
+
+
+def test_a_task_served_by_worker_run_sees_its_cancel(procs: Processes, tasks: Path) -> None:
+    (tasks / "shop" / "jobs.py").write_text(textwrap.dedent(COOPERATIVE))
+    endpoint = free_endpoint()
+    procs.broker(endpoint)
+    procs.cli("dispatcher", "dispatcher", "--broker", endpoint, "--db",
+              f"sqlite:///{tasks / 't.db'}", "--heartbeat", "0.2")
+    run_worker(procs, tasks, endpoint, "shop.jobs")
+    marker = tasks / "crunch"
+    submitted = run_cli("submit", "crunch", "--task-args", json.dumps({"args": [str(marker)]}),
+                        "--broker", endpoint, "--timeout", "5")
+    assert submitted.returncode == 0, submitted.stderr
+    request_id = submitted.stdout.decode().strip()
+    wait_until(lambda: Path(f"{marker}.started").exists(), timeout=30, message="task started")
+    cancelled = run_cli("cancel", request_id, "--broker", endpoint, "--timeout", "5")
+    assert cancelled.stdout == b"cancelled (was dispatched)\n", cancelled.stderr
+    wait_until(lambda: Path(f"{marker}.stopped").exists(), timeout=15, message="task stopped")

@@ -6,6 +6,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -90,11 +91,15 @@ def test_dispatcher_metrics_show_requests_by_state_and_latency_histograms(
     with TitanicClient(endpoint, timeout=2.0, retries=3) as client:
         client.submit("nobody", b"x")
         client.submit("nobody", b"y")
+        client.submit("nobody", b"later", not_before=timedelta(hours=1))
+        client.cancel(client.submit("nobody", b"never"))
     # Observed just after the acknowledgement is sent: the client may see it first.
-    wait_until(lambda: scrape(metrics.port)[("titanic_dispatcher_ack_seconds_count", ())] == 2,
-               message="two acknowledgements observed")
+    wait_until(lambda: scrape(metrics.port)[("titanic_dispatcher_ack_seconds_count", ())] == 4,
+               message="four acknowledgements observed")
     samples = scrape(metrics.port)
     assert samples[("titanic_requests", (("service", "nobody"), ("state", "pending")))] == 2
+    assert samples[("titanic_requests", (("service", "nobody"), ("state", "scheduled")))] == 1
+    assert samples[("titanic_requests", (("service", "nobody"), ("state", "cancelled")))] == 1
     assert samples[("titanic_oldest_pending_age_seconds", (("service", "nobody"),))] >= 0
     assert samples[("titanic_dispatcher_store_seconds_count", ())] >= 1
     assert samples[("titanic_dispatcher_store_errors_total", ())] == 0

@@ -13,8 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from titanic.errors import SchemaError
-from titanic.store import migrate, open_existing_store, open_store
+from titanic.store import NewRequest, migrate, open_existing_store, open_store
 from titanic.store.dialect import make_engine
+from titanic.store.frames import encode_frames
 
 
 def test_fresh_database_is_brought_to_head_and_matches_the_models(db_url: str) -> None:
@@ -145,7 +146,7 @@ def test_a_database_one_revision_behind_is_refused_by_read_only_commands(db_url:
 
 
 def test_the_forwards_migration_keeps_every_request(db_url: str) -> None:
-    # 0030 adds the table of requests sent to other sites beside a store in use.
+    # 0021 adds the table of requests sent to other sites beside a store in use.
     engine = make_engine(db_url)
     try:
         migrate.upgrade(engine, "0017_drop_status_due_index")
@@ -172,3 +173,60 @@ def test_the_forwards_migration_keeps_every_request(db_url: str) -> None:
             store.close_store()
     finally:
         engine.dispose()
+
+
+def test_the_priority_migration_keeps_a_backlog_claimable_in_order(db_url: str) -> None:
+    # 0018 adds the priority column (0 for the stored requests) and rebuilds the service
+    # index: a store of 0017 with requests waiting, in flight and done comes through whole.
+    engine = make_engine(db_url)
+    try:
+        migrate.upgrade(engine, "0017_drop_status_due_index")
+        rows = [("a" * 32, "pending", "2026-12-01 09:00:02"),
+                ("b" * 32, "dispatched", "2026-12-01 09:00:00"),
+                ("c" * 32, "done", "2026-12-01 09:00:00"),
+                ("d" * 32, "pending", "2026-12-01 09:00:01")]
+        with engine.begin() as conn:
+            for request_id, status, due in rows:
+                conn.execute(text(
+                    "INSERT INTO titanic_requests (id, service, request, status, attempts, "
+                    "created_at, due_at) VALUES (:id, 'echo', :request, :status, 0, "
+                    "'2026-12-01 09:00:00', :due)"),
+                    {"id": request_id, "request": encode_frames([b"body"]), "status": status,
+                     "due": due})
+    finally:
+        engine.dispose()
+    store = open_store(db_url)
+    try:
+        assert migrate.current_revision(store.engine) == migrate.head_revision()
+        migrate.check(store.engine)
+        kept = {request_id: store.get(request_id) for request_id, _, _ in rows}
+        assert {r.id: (r.status.value, r.priority, r.request) for r in kept.values() if r} == {
+            request_id: (status, 0, (b"body",)) for request_id, status, _ in rows}
+        high = store.submit_many([NewRequest("echo", (b"x",), priority=1)])[0]
+        assert [r.id for r in store.claim_due(["echo"], 10, 60)] == [high, "d" * 32, "a" * 32]
+    finally:
+        store.close_store()
+
+
+def test_the_limits_migration_adds_an_empty_table_beside_a_backlog(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        migrate.upgrade(engine, "0018_request_priority")
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO titanic_requests (id, service, request, status, attempts, "
+                "created_at, due_at, priority) VALUES (:id, 'echo', :request, 'pending', 0, "
+                "'2026-12-01 09:00:00', '2026-12-01 09:00:00', 3)"),
+                {"id": "a" * 32, "request": encode_frames([b"body"])})
+    finally:
+        engine.dispose()
+    store = open_store(db_url)
+    try:
+        assert migrate.current_revision(store.engine) == migrate.head_revision()
+        migrate.check(store.engine)
+        assert store.limits() == []
+        store.set_limit("echo", max_in_flight=1)
+        (claimed,) = store.claim_due(["echo"], 10, 60)
+        assert (claimed.id, claimed.priority, claimed.request) == ("a" * 32, 3, (b"body",))
+    finally:
+        store.close_store()

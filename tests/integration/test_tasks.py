@@ -337,6 +337,8 @@ class RawTaskWorker:
     @staticmethod
     def answer(body: list[bytes]) -> list[bytes]:
         assert body[0] == TASK_FRAME
+        # The request's UUID, added by the dispatcher (for titanic.cancelled): 32 hex digits.
+        assert len(body) == 3 and int(body[2], 16) >= 0 and len(body[2]) == 32, body
         call = msgpack.unpackb(body[1], raw=False)
         a, b = call["args"]
         if isinstance(a, str):

@@ -151,7 +151,9 @@ def test_titanic_store_names_the_store(loop: Loop) -> None:
     assert identity.decode() == loop.store.identity().id
     assert location.decode().startswith("memory:")
     assert int(limit) == loop.store.max_request_bytes  # what a client may send
-    assert extensions.split() == [b"titanic.batch", b"titanic.follow", b"titanic.wait"]
+    assert extensions.split() == [b"titanic.batch", b"titanic.cancel", b"titanic.cancelled",
+                                  b"titanic.follow", b"titanic.request.options",
+                                  b"titanic.wait"]
 
 
 def test_titanic_manage_is_answered_from_a_thread_of_its_own(loop: Loop) -> None:

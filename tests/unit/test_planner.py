@@ -445,3 +445,16 @@ def test_a_failure_report_after_parts_is_retried_and_the_next_attempt_trims() ->
     t.turn(completions=[done])
     assert t.store.get(request_id).reply == (b"1",)  # type: ignore[union-attr]
     assert t.store.parts_after(request_id, 0) == [(1, (b"1",))], "the earlier 2 and 3 trimmed"
+
+
+def test_a_service_held_back_by_its_rate_is_claimed_again_when_its_token_comes() -> None:
+    t = Turns(replace(SETTINGS, max_in_flight_per_service=8))
+    t.store.set_limit("echo", rate=1.0)
+    t.submit(b"echo", b"a")
+    t.submit(b"echo", b"b")
+    t.say_present("echo")
+    assert [tag.service for tag in t.forwarded()] == ["echo"]  # one token
+    assert t.planner.limit_until == pytest.approx(t.now + 1.0, abs=0.2)
+    assert "echo" not in t.planner.candidates
+    t.turn()  # before its token: not even asked
+    assert len(t.forwarded()) == 1

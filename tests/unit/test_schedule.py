@@ -14,6 +14,8 @@ class Planner:
     def __init__(self) -> None:
         self.held_until: float | None = None
         self.forward_until: float | None = None
+        self.limit_until: float | None = None
+        self.due_until: float | None = None
         self.calls: list[str] = []
 
     def release_stale(self) -> None:
@@ -95,3 +97,27 @@ def test_held_replies_and_claims_make_a_turn_due_once_their_time_comes(
     assert schedule.turn_due(0.0)  # a deadline at the clock's zero is a deadline
     planner.forward_until = None
     assert not schedule.turn_due(1.0)
+
+
+def test_a_service_held_back_by_its_rate_wakes_the_loop_when_its_token_comes(
+        planner: Planner) -> None:
+    schedule = schedule_of(planner)
+    schedule.run_due(0.0)
+    schedule.more = False
+    planner.limit_until = 0.05
+    assert schedule.wake(0.0) == 0.05
+    assert not schedule.turn_due(0.04)
+    assert schedule.turn_due(0.05)
+
+
+def test_the_store_is_surveyed_again_when_its_earliest_later_request_comes_due(
+        planner: Planner) -> None:
+    schedule = schedule_of(planner)
+    schedule.run_due(0.0)
+    schedule.more = False
+    planner.due_until = 0.7  # before the next survey (2.0)
+    assert schedule.wake(0.1) == 0.7
+    schedule.run_due(0.5)
+    assert planner.calls == ["release", "survey"]
+    schedule.run_due(0.7)
+    assert planner.calls == ["release", "survey", "survey"] and schedule.more

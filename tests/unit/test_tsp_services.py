@@ -6,6 +6,8 @@ import pytest
 
 from titanic.dispatch.services import (
     check_requests,
+    handle_cancel,
+    handle_cancelled,
     handle_close,
     handle_follow,
     handle_reply,
@@ -221,3 +223,18 @@ def test_a_done_reply_whose_parts_do_not_match_it_is_followed_whole(store: Memor
     store.complete(plain, [b"whole", b"reply"])
     assert follow(store, plain, 0) == FollowPage(True, [(1, (b"whole", b"reply"))])
     assert follow(store, plain, 1) == FollowPage(True, [])
+
+
+def test_cancel_answers_the_state_it_was_in_and_keeps_to_the_owner(store: MemoryStore) -> None:
+    (owned,) = store.submit_many([NewRequest("svc", (b"x",), owner="alice")])
+    alice, mallory, admin = Caller("alice"), Caller("mallory"), Caller("root", admin=True)
+    assert handle_cancel(store, [owned.encode()], mallory) == [b"400", b"unknown"]
+    assert handle_cancelled(store, [owned.encode()], mallory) == [b"200", b"no"]
+    assert handle_cancel(store, [owned.encode()], alice) == [b"200", b"pending"]
+    assert handle_cancel(store, [owned.encode()], admin) == [b"200", b"cancelled"]
+    assert handle_cancelled(store, [owned.encode()], None) == [b"200", b"yes"]
+    assert handle_reply(store, [owned.encode()], alice)[0] == b"400"
+    assert handle_reply(store, [owned.encode()], alice)[1].startswith(b"cancelled: ")
+    for junk in ([], [b"not a uuid"], [owned.encode(), b"extra"]):
+        assert handle_cancel(store, junk, admin) == [b"400", b"unknown"]
+        assert handle_cancelled(store, junk, admin) == [b"200", b"no"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import zmq
@@ -26,6 +27,7 @@ from titanic.client.answers import (
     check_keys,
     encode_bodies,
     encode_frames,
+    request_options,
     service_name,
     uuid_frame,
     worker_gone,
@@ -79,14 +81,29 @@ class AsyncTitanicClient:
         return self._session.broker
 
     async def submit(self, service: str | bytes, *frames: bytes | str,
-                     key: str | None = None) -> str:
+                     key: str | None = None, not_before: datetime | timedelta | None = None,
+                     priority: int = 0) -> str:
         """Store a request for `service`; returns its UUID once it is durably stored.
 
-        `str` frames are sent as UTF-8. `key` is the idempotency key, as TitanicClient.submit
-        takes it: without one a random key is made, so this call's retries, to this broker or
-        another, are stored once."""
+        `str` frames are sent as UTF-8. `key` is the idempotency key, and `not_before` and
+        `priority` what TitanicClient.submit takes: without a key one is made, so this call's
+        retries, to this broker or another, are stored once."""
+        options = request_options(not_before, priority)
         return await self._run(self._session.submit(service_name(service), encode_frames(frames),
-                                                    check_key(key)))
+                                                    check_key(key), options))
+
+    async def cancel(self, request_id: str) -> str:
+        """Cancel a request: one pending or scheduled is never sent; one in a worker's hands is
+        marked cancelled, its reply discarded, and a task can see it (titanic.current()). The
+        state it was in (pending, scheduled, dispatched; cancelled again; done, failed or
+        expired, which stay as they are). UnknownRequestError for an unknown request (or
+        another key's); UsageError from a server that cannot cancel (a standard 9/TSP one)."""
+        return await self._run(self._session.cancel(uuid_frame(request_id)))
+
+    async def is_cancelled(self, request_id: str, *, within: float | None = None) -> bool:
+        """Whether a request was cancelled (False where the server cannot tell)."""
+        return await self._run(self._session.is_cancelled(uuid_frame(request_id),
+                                                      within or self._session.timeout))
 
     async def submit_many(self, service: str | bytes,
                           bodies: Iterable[bytes | str | Sequence[bytes | str]],

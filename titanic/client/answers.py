@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 from titanic.errors import (
@@ -14,7 +15,9 @@ from titanic.errors import (
     ProtocolError,
     TitanicError,
     TitanicServiceError,
+    UnknownRequestError,
     UnreachableError,
+    UsageError,
 )
 from titanic.protocol import tsp
 from titanic.protocol.mdp import Frames
@@ -33,6 +36,7 @@ class ReplyState(enum.Enum):
     UNKNOWN = "unknown"
     FAILED = "failed"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"
     ERROR = "error"
 
 
@@ -68,6 +72,33 @@ def check_key(key: object) -> str | None:
     if key is None or isinstance(key, str):
         return key
     raise TypeError(f"the key is {type(key).__name__}: an idempotency key is a str")
+
+
+#: Priorities a request may ask for (the store's range: titanic.store.types).
+PRIORITY_RANGE = (-1_000_000, 1_000_000)
+
+
+def request_options(not_before: datetime | timedelta | None,
+                    priority: int) -> tsp.RequestOptions:
+    """A submit's options: not sent before `not_before` (an aware time, or a delay from now)
+    and `priority` within its service. UsageError for a naive time or a priority out of range,
+    TypeError for values of the wrong type, before anything is sent."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"the priority is {type(priority).__name__}: a priority is an int")
+    if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+        raise UsageError(f"a priority must be from {PRIORITY_RANGE[0]} to {PRIORITY_RANGE[1]}, "
+                         f"not {priority}")
+    if not_before is None:
+        return tsp.RequestOptions(None, priority)
+    if isinstance(not_before, timedelta):
+        not_before = datetime.now(UTC) + not_before
+    elif not isinstance(not_before, datetime):
+        raise TypeError(f"not_before is {type(not_before).__name__}: give an aware datetime "
+                        "or a timedelta")
+    elif not_before.tzinfo is None or not_before.utcoffset() is None:
+        raise UsageError("not_before must say its time zone (an aware datetime, e.g. with "
+                         "tzinfo=datetime.UTC)")
+    return tsp.RequestOptions(max(0, int(not_before.timestamp() * 1000)), priority)
 
 
 def encode_frames(frames: Sequence[bytes | str]) -> Frames:
@@ -170,6 +201,17 @@ def check_close(reply: Frames) -> None:
         raise TitanicServiceError(f"titanic.close failed: {status}")
 
 
+def parse_cancel(frames: Frames) -> str:
+    """A titanic.cancel answer: the state the request was in; UnknownRequestError for an
+    unknown request, TitanicServiceError for another error."""
+    code = tsp.parse_status(frames[0]) if frames else None
+    if code == tsp.Status.OK and len(frames) > 1:
+        return frames[1].decode("ascii", "replace")
+    if code == tsp.Status.UNKNOWN:
+        raise UnknownRequestError("unknown request: never stored, closed, or purged")
+    raise TitanicServiceError(f"titanic.cancel failed: {tsp.answer_text(frames) or code}")
+
+
 def parse_fetch(frames: Frames) -> Fetched:
     """A titanic.reply answer as a Fetched (the text in the status frame or after it)."""
     if not frames:
@@ -185,6 +227,8 @@ def parse_fetch(frames: Frames) -> Fetched:
             return Fetched(ReplyState.FAILED, [], text[len(tsp.FAILED_PREFIX):])
         if text.startswith(tsp.EXPIRED_PREFIX):
             return Fetched(ReplyState.EXPIRED, [], text[len(tsp.EXPIRED_PREFIX):])
+        if text.startswith(tsp.CANCELLED_PREFIX):
+            return Fetched(ReplyState.CANCELLED, [], text[len(tsp.CANCELLED_PREFIX):])
         return Fetched(ReplyState.UNKNOWN, [], text)
     return Fetched(ReplyState.ERROR, [], text or f"status {code}")
 

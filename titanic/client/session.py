@@ -32,6 +32,7 @@ from titanic.client.answers import (
     ReplyState,
     Unreachable,
     explain_timeout,
+    parse_cancel,
     parse_fetch,
     parse_submitted,
     parse_submitted_many,
@@ -46,6 +47,7 @@ from titanic.errors import (
     TitanicServiceError,
     TitanicTimeoutError,
     UnknownRequestError,
+    UsageError,
 )
 from titanic.protocol import mmi, tsp
 from titanic.protocol.mdp import Frames
@@ -213,9 +215,12 @@ class TspSession:
             self._no_answer(index, reply, unreachable)
         raise (yield from self._timeout(service, budget, unreachable))
 
-    def submit(self, service: bytes, frames: Frames, key: str | None) -> Conversation[str]:
+    def submit(self, service: bytes, frames: Frames, key: str | None,
+               options: tsp.RequestOptions | None = None) -> Conversation[str]:
         """Store a request: its UUID. The key (a random one if None) goes on the wire only to a
-        server that takes it, the same key on every resend."""
+        server that takes it, the same key on every resend; `options` (a delay, a priority)
+        only to a server that names the options extension (UsageError for another, before
+        anything is sent to it)."""
         key = uuid.uuid4().hex if key is None else key
         budget = CallBudget.of(self.timeout, self.retries, None)
         if not self._surveyed:
@@ -229,7 +234,10 @@ class TspSession:
             reply: Frames | Unreachable | None = server if not isinstance(server, Server) else None
             if isinstance(server, Server):
                 _check_size(frames, server, self.brokers[index])
-                body = tsp.build_request(service, frames, key if server.keyed else None)
+                if options:
+                    _check_options(server, self.brokers[index])
+                body = tsp.build_request(service, frames, key if server.keyed else None,
+                                         options)
                 reply = yield Ask(index, tsp.REQUEST_SERVICE, body, budget.timeout)
                 if isinstance(reply, list):
                     return parse_submitted(reply)
@@ -367,6 +375,30 @@ class TspSession:
             self._no_answer(index, reply)
             return None
         return parse_fetch(reply)
+
+    def cancel(self, request_id: bytes) -> Conversation[str]:
+        """Cancel a request: the state it was in (see titanic.cancel). UsageError where the
+        server has no titanic.cancel, before anything is sent."""
+        if not (yield from self._serves(tsp.CANCEL_SERVICE, self.timeout)):
+            raise UsageError(f"the Titanic server at {self.broker} cannot cancel requests (a "
+                             "standard 9/TSP server, or an older titanic)")
+        return parse_cancel((yield from self.call(tsp.CANCEL_SERVICE, [request_id])))
+
+    def is_cancelled(self, request_id: bytes, within: float) -> Conversation[bool]:
+        """Whether a request was cancelled (False where the server cannot tell)."""
+        if not (yield from self._serves(tsp.CANCELLED_SERVICE, within)):
+            return False
+        reply = yield from self.call(tsp.CANCELLED_SERVICE, [request_id], within)
+        return reply[:2] == [tsp.Status.OK.frame(), b"yes"]
+
+    def _serves(self, extension: bytes, timeout: float) -> Conversation[bool]:
+        """Whether the current broker's Titanic server names this extension (asked once)."""
+        index = self.current
+        server: Server | Unreachable | None = self._servers.get(index)
+        if server is None:
+            server = yield from self._vet(index, timeout)
+        return (isinstance(server, Server) and server.store is not None
+                and extension in server.store.extensions)
 
     def has_workers(self, service: bytes, timeout: float) -> Conversation[bool | None]:
         """Whether the current broker has workers for `service` now (8/MMI); None if it did
@@ -525,6 +557,14 @@ def _follow_page(reply: Frames) -> FollowPage | Fetched:
         return tsp.parse_follow_answer(reply)
     fetched = parse_fetch(reply)
     return FollowPage(False, []) if fetched.state is ReplyState.PENDING else fetched
+
+
+def _check_options(server: Server, broker: str) -> None:
+    """UsageError, before anything is sent, when the server at `broker` takes no options (a
+    standard 9/TSP server, or an older titanic): it would not honour them."""
+    if server.store is None or tsp.OPTIONS_EXTENSION not in server.store.extensions:
+        raise UsageError(f"the Titanic server at {broker} takes no delay or priority (a "
+                         "standard 9/TSP server, or an older titanic): submit without them")
 
 
 def _found(answer: Frames | Unreachable | None) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import zmq
@@ -30,6 +31,7 @@ from titanic.client.answers import (
     encode_frames,
     parse_fetch,
     parse_submitted,
+    request_options,
     service_name,
     uuid_frame,
     worker_gone,
@@ -78,16 +80,35 @@ class TitanicClient:
         """The broker the next call goes to: the one that answered last."""
         return self._session.broker
 
-    def submit(self, service: str | bytes, *frames: bytes | str, key: str | None = None) -> str:
+    def submit(self, service: str | bytes, *frames: bytes | str, key: str | None = None,
+               not_before: datetime | timedelta | None = None, priority: int = 0) -> str:
         """Store a request for `service`; returns its UUID once it is durably stored.
 
         `str` frames are sent as UTF-8. `key` (1 to 255 characters) names the request for the
         store: a submit with a key already stored returns that request's UUID and stores
         nothing. Without one, a random key is made, so the retries of this call are stored once
         (by titanic's server; a standard 9/TSP server takes no key, see docs/concepts.md).
+        The request is sent to its service no earlier than `not_before` (an aware datetime, or
+        a timedelta from now; it is `scheduled` until then), and before the requests of that
+        service with a lower `priority` (higher first, default 0). Both need titanic's own
+        server: UsageError, before anything is sent, from a standard 9/TSP server.
         """
+        options = request_options(not_before, priority)
         return self._run(self._session.submit(service_name(service), encode_frames(frames),
-                                              check_key(key)))
+                                              check_key(key), options))
+
+    def cancel(self, request_id: str) -> str:
+        """Cancel a request: one pending or scheduled is never sent; one in a worker's hands is
+        marked cancelled, its reply discarded, and a task can see it (titanic.current()). The
+        state it was in (pending, scheduled, dispatched; cancelled again; done, failed or
+        expired, which stay as they are). UnknownRequestError for an unknown request (or
+        another key's); UsageError from a server that cannot cancel (a standard 9/TSP one)."""
+        return self._run(self._session.cancel(uuid_frame(request_id)))
+
+    def is_cancelled(self, request_id: str, *, within: float | None = None) -> bool:
+        """Whether a request was cancelled (False where the server cannot tell)."""
+        return self._run(self._session.is_cancelled(uuid_frame(request_id),
+                                                      within or self._session.timeout))
 
     def submit_many(self, service: str | bytes,
                     bodies: Iterable[bytes | str | Sequence[bytes | str]],

@@ -38,7 +38,12 @@ from titanic.dispatch.held_waits import WaitDesk
 from titanic.dispatch.peer_link import Capacity
 from titanic.dispatch.planner import Planner
 from titanic.dispatch.schedule import TurnSchedule
-from titanic.dispatch.services import handle_close, handle_reply
+from titanic.dispatch.services import (
+    handle_cancel,
+    handle_cancelled,
+    handle_close,
+    handle_reply,
+)
 from titanic.dispatch.settings import DispatcherSettings
 from titanic.dispatch.standalone import DispatcherBase
 from titanic.dispatch.store_identity import store_reply
@@ -57,8 +62,9 @@ log = logging.getLogger("titanic.dispatcher")
 #: How often the loop looks for titanic.manage answers while one is being worked on, seconds.
 _MANAGE_POLL_S = 0.005
 _SERVICES = frozenset({tsp.REQUEST_SERVICE, tsp.REPLY_SERVICE, tsp.CLOSE_SERVICE,
-                       tsp.WAIT_SERVICE, tsp.STORE_SERVICE, manage.SERVICE, peer.SERVICE,
-                       peer.REPLIES_SERVICE})
+                       tsp.WAIT_SERVICE, tsp.STORE_SERVICE, tsp.CANCEL_SERVICE,
+                       tsp.CANCELLED_SERVICE, manage.SERVICE,
+                       peer.SERVICE, peer.REPLIES_SERVICE})
 
 
 class CoreTransport:
@@ -329,6 +335,10 @@ class HostedDispatcher(DispatcherBase):
                 answer = self.peers.answer(request.body, caller)
             elif request.service == peer.REPLIES_SERVICE:
                 answer = self.peers.replies(request.body, caller)
+            elif request.service == tsp.CANCEL_SERVICE:
+                answer = handle_cancel(self.store, request.body, caller)
+            elif request.service == tsp.CANCELLED_SERVICE:
+                answer = handle_cancelled(self.store, request.body, caller)
             else:
                 assert self._identity is not None
                 answer = store_reply(self._identity, self.store.max_request_bytes)

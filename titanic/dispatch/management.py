@@ -82,7 +82,7 @@ def summary_row(summary: ServiceSummary, now: datetime, window: float) -> dict[s
     """One service's line of `info`: counts by state, the oldest pending request's age in
     seconds, and completions per second over the window."""
     row: dict[str, Any] = {"service": summary.service}
-    row.update({state.value: summary.counts.get(state, 0) for state in RequestStatus})
+    row.update(summary.shown_counts())
     oldest = summary.oldest_pending
     row["oldest_pending_age_s"] = (None if oldest is None
                                    else max(0.0, (now - oldest).total_seconds()))
@@ -160,11 +160,17 @@ class ManagementService:
         return self.purge(state, _seconds(arguments, "older_than_s", 0.0), service, dry_run)
 
     def info(self, window: float) -> dict[str, Any]:
-        """Per service: counts by state, oldest pending age, completions per second."""
+        """Per service: counts by state, oldest pending age, completions per second, limits."""
         now = datetime.now(UTC)
         summaries = self.store.summary(since=now - timedelta(seconds=window))
+        limits = {limit.service: limit for limit in self.store.limits()}
+        rows = [summary_row(summary, now, window) for summary in summaries]
+        for row in rows:  # the limits shared by every dispatcher of the store (none: None)
+            limit = limits.get(row["service"])
+            row["max_in_flight"] = None if limit is None else limit.max_in_flight
+            row["rate_per_s"] = None if limit is None else limit.rate
         return {"time": now.isoformat(), "window_s": window, "dispatcher": self._describe(),
-                "services": [summary_row(summary, now, window) for summary in summaries]}
+                "services": rows}
 
     def failed(self, state: RequestStatus, service: str | None, limit: int) -> dict[str, Any]:
         """The requests in a failed or expired state, oldest first, with their last error."""

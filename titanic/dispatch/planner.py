@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol
 
@@ -133,11 +134,13 @@ def _split_plan(plan: dict[str, int], new: Sequence[NewRequest], fresh: set[str]
             ) -> tuple[dict[str, int], dict[str, int]]:
     """The claim plan as claims of due requests, and new requests to store claimed: a fresh
     service's room goes to its new requests (they are all that is due there), unless one
-    of them has an idempotency key (it may be stored already: claimed like the rest)."""
+    of them has an idempotency key (it may be stored already: claimed like the rest), a time
+    to wait for or a priority (the claim then picks what is due, highest first)."""
     if not fresh:
         return plan, {}
     counts = Counter(request.service for request in new if request.service in fresh)
-    keyed = {request.service for request in new if request.idempotency_key is not None}
+    keyed = {request.service for request in new if request.idempotency_key is not None
+             or request.not_before is not None or request.priority}
     claims: dict[str, int] = {}
     claim_new: dict[str, int] = {}
     for service, room in plan.items():
@@ -192,6 +195,10 @@ class Planner:
         self._unsent: list[Delivery] = []
         #: When those must be sent even if no submission comes (None: none waiting).
         self.forward_until: float | None = None
+        #: When the earliest request not yet due at the last survey is due (monotonic time).
+        self.due_until: float | None = None
+        #: When each service whose rate limit held back a claim may claim again.
+        self._rate_waits: dict[str, float] = {}
         self._last_submit = float("-inf")  # when the last turn with a titanic.request began
         self._warned_anonymous = False
         # The clean-up runs on a thread of its own (Dispatcher), and counts its store errors
@@ -217,6 +224,7 @@ class Planner:
         back_to_back = len(new) == 1 and gap <= self.settings.forward_linger
         if submits:
             self._last_submit = now
+        self._note_scheduled(new)
         # Services with nothing due before these requests came: they can be stored claimed.
         fresh = {request.service for request in new} - self.candidates
         self.candidates.update(request.service for request in new)
@@ -244,6 +252,7 @@ class Planner:
             acknowledge(answers, accepted, result.ids)
             self.stats.completed += result.completed
             if not split:
+                self.stats.discarded += len(replies) - result.completed
                 self._finished.extend(request_id for request_id, _ in replies)
                 self._progressed.update(request_id for request_id, _, _ in parts)
         if submits:
@@ -252,9 +261,11 @@ class Planner:
             rest = self._exchange([], replies, claims, {}, *streamed)
             if isinstance(rest, Exchange):
                 self.stats.completed += rest.completed
+                self.stats.discarded += len(replies) - rest.completed
                 self._finished.extend(request_id for request_id, _ in replies)
                 self._progressed.update(request_id for request_id, _, _ in parts)
-                result = Exchange(result.ids, result.completed, result.claimed + rest.claimed)
+                result = Exchange(result.ids, result.completed, result.claimed + rest.claimed,
+                                  {**result.waits, **rest.waits})
         # Back to back, what was claimed waits for the next submission: expected about `gap`
         # from now, waited for twice that at most.
         more = isinstance(result, Exchange) and self._send_claimed(
@@ -273,6 +284,7 @@ class Planner:
         held = self._replies_to_store([], now, alone=False)  # all of them, none held after
         if held and isinstance(result := self._exchange([], held, {}, {}), Exchange):
             self.stats.completed += result.completed
+            self.stats.discarded += len(held) - result.completed
             self._finished.extend(request_id for request_id, _ in held)
         if self._unsent:
             self._send_unsent(now)
@@ -443,10 +455,20 @@ class Planner:
                               extra=about(tag.request_id, tag.service))
         return replies, failed, trims
 
+    @property
+    def limit_until(self) -> float | None:
+        """When a service held back by its rate limit (titanic.store.limits) may claim again
+        (None: none is)."""
+        return min(self._rate_waits.values(), default=None)
+
     def _claim_plan(self, now: float) -> dict[str, int]:
         """How many due requests to claim per service: what in-flight room allows (the
         service's window, titanic.dispatch.in_flight), for the services that may have due
         requests and have workers (asking mmi.service if stale)."""
+        for service, until in list(self._rate_waits.items()):
+            if now >= until:  # its next token has come: claim it again
+                del self._rate_waits[service]
+                self.candidates.add(service)
         plan: dict[str, int] = {}
         planned = len(self._unsent)  # kept for the next submission: their slots are taken
         for service in list(self.candidates):
@@ -478,7 +500,10 @@ class Planner:
             self._send(result.claimed, now)
         more = False
         for service, room in plan.items():
-            if claimed[service] < room:
+            if service in result.waits:  # its rate held it back: asked again when a token comes
+                self.candidates.discard(service)
+                self._rate_waits[service] = now + result.waits[service]
+            elif claimed[service] < room:
                 self.candidates.discard(service)  # nothing more due there for now
             else:
                 more = True
@@ -492,7 +517,9 @@ class Planner:
     def _send(self, deliveries: Sequence[Delivery], now: float) -> None:
         debug = log.isEnabledFor(logging.DEBUG)
         for delivery in deliveries:
-            self.transport.send(delivery.service, delivery.request,
+            # A task call carries its UUID, so that its worker can ask whether it was cancelled.
+            self.transport.send(delivery.service,
+                                tsp.task_call_with_id(delivery.request, delivery.id),
                                 Forwarded(delivery.id, delivery.service, now))
             if debug:
                 log.debug("request %s sent to %r (attempt %d)", delivery.id, delivery.service,
@@ -537,8 +564,28 @@ class Planner:
 
     def survey(self) -> None:
         """Look at the store itself for services with due requests (retries that came due,
-        requests stored by other processes)."""
-        self.guarded(lambda: self.candidates.update(self.store.due_services()))
+        requests stored by other processes), and note when the earliest of those due later
+        (scheduled ones, retries after their backoff) is due: the loop surveys again then."""
+        self.due_until = None  # not again before the next survey unless it says when
+        self.guarded(self._survey)
+
+    def _note_scheduled(self, new: Sequence[NewRequest]) -> None:
+        """Survey again when the earliest of these requests given a later time comes due."""
+        times = [request.not_before for request in new if request.not_before is not None]
+        if not times:
+            return
+        wall = datetime.now(UTC)
+        later = [moment for moment in times if moment > wall]
+        if later:
+            until = time.monotonic() + (min(later) - wall).total_seconds()
+            self.due_until = until if self.due_until is None else min(self.due_until, until)
+
+    def _survey(self) -> None:
+        earliest = self.store.earliest_due()
+        wall, now = datetime.now(UTC), time.monotonic()
+        self.candidates.update(service for service, due in earliest.items() if due <= wall)
+        later = [due for due in earliest.values() if due > wall]
+        self.due_until = now + (min(later) - wall).total_seconds() if later else None
 
     def release_stale(self) -> None:
         """Requests whose lease ran out (their dispatcher died) become pending again."""

@@ -3,9 +3,12 @@
 Both loops call one `TurnSchedule`: the standalone dispatcher's own (titanic.dispatch.standalone)
 and the broker's, which runs the hosted dispatcher's turns (titanic.dispatch.hosted). Stale
 leases are released every `release_interval`; the store is surveyed for services with due
-requests every `presence_interval`, and a turn claims at once after each survey. Between turns
+requests every `presence_interval`, and also when the earliest request not yet due at the last
+survey comes due (a scheduled one, a retry after its backoff); a turn claims at once after
+each survey. Between turns
 the loop sleeps until the earliest of those, of the planner's own deadlines (replies held back
-by reply_linger, claims held back by forward_linger) and of what the loop adds (the transport's
+by reply_linger, claims held back by forward_linger, a service's next token under its rate
+limit) and of what the loop adds (the transport's
 next timeout, the held titanic.waits, the connections' heartbeats). The times are the loop's
 monotonic clock, passed in: nothing here reads a clock or touches a socket.
 """
@@ -25,6 +28,14 @@ class Periodic(Protocol):
     @property
     def forward_until(self) -> float | None:
         """When claims held back must be sent, even alone (None: none held)."""
+
+    @property
+    def limit_until(self) -> float | None:
+        """When a service held back by its rate limit may claim again (None: none is)."""
+
+    @property
+    def due_until(self) -> float | None:
+        """When the earliest request not yet due at the last survey is due (None: none)."""
 
     def release_stale(self) -> None:
         """Requests whose lease ran out become pending again."""
@@ -51,7 +62,8 @@ class TurnSchedule:
         if now >= self._next_release:
             self._planner.release_stale()
             self._next_release = now + self._release_interval
-        if now >= self._next_survey:
+        due = self._planner.due_until
+        if now >= self._next_survey or (due is not None and now >= due):
             self._planner.survey()
             self._next_survey = now + self._presence_interval
             self.more = True
@@ -61,7 +73,8 @@ class TurnSchedule:
         the planner held back is due."""
         planner = self._planner
         return self.more or any(until is not None and now >= until
-                                for until in (planner.held_until, planner.forward_until))
+                                for until in (planner.held_until, planner.forward_until,
+                                              planner.limit_until))
 
     def wake(self, now: float, *others: float | None) -> float:
         """When the loop must run again at the latest: `now` while there is more to claim,
@@ -71,5 +84,5 @@ class TurnSchedule:
             return now
         planner = self._planner
         times = (self._next_release, self._next_survey, planner.held_until,
-                 planner.forward_until, *others)
+                 planner.forward_until, planner.limit_until, planner.due_until, *others)
         return min(time for time in times if time is not None)

@@ -25,6 +25,13 @@ The batch form (`"", "", service, head, frames..., head, frames...`, titanic.pro
 split_batch) holds many requests for one service, each with its own key or none: all are stored
 in one transaction or none is (a malformed request, a body over max_request_bytes for the whole
 message, a key's limit: the whole batch is refused), and the one answer lists their UUIDs.
+    titanic.cancel   200, <the state it was in> | 400, unknown | 500, <store error>
+    titanic.cancelled  200, yes | 200, no | 500, <store error>
+
+A titanic.request may carry an idempotency key in front, `"", key, service, body...` (see
+titanic.protocol.tsp.split_request): a key already stored answers the stored request's UUID.
+Its options form also carries a time before which it is not sent and a priority
+(titanic.protocol.tsp.RequestOptions).
 
 Ownership: when the broker tells who sent a request (a `Caller`, see titanic.protocol.identity),
 a stored request belongs to the key that submitted it. `titanic.reply` and `titanic.close` from
@@ -41,12 +48,14 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from titanic.errors import InvalidRequestError, ProtocolError, StoreError
 from titanic.logs import about
 from titanic.protocol.identity import Caller
 from titanic.protocol.mdp import Frames
 from titanic.protocol.tsp import (
+    CANCELLED_PREFIX,
     EXPIRED_PREFIX,
     FAILED_PREFIX,
     PENDING_TEXT,
@@ -56,7 +65,7 @@ from titanic.protocol.tsp import (
     is_batch,
     parse_uuid,
     split_batch,
-    split_request,
+    split_request_options,
 )
 from titanic.store import NewRequest, RequestStatus, Store, check_new_request
 
@@ -75,14 +84,21 @@ def _store_error(exc: StoreError) -> Frames:
 def _parse_new_request(body: Frames) -> NewRequest:
     """[service, frames...] (or the keyed form) as a NewRequest; ProtocolError if the service or
     key frame is unusable."""
-    key, body = split_request(body)
+    key, options, body = split_request_options(body)
     if not body or not body[0]:
         raise ProtocolError("titanic.request needs a service name frame")
     try:
         service = body[0].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError("the service name is not UTF-8") from exc
-    return NewRequest(service=service, frames=tuple(body[1:]), idempotency_key=key)
+    not_before = None
+    if options.not_before_ms is not None:
+        try:
+            not_before = datetime.fromtimestamp(options.not_before_ms / 1000, UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ProtocolError("the titanic.request option not_before is out of range") from exc
+    return NewRequest(service=service, frames=tuple(body[1:]), idempotency_key=key,
+                      not_before=not_before, priority=options.priority)
 
 
 def _parse_batch(body: Frames, max_request_bytes: int) -> list[NewRequest]:
@@ -219,6 +235,8 @@ def handle_reply(store: Store, body: Frames, caller: Caller | None = None) -> Fr
         return Status.UNKNOWN.answer(FAILED_PREFIX + (stored.last_error or "no reason given"))
     if stored.status is RequestStatus.EXPIRED:
         return Status.UNKNOWN.answer(EXPIRED_PREFIX + (stored.last_error or "not delivered"))
+    if stored.status is RequestStatus.CANCELLED:
+        return Status.UNKNOWN.answer(CANCELLED_PREFIX + "cancelled by a client")
     return list(_PENDING)
 
 
@@ -254,6 +272,49 @@ def _whole(parts: list[tuple[int, tuple[bytes, ...]]], reply: Frames
     if parts and numbered and reply[:len(joined)] == joined:
         return [*parts, (len(parts) + 1, tuple(reply[len(joined):]))]
     return [(1, tuple(reply))]
+
+
+def _request_id(body: Frames) -> str:
+    """The UUID of a one-frame body, or "" if it is not one."""
+    try:
+        return parse_uuid(body[0]) if len(body) == 1 else ""
+    except ProtocolError:
+        return ""
+
+
+def handle_cancel(store: Store, body: Frames, caller: Caller | None = None) -> Frames:
+    """titanic.cancel: cancel the request (a pending or scheduled one is never sent; a
+    dispatched one's reply will be discarded); `200, <the state it was in>`, `400, unknown`
+    (another key's request too)."""
+    request_id = _request_id(body)
+    if not request_id:
+        return list(_UNKNOWN)
+    owners = None if caller is not None and caller.admin else \
+        (None, caller.key) if caller else (None,)
+    try:
+        was = store.cancel(request_id, owners=owners)
+    except InvalidRequestError:
+        return list(_UNKNOWN)
+    except StoreError as exc:
+        return _store_error(exc)
+    if was is None:
+        return list(_UNKNOWN)
+    log.info("request %s cancelled (it was %s)", request_id, was, extra=about(request_id))
+    return [_OK, was.encode()]
+
+
+def handle_cancelled(store: Store, body: Frames, caller: Caller | None = None) -> Frames:
+    """titanic.cancelled, asked by the worker running a request: `200, yes` if it was
+    cancelled, `200, no` otherwise (unknown too: a UUID tells nothing more to whoever has it)."""
+    request_id = _request_id(body)
+    try:
+        stored = store.get(request_id) if request_id else None
+    except InvalidRequestError:
+        stored = None
+    except StoreError as exc:
+        return _store_error(exc)
+    cancelled = stored is not None and stored.status is RequestStatus.CANCELLED
+    return [_OK, b"yes" if cancelled else b"no"]
 
 
 def handle_close(store: Store, body: Frames, caller: Caller | None = None) -> Frames:

@@ -123,6 +123,9 @@ class DispatcherStats:
 
     dispatched: int = 0
     completed: int = 0
+    #: Replies not stored: their request no longer waited for one (cancelled, closed, or
+    #: already finished).
+    discarded: int = 0
     retried: int = 0
     failed: int = 0
     released: int = 0

@@ -51,7 +51,13 @@ from titanic.dispatch.management import ManagementService, process_facts
 from titanic.dispatch.peer_link import Capacity, PeerLink
 from titanic.dispatch.planner import Planner, Transport
 from titanic.dispatch.schedule import TurnSchedule
-from titanic.dispatch.services import batch_of, handle_close, handle_reply
+from titanic.dispatch.services import (
+    batch_of,
+    handle_cancel,
+    handle_cancelled,
+    handle_close,
+    handle_reply,
+)
 from titanic.dispatch.settings import DispatcherSettings, DispatcherStats
 from titanic.dispatch.store_identity import check_store_identity, store_reply
 from titanic.errors import StoreError
@@ -183,6 +189,8 @@ class Dispatcher(DispatcherBase):
                 tsp.REQUEST_SERVICE: (s.request_connections, None),
                 tsp.REPLY_SERVICE: (s.reply_connections, batch_of(handle_reply, self.store)),
                 tsp.CLOSE_SERVICE: (s.close_connections, batch_of(handle_close, self.store)),
+                tsp.CANCEL_SERVICE: (1, batch_of(handle_cancel, self.store)),
+                tsp.CANCELLED_SERVICE: (1, batch_of(handle_cancelled, self.store)),
                 # titanic.wait is held by the loop itself until its request finishes.
                 tsp.WAIT_SERVICE: (s.wait_connections, None),
                 tsp.STORE_SERVICE: (1, self._serve_identity),

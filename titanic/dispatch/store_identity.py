@@ -33,9 +33,10 @@ log = logging.getLogger("titanic.dispatcher")
 def store_reply(identity: StoreIdentity, max_request_bytes: int) -> Frames:
     """titanic.store's answer: `200`, the identity, the location, the largest request body
     the store takes."""
+    extensions = frozenset({tsp.WAIT_SERVICE, tsp.BATCH_FORM, tsp.FOLLOW_FORM,
+                            tsp.OPTIONS_EXTENSION, tsp.CANCEL_SERVICE, tsp.CANCELLED_SERVICE})
     return tsp.store_answer(tsp.ServingStore(identity.id, identity.location, max_request_bytes,
-                                             frozenset({tsp.WAIT_SERVICE, tsp.BATCH_FORM,
-                                                        tsp.FOLLOW_FORM})))
+                                             extensions))
 
 
 def parse_store_reply(frames: Frames) -> StoreIdentity:

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from titanic.errors import StoreError
 from titanic.ops._http import QuietHandler, bind_error
+from titanic.store import SCHEDULED
 from titanic.store.types import RequestStatus
 
 if TYPE_CHECKING:
@@ -116,8 +117,9 @@ class DispatcherCollector(Collector):
                                    "age of the oldest pending request, per service",
                                    labels=["service"])
         for summary in summaries:
-            for state, count in sorted(summary.counts.items()):
-                by_state.add_metric([summary.service, state.value], count)
+            for state, count in sorted(summary.shown_counts().items()):
+                if count or state in summary.counts or state == SCHEDULED:
+                    by_state.add_metric([summary.service, state], count)
             if summary.oldest_pending is not None:
                 age = (now - summary.oldest_pending).total_seconds()
                 oldest.add_metric([summary.service], max(0.0, age))

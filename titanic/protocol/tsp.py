@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from titanic.errors import ProtocolError
@@ -14,6 +15,17 @@ REPLY_SERVICE = b"titanic.reply"
 CLOSE_SERVICE = b"titanic.close"
 #: titanic's extension: every dispatcher answers `200`, its store's identity and location.
 STORE_SERVICE = b"titanic.store"
+#: titanic's extension (named in titanic.store's list, not a service): titanic.request takes
+#: options (a time to wait for, a priority) in the options form, see `build_request`.
+OPTIONS_EXTENSION = b"titanic.request.options"
+#: titanic's extension: `titanic.cancel` [uuid] cancels a request (the submitter's, or any
+#: for an admin key): `200, <the state it was in>` (a finished one stays as it was), or `400,
+#: unknown`. `titanic.cancelled` [uuid], asked by a worker running it: `200, yes` or `200, no`.
+CANCEL_SERVICE = b"titanic.cancel"
+CANCELLED_SERVICE = b"titanic.cancelled"
+#: The first frame of a task call or result (titanic.tasks.codec); a dispatcher forwarding a
+#: task call adds its request's UUID as a third frame, for `titanic.current()` on the worker.
+TASK_FRAME = b"titanic.task/1"
 #: titanic's extension: titanic.reply held until the request is no longer pending, or a time
 #: in milliseconds given after the UUID has passed (titanic.dispatch.held_waits).
 WAIT_SERVICE = b"titanic.wait"
@@ -30,6 +42,7 @@ PENDING_TEXT = "pending"
 UNKNOWN_TEXT = "unknown"
 FAILED_PREFIX = "failed: "
 EXPIRED_PREFIX = "expired: "
+CANCELLED_PREFIX = "cancelled: "
 
 #: 32 hex digits, or the canonical 8-4-4-4-12 form with hyphens; either case.
 _UUID_TEXT = re.compile(r"\A(?:[0-9a-f]{32}|[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12})\Z")
@@ -100,37 +113,110 @@ def parse_uuid(frame: bytes) -> str:
     return found
 
 
-def build_request(service: bytes, frames: Sequence[bytes], key: str | None = None) -> list[bytes]:
-    """A titanic.request body: [service, frames...], or with an idempotency key
-    ["", key, service, frames...] (the keyed form; see docs/concepts.md). TypeError for a
-    service that is not bytes or a key that is not a str."""
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """What a titanic.request may ask for beyond 9/TSP: not to be sent before a time
+    (milliseconds since the Unix epoch, UTC) and a priority within its service (higher first).
+    On the wire one frame of `name=value` words separated by spaces, e.g. b"not_before=
+    1798135200000 priority=5"; a server refuses (400) a name or value it does not know, so
+    that nothing asked for is silently ignored."""
+
+    not_before_ms: int | None = None
+    priority: int = 0
+
+    def __bool__(self) -> bool:
+        """Whether anything is asked for (else the request goes in a plain form)."""
+        return self.not_before_ms is not None or self.priority != 0
+
+    def frame(self) -> bytes:
+        """The options frame."""
+        words = []
+        if self.not_before_ms is not None:
+            words.append(f"not_before={self.not_before_ms:d}")
+        if self.priority:
+            words.append(f"priority={self.priority:d}")
+        return " ".join(words).encode("ascii")
+
+    @classmethod
+    def parse(cls, frame: bytes) -> RequestOptions:
+        """An options frame; ProtocolError for a word it does not know."""
+        values: dict[str, int] = {}
+        for word in frame.split():
+            name, equals, value = word.partition(b"=")
+            text = name.decode("ascii", "replace")
+            if not equals or text not in ("not_before", "priority") or text in values:
+                raise ProtocolError(f"unknown or repeated titanic.request option {word[:40]!r}")
+            if not value.lstrip(b"-").isdigit() or len(value) > 20:
+                raise ProtocolError(f"the titanic.request option {text} is not an integer")
+            values[text] = int(value)
+        if values.get("not_before", 0) < 0:
+            raise ProtocolError("the titanic.request option not_before is negative")
+        return cls(values.get("not_before"), values.get("priority", 0))
+
+
+def build_request(service: bytes, frames: Sequence[bytes], key: str | None = None,
+                  options: RequestOptions | None = None) -> list[bytes]:
+    """A titanic.request body: [service, frames...], with an idempotency key the keyed form
+    ["", key, service, frames...], and with options the options form ["", "", "", options, key
+    or "", service, frames...] (only for a server naming OPTIONS_EXTENSION; see
+    docs/concepts.md). TypeError for a service that is not bytes or a key that is not a str."""
     if not isinstance(service, bytes):
         raise TypeError(f"the service is {type(service).__name__}: a service name is str or "
                         "bytes")
     if key is not None and not isinstance(key, str):
         raise TypeError(f"the key is {type(key).__name__}: an idempotency key is a str")
+    if options:
+        return [b"", b"", b"", options.frame(), b"" if key is None else key.encode("utf-8"),
+                service, *frames]
     if key is None:
         return [service, *frames]
     return [b"", key.encode("utf-8"), service, *frames]
 
 
 def split_request(body: Sequence[bytes]) -> tuple[str | None, list[bytes]]:
-    """A titanic.request body as (idempotency key or None, [service, frames...]).
+    """A titanic.request body as (idempotency key or None, [service, frames...]), its options
+    (if any) left out: see split_request_options."""
+    key, _, rest = split_request_options(body)
+    return key, rest
+
+
+def split_request_options(body: Sequence[bytes]
+                          ) -> tuple[str | None, RequestOptions, list[bytes]]:
+    """A titanic.request body as (idempotency key or None, options, [service, frames...]).
 
     Plain 9/TSP never sends an empty first frame (it would name no service), so an empty first
-    frame marks the keyed form; ProtocolError if its key frame is missing, empty or not UTF-8
-    (two empty frames are the batch form: see split_batch).
+    frame marks the keyed form, two empty frames the batch form (see split_batch) and three
+    the options form; ProtocolError if a key frame is missing, empty (keyed form) or not UTF-8,
+    or the options are missing or unknown.
     """
     if not body or body[0]:
-        return None, list(body)
+        return None, RequestOptions(), list(body)
+    if is_options_form(body):
+        if len(body) < 6:
+            raise ProtocolError("a titanic.request with options needs an options frame, a key "
+                                "frame (empty for none) and a service after its three empty "
+                                "frames")
+        options = RequestOptions.parse(body[3])
+        return (_key(body[4]) if body[4] else None), options, list(body[5:])
     if len(body) < 2 or not body[1]:
         raise ProtocolError("a keyed titanic.request needs a non-empty key frame after the "
                             "empty frame")
+    return _key(body[1]), RequestOptions(), list(body[2:])
+
+
+def _key(frame: bytes) -> str:
     try:
-        key = body[1].decode("utf-8")
+        return frame.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError("the idempotency key is not UTF-8") from exc
-    return key, list(body[2:])
+
+
+def task_call_with_id(frames: Sequence[bytes], request_id: str) -> Sequence[bytes]:
+    """A forwarded request's frames: a task call (TASK_FRAME and its arguments) with its
+    request's UUID as a third frame, anything else as it is."""
+    if len(frames) == 2 and frames[0] == TASK_FRAME:
+        return (*frames, request_id.encode("ascii"))
+    return frames
 
 
 class BatchItem(NamedTuple):
@@ -156,8 +242,14 @@ def build_batch(service: bytes, items: Sequence[BatchItem]) -> list[bytes]:
 
 
 def is_batch(body: Sequence[bytes]) -> bool:
-    """Whether a titanic.request body is in the batch form (two empty frames first)."""
-    return len(body) >= 2 and not body[0] and not body[1]
+    """Whether a titanic.request body is in the batch form (two empty frames first, then a
+    service name)."""
+    return len(body) >= 2 and not body[0] and not body[1] and not is_options_form(body)
+
+
+def is_options_form(body: Sequence[bytes]) -> bool:
+    """Whether a titanic.request body is in the options form (three empty frames first)."""
+    return len(body) >= 3 and not body[0] and not body[1] and not body[2]
 
 
 def split_batch(body: Sequence[bytes]) -> tuple[bytes, list[BatchItem]]:

@@ -19,11 +19,15 @@ from typing import TYPE_CHECKING
 from titanic.settings import MAX_REQUEST_BYTES, default_database_url
 from titanic.store.types import (
     FINISHED,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
     REQUEUABLE,
+    SCHEDULED,
     Delivery,
     Exchange,
     NewRequest,
     RequestStatus,
+    ServiceLimit,
     ServiceSummary,
     Store,
     StoredRequest,
@@ -32,6 +36,7 @@ from titanic.store.types import (
     check_new_request,
     check_request_id,
     new_request_id,
+    shown_state,
 )
 
 log = logging.getLogger("titanic.store")
@@ -72,7 +77,10 @@ def open_store(url: str | None = None, *, sqlite_synchronous: str = "FULL",
         except BaseException:
             engine.dispose()
             raise
-    return SqlStore(engine, max_request_bytes=max_request_bytes, bodies=bodies)
+    store = SqlStore(engine, max_request_bytes=max_request_bytes, bodies=bodies)
+    if migrate:
+        store.prime_limits()
+    return store
 
 
 def open_existing_store(url: str | None = None, *,
@@ -111,11 +119,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINISHED",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
     "REQUEUABLE",
+    "SCHEDULED",
     "Delivery",
     "Exchange",
     "NewRequest",
     "RequestStatus",
+    "ServiceLimit",
     "ServiceSummary",
     "SqlStore",
     "Store",
@@ -127,4 +139,5 @@ __all__ = [
     "new_request_id",
     "open_existing_store",
     "open_store",
+    "shown_state",
 ]

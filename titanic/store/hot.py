@@ -156,20 +156,21 @@ class HotStatements:
 
     def claim(self, conn: Connection, services: Sequence[str], limit: int,
               lease_until: datetime, now: datetime) -> list[StoredRequest]:
-        """Lease up to `limit` due pending requests of these services, oldest due first."""
+        """Lease up to `limit` due pending requests of these services, highest priority first,
+        then oldest due."""
         sql, params = self.claim_statement(services, limit, lease_until, now, COLUMNS)
         rows = conn.exec_driver_sql(sql, params).all()
         values, bodies = self.values, self.bodies
         claimed = [record(tuple(row), values, bodies) for row in rows]
-        claimed.sort(key=lambda r: (r.due_at, r.id))
+        claimed.sort(key=lambda r: (-r.priority, r.due_at, r.id))
         return claimed
 
     def open_deliveries(self, rows: Sequence[Any]
                         ) -> tuple[list[Delivery], list[tuple[str, str]]]:
-        """Claimed rows (DELIVERY_COLUMNS) as Deliveries, oldest first, and the (id, error) of
-        those whose body cannot be opened (no key, or a wrong or altered one): the caller fails
-        them for good (fail_sql), so that they do not come back on every claim and hold up
-        their service."""
+        """Claimed rows (DELIVERY_COLUMNS) as Deliveries, highest priority first, then oldest,
+        and the (id, error) of those whose body cannot be opened (no key, or a wrong or altered
+        one): the caller fails them for good (fail_sql), so that they do not come back on every
+        claim and hold up their service."""
         read_key = self.values.read_key
         unpack = self.bodies.unpack
         claimed, unopenable = [], []
@@ -177,11 +178,12 @@ class HotStatements:
             request_id = read_key(row[0])
             try:
                 claimed.append(Delivery(request_id, row[1], unpack(request_id, REQUEST, row[2]),
-                                        row[3]))
+                                        row[3], row[4]))
             except StoreError as exc:
                 log.error("request %s failed: %s", request_id, exc)
                 unopenable.append((request_id, str(exc)))
-        claimed.sort(key=lambda d: d.id)  # time-ordered UUIDs: oldest first
+        # Sent in the order claimed: highest priority first, then time-ordered UUIDs (oldest).
+        claimed.sort(key=lambda d: (-d.priority, d.id))
         return claimed, unopenable
 
     def fail_params(self, request_id: str, error: str, now: datetime) -> tuple[Any, ...]:
@@ -212,16 +214,17 @@ class HotStatements:
 
         PostgreSQL: the ids are locked in a materialized CTE with FOR UPDATE SKIP LOCKED, so they
         are chosen once and rows another claimer holds are skipped (an IN (subquery) may be
-        evaluated again and pick more rows than its LIMIT). Each service is one `service = $n`
-        probe of the (status, service, due_at) index, which yields its rows in due order: with
-        `service = ANY($n)` PostgreSQL 15 cannot use the index's order and sorts every pending
-        row of the backlog on each claim (20 ms against 0.1 ms with 50,000 waiting, on a table
-        not yet analyzed). Several services are one such probe each (a LATERAL join over the
-        list) whose few rows are merged. The UPDATE finds them by primary key alone (their row
-        locks keep them pending; a second status test would offer the planner the status
-        indexes, and it took one to read every pending row). The limit is in the text: a prepared
-        statement's generic plan guesses a tenth of the table for `LIMIT $n` and would find
-        the rows to update by reading the whole table.
+        evaluated again and pick more rows than its LIMIT). Each service is one `service = $n` probe
+        of the (status, service, priority DESC, due_at) index, which yields its rows in claim order
+        (highest priority, then oldest due; a due time later than now is skipped within the index):
+        with `service = ANY($n)` PostgreSQL 15 cannot use the index's order and sorts every pending
+        row of the backlog on each claim (20 ms against 0.1 ms with 50,000 waiting, on a table not
+        yet analyzed). Several services are one such probe each (a LATERAL join over the list) whose
+        few rows are merged. The UPDATE finds them by primary key alone (their row locks keep them
+        pending; a second status test would offer the planner the status indexes, and it took one to
+        read every pending row). The limit is in the text: a prepared statement's generic plan
+        guesses a tenth of the table for `LIMIT $n` and would find the rows to update by reading the
+        whole table.
 
         SQLite: the immediate transaction already holds the database's write lock, so the rows
         chosen are still pending when updated. (Repeating the status test in SQLite's UPDATE
@@ -248,28 +251,37 @@ class HotStatements:
         return sql
 
 
+#: The order a claim takes a service's due requests in: the service index's order (status,
+#: service, priority DESC, due_at), so that they are read from it without a sort.
+_CLAIM_ORDER = "priority DESC, due_at"
+
+
 def _postgres_due(services: int, limit: int) -> str:
     """PostgreSQL: the ids of due pending requests to claim, locked (see _claim_sql)."""
-    due = f"SELECT id, due_at FROM {TABLE} WHERE status = '{PENDING}' AND due_at <= %s"
-    lock = f"ORDER BY due_at LIMIT {int(limit):d} FOR UPDATE SKIP LOCKED"
+    due = (f"SELECT id, priority, due_at FROM {TABLE} WHERE status = '{PENDING}'"
+           f" AND due_at <= %s")
+    lock = f"ORDER BY {_CLAIM_ORDER} LIMIT {int(limit):d} FOR UPDATE SKIP LOCKED"
     if services == 1:
         return f"{due} AND service = %s {lock}"
     due = due.replace(f"FROM {TABLE} WHERE", f"FROM {TABLE} WHERE service = listed.name AND")
     return (f"SELECT probe.id FROM unnest(%s::text[]) AS listed(name) CROSS JOIN LATERAL "
-            f"({due} {lock}) AS probe ORDER BY probe.due_at LIMIT {int(limit):d}")
+            f"({due} {lock}) AS probe ORDER BY probe.priority DESC, probe.due_at"
+            f" LIMIT {int(limit):d}")
 
 
 def _sqlite_due(services: int) -> str:
     """SQLite: the ids of due pending requests to claim (the write lock is already held).
 
-    Several services are one probe of the (status, service, due_at) index each, merged, so
-    that no service's backlog is read for another's claim. One SELECT of a UNION takes at most
-    500 terms in SQLite: SqlStore.claim_due names at most 200 services at once.
+    Several services are one probe of the (status, service, priority DESC, due_at) index each,
+    merged, so that no service's backlog is read for another's claim. One SELECT of a UNION
+    takes at most 500 terms in SQLite: SqlStore.claim_due names at most 200 services at once.
     """
     if services < 2:
         return (f"SELECT id FROM {TABLE} WHERE status = '{PENDING}' AND due_at <= ?"
-                f" AND service IN (?) ORDER BY due_at LIMIT ?")
-    due = f"SELECT id, due_at FROM {TABLE} WHERE status = '{PENDING}' AND due_at <= ?"
-    probe = f"SELECT id, due_at FROM ({due} AND service = ? ORDER BY due_at LIMIT ?)"
+                f" AND service IN (?) ORDER BY {_CLAIM_ORDER} LIMIT ?")
+    due = (f"SELECT id, priority, due_at FROM {TABLE} WHERE status = '{PENDING}'"
+           f" AND due_at <= ?")
+    probe = (f"SELECT id, priority, due_at FROM ({due} AND service = ?"
+             f" ORDER BY {_CLAIM_ORDER} LIMIT ?)")
     merged = " UNION ALL ".join([probe] * services)
-    return f"SELECT id FROM ({merged}) ORDER BY due_at LIMIT ?"
+    return f"SELECT id FROM ({merged}) ORDER BY {_CLAIM_ORDER} LIMIT ?"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -54,11 +55,8 @@ requests_table = Table(
     # The CURVE public key (Z85) that submitted it, as the broker authenticated it; None
     # without CURVE (then anyone may fetch and close it).
     Column("owner", String(40)),
-    # Next due requests of a service: WHERE status = 'pending' AND service = ? ORDER BY
-    # due_at; the services with requests due, by a skip scan (SqlStore.due_services); leases
-    # running out: WHERE status = 'dispatched' AND lease_until < ?. The only index of every
-    # request besides the primary key (0017_drop_status_due_index).
-    Index("ix_titanic_requests_status_service_due", "status", "service", "due_at"),
+    # Higher first within a service (then the oldest due); 0 unless the submitter gave one.
+    Column("priority", Integer, nullable=False, default=0, server_default=text("0")),
     # Purging finished requests: WHERE status IN (...) AND completed_at < ?. Only finished
     # requests (they have completed_at) are in it: storing a request does not touch it.
     Index("ix_titanic_requests_finished", "status", "completed_at",
@@ -99,6 +97,14 @@ forwards_table = Table(
     Column("far_id", Uuid(), nullable=False),
 )
 
+# Next due requests of a service: WHERE status = 'pending' AND service = ? AND due_at <= ?
+# ORDER BY priority DESC, due_at; the services with requests due, by a skip scan over
+# (service, priority) (SqlStore.due_services); leases running out: WHERE status =
+# 'dispatched' AND lease_until < ?. The only index of every request besides the primary key
+# (0018_request_priority).
+Index("ix_titanic_requests_status_service_priority_due", requests_table.c.status,
+      requests_table.c.service, requests_table.c.priority.desc(), requests_table.c.due_at)
+
 #: The store's identity: one row, made when the schema is created. Dispatchers compare it to
 #: make sure every dispatcher on the same brokers uses the same store (a PostgreSQL standby has
 #: the same identity as its primary, so a failover keeps it).
@@ -107,4 +113,18 @@ identity_table = Table(
     metadata,
     Column("id", Uuid(), primary_key=True),
     Column("created_at", DateTime(), nullable=False),
+)
+
+#: Limits per service, shared by every dispatcher of the store (titanic.store.limits): at most
+#: `max_in_flight` dispatched at once, and a token bucket of `rate` per second holding at most
+#: `burst` tokens, refilled and spent by each claim in its transaction.
+limits_table = Table(
+    "titanic_service_limits",
+    metadata,
+    Column("service", String(255), primary_key=True),
+    Column("max_in_flight", Integer),
+    Column("rate", Float),
+    Column("burst", Float, nullable=False),
+    Column("tokens", Float, nullable=False),
+    Column("refilled_at", DateTime(), nullable=False),
 )

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, and_, delete, func, not_, select, update
 
 from titanic.store.models import reply_parts_table as parts
 from titanic.store.models import requests_table as t
@@ -45,8 +45,10 @@ class SqlOverview:
         """Per service, by name: counts by state, the oldest pending request's submission
         time, and the requests completed since `since`."""
         counts = select(t.c.service, t.c.status, func.count()).group_by(t.c.service, t.c.status)
-        oldest = (select(t.c.service, func.min(t.c.created_at)).where(t.c.status == PENDING)
-                  .group_by(t.c.service))
+        waiting = and_(t.c.status == PENDING, t.c.attempts == 0, t.c.due_at > utcnow())
+        oldest = (select(t.c.service, func.min(t.c.created_at))
+                  .where(t.c.status == PENDING, not_(waiting)).group_by(t.c.service))
+        scheduled = select(t.c.service, func.count()).where(waiting).group_by(t.c.service)
         recent = (select(t.c.service, func.count())
                   .where(t.c.status == RequestStatus.DONE.value,
                          t.c.completed_at >= naive_utc(since))
@@ -59,8 +61,10 @@ class SqlOverview:
             first = {service: aware_utc(moment) for service, moment in conn.execute(oldest)}
             # not dict(result): a Result has keys(), so dict() would take it for a mapping
             done = {service: count for service, count in conn.execute(recent)}  # noqa: C416
+            later = {service: count for service, count in conn.execute(scheduled)}  # noqa: C416
             return [ServiceSummary(service, by_service[service], first.get(service),
-                                   done.get(service, 0)) for service in sorted(by_service)]
+                                   done.get(service, 0), later.get(service, 0))
+                    for service in sorted(by_service)]
 
         return self._transaction(read, write=False)
 

@@ -23,7 +23,7 @@ durably before their UUIDs are returned.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,9 @@ if TYPE_CHECKING:  # psycopg is imported where a turn runs: only PostgreSQL stor
 
 #: Only for this transaction (is_local): the commit returns before the WAL is flushed.
 _ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
+#: The limited services (store.limits), read within a turn that claims when they are due to
+#: be read again.
+LIMITED_SQL = "SELECT service FROM titanic_service_limits"
 #: Rows per INSERT statement at most (HotStatements.insert_rows_sql): a statement text for
 #: each count up to this, each prepared by psycopg once it has run a few times.
 _ROWS_PER_STATEMENT = 64
@@ -57,6 +60,9 @@ class Turn:
     #: replies; and (request id, last part number) whose later parts are deleted.
     parts: Sequence[tuple[str, int, bytes]] = ()
     trims: Sequence[tuple[str, int]] = ()
+    #: Whether to read the limited services too (store.limits), into `limited`.
+    read_limits: bool = False
+    limited: list[str] = field(default_factory=list)
 
     @property
     def durable(self) -> bool:
@@ -117,6 +123,11 @@ def run_turn(raw: psycopg.Connection[Any], hot: HotStatements,
             cursor = raw.cursor()
             cursor.execute(sql, params)
             claims.append(cursor)
+        limits = raw.cursor()
+        if turn.read_limits:
+            limits.execute(LIMITED_SQL)
+    if turn.read_limits:
+        turn.limited.extend(row[0] for row in limits.fetchall())
     claimed, unopenable = hot.open_deliveries([row for cursor in claims
                                                for row in cursor.fetchall()])
     for request_id, error in unopenable:  # committed by now: each fails in its own statement

@@ -22,13 +22,14 @@ from titanic.store.types import RequestStatus, StoredRequest, check_request_id
 COLUMNS = tuple(column.name for column in requests_table.c)
 TABLE = requests_table.name
 _ORDER = ("id", "service", "request", "reply", "status", "attempts", "created_at", "due_at",
-          "lease_until", "completed_at", "last_error", "deadline", "idempotency_key", "owner")
+          "lease_until", "completed_at", "last_error", "deadline", "idempotency_key", "owner",
+          "priority")
 if COLUMNS != _ORDER:  # new_row and record read and write rows in this order
     raise RuntimeError(f"the requests table's columns are not in the order expected: {COLUMNS}")
 (_ID, _SERVICE, _REQUEST, _REPLY, _STATUS, _ATTEMPTS, _CREATED_AT, _DUE_AT, _LEASE_UNTIL,
- _COMPLETED_AT, _LAST_ERROR, _DEADLINE, _IDEMPOTENCY_KEY, _OWNER) = range(len(_ORDER))
+ _COMPLETED_AT, _LAST_ERROR, _DEADLINE, _IDEMPOTENCY_KEY, _OWNER, _PRIORITY) = range(len(_ORDER))
 #: The columns a claim for sending returns (store.hot's deliveries).
-DELIVERY_COLUMNS = ("id", "service", "request", "attempts")
+DELIVERY_COLUMNS = ("id", "service", "request", "attempts", "priority")
 
 _STATUSES = {status.value: status for status in RequestStatus}  # faster than RequestStatus(x)
 _PENDING = RequestStatus.PENDING.value
@@ -135,18 +136,21 @@ def values_for(dialect_name: str) -> Values:
 
 def new_row(values: Values, request_id: str, service: str, packed: bytes, now: datetime,
             deadline: datetime | None, idempotency_key: str | None,
-            owner: str | None = None, lease_until: datetime | None = None) -> tuple[Any, ...]:
-    """A fresh pending request in COLUMNS order, its values encoded (`now`, `deadline` and
-    `lease_until` naive UTC, the body packed as stored). With `lease_until` it is stored
-    claimed: dispatched, its first attempt leased until then."""
+            owner: str | None = None, lease_until: datetime | None = None,
+            not_before: datetime | None = None, priority: int = 0) -> tuple[Any, ...]:
+    """A fresh pending request in COLUMNS order, its values encoded (`now`, `deadline`,
+    `lease_until` and `not_before` naive UTC, the body packed as stored). With `lease_until` it
+    is stored claimed: dispatched, its first attempt leased until then. With a `not_before`
+    later than `now` it is due then (a scheduled request), else now."""
     moment = values.time(now)
+    due = moment if not_before is None or not_before <= now else values.time(not_before)
     if lease_until is None:
         status, attempts, lease = _PENDING, 0, None
     else:
         status, attempts, lease = _DISPATCHED, 1, values.time(lease_until)
     # In COLUMNS order (_ORDER).
-    return (values.key(request_id), service, packed, None, status, attempts, moment, moment,
-            lease, None, None, values.time(deadline), idempotency_key, owner)
+    return (values.key(request_id), service, packed, None, status, attempts, moment, due,
+            lease, None, None, values.time(deadline), idempotency_key, owner, priority)
 
 
 def record(row: Any, values: Values, bodies: PlainBodies) -> StoredRequest:
@@ -174,4 +178,5 @@ def record(row: Any, values: Values, bodies: PlainBodies) -> StoredRequest:
         deadline=aware_utc(read_time(row[_DEADLINE])),
         idempotency_key=row[_IDEMPOTENCY_KEY],
         owner=row[_OWNER],
+        priority=row[_PRIORITY],
     )

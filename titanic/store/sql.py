@@ -26,8 +26,11 @@ from sqlalchemy import (
     Engine,
     Select,
     Update,
+    and_,
+    case,
     delete,
     func,
+    not_,
     or_,
     select,
     update,
@@ -40,8 +43,9 @@ from titanic.settings import MAX_REQUEST_BYTES
 from titanic.store import dialect, pipeline, sqlite_turn
 from titanic.store.crypto import REPLY, REQUEST, PlainBodies
 from titanic.store.hot import HotStatements
+from titanic.store.limits import SqlLimits
 from titanic.store.models import forwards_table as f
-from titanic.store.models import identity_table, reply_parts_table
+from titanic.store.models import identity_table, limits_table, reply_parts_table
 from titanic.store.models import requests_table as t
 from titanic.store.overview import SqlOverview, delete_orphan_parts
 from titanic.store.reseal import reseal_bodies
@@ -59,6 +63,7 @@ from titanic.store.rows import (
 )
 from titanic.store.types import (
     FINISHED,
+    SCHEDULED,
     Delivery,
     Exchange,
     NewRequest,
@@ -124,29 +129,47 @@ def _rowcount(conn: Connection, statement: Update) -> int:
 def due_services_statement(moment: datetime | None, *, ordered: bool = False) -> Select[Any]:
     """Each service with pending requests and its earliest due time (naive UTC), those due at
     `moment` only (None: all), earliest first if `ordered`, by a skip scan of the (status,
-    service, due_at) index: one probe for the next service with pending requests and one for
-    its earliest due time, so the cost grows with the number of services, not of waiting
-    requests (50,000 waiting for one service and 10 for each of five others: 2.5 ms on
-    PostgreSQL and 1.3 ms on SQLite, where counting them by service took 39 and 12 ms)."""
+    service, priority DESC, due_at) index: one step for each (service, priority) with pending
+    requests, each a few probes of the index, and one probe for the earliest due time of each,
+    so the cost grows with the number of services and of the priorities in use, not of waiting
+    requests (50,000 waiting for one service and 10 for each of five others, all of one
+    priority: 2.5 ms on PostgreSQL and 1.3 ms on SQLite, where counting them by service took
+    39 and 12 ms)."""
     pending = t.c.status == PENDING
-    first = select(t.c.service).where(pending).order_by(t.c.service).limit(1)
-    found = select(first.scalar_subquery().label("service")).cte("found", recursive=True)
+
+    def top(service: Any) -> Any:  # the highest priority pending in `service`
+        return (select(t.c.priority).where(pending, t.c.service == service)
+                .order_by(t.c.priority.desc()).limit(1).scalar_subquery())
+
+    first = select(t.c.service).where(pending).order_by(t.c.service).limit(1).scalar_subquery()
+    found = select(first.label("service"), top(first).label("priority")).cte(
+        "found", recursive=True)
     previous = found.alias("previous")
+    lower = (select(t.c.priority).where(pending, t.c.service == previous.c.service,
+                                        t.c.priority < previous.c.priority)
+             .order_by(t.c.priority.desc()).limit(1).correlate_except(t).scalar_subquery())
+    # correlate_except: nested in top() too, where it would not be correlated on its own.
     following = (select(t.c.service).where(pending, t.c.service > previous.c.service)
-                 .order_by(t.c.service).limit(1).scalar_subquery())
-    found = found.union_all(select(following).where(previous.c.service.is_not(None)))
+                 .order_by(t.c.service).limit(1).correlate_except(t).scalar_subquery())
+    # The next priority of the same service, else the next service and its highest priority.
+    step = select(case((lower.is_not(None), previous.c.service), else_=following),
+                  case((lower.is_not(None), lower), else_=top(following)))
+    found = found.union_all(step.where(previous.c.service.is_not(None)))
     # A scalar subquery, not EXISTS: PostgreSQL turns that into a join with every due row.
-    earliest = (select(t.c.due_at).where(pending, t.c.service == found.c.service)
+    earliest = (select(t.c.due_at).where(pending, t.c.service == found.c.service,
+                                         t.c.priority == found.c.priority)
                 .order_by(t.c.due_at).limit(1).scalar_subquery())
-    services = (select(found.c.service, earliest.label("earliest"))
-                .where(found.c.service.is_not(None)).subquery("services"))
+    pairs = (select(found.c.service, earliest.label("earliest"))
+             .where(found.c.service.is_not(None)).subquery("pairs"))
+    services = (select(pairs.c.service, func.min(pairs.c.earliest).label("earliest"))
+                .group_by(pairs.c.service).subquery("services"))
     statement = select(services.c.service, services.c.earliest)
     if moment is not None:
         statement = statement.where(services.c.earliest <= moment)
     return statement.order_by(services.c.earliest, services.c.service) if ordered else statement
 
 
-class SqlStore(SqlOverview):
+class SqlStore(SqlOverview, SqlLimits):
     """The request store on a SQLAlchemy engine (see titanic.store.open_store); `bodies` seals
     request and reply bodies at rest (titanic.store.crypto), plain without."""
 
@@ -333,7 +356,8 @@ class SqlStore(SqlOverview):
         values, pack = self._hot.values, self.bodies.pack
         leases = leased or [None] * len(requests)
         rows = [new_row(values, request_id, r.service, pack(request_id, REQUEST, r.frames), now,
-                        naive_utc(r.deadline), r.idempotency_key, r.owner, lease_until)
+                        naive_utc(r.deadline), r.idempotency_key, r.owner, lease_until,
+                        naive_utc(r.not_before), r.priority)
                 for request_id, r, lease_until in zip(ids, requests, leases, strict=True)]
         return ids, rows
 
@@ -355,6 +379,40 @@ class SqlStore(SqlOverview):
         stamp = utcnow()  # the new requests' time: due at `moment` (unless `now` is earlier)
         moment = naive_utc(now) or stamp
         lease_until = moment + timedelta(seconds=lease)
+        limited = self.known_limited() if claims or claim_new else frozenset()
+        if limited:  # claimed apart, within their limits (store.limits), never stored claimed
+            claims = {**claims, **{service: room for service, room in (claim_new or {}).items()
+                                   if service in limited}}
+            claim_new = {service: room for service, room in (claim_new or {}).items()
+                         if service not in limited}
+            held = [(service, room) for service, room in claims.items()
+                    if service in limited and room > 0]
+            claims = {service: room for service, room in claims.items() if service not in limited}
+            result = self._exchange(new, replies, claims, moment, lease_until, stamp, claim_new,
+                                    parts, trims)
+            return self._add_limited(result, held, lease_until, moment)
+        return self._exchange(new, replies, claims, moment, lease_until, stamp, claim_new,
+                              parts, trims)
+
+    def _add_limited(self, result: Exchange, held: Sequence[tuple[str, int]],
+                     lease_until: datetime, moment: datetime) -> Exchange:
+        """The exchange with the claims of limited services added, each in its own
+        transaction (see store.limits)."""
+        claimed, waits = list(result.claimed), dict(result.waits)
+        for service, room in held:
+            deliveries, wait = self.claim_limited(service, room, lease_until, moment)
+            claimed += deliveries
+            if wait is not None:
+                waits[service] = wait
+        return Exchange(result.ids, result.completed, claimed, waits)
+
+    def _exchange(self, new: Sequence[NewRequest],
+                  replies: Sequence[tuple[str, Sequence[bytes]]], claims: Mapping[str, int],
+                  moment: datetime, lease_until: datetime, stamp: datetime,
+                  claim_new: Mapping[str, int] | None,
+                  parts: Sequence[tuple[str, int, Sequence[bytes]]],
+                  trims: Sequence[tuple[str, int]]) -> Exchange:
+        """exchange() for services without limits."""
         fresh = fresh_claims(new, claim_new)
         leased = [lease_until if take else None for take in fresh] if any(fresh) else []
         ids, rows = self._new_rows(new, stamp, leased) if new else ([], [])
@@ -367,14 +425,19 @@ class SqlStore(SqlOverview):
         if not rows and not packed and not wanted and not packed_parts and not checked_trims:
             return Exchange([], 0, [])
         batch = NewBatch.of(new, ids, rows)
+        # The limited services are read within a turn that claims, when due again: the next
+        # turn splits its claims by them (this one by what was read before).
+        read_limits = bool(wanted) and self.limits_stale()
         turn = pipeline.Turn(batch.rows, packed, wanted, moment, lease_until, keyed=batch.keyed,
-                             parts=packed_parts, trims=checked_trims)
+                             parts=packed_parts, trims=checked_trims, read_limits=read_limits)
         if self._hot.postgres:
             result = self._pipelined(lambda raw: self._run_driver_turn(pipeline, raw, batch, turn))
         else:
             result = self._retrying(
                 lambda: self._sqlite_turn_connection(durable=bool(batch.rows)),
                 lambda raw: self._run_driver_turn(sqlite_turn, raw, batch, turn))
+        if read_limits:
+            self.note_limited(turn.limited)
         if not leased:
             return result
         claimed = [Delivery(request_id, r.service, tuple(r.frames), 1)
@@ -575,17 +638,42 @@ class SqlStore(SqlOverview):
             self._transaction(lambda conn: conn.execute(delete(f).where(f.c.id.in_(keys))),
                               durable=False)
 
+    def cancel(self, request_id: str, *, owners: Sequence[str | None] | None = None
+               ) -> str | None:
+        """Cancel a pending or dispatched request (see Store.cancel); the state it was in."""
+        key = request_key(request_id)
+        moment = utcnow()
+
+        def work(conn: Connection) -> str | None:
+            row = conn.execute(dialect.lock_row(
+                select(t.c.status, t.c.owner, t.c.attempts, t.c.due_at).where(t.c.id == key),
+                conn)).first()
+            if row is None or (owners is not None and row.owner not in owners):
+                return None
+            if row.status not in (PENDING, DISPATCHED):
+                return str(row.status)
+            conn.execute(update(t).where(t.c.id == key).values(
+                status=RequestStatus.CANCELLED.value, completed_at=moment, lease_until=None,
+                last_error="cancelled"))
+            waiting = row.status == PENDING and row.attempts == 0 and row.due_at > moment
+            return SCHEDULED if waiting else str(row.status)
+
+        return self._transaction(work)
+
     # -- dispatching ----------------------------------------------------------------------------
 
     def claim_due(self, services: Sequence[str] | None, limit: int, lease: float, *,
                   now: datetime | None = None) -> list[StoredRequest]:
-        """Lease up to `limit` due pending requests (oldest due first): they become dispatched."""
+        """Lease up to `limit` due pending requests (highest priority, then oldest due, first;
+        a limited service's within its limits): they become dispatched."""
         if limit <= 0 or (services is not None and not services):
             return []
         moment = naive_utc(now) or utcnow()
         lease_until = moment + timedelta(seconds=lease)
 
-        def claim(conn: Connection) -> list[StoredRequest]:
+        limited = self.known_limited()
+
+        def claim(conn: Connection) -> tuple[list[StoredRequest], list[str]]:
             # Any service: the services with requests due, each probed (no index orders the
             # due requests of every service). The `limit` services due earliest hold the
             # `limit` requests due earliest; at most _ANY_SERVICE_PROBES of them at once.
@@ -594,11 +682,18 @@ class SqlStore(SqlOverview):
                 due = conn.execute(due_services_statement(moment, ordered=True).limit(
                     min(limit, _ANY_SERVICE_PROBES))).scalars().all()
                 if not due:
-                    return []
+                    return [], []
                 names = list(due)
-            return self._hot.claim(conn, names, limit, lease_until, moment)
+            free = [name for name in names if name not in limited]
+            held = [name for name in names if name in limited]
+            return (self._hot.claim(conn, free, limit, lease_until, moment) if free else []), held
 
-        return self._transaction(claim, durable=False)
+        found, held = self._transaction(claim, durable=False)
+        for service in held:  # within their limits, each in a transaction of its own
+            if len(found) < limit:
+                found += self.claim_limited_records(service, limit - len(found), lease_until,
+                                                    moment)
+        return found
 
     def release_stale(self, *, now: datetime | None = None) -> int:
         """Dispatched requests whose lease ran out become pending (crash recovery)."""
@@ -608,10 +703,12 @@ class SqlStore(SqlOverview):
         return self._transaction(lambda conn: conn.execute(statement).rowcount, durable=False)
 
     def expire(self, *, pending_ttl: float, now: datetime | None = None) -> int:
-        """Pending requests older than pending_ttl seconds or past their deadline: expired."""
+        """Pending requests older than pending_ttl seconds (since submitted, and since due: a
+        scheduled request counts from its time) or past their deadline: expired."""
         moment = naive_utc(now) or utcnow()
         too_old = moment - timedelta(seconds=pending_ttl)
-        reasons = ((t.c.created_at < too_old, f"not delivered within {pending_ttl:g} s"),
+        reasons = ((and_(t.c.created_at < too_old, t.c.due_at < too_old),
+                    f"not delivered within {pending_ttl:g} s"),
                    (t.c.deadline < moment, "not delivered before its deadline"))
         expired = 0
         for condition, why in reasons:
@@ -678,6 +775,20 @@ class SqlStore(SqlOverview):
         return self._transaction(
             lambda conn: {service for service, _ in conn.execute(statement)}, write=False)
 
+    def earliest_due(self) -> dict[str, datetime]:
+        """Each service with pending requests and its earliest due time (see
+        due_services_statement)."""
+        statement = due_services_statement(None)
+
+        def read(conn: Connection) -> dict[str, datetime]:
+            found = {service: aware_utc(earliest) or _never_none()
+                     for service, earliest in conn.execute(statement)}
+            # The dispatcher's survey: the limited services are read again on the way.
+            self.note_limited(conn.execute(select(limits_table.c.service)).scalars())
+            return found
+
+        return self._transaction(read, write=False)
+
     def stats(self) -> StoreStats:
         """Counts by service and status."""
         statement = select(t.c.service, t.c.status, func.count()).group_by(t.c.service,
@@ -688,9 +799,14 @@ class SqlStore(SqlOverview):
             write=False))
 
     def list(self, *, service: str | None = None, status: RequestStatus | None = None,
-             limit: int = 100, after: str | None = None) -> list[StoredRequest]:
-        """Requests in UUID (time) order, filtered, paged by `after`."""
+             limit: int = 100, after: str | None = None,
+             scheduled: bool | None = None) -> list[StoredRequest]:
+        """Requests in UUID (time) order, filtered, paged by `after`; `scheduled` True keeps
+        only the scheduled ones, False leaves them out (see shown_state)."""
         statement = select(t).order_by(t.c.id).limit(limit)
+        if scheduled is not None:
+            waiting = and_(t.c.status == PENDING, t.c.attempts == 0, t.c.due_at > utcnow())
+            statement = statement.where(waiting if scheduled else not_(waiting))
         if service is not None:
             statement = statement.where(t.c.service == service)
         if status is not None:
@@ -749,6 +865,10 @@ class SqlStore(SqlOverview):
             with contextlib.suppress(SQLAlchemyError):
                 conn.close()
         self.engine.dispose()
+
+
+def _never_none() -> datetime:
+    raise AssertionError("a service with pending requests has an earliest due time")
 
 
 def _is_closed(conn: Connection | PoolProxiedConnection) -> bool:

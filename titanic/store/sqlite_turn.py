@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from titanic.store.hot import HotStatements
-from titanic.store.pipeline import Turn
+from titanic.store.pipeline import LIMITED_SQL, Turn
 from titanic.store.rows import DELIVERY_COLUMNS
 from titanic.store.types import Delivery
 
@@ -56,6 +56,8 @@ def run_turn(raw: sqlite3.Connection, hot: HotStatements,
         completed = raw.executemany(hot.complete_sql, [(reply, moment, v.key(request_id))
                                                        for request_id, reply
                                                        in turn.replies]).rowcount
+    if turn.read_limits:
+        turn.limited.extend(row[0] for row in raw.execute(LIMITED_SQL))
     claimed: list[Delivery] = []
     for service, room in turn.claims:
         sql, params = hot.claim_statement([service], room, turn.lease_until, turn.now,

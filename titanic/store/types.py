@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
+import math
 import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -23,10 +24,20 @@ class RequestStatus(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"
     EXPIRED = "expired"
+    #: Cancelled by a client: never sent if it was waiting, its reply discarded if not.
+    CANCELLED = "cancelled"
 
 
 #: States in which a request is finished: its reply (if any) is final.
-FINISHED = (RequestStatus.DONE, RequestStatus.FAILED, RequestStatus.EXPIRED)
+FINISHED = (RequestStatus.DONE, RequestStatus.FAILED, RequestStatus.EXPIRED,
+            RequestStatus.CANCELLED)
+
+#: The state shown for a pending request not tried yet whose time (`not_before`) is still to
+#: come: stored as pending, due later (see `shown_state`).
+SCHEDULED = "scheduled"
+#: Priorities a request may have: higher ones are claimed first within their service.
+PRIORITY_MIN = -1_000_000
+PRIORITY_MAX = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +59,32 @@ class StoredRequest:
     idempotency_key: str | None
     #: The CURVE key (Z85) that submitted it; None when the broker told no caller.
     owner: str | None = None
+    #: Higher first within its service (then the oldest due).
+    priority: int = 0
+
+
+def shown_state(request: StoredRequest, now: datetime) -> str:
+    """The state a person is shown: the stored status, or `scheduled` for a pending request
+    never tried whose due time (its `not_before`) is after `now` (aware UTC)."""
+    if (request.status is RequestStatus.PENDING and request.attempts == 0
+            and request.due_at > now):
+        return SCHEDULED
+    return request.status.value
 
 
 @dataclass(frozen=True, slots=True)
 class NewRequest:
-    """A request to store; `owner` is the submitter's CURVE key (Z85), if known."""
+    """A request to store; `owner` is the submitter's CURVE key (Z85), if known; it is sent no
+    earlier than `not_before` (aware, or naive UTC), and before the requests of its service
+    with a lower `priority`."""
 
     service: str
     frames: tuple[bytes, ...]
     deadline: datetime | None = None
     idempotency_key: str | None = None
     owner: str | None = None
+    not_before: datetime | None = None
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +95,68 @@ class Delivery:
     service: str
     request: tuple[bytes, ...]
     attempts: int
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """What one `Store.exchange` did: the new requests' UUIDs (in order), how many replies it
-    stored, and the requests it claimed."""
+    stored, and the requests it claimed; `waits`: per service whose rate limit held back a
+    claim, the seconds until it may claim again."""
 
     ids: list[str]
     completed: int
     claimed: list[Delivery]
+    waits: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLimit:
+    """A service's limits, shared by every dispatcher of the store: at most `max_in_flight`
+    requests dispatched at once (None: no limit), and claims paced by a token bucket of
+    `rate` tokens a second (None: no limit) holding at most `burst`; `tokens` as of
+    `refilled_at` (aware UTC)."""
+
+    service: str
+    max_in_flight: int | None
+    rate: float | None
+    burst: float
+    tokens: float
+    refilled_at: datetime
+
+    def allowance(self, room: int, in_flight: int, now: datetime) -> tuple[int, float]:
+        """How many of `room` a claim at `now` may take, with `in_flight` of the service
+        dispatched already; and the tokens there are then (before the claim spends its own)."""
+        allowed = room
+        if self.max_in_flight is not None:
+            allowed = min(allowed, self.max_in_flight - in_flight)
+        tokens = self.tokens
+        if self.rate is not None:
+            elapsed = max(0.0, (now - self.refilled_at).total_seconds())
+            tokens = min(self.burst, tokens + self.rate * elapsed)
+            allowed = min(allowed, math.floor(tokens + 1e-9))
+        return max(0, allowed), tokens
+
+    def wait_after(self, tokens_left: float) -> float | None:
+        """Seconds until the next whole token, with `tokens_left` after a claim (None without
+        a rate)."""
+        if self.rate is None:
+            return None
+        return max(0.0, (1.0 - tokens_left) / self.rate) if tokens_left < 1.0 else 0.0
+
+
+def check_limit(max_in_flight: int | None, rate: float | None, burst: float | None) -> float:
+    """The burst a limit takes (1 when not given: claims evenly paced); InvalidRequestError for
+    values out of range."""
+    if max_in_flight is not None and not 0 <= max_in_flight <= 1_000_000:
+        raise InvalidRequestError("max in flight must be from 0 to 1000000")
+    if rate is not None and not (0 < rate <= 1_000_000 and math.isfinite(rate)):
+        raise InvalidRequestError("a rate must be more than 0 and at most 1000000 a second")
+    if burst is not None and not (1 <= burst <= 1_000_000 and math.isfinite(burst)):
+        raise InvalidRequestError("a burst must be from 1 to 1000000")
+    if max_in_flight is None and rate is None:
+        raise InvalidRequestError("a limit needs a max in flight, a rate, or both")
+    return 1.0 if burst is None else float(burst)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +188,22 @@ class StoreStats:
 
 @dataclass(frozen=True, slots=True)
 class ServiceSummary:
-    """One service's stored requests: counts by state, when its oldest pending request was
-    submitted, and how many completed (done) since the moment asked about."""
+    """One service's stored requests: counts by state, when its oldest pending request (not
+    scheduled) was submitted, how many completed (done) since the moment asked about, and how
+    many of the pending ones are scheduled (see shown_state)."""
 
     service: str
     counts: dict[RequestStatus, int]
     oldest_pending: datetime | None
     completed_since: int
+    scheduled: int = 0
+
+    def shown_counts(self) -> dict[str, int]:
+        """Counts by the state a person is shown: the scheduled apart from the pending."""
+        shown = {state.value: self.counts.get(state, 0) for state in RequestStatus}
+        shown[RequestStatus.PENDING.value] -= self.scheduled
+        shown[SCHEDULED] = self.scheduled
+        return shown
 
 
 #: States a bulk retry takes requests from, and states a purge deletes.
@@ -144,7 +231,8 @@ class Store(Protocol):
 
     def claim_due(self, services: Sequence[str] | None, limit: int, lease: float, *,
                   now: datetime | None = None) -> list[StoredRequest]:
-        """Lease up to `limit` due pending requests (oldest due first): they become dispatched."""
+        """Lease up to `limit` due pending requests (highest priority, then oldest due, first;
+        a limited service's within its limits): they become dispatched."""
         ...
 
     def exchange(self, new: Sequence[NewRequest],
@@ -227,12 +315,21 @@ class Store(Protocol):
         """Forget these requests' forwards (their replies are stored, or they came back)."""
         ...
 
+    def cancel(self, request_id: str, *, owners: Sequence[str | None] | None = None
+               ) -> str | None:
+        """Cancel a pending (or scheduled) or dispatched request: it becomes cancelled, and is
+        never sent, or its late reply is not stored. The state it was in (shown_state), also
+        for a finished one, which stays as it was; None if unknown (or, with `owners`, not
+        owned by one of them)."""
+        ...
+
     def release_stale(self, *, now: datetime | None = None) -> int:
         """Dispatched requests whose lease ran out become pending (crash recovery)."""
         ...
 
     def expire(self, *, pending_ttl: float, now: datetime | None = None) -> int:
-        """Pending requests older than pending_ttl seconds or past their deadline: expired."""
+        """Pending requests older than pending_ttl seconds (since submitted, and since due)
+        or past their deadline: expired."""
         ...
 
     def purge(self, *, reply_ttl: float, now: datetime | None = None) -> int:
@@ -246,6 +343,11 @@ class Store(Protocol):
     def due_services(self, *, now: datetime | None = None) -> set[str]:
         """Services with pending requests due now (at a cost that does not grow with how many
         requests wait)."""
+        ...
+
+    def earliest_due(self) -> dict[str, datetime]:
+        """Each service with pending requests and when its earliest one is due (aware UTC),
+        at the cost of due_services."""
         ...
 
     def stats(self) -> StoreStats:
@@ -271,8 +373,10 @@ class Store(Protocol):
         ...
 
     def list(self, *, service: str | None = None, status: RequestStatus | None = None,
-             limit: int = 100, after: str | None = None) -> list[StoredRequest]:
-        """Requests in UUID (time) order, filtered, paged by `after`."""
+             limit: int = 100, after: str | None = None,
+             scheduled: bool | None = None) -> list[StoredRequest]:
+        """Requests in UUID (time) order, filtered, paged by `after`; `scheduled` True keeps
+        only the scheduled ones, False leaves them out (see shown_state)."""
         ...
 
     def identity(self) -> StoreIdentity:
@@ -281,6 +385,20 @@ class Store(Protocol):
 
     def unfinished_by_owner(self, owners: Sequence[str]) -> dict[str, int]:
         """How many pending or dispatched requests each of these owners has stored."""
+        ...
+
+    def set_limit(self, service: str, *, max_in_flight: int | None = None,
+                  rate: float | None = None, burst: float | None = None) -> ServiceLimit:
+        """Limit a service for every dispatcher of the store (replacing its limit, if any);
+        the bucket starts full."""
+        ...
+
+    def clear_limit(self, service: str) -> bool:
+        """Remove a service's limit; False if it had none."""
+        ...
+
+    def limits(self) -> Sequence[ServiceLimit]:
+        """Every service's limit, by name."""
         ...
 
     def close_store(self) -> None:
@@ -329,17 +447,22 @@ def check_new_request(request: NewRequest, max_request_bytes: int) -> None:
             f"request body of {size} bytes exceeds the limit of {max_request_bytes} bytes")
     if request.idempotency_key is not None and not 0 < len(request.idempotency_key) <= 255:
         raise InvalidRequestError("an idempotency key must be 1 to 255 characters")
+    if not PRIORITY_MIN <= request.priority <= PRIORITY_MAX:
+        raise InvalidRequestError(f"a priority must be an integer from {PRIORITY_MIN} to "
+                                  f"{PRIORITY_MAX}, not {request.priority}")
 
 
 def fresh_claims(new: Sequence[NewRequest], claim_new: Mapping[str, int] | None) -> list[bool]:
     """Which of `new` Store.exchange stores claimed: per service the first `claim_new[service]`
-    without an idempotency key (a keyed one may be stored already, and is then not inserted)."""
+    without an idempotency key (a keyed one may be stored already, and is then not inserted)
+    or a `not_before` (a delayed one is due later)."""
     if not claim_new:
         return [False] * len(new)
     left = dict(claim_new)
     picked = []
     for request in new:
-        take = request.idempotency_key is None and left.get(request.service, 0) > 0
+        take = (request.idempotency_key is None and request.not_before is None
+                and left.get(request.service, 0) > 0)
         if take:
             left[request.service] -= 1
         picked.append(take)

@@ -24,9 +24,8 @@ from typing import Any, NamedTuple
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
 
 from titanic.errors import ProtocolError
+from titanic.protocol.tsp import TASK_FRAME, canonical_uuid
 
-#: The first frame of a task request and of a task's result; `1` is this layout's version.
-TASK_FRAME = b"titanic.task/1"
 #: The first frame of each part of a task that yields (a generator): every value it yields is
 #: a part of its streamed reply, [TASK_PART_FRAME, the msgpack value]; the reply joined is those
 #: pairs one after another (a task that yields nothing: this frame alone).
@@ -159,6 +158,16 @@ def decode_parts(frames: Sequence[bytes]) -> list[Any]:
     if not is_task_stream(frames):
         raise ProtocolError(f"not the parts of a task that yields: {_shape(frames)}")
     return [_unpack(data, ProtocolError) for data in frames[1::2]]
+
+
+def split_request_id(frames: Sequence[bytes]) -> tuple[Sequence[bytes], str | None]:
+    """A task call as its two frames and the request UUID a dispatcher added as a third
+    (titanic.protocol.tsp.task_call_with_id); other frames as they are, with None."""
+    if len(frames) == 3 and frames[0] == TASK_FRAME:
+        request_id = canonical_uuid(frames[2].decode("ascii", "replace"))
+        if request_id is not None:
+            return frames[:2], request_id
+    return frames, None
 
 
 def decode_call(frames: Sequence[bytes]) -> tuple[list[Any], dict[str, Any]]:

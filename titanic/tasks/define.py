@@ -22,6 +22,8 @@ from titanic.errors import UsageError
 from titanic.settings import MAX_SERVICE_NAME_BYTES
 
 if TYPE_CHECKING:
+    from datetime import datetime, timedelta
+
     from titanic.client.aio import AsyncTitanicClient
     from titanic.client.tsp import TitanicClient
     from titanic.tasks.handles import AsyncHandle, Handle
@@ -74,36 +76,43 @@ class Task(Generic[P, R]):
         return await self.submit_with_async(args, kwargs)
 
     def submit_with(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
-                    *, key: str | None = None, client: TitanicClient | None = None) -> Handle:
+                    *, key: str | None = None, not_before: datetime | timedelta | None = None,
+                    priority: int = 0, client: TitanicClient | None = None) -> Handle:
         """submit() with its options: `key` is the idempotency key (a request with this key
-        already stored is not stored again: its handle is returned), `client` the
-        TitanicClient to use instead of this thread's default one."""
+        already stored is not stored again: its handle is returned), `not_before` a time (aware)
+        or a delay before which the call is not run, `priority` its rank among this task's
+        waiting calls (higher first), `client` the TitanicClient to use instead of this
+        thread's default one."""
         from titanic.tasks.handles import Handle
 
         frames = self._frames(args, kwargs)
-        if client is None:
+        chosen = client
+        if chosen is None:
             from titanic.tasks.clients import default_client
 
-            request_id = default_client().submit(self.name, *frames, key=key)
-        else:
-            request_id = client.submit(self.name, *frames, key=key)
+            chosen = default_client()
+        request_id = chosen.submit(self.name, *frames, key=key, not_before=not_before,
+                                   priority=priority)
         return Handle(request_id, client=client)
 
     async def submit_with_async(self, args: Sequence[Any] = (),
                                 kwargs: Mapping[str, Any] | None = None, *,
                                 key: str | None = None,
+                                not_before: datetime | timedelta | None = None,
+                                priority: int = 0,
                                 client: AsyncTitanicClient | None = None) -> AsyncHandle:
         """submit_with() for asyncio code: `client` is an AsyncTitanicClient (default: the
         running event loop's)."""
         from titanic.tasks.handles import AsyncHandle
 
         frames = self._frames(args, kwargs)
-        if client is None:
+        chosen = client
+        if chosen is None:
             from titanic.tasks.clients import default_async_client
 
-            request_id = await default_async_client().submit(self.name, *frames, key=key)
-        else:
-            request_id = await client.submit(self.name, *frames, key=key)
+            chosen = default_async_client()
+        request_id = await chosen.submit(self.name, *frames, key=key, not_before=not_before,
+                                         priority=priority)
         return AsyncHandle(request_id, client=client)
 
     def _frames(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> list[bytes]:

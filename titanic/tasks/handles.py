@@ -74,7 +74,7 @@ def settle(request_id: str, fetched: Fetched) -> Any:
         from titanic.tasks.codec import decode_result
 
         return decode_result(fetched.reply)
-    if state in (ReplyState.FAILED, ReplyState.EXPIRED):
+    if state in (ReplyState.FAILED, ReplyState.EXPIRED, ReplyState.CANCELLED):
         raise task_failed(request_id, fetched)
     if state is ReplyState.UNKNOWN:
         raise UnknownRequestError(f"request {request_id} is unknown: never stored, closed, or "
@@ -187,6 +187,10 @@ class Handle:
         """Where the request stands now (asked once): pending, done, failed, ..."""
         return self.client.fetch(self.id).state
 
+    def cancel(self) -> str:
+        """Cancel the task's request (see TitanicClient.cancel): the state it was in."""
+        return self.client.cancel(self.id)
+
     def close(self) -> None:
         """Delete the request and its result from the store (fine if it is already gone)."""
         self.client.close_request(self.id)
@@ -243,6 +247,10 @@ class AsyncHandle:
     async def state(self) -> ReplyState:
         """Where the request stands now (asked once)."""
         return (await self.client.fetch(self.id)).state
+
+    async def cancel(self) -> str:
+        """Cancel the task's request (see TitanicClient.cancel): the state it was in."""
+        return await self.client.cancel(self.id)
 
     async def close(self) -> None:
         """Delete the request and its result from the store (fine if it is already gone)."""

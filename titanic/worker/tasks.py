@@ -18,7 +18,14 @@ from typing import Any
 
 from titanic.errors import PermanentError, ProtocolError
 from titanic.protocol.mdp import Frames
-from titanic.tasks.codec import TASK_PART_FRAME, decode_call, encode_part, encode_result
+from titanic.tasks.codec import (
+    TASK_PART_FRAME,
+    decode_call,
+    encode_part,
+    encode_result,
+    split_request_id,
+)
+from titanic.tasks.current import running
 from titanic.tasks.define import Task
 from titanic.worker.mdp import Handler
 
@@ -31,15 +38,17 @@ def task_handler(task: Task[Any, Any]) -> Handler:
         signature = None
 
     def handle(frames: Frames) -> Frames | Iterator[Frames]:
+        call, request_id = split_request_id(frames)
         try:
-            args, kwargs = decode_call(frames)
+            args, kwargs = decode_call(call)
             if signature is not None:
                 signature.bind(*args, **kwargs)
         except (ProtocolError, TypeError) as exc:
             raise PermanentError from _named(task, exc)
-        value = task.function(*args, **kwargs)
+        with running(task.name, request_id):
+            value = task.function(*args, **kwargs)
         if inspect.isgenerator(value):
-            return _parts(value, task.name)
+            return _parts(value, task.name, request_id)
         try:
             return encode_result(value, task.name)
         except TypeError as exc:
@@ -48,11 +57,17 @@ def task_handler(task: Task[Any, Any]) -> Handler:
     return handle
 
 
-def _parts(values: Iterator[Any], name: str) -> Iterator[Frames]:
+def _parts(values: Iterator[Any], name: str, request_id: str | None) -> Iterator[Frames]:
     """The parts of a yielding task's reply (one alone, TASK_PART_FRAME, when it yields
-    nothing); a value msgpack cannot carry fails the request for good."""
+    nothing); a value msgpack cannot carry fails the request for good. The generator runs
+    with its titanic.current() as the function's first call did."""
     empty = True
-    for value in values:
+    while True:
+        with running(name, request_id):
+            try:
+                value = next(values)
+            except StopIteration:
+                break
         empty = False
         try:
             yield encode_part(value, name)

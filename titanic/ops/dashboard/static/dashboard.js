@@ -2,7 +2,8 @@
 "use strict";
 
 const refreshMs = Number(document.body.dataset.refreshMs) || 2000;
-const FIELDS = ["pending", "dispatched", "done", "failed", "expired"];
+const FIELDS = ["pending", "scheduled", "dispatched", "done", "failed", "expired", "cancelled",
+  "max_in_flight", "rate_per_s"];
 
 // The token the actions send as a header. The page holds it when it was opened with it
 // (/?token=...) or needs none to be read; this tab keeps it in sessionStorage (this origin
@@ -75,7 +76,7 @@ function showServices(view) {
     (row, s) => {
       row.className = s.workers === 0 ? "no-workers" : "";
       setCell(row, "service", s.service);
-      for (const field of FIELDS) setCell(row, field, String(s[field]));
+      for (const field of FIELDS) setCell(row, field, String(s[field] ?? "-"));
       setCell(row, "oldest_pending_age_s", age(s.oldest_pending_age_s));
       setCell(row, "workers", s.workers === null ? "-" : String(s.workers));
       setCell(row, "completed_per_s", s.completed_per_s.toFixed(2));

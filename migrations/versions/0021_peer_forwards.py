@@ -1,7 +1,7 @@
 """The requests sent to another site: to which peer, and their UUID there.
 
-Revision ID: 0030_peer_forwards
-Revises: 0040_reply_parts
+Revision ID: 0021_peer_forwards
+Revises: 0020_reply_parts
 Create Date: 2026-12-08
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0030_peer_forwards"
-down_revision = "0040_reply_parts"
+revision = "0021_peer_forwards"
+down_revision = "0020_reply_parts"
 branch_labels = None
 depends_on = None
 

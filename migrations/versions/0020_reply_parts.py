@@ -1,8 +1,8 @@
 """The parts of streamed replies: a table of (request, part number, frames), written as an
 18/MDP worker's PARTIALs arrive and read by titanic.wait's follow form.
 
-Revision ID: 0040_reply_parts
-Revises: 0017_drop_status_due_index
+Revision ID: 0020_reply_parts
+Revises: 0019_service_limits
 Create Date: 2026-12-08
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0040_reply_parts"
-down_revision = "0017_drop_status_due_index"
+revision = "0020_reply_parts"
+down_revision = "0019_service_limits"
 branch_labels = None
 depends_on = None
 
