@@ -90,6 +90,10 @@ class PeerLink:
         #: UUIDs of ours that asking sites have stored the replies of, closed on the thread, and
         #: the owners whose requests the asker may close (None: any, as titanic.close allows).
         self._closing: list[tuple[list[str], tuple[str | None, ...] | None]] = []
+        #: Requests whose replies are stored: their forwards are forgotten once an ask interval
+        #: (one transaction a second, not one a batch of replies; a forward left over is only
+        #: a row that forwards_of() drops).
+        self._settled: list[str] = []
         self.errors = 0
         self._more = False  # the last claim took all it could: more may be due
 
@@ -173,6 +177,7 @@ class PeerLink:
                 if now >= next_ask:
                     next_ask = now + self.settings.peer_interval
                     self._guarded(self._ask, now)
+                    self._guarded(self._forget_settled)
                 if now >= next_claim:
                     self._more = False
                     self._guarded(self._claim, now)
@@ -191,6 +196,7 @@ class PeerLink:
                 if done:
                     self._guarded(self._settle, now, done)
         finally:
+            self._guarded(self._forget_settled)
             self._hand_back()
             for client in self._all_clients():
                 client.close()
@@ -409,7 +415,13 @@ class PeerLink:
                     forward = self.book.replied(request_id, now)
                     if forward is not None and forward.far_id is not None:
                         self._closes[forward.peer].append(forward.far_id)
-            self.store.forget_forwards([request_id for request_id, _ in replies])
+            self._settled += [request_id for request_id, _ in replies]
+
+    def _forget_settled(self) -> None:
+        """Forget the forwards of the requests whose replies are stored."""
+        if self._settled:
+            settled, self._settled = self._settled, []
+            self.store.forget_forwards(settled)
 
     def _asked(self, name: str, closes: tuple[str, ...], reply: Frames | None, now: float) -> None:
         state: peer.SiteState | None = None
