@@ -212,12 +212,14 @@ def test_a_slow_service_gets_few_requests_at_once_so_none_time_out_in_the_queue(
     dispatcher = Dispatcher(store, fast_settings(broker))
     stack.enter_context(running(dispatcher))
     ids = [titanic.submit("slow", str(n).encode()) for n in range(40)]
+    narrowest = START
     for n, request_id in enumerate(ids):
         fetched = titanic.wait(request_id, timeout=30)
         assert fetched.state is ReplyState.DONE and fetched.reply == [str(n).encode()]
+        # The window widens again as the queue drains: its narrowest is what shows the cut.
+        narrowest = min(narrowest, dispatcher.forwarding().get("slow", (0, START))[1])
     assert dispatcher.stats.retried == 0 and dispatcher.stats.completed == 40
-    in_flight, window = dispatcher.forwarding()["slow"]
-    assert in_flight == 0 and window < START
+    assert dispatcher.forwarding()["slow"][0] == 0 and narrowest < START
 
 
 def test_after_a_broker_restart_nothing_is_forwarded_before_the_service_has_workers_there(
