@@ -314,7 +314,7 @@ class PeerLink:
         if limit <= 0:
             return
         lease = self.settings.peer_lease
-        claimed = self.store.claim_due([service], limit, lease)
+        claimed = self.store.exchange([], [], {service: limit}, lease).claimed
         self._more = self._more or len(claimed) == limit
         batch: list[tuple[str, tuple[bytes, ...]]] = []
         for request in claimed:

@@ -610,10 +610,18 @@ class SqlStore(SqlOverview, SqlLimits):
     def record_forwards(self, forwards: Sequence[tuple[str, str, str]]) -> None:
         """Remember requests sent to another site (not durable on its own: a lost row only
         makes a restarted link wait for the request's lease)."""
+        if not forwards:
+            return
+        if not self._hot.postgres:  # on the driver connection: one statement a row
+            key = self._hot.values.key
+            params = [(key(check_request_id(request_id)), peer, key(check_request_id(far_id)))
+                      for request_id, peer, far_id in forwards]
+            sql = f"INSERT OR REPLACE INTO {f.name} (id, peer, far_id) VALUES (?, ?, ?)"
+            self._retrying(lambda: self._sqlite_turn_connection(durable=False),
+                           lambda raw: raw.executemany(sql, params))
+            return
         rows = [{"id": request_key(request_id), "peer": peer, "far_id": request_key(far_id)}
                 for request_id, peer, far_id in forwards]
-        if not rows:
-            return
 
         def record(conn: Connection) -> None:
             conn.execute(delete(f).where(f.c.id.in_([row["id"] for row in rows])))
