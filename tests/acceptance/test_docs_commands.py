@@ -21,6 +21,7 @@ How a document is read:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -171,12 +172,14 @@ class Session:
     def _stop(pid: int) -> None:
         if not _alive(pid):
             return
-        os.killpg(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may end before the signal
+            os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
 
     def close(self) -> None:
         for _, pid in reversed(self.background):
