@@ -18,20 +18,17 @@ can end:
     titanic.close    200 (unknown and malformed UUIDs too) | 500, <store error>
     follow           200, done | pending, <part head>, <frames>... | as titanic.reply's 400, 500
       (titanic.wait's form `uuid, ms, after`: the parts of a streamed reply after `after`)
+    titanic.cancel   200, <the state it was in> | 400, unknown | 500, <store error>
+    titanic.cancelled  200, yes | 200, no | 500, <store error>
 
 A titanic.request may carry an idempotency key in front, `"", key, service, body...` (see
 titanic.protocol.tsp.split_request): a key already stored answers the stored request's UUID.
 The batch form (`"", "", service, head, frames..., head, frames...`, titanic.protocol.tsp.
 split_batch) holds many requests for one service, each with its own key or none: all are stored
 in one transaction or none is (a malformed request, a body over max_request_bytes for the whole
-message, a key's limit: the whole batch is refused), and the one answer lists their UUIDs.
-    titanic.cancel   200, <the state it was in> | 400, unknown | 500, <store error>
-    titanic.cancelled  200, yes | 200, no | 500, <store error>
-
-A titanic.request may carry an idempotency key in front, `"", key, service, body...` (see
-titanic.protocol.tsp.split_request): a key already stored answers the stored request's UUID.
-Its options form also carries a time before which it is not sent and a priority
-(titanic.protocol.tsp.RequestOptions).
+message, a key's limit: the whole batch is refused), and the one answer lists their UUIDs. The
+options form (`"", "", "", options, key or "", service, body...`) also carries a time before
+which the request is not sent and a priority (titanic.protocol.tsp.RequestOptions).
 
 Ownership: when the broker tells who sent a request (a `Caller`, see titanic.protocol.identity),
 a stored request belongs to the key that submitted it. `titanic.reply` and `titanic.close` from
