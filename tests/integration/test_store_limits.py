@@ -79,11 +79,8 @@ def test_limits_are_listed_replaced_and_cleared(store: Store) -> None:
             store.set_limit("c", **bad)  # type: ignore[arg-type]
 
 
-def test_two_stores_on_one_database_share_the_limit(store: Store) -> None:
-    if isinstance(store, MemoryStore):
-        pytest.skip("one process's memory")
-    url = str(store.engine.url.render_as_string(hide_password=False))  # type: ignore[attr-defined]
-    other = open_store(url)
+def test_two_stores_on_one_database_share_the_limit(db_url: str) -> None:
+    store, other = open_store(db_url), open_store(db_url)
     try:
         _backlog(store, 6)
         other.set_limit("svc", max_in_flight=3)
@@ -94,3 +91,4 @@ def test_two_stores_on_one_database_share_the_limit(store: Store) -> None:
         assert taken == [3, 0, 0]
     finally:
         other.close_store()
+        store.close_store()
