@@ -222,27 +222,16 @@ class TspSession:
         only to a server that names the options extension (UsageError for another, before
         anything is sent to it)."""
         key = uuid.uuid4().hex if key is None else key
-        budget = CallBudget.of(self.timeout, self.retries, None)
-        if not self._surveyed:
-            yield from self._survey(budget.timeout)
-        unreachable: dict[int, Unreachable] = {}
-        for _ in range(budget.retries + 1):
-            index = self.current
-            server: Server | Unreachable | None = self._servers.get(index)
-            if server is None:
-                server = yield from self._vet(index, budget.timeout)
-            reply: Frames | Unreachable | None = server if not isinstance(server, Server) else None
-            if isinstance(server, Server):
-                _check_size(frames, server, self.brokers[index])
-                if options:
-                    _check_options(server, self.brokers[index])
-                body = tsp.build_request(service, frames, key if server.keyed else None,
-                                         options)
-                reply = yield Ask(index, tsp.REQUEST_SERVICE, body, budget.timeout)
-                if isinstance(reply, list):
-                    return parse_submitted(reply)
-            self._no_answer(index, reply, unreachable)
-        raise (yield from self._timeout(tsp.REQUEST_SERVICE, budget, unreachable))
+
+        def body_for(server: Server, broker: str) -> Frames:
+            _check_size(frames, server, broker)
+            if options:
+                _check_options(server, broker)
+            return tsp.build_request(service, frames, key if server.keyed else None, options)
+
+        reply = yield from self._request(body_for)
+        assert reply is not None  # body_for always makes a body
+        return parse_submitted(reply)
 
     def submit_many(self, service: bytes, bodies: Sequence[Frames],
                     keys: Sequence[str | None]) -> Conversation[list[str]]:
@@ -266,6 +255,23 @@ class TspSession:
         """The UUIDs of the requests from items[start] that one batch message stored (as many
         as fit in one), with the client's retries and failover; None if the server reached
         takes no batches."""
+        chunk: list[tsp.BatchItem] = []
+
+        def body_for(server: Server, broker: str) -> Frames | None:
+            if server.store is None or tsp.BATCH_FORM not in server.store.extensions:
+                return None
+            chunk[:] = _batch_chunk(items, start, server, broker)
+            return tsp.build_batch(service, chunk)
+
+        reply = yield from self._request(body_for)
+        return None if reply is None else parse_submitted_many(reply, len(chunk))
+
+    def _request(self, body_for: Callable[[Server, str], Frames | None]
+                 ) -> Conversation[Frames | None]:
+        """A titanic.request's answer, with the client's retries and failover: each server
+        reached is vetted first (titanic.store), and `body_for(server, broker)` makes the body
+        for it, or raises before anything is sent, or says None: this server takes no such
+        request, and None is the answer."""
         budget = CallBudget.of(self.timeout, self.retries, None)
         if not self._surveyed:
             yield from self._survey(budget.timeout)
@@ -277,13 +283,12 @@ class TspSession:
                 server = yield from self._vet(index, budget.timeout)
             reply: Frames | Unreachable | None = server if not isinstance(server, Server) else None
             if isinstance(server, Server):
-                if server.store is None or tsp.BATCH_FORM not in server.store.extensions:
+                body = body_for(server, self.brokers[index])
+                if body is None:
                     return None
-                chunk = _batch_chunk(items, start, server, self.brokers[index])
-                body = tsp.build_batch(service, chunk)
                 reply = yield Ask(index, tsp.REQUEST_SERVICE, body, budget.timeout)
                 if isinstance(reply, list):
-                    return parse_submitted_many(reply, len(chunk))
+                    return reply
             self._no_answer(index, reply, unreachable)
         raise (yield from self._timeout(tsp.REQUEST_SERVICE, budget, unreachable))
 
