@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,38 @@ class Result:
             return 0.0
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+class _Done(Protocol):
+    """A finished pipelined request, as the MDP and freelance clients give it."""
+
+    @property
+    def tag(self) -> Hashable: ...
+
+    @property
+    def error(self) -> Exception | None: ...
+
+
+def timed_pipeline(run: Callable[[Iterator[tuple[bytes, list[bytes]]]], Iterable[_Done]],
+                   service: bytes, body: bytes, requests: int, depth: int) -> Result:
+    """`requests` requests for `service` through `run` (a client's pipelined form, given the
+    requests and yielding their completions, each tagged with its index), each timed from
+    when `run` takes it to its completion."""
+    latencies: list[float] = []
+    sent_at: dict[Any, float] = {}
+
+    def stamped() -> Iterator[tuple[bytes, list[bytes]]]:
+        for index in range(requests):
+            sent_at[index] = time.perf_counter()
+            yield service, [body]
+
+    started = time.perf_counter()
+    for completion in run(stamped()):
+        if completion.error is not None:
+            raise completion.error
+        latencies.append(time.perf_counter() - sent_at.pop(completion.tag))
+    seconds = time.perf_counter() - started
+    return Result(f"pipelined, {depth} in flight", requests, seconds, latencies)
 
 
 def cpu_seconds(pid: int) -> float:

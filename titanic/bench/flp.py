@@ -17,7 +17,15 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from titanic.bench.common import Result, format_table, free_port, spawn, stop_all, titanic_command
+from titanic.bench.common import (
+    Result,
+    format_table,
+    free_port,
+    spawn,
+    stop_all,
+    timed_pipeline,
+    titanic_command,
+)
 from titanic.client.freelance import FreelanceClient
 from titanic.errors import TitanicTimeoutError
 
@@ -71,25 +79,11 @@ def measure_sync(endpoints: Sequence[str], requests: int, body: bytes) -> Result
 def measure_pipelined(endpoints: Sequence[str], requests: int, body: bytes,
                       depth: int) -> Result:
     """`depth` requests in flight at once on one client."""
-    latencies: list[float] = []
-    sent_at: dict[int, float] = {}
     with FreelanceClient(endpoints, timeout=10) as client:
         client.request(SERVICE, body)
         client.poll(0.3)
-
-        def stamped() -> Iterator[tuple[bytes, list[bytes]]]:
-            for index in range(requests):
-                sent_at[index] = time.perf_counter()
-                yield SERVICE, [body]
-
-        started = time.perf_counter()
-        for completion in client.map(stamped(), depth=depth):
-            if completion.error is not None:
-                raise completion.error
-            assert isinstance(completion.tag, int)
-            latencies.append(time.perf_counter() - sent_at.pop(completion.tag))
-        seconds = time.perf_counter() - started
-    return Result(f"pipelined, {depth} in flight", requests, seconds, latencies)
+        return timed_pipeline(lambda requests: client.map(requests, depth=depth), SERVICE,
+                              body, requests, depth)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

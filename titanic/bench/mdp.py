@@ -19,7 +19,15 @@ import zmq
 
 from titanic._zmq import SocketHook
 from titanic.bench import device
-from titanic.bench.common import Result, format_table, free_port, spawn, stop_all, titanic_command
+from titanic.bench.common import (
+    Result,
+    format_table,
+    free_port,
+    spawn,
+    stop_all,
+    timed_pipeline,
+    titanic_command,
+)
 from titanic.client import Client, PipelinedClient
 from titanic.errors import TitanicTimeoutError
 from titanic.protocol.mdp import Dialect
@@ -104,23 +112,9 @@ def measure_pipelined(endpoint: str, dialect: Dialect, requests: int, body: byte
                       context: zmq.Context[zmq.Socket[bytes]] | None = None,
                       configure_socket: SocketHook | None = None) -> Result:
     """`depth` requests in flight at once."""
-    latencies: list[float] = []
-    sent_at: dict[int, float] = {}
     with PipelinedClient(endpoint, depth=depth, dialect=dialect, timeout=10, retries=0,
                          context=context, configure_socket=configure_socket) as client:
-        def stamped() -> Iterator[tuple[bytes, list[bytes]]]:
-            for index in range(requests):
-                sent_at[index] = time.perf_counter()
-                yield SERVICE, [body]
-
-        started = time.perf_counter()
-        for completion in client.run(stamped()):
-            if completion.error is not None:
-                raise completion.error
-            assert isinstance(completion.tag, int)
-            latencies.append(time.perf_counter() - sent_at.pop(completion.tag))
-        seconds = time.perf_counter() - started
-    return Result(f"pipelined, {depth} in flight", requests, seconds, latencies)
+        return timed_pipeline(client.run, SERVICE, body, requests, depth)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
