@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from titanic.bench.common import free_port, spawn, stop_all, titanic_command
+from titanic.bench.tsp import wait_for_titanic
 from titanic.client.tsp import TitanicClient
-from titanic.errors import TitanicError
 
 #: The service the requests are stored for: no worker serves it, so they stay pending.
 SERVICE = "bench.batches"
@@ -35,22 +35,10 @@ def running_titanic(url: str) -> Iterator[str]:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     processes = [spawn(titanic_command("up", "--bind", endpoint, "--db", url))]
     try:
-        _wait_ready(endpoint)
+        wait_for_titanic(endpoint)
         yield endpoint
     finally:
         stop_all(processes)
-
-
-def _wait_ready(endpoint: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with TitanicClient(endpoint, timeout=1.0, retries=0) as client:
-                client.close_request(client.submit("bench.ready", b"ready"))
-                return
-        except TitanicError:
-            time.sleep(0.2)
-    raise SystemExit(f"titanic did not serve at {endpoint} within {timeout:g} s")
 
 
 @contextmanager
